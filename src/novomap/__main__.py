@@ -1,0 +1,5 @@
+import sys
+
+from novomap.commands.main import main
+
+sys.exit(main())

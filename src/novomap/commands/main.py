@@ -1,0 +1,73 @@
+"""The `novomap` command: a thin dispatcher over one module per subcommand.
+
+Each command module defines HELP (one line), EXAMPLE (a command line), add_arguments(parser)
+and run(args) -> int. Errors that are the user's to fix (NovomapError) end in one line on
+stderr and exit code 2; a traceback is shown only with --verbose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from types import ModuleType
+
+from novomap import __version__
+from novomap.errors import NovomapError
+
+# subcommand name -> module under novomap.commands
+COMMANDS: dict[str, str] = {
+    "reconstruct": "reconstruct",
+    "simulate": "simulate",
+    "compare": "compare",
+    "demo": "demo",
+}
+
+
+def _load(module_name: str) -> ModuleType:
+    return importlib.import_module(f"novomap.commands.{module_name}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="novomap",
+        description="De novo 3D initial models from 2D cryo-EM particles (RELION's VDAM), symmetry and tools.",
+    )
+    parser.add_argument("--version", action="version", version=f"novomap {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = _load(module_name)
+        example = getattr(module, "EXAMPLE", None)
+        command_parser = sub.add_parser(
+            name,
+            help=module.HELP,
+            description=module.HELP,
+            epilog=f"example:\n  {example}" if example else None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        command_parser.add_argument("--verbose", action="store_true", help="show tracebacks and debug output")
+        module.add_arguments(command_parser)
+        command_parser.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args._run(args) or 0)
+    except NovomapError as error:
+        if args.verbose:
+            raise
+        print(f"novomap {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"novomap {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Sums of one E-step chunk for the M-step (vdam-spec 3.6).
+
+For every retained (particle, class, fine orientation) pair with translation weights w_t:
+  gradient  g += BP[ sum_t w_t c (X_t - c P) / sigma^2 ] = BP[ (c/sigma^2) (X A - c P s) ]
+  weight    W += BP[ s c^2 / sigma^2 ]
+with A(p) = sum_t w_t e_t(p) (one matrix product over translations) and s = sum_t w_t,
+back-projected into the grid of the pair's class and the particle's pseudo half-set.
+Noise: sum w |X_t - c P|^2 per shell on the masked image, plus the image power beyond the window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from novomap.estep.prepare import PreparedBatch
+from novomap.estep.search import FineResult, sub_shift_phases
+from novomap.physics.projection import insert_slices
+from novomap.physics.window import FourierWindow, shift_phases
+from novomap.sampling.grid import SearchGrid
+
+
+@dataclass
+class Sums:
+    """Everything one iteration's E-step adds up, over all chunks of the mini-batch."""
+
+    gradient: torch.Tensor  # (2, K, M, M, M) complex128: pseudo half x class
+    weight: torch.Tensor  # (2, K, M, M, M) float64
+    noise: torch.Tensor  # (n_groups, N//2+1) float64: sum of weighted |X - cP|^2 per shell
+    noise_pixels: torch.Tensor  # (N//2+1,) float64: half-plane pixels per shell of the N box
+    particles_per_group: torch.Tensor  # (n_groups,) float64: sum of weights (= particles)
+    class_weight: torch.Tensor  # (K,) float64
+    direction_weight: torch.Tensor  # (K, n_dir) float64
+    offset_sq_a2: torch.Tensor  # () float64: sum w |new origin|^2 (Å^2)
+    log_likelihood: torch.Tensor  # () float64
+    max_probability: torch.Tensor  # () float64: sum of Pmax
+
+    @staticmethod
+    def zeros(n_classes: int, grid_size: int, box: int, n_groups: int, n_directions: int, noise_pixels: torch.Tensor, device) -> "Sums":
+        m = grid_size
+        f64 = dict(dtype=torch.float64, device=device)
+        return Sums(
+            gradient=torch.zeros((2, n_classes, m, m, m), dtype=torch.complex128, device=device),
+            weight=torch.zeros((2, n_classes, m, m, m), **f64),
+            noise=torch.zeros((n_groups, box // 2 + 1), **f64),
+            noise_pixels=noise_pixels.to(device=device, dtype=torch.float64),
+            particles_per_group=torch.zeros(n_groups, **f64),
+            class_weight=torch.zeros(n_classes, **f64),
+            direction_weight=torch.zeros((n_classes, n_directions), **f64),
+            offset_sq_a2=torch.zeros((), **f64),
+            log_likelihood=torch.zeros((), **f64),
+            max_probability=torch.zeros((), **f64),
+        )
+
+
+def _dense_rows(row_to: torch.Tensor, col: torch.Tensor, value: torch.Tensor, n_rows: int, n_cols: int) -> torch.Tensor:
+    """A dense (n_rows, n_cols) matrix with `value` summed at (row_to, col); for small sparse sums as matmuls."""
+    out = torch.zeros((n_rows, n_cols), dtype=value.dtype, device=value.device)
+    return out.index_put_((row_to, col), value, accumulate=True)
+
+
+def accumulate(
+    sums: Sums,
+    batch: PreparedBatch,
+    result: FineResult,
+    window: FourierWindow,
+    grid: SearchGrid,
+    pad: int,
+    pixel_size_a: float,
+) -> None:
+    """Add one chunk's posterior-weighted sums into `sums` (in place).
+
+    Rows sharing (pseudo half, class, fine orientation) are summed as 2D slices first, so each
+    distinct orientation is back-projected once per chunk, however many particles chose it.
+    Terms that factor per particle or per projection are formed as small dense matrix products.
+    """
+    device = batch.masked.device
+    keep = torch.nonzero(result.weights.sum(-1) > 0).squeeze(1)
+    weights = result.weights[keep]  # (U, 4)
+    b = result.row_particle[keep]
+    k = result.row_class[keep]
+    proj_index = result.row_projection[keep]
+    total = weights.sum(-1)  # s (U,)
+    n_batch = batch.masked.shape[0]
+    n_proj = result.projections.shape[0]
+
+    coarse_phases = shift_phases(window, grid.coarse_translations.to(device)).to(torch.complex64)
+    sub = sub_shift_phases(window, grid).to(torch.complex64)
+    shifted_sum = coarse_phases[result.row_translation[keep]] * (weights.to(torch.complex64) @ sub)  # A (U, P)
+
+    ctf = batch.ctf.float()
+    inv_sigma2 = batch.inv_sigma2.float()
+    image_term = (ctf * inv_sigma2 * batch.unmasked).to(torch.complex64)  # (B, P): c X / sigma^2
+    ctf2_inv_sigma2 = ctf * ctf * inv_sigma2  # (B, P)
+
+    # gradient of slice (h, k, f): sum_rows c X A / sigma^2 - P_f * sum_rows s c^2 / sigma^2
+    n_classes = sums.gradient.shape[1]
+    n_fine = grid.fine_rotations.shape[0] * 8
+    slice_key = (batch.half[b] * n_classes + k) * n_fine + result.row_orientation[keep]
+    keys, slice_of_row = torch.unique(slice_key, return_inverse=True)
+    n_slices = keys.numel()
+    slice_weight = _dense_rows(slice_of_row, b, total.float(), n_slices, n_batch) @ ctf2_inv_sigma2  # (S, P)
+    slice_proj = torch.zeros(n_slices, dtype=torch.long, device=device).index_put_((slice_of_row,), proj_index)
+    slice_gradient = torch.zeros((n_slices, window.n_pixels), dtype=torch.complex64, device=device)
+    slice_gradient.index_add_(0, slice_of_row, image_term[b] * shifted_sum)
+    slice_gradient -= result.projections[slice_proj] * slice_weight
+    rotations = grid.fine_rotations.reshape(-1, 3, 3).to(device)[keys % n_fine]
+    grid_index = keys // n_fine  # half * K + class
+    kx, ky = window.kx.to(device), window.ky.to(device)
+    for hk in torch.unique(grid_index).tolist():
+        rows = torch.nonzero(grid_index == hk).squeeze(1)
+        h, c = divmod(hk, n_classes)
+        insert_slices(slice_gradient[rows], slice_weight[rows], rotations[rows], kx, ky, pad, sums.gradient[h, c], sums.weight[h, c])
+
+    # noise per particle and pixel on the masked image:
+    # sum_rows s|X|^2 - 2 Re(X c conj(sum_rows P A)) + c^2 sum_rows s |P|^2
+    x = batch.masked.to(torch.complex64)
+    particle_total = torch.zeros(n_batch, dtype=torch.float32, device=device).index_add_(0, b, total.float())
+    projection_power = result.projections.real.square() + result.projections.imag.square()  # (n_proj, P)
+    model_power = _dense_rows(b, proj_index, total.float(), n_batch, n_proj) @ projection_power  # (B, P)
+    cross = torch.zeros((n_batch, window.n_pixels), dtype=torch.complex64, device=device)
+    cross.index_add_(0, b, result.projections[proj_index].conj() * shifted_sum)
+    x_power = x.real.square() + x.imag.square()
+    diff2 = particle_total[:, None] * x_power - 2 * ctf * (x * cross).real + ctf * ctf * model_power
+    n_shells = sums.noise.shape[1]
+    in_window = torch.zeros((n_batch, n_shells), dtype=torch.float64, device=device).index_add_(1, window.shell.to(device), diff2.double())
+    # beyond the window the model predicts nothing: the whole image power is noise there
+    beyond = torch.arange(n_shells, device=device) >= window.size // 2
+    per_shell = torch.where(beyond[None, :], batch.masked_power, in_window)
+    sums.noise.index_add_(0, batch.optics_group, per_shell)
+    sums.particles_per_group.index_add_(0, batch.optics_group, torch.ones(n_batch, dtype=torch.float64, device=device))
+
+    sums.class_weight.index_add_(0, k, total)
+    sums.direction_weight.index_put_((k, result.row_direction[keep]), total, accumulate=True)
+    fine_translations = grid.fine_translations.to(device)[result.row_translation[keep]]  # (U, 4, 2)
+    new_origin_a = (batch.origin_px[b][:, None, :] + fine_translations) * pixel_size_a
+    sums.offset_sq_a2 += (weights * new_origin_a.square().sum(-1)).sum()
+    sums.log_likelihood += result.log_likelihood.sum()
+    sums.max_probability += result.max_probability.sum()

@@ -1,0 +1,168 @@
+"""Superpose one map onto another: rotation, translation and hand (mirror image or not).
+
+Both maps are re-centred by their positive centre of mass and reduced to small scoring copies
+(novomap.maps.so3_search.working_copy). For each hand (the moving map and its mirror image through
+z = 0), every rotation of a ~15 deg SO(3) grid is scored on the coarse copy by the best normalised
+cross-correlation over translations (one batched FFT per rotation); the best distinct rotations of
+both hands are refined locally on the coarse copy, the best ones again on a finer copy, and the
+translation is finally found with sub-pixel precision at full size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from novomap.maps import centring, so3_search
+from novomap.maps.transform import mirror_volume, rotate_volume, shift_volume
+from novomap.physics.euler import matrix_to_euler
+
+COARSE_SIZE = 20
+FINE_SIZE = 32
+GRID_SPACING_DEG = 15.0
+CANDIDATES_PER_HAND = 4
+FINE_STARTS = 2
+
+
+@dataclass
+class MapAlignment:
+    """Result of align_maps: volume = shift_volume(rotate_volume(M(moving), rotation), shift_zyx_px).
+
+    M is the mirror through z = 0 (transform.mirror_volume) when hand_flipped, else the identity.
+    rotation (3, 3) float64 proper; rot/tilt/psi its RELION Euler angles (deg); shift_zyx_px (3,) px;
+    cc: Pearson correlation of the aligned map with the reference over the whole box.
+    """
+
+    rotation: torch.Tensor
+    rot: float
+    tilt: float
+    psi: float
+    shift_zyx_px: torch.Tensor
+    hand_flipped: bool
+    cc: float
+    volume: torch.Tensor
+
+
+def _allowed_shifts(size: int, max_shift: float) -> torch.Tensor:
+    """Mask (size, size, size) of circular cross-correlation lags with |t| <= max_shift."""
+    lag = torch.fft.fftfreq(size, dtype=torch.float64) * size
+    distance = torch.sqrt(lag[:, None, None] ** 2 + lag[None, :, None] ** 2 + lag[None, None, :] ** 2)
+    return distance <= max_shift
+
+
+def cross_correlation(reference: torch.Tensor, moved: torch.Tensor) -> torch.Tensor:
+    """Circular c(t) = sum_r ref(r) moved(r - t) for moved (B, N, N, N) -> (B, N, N, N), lag t at index t mod N.
+
+    Shifting `moved` by +t (content moves by +t) makes it match the reference best at the peak.
+    """
+    dims = (-3, -2, -1)
+    spectrum = torch.fft.rfftn(reference, dim=dims) * torch.fft.rfftn(moved, dim=dims).conj()
+    return torch.fft.irfftn(spectrum, s=reference.shape[-3:], dim=dims)
+
+
+def translation_score_fn(reference: torch.Tensor, moving: torch.Tensor, max_shift: float) -> so3_search.ScoreFn:
+    """Score of rotations A (B, 3, 3): -max_t cc(reference, shift(A.moving, t)) (B,), unit-norm copies."""
+    allowed = _allowed_shifts(reference.shape[-1], max_shift).flatten()
+    norm = float(reference.norm() * moving.norm())
+
+    def score(rotations: torch.Tensor) -> torch.Tensor:
+        correlation = cross_correlation(reference, rotate_volume(moving, rotations))
+        best = correlation.reshape(rotations.shape[0], -1)[:, allowed].amax(dim=1)
+        return -best.double() / max(norm, 1e-30)
+
+    return score
+
+
+def best_translation(reference: torch.Tensor, moved: torch.Tensor, max_shift: float) -> torch.Tensor:
+    """Shift (3,) zyx px, sub-pixel (parabola through the peak), that best maps `moved` onto reference."""
+    n = reference.shape[-1]
+    correlation = cross_correlation(reference.double(), moved.double()[None])[0]
+    correlation = torch.where(_allowed_shifts(n, max_shift), correlation, torch.full_like(correlation, -torch.inf))
+    peak = torch.tensor(np.unravel_index(int(torch.argmax(correlation)), correlation.shape))
+    shift = torch.zeros(3, dtype=torch.float64)
+    for axis in range(3):
+        values = []
+        for step in (-1, 0, 1):
+            index = peak.clone()
+            index[axis] = (index[axis] + step) % n
+            values.append(float(correlation[tuple(index.tolist())]))
+        minus, centre, plus = values
+        curvature = minus - 2 * centre + plus
+        offset = 0.5 * (minus - plus) / curvature if curvature < 0 and np.isfinite(curvature) else 0.0
+        lag = int(peak[axis]) if peak[axis] <= n // 2 else int(peak[axis]) - n
+        shift[axis] = lag + max(-0.5, min(0.5, offset))
+    return shift
+
+
+def _search_hand(coarse_ref: torch.Tensor, coarse_moving: torch.Tensor, max_shift: float):
+    score_fn = translation_score_fn(coarse_ref, coarse_moving, max_shift)
+    grid = so3_search.so3_grid(GRID_SPACING_DEG)
+    scores = so3_search.evaluate(score_fn, grid, batch=128)
+    picks = so3_search.select_distinct(grid, scores, CANDIDATES_PER_HAND, 2 * GRID_SPACING_DEG)
+    return so3_search.local_refine(score_fn, grid[picks], GRID_SPACING_DEG / 2, 1.0, scores[picks])
+
+
+def align_maps(
+    reference: torch.Tensor | np.ndarray, moving: torch.Tensor | np.ndarray, pixel_size_a: float
+) -> MapAlignment:
+    """Best rotation, translation and hand that superpose `moving` (N, N, N) onto `reference` (N, N, N).
+
+    pixel_size_a (Å/px, shared by both maps) is not needed by the search, which works in pixels.
+    """
+    del pixel_size_a
+    reference = torch.as_tensor(reference, dtype=torch.float32)
+    moving = torch.as_tensor(moving, dtype=torch.float32)
+    if reference.shape != moving.shape:
+        raise ValueError(f"maps differ in shape: {tuple(reference.shape)} and {tuple(moving.shape)}")
+    ref_centred, ref_shift = centring.centre_by_mass(reference)
+    mov_centred, _ = centring.centre_by_mass(moving)
+    crop = max(centring.search_box(ref_centred), centring.search_box(mov_centred))
+    hands = [mov_centred, mirror_volume(mov_centred)]
+    coarse_size, fine_size = min(crop, COARSE_SIZE), min(crop, FINE_SIZE)
+    coarse_ref = so3_search.working_copy(ref_centred, crop, coarse_size, resolution_px=3.0)
+    fine_ref = so3_search.working_copy(ref_centred, crop, fine_size, resolution_px=2.0)
+    starts = []
+    for flipped, hand in enumerate(hands):
+        coarse = so3_search.working_copy(hand, crop, coarse_size, resolution_px=3.0)
+        rotations, scores = _search_hand(coarse_ref, coarse, coarse_size / 4)
+        starts += [(float(s), flipped, r) for r, s in zip(rotations, scores)]
+    starts.sort(key=lambda item: item[0])
+    finals = []
+    for _, flipped, rotation in starts[:FINE_STARTS]:
+        fine = so3_search.working_copy(hands[flipped], crop, fine_size, resolution_px=2.0)
+        score_fn = translation_score_fn(fine_ref, fine, fine_size / 4)
+        refined, scores = so3_search.local_refine(score_fn, rotation[None], 1.5, 0.15)
+        finals.append((float(scores[0]), flipped, refined[0]))
+    _, flipped, rotation = min(finals, key=lambda item: item[0])
+    return _finish(reference, ref_centred, ref_shift, hands[flipped], moving, bool(flipped), rotation)
+
+
+def _finish(reference, ref_centred, ref_shift, hand_centred, moving, flipped, rotation) -> MapAlignment:
+    """Full-size translation, aligned map, total shift and correlation for the chosen rotation."""
+    n = reference.shape[-1]
+    rotated = rotate_volume(hand_centred, rotation.to(torch.float32))
+    translation = best_translation(ref_centred, rotated, n / 4)
+    # undo the reference's re-centring so the result overlays the reference as given
+    post_shift = translation - ref_shift
+    aligned = shift_volume(rotated, post_shift)
+    # express everything as one shift after rotating the (mirrored) input map
+    source = mirror_volume(moving) if flipped else moving
+    source_shift = -centring.particle_centre(source)
+    total = _rotate_shift(rotation, source_shift) + post_shift
+    rot, tilt, psi = (float(a) for a in matrix_to_euler(rotation))
+    cc = _pearson(reference, aligned)
+    return MapAlignment(rotation, rot, tilt, psi, total, flipped, cc, aligned)
+
+
+def _rotate_shift(rotation: torch.Tensor, shift_zyx: torch.Tensor) -> torch.Tensor:
+    """R s for a shift given in zyx order (rotation acts on xyz), returned in zyx order."""
+    return (rotation @ shift_zyx.flip(0)).flip(0)
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    a = a.double().flatten() - a.double().mean()
+    b = b.double().flatten() - b.double().mean()
+    denominator = float(torch.sqrt((a @ a) * (b @ b)))
+    return float(a @ b) / denominator if denominator > 0 else 0.0

@@ -1,0 +1,187 @@
+"""Geometric transforms and resampling of cubic volumes (z, y, x), box N, centre voxel N//2.
+
+The physical coordinate of voxel (z, y, x) is r = (x - N//2, y - N//2, z - N//2) in px.
+Rotating a volume V by a matrix R means V'(r) = V(R^T r): a feature at r0 moves to R r0.
+Shifting by s (zyx, px) moves the content by +s.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+# grid_sample is called on at most this many output samples at once (memory ~ 28 B per sample)
+_MAX_SAMPLES = 1 << 22
+
+
+def centred_coordinates(size: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Physical coordinates (size, size, size, 3) in px, last axis ordered (x, y, z)."""
+    axis = torch.arange(size, dtype=dtype) - size // 2
+    z, y, x = torch.meshgrid(axis, axis, axis, indexing="ij")
+    return torch.stack([x, y, z], dim=-1)
+
+
+def rotate_volume(volume: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
+    """Rotate a volume (N, N, N) by each matrix (B, 3, 3) -> (B, N, N, N); a single (3, 3) -> (N, N, N).
+
+    Real-space trilinear interpolation (torch grid_sample), zero outside the box: output voxel r takes
+    the value at R^T r. Any 3x3 matrix works (mirrors too); it is not checked for orthogonality.
+    """
+    single = matrices.ndim == 2
+    mats = matrices.reshape(-1, 3, 3).to(volume.dtype)
+    n = volume.shape[-1]
+    coords, offset = _normalised_coordinates(n, volume.dtype)
+    source = volume.reshape(1, 1, n, n, n)
+    chunk = max(1, _MAX_SAMPLES // n**3)
+    outputs = []
+    for start in range(0, mats.shape[0], chunk):
+        block = mats[start : start + chunk]
+        # rows r^T R = (R^T r)^T, already in grid_sample's [-1, 1] units once the offset is added
+        grid = torch.matmul(coords, block).add_(offset).reshape(1, block.shape[0] * n, n, n, 3)
+        sampled = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        outputs.append(sampled.reshape(block.shape[0], n, n, n))
+    rotated = torch.cat(outputs) if len(outputs) > 1 else outputs[0] if outputs else volume.new_zeros((0, n, n, n))
+    return rotated[0] if single else rotated
+
+
+def sample_at(volume: torch.Tensor, positions_xyz: torch.Tensor) -> torch.Tensor:
+    """Trilinear values of a volume (N, N, N) at physical positions (..., 3) (x, y, z px from the centre).
+
+    Returns (...) in the volume's dtype; positions outside the box read 0.
+    """
+    n = volume.shape[-1]
+    scale = 2.0 / (n - 1)
+    grid = (positions_xyz.to(volume.dtype) * scale + ((n // 2) * scale - 1.0)).reshape(1, -1, 1, 1, 3)
+    values = F.grid_sample(volume.reshape(1, 1, n, n, n), grid, mode="bilinear", padding_mode="zeros",
+                           align_corners=True)
+    return values.reshape(positions_xyz.shape[:-1])
+
+
+@lru_cache(maxsize=16)
+def _normalised_coordinates(size: int, dtype: torch.dtype) -> tuple[torch.Tensor, float]:
+    """Centred coordinates (N^3, 3) scaled to grid_sample units, and the offset to add after rotating.
+
+    With align_corners=True, grid_sample maps index i to 2 i / (N - 1) - 1; index = r + N//2.
+    """
+    scale = 2.0 / (size - 1)
+    coords = (centred_coordinates(size, torch.float64).reshape(-1, 3) * scale).to(dtype)
+    return coords, (size // 2) * scale - 1.0
+
+
+def _frequencies(size: int, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Frequencies (cycles per voxel) of an rfftn of a cube, broadcastable as (kz, ky, kx)."""
+    k = torch.fft.fftfreq(size, dtype=dtype)
+    kx = torch.fft.rfftfreq(size, dtype=dtype)
+    return k[:, None, None], k[None, :, None], kx[None, None, :]
+
+
+def frequency_radius(size: int) -> torch.Tensor:
+    """|k| in shells (1 shell = 1 / box) on an rfftn grid of a cube: shape (N, N, N//2 + 1)."""
+    kz, ky, kx = _frequencies(size)
+    return torch.sqrt(kz**2 + ky**2 + kx**2) * size
+
+
+def shift_volume(volume: torch.Tensor, shift_zyx_px: torch.Tensor | tuple[float, float, float]) -> torch.Tensor:
+    """Move the content of a volume (N, N, N) by shift (3,) zyx px, sub-pixel, by a Fourier phase ramp.
+
+    The shift is periodic (content leaving one side re-enters on the other), which is harmless for
+    maps surrounded by solvent.
+    """
+    n = volume.shape[-1]
+    s = torch.as_tensor(shift_zyx_px, dtype=torch.float64)
+    kz, ky, kx = _frequencies(n)
+    phase = torch.exp(-2j * math.pi * (kz * s[0] + ky * s[1] + kx * s[2]))
+    spectrum = torch.fft.rfftn(volume.to(torch.float64))
+    return torch.fft.irfftn(spectrum * phase, s=volume.shape).to(volume.dtype)
+
+
+def center_of_mass(volume: torch.Tensor, positive_only: bool = True) -> torch.Tensor:
+    """Centre of mass (3,) float64, zyx px from the centre voxel N//2; zeros if there is no mass.
+
+    With positive_only, negative voxels (noise, solvent ripples) get weight 0, as in RELION.
+    """
+    weights = volume.to(torch.float64)
+    if positive_only:
+        weights = weights.clamp(min=0.0)
+    total = weights.sum()
+    if total <= 0:
+        return torch.zeros(3, dtype=torch.float64)
+    n = volume.shape[-1]
+    axis = torch.arange(n, dtype=torch.float64) - n // 2
+    z = (weights.sum(dim=(1, 2)) * axis).sum() / total
+    y = (weights.sum(dim=(0, 2)) * axis).sum() / total
+    x = (weights.sum(dim=(0, 1)) * axis).sum() / total
+    return torch.stack([z, y, x])
+
+
+def _centred_block(source_size: int, target_size: int) -> tuple[slice, slice]:
+    """Slices (source, target) of the overlap of two centred boxes (centre voxel at size//2)."""
+    offset = target_size // 2 - source_size // 2  # target index = source index + offset
+    start = max(0, -offset)
+    stop = min(source_size, target_size - offset)
+    return slice(start, stop), slice(start + offset, stop + offset)
+
+
+def crop_or_pad(volume: torch.Tensor, new_size: int, fill: float = 0.0) -> torch.Tensor:
+    """Real-space central crop or zero-pad of a cube to new_size^3, keeping the centre voxel N//2."""
+    n = volume.shape[-1]
+    src, dst = _centred_block(n, new_size)
+    out = volume.new_full((new_size, new_size, new_size), fill)
+    out[dst, dst, dst] = volume[src, src, src]
+    return out
+
+
+def fourier_crop(volume: torch.Tensor, new_size: int) -> torch.Tensor:
+    """Resize a cube to new_size^3 by cropping (or zero-padding) its centred Fourier transform.
+
+    The physical extent is kept, so the pixel size becomes pixel * N / new_size. Values are scaled
+    by (new/N)^3 so that real-space greyscale (e.g. a constant) is unchanged.
+    """
+    n = volume.shape[-1]
+    if new_size == n:
+        return volume.clone()
+    dims = (-3, -2, -1)
+    spectrum = torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(volume.to(torch.float64), dim=dims)), dim=dims)
+    resized = crop_or_pad(spectrum, new_size)
+    out = torch.fft.fftshift(torch.fft.ifftn(torch.fft.ifftshift(resized, dim=dims)), dim=dims).real
+    return (out * (new_size / n) ** 3).to(volume.dtype)
+
+
+def lowpass(volume: torch.Tensor, pixel_size_a: float, resolution_a: float, edge_shells: float = 2.0) -> torch.Tensor:
+    """Low-pass a cube at resolution_a (Å) with a raised-cosine edge edge_shells wide (in Fourier shells).
+
+    Shells below box * pixel / resolution - edge/2 pass, shells above + edge/2 are removed.
+    """
+    n = volume.shape[-1]
+    cutoff = n * pixel_size_a / resolution_a
+    radius = frequency_radius(n)
+    low, high = max(cutoff - edge_shells / 2, 0.0), cutoff + edge_shells / 2
+    ramp = ((radius - low) / max(high - low, 1e-9)).clamp(0.0, 1.0)
+    weights = 0.5 + 0.5 * torch.cos(math.pi * ramp)
+    spectrum = torch.fft.rfftn(volume.to(torch.float64))
+    return torch.fft.irfftn(spectrum * weights, s=volume.shape).to(volume.dtype)
+
+
+def mirror_volume(volume: torch.Tensor) -> torch.Tensor:
+    """Mirror image through the plane z = 0 (about the centre voxel): V'(x, y, z) = V(x, y, -z).
+
+    Exact (no interpolation); for even N the first z slice has no source and becomes zero.
+    """
+    n = volume.shape[0]
+    flipped = volume.flip(0)
+    lag = 2 * (n // 2) - n + 1  # flip maps z to N-1-z; the centre needs z to 2(N//2)-z
+    if lag == 0:
+        return flipped
+    out = torch.zeros_like(volume)
+    out[lag:] = flipped[:-lag]
+    return out
+
+
+def spherical_mask(size: int, radius_px: float, edge_px: float = 2.0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Soft sphere (size^3) around the centre voxel: 1 within radius, raised-cosine fall to 0 over edge."""
+    r = centred_coordinates(size, torch.float64).norm(dim=-1)
+    ramp = ((r - radius_px) / max(edge_px, 1e-9)).clamp(0.0, 1.0)
+    return (0.5 + 0.5 * torch.cos(math.pi * ramp)).to(dtype)

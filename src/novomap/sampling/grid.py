@@ -1,0 +1,91 @@
+"""The search grid of one iteration: coarse orientations x translations and their oversampled children.
+
+Coarse orientation index o = dir * n_psi + psi_index. Each coarse orientation has 8 fine
+children (4 HEALPix child directions x 2 child psi angles) and each coarse translation 4 fine
+children (a 2x2 sub-grid at half the step): 32 fine hypotheses per coarse one (vdam-spec 3.3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from novomap.physics.euler import euler_to_matrix
+from novomap.sampling.healpix import angular_step_deg, child_psi_angles, healpix_directions, psi_angles
+from novomap.sampling.translations import child_translations, translation_grid
+
+
+@dataclass(frozen=True)
+class SearchGrid:
+    healpix_order: int
+    offset_range_px: float
+    offset_step_px: float
+    coarse_rotations: torch.Tensor  # (O, 3, 3) float64
+    coarse_direction: torch.Tensor  # (O,) int64, HEALPix pixel of each coarse orientation
+    fine_rotations: torch.Tensor  # (O, 8, 3, 3) float64
+    coarse_translations: torch.Tensor  # (T, 2) float64 px (x, y), perturbation included
+    fine_translations: torch.Tensor  # (T, 4, 2) float64 px
+
+    @property
+    def n_directions(self) -> int:
+        return 12 * 4**self.healpix_order
+
+    @property
+    def n_coarse_orientations(self) -> int:
+        return int(self.coarse_rotations.shape[0])
+
+    @property
+    def n_coarse_translations(self) -> int:
+        return int(self.coarse_translations.shape[0])
+
+    @property
+    def coarse_step_deg(self) -> float:
+        return angular_step_deg(self.healpix_order)
+
+    @property
+    def fine_step_deg(self) -> float:
+        return angular_step_deg(self.healpix_order + 1)
+
+
+def build_search_grid(healpix_order: int, offset_range_px: float, offset_step_px: float, perturbation: float = 0.0) -> SearchGrid:
+    """Grid for coarse HEALPix order n with oversampling 1; perturbation in [-0.5, 0.5] (fraction of a step).
+
+    The perturbation right-multiplies every rotation by E(d, d, d), d = perturbation * coarse step,
+    and shifts every translation by perturbation * offset step in x and y, as RELION does, so
+    that successive iterations see slightly different grids.
+    """
+    rot, tilt = healpix_directions(healpix_order)
+    psi = psi_angles(healpix_order)
+    n_dir, n_psi = rot.numel(), psi.numel()
+    coarse = euler_to_matrix(rot[:, None].expand(n_dir, n_psi), tilt[:, None].expand(n_dir, n_psi), psi[None, :].expand(n_dir, n_psi))
+    coarse = coarse.reshape(-1, 3, 3)
+    direction = torch.arange(n_dir).repeat_interleave(n_psi)
+
+    child_rot, child_tilt = healpix_directions(healpix_order + 1)
+    child_rot = child_rot.reshape(n_dir, 4)
+    child_tilt = child_tilt.reshape(n_dir, 4)
+    child_psi = child_psi_angles(healpix_order)  # (n_psi, 2)
+    fine = euler_to_matrix(
+        child_rot[:, None, :, None].expand(n_dir, n_psi, 4, 2),
+        child_tilt[:, None, :, None].expand(n_dir, n_psi, 4, 2),
+        child_psi[None, :, None, :].expand(n_dir, n_psi, 4, 2),
+    ).reshape(n_dir * n_psi, 8, 3, 3)
+
+    delta = perturbation * angular_step_deg(healpix_order)
+    if delta != 0.0:
+        e = euler_to_matrix(torch.tensor(delta, dtype=torch.float64), torch.tensor(delta, dtype=torch.float64), torch.tensor(delta, dtype=torch.float64))
+        coarse = coarse @ e
+        fine = fine @ e
+
+    translations = translation_grid(offset_range_px, offset_step_px) + perturbation * offset_step_px
+    return SearchGrid(
+        healpix_order=healpix_order,
+        offset_range_px=offset_range_px,
+        offset_step_px=offset_step_px,
+        coarse_rotations=coarse,
+        coarse_direction=direction,
+        fine_rotations=fine,
+        coarse_translations=translations,
+        fine_translations=child_translations(translations, offset_step_px),
+    )

@@ -1,0 +1,259 @@
+"""Which point group does a map have? Score Cn, Dn (n <= max_order), T, O and I, each after aligning.
+
+Every candidate group G is aligned (its best rotation found) and scored with the spec-5.2 score
+s_G = ||R - S||^2 / ||R||^2 on the fine working copy (novomap.symmetry.align). A group the map
+really has still scores above 0, for two reasons, and the threshold is built from both:
+- noise: the noise in the map is not symmetric. Its share of the score is estimated from the map
+  itself, half-map style: the power in the outermost Fourier shells of the full map is taken as
+  white noise; a noise volume with that power (fixed seed) goes through exactly the pipeline that
+  makes the working copy, and is scored with the same group at the same rotation. This noise
+  score n_G already holds the (1 - 1/|G|) factor and the partial self-overlap of smooth noise
+  under small rotations. Where the outer shells still hold signal, the noise is overestimated,
+  which only makes the test more lenient.
+- resampling: a symmetric map differs slightly from its interpolated rotated copies. That floor,
+  eps, is C1's self-consistency: two interpolations of the same map at different sub-voxel offsets.
+G is accepted when s_G <= (1 + NOISE_TOLERANCE) n_G + (1 - 1/|G|) (2 eps + MARGIN). A group the map
+lacks adds the signal's own asymmetry on top of the same noise, which cancels from the comparison
+because n_G is computed for the same group and rotation; the largest accepted group is chosen
+(ties: the lower score relative to its threshold).
+Groups whose alignment is clearly far from symmetric after the coarse search are scored there,
+without the costly fine refinement (`refined` False in the table).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from novomap.maps import so3_search
+from novomap.maps.transform import centred_coordinates, frequency_radius, sample_at, shift_volume
+from novomap.physics.euler import axis_angle_to_matrix, euler_to_matrix
+from novomap.symmetry import align
+from novomap.symmetry.axis_scan import angular_power, cyclic_scores
+from novomap.symmetry.groups import PointGroup, point_group
+
+NOISE_TOLERANCE = 0.5  # the white-noise estimate may be off by this fraction
+MARGIN = 0.005  # absolute slack (alignment to ~0.25 deg, rounding) for nearly noise-free maps
+SCAN_GATE = 3.0  # coarse-refine a candidate when its coarse score <= SCAN_GATE x rough threshold + 0.02
+REFINE_GATE = 3.0  # fine-refine a group when its score <= REFINE_GATE x threshold
+AXIS_SPACING_DEG = 7.5
+DIHEDRAL_STEP_DEG = 3.0
+_NOISE_SEED = 20240611
+# a k-fold axis of each polyhedral group in RELION's frame, k = the order of its largest rotation
+_POLYHEDRAL_AXES = {"T": (3, (0.0, 0.0, 1.0)), "O": (4, (0.0, 0.0, 1.0)), "I": (5, (0.525731114, 0.0, 0.850650807))}
+
+
+@dataclass(frozen=True)
+class GroupScore:
+    """One row of the detection table: score <= threshold means accepted."""
+
+    group: str
+    order: int
+    score: float
+    threshold: float
+    accepted: bool
+    refined: bool
+
+
+@dataclass
+class DetectionResult:
+    """point_group: the chosen name; table: every candidate in the order tried; noise_fraction (of the
+    working copy's power) and resampling_floor (eps); rotation (3, 3): the chosen group's alignment
+    of the re-centred map (as in align_to_symmetry)."""
+
+    point_group: str
+    table: list[GroupScore]
+    noise_fraction: float
+    resampling_floor: float
+    rotation: torch.Tensor
+
+
+@dataclass(frozen=True)
+class NoiseModel:
+    """A noise volume scaled like the fine working copy, its power fraction, and the resampling floor."""
+
+    noise: torch.Tensor
+    fraction: float
+    floor: float
+
+
+def white_noise_like(centred: torch.Tensor) -> torch.Tensor:
+    """White noise (N, N, N) with the power of the map's outermost Fourier shells (0.8-1.0 Nyquist)."""
+    n = centred.shape[-1]
+    spectrum = torch.fft.rfftn(centred.double())
+    radius = frequency_radius(n)
+    outer = (radius >= 0.8 * (n / 2)) & (radius <= n / 2)
+    variance = float((spectrum.abs() ** 2)[outer].mean()) / n**3  # white noise: E|F|^2 = N^3 sigma^2
+    generator = torch.Generator().manual_seed(_NOISE_SEED)
+    return (torch.randn(centred.shape, generator=generator, dtype=torch.float64) * variance**0.5).float()
+
+
+def noise_model(maps: align.WorkingMaps) -> NoiseModel:
+    """Estimate the noise in the fine working copy (see module doc) and the resampling floor."""
+    size = maps.fine.shape[-1]
+    raw_map = so3_search.working_copy(maps.centred, maps.crop, size, normalise=False)
+    raw_noise = so3_search.working_copy(white_noise_like(maps.centred), maps.crop, size, normalise=False)
+    scale = 1.0 / max(float(raw_map.norm()), 1e-30)  # the fine copy is raw_map * scale
+    noise = raw_noise * scale
+    return NoiseModel(noise, min(1.0, float(noise.double().norm() ** 2)), resampling_floor(maps.fine))
+
+
+def resampling_floor(work: torch.Tensor) -> float:
+    """C1 self-consistency: how much two interpolations of the same map differ, relative to its power.
+
+    The map is sampled on rotated grids twice: directly, and from a copy Fourier-shifted by a generic
+    sub-pixel offset d at the grid moved by d. Both read the same continuous map at the same points,
+    but from different sub-voxel positions, exactly as R and g.R do for a symmetric map. Returns
+    mean ||first - second||^2 / (2 ||W||^2) over three fixed generic rotations.
+    """
+    angles = torch.tensor([[37.0, 53.0, 71.0], [113.0, 97.0, 29.0], [251.0, 131.0, 199.0]], dtype=torch.float64)
+    rotations = euler_to_matrix(angles[:, 0], angles[:, 1], angles[:, 2])
+    offset = torch.tensor([0.37, 0.61, 0.23], dtype=torch.float64)  # x, y, z px
+    shifted = shift_volume(work, offset.flip(0))
+    points = centred_coordinates(work.shape[-1], torch.float64)
+    norm = float((work.double() ** 2).sum())
+    total = 0.0
+    for rotation in rotations:
+        positions = points @ rotation  # rows r^T A = (A^T r)^T
+        first = sample_at(work, positions).double()
+        second = sample_at(shifted, positions + offset).double()
+        total += float(((first - second) ** 2).sum())
+    return total / (2 * len(rotations) * max(norm, 1e-30))
+
+
+def threshold(order: int, noise_score: float, floor: float) -> float:
+    """Largest score of a group of this order that still counts as present (see module doc)."""
+    return (1.0 + NOISE_TOLERANCE) * noise_score + (1.0 - 1.0 / order) * (2.0 * floor + MARGIN)
+
+
+def rough_threshold(order: int, model: NoiseModel) -> float:
+    """threshold() before any alignment, taking the noise score as (1 - 1/|G|) x noise fraction."""
+    return threshold(order, (1.0 - 1.0 / order) * model.fraction, model.floor)
+
+
+def _refine_gate(order: int, model: NoiseModel) -> float:
+    return SCAN_GATE * rough_threshold(order, model) + 0.02
+
+
+def _cyclic_starts(
+    maps: align.WorkingMaps, model: NoiseModel, orders: list[int]
+) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Per order n: coarse rotations (K, 3, 3) putting the best Cn axes on z, and scores (K,), best first.
+
+    All orders come from one cylindrical-harmonic scan; only plausible ones are refined locally.
+    """
+    directions = so3_search.direction_grid(AXIS_SPACING_DEG, hemisphere=True)
+    scores = cyclic_scores(angular_power(maps.coarse, directions), orders)
+    rotations = so3_search.rotations_for_directions(directions)
+    starts = {}
+    for column, n in enumerate(orders):
+        picks = so3_search.select_distinct(rotations, scores[:, column], 2, 4 * AXIS_SPACING_DEG,
+                                           directions_only=True)
+        starts[n] = (rotations[picks], scores[picks, column])
+        if float(scores[picks[0], column]) <= _refine_gate(n, model):
+            group = point_group(f"C{n}")
+            score_fn = align.conjugate_score_fn(maps.coarse, align.search_operators(group, align.COARSE_OPS))
+            refined, values = so3_search.local_refine(score_fn, rotations[picks], AXIS_SPACING_DEG / 2, 0.5)
+            order = torch.argsort(values, stable=True)
+            starts[n] = (refined[order], values[order])
+    return starts
+
+
+def _dihedral_starts(
+    maps: align.WorkingMaps, model: NoiseModel, n: int, cyclic: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dn from the Cn axis frames (K, 3, 3): scan the in-plane angle of the 2-folds, then refine.
+
+    Dn contains Cn, so when the Cn axes are already implausible they are passed on unchanged.
+    """
+    axes, cyclic_values = cyclic
+    if float(cyclic_values[0]) > _refine_gate(2 * n, model):
+        return axes, cyclic_values
+    group = point_group(f"D{n}")
+    score_fn = align.conjugate_score_fn(maps.coarse, align.search_operators(group, align.COARSE_OPS))
+    steps = max(1, round(180.0 / n / DIHEDRAL_STEP_DEG))
+    angles = torch.arange(steps, dtype=torch.float64) * (180.0 / n / steps)
+    spins = euler_to_matrix(torch.zeros_like(angles), torch.zeros_like(angles), angles)
+    candidates = (spins[None] @ axes[:, None]).reshape(-1, 3, 3)  # Rz(phi) A keeps the axis on z
+    values = so3_search.evaluate(score_fn, candidates).reshape(axes.shape[0], steps)
+    best = candidates.reshape(axes.shape[0], steps, 3, 3)[torch.arange(axes.shape[0]), values.argmin(dim=1)]
+    refined, values = so3_search.local_refine(score_fn, best, DIHEDRAL_STEP_DEG, 0.5)
+    order = torch.argsort(values, stable=True)
+    return refined[order], values[order]
+
+
+def _polyhedral_start(
+    maps: align.WorkingMaps, model: NoiseModel, name: str, cyclic: dict[int, tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """T, O, I: full coarse search, unless the map has no plausible axis of the group's highest order.
+
+    Then the best such axis is put where the group has one (a cheap, honest upper-bound alignment).
+    """
+    group = point_group(name)
+    fold, axis = _POLYHEDRAL_AXES[name]
+    axes, values = cyclic[fold]
+    if float(values[0]) <= _refine_gate(group.order, model):
+        return align.coarse_alignments(maps, group)
+    target = torch.tensor(axis, dtype=torch.float64)
+    z = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    turn = torch.linalg.cross(z, target)
+    angle = float(torch.rad2deg(torch.arccos((z @ target).clamp(-1, 1))))
+    to_axis = axis_angle_to_matrix(turn, angle) if turn.norm() > 1e-9 else torch.eye(3, dtype=torch.float64)
+    return to_axis @ axes, values  # (B A)^T target = A^T z: the map's axis lands on the group's axis
+
+
+def _candidate_starts(
+    maps: align.WorkingMaps, model: NoiseModel, max_order: int
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Coarse alignments (rotations (K, 3, 3), coarse scores (K,), best first) of every candidate group."""
+    orders = sorted(set(range(2, max_order + 1)) | {3, 4, 5})
+    cyclic = _cyclic_starts(maps, model, orders)
+    starts = {f"C{n}": cyclic[n] for n in orders if n <= max_order}
+    for n in range(2, max_order + 1):
+        starts[f"D{n}"] = _dihedral_starts(maps, model, n, cyclic[n])
+    for name in ("T", "O", "I"):
+        starts[name] = _polyhedral_start(maps, model, name, cyclic)
+    return starts
+
+
+def _scores(maps: align.WorkingMaps, model: NoiseModel, group: PointGroup, rotation: torch.Tensor):
+    """(score, threshold) of a group at a rotation, both on the fine copy."""
+    residual, power = align.symmetry_residual(maps.fine, group, rotation)
+    noise_residual, _ = align.symmetry_residual(model.noise, group, rotation)
+    power = max(power, 1e-30)
+    return residual / power, threshold(group.order, noise_residual / power, model.floor)
+
+
+def _score_group(
+    maps: align.WorkingMaps, model: NoiseModel, group: PointGroup, start: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[GroupScore, torch.Tensor]:
+    """Table row and rotation of one group, refining on the fine copy only when it may be present."""
+    rotations, values = start
+    rotation = rotations[0]
+    score, limit = _scores(maps, model, group, rotation)
+    refined = score <= REFINE_GATE * limit
+    if refined:
+        rotation = align.fine_alignment(maps, group, rotations, values, 1.0, 0.25)[0]
+        score, limit = _scores(maps, model, group, rotation)
+    return GroupScore(group.name, group.order, score, limit, score <= limit, refined), rotation
+
+
+def detect_point_group(volume: torch.Tensor, pixel_size_a: float, max_order: int = 24) -> DetectionResult:
+    """Detect the point group of a map (N, N, N) among C1, Cn, Dn (2 <= n <= max_order), T, O and I.
+
+    Groups are named in RELION's frames (I = I2); the returned rotation aligns the re-centred map to
+    the chosen group's frame. pixel_size_a is not needed (the analysis is in pixels).
+    """
+    del pixel_size_a
+    maps = align.prepare(torch.as_tensor(volume, dtype=torch.float32))
+    model = noise_model(maps)
+    table = [GroupScore("C1", 1, 0.0, 0.0, True, True)]
+    rotations = {"C1": torch.eye(3, dtype=torch.float64)}
+    for name, start in _candidate_starts(maps, model, max_order).items():
+        row, rotation = _score_group(maps, model, point_group(name), start)
+        table.append(row)
+        rotations[row.group] = rotation
+    accepted = [row for row in table if row.accepted]
+    chosen = max(accepted, key=lambda row: (row.order, -row.score / max(row.threshold, 1e-12)))
+    return DetectionResult(chosen.group, table, model.fraction, model.floor, rotations[chosen.group])

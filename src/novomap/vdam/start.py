@@ -1,0 +1,78 @@
+"""Build iteration 0 of a de novo run from the particles (vdam-spec 4.6)."""
+
+from __future__ import annotations
+
+import torch
+
+from novomap.io.particles import ParticleSet
+from novomap.model.params import MIN_RESOLUTION_SHELLS
+from novomap.physics.fourier import rfft_image
+from novomap.physics.masks import soft_edge_mask
+from novomap.reconstruct import particle_ctf
+from novomap.vdam.config import VdamConfig
+from novomap.vdam.initialise import initial_noise_spectrum, initial_references, initial_window
+from novomap.vdam.state import RunState
+
+
+def sigma2_particles(particles: ParticleSet, n_max: int, n_classes: int) -> torch.Tensor:
+    """Indices of the particles used for the initial noise and reconstruction: the first n_max per
+    optics group in micrograph-sorted order (at least 5 K)."""
+    names = particles.micrograph_names
+    order = sorted(range(particles.n), key=lambda i: names[i])
+    n_take = max(n_max, 5 * n_classes)
+    chosen: list[int] = []
+    for group in torch.unique(particles.optics_group).tolist():
+        members = [i for i in order if int(particles.optics_group[i]) == group]
+        chosen.extend(members[:n_take])
+    return torch.tensor(sorted(chosen), dtype=torch.long)
+
+
+def initial_state(particles: ParticleSet, config: VdamConfig) -> RunState:
+    n, k = particles.box_size, config.n_classes
+    generator = torch.Generator().manual_seed(config.seed)
+    chosen = sigma2_particles(particles, config.n_particles_sigma2, k)
+    images = particles.images(chosen).double()
+    diameter_px = config.particle_diameter_a / particles.pixel_size_a
+    n_groups = len(particles.table.optics)
+    sigma2 = torch.zeros((n_groups, n // 2 + 1), dtype=torch.float64)
+    for group in range(n_groups):
+        rows = particles.optics_group[chosen] == group
+        if rows.any():
+            sigma2[group] = initial_noise_spectrum(images[rows], diameter_px / 2)
+    window = initial_window(n)
+    spectra = window.take(rfft_image(images))
+    ctf = particle_ctf(particles, chosen, window)
+    ini_high_shells = max(1, round(0.07 * n))
+    maps = initial_references(spectra, ctf, window, k, diameter_px, ini_high_shells, generator)
+    if config.flatten_solvent:
+        maps = maps * soft_edge_mask((n, n, n), diameter_px / 2, config.mask_edge_px)
+    m = n  # pad 1
+    n_dir = 12 * 4**config.healpix_order
+    zeros = torch.zeros(particles.n, dtype=torch.float64)
+    return RunState(
+        iteration=0,
+        maps=maps,
+        moment1=torch.zeros((k, 2, m, m, m), dtype=torch.complex128),
+        moment2=torch.ones((k, m, m, m), dtype=torch.float64),
+        sigma2=sigma2,
+        class_fraction=torch.full((k,), 1.0 / k, dtype=torch.float64),
+        direction_prior=torch.full((k, n_dir), 1.0 / (k * n_dir), dtype=torch.float64),
+        sigma_offset_a=config.sigma_offset_a,
+        resolution_shell=max(MIN_RESOLUTION_SHELLS, ini_high_shells),
+        healpix_order=config.healpix_order,
+        offset_range_px=config.offset_range_px,
+        offset_step_px=config.offset_step_px,
+        perturbation=0.0,
+        rng_state=generator.get_state(),
+        rot_deg=particles.rot_deg.clone(),
+        tilt_deg=particles.tilt_deg.clone(),
+        psi_deg=particles.psi_deg.clone(),
+        origin_x_a=particles.origin_x_a.clone(),
+        origin_y_a=particles.origin_y_a.clone(),
+        class_number=torch.zeros(particles.n, dtype=torch.long),
+        max_probability=zeros.clone(),
+        n_significant=torch.zeros(particles.n, dtype=torch.long),
+        log_likelihood=zeros.clone(),
+        tau2=torch.zeros((k, n // 2 + 1), dtype=torch.float64),
+        ssnr=torch.zeros((k, n // 2 + 1), dtype=torch.float64),
+    )

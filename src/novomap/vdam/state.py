@@ -1,0 +1,51 @@
+"""The state a VDAM run carries from one iteration to the next; what a checkpoint holds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import torch
+
+
+@dataclass
+class RunState:
+    iteration: int
+    maps: torch.Tensor  # (K, N, N, N) float64, real-space references (solvent-flattened)
+    moment1: torch.Tensor  # (K, 2, M, M, M) complex128, first moments per pseudo half
+    moment2: torch.Tensor  # (K, M, M, M) float64, second moment (init 1)
+    sigma2: torch.Tensor  # (n_groups, N//2+1) float64 noise spectra
+    class_fraction: torch.Tensor  # (K,) float64
+    direction_prior: torch.Tensor  # (K, n_dir) float64, sums to 1 over (K, n_dir)
+    sigma_offset_a: float
+    resolution_shell: int  # last shell with SSNR >= 1 (max over classes)
+    healpix_order: int
+    offset_range_px: float
+    offset_step_px: float
+    perturbation: float
+    rng_state: torch.Tensor  # torch.Generator state for perturbations and blobs
+    # per particle (n,): the latest assignment of each particle
+    rot_deg: torch.Tensor
+    tilt_deg: torch.Tensor
+    psi_deg: torch.Tensor
+    origin_x_a: torch.Tensor
+    origin_y_a: torch.Tensor
+    class_number: torch.Tensor  # int64, 1-based (0 = never assigned)
+    max_probability: torch.Tensor
+    n_significant: torch.Tensor  # int64
+    log_likelihood: torch.Tensor
+    # per class (K, N//2+1), for model.star
+    tau2: torch.Tensor
+    ssnr: torch.Tensor
+    history: list[dict] = field(default_factory=list)  # per-iteration figures for reports
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.maps.shape[0])
+
+    def save(self, path: str | Path) -> None:
+        torch.save({f.name: getattr(self, f.name) for f in fields(self)}, path)
+
+    @staticmethod
+    def load(path: str | Path) -> "RunState":
+        return RunState(**torch.load(path, weights_only=False))
