@@ -21,6 +21,9 @@ COMMANDS: dict[str, str] = {
     "simulate": "simulate",
     "compare": "compare",
     "demo": "demo",
+    "initial-model": "initial_model",
+    "align-symmetry": "align_symmetry",
+    "detect-symmetry": "detect_symmetry",
 }
 
 

@@ -14,9 +14,18 @@ import math
 
 import torch
 
-from novomap.maps.transform import center_of_mass, centred_coordinates, lowpass, shift_volume
+from novomap.maps.transform import center_of_mass, centred_coordinates, fourier_crop, lowpass, shift_volume
 
 _ITERATIONS = 5
+_MAX_SIZE = 64  # larger maps are analysed on a Fourier-resized copy (centre and radius scale with it)
+
+
+def _small_copy(volume: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """(copy of at most _MAX_SIZE^3, px of the input per px of the copy)."""
+    n = volume.shape[-1]
+    if n <= _MAX_SIZE:
+        return volume, 1.0
+    return fourier_crop(volume, _MAX_SIZE), n / _MAX_SIZE
 
 
 def density_weights(volume: torch.Tensor) -> torch.Tensor:
@@ -36,12 +45,13 @@ def _masked_com(weights: torch.Tensor, centre_zyx: torch.Tensor, radius: float) 
 
 def particle_centre(volume: torch.Tensor) -> torch.Tensor:
     """Centre of the particle (3,) zyx px from the centre voxel (see module doc)."""
-    weights = density_weights(volume)
+    small, scale = _small_copy(volume)
+    weights = density_weights(small)
     centre = center_of_mass(weights, positive_only=True)
-    radius = 0.4 * volume.shape[-1]
+    radius = 0.4 * small.shape[-1]
     for _ in range(_ITERATIONS):
         centre = _masked_com(weights, centre, radius)
-    return centre
+    return centre * scale
 
 
 def centre_by_mass(volume: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,16 +62,17 @@ def centre_by_mass(volume: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def particle_radius(volume: torch.Tensor, fraction: float = 0.99) -> float:
     """Radius (px) around the centre voxel that holds `fraction` of the particle's mass (N/2 if none)."""
-    n = volume.shape[-1]
-    weights = density_weights(volume).flatten()
+    small, scale = _small_copy(volume)
+    n = small.shape[-1]
+    weights = density_weights(small).flatten()
     total = float(weights.sum())
     if total <= 0:
-        return n / 2
+        return volume.shape[-1] / 2
     r = centred_coordinates(n, torch.float64).norm(dim=-1).flatten()
     order = torch.argsort(r)
     cumulative = torch.cumsum(weights[order], 0) / total
     position = int(torch.searchsorted(cumulative, torch.tensor(fraction, dtype=torch.float64)))
-    return float(r[order][min(position, r.numel() - 1)])
+    return float(r[order][min(position, r.numel() - 1)]) * scale
 
 
 def search_box(volume: torch.Tensor) -> int:

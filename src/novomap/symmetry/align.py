@@ -70,12 +70,12 @@ class WorkingMaps:
     fine: torch.Tensor
 
 
-def prepare(volume: torch.Tensor) -> WorkingMaps:
+def prepare(volume: torch.Tensor, fine_size: int = FINE_SIZE) -> WorkingMaps:
     """Re-centre a map (N, N, N) on its particle (novomap.maps.centring) and make the scoring copies."""
     centred, shift = centring.centre_by_mass(volume.to(torch.float32))
     crop = centring.search_box(centred)
     coarse = so3_search.working_copy(centred, crop, min(crop, COARSE_SIZE), resolution_px=3.0)
-    fine = so3_search.working_copy(centred, crop, min(crop, FINE_SIZE), resolution_px=2.0)
+    fine = so3_search.working_copy(centred, crop, min(crop, fine_size), resolution_px=2.0)
     return WorkingMaps(centred, shift, crop, coarse, fine)
 
 
@@ -260,8 +260,9 @@ def coarse_alignments(maps: WorkingMaps, group: PointGroup) -> tuple[torch.Tenso
         candidates.rotations, scores, CANDIDATES, 2 * GRID_SPACING_DEG, candidates.equivalences,
         candidates.directions_only,
     )
-    starts = candidates.rotations[picks]
-    refined, refined_scores = so3_search.local_refine(coarse_fn, starts, GRID_SPACING_DEG / 2, 1.0, scores[picks])
+    # refine with the unbiased proxy: the conjugate one's interpolation loss shifts minima slightly
+    refine_fn = proxy_score_fn(maps.coarse, search_operators(group, COARSE_OPS))
+    refined, refined_scores = so3_search.local_refine(refine_fn, candidates.rotations[picks], GRID_SPACING_DEG / 2, 0.5)
     order = torch.argsort(refined_scores, stable=True)
     return refined[order], refined_scores[order]
 

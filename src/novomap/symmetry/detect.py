@@ -37,6 +37,7 @@ NOISE_TOLERANCE = 0.5  # the white-noise estimate may be off by this fraction
 MARGIN = 0.005  # absolute slack (alignment to ~0.25 deg, rounding) for nearly noise-free maps
 SCAN_GATE = 3.0  # coarse-refine a candidate when its coarse score <= SCAN_GATE x rough threshold + 0.02
 REFINE_GATE = 3.0  # fine-refine a group when its score <= REFINE_GATE x threshold
+FINE_SIZE = 24  # px: detection scores at Nyquist ~ 2.5 px of the particle box, enough to tell groups apart
 AXIS_SPACING_DEG = 7.5
 DIHEDRAL_STEP_DEG = 3.0
 _NOISE_SEED = 20240611
@@ -139,9 +140,10 @@ def _refine_gate(order: int, model: NoiseModel) -> float:
 def _cyclic_starts(
     maps: align.WorkingMaps, model: NoiseModel, orders: list[int]
 ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """Per order n: coarse rotations (K, 3, 3) putting the best Cn axes on z, and scores (K,), best first.
+    """Per order n: coarse rotations (K, 3, 3) putting the best Cn axes on z, and their Cn scores (K,).
 
-    All orders come from one cylindrical-harmonic scan; only plausible ones are refined locally.
+    All orders come from one cylindrical-harmonic scan (exact Cn scores on the coarse copy); plausible
+    axes are refined locally and re-scored the same way, best first.
     """
     directions = so3_search.direction_grid(AXIS_SPACING_DEG, hemisphere=True)
     scores = cyclic_scores(angular_power(maps.coarse, directions), orders)
@@ -153,8 +155,9 @@ def _cyclic_starts(
         starts[n] = (rotations[picks], scores[picks, column])
         if float(scores[picks[0], column]) <= _refine_gate(n, model):
             group = point_group(f"C{n}")
-            score_fn = align.conjugate_score_fn(maps.coarse, align.search_operators(group, align.COARSE_OPS))
-            refined, values = so3_search.local_refine(score_fn, rotations[picks], AXIS_SPACING_DEG / 2, 0.5)
+            score_fn = align.proxy_score_fn(maps.coarse, align.search_operators(group, align.COARSE_OPS))
+            refined, _ = so3_search.local_refine(score_fn, rotations[picks], AXIS_SPACING_DEG / 2, 0.5)
+            values = cyclic_scores(angular_power(maps.coarse, refined[:, 2]), [n])[:, 0]
             order = torch.argsort(values, stable=True)
             starts[n] = (refined[order], values[order])
     return starts
@@ -178,7 +181,8 @@ def _dihedral_starts(
     candidates = (spins[None] @ axes[:, None]).reshape(-1, 3, 3)  # Rz(phi) A keeps the axis on z
     values = so3_search.evaluate(score_fn, candidates).reshape(axes.shape[0], steps)
     best = candidates.reshape(axes.shape[0], steps, 3, 3)[torch.arange(axes.shape[0]), values.argmin(dim=1)]
-    refined, values = so3_search.local_refine(score_fn, best, DIHEDRAL_STEP_DEG, 0.5)
+    refine_fn = align.proxy_score_fn(maps.coarse, align.search_operators(group, align.COARSE_OPS))
+    refined, values = so3_search.local_refine(refine_fn, best, DIHEDRAL_STEP_DEG, 0.5)
     order = torch.argsort(values, stable=True)
     return refined[order], values[order]
 
@@ -218,21 +222,33 @@ def _candidate_starts(
 
 
 def _scores(maps: align.WorkingMaps, model: NoiseModel, group: PointGroup, rotation: torch.Tensor):
-    """(score, threshold) of a group at a rotation, both on the fine copy."""
+    """(score, threshold) of a group at a rotation, both on the fine copy.
+
+    The noise score never exceeds the noise fraction, so a score far above rough_threshold() is
+    rejected without scoring the noise volume (the rough threshold is then reported).
+    """
     residual, power = align.symmetry_residual(maps.fine, group, rotation)
-    noise_residual, _ = align.symmetry_residual(model.noise, group, rotation)
     power = max(power, 1e-30)
-    return residual / power, threshold(group.order, noise_residual / power, model.floor)
+    score = residual / power
+    limit = rough_threshold(group.order, model)
+    if score <= REFINE_GATE * threshold(group.order, model.fraction, model.floor):
+        noise_residual, _ = align.symmetry_residual(model.noise, group, rotation)
+        limit = threshold(group.order, noise_residual / power, model.floor)
+    return score, limit
 
 
 def _score_group(
-    maps: align.WorkingMaps, model: NoiseModel, group: PointGroup, start: tuple[torch.Tensor, torch.Tensor]
+    maps: align.WorkingMaps,
+    model: NoiseModel,
+    group: PointGroup,
+    start: tuple[torch.Tensor, torch.Tensor],
+    refine: bool = True,
 ) -> tuple[GroupScore, torch.Tensor]:
-    """Table row and rotation of one group, refining on the fine copy only when it may be present."""
+    """Table row and rotation of one group, refined on the fine copy only when it may be present."""
     rotations, values = start
     rotation = rotations[0]
     score, limit = _scores(maps, model, group, rotation)
-    refined = score <= REFINE_GATE * limit
+    refined = refine and score <= REFINE_GATE * limit
     if refined:
         rotation = align.fine_alignment(maps, group, rotations, values, 1.0, 0.25)[0]
         score, limit = _scores(maps, model, group, rotation)
@@ -242,18 +258,26 @@ def _score_group(
 def detect_point_group(volume: torch.Tensor, pixel_size_a: float, max_order: int = 24) -> DetectionResult:
     """Detect the point group of a map (N, N, N) among C1, Cn, Dn (2 <= n <= max_order), T, O and I.
 
+    Groups are tried from the largest order down; once a group is accepted, the smaller ones are
+    only scored at their coarse alignment (refined False), since they cannot change the answer.
     Groups are named in RELION's frames (I = I2); the returned rotation aligns the re-centred map to
     the chosen group's frame. pixel_size_a is not needed (the analysis is in pixels).
     """
     del pixel_size_a
-    maps = align.prepare(torch.as_tensor(volume, dtype=torch.float32))
+    maps = align.prepare(torch.as_tensor(volume, dtype=torch.float32), fine_size=FINE_SIZE)
     model = noise_model(maps)
-    table = [GroupScore("C1", 1, 0.0, 0.0, True, True)]
+    starts = _candidate_starts(maps, model, max_order)
+    groups = sorted((point_group(name) for name in starts), key=lambda g: -g.order)
+    rows: dict[str, GroupScore] = {}
     rotations = {"C1": torch.eye(3, dtype=torch.float64)}
-    for name, start in _candidate_starts(maps, model, max_order).items():
-        row, rotation = _score_group(maps, model, point_group(name), start)
-        table.append(row)
-        rotations[row.group] = rotation
-    accepted = [row for row in table if row.accepted]
-    chosen = max(accepted, key=lambda row: (row.order, -row.score / max(row.threshold, 1e-12)))
+    found_order = 0
+    for group in groups:
+        row, rotation = _score_group(maps, model, group, starts[group.name], refine=group.order >= found_order)
+        rows[group.name] = row
+        rotations[group.name] = rotation
+        if row.accepted and row.refined:
+            found_order = max(found_order, group.order)
+    table = [GroupScore("C1", 1, 0.0, 0.0, True, True)] + [rows[name] for name in starts]
+    candidates = [row for row in table if row.accepted and (row.refined or row.order == 1)]
+    chosen = max(candidates, key=lambda row: (row.order, -row.score / max(row.threshold, 1e-12)))
     return DetectionResult(chosen.group, table, model.fraction, model.floor, rotations[chosen.group])

@@ -12,13 +12,15 @@ from novomap.estep.prepare import prepare_batch
 from novomap.estep.search import SearchSettings, coarse_pass, fine_pass, project_references
 from novomap.io.particles import ParticleSet
 from novomap.model.params import image_sizes, reference_power, resolution_shell, spectral_snr, update_sigma2, update_with_momentum
-from novomap.physics.euler import matrix_to_euler
+from novomap.physics.euler import euler_to_matrix, matrix_to_euler
 from novomap.physics.fourier import centred_ft_to_volume, centred_radius, rfft_shells, volume_to_centred_ft
 from novomap.physics.masks import mask_volume_with_background, soft_edge_mask
 from novomap.physics.projection import gridding_correction, hermitian_symmetrise
 from novomap.physics.window import fourier_window
 from novomap.reconstruct import particle_ctf
+from novomap.sampling.accuracy import expected_errors
 from novomap.sampling.grid import SearchGrid, build_search_grid
+from novomap.sampling.healpix import angular_step_deg
 from novomap.vdam import schedules
 from novomap.vdam.config import VdamConfig
 from novomap.vdam.state import RunState
@@ -58,8 +60,24 @@ def _chunk_size(config: VdamConfig, grid: SearchGrid, n_classes: int) -> int:
     return int(max(8, min(512, 12_000_000 // per_particle)))
 
 
-def expectation(state: RunState, particles: ParticleSet, batch_index: torch.Tensor, half: torch.Tensor, grid: SearchGrid, current_size: int, coarse_size: int, config: VdamConfig, device: torch.device, timings: dict) -> Sums:
-    """The E-step over a mini-batch: coarse pass, fine pass and sums, chunk by chunk."""
+def expectation(
+    state: RunState,
+    particles: ParticleSet,
+    batch_index: torch.Tensor,
+    half: torch.Tensor,
+    grid: SearchGrid,
+    current_size: int,
+    coarse_size: int,
+    config: VdamConfig,
+    device: torch.device,
+    timings: dict,
+    with_sums: bool = True,
+) -> Sums:
+    """The E-step over a mini-batch: coarse pass, fine pass and sums, chunk by chunk.
+
+    Every visited particle's best pose, class and statistics are stored in `state`; with
+    with_sums=False only that is done (the final assignment pass).
+    """
     n = particles.box_size
     window = fourier_window(n, current_size, device)
     coarse_window = fourier_window(n, coarse_size, device)
@@ -93,7 +111,8 @@ def expectation(state: RunState, particles: ParticleSet, batch_index: torch.Tens
         t2 = time.perf_counter()
         result = fine_pass(batch, window, significant, references, PAD, grid, log_prior, settings)
         t3 = time.perf_counter()
-        accumulate(sums, batch, result, window, grid, PAD, particles.pixel_size_a)
+        if with_sums:
+            accumulate(sums, batch, result, window, grid, PAD, particles.pixel_size_a)
         t4 = time.perf_counter()
         for key, value in (("prepare", t1 - t0), ("coarse", t2 - t1), ("fine", t3 - t2), ("backproject", t4 - t3)):
             timings[key] = timings.get(key, 0.0) + value
@@ -159,7 +178,69 @@ def maximization(state: RunState, sums: Sums, current_size: int, step: float, ta
     state.direction_prior = update_with_momentum(state.direction_prior, sums.direction_weight.cpu() / total, mu)
     offset_var = float(sums.offset_sq_a2.cpu()) / (2 * float(total))
     state.sigma_offset_a = math.sqrt(update_with_momentum(torch.tensor(state.sigma_offset_a**2), torch.tensor(offset_var), mu).item())
-    state.resolution_shell = max(resolution_shell(state.ssnr[k]) for k in range(state.n_classes))
+    new_shell = max(resolution_shell(state.ssnr[k]) for k in range(state.n_classes))
+    state.iterations_without_gain = 0 if new_shell > state.resolution_shell else state.iterations_without_gain + 1
+    state.resolution_shell = new_shell
+
+
+def search_setup(state: RunState, particles: ParticleSet, config: VdamConfig) -> tuple[SearchGrid, int, int]:
+    """This iteration's perturbed grid and (current_size, coarse_size); advances the perturbation RNG."""
+    generator = torch.Generator()
+    generator.set_state(state.rng_state)
+    state.perturbation = next_perturbation(state.perturbation, generator, config.perturb)
+    state.rng_state = generator.get_state()
+    grid = build_search_grid(state.healpix_order, state.offset_range_px, state.offset_step_px, state.perturbation)
+    current_size, coarse_size = image_sizes(state.resolution_shell, particles.box_size, grid.coarse_step_deg, config.particle_diameter_a, particles.pixel_size_a)
+    return grid, current_size, coarse_size
+
+
+def assign_all(state: RunState, particles: ParticleSet, half: torch.Tensor, config: VdamConfig, device: torch.device) -> dict:
+    """One E-step over every particle with the final maps: fresh poses for the whole data set.
+
+    RELION leaves stale values for particles the last mini-batches did not visit; this pass
+    gives every row of data.star an assignment from the final model.
+    """
+    grid, current_size, coarse_size = search_setup(state, particles, config)
+    timings: dict = {}
+    expectation(state, particles, torch.arange(particles.n), half, grid, current_size, coarse_size, config, device, timings, with_sums=False)
+    return timings
+
+
+def estimate_accuracy(state: RunState, particles: ParticleSet, sample: torch.Tensor, current_size: int, device: torch.device) -> None:
+    """Expected angular/translational errors on up to 100 particles at their current poses (vdam-spec 3.7)."""
+    sample = sample[:100]
+    window = fourier_window(particles.box_size, current_size, device)
+    references = projector_transforms(state.maps).to(device)
+    rotations = euler_to_matrix(state.rot_deg[sample], state.tilt_deg[sample], state.psi_deg[sample])
+    classes = (state.class_number[sample] - 1).clamp(min=0)
+    ctf = particle_ctf(particles, sample, window.to("cpu")).to(device)
+    sigma2 = state.sigma2.to(device)[particles.optics_group[sample].to(device)][:, window.shell]
+    inv_sigma2 = torch.where(window.shell[None, :] > 0, 1.0 / sigma2.clamp(min=1e-30), torch.zeros_like(sigma2))
+    angular, translational = [], []
+    for k in torch.unique(classes).tolist():
+        rows = classes == k
+        a, t = expected_errors(references[k], rotations[rows], ctf[rows], inv_sigma2[rows], window, PAD)
+        angular.append(a * int(rows.sum()))
+        translational.append(t * int(rows.sum()))
+    state.acc_rot_deg = sum(angular) / len(sample)
+    state.acc_trans_px = sum(translational) / len(sample)
+
+
+def refine_sampling(state: RunState, config: VdamConfig) -> bool:
+    """Make the angular sampling finer when the model has outgrown it (vdam-spec 3.7); True if changed.
+
+    Only when the resolution has stalled, the fine step is coarser than 0.75 x the expected
+    angular error, and the coarse HEALPix order stays <= config.max_healpix_order.
+    """
+    fine_step = angular_step_deg(state.healpix_order + 1)
+    if state.iterations_without_gain < 1 or fine_step < 0.75 * state.acc_rot_deg:
+        return False
+    if state.healpix_order + 1 > config.max_healpix_order:
+        return False
+    state.healpix_order += 1
+    n_dir = 12 * 4**state.healpix_order
+    state.direction_prior = torch.full((state.n_classes, n_dir), 1.0 / (state.n_classes * n_dir), dtype=torch.float64)
+    return True
 
 
 def run_iteration(state: RunState, particles: ParticleSet, half: torch.Tensor, config: VdamConfig, device: torch.device) -> dict:
@@ -176,19 +257,21 @@ def run_iteration(state: RunState, particles: ParticleSet, half: torch.Tensor, c
     order = torch.randperm(particles.n, generator=torch.Generator().manual_seed(config.seed + iteration))
     batch_index = order[:batch_size]
 
-    generator = torch.Generator()
-    generator.set_state(state.rng_state)
-    state.perturbation = next_perturbation(state.perturbation, generator, config.perturb)
-    state.rng_state = generator.get_state()
-    grid = build_search_grid(state.healpix_order, state.offset_range_px, state.offset_step_px, state.perturbation)
-    current_size, coarse_size = image_sizes(state.resolution_shell, particles.box_size, grid.coarse_step_deg, config.particle_diameter_a, particles.pixel_size_a)
-
+    if config.auto_sampling and iteration > 1 and iteration % 10 == 0:
+        refine_sampling(state, config)
+    grid, current_size, coarse_size = search_setup(state, particles, config)
     timings: dict = {}
+    if iteration == 1 or iteration % 10 == 0 or iteration == config.n_iter:
+        t0 = time.perf_counter()
+        estimate_accuracy(state, particles, batch_index, current_size, device)
+        timings["accuracy"] = time.perf_counter() - t0
     sums = expectation(state, particles, batch_index, half, grid, current_size, coarse_size, config, device, timings)
     t0 = time.perf_counter()
     maximization(state, sums, current_size, step, tau2_fudge, config, particles.pixel_size_a)
     timings["mstep"] = time.perf_counter() - t0
     state.iteration = iteration
+    if iteration < 10:
+        state.iterations_without_gain = 0
     figures = {
         "iteration": iteration,
         "batch_size": batch_size,
@@ -199,6 +282,8 @@ def run_iteration(state: RunState, particles: ParticleSet, half: torch.Tensor, c
         "resolution_a": particles.box_size * particles.pixel_size_a / max(state.resolution_shell, 1),
         "healpix_order": state.healpix_order,
         "fine_step_deg": grid.fine_step_deg,
+        "acc_rot_deg": state.acc_rot_deg,
+        "acc_trans_a": state.acc_trans_px * particles.pixel_size_a,
         "log_likelihood": float(sums.log_likelihood) / batch_size,
         "average_pmax": float(sums.max_probability) / batch_size,
         "class_fraction": state.class_fraction.tolist(),

@@ -37,6 +37,9 @@ class RunState:
     # per class (K, N//2+1), for model.star
     tau2: torch.Tensor
     ssnr: torch.Tensor
+    acc_rot_deg: float = 999.0  # expected angular error of the model (sampling/accuracy.py)
+    acc_trans_px: float = 999.0
+    iterations_without_gain: int = 0  # iterations since the resolution last improved
     history: list[dict] = field(default_factory=list)  # per-iteration figures for reports
 
     @property
