@@ -21,7 +21,7 @@ def blob_map(group_name: str, size: int = 64, blobs_per_unit: int | None = None,
     """
     group = point_group(group_name)
     generator = torch.Generator().manual_seed(seed)
-    count = blobs_per_unit or max(2, min(6, 48 // group.order))
+    count = blobs_per_unit or max(1, min(6, 48 // group.order))
     radius = torch.empty(count, dtype=torch.float64).uniform_(0.2 * size, 0.34 * size, generator=generator)
     direction = torch.randn(count, 3, dtype=torch.float64, generator=generator)
     centres = direction / direction.norm(dim=-1, keepdim=True) * radius[:, None]

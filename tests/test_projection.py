@@ -167,8 +167,9 @@ def test_hermitian_symmetrise_of_half_plane_equals_full_plane(pad):
     kx = torch.cat([w.kx, -w.kx])
     ky = torch.cat([w.ky, -w.ky])
     insert_slices(torch.cat([values, values.conj()], 1), torch.cat([ctf2, ctf2], 1), rotation, kx, ky, pad, full_d, full_w)
-    torch.testing.assert_close(sym_d, full_d, atol=1e-14, rtol=0)
-    torch.testing.assert_close(sym_w, full_w, atol=1e-14, rtol=0)
+    # equal up to summation order (the scatter adds the 8 corner contributions in its own order)
+    torch.testing.assert_close(sym_d, full_d, atol=1e-12, rtol=0)
+    torch.testing.assert_close(sym_w, full_w, atol=1e-12, rtol=0)
     assert float(full_w.sum()) == pytest.approx(2 * float(ctf2.sum()), rel=1e-12)
 
 

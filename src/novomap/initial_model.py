@@ -63,7 +63,10 @@ def run_initial_model(
     scratch_dir: str | Path | None = None,
     continue_from: str | Path | None = None,
     progress: Callable[[dict], None] | None = None,
+    on_write: Callable[[Path], None] | None = None,
 ) -> JobResult:
+    """Run the job into out_dir. progress(figures) is called after each iteration; on_write(optimiser_star)
+    after each set of run_itNNN_* files is written (iteration 0, every write_every, the last, the final pass)."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
     group = point_group(symmetry)  # validate before any work
@@ -76,18 +79,24 @@ def run_initial_model(
         state = RunState.load(state_path_for(continue_from))
     else:
         state = initial_state(particles, config)
-        write_iteration(out_dir, particles, state, config, particles.box_size, str(star_path), command_line)
+        written = write_iteration(out_dir, particles, state, config, particles.box_size, str(star_path), command_line)
+        if on_write is not None:
+            on_write(written)
     half = pseudo_halves(particles)
     for _ in range(state.iteration, config.n_iter):
         figures = run_iteration(state, particles, half, config, device)
         if progress is not None:
             progress(figures)
         if state.iteration % config.write_every == 0 or state.iteration == config.n_iter:
-            write_iteration(out_dir, particles, state, config, figures["current_size"], str(star_path), command_line)
+            written = write_iteration(out_dir, particles, state, config, figures["current_size"], str(star_path), command_line)
+            if on_write is not None:
+                on_write(written)
 
     assign_all(state, particles, half, config, device)
     _, current_size, _ = search_setup(state, particles, config)
-    write_iteration(out_dir, particles, state, config, current_size, str(star_path), command_line)
+    written = write_iteration(out_dir, particles, state, config, current_size, str(star_path), command_line)
+    if on_write is not None:
+        on_write(written)
 
     largest = int(torch.argmax(state.class_fraction))
     alignment = align_to_symmetry(state.maps[largest].float(), particles.pixel_size_a, group)

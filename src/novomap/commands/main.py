@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "compare": "compare",
     "demo": "demo",
     "initial-model": "initial_model",
+    "report": "report",
     "align-symmetry": "align_symmetry",
     "detect-symmetry": "detect_symmetry",
 }

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
+from novomap.estep.cache import SliceBuffer
 from novomap.estep.prepare import PreparedBatch
 from novomap.estep.search import FineResult, sub_shift_phases
-from novomap.physics.projection import insert_slices
 from novomap.physics.window import FourierWindow, shift_phases
 from novomap.sampling.grid import SearchGrid
 
@@ -33,11 +33,12 @@ class Sums:
     class_weight: torch.Tensor  # (K,) float64
     direction_weight: torch.Tensor  # (K, n_dir) float64
     offset_sq_a2: torch.Tensor  # () float64: sum w |new origin|^2 (Å^2)
+    slices: SliceBuffer  # back-projection slices not yet inserted into gradient/weight
     log_likelihood: torch.Tensor  # () float64
     max_probability: torch.Tensor  # () float64: sum of Pmax
 
     @staticmethod
-    def zeros(n_classes: int, grid_size: int, box: int, n_groups: int, n_directions: int, noise_pixels: torch.Tensor, device) -> "Sums":
+    def zeros(n_classes: int, grid_size: int, box: int, n_groups: int, n_directions: int, noise_pixels: torch.Tensor, n_fine: int, n_pixels: int, device) -> "Sums":
         m = grid_size
         f64 = dict(dtype=torch.float64, device=device)
         return Sums(
@@ -49,9 +50,21 @@ class Sums:
             class_weight=torch.zeros(n_classes, **f64),
             direction_weight=torch.zeros((n_classes, n_directions), **f64),
             offset_sq_a2=torch.zeros((), **f64),
+            slices=SliceBuffer(2 * n_classes * n_fine, n_pixels, device),
             log_likelihood=torch.zeros((), **f64),
             max_probability=torch.zeros((), **f64),
         )
+
+
+def flush_slices(sums: Sums, grid: SearchGrid, window: FourierWindow, pad: int) -> None:
+    """Back-project every buffered slice into the gradient and weight grids."""
+    sums.slices.flush(grid.fine_rotations.reshape(-1, 3, 3), sums.gradient.shape[1], window, pad, sums.gradient, sums.weight)
+
+
+def _insert_now(sums: Sums, keys: torch.Tensor, data: torch.Tensor, weight: torch.Tensor, grid: SearchGrid, window: FourierWindow, pad: int) -> None:
+    buffer = SliceBuffer(sums.slices.slot.numel(), data.shape[1], data.device, max_slices=keys.numel())
+    buffer.add(keys, data, weight)
+    buffer.flush(grid.fine_rotations.reshape(-1, 3, 3), sums.gradient.shape[1], window, pad, sums.gradient, sums.weight)
 
 
 def _dense_rows(row_to: torch.Tensor, col: torch.Tensor, value: torch.Tensor, n_rows: int, n_cols: int) -> torch.Tensor:
@@ -105,13 +118,12 @@ def accumulate(
     slice_gradient = torch.zeros((n_slices, window.n_pixels), dtype=torch.complex64, device=device)
     slice_gradient.index_add_(0, slice_of_row, image_term[b] * shifted_sum)
     slice_gradient -= result.projections[slice_proj] * slice_weight
-    rotations = grid.fine_rotations.reshape(-1, 3, 3).to(device)[keys % n_fine]
-    grid_index = keys // n_fine  # half * K + class
-    kx, ky = window.kx.to(device), window.ky.to(device)
-    for hk in torch.unique(grid_index).tolist():
-        rows = torch.nonzero(grid_index == hk).squeeze(1)
-        h, c = divmod(hk, n_classes)
-        insert_slices(slice_gradient[rows], slice_weight[rows], rotations[rows], kx, ky, pad, sums.gradient[h, c], sums.weight[h, c])
+    if not sums.slices.room_for(keys):
+        flush_slices(sums, grid, window, pad)
+    if sums.slices.room_for(keys):
+        sums.slices.add(keys, slice_gradient, slice_weight)
+    else:  # more distinct slices in one chunk than the buffer holds: insert them directly
+        _insert_now(sums, keys, slice_gradient, slice_weight, grid, window, pad)
 
     # noise per particle and pixel on the masked image:
     # sum_rows s|X|^2 - 2 Re(X c conj(sum_rows P A)) + c^2 sum_rows s |P|^2

@@ -33,16 +33,14 @@ class PreparedBatch:
 def shift_images_integer(images: torch.Tensor, shift_px: torch.Tensor) -> torch.Tensor:
     """Move image content (B, N, N) by whole-pixel shifts (B, 2) as (x, y), filling with zeros (no wrap)."""
     b, n, _ = images.shape
-    out = torch.zeros_like(images)
     shifts = shift_px.round().long()
-    for sx, sy in torch.unique(shifts, dim=0).tolist():
-        rows = (shifts[:, 0] == sx) & (shifts[:, 1] == sy)
-        src_y = slice(max(0, -sy), min(n, n - sy))
-        dst_y = slice(max(0, sy), min(n, n + sy))
-        src_x = slice(max(0, -sx), min(n, n - sx))
-        dst_x = slice(max(0, sx), min(n, n + sx))
-        out[rows, dst_y, dst_x] = images[rows, src_y, src_x]
-    return out
+    margin = int(shifts.abs().max()) if b else 0
+    padded = torch.nn.functional.pad(images, (margin, margin, margin, margin))
+    axis = torch.arange(n, device=images.device)
+    rows = axis[None, :] - shifts[:, 1:2] + margin  # (B, N): source row of each output row
+    cols = axis[None, :] - shifts[:, 0:1] + margin
+    batch = torch.arange(b, device=images.device)[:, None, None]
+    return padded[batch, rows[:, :, None], cols[:, None, :]]
 
 
 def shell_power(spectra: torch.Tensor, shells: torch.Tensor, n_shells: int) -> torch.Tensor:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from novomap.estep.cache import ProjectionCache
 from novomap.estep.prepare import PreparedBatch
 from novomap.physics.projection import extract_slices
 from novomap.physics.window import FourierWindow, shift_phases
@@ -102,9 +103,11 @@ def coarse_pass(
     )[:, :, None]
     flat = log_w.reshape(log_w.shape[0], -1)
     weights = torch.softmax(flat, dim=-1)
-    ordered, _ = torch.sort(weights, dim=-1, descending=True)
+    # only the largest max_significant weights can be significant: a partial sort suffices
+    cap = min(settings.max_significant, flat.shape[-1])
+    ordered = torch.topk(weights, cap, dim=-1, sorted=True).values
     needed = (torch.cumsum(ordered, -1) < settings.adaptive_fraction).sum(-1) + 1
-    n_sig = needed.clamp(max=min(settings.max_significant, flat.shape[-1]))
+    n_sig = needed.clamp(max=cap)
     threshold = ordered.gather(1, (n_sig - 1)[:, None])
     significant = (weights >= threshold) & (weights > 0)
     return significant.reshape(log_w.shape)
@@ -144,27 +147,11 @@ def sub_shift_phases(window: FourierWindow, grid: SearchGrid) -> torch.Tensor:
     return shift_phases(window, offsets.to(window.kx.device))
 
 
-def _fine_projections(references: torch.Tensor, row_class: torch.Tensor, row_orientation: torch.Tensor, grid: SearchGrid, window: FourierWindow, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Project each distinct (class, fine orientation) once -> (projections (n_unique, P), row index (H,))."""
-    device = references.device
-    n_fine = grid.fine_rotations.shape[0] * 8
-    keys, row_projection = torch.unique(row_class * n_fine + row_orientation, return_inverse=True)
-    rotations = grid.fine_rotations.reshape(-1, 3, 3).to(device)
-    projections = torch.empty((keys.numel(), window.n_pixels), dtype=torch.complex64, device=device)
-    for k in range(references.shape[0]):
-        rows = torch.nonzero(keys // n_fine == k).squeeze(1)
-        if rows.numel():
-            proj = extract_slices(references[k], rotations[keys[rows] % n_fine].to(references.real.dtype), window.kx.to(device), window.ky.to(device), pad)
-            projections[rows] = proj.to(torch.complex64)
-    return projections, row_projection
-
-
 def fine_pass(
     batch: PreparedBatch,
     window: FourierWindow,
     significant: torch.Tensor,
-    references: torch.Tensor,
-    pad: int,
+    projection_cache: ProjectionCache,
     grid: SearchGrid,
     log_direction_prior: torch.Tensor,
     settings: SearchSettings,
@@ -184,7 +171,7 @@ def fine_pass(
     coarse_o = (s_ko % n_orient).repeat_interleave(8)
     row_orientation = coarse_o * 8 + torch.arange(8, device=device).repeat(s_b.numel())
     row_direction = grid.coarse_direction.to(device)[coarse_o]
-    projections, row_projection = _fine_projections(references, row_class, row_orientation, grid, window, pad)
+    projections, row_projection = projection_cache.lookup(row_class * projection_cache.n_orientations + row_orientation)
 
     q = 0.5 * batch.inv_sigma2
     coarse_phases = shift_phases(window, grid.coarse_translations.to(device)).to(torch.complex64)  # (T_c, P)

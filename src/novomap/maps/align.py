@@ -19,7 +19,7 @@ from novomap.maps import centring, so3_search
 from novomap.maps.transform import mirror_volume, rotate_volume, shift_volume
 from novomap.physics.euler import matrix_to_euler
 
-COARSE_SIZE = 20
+COARSE_SIZE = 16
 FINE_SIZE = 32
 GRID_SPACING_DEG = 15.0
 CANDIDATES_PER_HAND = 4

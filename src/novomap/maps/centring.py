@@ -38,8 +38,9 @@ def density_weights(volume: torch.Tensor) -> torch.Tensor:
 
 def _masked_com(weights: torch.Tensor, centre_zyx: torch.Tensor, radius: float) -> torch.Tensor:
     """Centre of mass (3,) zyx px from the box centre of the weights inside a sphere at centre_zyx."""
-    coords = centred_coordinates(weights.shape[-1], torch.float64).flip(-1)  # (z, y, x) order
-    inside = ((coords - centre_zyx) ** 2).sum(dim=-1) <= radius**2
+    axis = torch.arange(weights.shape[-1], dtype=torch.float64) - weights.shape[-1] // 2
+    z, y, x = (axis - c for c in centre_zyx.tolist())
+    inside = (z[:, None, None] ** 2 + y[None, :, None] ** 2 + x[None, None, :] ** 2) <= radius**2
     return center_of_mass(weights * inside, positive_only=True)
 
 

@@ -6,6 +6,7 @@ run state (maps, moments, noise, priors, RNG), which is what --continue reads.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -206,4 +207,6 @@ def write_iteration(out_dir: Path, particles: ParticleSet, state: RunState, conf
     with atomic_path(state_path_for(optimiser)) as tmp:
         state.save(tmp)
     write_optimiser_star(optimiser, out_dir, state, config, input_star, command_line)
+    with atomic_path(out_dir / "history.json") as tmp:  # the figures of every iteration so far (novomap report)
+        tmp.write_text(json.dumps(state.history, indent=1, default=float))
     return optimiser

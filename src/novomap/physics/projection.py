@@ -3,7 +3,7 @@
 The slice of orientation A samples the 3D transform at k3 = A^T (kx, ky, 0) (vdam-spec 1.4),
 on a (pad*N)^3 grid whose zero frequency sits at index pad*N//2, by trilinear interpolation.
 Back-projection is the exact adjoint: each value is splatted onto the same 8 neighbours with the
-same weights. Gathers and scatters use one set of corner indices, so the two never disagree.
+same weights (computed as the gradient of the same grid_sample call, so the two never disagree).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from novomap.physics.fourier import centred_radius, hermitian_partner
 
@@ -18,47 +19,36 @@ from novomap.physics.fourier import centred_radius, hermitian_partner
 def slice_coordinates(rotations: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor, pad: int) -> torch.Tensor:
     """3D grid coordinates (x, y, z), in padded voxels from the centre, of slice pixels.
 
-    rotations (O, 3, 3), kx/ky (P,) -> (O, P, 3). k3 = A^T (kx, ky, 0): k3_j = A_0j kx + A_1j ky.
+    rotations (O, 3, 3), kx/ky (P,) -> (O, P, 3). k3 = A^T (kx, ky, 0): k3_j = A_0j kx + A_1j ky,
+    i.e. (kx, ky) times the first two rows of A, one batched matrix product.
     """
-    a = rotations.to(kx.dtype)
-    k3 = a[:, 0, None, :] * kx[None, :, None] + a[:, 1, None, :] * ky[None, :, None]
-    return k3 * pad
+    k2 = torch.stack([kx, ky], -1).to(rotations.dtype) * pad  # (P, 2)
+    return torch.matmul(k2, rotations[:, :2, :])
 
 
-def _trilinear_corners(coords: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Coordinates (..., 3) as (x, y, z) from the centre -> flat indices (..., 8), weights (..., 8).
+def _sampling_grid(rotations: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor, pad: int, m: int, dtype: torch.dtype) -> torch.Tensor:
+    """grid_sample coordinates (1, O, P, 1, 3) in [-1, 1] (align_corners=True) of every slice pixel."""
+    coords = slice_coordinates(rotations.to(dtype), kx.to(dtype), ky.to(dtype), pad) + m // 2
+    return (coords * (2.0 / (m - 1)) - 1.0)[None, :, :, None, :]
 
-    Corners outside the grid get weight 0 (and a valid dummy index). Built from per-axis weight
-    pairs by broadcasting: this runs for every pixel of every slice, so it avoids Python loops.
-    """
-    pos = coords + m // 2
-    base = torch.floor(pos)
-    frac = pos - base
-    base = base.long()
-    low_ok = (base >= 0) & (base < m)
-    high_ok = (base + 1 >= 0) & (base + 1 < m)
-    axis_weights = torch.stack([(1 - frac) * low_ok, frac * high_ok], dim=-1)  # (..., 3, 2) for x, y, z
-    wx, wy, wz = axis_weights[..., 0, :], axis_weights[..., 1, :], axis_weights[..., 2, :]
-    weights = (wz[..., :, None, None] * wy[..., None, :, None] * wx[..., None, None, :]).flatten(-3)
-    flat = (base[..., 2] * m + base[..., 1]) * m + base[..., 0]
-    offsets = torch.tensor([dz * m * m + dy * m + dx for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)], device=coords.device)
-    index = (flat[..., None] + offsets).clamp(0, m**3 - 1)
-    return index, weights
+
+def _as_channels(volume_ft: torch.Tensor) -> torch.Tensor:
+    """Complex (M, M, M) -> real (1, 2, M, M, M) with channels (real, imaginary)."""
+    return torch.view_as_real(volume_ft).permute(3, 0, 1, 2).unsqueeze(0)
 
 
 def extract_slices(volume_ft: torch.Tensor, rotations: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor, pad: int) -> torch.Tensor:
     """Central slices of a centred 3D transform.
 
     volume_ft (M, M, M) complex, rotations (O, 3, 3), kx/ky (P,) in cycles per unpadded box
-    -> (O, P) complex (same dtype as volume_ft).
+    -> (O, P) complex (same dtype as volume_ft). Trilinear interpolation by grid_sample
+    (zero outside the grid), which is several times faster than an explicit gather on CPU and GPU.
     """
     m = volume_ft.shape[-1]
-    coords = slice_coordinates(rotations, kx, ky, pad)
-    index, weight = _trilinear_corners(coords, m)
-    flat = torch.view_as_real(volume_ft.reshape(-1))  # (M^3, 2)
-    gathered = flat[index.reshape(-1)].reshape(*index.shape, 2)  # (O, P, 8, 2)
-    values = (gathered * weight.to(flat.dtype)[..., None]).sum(-2)
-    return torch.view_as_complex(values.contiguous())
+    channels = _as_channels(volume_ft)
+    grid = _sampling_grid(rotations, kx, ky, pad, m, channels.dtype)
+    sampled = F.grid_sample(channels, grid, mode="bilinear", padding_mode="zeros", align_corners=True)  # (1, 2, O, P, 1)
+    return torch.complex(sampled[0, 0, :, :, 0], sampled[0, 1, :, :, 0])
 
 
 def insert_slices(
@@ -71,24 +61,35 @@ def insert_slices(
     data_grid: torch.Tensor | None,
     weight_grid: torch.Tensor | None,
 ) -> None:
-    """Back-project slices into centred grids in place (the adjoint of extract_slices).
+    """Back-project slices into centred grids in place (the exact adjoint of extract_slices).
 
     values (O, P) complex -> added into data_grid (M, M, M) complex; weights (O, P) real ->
     added into weight_grid (M, M, M) real. Either pair may be None. Only the half-plane of each
     image is inserted; call `hermitian_symmetrise` afterwards to add the conjugate half.
+    The adjoint of trilinear sampling is computed as the gradient of grid_sample, i.e. by its
+    optimised scatter kernel.
     """
-    grid = data_grid if data_grid is not None else weight_grid
-    m = grid.shape[-1]
-    coords = slice_coordinates(rotations, kx, ky, pad)
-    index, corner_weight = _trilinear_corners(coords, m)
-    flat_index = index.reshape(-1)
+    grid_ref = data_grid if data_grid is not None else weight_grid
+    m = grid_ref.shape[-1]
+    # computed in the precision of the inserted values; accumulated in the grids' own
+    dtype = values.real.dtype if values is not None else weights.dtype
+    parts = []
     if values is not None and data_grid is not None:
-        real_grid = torch.view_as_real(data_grid).reshape(-1, 2)
-        v = torch.view_as_real(values.to(data_grid.dtype)).unsqueeze(-2) * corner_weight.to(real_grid.dtype)[..., None]
-        real_grid.index_add_(0, flat_index, v.reshape(-1, 2))
+        parts += [values.real.to(dtype), values.imag.to(dtype)]
     if weights is not None and weight_grid is not None:
-        w = weights.to(weight_grid.dtype).unsqueeze(-1) * corner_weight.to(weight_grid.dtype)
-        weight_grid.view(-1).index_add_(0, flat_index, w.reshape(-1))
+        parts.append(weights.to(dtype))
+    if not parts:
+        return
+    grid = _sampling_grid(rotations, kx, ky, pad, m, dtype)
+    source = torch.zeros((1, len(parts), m, m, m), dtype=dtype, device=grid_ref.device, requires_grad=True)
+    with torch.enable_grad():
+        sampled = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        (adjoint,) = torch.autograd.grad(sampled, source, grad_outputs=torch.stack(parts)[None, :, :, :, None])
+    adjoint = adjoint[0]
+    if values is not None and data_grid is not None:
+        data_grid += torch.complex(adjoint[0], adjoint[1]).to(data_grid.dtype)
+    if weights is not None and weight_grid is not None:
+        weight_grid += adjoint[-1].to(weight_grid.dtype)
 
 
 def hermitian_symmetrise(data_grid: torch.Tensor | None, weight_grid: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:

@@ -59,3 +59,22 @@ def cyclic_scores(power: torch.Tensor, orders: list[int]) -> torch.Tensor:
     m = torch.arange(power.shape[1])
     columns = [1.0 - power[:, m % n == 0].sum(dim=1) / total for n in orders]
     return torch.stack(columns, dim=1)
+
+
+def local_directions(centre: torch.Tensor, radius_deg: float, step_deg: float) -> torch.Tensor:
+    """Unit vectors (M, 3) on a square tangent-plane grid within radius_deg of centre (3,), centre first."""
+    helper = torch.tensor([1.0, 0.0, 0.0] if abs(float(centre[0])) < 0.9 else [0.0, 1.0, 0.0], dtype=torch.float64)
+    e1 = torch.linalg.cross(centre, helper)
+    e1 = e1 / e1.norm()
+    e2 = torch.linalg.cross(centre, e1)
+    count = int(radius_deg // step_deg)
+    offsets = torch.arange(-count, count + 1, dtype=torch.float64) * step_deg
+    a, b = torch.meshgrid(offsets, offsets, indexing="ij")
+    a, b = a.flatten(), b.flatten()
+    keep = a**2 + b**2 <= radius_deg**2
+    a, b = a[keep], b[keep]
+    order = torch.argsort(a**2 + b**2, stable=True)  # the centre (0, 0) comes first
+    a, b = torch.tan(torch.deg2rad(a[order])), torch.tan(torch.deg2rad(b[order]))
+    vectors = centre[None] + a[:, None] * e1[None] + b[:, None] * e2[None]
+    return vectors / vectors.norm(dim=-1, keepdim=True)
+

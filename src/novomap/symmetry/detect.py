@@ -30,8 +30,9 @@ from novomap.maps import so3_search
 from novomap.maps.transform import centred_coordinates, frequency_radius, sample_at, shift_volume
 from novomap.physics.euler import axis_angle_to_matrix, euler_to_matrix
 from novomap.symmetry import align
-from novomap.symmetry.axis_scan import angular_power, cyclic_scores
+from novomap.symmetry.axis_scan import angular_power, cyclic_scores, local_directions
 from novomap.symmetry.groups import PointGroup, point_group
+from novomap.symmetry.score import conjugate_score_fn, symmetry_residual
 
 NOISE_TOLERANCE = 0.5  # the white-noise estimate may be off by this fraction
 MARGIN = 0.005  # absolute slack (alignment to ~0.25 deg, rounding) for nearly noise-free maps
@@ -39,7 +40,8 @@ SCAN_GATE = 3.0  # coarse-refine a candidate when its coarse score <= SCAN_GATE 
 REFINE_GATE = 3.0  # fine-refine a group when its score <= REFINE_GATE x threshold
 FINE_SIZE = 24  # px: detection scores at Nyquist ~ 2.5 px of the particle box, enough to tell groups apart
 AXIS_SPACING_DEG = 7.5
-DIHEDRAL_STEP_DEG = 3.0
+DIHEDRAL_STEP_DEG = 2.0
+LOCAL_STEP_DEG = 1.0
 _NOISE_SEED = 20240611
 # a k-fold axis of each polyhedral group in RELION's frame, k = the order of its largest rotation
 _POLYHEDRAL_AXES = {"T": (3, (0.0, 0.0, 1.0)), "O": (4, (0.0, 0.0, 1.0)), "I": (5, (0.525731114, 0.0, 0.850650807))}
@@ -142,49 +144,54 @@ def _cyclic_starts(
 ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """Per order n: coarse rotations (K, 3, 3) putting the best Cn axes on z, and their Cn scores (K,).
 
-    All orders come from one cylindrical-harmonic scan (exact Cn scores on the coarse copy); plausible
-    axes are refined locally and re-scored the same way, best first.
+    One cylindrical-harmonic scan gives exact Cn scores of every order on a 7.5-deg grid of axes; the
+    best two axes per order that may be present are then re-scanned on a fine local grid around them
+    (shared by all orders, since different orders usually pick the same axes). Best first.
     """
     directions = so3_search.direction_grid(AXIS_SPACING_DEG, hemisphere=True)
     scores = cyclic_scores(angular_power(maps.coarse, directions), orders)
-    rotations = so3_search.rotations_for_directions(directions)
+    picks = {}
+    for column, n in enumerate(orders):
+        chosen = so3_search.select_distinct(so3_search.rotations_for_directions(directions), scores[:, column], 2,
+                                            4 * AXIS_SPACING_DEG, directions_only=True)
+        picks[n] = [int(i) for i in chosen if float(scores[i, column]) <= _refine_gate(n, model)] or [int(chosen[0])]
+    local = {}  # grid direction index -> (local directions (M, 3), their scores (M, orders))
+    for index in sorted({i for chosen in picks.values() for i in chosen}):
+        nearby = local_directions(directions[index], AXIS_SPACING_DEG, LOCAL_STEP_DEG)
+        local[index] = (nearby, cyclic_scores(angular_power(maps.coarse, nearby), orders))
     starts = {}
     for column, n in enumerate(orders):
-        picks = so3_search.select_distinct(rotations, scores[:, column], 2, 4 * AXIS_SPACING_DEG,
-                                           directions_only=True)
-        starts[n] = (rotations[picks], scores[picks, column])
-        if float(scores[picks[0], column]) <= _refine_gate(n, model):
-            group = point_group(f"C{n}")
-            score_fn = align.proxy_score_fn(maps.coarse, align.search_operators(group, align.COARSE_OPS))
-            refined, _ = so3_search.local_refine(score_fn, rotations[picks], AXIS_SPACING_DEG / 2, 0.5)
-            values = cyclic_scores(angular_power(maps.coarse, refined[:, 2]), [n])[:, 0]
-            order = torch.argsort(values, stable=True)
-            starts[n] = (refined[order], values[order])
+        best = [(float(local[i][1][:, column].min()), local[i][0][int(local[i][1][:, column].argmin())])
+                for i in picks[n]]
+        best.sort(key=lambda item: item[0])
+        axes = torch.stack([direction for _, direction in best])
+        starts[n] = (so3_search.rotations_for_directions(axes), torch.tensor([v for v, _ in best], dtype=torch.float64))
     return starts
 
 
 def _dihedral_starts(
     maps: align.WorkingMaps, model: NoiseModel, n: int, cyclic: tuple[torch.Tensor, torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dn from the Cn axis frames (K, 3, 3): scan the in-plane angle of the 2-folds, then refine.
+    """Dn from the Cn axis frames (K, 3, 3): scan the in-plane angle of the 2-folds (DIHEDRAL_STEP_DEG).
 
-    Dn contains Cn, so when the Cn axes are already implausible they are passed on unchanged.
+    Only the 2-folds are scored (the axis is fixed). Dn contains Cn, so when the Cn axes are already
+    implausible they are passed on unchanged. Scores are the scan's proxy (best first).
     """
     axes, cyclic_values = cyclic
     if float(cyclic_values[0]) > _refine_gate(2 * n, model):
         return axes, cyclic_values
     group = point_group(f"D{n}")
-    score_fn = align.conjugate_score_fn(maps.coarse, align.search_operators(group, align.COARSE_OPS))
+    z = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    proper = group.operators[torch.linalg.det(group.operators) > 0]
+    twofolds = proper[(proper @ z)[:, 2] < -1 + 1e-6][:3]  # half-turns about in-plane axes
+    score_fn = conjugate_score_fn(maps.coarse, twofolds)
     steps = max(1, round(180.0 / n / DIHEDRAL_STEP_DEG))
     angles = torch.arange(steps, dtype=torch.float64) * (180.0 / n / steps)
     spins = euler_to_matrix(torch.zeros_like(angles), torch.zeros_like(angles), angles)
     candidates = (spins[None] @ axes[:, None]).reshape(-1, 3, 3)  # Rz(phi) A keeps the axis on z
-    values = so3_search.evaluate(score_fn, candidates).reshape(axes.shape[0], steps)
-    best = candidates.reshape(axes.shape[0], steps, 3, 3)[torch.arange(axes.shape[0]), values.argmin(dim=1)]
-    refine_fn = align.proxy_score_fn(maps.coarse, align.search_operators(group, align.COARSE_OPS))
-    refined, values = so3_search.local_refine(refine_fn, best, DIHEDRAL_STEP_DEG, 0.5)
-    order = torch.argsort(values, stable=True)
-    return refined[order], values[order]
+    values = so3_search.evaluate(score_fn, candidates)
+    order = torch.argsort(values, stable=True)[: axes.shape[0]]
+    return candidates[order], values[order]
 
 
 def _polyhedral_start(
@@ -227,12 +234,12 @@ def _scores(maps: align.WorkingMaps, model: NoiseModel, group: PointGroup, rotat
     The noise score never exceeds the noise fraction, so a score far above rough_threshold() is
     rejected without scoring the noise volume (the rough threshold is then reported).
     """
-    residual, power = align.symmetry_residual(maps.fine, group, rotation)
+    residual, power = symmetry_residual(maps.fine, group, rotation)
     power = max(power, 1e-30)
     score = residual / power
     limit = rough_threshold(group.order, model)
     if score <= REFINE_GATE * threshold(group.order, model.fraction, model.floor):
-        noise_residual, _ = align.symmetry_residual(model.noise, group, rotation)
+        noise_residual, _ = symmetry_residual(model.noise, group, rotation)
         limit = threshold(group.order, noise_residual / power, model.floor)
     return score, limit
 

@@ -36,8 +36,13 @@ def initial_window(box: int) -> FourierWindow:
 
     RELION passes a shell index where a box size is expected, so only about 2 shells are used
     for N = 64; the blobs, not this reconstruction, carry the start's structure.
+    The cut is on |k| itself, not on round(|k|) < size // 2: for an odd size (N = 43..49 gives 3)
+    the latter would keep the DC term alone, a constant map, and blobs scaled to its zero std.
     """
-    return fourier_window(box, max(2, round(0.07 * box)))
+    size = max(2, round(0.07 * box))
+    full = fourier_window(box, box)
+    keep = torch.sqrt(full.kx**2 + full.ky**2) < size / 2
+    return FourierWindow(box, size, full.flat_index[keep], full.kx[keep], full.ky[keep], full.shell[keep])
 
 
 def random_orientation_reconstruction(

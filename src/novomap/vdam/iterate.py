@@ -7,7 +7,8 @@ import time
 
 import torch
 
-from novomap.estep.accumulate import Sums, accumulate
+from novomap.estep.accumulate import Sums, accumulate, flush_slices
+from novomap.estep.cache import ProjectionCache
 from novomap.estep.prepare import prepare_batch
 from novomap.estep.search import SearchSettings, coarse_pass, fine_pass, project_references
 from novomap.io.particles import ParticleSet
@@ -82,16 +83,18 @@ def expectation(
     window = fourier_window(n, current_size, device)
     coarse_window = fourier_window(n, coarse_size, device)
     coarse_pixels = torch.nonzero(window.shell < coarse_size // 2).squeeze(1)
-    references = projector_transforms(state.maps).to(device)
+    # single precision for the search: projections feed float32 matrix products anyway
+    references = projector_transforms(state.maps).to(device=device, dtype=torch.complex64)
     t0 = time.perf_counter()
     coarse_projections = project_references(references, grid.coarse_rotations.to(device), coarse_window, PAD)
     timings["project"] = timings.get("project", 0.0) + time.perf_counter() - t0
     log_prior = torch.log(state.direction_prior.clamp(min=1e-30)).to(device)
     settings = SearchSettings(config.adaptive_fraction, config.significant_cap(), particles.pixel_size_a, state.sigma_offset_a)
-    sums = Sums.zeros(state.n_classes, n * PAD, n, state.sigma2.shape[0], grid.n_directions, _pixels_per_shell(n), device)
+    fine_rotations = grid.fine_rotations.reshape(-1, 3, 3)
+    sums = Sums.zeros(state.n_classes, n * PAD, n, state.sigma2.shape[0], grid.n_directions, _pixels_per_shell(n), fine_rotations.shape[0], window.n_pixels, device)
+    projection_cache = ProjectionCache(references, fine_rotations, window, PAD)
     sigma2 = state.sigma2.to(device)
     diameter_px = config.particle_diameter_a / particles.pixel_size_a
-    fine_rotations = grid.fine_rotations.reshape(-1, 3, 3)
     for chunk in torch.split(batch_index, _chunk_size(config, grid, state.n_classes)):
         t0 = time.perf_counter()
         origins = torch.stack([state.origin_x_a[chunk], state.origin_y_a[chunk]], -1) / particles.pixel_size_a
@@ -109,7 +112,7 @@ def expectation(
         t1 = time.perf_counter()
         significant = coarse_pass(batch, coarse_pixels, coarse_window, coarse_projections, grid, log_prior, settings)
         t2 = time.perf_counter()
-        result = fine_pass(batch, window, significant, references, PAD, grid, log_prior, settings)
+        result = fine_pass(batch, window, significant, projection_cache, grid, log_prior, settings)
         t3 = time.perf_counter()
         if with_sums:
             accumulate(sums, batch, result, window, grid, PAD, particles.pixel_size_a)
@@ -117,6 +120,10 @@ def expectation(
         for key, value in (("prepare", t1 - t0), ("coarse", t2 - t1), ("fine", t3 - t2), ("backproject", t4 - t3)):
             timings[key] = timings.get(key, 0.0) + value
         _store_assignments(state, chunk, batch.origin_px.cpu(), result, fine_rotations, particles.pixel_size_a)
+    if with_sums:
+        t0 = time.perf_counter()
+        flush_slices(sums, grid, window, PAD)
+        timings["backproject"] = timings.get("backproject", 0.0) + time.perf_counter() - t0
     return sums
 
 

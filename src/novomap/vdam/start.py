@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from novomap.io.particles import ParticleSet
-from novomap.model.params import MIN_RESOLUTION_SHELLS
 from novomap.physics.fourier import rfft_image
 from novomap.physics.masks import soft_edge_mask
 from novomap.reconstruct import particle_ctf
@@ -58,7 +57,9 @@ def initial_state(particles: ParticleSet, config: VdamConfig) -> RunState:
         class_fraction=torch.full((k,), 1.0 / k, dtype=torch.float64),
         direction_prior=torch.full((k, n_dir), 1.0 / (k * n_dir), dtype=torch.float64),
         sigma_offset_a=config.sigma_offset_a,
-        resolution_shell=max(MIN_RESOLUTION_SHELLS, ini_high_shells),
+        # iteration 1 runs at ini_high (maxres = round(0.07 N)); minres_map = 5 applies only to
+        # the SSNR-derived resolution of later iterations (vdam-spec 3.1, Appendix A: 28 px at N = 64)
+        resolution_shell=ini_high_shells,
         healpix_order=config.healpix_order,
         offset_range_px=config.offset_range_px,
         offset_step_px=config.offset_step_px,

@@ -1,0 +1,300 @@
+"""`novomap initial-model` end to end on a small simulated data set (vdam-spec 4.7, 4.8, 6).
+
+One short run (150 particles, 64 px, 3 mini-batches) is shared by the default-tier tests: its files,
+its reproducibility from the seed, and --continue from its checkpoints giving the same maps bit for bit.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+import starfile
+import torch
+
+from novomap.commands.align_symmetry import largest_class_map
+from novomap.commands.main import main
+from novomap.demo_data import load_demo_map
+from novomap.io.particles import ParticleSet
+from novomap.io.star import read_particle_star
+from novomap.simulate import SimulationOptions, simulate
+from novomap.vdam.config import VdamConfig
+from novomap.vdam.start import initial_state
+from novomap.vdam.state import RunState
+
+N_PARTICLES = 150
+BOX, PIXEL = 64, 3.54
+
+
+def _job_args(star: Path, out: Path, *extra: str, iters: int = 3, seed: int = 1) -> list[str]:
+    return [
+        "initial-model", "--i", str(star), "--o", str(out), "--iter", str(iters), "--particle-diameter", "200",
+        "--j", "1", "--seed", str(seed), "--sym", "D2", "--quiet", *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    volume, pixel = load_demo_map()
+    out = tmp_path_factory.mktemp("job_sim")
+    result = simulate(volume, out, SimulationOptions(n=N_PARTICLES, snr=1.0, seed=7, box=BOX, pixel_size_a=pixel))
+    return result.star_path
+
+
+@pytest.fixture(scope="module")
+def run_a(dataset, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("job") / "InitialModel"
+    assert main(_job_args(dataset, out)) == 0
+    return out
+
+
+def _map(path: Path) -> np.ndarray:
+    with mrcfile.open(path, permissive=True) as mrc:
+        return np.array(mrc.data, copy=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) the files of a run
+
+
+def test_output_files(run_a):
+    for name in (
+        "run_it000_class001.mrc",
+        "run_it000_optimiser.star",
+        "run_it003_model.star",
+        "run_it003_data.star",
+        "run_it003_optimiser.star",
+        "run_it003_sampling.star",
+        "run_it003_class001.mrc",
+        "initial_model.mrc",
+    ):
+        assert (run_a / name).is_file(), name
+    # written at 0, every 10th and the last iteration only (spec 4.8)
+    assert not (run_a / "run_it001_class001.mrc").exists()
+    assert not (run_a / "run_it002_model.star").exists()
+
+
+def test_maps_have_the_particles_box_and_pixel_size(run_a):
+    for name in ("initial_model.mrc", "run_it003_class001.mrc", "run_it000_class001.mrc"):
+        with mrcfile.open(run_a / name, permissive=True) as mrc:
+            assert mrc.data.shape == (BOX, BOX, BOX), name
+            assert (int(mrc.header.nx), int(mrc.header.ny), int(mrc.header.nz)) == (BOX, BOX, BOX)
+            assert float(mrc.voxel_size.x) == pytest.approx(PIXEL, abs=1e-4)
+            assert float(mrc.voxel_size.z) == pytest.approx(PIXEL, abs=1e-4)
+            assert mrc.data.dtype == np.float32
+            assert np.all(np.isfinite(mrc.data)) and float(np.abs(mrc.data).max()) > 0
+
+
+def test_data_star_has_one_finite_row_per_particle(run_a, dataset, monkeypatch):
+    path = run_a / "run_it003_data.star"
+    blocks = starfile.read(path, always_dict=True)
+    assert set(blocks) >= {"optics", "particles"}
+    table = blocks["particles"]
+    assert len(table) == N_PARTICLES
+    labels = (
+        "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst",
+        "rlnClassNumber", "rlnMaxValueProbDistribution", "rlnLogLikeliContribution", "rlnNrOfSignificantSamples",
+    )  # fmt: skip
+    for label in labels:
+        assert label in table.columns, label
+        assert np.all(np.isfinite(table[label].to_numpy(dtype=np.float64))), label
+    assert set(table["rlnClassNumber"]) == {1}
+    pmax = table["rlnMaxValueProbDistribution"].to_numpy()
+    assert np.all((pmax > 0) & (pmax <= 1 + 1e-9))
+    assert np.all(table["rlnNrOfSignificantSamples"].to_numpy() >= 1)
+    assert np.all((table["rlnAngleTilt"] >= 0) & (table["rlnAngleTilt"] <= 180))
+    # within the translational search: |new origin| <= old (rounded) origin + range + fine offsets
+    shift_px = np.hypot(table["rlnOriginXAngst"], table["rlnOriginYAngst"]) / PIXEL
+    assert float(shift_px.max()) < 4 * (6 + 2)
+    # same particles, same order as the input
+    original = read_particle_star(dataset).particles
+    assert list(table["rlnImageName"]) == list(original["rlnImageName"])
+    # novomap's own reader accepts it
+    again = read_particle_star(path)
+    assert len(again.particles) == N_PARTICLES
+    assert np.allclose(again.particles["rlnAngleRot"].to_numpy(dtype=float), table["rlnAngleRot"].to_numpy(dtype=float))
+    # image names are kept as given, i.e. relative to the project folder (RELION's convention): from there
+    # the particles with their new poses load as a ParticleSet
+    monkeypatch.chdir(dataset.parent)
+    particles = ParticleSet.from_star(path)
+    assert particles.n == N_PARTICLES
+    assert np.allclose(particles.rot_deg.numpy(), table["rlnAngleRot"].to_numpy(dtype=float))
+
+
+def test_model_star_blocks_and_reference_image(run_a):
+    path = run_a / "run_it003_model.star"
+    blocks = starfile.read(path, always_dict=True)
+    for block in ("model_general", "model_classes", "model_class_1", "model_groups", "model_optics_group_1", "model_pdf_orient_class_1"):
+        assert block in blocks, block
+    general = blocks["model_general"]
+    assert int(general["rlnOriginalImageSize"]) == BOX
+    assert float(general["rlnPixelSize"]) == pytest.approx(PIXEL)
+    assert int(general["rlnNrClasses"]) == 1
+    assert 2 * 5 <= int(general["rlnCurrentImageSize"]) <= BOX
+    classes = blocks["model_classes"]
+    assert len(classes) == 1
+    assert float(classes["rlnClassDistribution"].iloc[0]) == pytest.approx(1.0)
+    # the reference image names this iteration's class map; novomap align-symmetry finds it
+    reference = str(classes["rlnReferenceImage"].iloc[0])
+    assert Path(reference).name == "run_it003_class001.mrc"
+    found = largest_class_map(path)
+    assert found.is_file() and found.samefile(run_a / "run_it003_class001.mrc")
+    assert len(blocks["model_class_1"]) == BOX // 2 + 1
+    assert len(blocks["model_pdf_orient_class_1"]) == 48  # HEALPix order 1 directions
+
+
+def test_optimiser_and_sampling_star(run_a):
+    optimiser = starfile.read(run_a / "run_it003_optimiser.star", always_dict=True)["optimiser_general"]
+    assert int(optimiser["rlnCurrentIteration"]) == 3
+    assert int(optimiser["rlnNumberOfIterations"]) == 3
+    assert int(optimiser["rlnRandomSeed"]) == 1
+    assert float(optimiser["rlnParticleDiameter"]) == pytest.approx(200.0)
+    sampling = starfile.read(run_a / "run_it003_sampling.star", always_dict=True)["sampling_general"]
+    assert int(sampling["rlnHealpixOrder"]) == 1
+    assert float(sampling["rlnOffsetRange"]) == pytest.approx(6 * PIXEL)
+    assert float(sampling["rlnOffsetStep"]) == pytest.approx(2 * PIXEL)
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) reproducibility from the seed (the full same-seed / other-seed reruns are in the slow tier)
+
+
+def test_the_seed_fixes_the_start(run_a, dataset):
+    particles = ParticleSet.from_star(dataset)
+    config = VdamConfig(n_iter=3, particle_diameter_a=200.0, seed=1)
+    start = initial_state(particles, config)
+    saved = RunState.load(run_a / "run_it000_state.pt")
+    assert torch.equal(start.maps, saved.maps)
+    assert np.array_equal(start.maps[0].float().numpy(), _map(run_a / "run_it000_class001.mrc"))
+    other = initial_state(particles, VdamConfig(n_iter=3, particle_diameter_a=200.0, seed=2))
+    assert not torch.allclose(other.maps, start.maps)
+
+
+# ---------------------------------------------------------------------------------------------
+# (c) --continue gives the same maps as the uninterrupted run
+
+
+def test_continue_reproduces_the_uninterrupted_run(run_a, dataset, tmp_path):
+    """B continues A from iteration 0 (library, writing every iteration); C continues B from iteration 2 (CLI).
+    Both must end with A's maps and poses, bit for bit: maps, moments, noise, priors, perturbation and
+    the RNG all come back from the checkpoint, and the batches are drawn from seed + iteration."""
+    from novomap.device import select_device
+    from novomap.initial_model import run_initial_model
+
+    select_device(None, 1)  # as --j 1
+    out_b = tmp_path / "B"
+    config = VdamConfig(n_iter=3, particle_diameter_a=200.0, seed=1, write_every=1)
+    run_initial_model(dataset, out_b, config, symmetry="D2", continue_from=run_a / "run_it000_optimiser.star")
+    assert (out_b / "run_it001_class001.mrc").is_file() and (out_b / "run_it002_optimiser.star").is_file()
+    for name in ("run_it003_class001.mrc", "initial_model.mrc"):
+        assert np.array_equal(_map(out_b / name), _map(run_a / name)), name
+
+    out_c = tmp_path / "C"
+    assert main(_job_args(dataset, out_c, "--continue", str(out_b / "run_it002_optimiser.star"))) == 0
+    assert not (out_c / "run_it000_class001.mrc").exists()  # a continued run does not start again
+    for name in ("run_it003_class001.mrc", "initial_model.mrc"):
+        assert np.array_equal(_map(out_c / name), _map(run_a / name)), name
+    a = starfile.read(run_a / "run_it003_data.star", always_dict=True)["particles"]
+    c = starfile.read(out_c / "run_it003_data.star", always_dict=True)["particles"]
+    for label in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst"):
+        assert np.array_equal(a[label].to_numpy(), c[label].to_numpy()), label
+
+
+# ---------------------------------------------------------------------------------------------
+# (d) bad input: one line on stderr, exit code 2, no traceback
+
+
+def _expect_usage_error(capsys, argv: list[str], *words: str) -> str:
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 2
+    err = captured.err.strip()
+    assert "Traceback" not in captured.err and "Traceback" not in captured.out
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("novomap initial-model: error:"), err
+    for word in words:
+        assert word in err, err
+    return err
+
+
+def test_missing_label(dataset, tmp_path, capsys):
+    blocks = starfile.read(dataset, always_dict=True)
+    blocks["particles"] = blocks["particles"].drop(columns=["rlnDefocusU"])
+    broken = dataset.parent / "no_defocus.star"
+    starfile.write(blocks, broken)
+    _expect_usage_error(capsys, _job_args(broken, tmp_path / "out"), "rlnDefocusU", str(broken))
+    assert not (tmp_path / "out" / "run_it000_class001.mrc").exists()
+
+
+def test_particle_diameter_larger_than_the_box(dataset, tmp_path, capsys):
+    argv = _job_args(dataset, tmp_path / "out")
+    argv[argv.index("--particle-diameter") + 1] = "300"
+    _expect_usage_error(capsys, argv, "--particle-diameter", "226.56")
+    assert not (tmp_path / "out" / "run_it000_class001.mrc").exists()
+
+
+def test_unsupported_angular_sampling(dataset, tmp_path, capsys):
+    _expect_usage_error(capsys, _job_args(dataset, tmp_path / "out", "--sampling", "10"), "--sampling", "10")
+
+
+# ---------------------------------------------------------------------------------------------
+# slow: full reruns
+
+
+@pytest.mark.slow
+def test_same_seed_same_maps_other_seed_other_maps(run_a, dataset, tmp_path):
+    assert main(_job_args(dataset, tmp_path / "same")) == 0
+    for name in ("run_it000_class001.mrc", "run_it003_class001.mrc", "initial_model.mrc"):
+        assert np.array_equal(_map(tmp_path / "same" / name), _map(run_a / name)), name
+    assert main(_job_args(dataset, tmp_path / "other", seed=2)) == 0
+    a, b = _map(run_a / "run_it003_class001.mrc"), _map(tmp_path / "other" / "run_it003_class001.mrc")
+    assert not np.allclose(a, b)
+    # a different start, not just different noise: the maps differ at a sizeable fraction of their range
+    assert float(np.abs(a - b).max()) > 0.05 * float(np.abs(a).max())
+
+
+def _lowpass(volume: np.ndarray, resolution_a: float) -> np.ndarray:
+    n = volume.shape[0]
+    k = np.arange(n) - n // 2
+    radius = np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2)
+    spectrum = np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(volume))) * (radius < n * PIXEL / resolution_a)
+    return np.fft.fftshift(np.fft.ifftn(np.fft.ifftshift(spectrum))).real
+
+
+def _best_correlation_with_truth(volume: np.ndarray, truth: np.ndarray, resolution_a: float = 15.0) -> float:
+    """Correlation at resolution_a, maximised over the 48 signed axis permutations about the centre voxel:
+    a map in RELION's standard D2 frame is defined up to which 2-fold is x, y or z, and up to its hand."""
+    t = _lowpass(truth, resolution_a)
+    t = (t - t.mean()) / t.std()
+    m = _lowpass(volume, resolution_a)
+    best = -1.0
+    for perm in itertools.permutations(range(3)):
+        p = np.transpose(m, perm)
+        for flips in itertools.product((False, True), repeat=3):
+            c = p
+            for axis, flip in enumerate(flips):
+                if flip:  # x -> -x about voxel N//2
+                    c = np.roll(np.flip(c, axis), 1, axis)
+            best = max(best, float(((c - c.mean()) / c.std() * t).mean()))
+    return best
+
+
+@pytest.mark.slow
+def test_a_longer_run_recovers_the_structure(dataset, tmp_path):
+    """12 mini-batches of 150 high-SNR particles: the D2-aligned initial model resembles the truth (the demo map,
+    in the standard D2 frame) much better than the blob start does, and SSNR-based resolution improves."""
+    out = tmp_path / "long"
+    assert main(_job_args(dataset, out, iters=12)) == 0
+    assert (out / "run_it010_optimiser.star").is_file() and (out / "run_it012_class001.mrc").is_file()
+    model = starfile.read(out / "run_it012_model.star", always_dict=True)["model_general"]
+    assert float(model["rlnCurrentResolution"]) < 30.0
+    assert math.isfinite(float(model["rlnLogLikelihood"]))
+    truth = _map(dataset.parent / "truth.mrc").astype(np.float64)
+    final = _best_correlation_with_truth(_map(out / "initial_model.mrc").astype(np.float64), truth)
+    start = _best_correlation_with_truth(_map(out / "run_it000_class001.mrc").astype(np.float64), truth)
+    assert final > 0.7, (final, start)
+    assert final > start + 0.15, (final, start)

@@ -1,0 +1,197 @@
+"""Iteration 0 of a de novo run (vdam-spec 4.6): noise spectrum, random blobs, masked start on the data's greyscale."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from novomap.demo_data import load_demo_map
+from novomap.io.particles import ParticleSet
+from novomap.model.params import image_sizes
+from novomap.physics.fourier import centred_ft_to_volume, rfft_image, volume_to_centred_ft
+from novomap.reconstruct import particle_ctf
+from novomap.simulate import SimulationOptions, fourier_resize, simulate
+from novomap.vdam.config import VdamConfig
+from novomap.vdam.initialise import initial_noise_spectrum, initial_references, initial_window, random_blobs
+from novomap.vdam.start import initial_state
+
+
+def _radius(n: int, dims: int) -> torch.Tensor:
+    axes = [torch.arange(n, dtype=torch.float64) - n // 2] * dims
+    grids = torch.meshgrid(*axes, indexing="ij")
+    return torch.sqrt(sum(g * g for g in grids))
+
+
+def _raised_cosine_mask(n: int, radius: float, edge: float = 5.0) -> torch.Tensor:
+    """1 inside radius, 0.5 + 0.5 cos(pi (r - R)/edge) on the edge, 0 beyond (spec 4.5), 2D."""
+    r = _radius(n, 2)
+    t = ((r - radius) / edge).clamp(0, 1)
+    return 0.5 + 0.5 * torch.cos(math.pi * t)
+
+
+# ---------------------------------------------------------------------------------------------
+# noise spectrum
+
+
+def test_noise_spectrum_of_white_noise_is_s2_over_2n2():
+    """Real-space variance s2 in an N x N image: with F = (1/N^2) sum f e^{...}, E|F(k)|^2 = N^2 s2 / N^4 = s2/N^2,
+    and sigma^2 = mean |F|^2 / 2 = s2 / (2 N^2) in every shell (the DC term is real: E F0^2 = s2/N^2 too)."""
+    n, s2, b = 64, 2.5, 400
+    images = torch.randn((b, n, n), generator=torch.Generator().manual_seed(0), dtype=torch.float64) * math.sqrt(s2)
+    # a mask radius beyond the corners: no masking at all
+    sigma2 = initial_noise_spectrum(images, 100.0)
+    expected = s2 / (2 * n * n) * (1 - 1 / b)  # minus the power of the average image, sigma^2 / B
+    assert sigma2.shape == (n // 2 + 1,)
+    assert torch.allclose(sigma2[1:], torch.full_like(sigma2[1:], expected), rtol=0.06)
+    assert float(sigma2[2:].mean()) == pytest.approx(expected, rel=0.01)
+
+
+def test_noise_spectrum_with_the_particle_mask():
+    """Masking white noise by M scales its power by sum M^2 / N^2: sigma^2 = s2 sum M^2 / (2 N^4)."""
+    n, s2, b, radius = 64, 1.0, 400, 28.0
+    images = torch.randn((b, n, n), generator=torch.Generator().manual_seed(1), dtype=torch.float64) * math.sqrt(s2)
+    sigma2 = initial_noise_spectrum(images, radius)
+    mask = _raised_cosine_mask(n, radius)
+    expected = s2 * float(mask.square().sum()) / (2 * n**4)
+    # shells 0-1 also carry the background fill (a near-constant outside the circle)
+    assert torch.allclose(sigma2[2:], torch.full_like(sigma2[2:], expected), rtol=0.06)
+
+
+def test_noise_spectrum_ignores_what_all_images_share():
+    """A signal common to every image is not noise: it is removed as the power of the average image."""
+    n, s2, b = 32, 1.0, 300
+    gen = torch.Generator().manual_seed(2)
+    common = 5.0 * torch.randn((n, n), generator=gen, dtype=torch.float64)
+    images = common + torch.randn((b, n, n), generator=gen, dtype=torch.float64) * math.sqrt(s2)
+    sigma2 = initial_noise_spectrum(images, 100.0)
+    expected = s2 / (2 * n * n) * (1 - 1 / b)
+    assert float(sigma2[1:].mean()) == pytest.approx(expected, rel=0.03)
+    assert torch.all(sigma2 > 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# random blobs
+
+
+def _smooth_reference(n: int) -> torch.Tensor:
+    r = _radius(n, 3)
+    return 0.3 * torch.exp(-(r / (0.25 * n)) ** 2)
+
+
+def test_random_blobs_deterministic_for_a_seed_and_on_the_reference_scale():
+    n, diameter = 24, 18.0
+    reference = _smooth_reference(n)
+    a = random_blobs(reference, diameter, torch.Generator().manual_seed(5))
+    b = random_blobs(reference, diameter, torch.Generator().manual_seed(5))
+    c = random_blobs(reference, diameter, torch.Generator().manual_seed(6))
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+    # rescaled to the reference's standard deviation: the data's greyscale is kept
+    assert float(a.std()) == pytest.approx(float(reference.std()), rel=1e-9)
+    assert float(c.std()) == pytest.approx(float(reference.std()), rel=1e-9)
+    # 40 positive blobs minus half of 40 negative ones: net positive density
+    assert float(a.mean()) > 0
+    # centres ~ Normal(centre, d/6), profile within d/3: nearly all of the map lies within d/2 + d/6 of the centre
+    r = _radius(n, 3)
+    energy = a.square()
+    assert float(energy[r <= diameter / 2 + diameter / 6].sum() / energy.sum()) > 0.97
+    # and it is centred: the |map|-weighted centroid is within 2 px of the box centre
+    coords = torch.arange(n, dtype=torch.float64) - n // 2
+    w = a.abs() / a.abs().sum()
+    centroid = torch.stack([(w.sum((1, 2)) * coords).sum(), (w.sum((0, 2)) * coords).sum(), (w.sum((0, 1)) * coords).sum()])
+    assert float(centroid.norm()) < 2.0
+
+
+def test_random_blobs_scale_with_the_reference():
+    n, diameter = 24, 18.0
+    reference = _smooth_reference(n)
+    a = random_blobs(reference, diameter, torch.Generator().manual_seed(7))
+    b = random_blobs(100.0 * reference, diameter, torch.Generator().manual_seed(7))
+    assert torch.allclose(b, 100.0 * a, rtol=1e-9, atol=0)
+    zero = random_blobs(torch.zeros((n, n, n), dtype=torch.float64), diameter, torch.Generator().manual_seed(7))
+    assert torch.all(torch.isfinite(zero)) and float(zero.abs().max()) == 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole start
+
+
+# A 48-px data set (the demo map Fourier-cropped to 4.72 Å/px) keeps the 80 blobs of each start cheap.
+BOX, PIXEL, DIAMETER = 48, 4.72, 160.0
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory):
+    volume, pixel = load_demo_map()
+    small = fourier_resize(volume.double(), BOX).float()
+    out = tmp_path_factory.mktemp("init_sim")
+    options = SimulationOptions(n=120, snr=1.0, seed=4, box=BOX, pixel_size_a=PIXEL, particle_diameter_a=DIAMETER, max_shift_px=1.5)
+    result = simulate(small, out, options)
+    return ParticleSet.from_star(result.star_path, preread=True), small.double(), result.noise_sigma
+
+
+@pytest.fixture(scope="module")
+def start(simulated):
+    particles, _, _ = simulated
+    return initial_state(particles, VdamConfig(n_iter=10, seed=1, particle_diameter_a=DIAMETER))
+
+
+def _lowpass(volume: torch.Tensor, radius_shells: float) -> torch.Tensor:
+    """Raised cosine through 0.5 at radius_shells, 2 shells wide (spec 4.6 step 3)."""
+    n = volume.shape[-1]
+    r = _radius(n, 3)
+    t = ((r - (radius_shells - 1)) / 2).clamp(0, 1)
+    return centred_ft_to_volume(volume_to_centred_ft(volume) * (0.5 + 0.5 * torch.cos(math.pi * t)), n)
+
+
+def test_initial_references_are_masked_and_on_the_data_greyscale(simulated, start):
+    particles, truth, noise_sigma = simulated
+    n = particles.box_size
+    maps = start.maps
+    assert maps.shape == (1, n, n, n) and maps.dtype == torch.float64
+    assert torch.all(torch.isfinite(maps))
+    radius_px = DIAMETER / PIXEL / 2
+    r = _radius(n, 3)
+    # solvent-flattened start: exactly zero beyond the particle radius plus the 5-px edge
+    assert float(maps[0][r > radius_px + 5.0].abs().max()) == 0.0
+    assert float(maps[0][r < radius_px].abs().max()) > 0.0
+    # the data were normalised to background noise std 1, i.e. the map's greyscale divided by the noise std;
+    # the start must be on that scale (not off by powers of N), compared at ini_high inside the mask
+    expected = _lowpass(truth / noise_sigma, round(0.07 * n))
+    inside = r < radius_px
+    ratio = float(maps[0][inside].std()) / float(expected[inside].std())
+    assert 0.5 < ratio < 2.0, ratio
+    # determinism: the same seed gives the same start
+    again = initial_state(particles, VdamConfig(n_iter=10, seed=1, particle_diameter_a=DIAMETER))
+    assert torch.equal(again.maps, maps)
+    assert torch.equal(again.rng_state, start.rng_state)
+
+
+def test_initial_references_without_flattening_have_a_constant_background(simulated):
+    """initial_references itself masks with the background mean outside (spec 4.6 step 4)."""
+    particles, _, _ = simulated
+    n = particles.box_size
+    window = initial_window(n)
+    index = torch.arange(particles.n)
+    spectra = window.take(rfft_image(particles.images(index).double()))
+    ctf = particle_ctf(particles, index, window)
+    diameter_px = DIAMETER / PIXEL
+    maps = initial_references(spectra, ctf, window, 2, diameter_px, round(0.07 * n), torch.Generator().manual_seed(3))
+    assert maps.shape == (2, n, n, n)
+    outside = _radius(n, 3) > diameter_px / 2 + 5.0
+    for k in range(2):
+        values = maps[k][outside]
+        assert float((values - values[0]).abs().max()) < 1e-12 * max(1.0, float(maps[k].abs().max()))
+    # two classes: different data (round-robin) and different blobs
+    assert not torch.allclose(maps[0], maps[1])
+
+
+def test_first_iteration_uses_ini_high(start):
+    """Spec 3.1 / Appendix A: before iteration 1, maxres = round(0.07 N) shells (ini_high = p N / round(0.07 N)),
+    not raised to minres_map = 5; for the tutorial's N = 64 that is 4 shells, 56.6 Å, current_size 28 px."""
+    assert start.resolution_shell == round(0.07 * BOX) == 3
+    assert image_sizes(start.resolution_shell, BOX, 30.0, DIAMETER, PIXEL)[0] == 2 * (3 + 10)
+    assert image_sizes(round(0.07 * 64), 64, 30.0, 200.0, 3.54) == (28, 12)
+    assert 64 * 3.54 / round(0.07 * 64) == pytest.approx(56.64)

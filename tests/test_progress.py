@@ -1,0 +1,135 @@
+"""Progress of a running job: live display on a terminal, plain lines otherwise, everything in run.out."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from test_pipeline import N_ITER, N_PARTICLES, small_job
+
+from novomap.outputs.progress import ProgressDisplay, RunLog, batch_plan, format_duration, iteration_line
+from novomap.vdam import schedules
+from novomap.vdam.config import VdamConfig
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def figures(iteration: int, batch: int = 100, seconds: float = 1.0) -> dict:
+    return {
+        "iteration": iteration,
+        "batch_size": batch,
+        "step_size": 0.9,
+        "tau2_fudge": 1.0,
+        "current_size": 32,
+        "coarse_size": 24,
+        "resolution_a": 25.5,
+        "healpix_order": 1,
+        "fine_step_deg": 15.0,
+        "acc_rot_deg": 12.0,
+        "acc_trans_a": 3.0,
+        "log_likelihood": -1234.5,
+        "average_pmax": 0.42,
+        "class_fraction": [0.7, 0.3],
+        "sigma_offset_a": 8.0,
+        "seconds": seconds,
+        "timings": {"coarse": 0.5, "mstep": 0.1},
+    }
+
+
+def test_plain_lines_on_a_pipe_and_in_run_out(tmp_path):
+    terminal = io.StringIO()
+    log = RunLog(tmp_path, terminal=terminal, errors=io.StringIO())
+    with ProgressDisplay(log, n_iter=4, planned_batches=[100] * 4, final_pass_particles=400) as display:
+        assert display.mode == "plain"
+        for i in range(1, 3):
+            display.update(figures(i))
+        display.stage("final pass")
+    log.close()
+    lines = terminal.getvalue().splitlines()
+    assert len(lines) == 3
+    assert lines[0].startswith("iter    1/4 | res  25.5 Å | batch   100 | step 0.90 | T 1.00 | sampling 15.00°")
+    assert lines[1].endswith("ETA 6s")  # (1 iteration + 400-particle final pass) x 0.01 s per particle
+    assert (tmp_path / "run.out").read_text().splitlines() == lines
+
+
+def test_quiet_shows_only_the_summary_but_run_out_keeps_everything(tmp_path):
+    terminal = io.StringIO()
+    log = RunLog(tmp_path, quiet=True, terminal=terminal, errors=io.StringIO())
+    with ProgressDisplay(log, n_iter=2) as display:
+        display.update(figures(1))
+        display.message("hello")
+    log.summary("initial model: x.mrc")
+    log.close()
+    assert terminal.getvalue() == "initial model: x.mrc\n"
+    run_out = (tmp_path / "run.out").read_text()
+    assert "iter    1/2" in run_out and "hello" in run_out and "initial model: x.mrc" in run_out
+
+
+def test_live_display_on_a_terminal(tmp_path):
+    terminal = FakeTerminal()
+    log = RunLog(tmp_path, terminal=terminal, errors=io.StringIO())
+    with ProgressDisplay(log, n_iter=3, planned_batches=[100] * 3, final_pass_particles=300) as display:
+        assert display.mode == "live"
+        display.update(figures(1))
+        display.update(figures(2))
+        display.message("wrote something")
+    log.close()
+    shown = terminal.getvalue()
+    for text in ("iter", "2/3", "ETA", "res 25.5 Å", "batch 100", "step 0.90", "sampling 15.00°", "wrote something", "done"):
+        assert text in shown, text
+    run_out = (tmp_path / "run.out").read_text()
+    assert "\x1b[" not in run_out  # no terminal codes in the log file
+    assert "iter    2/3" in run_out and "wrote something" in run_out
+
+
+def test_verbose_lines_have_the_details():
+    line = iteration_line(figures(7), 10, eta="1m00s", verbose=True)
+    for text in ("logL -1234", "acc rot 12.0°", "classes 0.70,0.30", "coarse 0.50s", "ETA 1m00s"):
+        assert text in line
+
+
+def test_eta_counts_particles_not_iterations(tmp_path):
+    log = RunLog(None, terminal=io.StringIO(), errors=io.StringIO())
+    display = ProgressDisplay(log, n_iter=4, planned_batches=[100, 100, 200, 200], final_pass_particles=1000, mode="plain")
+    display.update(figures(1, batch=100, seconds=1.0))  # 0.01 s per particle
+    assert display.eta_seconds(1) == pytest.approx((100 + 200 + 200 + 1000) * 0.01)
+    display = ProgressDisplay(log, n_iter=4, mode="plain")  # no plan: seconds per iteration
+    display.update(figures(1, seconds=2.0))
+    assert display.eta_seconds(1) == pytest.approx(6.0)
+
+
+def test_batch_plan_follows_the_schedule():
+    config = VdamConfig(n_iter=100)
+    plan = batch_plan(config, 100_000)
+    initial, final = schedules.default_subset_sizes(100_000)
+    assert len(plan) == 100 and plan[0] == initial == 500 and plan[-1] == final == 10_000
+    assert plan == sorted(plan)
+
+
+def test_format_duration():
+    assert [format_duration(s) for s in (5, 65, 3725, float("nan"), None)] == ["5s", "1m05s", "1h02m", "?", "?"]
+
+
+def test_run_log_does_not_double_lines_when_relion_redirects_stdout_to_run_out(tmp_path):
+    with open(tmp_path / "run.out", "a") as stdout, open(tmp_path / "run.err", "a") as stderr:
+        log = RunLog(tmp_path, terminal=stdout, errors=stderr)
+        log.info("one line")
+        log.error("one error", to_stderr=True)
+        log.close()
+    assert (tmp_path / "run.out").read_text() == "one line\n"
+    assert (tmp_path / "run.err").read_text() == "one error\n"
+
+
+def test_the_short_job_logged_every_iteration(tmp_path_factory):
+    job = small_job(tmp_path_factory)
+    run_out = (job["dir"] / "run.out").read_text().splitlines()
+    iterations = [line for line in run_out if line.startswith("iter ")]
+    assert len(iterations) == N_ITER
+    for line in iterations:
+        for text in ("res ", "batch   150", "step ", "sampling ", "ETA "):
+            assert text in line
+    assert any(line.startswith(f"novomap initial-model: {N_PARTICLES} particles") for line in run_out)
+    assert any(line.startswith("initial model: ") for line in run_out)
