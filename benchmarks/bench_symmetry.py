@@ -56,7 +56,8 @@ def timed(label: str, action, repeats: int) -> None:
         start = time.perf_counter()
         action()
         times.append(time.perf_counter() - start)
-    print(f"{label:<44} median {statistics.median(times):6.2f} s   min {min(times):6.2f} s   ({repeats} runs)", flush=True)
+    median, fastest = statistics.median(times), min(times)
+    print(f"{label:<44} median {median:6.2f} s   min {fastest:6.2f} s   ({repeats} runs)", flush=True)
 
 
 def main() -> None:

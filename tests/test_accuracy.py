@@ -19,6 +19,15 @@ N = 64
 B = 12  # particles
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a shared machine torch's threads mostly wait for each other (60x slower blobs)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def setup():
     volume, pixel = load_demo_map()
@@ -113,3 +122,35 @@ def test_translation_error_matches_a_direct_search(setup):
     # the module bisects 7 times over [0, 10 px] and reports the upper bracket: within 10/128 px above
     assert direct <= shift + 1e-9
     assert shift - direct <= MAX_SHIFT_PX / 2**7 + 1e-9
+
+
+# ---------------------------------------------------------------------------------------------
+# the estimate feeds auto-sampling in the same iteration (vdam-spec 4.7: estimate, then updateAngularSampling)
+
+
+def test_auto_sampling_at_iteration_10_uses_the_accuracy_estimated_at_iteration_10(tmp_path):
+    """At iteration 10 the model is already sharp (here: the truth), but the last estimate (iteration 1, blobs)
+    said 999 deg. Spec 4.7 estimates acc_rot first and then decides: fine step 15 >= 0.75 acc_rot -> HEALPix order 2."""
+    from novomap.io.particles import ParticleSet
+    from novomap.simulate import SimulationOptions, fourier_resize, simulate
+    from novomap.vdam.config import VdamConfig
+    from novomap.vdam.iterate import pseudo_halves, run_iteration
+    from novomap.vdam.start import initial_state
+
+    volume, _ = load_demo_map()
+    box, pixel, diameter = 48, 4.72, 160.0  # the demo map Fourier-cropped: cheaper blobs and search
+    small = fourier_resize(volume.double(), box).float()
+    options = SimulationOptions(n=12, snr=1.0, seed=5, box=box, pixel_size_a=pixel, particle_diameter_a=diameter, max_shift_px=1.0)
+    particles = ParticleSet.from_star(simulate(small, tmp_path, options).star_path, preread=True)
+    config = VdamConfig(n_iter=100, seed=1, particle_diameter_a=diameter)
+    state = initial_state(particles, config)
+    state.maps = small.double()[None].clone()
+    state.iteration = 9
+    state.resolution_shell = 12
+    state.iterations_without_gain = 1  # the resolution stalled in iteration 9
+    state.acc_rot_deg, state.acc_trans_px = 999.0, 999.0  # what iteration 1 estimated from the blob start
+    figures = run_iteration(state, particles, pseudo_halves(particles), config, torch.device("cpu"))
+    assert figures["acc_rot_deg"] < 10.0  # estimated in this iteration, from the sharp map
+    assert state.healpix_order == 2, figures
+    assert figures["fine_step_deg"] == 7.5
+    assert state.direction_prior.shape == (1, 192)

@@ -72,6 +72,16 @@ def test_never_misses_over_100_rotations(name: str) -> None:
         check_alignment(original, random_rotation(10_000 + seed), group)
 
 
+@pytest.mark.parametrize("name", ["C4v", "D2h"])
+def test_aligns_improper_groups(name: str) -> None:
+    # a map with mirror symmetry is its own mirror image, so only the operators are checked
+    group = point_group(name)
+    result = align_to_symmetry(rotate_volume(blob_map(name), random_rotation(31)), PIXEL_SIZE_A, group)
+    assert torch.isclose(torch.linalg.det(result.rotation), torch.tensor(1.0, dtype=torch.float64))
+    out = result.volume
+    assert min(correlation(out, rotate_volume(out, g)) for g in group.operators[1:]) >= 0.95
+
+
 def test_c1_returns_the_input_unchanged() -> None:
     volume = blob_map("C1", blobs_per_unit=6)
     result = align_to_symmetry(volume, PIXEL_SIZE_A, "C1")

@@ -74,7 +74,8 @@ def test_table_lists_every_candidate_once() -> None:
     result = detect_point_group(rotated_map("C4", noisy=False), PIXEL_SIZE_A, max_order=6)
     names = [r.group for r in result.table]
     assert names[0] == "C1"
-    assert sorted(names) == sorted(["C1"] + [f"C{n}" for n in range(2, 7)] + [f"D{n}" for n in range(2, 7)] + ["T", "O", "I"])
+    expected = ["C1"] + [f"C{n}" for n in range(2, 7)] + [f"D{n}" for n in range(2, 7)] + ["T", "O", "I"]
+    assert sorted(names) == sorted(expected)
     assert result.rotation.shape == (3, 3)
 
 

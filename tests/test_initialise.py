@@ -11,11 +11,19 @@ from novomap.demo_data import load_demo_map
 from novomap.io.particles import ParticleSet
 from novomap.model.params import image_sizes
 from novomap.physics.fourier import centred_ft_to_volume, rfft_image, volume_to_centred_ft
-from novomap.reconstruct import particle_ctf
 from novomap.simulate import SimulationOptions, fourier_resize, simulate
 from novomap.vdam.config import VdamConfig
 from novomap.vdam.initialise import initial_noise_spectrum, initial_references, initial_window, random_blobs
 from novomap.vdam.start import initial_state
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a shared machine torch's threads mostly wait for each other (60x slower blobs)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _radius(n: int, dims: int) -> torch.Tensor:
@@ -169,23 +177,40 @@ def test_initial_references_are_masked_and_on_the_data_greyscale(simulated, star
     assert torch.equal(again.rng_state, start.rng_state)
 
 
-def test_initial_references_without_flattening_have_a_constant_background(simulated):
-    """initial_references itself masks with the background mean outside (spec 4.6 step 4)."""
-    particles, _, _ = simulated
-    n = particles.box_size
+def test_initial_references_without_flattening_have_a_constant_background():
+    """initial_references itself masks with the background mean outside (spec 4.6 step 4); classes differ.
+
+    Synthetic input on a 36-px box (round(0.07 N) = 3: |k| < 1.5, shells 0 and 1): a Gaussian particle plus noise.
+    """
+    n, diameter_px = 36, 24.0
+    gen = torch.Generator().manual_seed(8)
+    particle = torch.exp(-(_radius(n, 2) / 6.0) ** 2)
+    images = particle + 0.5 * torch.randn((60, n, n), generator=gen, dtype=torch.float64)
     window = initial_window(n)
-    index = torch.arange(particles.n)
-    spectra = window.take(rfft_image(particles.images(index).double()))
-    ctf = particle_ctf(particles, index, window)
-    diameter_px = DIAMETER / PIXEL
-    maps = initial_references(spectra, ctf, window, 2, diameter_px, round(0.07 * n), torch.Generator().manual_seed(3))
+    assert sorted(window.shell.unique().tolist()) == [0, 1]
+    spectra = window.take(rfft_image(images))
+    ctf = torch.ones_like(spectra.real)
+    maps = initial_references(spectra, ctf, window, 2, diameter_px, round(0.07 * n), gen)
     assert maps.shape == (2, n, n, n)
     outside = _radius(n, 3) > diameter_px / 2 + 5.0
     for k in range(2):
         values = maps[k][outside]
         assert float((values - values[0]).abs().max()) < 1e-12 * max(1.0, float(maps[k].abs().max()))
+        assert float(maps[k].std()) > 0
     # two classes: different data (round-robin) and different blobs
     assert not torch.allclose(maps[0], maps[1])
+
+
+def test_initial_window_cuts_at_a_radius_of_round_007n_over_2():
+    """Spec 4.6 step 2: only |k| < round(0.07 N)/2 of each image enters the random-orientation reconstruction."""
+    for n in (36, 48, 64, 100, 128):
+        window = initial_window(n)
+        radius = torch.sqrt(window.kx**2 + window.ky**2)
+        assert float(radius.max()) < round(0.07 * n) / 2
+        # every rfft pixel inside that radius is there once (the redundant half of the kx = 0 column is not)
+        inside = [(ky, kx) for ky in range(-n // 2, n // 2) for kx in range(0, n // 2 + 1) if ky * ky + kx * kx < (round(0.07 * n) / 2) ** 2 and not (kx == 0 and ky < 0)]
+        assert window.n_pixels == len(inside), n
+        assert 1 in window.shell.tolist(), n  # never the DC term alone (a constant map would scale the blobs to zero)
 
 
 def test_first_iteration_uses_ini_high(start):

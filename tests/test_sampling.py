@@ -120,8 +120,8 @@ def test_fine_grid_covers_so3():
     grid = build_search_grid(1, 6, 2)
     fine = grid.fine_rotations.reshape(-1, 3, 3)
     samples = _random_rotations(500, seed=11)
-    nearest_fine = torch.stack([rotation_angle_deg(r[None], fine).min() for r in samples])
-    nearest_coarse = torch.stack([rotation_angle_deg(r[None], grid.coarse_rotations).min() for r in samples])
+    nearest_fine = rotation_angle_deg(samples[:, None], fine[None]).min(1).values
+    nearest_coarse = rotation_angle_deg(samples[:, None], grid.coarse_rotations[None]).min(1).values
     assert float(nearest_fine.max()) < 15.0
     assert float(nearest_coarse.max()) < 30.0
     assert float(nearest_fine.median()) < float(nearest_coarse.median())

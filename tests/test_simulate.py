@@ -319,9 +319,10 @@ def test_command_help_states_units_and_defaults():
     assert "Å" in help_text and "px" in help_text and "variance" in help_text
 
 
-def test_demo_command_reconstructs_and_reports_fsc(tmp_path, capsys):
-    args = _parser(demo_command).parse_args(["--o", str(tmp_path), "--n", "50", "--snr", "1"])
+def test_demo_command_runs_the_job_and_reports_fsc(tmp_path, capsys):
+    args = _parser(demo_command).parse_args(["--o", str(tmp_path), "--n", "60", "--snr", "1", "--iter", "2", "--j", "1"])
     assert demo_command.run(args) == 0
-    assert (tmp_path / "reconstruction.mrc").is_file() and (tmp_path / "particles.star").is_file()
+    assert (tmp_path / "particles.star").is_file()
+    assert (tmp_path / "InitialModel" / "initial_model.mrc").is_file()
     out = capsys.readouterr().out
-    assert "FSC" in out and "0.143" in out
+    assert "FSC" in out and "0.143" in out and "correlation" in out

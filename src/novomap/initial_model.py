@@ -93,7 +93,7 @@ def run_initial_model(
                 on_write(written)
 
     assign_all(state, particles, half, config, device)
-    _, current_size, _ = search_setup(state, particles, config)
+    _, current_size, _ = search_setup(state, particles, config, advance=False)
     written = write_iteration(out_dir, particles, state, config, current_size, str(star_path), command_line)
     if on_write is not None:
         on_write(written)

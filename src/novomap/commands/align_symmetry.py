@@ -20,7 +20,9 @@ from novomap.symmetry.groups import point_group
 from novomap.symmetry.symmetrise import symmetrise
 
 HELP = "rotate a map so that its point-group axes lie in RELION's standard frame (relion_align_symmetry)"
-EXAMPLE = "novomap align-symmetry --i InitialModel/job015/run_it150_model.star --o initial_model.mrc --sym D2 --apply-sym"
+EXAMPLE = (
+    "novomap align-symmetry --i InitialModel/job015/run_it150_model.star --o initial_model.mrc --sym D2 --apply-sym"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,18 +74,18 @@ def _input_map(path_text: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    automatic = args.sym.strip().lower() == "auto"
+    group = None if automatic else point_group(args.sym)  # a bad name fails before any work
     source = _input_map(args.input)
     volume, pixel_size = read_cubic_map(str(source))
     if pixel_size <= 0:
         print("note: the input header has no pixel size; the output will have none either")
-    name = args.sym
-    if name.strip().lower() == "auto":
+    if group is None:
         detection = detect_point_group(volume, pixel_size)
         for line in format_table(detection):
             print(line)
-        name = detection.point_group
-        print(f"detected point group: {name}")
-    group = point_group(name)
+        print(f"detected point group: {detection.point_group}")
+        group = point_group(detection.point_group)
     tensor = torch.from_numpy(volume)
     if group.order == 1:
         write_map(args.output, tensor, pixel_size)

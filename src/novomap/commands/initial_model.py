@@ -13,6 +13,7 @@ import errno
 import math
 import os
 import shlex
+import signal
 import sys
 import time
 import traceback
@@ -48,6 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sampling.add_argument("--offset-range", type=float, default=6.0, metavar="PX", help="translational search range in pixels (default: %(default)s)")
     sampling.add_argument("--offset-step", type=float, default=2.0, metavar="PX", help="translational search step in pixels (default: %(default)s)")
     sampling.add_argument("--no-auto-sampling", dest="auto_sampling", action="store_false", help="keep the initial angular sampling throughout")
+    sampling.add_argument(
+        "--finest-sampling", type=float, default=7.5, metavar="DEG",
+        help="finest angular sampling auto-sampling may reach: 7.5 or 3.75 degrees (RELION allows 3.75, which makes the coarse search 8x costlier; default: %(default)s)",
+    )
     compute = parser.add_argument_group("compute (RELION's Compute and Running tabs)")
     compute.add_argument("--pool", type=int, default=30, help="pooled particles (accepted for RELION compatibility; novomap sizes its batches from memory)")
     compute.add_argument("--preread", action="store_true", help="read all particles into RAM first")
@@ -172,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
 
     out_dir = Path(args.output)
     log: RunLog | None = None
+    previous_handler = _catch_termination()
     try:
         _check_arguments(args)
         _prepare_folder(out_dir)
@@ -183,8 +189,22 @@ def run(args: argparse.Namespace) -> int:
             raise replacement from error
         raise
     finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
         if log is not None:
             log.close()
+
+
+def _catch_termination():
+    """SIGTERM (a queue's time limit, `kill`) ends the job like Ctrl-C, so RELION_JOB_EXIT_FAILURE is written."""
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt("terminated (SIGTERM)")
+
+    try:
+        return signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread: leave signals alone
+        return None
 
 
 def _record_failure(error: BaseException, args: argparse.Namespace, out_dir: Path, log) -> NovomapError | None:
@@ -207,7 +227,7 @@ def _record_failure(error: BaseException, args: argparse.Namespace, out_dir: Pat
         owned = False
     try:
         if isinstance(error, KeyboardInterrupt):
-            log.error("novomap initial-model: interrupted")
+            log.error(f"novomap initial-model: {error or 'interrupted'}")
         elif isinstance(error, NovomapError) or replacement is not None:
             log.error(f"novomap initial-model: error: {replacement or error}")
         else:  # a bug: keep the whole story
@@ -249,6 +269,7 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
         offset_step_px=args.offset_step,
         tau2_fudge=args.tau2_fudge,
         auto_sampling=args.auto_sampling,
+        max_healpix_order=max(_healpix_order(args.sampling), _healpix_order(args.finest_sampling)),
         seed=args.seed,
     )
     log.info(

@@ -124,11 +124,14 @@ def _segment_logsumexp(values: torch.Tensor, segment: torch.Tensor, n_segments: 
 
 
 def _retain_mass(weights: torch.Tensor, segment: torch.Tensor, n_segments: int, fraction: float) -> torch.Tensor:
-    """Per segment, keep the largest weights until their sum reaches `fraction` (ties kept) -> bool (U, T)."""
+    """Per segment, keep the largest weights until their sum reaches `fraction` (ties kept) -> bool (U, T).
+
+    One sort on the key segment * 2 - weight (weights are in [0, 1]) groups the entries by
+    segment with descending weights inside each group.
+    """
     flat = weights.reshape(-1)
     seg = segment[:, None].expand_as(weights).reshape(-1)
-    order = torch.argsort(flat, descending=True, stable=True)
-    order = order[torch.argsort(seg[order], stable=True)]
+    order = torch.argsort(seg.to(flat.dtype) * 2 - flat)
     w_sorted = flat[order]
     seg_sorted = seg[order]
     cum = torch.cumsum(w_sorted, 0)
@@ -180,16 +183,16 @@ def fine_pass(
     row_shifted = row_particle * coarse_phases.shape[0] + row_translation
     projection_power = projections.real.square() + projections.imag.square()
     ctf2q = (batch.ctf * batch.ctf * q).float()
+    # sum_p c^2 q |P|^2 for every (particle, projection) pair at once, then picked per row
+    norms = (ctf2q @ projection_power.T)[row_particle, row_projection].double()
     sub = sub_shift_phases(window, grid).to(torch.complex64)  # (4, P)
-    stacked_sub = torch.cat([sub.real, sub.imag], -1)  # (4, 2P)
     d2 = torch.empty((row_particle.numel(), 4), dtype=torch.float64, device=device)
     step = max(1, _PAIR_PIXEL_BUDGET // max(1, window.n_pixels))
     for start in range(0, row_particle.numel(), step):
         rows = slice(start, start + step)
         z = shifted[row_shifted[rows]] * projections[row_projection[rows]].conj()
-        cross = torch.cat([z.real, -z.imag], -1) @ stacked_sub.T
-        norm = (ctf2q[row_particle[rows]] * projection_power[row_projection[rows]]).sum(-1)
-        d2[rows] = (norm[:, None] - 2 * cross).double()
+        cross = z.real @ sub.real.T - z.imag @ sub.imag.T  # Re(z e_delta) for the 4 children
+        d2[rows] = norms[rows, None] - 2 * cross.double()
 
     fine_translations = grid.fine_translations.to(device)  # (T_c, 4, 2)
     offset_prior = _offset_log_prior(batch.origin_px, fine_translations.reshape(-1, 2), settings).reshape(n_batch, -1, 4)

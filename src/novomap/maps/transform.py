@@ -180,7 +180,9 @@ def mirror_volume(volume: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def spherical_mask(size: int, radius_px: float, edge_px: float = 2.0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def spherical_mask(
+    size: int, radius_px: float, edge_px: float = 2.0, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Soft sphere (size^3) around the centre voxel: 1 within radius, raised-cosine fall to 0 over edge."""
     r = centred_coordinates(size, torch.float64).norm(dim=-1)
     ramp = ((r - radius_px) / max(edge_px, 1e-9)).clamp(0.0, 1.0)

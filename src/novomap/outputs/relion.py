@@ -97,10 +97,11 @@ def write_model_star(path: Path, out_dir: Path, particles: ParticleSet, state: R
         },
         "model_classes": pd.DataFrame(
             {
-                "rlnReferenceImage": [class_map_path(out_dir, state.iteration, k).name for k in range(state.n_classes)],
+                # relative to the project folder (the current folder), as RELION writes it
+                "rlnReferenceImage": [str(class_map_path(out_dir, state.iteration, k)) for k in range(state.n_classes)],
                 "rlnClassDistribution": state.class_fraction.numpy(),
-                "rlnAccuracyRotations": [999.0] * state.n_classes,
-                "rlnAccuracyTranslationsAngst": [999.0] * state.n_classes,
+                "rlnAccuracyRotations": [state.acc_rot_deg] * state.n_classes,
+                "rlnAccuracyTranslationsAngst": [state.acc_trans_px * pixel if state.acc_trans_px < 999.0 else 999.0] * state.n_classes,
                 "rlnEstimatedResolution": [n * pixel / max(resolution_shell(state.ssnr[k]), 1) for k in range(state.n_classes)],
                 "rlnOverallFourierCompleteness": [float((state.ssnr[k][1:] >= 1).float().mean()) for k in range(state.n_classes)],
             }

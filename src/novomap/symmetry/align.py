@@ -23,13 +23,7 @@ from novomap.maps.transform import rotate_volume
 from novomap.physics.euler import matrix_to_euler
 from novomap.symmetry.candidates import GRID_SPACING_DEG, coarse_candidates
 from novomap.symmetry.groups import PointGroup, point_group
-from novomap.symmetry.score import (
-    conjugate_score_fn,
-    proxy_score_fn,
-    search_operators,
-    symmetry_residual,
-    symmetry_score,
-)
+from novomap.symmetry.score import conjugate_score_fn, proxy_score_fn, search_operators, symmetry_score
 
 COARSE_SIZE = 20  # px, global search copy
 FINE_SIZE = 32  # px, refinement copy

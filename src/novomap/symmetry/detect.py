@@ -4,9 +4,10 @@ Every candidate group G is aligned (its best rotation found) and scored with the
 s_G = ||R - S||^2 / ||R||^2 on the fine working copy (novomap.symmetry.align). A group the map
 really has still scores above 0, for two reasons, and the threshold is built from both:
 - noise: the noise in the map is not symmetric. Its share of the score is estimated from the map
-  itself, half-map style: the power in the outermost Fourier shells of the full map is taken as
-  white noise; a noise volume with that power (fixed seed) goes through exactly the pipeline that
-  makes the working copy, and is scored with the same group at the same rotation. This noise
+  itself, half-map style: the power in the outermost non-empty Fourier shells of the full map (up
+  to Nyquist, or to where a low-pass truncated the map) is taken as white noise within the map's
+  band; a noise volume like that (fixed seed) goes through exactly the pipeline that makes the
+  working copy, and is scored with the same group at the same rotation. This noise
   score n_G already holds the (1 - 1/|G|) factor and the partial self-overlap of smooth noise
   under small rotations. Where the outer shells still hold signal, the noise is overestimated,
   which only makes the test more lenient.
@@ -43,6 +44,7 @@ AXIS_SPACING_DEG = 7.5
 DIHEDRAL_STEP_DEG = 2.0
 LOCAL_STEP_DEG = 1.0
 _NOISE_SEED = 20240611
+EMPTY_SHELL = 1e-6  # shells with less mean power than this fraction of the strongest are empty
 # a k-fold axis of each polyhedral group in RELION's frame, k = the order of its largest rotation
 _POLYHEDRAL_AXES = {"T": (3, (0.0, 0.0, 1.0)), "O": (4, (0.0, 0.0, 1.0)), "I": (5, (0.525731114, 0.0, 0.850650807))}
 
@@ -81,15 +83,34 @@ class NoiseModel:
     floor: float
 
 
+def band_limit(spectrum_power: torch.Tensor, radius: torch.Tensor) -> float:
+    """Highest shell (Fourier px) that still holds power: maps are often truncated below Nyquist."""
+    shells = torch.round(radius).long().flatten()
+    limit = int(radius.shape[0] // 2)
+    power = torch.bincount(shells, weights=spectrum_power.flatten(), minlength=limit + 1)[: limit + 1]
+    counts = torch.bincount(shells, minlength=limit + 1)[: limit + 1].clamp(min=1)
+    mean = power / counts
+    filled = torch.nonzero(mean[1:] > EMPTY_SHELL * float(mean[1:].max())).flatten()
+    return float(filled.max() + 1) if filled.numel() else float(limit)
+
+
 def white_noise_like(centred: torch.Tensor) -> torch.Tensor:
-    """White noise (N, N, N) with the power of the map's outermost Fourier shells (0.8-1.0 Nyquist)."""
+    """Noise (N, N, N) as bright as the map's outermost non-empty Fourier shells, white up to that shell.
+
+    The outer 20% of the map's band (up to Nyquist, or to where a low-pass truncated it) is taken
+    as noise; the noise volume is white within the same band and empty beyond it, like the map.
+    """
     n = centred.shape[-1]
     spectrum = torch.fft.rfftn(centred.double())
     radius = frequency_radius(n)
-    outer = (radius >= 0.8 * (n / 2)) & (radius <= n / 2)
-    variance = float((spectrum.abs() ** 2)[outer].mean()) / n**3  # white noise: E|F|^2 = N^3 sigma^2
+    power = spectrum.abs() ** 2
+    top = band_limit(power, radius)
+    outer = (radius >= min(0.8 * top, top - 1.5)) & (radius <= top + 0.5)
+    variance = float(power[outer].mean()) / n**3  # white noise: E|F|^2 = N^3 sigma^2
     generator = torch.Generator().manual_seed(_NOISE_SEED)
-    return (torch.randn(centred.shape, generator=generator, dtype=torch.float64) * variance**0.5).float()
+    noise = torch.randn(centred.shape, generator=generator, dtype=torch.float64) * variance**0.5
+    inside = radius <= top + 0.5
+    return torch.fft.irfftn(torch.fft.rfftn(noise) * inside, s=noise.shape).float()
 
 
 def noise_model(maps: align.WorkingMaps) -> NoiseModel:

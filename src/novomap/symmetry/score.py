@@ -20,6 +20,7 @@ _OPERATOR_CACHE: dict[tuple[str, int, int], torch.Tensor] = {}
 
 
 def contains(stack: torch.Tensor, matrix: torch.Tensor) -> bool:
+    """Whether a stack of matrices (G, 3, 3) holds `matrix` (3, 3) up to TOLERANCE."""
     return bool(((stack - matrix).abs().amax(dim=(-2, -1)) < TOLERANCE).any())
 
 

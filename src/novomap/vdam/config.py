@@ -26,7 +26,7 @@ class VdamConfig:
     perturb: float = 0.5
     sigma_offset_a: float = 10.0
     auto_sampling: bool = True
-    max_healpix_order: int = 3  # never finer than coarse order 3 (7.5 / 3.75 deg)
+    max_healpix_order: int = 2  # RELION allows coarse order 3 (7.5 / 3.75 deg): 8x the coarse search, see README
     n_particles_sigma2: int = 1000
     mask_edge_px: float = 5.0
     seed: int = 1

@@ -190,12 +190,17 @@ def maximization(state: RunState, sums: Sums, current_size: int, step: float, ta
     state.resolution_shell = new_shell
 
 
-def search_setup(state: RunState, particles: ParticleSet, config: VdamConfig) -> tuple[SearchGrid, int, int]:
-    """This iteration's perturbed grid and (current_size, coarse_size); advances the perturbation RNG."""
-    generator = torch.Generator()
-    generator.set_state(state.rng_state)
-    state.perturbation = next_perturbation(state.perturbation, generator, config.perturb)
-    state.rng_state = generator.get_state()
+def search_setup(state: RunState, particles: ParticleSet, config: VdamConfig, advance: bool = True) -> tuple[SearchGrid, int, int]:
+    """This iteration's perturbed grid and (current_size, coarse_size).
+
+    advance: draw the next perturbation (every iteration); False reuses the current one, so a
+    pass outside the iteration sequence leaves the RNG, hence --continue, untouched.
+    """
+    if advance:
+        generator = torch.Generator()
+        generator.set_state(state.rng_state)
+        state.perturbation = next_perturbation(state.perturbation, generator, config.perturb)
+        state.rng_state = generator.get_state()
     grid = build_search_grid(state.healpix_order, state.offset_range_px, state.offset_step_px, state.perturbation)
     current_size, coarse_size = image_sizes(state.resolution_shell, particles.box_size, grid.coarse_step_deg, config.particle_diameter_a, particles.pixel_size_a)
     return grid, current_size, coarse_size
@@ -207,7 +212,7 @@ def assign_all(state: RunState, particles: ParticleSet, half: torch.Tensor, conf
     RELION leaves stale values for particles the last mini-batches did not visit; this pass
     gives every row of data.star an assignment from the final model.
     """
-    grid, current_size, coarse_size = search_setup(state, particles, config)
+    grid, current_size, coarse_size = search_setup(state, particles, config, advance=False)
     timings: dict = {}
     expectation(state, particles, torch.arange(particles.n), half, grid, current_size, coarse_size, config, device, timings, with_sums=False)
     return timings
@@ -264,14 +269,19 @@ def run_iteration(state: RunState, particles: ParticleSet, half: torch.Tensor, c
     order = torch.randperm(particles.n, generator=torch.Generator().manual_seed(config.seed + iteration))
     batch_index = order[:batch_size]
 
+    timings: dict = {}
+    # spec 4.7: estimate the accuracy first, then let auto-sampling decide from this iteration's estimate
+    # (current_size does not depend on the angular sampling)
+    if iteration == 1 or iteration % 10 == 0 or iteration == config.n_iter:
+        t0 = time.perf_counter()
+        accuracy_size, _ = image_sizes(
+            state.resolution_shell, particles.box_size, angular_step_deg(state.healpix_order), config.particle_diameter_a, particles.pixel_size_a
+        )
+        estimate_accuracy(state, particles, batch_index, accuracy_size, device)
+        timings["accuracy"] = time.perf_counter() - t0
     if config.auto_sampling and iteration > 1 and iteration % 10 == 0:
         refine_sampling(state, config)
     grid, current_size, coarse_size = search_setup(state, particles, config)
-    timings: dict = {}
-    if iteration == 1 or iteration % 10 == 0 or iteration == config.n_iter:
-        t0 = time.perf_counter()
-        estimate_accuracy(state, particles, batch_index, current_size, device)
-        timings["accuracy"] = time.perf_counter() - t0
     sums = expectation(state, particles, batch_index, half, grid, current_size, coarse_size, config, device, timings)
     t0 = time.perf_counter()
     maximization(state, sums, current_size, step, tau2_fudge, config, particles.pixel_size_a)
