@@ -293,3 +293,32 @@ def test_relion_abort_request_stops_the_job(tmp_path, capsys):
     assert not (out_dir / pipeline.EXIT_FAILURE).exists()
     run_out = (out_dir / "run.out").read_text()
     assert "iter    1/3" in run_out and "iter    2/3" not in run_out
+
+
+def test_sigterm_ends_the_job_with_relion_failure_marker(tmp_path, capsys, monkeypatch):
+    import signal
+
+    import novomap.initial_model
+
+    def killed(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # a queue's time limit
+        raise AssertionError("SIGTERM did not stop the job")
+
+    monkeypatch.setattr(novomap.initial_model, "run_initial_model", killed)
+    star, _ = make_dataset(tmp_path)
+    out_dir = tmp_path / "job"
+    before = signal.getsignal(signal.SIGTERM)
+    rc = main(["initial-model", "--i", str(star), "--o", str(out_dir), "--particle-diameter", "12"])
+    assert rc == 130 and "interrupted" in capsys.readouterr().err
+    assert (out_dir / pipeline.EXIT_FAILURE).is_file()
+    assert "SIGTERM" in (out_dir / "run.err").read_text()
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_relion_external_executable_is_the_initial_model_command(capsys):
+    from novomap.commands.initial_model import relion_external
+
+    with pytest.raises(SystemExit) as exit_info:
+        relion_external(["--help"])
+    assert exit_info.value.code == 0
+    assert "usage: novomap initial-model" in capsys.readouterr().out

@@ -30,8 +30,8 @@ FINE_SIZE = 32  # px, refinement copy
 CANDIDATES = 6  # distinct coarse minima refined
 COARSE_MIN_STEP_DEG = 1.5  # coarse refinement stops here; the fine one starts at this step
 FINE_STARTS = 2  # of those, refined again on the fine copy
-COARSE_OPS = 4  # operators scored per candidate in the global search
-FINE_OPS = 6  # and in the final refinement
+COARSE_OPS = 6  # operators scored per candidate in the global search
+FINE_OPS = 8  # and in the final refinement
 
 
 @dataclass
