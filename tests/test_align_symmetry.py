@@ -102,9 +102,10 @@ def test_deterministic_and_reports_euler_angles_of_the_rotation() -> None:
 
 
 def test_accepts_numpy_input() -> None:
-    moved = rotate_volume(blob_map("D2"), random_rotation(4)).numpy()
-    result = align_to_symmetry(np.asarray(moved), PIXEL_SIZE_A, "D2")
-    assert result.volume.shape == (64, 64, 64)
+    moved = rotate_volume(blob_map("C2", size=32), random_rotation(4)).numpy()
+    result = align_to_symmetry(np.asarray(moved), PIXEL_SIZE_A, "C2")
+    assert result.volume.shape == (32, 32, 32)
+    assert correlation(result.volume, rotate_volume(result.volume, point_group("C2").operators[1])) > 0.95
 
 
 @pytest.mark.parametrize("name", ["C5", "D3", "T", "O", "I3", "C4v", "D2h", "Oh"])

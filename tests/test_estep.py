@@ -38,7 +38,7 @@ def _search(particles: ParticleSet, volume: torch.Tensor, healpix_order: int = 1
     state.origin_y_a.zero_()
     state.resolution_shell = 16  # current size 52 px: enough detail for sharp posteriors
     grid, current_size, coarse_size = search_setup(state, particles, config)
-    expectation(state, particles, torch.arange(particles.n), pseudo_halves(particles), grid, current_size, coarse_size, config, torch.device("cpu"), {}, with_sums=False)
+    expectation(state, particles, torch.arange(particles.n), pseudo_halves(particles), grid, current_size, coarse_size, config, [torch.device("cpu")], {}, with_sums=False)
     found_rot = euler_to_matrix(state.rot_deg, state.tilt_deg, state.psi_deg)
     found_origin = torch.stack([state.origin_x_a, state.origin_y_a], -1) / particles.pixel_size_a
     return truth_rot, found_rot, truth_origin, found_origin, state
@@ -73,3 +73,28 @@ def test_origin_sign_particle_at_plus_three_pixels_gets_minus_three(simulated):
     _, _, truth_origin, found_origin, _ = _search(particles, volume)
     assert torch.all(found_origin[shifted_right, 0] < -1.0)
     assert torch.allclose(found_origin[shifted_right, 0], truth_origin[shifted_right, 0], atol=1.01)
+
+
+def test_several_devices_give_the_same_sums_as_one(simulated):
+    """A mini-batch split over devices (here two CPU 'devices' in threads) adds up to the same sums."""
+    import copy
+
+    particles, volume = simulated
+    config = VdamConfig(n_iter=10, seed=1, chunk_size=8)
+    state = initial_state(particles, config)
+    state.maps = volume[None].clone()
+    state.resolution_shell = 12
+    grid, current_size, coarse_size = search_setup(state, particles, config)
+    half = pseudo_halves(particles)
+    results = []
+    for devices in ([torch.device("cpu")], [torch.device("cpu"), torch.device("cpu")]):
+        copy_state = copy.deepcopy(state)
+        sums = expectation(copy_state, particles, torch.arange(particles.n), half, grid, current_size, coarse_size, config, devices, {})
+        results.append((sums, copy_state))
+    (one, state_one), (two, state_two) = results
+    assert float(one.weight.abs().sum()) > 0
+    for name in ("gradient", "weight", "noise", "class_weight", "direction_weight", "offset_sq_a2"):
+        a, b = getattr(one, name), getattr(two, name)
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6 * float(a.abs().max())), name
+    assert torch.equal(state_one.rot_deg, state_two.rot_deg)
+    assert torch.equal(state_one.origin_x_a, state_two.origin_x_a)

@@ -22,7 +22,12 @@ def parse_gpu_ids(gpu: str) -> list[int]:
 
 
 def select_device(gpu: str | None, threads: int | None) -> torch.device:
-    """The device a job runs on: the first requested GPU, or the CPU with `threads` threads.
+    """The first device of `select_devices`: for commands that use one device."""
+    return select_devices(gpu, threads)[0]
+
+
+def select_devices(gpu: str | None, threads: int | None) -> list[torch.device]:
+    """The devices a job runs on: every requested GPU, or the CPU with `threads` threads.
 
     gpu None: CPU. An absent or unusable GPU is an error that says so, never a silent fallback.
     """
@@ -31,7 +36,7 @@ def select_device(gpu: str | None, threads: int | None) -> torch.device:
             raise NovomapError(f"--j must be >= 1, not {threads}")
         torch.set_num_threads(threads)
     if gpu is None:
-        return torch.device("cpu")
+        return [torch.device("cpu")]
     if not torch.cuda.is_available():
         raise NovomapError("--gpu was given but PyTorch sees no CUDA GPU (check the driver, CUDA_VISIBLE_DEVICES, or run without --gpu on the CPU)")
     ids = parse_gpu_ids(gpu)
@@ -40,4 +45,4 @@ def select_device(gpu: str | None, threads: int | None) -> torch.device:
     for gpu_id in ids:
         if gpu_id < 0 or gpu_id >= torch.cuda.device_count():
             raise NovomapError(f"--gpu {gpu_id}: only {torch.cuda.device_count()} GPU(s) are visible (numbered from 0)")
-    return torch.device(f"cuda:{ids[0]}")
+    return [torch.device(f"cuda:{gpu_id}") for gpu_id in ids]

@@ -24,7 +24,7 @@ from novomap.symmetry.align import align_to_symmetry
 from novomap.symmetry.groups import point_group
 from novomap.symmetry.symmetrise import symmetrise
 from novomap.vdam.config import VdamConfig
-from novomap.vdam.iterate import assign_all, pseudo_halves, run_iteration, search_setup
+from novomap.vdam.iterate import as_devices, assign_all, pseudo_halves, run_iteration, search_setup
 from novomap.vdam.start import initial_state
 from novomap.vdam.state import RunState
 
@@ -58,7 +58,7 @@ def run_initial_model(
     out_dir: str | Path,
     config: VdamConfig,
     symmetry: str = "C1",
-    device: str | torch.device = "cpu",
+    device: str | torch.device | list = "cpu",
     preread: bool = False,
     scratch_dir: str | Path | None = None,
     continue_from: str | Path | None = None,
@@ -70,7 +70,7 @@ def run_initial_model(
     started = time.perf_counter()
     out_dir = Path(out_dir)
     group = point_group(symmetry)  # validate before any work
-    device = torch.device(device)
+    device = as_devices(device)  # several GPUs split each mini-batch (estep.driver)
     particles = ParticleSet.from_star(star_path, preread=preread, scratch_dir=scratch_dir)
     check_inputs(particles, config)
     command_line = shlex.join(["novomap", *sys.argv[1:]]) if sys.argv else "novomap"

@@ -240,7 +240,7 @@ def _record_failure(error: BaseException, args: argparse.Namespace, out_dir: Pat
 
 
 def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
-    from novomap.device import select_device
+    from novomap.device import select_devices
     from novomap.initial_model import run_initial_model
     from novomap.io.star import read_particle_star
     from novomap.outputs.pipeline import JobAborted, abort_requested, finish_job
@@ -250,7 +250,7 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
     started = time.perf_counter()
     log.to_file(f"# {shlex.join(['novomap', *sys.argv[1:]])}")
     log.to_file(f"# started {time.strftime('%Y-%m-%d %H:%M:%S')} in {os.getcwd()}")
-    device = select_device(args.gpu, args.threads)
+    device = select_devices(args.gpu, args.threads)
     _check_files(args)
     table = read_particle_star(args.input)
     n_particles = len(table.particles)

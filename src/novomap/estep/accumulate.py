@@ -37,6 +37,11 @@ class Sums:
     log_likelihood: torch.Tensor  # () float64
     max_probability: torch.Tensor  # () float64: sum of Pmax
 
+    def add_(self, other: "Sums") -> None:
+        """Add another device's sums into these (in place; slices must have been flushed)."""
+        for name in ("gradient", "weight", "noise", "particles_per_group", "class_weight", "direction_weight", "offset_sq_a2", "log_likelihood", "max_probability"):
+            getattr(self, name).add_(getattr(other, name).to(getattr(self, name).device))
+
     @staticmethod
     def zeros(n_classes: int, grid_size: int, box: int, n_groups: int, n_directions: int, noise_pixels: torch.Tensor, n_fine: int, n_pixels: int, device) -> "Sums":
         m = grid_size

@@ -31,6 +31,7 @@ class SearchSettings:
     max_significant: int = 100
     pixel_size_a: float = 1.0
     sigma_offset_a: float = 10.0
+    mask_radius_px: float = 1e9  # soft circular mask of the particle diameter (alignment and noise)
 
 
 @dataclass

@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from novomap.physics.fourier import centred_radius, hermitian_partner
+from novomap.physics.fourier import centred_radius, hermitian_partner, volume_to_centred_ft
 
 
 def slice_coordinates(rotations: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor, pad: int) -> torch.Tensor:
@@ -80,11 +80,22 @@ def insert_slices(
         parts.append(weights.to(dtype))
     if not parts:
         return
-    grid = _sampling_grid(rotations, kx, ky, pad, m, dtype)
-    source = torch.zeros((1, len(parts), m, m, m), dtype=dtype, device=grid_ref.device, requires_grad=True)
+    grid = _sampling_grid(rotations, kx, ky, pad, m, dtype)  # (1, O, P, 1, 3)
+    stacked = torch.stack(parts)[:, :, :, None]  # (C, O, P, 1)
+    # split the slices over a batch of grids: grid_sample's scatter runs in parallel over the batch
+    n_split = max(1, min(torch.get_num_threads(), 4, rotations.shape[0]))
+    per_split = -(-rotations.shape[0] // n_split)
+    extra = n_split * per_split - rotations.shape[0]
+    if extra:  # padding slices sample outside the grid (coordinate 2 > 1): zero weight everywhere
+        grid = torch.cat([grid, grid.new_full((1, extra, grid.shape[2], 1, 3), 2.0)], 1)
+        stacked = torch.cat([stacked, stacked.new_zeros((stacked.shape[0], extra, *stacked.shape[2:]))], 1)
+    grid = grid.reshape(n_split, per_split, *grid.shape[2:])
+    stacked = stacked.reshape(stacked.shape[0], n_split, per_split, *stacked.shape[2:]).transpose(0, 1)
+    source = torch.zeros((n_split, len(parts), m, m, m), dtype=dtype, device=grid_ref.device, requires_grad=True)
     with torch.enable_grad():
         sampled = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-        (adjoint,) = torch.autograd.grad(sampled, source, grad_outputs=torch.stack(parts)[None, :, :, :, None])
+        (adjoint,) = torch.autograd.grad(sampled, source, grad_outputs=stacked)
+    adjoint = adjoint.sum(0, keepdim=True)
     adjoint = adjoint[0]
     if values is not None and data_grid is not None:
         data_grid += torch.complex(adjoint[0], adjoint[1]).to(data_grid.dtype)
@@ -112,3 +123,9 @@ def gridding_correction(n: int, pad: int, device=None, dtype=torch.float64) -> t
     x = math.pi * r
     sinc = torch.where(r > 0, torch.sin(x) / torch.where(r > 0, x, torch.ones_like(x)), torch.ones_like(x))
     return sinc * sinc
+
+
+def projector_transform(volume: torch.Tensor, pad: int) -> torch.Tensor:
+    """Real map (N, N, N) -> the centred transform its projections are sampled from (gridding-corrected)."""
+    n = volume.shape[-1]
+    return volume_to_centred_ft(volume / gridding_correction(n, pad, volume.device), pad)

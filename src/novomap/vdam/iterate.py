@@ -7,16 +7,15 @@ import time
 
 import torch
 
-from novomap.estep.accumulate import Sums, accumulate, flush_slices
-from novomap.estep.cache import ProjectionCache
-from novomap.estep.prepare import prepare_batch
-from novomap.estep.search import SearchSettings, coarse_pass, fine_pass, project_references
+from novomap.estep.accumulate import Sums
+from novomap.estep.driver import PAD, run_estep
+from novomap.estep.search import SearchSettings
 from novomap.io.particles import ParticleSet
 from novomap.model.params import image_sizes, reference_power, resolution_shell, spectral_snr, update_sigma2, update_with_momentum
 from novomap.physics.euler import euler_to_matrix, matrix_to_euler
 from novomap.physics.fourier import centred_ft_to_volume, centred_radius, rfft_shells, volume_to_centred_ft
 from novomap.physics.masks import mask_volume_with_background, soft_edge_mask
-from novomap.physics.projection import gridding_correction, hermitian_symmetrise
+from novomap.physics.projection import hermitian_symmetrise, projector_transform
 from novomap.physics.window import fourier_window
 from novomap.reconstruct import particle_ctf
 from novomap.sampling.accuracy import expected_errors
@@ -27,14 +26,9 @@ from novomap.vdam.config import VdamConfig
 from novomap.vdam.state import RunState
 from novomap.vdam.update import vdam_update
 
-PAD = 1  # the job uses --pad 1
-
-
 def projector_transforms(maps: torch.Tensor) -> torch.Tensor:
-    """Gridding-corrected centred transforms of the references for projection: (K, N, N, N) -> (K, M, M, M)."""
-    n = maps.shape[-1]
-    correction = gridding_correction(n, PAD, maps.device)
-    return torch.stack([volume_to_centred_ft(m / correction, PAD) for m in maps])
+    """Gridding-corrected centred transforms of the references: (K, N, N, N) -> (K, M, M, M)."""
+    return torch.stack([projector_transform(m, PAD) for m in maps])
 
 
 def pseudo_halves(particles: ParticleSet) -> torch.Tensor:
@@ -54,13 +48,6 @@ def next_perturbation(current: float, generator: torch.Generator, factor: float)
     return r - 1.0 if r > 0.5 else r
 
 
-def _chunk_size(config: VdamConfig, grid: SearchGrid, n_classes: int) -> int:
-    if config.chunk_size > 0:
-        return config.chunk_size
-    per_particle = grid.n_coarse_translations * grid.n_coarse_orientations * n_classes
-    return int(max(8, min(512, 12_000_000 // per_particle)))
-
-
 def expectation(
     state: RunState,
     particles: ParticleSet,
@@ -70,78 +57,22 @@ def expectation(
     current_size: int,
     coarse_size: int,
     config: VdamConfig,
-    device: torch.device,
+    devices: list[torch.device],
     timings: dict,
     with_sums: bool = True,
-) -> Sums:
-    """The E-step over a mini-batch: coarse pass, fine pass and sums, chunk by chunk.
-
-    Every visited particle's best pose, class and statistics are stored in `state`; with
-    with_sums=False only that is done (the final assignment pass).
-    """
-    n = particles.box_size
-    window = fourier_window(n, current_size, device)
-    coarse_window = fourier_window(n, coarse_size, device)
-    coarse_pixels = torch.nonzero(window.shell < coarse_size // 2).squeeze(1)
-    # single precision for the search: projections feed float32 matrix products anyway
-    references = projector_transforms(state.maps).to(device=device, dtype=torch.complex64)
-    t0 = time.perf_counter()
-    coarse_projections = project_references(references, grid.coarse_rotations.to(device), coarse_window, PAD)
-    timings["project"] = timings.get("project", 0.0) + time.perf_counter() - t0
-    log_prior = torch.log(state.direction_prior.clamp(min=1e-30)).to(device)
-    settings = SearchSettings(config.adaptive_fraction, config.significant_cap(), particles.pixel_size_a, state.sigma_offset_a)
-    fine_rotations = grid.fine_rotations.reshape(-1, 3, 3)
-    sums = Sums.zeros(state.n_classes, n * PAD, n, state.sigma2.shape[0], grid.n_directions, _pixels_per_shell(n), fine_rotations.shape[0], window.n_pixels, device)
-    projection_cache = ProjectionCache(references, fine_rotations, window, PAD)
-    sigma2 = state.sigma2.to(device)
-    diameter_px = config.particle_diameter_a / particles.pixel_size_a
-    for chunk in torch.split(batch_index, _chunk_size(config, grid, state.n_classes)):
-        t0 = time.perf_counter()
-        origins = torch.stack([state.origin_x_a[chunk], state.origin_y_a[chunk]], -1) / particles.pixel_size_a
-        batch = prepare_batch(
-            particles.images(chunk).to(device=device, dtype=torch.float64),
-            chunk,
-            half[chunk].to(device),
-            particles.optics_group[chunk].to(device),
-            origins.to(device),
-            window,
-            particle_ctf(particles, chunk, window.to("cpu")).to(device),
-            sigma2,
-            diameter_px / 2,
-        )
-        t1 = time.perf_counter()
-        significant = coarse_pass(batch, coarse_pixels, coarse_window, coarse_projections, grid, log_prior, settings)
-        t2 = time.perf_counter()
-        result = fine_pass(batch, window, significant, projection_cache, grid, log_prior, settings)
-        t3 = time.perf_counter()
-        if with_sums:
-            accumulate(sums, batch, result, window, grid, PAD, particles.pixel_size_a)
-        t4 = time.perf_counter()
-        for key, value in (("prepare", t1 - t0), ("coarse", t2 - t1), ("fine", t3 - t2), ("backproject", t4 - t3)):
-            timings[key] = timings.get(key, 0.0) + value
-        _store_assignments(state, chunk, batch.origin_px.cpu(), result, fine_rotations, particles.pixel_size_a)
-    if with_sums:
-        t0 = time.perf_counter()
-        flush_slices(sums, grid, window, PAD)
-        timings["backproject"] = timings.get("backproject", 0.0) + time.perf_counter() - t0
+) -> Sums | None:
+    """The E-step of the batch (estep.driver), with this run's search settings; timings added to `timings`."""
+    settings = SearchSettings(
+        adaptive_fraction=config.adaptive_fraction,
+        max_significant=config.significant_cap(),
+        pixel_size_a=particles.pixel_size_a,
+        sigma_offset_a=state.sigma_offset_a,
+        mask_radius_px=config.particle_diameter_a / (2 * particles.pixel_size_a),
+    )
+    sums, spent = run_estep(state, particles, batch_index, half, grid, current_size, coarse_size, settings, devices, with_sums, config.chunk_size)
+    for name, seconds in spent.items():
+        timings[name] = timings.get(name, 0.0) + seconds
     return sums
-
-
-def _pixels_per_shell(n: int) -> torch.Tensor:
-    shells = rfft_shells(n)
-    keep = (shells >= 0) & (shells <= n // 2)
-    return torch.zeros(n // 2 + 1, dtype=torch.float64).index_add_(0, shells[keep], torch.ones(int(keep.sum()), dtype=torch.float64))
-
-
-def _store_assignments(state: RunState, chunk: torch.Tensor, origin_px: torch.Tensor, result, fine_rotations: torch.Tensor, pixel_size_a: float) -> None:
-    rot, tilt, psi = matrix_to_euler(fine_rotations[result.best_orientation.cpu()])
-    state.rot_deg[chunk], state.tilt_deg[chunk], state.psi_deg[chunk] = rot, tilt, psi
-    new_origin = (origin_px + result.best_translation_px.cpu()) * pixel_size_a
-    state.origin_x_a[chunk], state.origin_y_a[chunk] = new_origin[:, 0], new_origin[:, 1]
-    state.class_number[chunk] = result.best_class.cpu() + 1
-    state.max_probability[chunk] = result.max_probability.cpu()
-    state.n_significant[chunk] = result.n_significant.cpu()
-    state.log_likelihood[chunk] = result.log_likelihood.cpu()
 
 
 def maximization(state: RunState, sums: Sums, current_size: int, step: float, tau2_fudge: float, config: VdamConfig, pixel_size_a: float) -> None:
@@ -206,7 +137,12 @@ def search_setup(state: RunState, particles: ParticleSet, config: VdamConfig, ad
     return grid, current_size, coarse_size
 
 
-def assign_all(state: RunState, particles: ParticleSet, half: torch.Tensor, config: VdamConfig, device: torch.device) -> dict:
+def as_devices(device: torch.device | str | list) -> list[torch.device]:
+    """One device or several -> a list of torch.device (the first also runs the M-step)."""
+    return [torch.device(d) for d in device] if isinstance(device, (list, tuple)) else [torch.device(device)]
+
+
+def assign_all(state: RunState, particles: ParticleSet, half: torch.Tensor, config: VdamConfig, device: torch.device | list) -> dict:
     """One E-step over every particle with the final maps: fresh poses for the whole data set.
 
     RELION leaves stale values for particles the last mini-batches did not visit; this pass
@@ -214,7 +150,7 @@ def assign_all(state: RunState, particles: ParticleSet, half: torch.Tensor, conf
     """
     grid, current_size, coarse_size = search_setup(state, particles, config, advance=False)
     timings: dict = {}
-    expectation(state, particles, torch.arange(particles.n), half, grid, current_size, coarse_size, config, device, timings, with_sums=False)
+    expectation(state, particles, torch.arange(particles.n), half, grid, current_size, coarse_size, config, as_devices(device), timings, with_sums=False)
     return timings
 
 
@@ -255,7 +191,7 @@ def refine_sampling(state: RunState, config: VdamConfig) -> bool:
     return True
 
 
-def run_iteration(state: RunState, particles: ParticleSet, half: torch.Tensor, config: VdamConfig, device: torch.device) -> dict:
+def run_iteration(state: RunState, particles: ParticleSet, half: torch.Tensor, config: VdamConfig, device: torch.device | list) -> dict:
     """Advance `state` by one mini-batch; returns this iteration's figures."""
     started = time.perf_counter()
     iteration = state.iteration + 1
@@ -277,12 +213,12 @@ def run_iteration(state: RunState, particles: ParticleSet, half: torch.Tensor, c
         accuracy_size, _ = image_sizes(
             state.resolution_shell, particles.box_size, angular_step_deg(state.healpix_order), config.particle_diameter_a, particles.pixel_size_a
         )
-        estimate_accuracy(state, particles, batch_index, accuracy_size, device)
+        estimate_accuracy(state, particles, batch_index, accuracy_size, as_devices(device)[0])
         timings["accuracy"] = time.perf_counter() - t0
     if config.auto_sampling and iteration > 1 and iteration % 10 == 0:
         refine_sampling(state, config)
     grid, current_size, coarse_size = search_setup(state, particles, config)
-    sums = expectation(state, particles, batch_index, half, grid, current_size, coarse_size, config, device, timings)
+    sums = expectation(state, particles, batch_index, half, grid, current_size, coarse_size, config, as_devices(device), timings)
     t0 = time.perf_counter()
     maximization(state, sums, current_size, step, tau2_fudge, config, particles.pixel_size_a)
     timings["mstep"] = time.perf_counter() - t0

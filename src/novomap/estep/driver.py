@@ -1,0 +1,178 @@
+"""The E-step over a mini-batch: particles in chunks, spread over one or more devices.
+
+Each device holds its own copy of the references, their coarse projections, a projection cache
+and its own sums; chunk i goes to device i mod n_devices. With several devices the chunks run in
+threads (PyTorch releases the GIL in its kernels) and the sums are added on the first device
+before the M-step, so the result depends on the number of devices only through floating-point
+summation order.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from novomap.estep.accumulate import Sums, accumulate, flush_slices
+from novomap.estep.cache import ProjectionCache
+from novomap.estep.prepare import prepare_batch
+from novomap.estep.search import FineResult, SearchSettings, coarse_pass, fine_pass, project_references
+from novomap.io.particles import ParticleSet
+from novomap.physics.euler import matrix_to_euler
+from novomap.physics.fourier import rfft_shells
+from novomap.physics.projection import projector_transform
+from novomap.physics.window import FourierWindow, fourier_window
+from novomap.reconstruct import particle_ctf
+from novomap.sampling.grid import SearchGrid
+from novomap.vdam.state import RunState
+
+PAD = 1  # the job uses --pad 1
+
+
+@dataclass
+class DeviceWork:
+    """What one device needs to search and accumulate its chunks."""
+
+    device: torch.device
+    window: FourierWindow
+    coarse_window: FourierWindow
+    coarse_pixels: torch.Tensor
+    coarse_projections: torch.Tensor
+    projection_cache: ProjectionCache
+    log_prior: torch.Tensor
+    sigma2: torch.Tensor
+    sums: Sums
+    timings: dict = field(default_factory=dict)
+
+
+def pixels_per_shell(n: int) -> torch.Tensor:
+    """Independent Fourier pixels per shell of an N-box image -> (N//2+1,)."""
+    shells = rfft_shells(n)
+    keep = (shells >= 0) & (shells <= n // 2)
+    return torch.zeros(n // 2 + 1, dtype=torch.float64).index_add_(0, shells[keep], torch.ones(int(keep.sum()), dtype=torch.float64))
+
+
+def chunk_size(grid: SearchGrid, n_classes: int, requested: int = 0) -> int:
+    """Particles per chunk: bounded so the coarse (particle x translation x orientation) arrays stay ~100 MB."""
+    if requested > 0:
+        return requested
+    per_particle = grid.n_coarse_translations * grid.n_coarse_orientations * n_classes
+    return int(max(8, min(512, 12_000_000 // per_particle)))
+
+
+def _device_work(state: RunState, device: torch.device, grid: SearchGrid, box: int, current_size: int, coarse_size: int) -> DeviceWork:
+    window = fourier_window(box, current_size, device)
+    coarse_window = fourier_window(box, coarse_size, device)
+    # single precision for the search: projections feed float32 matrix products anyway
+    references = torch.stack([projector_transform(m, PAD) for m in state.maps]).to(device=device, dtype=torch.complex64)
+    started = time.perf_counter()
+    coarse_projections = project_references(references, grid.coarse_rotations.to(device), coarse_window, PAD)
+    fine_rotations = grid.fine_rotations.reshape(-1, 3, 3)
+    sums = Sums.zeros(state.n_classes, box * PAD, box, state.sigma2.shape[0], grid.n_directions, pixels_per_shell(box), fine_rotations.shape[0], window.n_pixels, device)
+    return DeviceWork(
+        device=device,
+        window=window,
+        coarse_window=coarse_window,
+        coarse_pixels=torch.nonzero(window.shell < coarse_size // 2).squeeze(1),
+        coarse_projections=coarse_projections,
+        projection_cache=ProjectionCache(references, fine_rotations, window, PAD),
+        log_prior=torch.log(state.direction_prior.clamp(min=1e-30)).to(device),
+        sigma2=state.sigma2.to(device),
+        sums=sums,
+        timings={"project": time.perf_counter() - started},
+    )
+
+
+def _store_assignments(state: RunState, chunk: torch.Tensor, origin_px: torch.Tensor, result: FineResult, fine_rotations: torch.Tensor, pixel_size_a: float) -> None:
+    rot, tilt, psi = matrix_to_euler(fine_rotations[result.best_orientation.cpu()])
+    state.rot_deg[chunk], state.tilt_deg[chunk], state.psi_deg[chunk] = rot, tilt, psi
+    new_origin = (origin_px + result.best_translation_px.cpu()) * pixel_size_a
+    state.origin_x_a[chunk], state.origin_y_a[chunk] = new_origin[:, 0], new_origin[:, 1]
+    state.class_number[chunk] = result.best_class.cpu() + 1
+    state.max_probability[chunk] = result.max_probability.cpu()
+    state.n_significant[chunk] = result.n_significant.cpu()
+    state.log_likelihood[chunk] = result.log_likelihood.cpu()
+
+
+def _add_time(timings: dict, name: str, seconds: float) -> None:
+    timings[name] = timings.get(name, 0.0) + seconds
+
+
+def run_estep(
+    state: RunState,
+    particles: ParticleSet,
+    batch_index: torch.Tensor,
+    half: torch.Tensor,
+    grid: SearchGrid,
+    current_size: int,
+    coarse_size: int,
+    settings: SearchSettings,
+    devices: list[torch.device],
+    with_sums: bool = True,
+    requested_chunk: int = 0,
+) -> tuple[Sums | None, dict]:
+    """Search every particle of the batch; store each one's best pose in `state`.
+
+    Returns the sums on devices[0] (None when with_sums is False: the final assignment pass)
+    and the seconds spent per phase, added over devices.
+    """
+    box = particles.box_size
+    works = [_device_work(state, device, grid, box, current_size, coarse_size) for device in devices]
+    fine_rotations = grid.fine_rotations.reshape(-1, 3, 3)
+    chunks = list(torch.split(batch_index, chunk_size(grid, state.n_classes, requested_chunk)))
+    lock = threading.Lock()
+
+    def process(work: DeviceWork, chunk: torch.Tensor) -> None:
+        t0 = time.perf_counter()
+        origins = torch.stack([state.origin_x_a[chunk], state.origin_y_a[chunk]], -1) / particles.pixel_size_a
+        batch = prepare_batch(
+            particles.images(chunk).to(device=work.device, dtype=torch.float64),
+            chunk,
+            half[chunk].to(work.device),
+            particles.optics_group[chunk].to(work.device),
+            origins.to(work.device),
+            work.window,
+            particle_ctf(particles, chunk, work.window.to("cpu")).to(work.device),
+            work.sigma2,
+            settings.mask_radius_px,
+        )
+        t1 = time.perf_counter()
+        significant = coarse_pass(batch, work.coarse_pixels, work.coarse_window, work.coarse_projections, grid, work.log_prior, settings)
+        t2 = time.perf_counter()
+        result = fine_pass(batch, work.window, significant, work.projection_cache, grid, work.log_prior, settings)
+        t3 = time.perf_counter()
+        if with_sums:
+            accumulate(work.sums, batch, result, work.window, grid, PAD, particles.pixel_size_a)
+        t4 = time.perf_counter()
+        for name, seconds in (("prepare", t1 - t0), ("coarse", t2 - t1), ("fine", t3 - t2), ("backproject", t4 - t3)):
+            _add_time(work.timings, name, seconds)
+        with lock:
+            _store_assignments(state, chunk, batch.origin_px.cpu(), result, fine_rotations, particles.pixel_size_a)
+
+    def run_device(d: int) -> None:
+        work = works[d]
+        for chunk in chunks[d :: len(works)]:
+            process(work, chunk)
+        if with_sums:
+            t0 = time.perf_counter()
+            flush_slices(work.sums, grid, work.window, PAD)
+            _add_time(work.timings, "backproject", time.perf_counter() - t0)
+
+    if len(works) == 1:
+        run_device(0)
+    else:
+        with ThreadPoolExecutor(max_workers=len(works)) as pool:
+            list(pool.map(run_device, range(len(works))))
+    timings: dict = {}
+    for work in works:
+        for name, seconds in work.timings.items():
+            _add_time(timings, name, seconds)
+    if not with_sums:
+        return None, timings
+    total = works[0].sums
+    for work in works[1:]:
+        total.add_(work.sums)
+    return total, timings
