@@ -131,9 +131,16 @@ def test_coarse_grid_covers_every_alignment(name: str) -> None:
 @pytest.mark.parametrize("name", ["C24", "D7", "T", "O", "I", "Td"])
 def test_search_operators_generate_the_group(name: str) -> None:
     group = point_group(name)
-    ops = search_operators(group)
-    assert 1 <= len(ops) <= max(8, len(ops))
+    ops = search_operators(group, 6)
+    assert 1 <= len(ops) <= 7
     assert close_group(list(ops)).shape[0] == group.order
+
+
+def test_search_operators_cover_every_kind_of_axis() -> None:
+    # for I: 2-, 3- and 5-folds, so that an alignment satisfying only a T subgroup scores badly
+    angles = {round(float(torch.rad2deg(torch.arccos((torch.trace(g) - 1) / 2)))) for g in
+              search_operators(point_group("I"), 6)}
+    assert {180, 120, 72, 144} <= angles
 
 
 def test_symmetrise_imposes_the_group() -> None:

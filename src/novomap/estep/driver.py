@@ -129,13 +129,13 @@ def run_estep(
         t0 = time.perf_counter()
         origins = torch.stack([state.origin_x_a[chunk], state.origin_y_a[chunk]], -1) / particles.pixel_size_a
         batch = prepare_batch(
-            particles.images(chunk).to(device=work.device, dtype=torch.float64),
+            particles.images(chunk).to(device=work.device, dtype=torch.float32),
             chunk,
             half[chunk].to(work.device),
             particles.optics_group[chunk].to(work.device),
             origins.to(work.device),
             work.window,
-            particle_ctf(particles, chunk, work.window.to("cpu")).to(work.device),
+            particle_ctf(particles, chunk, work.window.to("cpu")).to(device=work.device, dtype=torch.float32),
             work.sigma2,
             settings.mask_radius_px,
         )

@@ -74,7 +74,8 @@ def prepare_batch(
     masked_ft = rfft_image(mask_images_with_background(moved, mask_radius_px, 5.0))
     shell = window.shell.to(images.device)
     sigma2_pixels = sigma2[optics_group][:, shell]  # (B, P)
-    inv_sigma2 = torch.where(shell[None, :] > 0, 1.0 / sigma2_pixels.clamp(min=1e-30), torch.zeros_like(sigma2_pixels))
+    # single precision: every E-step product downstream is float32
+    inv_sigma2 = torch.where(shell[None, :] > 0, 1.0 / sigma2_pixels.clamp(min=1e-30), torch.zeros_like(sigma2_pixels)).float()
     return PreparedBatch(
         particle_index=particle_index,
         half=half,

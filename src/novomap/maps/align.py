@@ -96,7 +96,10 @@ def best_translation(reference: torch.Tensor, moved: torch.Tensor, max_shift: fl
     return shift
 
 
-def _search_hand(coarse_ref: torch.Tensor, coarse_moving: torch.Tensor, max_shift: float):
+def _search_hand(
+    coarse_ref: torch.Tensor, coarse_moving: torch.Tensor, max_shift: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global grid search for one hand, then local refinement of its best distinct rotations (K, 3, 3)."""
     score_fn = translation_score_fn(coarse_ref, coarse_moving, max_shift)
     grid = so3_search.so3_grid(GRID_SPACING_DEG)
     scores = so3_search.evaluate(score_fn, grid, batch=128)
@@ -117,7 +120,7 @@ def align_maps(
     if reference.shape != moving.shape:
         raise ValueError(f"maps differ in shape: {tuple(reference.shape)} and {tuple(moving.shape)}")
     ref_centred, ref_shift = centring.centre_by_mass(reference)
-    mov_centred, _ = centring.centre_by_mass(moving)
+    mov_centred, mov_shift = centring.centre_by_mass(moving)
     crop = max(centring.search_box(ref_centred), centring.search_box(mov_centred))
     hands = [mov_centred, mirror_volume(mov_centred)]
     coarse_size, fine_size = min(crop, COARSE_SIZE), min(crop, FINE_SIZE)
@@ -136,11 +139,24 @@ def align_maps(
         refined, scores = so3_search.local_refine(score_fn, rotation[None], 1.5, 0.15)
         finals.append((float(scores[0]), flipped, refined[0]))
     _, flipped, rotation = min(finals, key=lambda item: item[0])
-    return _finish(reference, ref_centred, ref_shift, hands[flipped], moving, bool(flipped), rotation)
+    # the mirror image of the centred map is the mirror image of the input centred by the mirrored shift
+    source_shift = mov_shift * torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64) if flipped else mov_shift
+    return _finish(reference, ref_centred, ref_shift, hands[flipped], source_shift, bool(flipped), rotation)
 
 
-def _finish(reference, ref_centred, ref_shift, hand_centred, moving, flipped, rotation) -> MapAlignment:
-    """Full-size translation, aligned map, total shift and correlation for the chosen rotation."""
+def _finish(
+    reference: torch.Tensor,
+    ref_centred: torch.Tensor,
+    ref_shift: torch.Tensor,
+    hand_centred: torch.Tensor,
+    source_shift: torch.Tensor,
+    flipped: bool,
+    rotation: torch.Tensor,
+) -> MapAlignment:
+    """Full-size translation, aligned map, total shift and correlation for the chosen rotation.
+
+    hand_centred = shift_volume(M(moving), source_shift), M the mirror when flipped.
+    """
     n = reference.shape[-1]
     rotated = rotate_volume(hand_centred, rotation.to(torch.float32))
     translation = best_translation(ref_centred, rotated, n / 4)
@@ -148,8 +164,6 @@ def _finish(reference, ref_centred, ref_shift, hand_centred, moving, flipped, ro
     post_shift = translation - ref_shift
     aligned = shift_volume(rotated, post_shift)
     # express everything as one shift after rotating the (mirrored) input map
-    source = mirror_volume(moving) if flipped else moving
-    source_shift = -centring.particle_centre(source)
     total = _rotate_shift(rotation, source_shift) + post_shift
     rot, tilt, psi = (float(a) for a in matrix_to_euler(rotation))
     cc = _pearson(reference, aligned)

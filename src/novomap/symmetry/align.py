@@ -7,7 +7,8 @@ Algorithm (deterministic, unlike RELION's 400 clock-seeded random orientations):
 3. global search over an SO(3) grid (HEALPix directions x psi, 15 deg) without the group's own
    redundancy (novomap.symmetry.candidates), scored in batches with a cheap proxy;
 4. the best CANDIDATES distinct minima are refined locally on the coarse copy (pattern search with
-   parabolic steps, to 1.5 deg), the best one or two again on the fine copy, to 0.15 deg.
+   parabolic steps: all to 3 deg, the best 3 to 1.5 deg), the best one or two again on the fine
+   copy, to 0.2 deg.
 The reported score is the full spec-5.2 score (novomap.symmetry.score) on the fine copy.
 """
 
@@ -27,11 +28,12 @@ from novomap.symmetry.score import conjugate_score_fn, proxy_score_fn, search_op
 
 COARSE_SIZE = 20  # px, global search copy
 FINE_SIZE = 32  # px, refinement copy
-CANDIDATES = 6  # distinct coarse minima refined
+CANDIDATES = 8  # distinct coarse minima (>= one grid step apart) refined to 3 deg
+FINE_CANDIDATES = 3  # of those, refined to COARSE_MIN_STEP_DEG
 COARSE_MIN_STEP_DEG = 1.5  # coarse refinement stops here; the fine one starts at this step
 FINE_STARTS = 2  # of those, refined again on the fine copy
 COARSE_OPS = 6  # operators scored per candidate in the global search
-FINE_OPS = 8  # and in the final refinement
+FINE_OPS = 6  # and in the final refinement
 
 
 @dataclass
@@ -83,16 +85,22 @@ def coarse_alignments(maps: WorkingMaps, group: PointGroup) -> tuple[torch.Tenso
     coarse_fn = conjugate_score_fn(maps.coarse, search_operators(group, COARSE_OPS))
     scores = so3_search.evaluate(coarse_fn, candidates.rotations)
     picks = so3_search.select_distinct(
-        candidates.rotations, scores, CANDIDATES, 2 * GRID_SPACING_DEG, candidates.equivalences,
+        candidates.rotations, scores, CANDIDATES, GRID_SPACING_DEG, candidates.equivalences,
         candidates.directions_only,
     )
-    # refine with the unbiased proxy: the conjugate one's interpolation loss shifts minima slightly
+    # refine with the unbiased proxy: the conjugate one's interpolation loss shifts minima slightly;
+    # all minima to a few degrees first, then only the best few further
     refine_fn = proxy_score_fn(maps.coarse, search_operators(group, COARSE_OPS))
-    refined, refined_scores = so3_search.local_refine(
-        refine_fn, candidates.rotations[picks], GRID_SPACING_DEG / 2, COARSE_MIN_STEP_DEG
-    )
+    refined, refined_scores = so3_search.local_refine(refine_fn, candidates.rotations[picks], GRID_SPACING_DEG / 2,
+                                                      2 * COARSE_MIN_STEP_DEG)
     order = torch.argsort(refined_scores, stable=True)
-    return refined[order], refined_scores[order]
+    best = order[:FINE_CANDIDATES]
+    polished, polished_scores = so3_search.local_refine(refine_fn, refined[best], 2 * COARSE_MIN_STEP_DEG,
+                                                        COARSE_MIN_STEP_DEG, refined_scores[best])
+    rotations = torch.cat([polished, refined[order[FINE_CANDIDATES:]]])
+    scores = torch.cat([polished_scores, refined_scores[order[FINE_CANDIDATES:]]])
+    order = torch.argsort(scores, stable=True)
+    return rotations[order], scores[order]
 
 
 def fine_alignment(
@@ -101,7 +109,7 @@ def fine_alignment(
     rotations: torch.Tensor,
     scores: torch.Tensor,
     step_deg: float = 1.5,
-    min_step_deg: float = 0.15,
+    min_step_deg: float = 0.2,
 ) -> tuple[torch.Tensor, float]:
     """Refine the best coarse rotations (K, 3, 3) (scores (K,), best first) on the fine copy.
 

@@ -35,11 +35,11 @@ def search_operators(group: PointGroup, max_ops: int = MAX_SEARCH_OPS) -> torch.
 def _search_operators(group: PointGroup, max_ops: int) -> torch.Tensor:
     """Up to max_ops non-identity operators (k, 3, 3), spread over the group, that generate it.
 
-    One of each inverse pair is kept (||g.R - R|| = ||g^-1.R - R||). Farthest-point selection: first
-    the operator that moves most (largest ||g - I||), then repeatedly the one farthest (Frobenius)
-    from all chosen ones. Spreading the operators over many axes matters: a wrong alignment that
-    still satisfies a subgroup (e.g. 45 deg off about a 4-fold of O) then scores well on few of them.
-    Operators are added if the choice does not generate the group.
+    One of each inverse pair is kept (||g.R - R|| = ||g^-1.R - R||). Operators are taken in turn
+    from each class (proper or not, and rotation angle), largest angle first, and within a class the
+    one farthest (Frobenius) from those already chosen. Spreading them matters: a wrong alignment
+    that still satisfies a subgroup (e.g. a T inside I, or a 4-fold of O turned by 45 deg) then
+    fails on many of them. Operators are added if the choice does not generate the group.
     """
     unique: list[torch.Tensor] = []
     for g in group.operators[1:]:
@@ -49,21 +49,37 @@ def _search_operators(group: PointGroup, max_ops: int) -> torch.Tensor:
     if not unique:
         return eye[None]
     candidates = torch.stack(unique)
-    displacement = (candidates - eye).flatten(1).norm(dim=1)
-    chosen = [int(displacement.argmax())]
-    distance = _operator_distance(candidates, candidates[chosen[0]])
+    classes = _classes(candidates)
+    chosen: list[int] = []
+    distance = torch.full((len(unique),), float("inf"), dtype=torch.float64)
     while len(chosen) < min(max_ops, len(unique)):
-        spread = distance + 1e-6 * displacement  # ties go to the operator that moves most
-        spread[chosen] = -1.0
-        chosen.append(int(spread.argmax()))
-        distance = torch.minimum(distance, _operator_distance(candidates, candidates[chosen[-1]]))
+        for members in classes:
+            free = [i for i in members if i not in chosen]
+            if not free or len(chosen) >= max_ops:
+                continue
+            pick = max(free, key=lambda i: (float(distance[i]), -i))
+            chosen.append(pick)
+            distance = torch.minimum(distance, _operator_distance(candidates, candidates[pick]))
     selected = [candidates[i] for i in chosen]
+    displacement = (candidates - eye).flatten(1).norm(dim=1)
     for index in torch.argsort(displacement, descending=True, stable=True).tolist():
-        if close_group(selected).shape[0] == group.order:
+        generated = close_group(selected)
+        if generated.shape[0] == group.order:
             break
-        if not contains(close_group(selected), candidates[index]):
+        if not contains(generated, candidates[index]):
             selected.append(candidates[index])
     return torch.stack(selected)
+
+
+def _classes(operators: torch.Tensor) -> list[list[int]]:
+    """Indices of operators grouped by (proper?, rotation angle of g or -g), largest angle first."""
+    keys = {}
+    for index, g in enumerate(operators):
+        proper = bool(torch.linalg.det(g) > 0)
+        rotation = g if proper else -g
+        angle = round(float(torch.rad2deg(torch.arccos(((torch.trace(rotation) - 1) / 2).clamp(-1, 1)))))
+        keys.setdefault((proper, angle), []).append(index)
+    return [keys[key] for key in sorted(keys, key=lambda key: (-key[1], not key[0]))]
 
 
 def _operator_distance(candidates: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
