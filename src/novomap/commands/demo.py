@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, metavar="INT", help="random seed of the simulation and the job (default: 0)")
     parser.add_argument("--iter", type=int, default=100, metavar="N", help="VDAM iterations of the initial-model job (default: 100)")
     parser.add_argument("--j", dest="threads", type=int, default=None, metavar="N", help="CPU threads (default: PyTorch's choice)")
-    parser.add_argument("--gpu", nargs="?", const="", default=None, metavar="IDS", help='run the job on CUDA GPUs, RELION syntax "0,1"')
+    parser.add_argument("--gpu", nargs="?", const="", default=None, metavar="IDS", help='run the job on CUDA GPUs, RELION syntax "0,1"; empty means all visible (default: CPU)')
 
 
 def demo_options(n: int, snr: float, seed: int, box: int, pixel_size_a: float) -> SimulationOptions:

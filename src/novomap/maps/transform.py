@@ -40,7 +40,8 @@ def rotate_volume(volume: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
     for start in range(0, mats.shape[0], chunk):
         block = mats[start : start + chunk]
         # rows r^T R = (R^T r)^T, already in grid_sample's [-1, 1] units once the offset is added
-        grid = torch.einsum("nk,bkj->bnj", coords, block).add_(offset).reshape(1, block.shape[0] * n, n, n, 3)
+        grid = torch.bmm(coords.expand(block.shape[0], -1, -1), block).add_(offset)
+        grid = grid.reshape(1, block.shape[0] * n, n, n, 3)
         sampled = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
         outputs.append(sampled.reshape(block.shape[0], n, n, n))
     rotated = torch.cat(outputs) if len(outputs) > 1 else outputs[0] if outputs else volume.new_zeros((0, n, n, n))

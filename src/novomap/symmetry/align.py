@@ -4,8 +4,8 @@ Algorithm (deterministic, unlike RELION's 400 clock-seeded random orientations):
 1. re-centre on the particle (novomap.maps.centring: the centre of mass of the positive density);
 2. score on small working copies: the particle cropped with a margin, Fourier-resized to <= 20 px
    (low-passed to 3 px) for the global search and to <= 32 px for refinement, soft-masked;
-3. global search over an SO(3) grid (HEALPix directions x psi, 15 deg) without the group's own
-   redundancy (novomap.symmetry.candidates), scored in batches with a cheap proxy;
+3. global search over an SO(3) grid (HEALPix directions x psi, 7.5 or 15 deg) without the group's
+   own redundancy (novomap.symmetry.candidates), scored in batches with a cheap proxy;
 4. the best CANDIDATES distinct minima are refined locally on the coarse copy (pattern search with
    parabolic steps: all to 3 deg, the best 3 to 1.5 deg), the best one or two again on the fine
    copy, to 0.2 deg.
@@ -22,7 +22,7 @@ import torch
 from novomap.maps import centring, so3_search
 from novomap.maps.transform import rotate_volume
 from novomap.physics.euler import matrix_to_euler
-from novomap.symmetry.candidates import GRID_SPACING_DEG, coarse_candidates
+from novomap.symmetry.candidates import coarse_candidates
 from novomap.symmetry.groups import PointGroup, point_group
 from novomap.symmetry.score import conjugate_score_fn, proxy_score_fn, search_operators, symmetry_score
 
@@ -30,6 +30,7 @@ COARSE_SIZE = 20  # px, global search copy
 FINE_SIZE = 32  # px, refinement copy
 CANDIDATES = 8  # distinct coarse minima (>= one grid step apart) refined to 3 deg
 FINE_CANDIDATES = 3  # of those, refined to COARSE_MIN_STEP_DEG
+MIN_SEPARATION_DEG = 15.0  # closer grid minima usually share one basin
 COARSE_MIN_STEP_DEG = 1.5  # coarse refinement stops here; the fine one starts at this step
 FINE_STARTS = 2  # of those, refined again on the fine copy
 COARSE_OPS = 6  # operators scored per candidate in the global search
@@ -84,19 +85,21 @@ def coarse_alignments(maps: WorkingMaps, group: PointGroup) -> tuple[torch.Tenso
     candidates = coarse_candidates(group)
     coarse_fn = conjugate_score_fn(maps.coarse, search_operators(group, COARSE_OPS))
     scores = so3_search.evaluate(coarse_fn, candidates.rotations)
+    separation = max(candidates.spacing_deg, MIN_SEPARATION_DEG)
     picks = so3_search.select_distinct(
-        candidates.rotations, scores, CANDIDATES, GRID_SPACING_DEG, candidates.equivalences,
-        candidates.directions_only,
+        candidates.rotations, scores, CANDIDATES, separation, candidates.equivalences, candidates.directions_only
     )
     # refine with the unbiased proxy: the conjugate one's interpolation loss shifts minima slightly;
     # all minima to a few degrees first, then only the best few further
     refine_fn = proxy_score_fn(maps.coarse, search_operators(group, COARSE_OPS))
-    refined, refined_scores = so3_search.local_refine(refine_fn, candidates.rotations[picks], GRID_SPACING_DEG / 2,
-                                                      2 * COARSE_MIN_STEP_DEG)
+    refined, refined_scores = so3_search.local_refine(
+        refine_fn, candidates.rotations[picks], candidates.spacing_deg / 2, 2 * COARSE_MIN_STEP_DEG
+    )
     order = torch.argsort(refined_scores, stable=True)
     best = order[:FINE_CANDIDATES]
-    polished, polished_scores = so3_search.local_refine(refine_fn, refined[best], 2 * COARSE_MIN_STEP_DEG,
-                                                        COARSE_MIN_STEP_DEG, refined_scores[best])
+    polished, polished_scores = so3_search.local_refine(
+        refine_fn, refined[best], 2 * COARSE_MIN_STEP_DEG, COARSE_MIN_STEP_DEG, refined_scores[best]
+    )
     rotations = torch.cat([polished, refined[order[FINE_CANDIDATES:]]])
     scores = torch.cat([polished_scores, refined_scores[order[FINE_CANDIDATES:]]])
     order = torch.argsort(scores, stable=True)

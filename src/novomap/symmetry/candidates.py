@@ -16,7 +16,8 @@ from novomap.physics.euler import axis_angle_to_matrix
 from novomap.symmetry.groups import PointGroup, close_group, point_group
 from novomap.symmetry.score import TOLERANCE, contains
 
-GRID_SPACING_DEG = 15.0
+SPACINGS_DEG = (7.5, 15.0)  # finest first: the finest grid whose candidates fit the budget is used
+MAX_CANDIDATES = 1000
 
 
 def _rz(angle_deg: float) -> torch.Tensor:
@@ -50,6 +51,7 @@ class Candidates:
     rotations: torch.Tensor
     equivalences: torch.Tensor | None
     directions_only: bool
+    spacing_deg: float
 
 
 def _proper_normaliser(operators: torch.Tensor) -> torch.Tensor:
@@ -72,14 +74,26 @@ def _proper_normaliser(operators: torch.Tensor) -> torch.Tensor:
     return close_group(list(proper[1:]) + extra) if extra else proper
 
 
-_CANDIDATE_CACHE: dict[tuple[str, int, float], Candidates] = {}
+_CANDIDATE_CACHE: dict[tuple[str, int, float | None], Candidates] = {}
 
 
-def coarse_candidates(group: PointGroup, spacing_deg: float = GRID_SPACING_DEG) -> Candidates:
-    """Cached `_coarse_candidates` (groups are identified by their canonical name and order)."""
+def coarse_candidates(group: PointGroup, spacing_deg: float | None = None) -> Candidates:
+    """Grid candidates for a group; by default on the finest of SPACINGS_DEG within MAX_CANDIDATES.
+
+    Groups with a small fundamental domain (I: 1/60 of SO(3)) thus get a 7.5-deg grid at the cost
+    of a 15-deg one for D2; maps with sharp features far from the centre have narrow score minima.
+    Cached per canonical name and order.
+    """
     key = (group.name, group.order, spacing_deg)
     if key not in _CANDIDATE_CACHE:
-        _CANDIDATE_CACHE[key] = _coarse_candidates(group, spacing_deg)
+        if spacing_deg is not None:
+            _CANDIDATE_CACHE[key] = _coarse_candidates(group, spacing_deg)
+        else:
+            for spacing in SPACINGS_DEG:
+                candidates = _coarse_candidates(group, spacing)
+                if candidates.rotations.shape[0] <= MAX_CANDIDATES:
+                    break
+            _CANDIDATE_CACHE[key] = candidates
     return _CANDIDATE_CACHE[key]
 
 
@@ -100,7 +114,7 @@ def _coarse_candidates(group: PointGroup, spacing_deg: float) -> Candidates:
     generic = _rz(37.0)
     if all(torch.allclose(generic @ g @ generic.T, g, atol=TOLERANCE) for g in ops):
         directions = so3_search.direction_grid(spacing_deg, hemisphere)
-        return Candidates(so3_search.rotations_for_directions(directions), None, True)
+        return Candidates(so3_search.rotations_for_directions(directions), None, True, spacing_deg)
     proper = ops[torch.linalg.det(ops) > 0]
     normaliser = _proper_normaliser(ops)
     if _axial(ops) and _axial(normaliser):
@@ -108,7 +122,7 @@ def _coarse_candidates(group: PointGroup, spacing_deg: float) -> Candidates:
         period = 180.0 / n if _normalises(_rz(180.0 / n), ops) else 360.0 / n
         grid = so3_search.so3_grid(spacing_deg, period, hemisphere)
         extra = [_rz(period)] + ([rx] if hemisphere else [])
-        return Candidates(grid, close_group(list(proper) + extra), False)
+        return Candidates(grid, close_group(list(proper) + extra), False, spacing_deg)
     grid = so3_search.so3_grid(spacing_deg)
     kept = so3_search.soft_fundamental_domain(grid, normaliser, margin_deg=spacing_deg)
-    return Candidates(kept, normaliser, False)
+    return Candidates(kept, normaliser, False, spacing_deg)
