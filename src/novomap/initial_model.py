@@ -20,6 +20,7 @@ from novomap.errors import NovomapError
 from novomap.io.mrc import write_map
 from novomap.io.particles import ParticleSet
 from novomap.outputs.relion import state_path_for, write_iteration
+from novomap.maps.transform import shift_volume
 from novomap.symmetry.align import align_to_symmetry
 from novomap.symmetry.groups import point_group
 from novomap.symmetry.symmetrise import symmetrise
@@ -100,7 +101,12 @@ def run_initial_model(
 
     largest = int(torch.argmax(state.class_fraction))
     alignment = align_to_symmetry(state.maps[largest].float(), particles.pixel_size_a, group)
-    final_map = symmetrise(alignment.volume, group) if group.order > 1 else alignment.volume
+    if group.order > 1:
+        # rotation and symmetrisation composed: the map is interpolated once, not twice
+        centred = shift_volume(state.maps[largest].float(), alignment.shift_zyx_px)
+        final_map = symmetrise(centred, group, alignment.rotation)
+    else:
+        final_map = alignment.volume
     initial_model = out_dir / "initial_model.mrc"
     write_map(initial_model, final_map, particles.pixel_size_a)
     return JobResult(out_dir, initial_model, state, alignment.score, time.perf_counter() - started)

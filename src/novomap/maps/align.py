@@ -113,10 +113,11 @@ def align_maps(
     """Best rotation, translation and hand that superpose `moving` (N, N, N) onto `reference` (N, N, N).
 
     pixel_size_a (Å/px, shared by both maps) is not needed by the search, which works in pixels.
+    Runs on the CPU (GPU tensors are copied); the aligned map is a CPU float32 tensor.
     """
     del pixel_size_a
-    reference = torch.as_tensor(reference, dtype=torch.float32)
-    moving = torch.as_tensor(moving, dtype=torch.float32)
+    reference = torch.as_tensor(reference, dtype=torch.float32).cpu()  # the search runs on the CPU
+    moving = torch.as_tensor(moving, dtype=torch.float32).cpu()
     if reference.shape != moving.shape:
         raise ValueError(f"maps differ in shape: {tuple(reference.shape)} and {tuple(moving.shape)}")
     ref_centred, ref_shift = centring.centre_by_mass(reference)

@@ -31,9 +31,10 @@ def rotate_volume(volume: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
     the value at R^T r. Any 3x3 matrix works (mirrors too); it is not checked for orthogonality.
     """
     single = matrices.ndim == 2
-    mats = matrices.reshape(-1, 3, 3).to(volume.dtype)
+    mats = matrices.reshape(-1, 3, 3).to(device=volume.device, dtype=volume.dtype)
     n = volume.shape[-1]
     coords, offset = _normalised_coordinates(n, volume.dtype)
+    coords = coords.to(volume.device)
     source = volume.reshape(1, 1, n, n, n)
     chunk = max(1, _MAX_SAMPLES // n**3)
     outputs = []
@@ -55,7 +56,8 @@ def sample_at(volume: torch.Tensor, positions_xyz: torch.Tensor) -> torch.Tensor
     """
     n = volume.shape[-1]
     scale = 2.0 / (n - 1)
-    grid = (positions_xyz.to(volume.dtype) * scale + ((n // 2) * scale - 1.0)).reshape(1, -1, 1, 1, 3)
+    positions = positions_xyz.to(device=volume.device, dtype=volume.dtype)
+    grid = (positions * scale + ((n // 2) * scale - 1.0)).reshape(1, -1, 1, 1, 3)
     values = F.grid_sample(volume.reshape(1, 1, n, n, n), grid, mode="bilinear", padding_mode="zeros",
                            align_corners=True)
     return values.reshape(positions_xyz.shape[:-1])
@@ -96,15 +98,15 @@ def shift_volume(volume: torch.Tensor, shift_zyx_px: torch.Tensor | tuple[float,
     kz, ky, kx = _frequencies(n)
     phase = torch.exp(-2j * math.pi * (kz * s[0] + ky * s[1] + kx * s[2]))
     spectrum = torch.fft.rfftn(volume.to(torch.float64))
-    return torch.fft.irfftn(spectrum * phase, s=volume.shape).to(volume.dtype)
+    return torch.fft.irfftn(spectrum * phase.to(volume.device), s=volume.shape).to(volume.dtype)
 
 
 def center_of_mass(volume: torch.Tensor, positive_only: bool = True) -> torch.Tensor:
-    """Centre of mass (3,) float64, zyx px from the centre voxel N//2; zeros if there is no mass.
+    """Centre of mass (3,) float64 on the CPU, zyx px from the centre voxel N//2; zeros if no mass.
 
     With positive_only, negative voxels (noise, solvent ripples) get weight 0, as in RELION.
     """
-    weights = volume.to(torch.float64)
+    weights = volume.detach().to(device="cpu", dtype=torch.float64)
     if positive_only:
         weights = weights.clamp(min=0.0)
     total = weights.sum()
@@ -163,7 +165,7 @@ def lowpass(volume: torch.Tensor, pixel_size_a: float, resolution_a: float, edge
     ramp = ((radius - low) / max(high - low, 1e-9)).clamp(0.0, 1.0)
     weights = 0.5 + 0.5 * torch.cos(math.pi * ramp)
     spectrum = torch.fft.rfftn(volume.to(torch.float64))
-    return torch.fft.irfftn(spectrum * weights, s=volume.shape).to(volume.dtype)
+    return torch.fft.irfftn(spectrum * weights.to(volume.device), s=volume.shape).to(volume.dtype)
 
 
 def mirror_volume(volume: torch.Tensor) -> torch.Tensor:

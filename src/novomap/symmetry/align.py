@@ -139,10 +139,11 @@ def align_to_symmetry(
 
     pixel_size_a is the map's Å/px; the search works in pixels, so it only matters to callers that
     write the result. For C1 the input is returned unchanged (identity, no re-centring), as in RELION.
+    Runs on the CPU (a GPU tensor is copied); the aligned map is a CPU float32 tensor.
     """
     del pixel_size_a  # the search is in pixels; kept for a uniform interface with the commands
     group = point_group(group) if isinstance(group, str) else group
-    volume = torch.as_tensor(volume, dtype=torch.float32)
+    volume = torch.as_tensor(volume, dtype=torch.float32).cpu()  # the search runs on the CPU
     if group.order == 1:
         eye = torch.eye(3, dtype=torch.float64)
         return SymmetryAlignment(group.name, eye, 0.0, 0.0, 0.0, torch.zeros(3, dtype=torch.float64), 0.0,

@@ -289,10 +289,10 @@ def detect_point_group(volume: torch.Tensor, pixel_size_a: float, max_order: int
     Groups are tried from the largest order down; once a group is accepted, the smaller ones are
     only scored at their coarse alignment (refined False), since they cannot change the answer.
     Groups are named in RELION's frames (I = I2); the returned rotation aligns the re-centred map to
-    the chosen group's frame. pixel_size_a is not needed (the analysis is in pixels).
+    the chosen group's frame. pixel_size_a is not needed (the analysis is in pixels). Runs on the CPU.
     """
     del pixel_size_a
-    maps = align.prepare(torch.as_tensor(volume, dtype=torch.float32), fine_size=FINE_SIZE)
+    maps = align.prepare(torch.as_tensor(volume, dtype=torch.float32).cpu(), fine_size=FINE_SIZE)
     model = noise_model(maps)
     starts = _candidate_starts(maps, model, max_order)
     groups = sorted((point_group(name) for name in starts), key=lambda g: -g.order)

@@ -85,7 +85,8 @@ def _first_of_each(matrices: torch.Tensor, tolerance: float) -> torch.Tensor:
     if matrices.shape[0] == 0:
         return matrices
     same = _distances(matrices, matrices) <= tolerance
-    earlier = torch.tril(same, diagonal=-1).any(dim=1)
+    index = torch.arange(matrices.shape[0])
+    earlier = (same & (index[None, :] < index[:, None])).any(dim=1)
     return matrices[~earlier]
 
 
