@@ -19,13 +19,7 @@ N = 64
 B = 12  # particles
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared machine torch's threads mostly wait for each other (60x slower blobs)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: element-wise code is 60x slower with busy threads
 
 
 @pytest.fixture(scope="module")

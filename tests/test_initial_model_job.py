@@ -30,13 +30,7 @@ N_PARTICLES = 150
 BOX, PIXEL = 64, 3.54
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared machine torch's threads mostly wait for each other (60x slower blobs)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: element-wise code is 60x slower with busy threads
 
 
 def _job_args(star: Path, out: Path, *extra: str, iters: int = 3, seed: int = 1) -> list[str]:

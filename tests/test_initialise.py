@@ -17,13 +17,7 @@ from novomap.vdam.initialise import initial_noise_spectrum, initial_references, 
 from novomap.vdam.start import initial_state
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared machine torch's threads mostly wait for each other (60x slower blobs)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: element-wise code is 60x slower with busy threads
 
 
 def _radius(n: int, dims: int) -> torch.Tensor:
