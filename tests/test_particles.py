@@ -10,7 +10,6 @@ import pytest
 import torch
 from _star_fixtures import (
     BOX,
-    PIXEL_SIZE,
     make_dataset,
     optics_columns,
     particle_columns,
@@ -20,7 +19,6 @@ from _star_fixtures import (
     write_star,
 )
 
-from novomap.errors import InputError
 from novomap.io.particles import ParticleSet
 
 BETAGAL = "betagal_relion5_tutorial_particles"

@@ -48,6 +48,11 @@ class DeviceWork:
     timings: dict = field(default_factory=dict)
 
 
+def projector_transforms(maps: torch.Tensor) -> torch.Tensor:
+    """Gridding-corrected centred transforms of the references: (K, N, N, N) -> (K, M, M, M)."""
+    return torch.stack([projector_transform(m, PAD) for m in maps])
+
+
 def pixels_per_shell(n: int) -> torch.Tensor:
     """Independent Fourier pixels per shell of an N-box image -> (N//2+1,)."""
     shells = rfft_shells(n)
@@ -67,7 +72,7 @@ def _device_work(state: RunState, device: torch.device, grid: SearchGrid, box: i
     window = fourier_window(box, current_size, device)
     coarse_window = fourier_window(box, coarse_size, device)
     # single precision for the search: projections feed float32 matrix products anyway
-    references = torch.stack([projector_transform(m, PAD) for m in state.maps]).to(device=device, dtype=torch.complex64)
+    references = projector_transforms(state.maps).to(device=device, dtype=torch.complex64)
     started = time.perf_counter()
     coarse_projections = project_references(references, grid.coarse_rotations.to(device), coarse_window, PAD)
     fine_rotations = grid.fine_rotations.reshape(-1, 3, 3)

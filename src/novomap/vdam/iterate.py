@@ -8,14 +8,14 @@ import time
 import torch
 
 from novomap.estep.accumulate import Sums
-from novomap.estep.driver import PAD, run_estep
+from novomap.estep.driver import PAD, projector_transforms, run_estep
 from novomap.estep.search import SearchSettings
 from novomap.io.particles import ParticleSet
 from novomap.model.params import image_sizes, reference_power, resolution_shell, spectral_snr, update_sigma2, update_with_momentum
-from novomap.physics.euler import euler_to_matrix, matrix_to_euler
-from novomap.physics.fourier import centred_ft_to_volume, centred_radius, rfft_shells, volume_to_centred_ft
+from novomap.physics.euler import euler_to_matrix
+from novomap.physics.fourier import centred_ft_to_volume, centred_radius, volume_to_centred_ft
 from novomap.physics.masks import mask_volume_with_background, soft_edge_mask
-from novomap.physics.projection import hermitian_symmetrise, projector_transform
+from novomap.physics.projection import hermitian_symmetrise
 from novomap.physics.window import fourier_window
 from novomap.reconstruct import particle_ctf
 from novomap.sampling.accuracy import expected_errors
@@ -25,11 +25,6 @@ from novomap.vdam import schedules
 from novomap.vdam.config import VdamConfig
 from novomap.vdam.state import RunState
 from novomap.vdam.update import vdam_update
-
-def projector_transforms(maps: torch.Tensor) -> torch.Tensor:
-    """Gridding-corrected centred transforms of the references: (K, N, N, N) -> (K, M, M, M)."""
-    return torch.stack([projector_transform(m, PAD) for m in maps])
-
 
 def pseudo_halves(particles: ParticleSet) -> torch.Tensor:
     """Half-set 0/1 of each particle: parity of its position in the micrograph-sorted table."""
