@@ -239,6 +239,9 @@ def _record_failure(error: BaseException, args: argparse.Namespace, out_dir: Pat
     return replacement
 
 
+REPORT_INTERVAL_S = 90.0
+
+
 def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
     from novomap.device import select_devices
     from novomap.initial_model import run_initial_model
@@ -280,6 +283,7 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
 
     display = ProgressDisplay(log, config.n_iter, batch_plan(config, n_particles), final_pass_particles=n_particles)
     reported: set[int] = set()
+    last_report = [started]
 
     def report(final: bool, reference: str | None = None) -> None:
         if not args.report:
@@ -295,9 +299,12 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
     def on_write(optimiser_star: Path) -> None:
         iteration = int(optimiser_star.name[len("run_it"):].split("_")[0])
         log.detail(f"wrote {optimiser_star.parent}/run_it{iteration:03d}_*")
-        if iteration not in reported:
+        # drawing the report takes seconds of CPU: during the run, refresh it at most every
+        # REPORT_INTERVAL_S so that it never costs a short job a noticeable share of its time
+        if iteration not in reported and time.perf_counter() - last_report[0] >= REPORT_INTERVAL_S:
             reported.add(iteration)
             report(final=False)
+            last_report[0] = time.perf_counter()
 
     def progress(figures: dict) -> None:
         display.update(figures)

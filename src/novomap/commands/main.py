@@ -14,6 +14,7 @@ from types import ModuleType
 
 from novomap import __version__
 from novomap.errors import NovomapError
+from novomap.runtime import tune_allocator
 
 # subcommand name -> module under novomap.commands
 COMMANDS: dict[str, str] = {
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 1
+    tune_allocator()
     try:
         return int(args._run(args) or 0)
     except NovomapError as error:

@@ -14,53 +14,95 @@ from novomap.physics.window import FourierWindow
 
 
 class ProjectionCache:
+    """Projections of the fine orientations, made in blocks of the 8 children of one coarse orientation.
+
+    The fine pass needs all 8 children of every significant coarse hypothesis, so a block is the
+    natural unit: one key per (class, coarse orientation), stored contiguously as (8, P).
+    """
+
     def __init__(self, references: torch.Tensor, rotations: torch.Tensor, window: FourierWindow, pad: int) -> None:
-        """references (K, M, M, M) complex; rotations (n_fine, 3, 3): the iteration's fine orientations."""
+        """references (K, M, M, M) complex; rotations (n_coarse, 8, 3, 3): the iteration's fine orientations."""
         self.references = references
         self.rotations = rotations.to(references.device)
         self.window = window.to(references.device)
         self.pad = pad
-        self.n_orientations = rotations.shape[0]
-        self.slot = torch.full((references.shape[0] * self.n_orientations,), -1, dtype=torch.long, device=references.device)
-        self.store = torch.empty((0, window.n_pixels), dtype=torch.complex64, device=references.device)
+        self.n_coarse = rotations.shape[0]
+        self.slot = torch.full((references.shape[0] * self.n_coarse,), -1, dtype=torch.long, device=references.device)
+        # on CPU, room for every block at once: torch.empty commits no memory until rows are written,
+        # so only the blocks an iteration needs cost memory and the store never moves; a GPU
+        # allocator would reserve it all, so there the store grows by doubling instead
+        n_blocks = self.slot.numel() if references.device.type == "cpu" else 0
+        self.store = torch.empty((n_blocks, 8, window.n_pixels), dtype=torch.complex64, device=references.device)
+        self.power = torch.empty((n_blocks, 8, window.n_pixels), dtype=torch.float32, device=references.device)  # |store|^2
+        self.count = 0
 
     def lookup(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """keys (R,) = class * n_fine + orientation -> (projections (n_unique, P) complex64, row index (R,))."""
-        unique, inverse = torch.unique(keys, return_inverse=True)
+        """keys (R,) = class * n_coarse + coarse orientation -> (store (n_stored, 8, P) complex64, block index (R,)).
+
+        The store is returned as it is (no copy); rows not asked for may be in it.
+        """
+        unique = torch.unique(keys)
         missing = unique[self.slot[unique] < 0]
         if missing.numel():
-            parts = []
-            for k in torch.unique(missing // self.n_orientations).tolist():
-                these = missing[missing // self.n_orientations == k]
-                rotations = self.rotations[these % self.n_orientations].to(self.references.real.dtype)
-                parts.append((these, extract_slices(self.references[k], rotations, self.window.kx, self.window.ky, self.pad)))
-            new_keys = torch.cat([p[0] for p in parts])
-            self.slot[new_keys] = torch.arange(self.store.shape[0], self.store.shape[0] + new_keys.numel(), device=keys.device)
-            self.store = torch.cat([self.store] + [p[1].to(torch.complex64) for p in parts])
-        return self.store[self.slot[unique]], inverse
+            self._reserve(missing.numel())
+            for k in torch.unique(missing // self.n_coarse).tolist():
+                these = missing[missing // self.n_coarse == k]
+                rotations = self.rotations[these % self.n_coarse].reshape(-1, 3, 3).to(self.references.real.dtype)
+                rows = slice(self.count, self.count + these.numel())
+                slices = extract_slices(self.references[k], rotations, self.window.kx, self.window.ky, self.pad, out=self.store[rows].view(-1, self.store.shape[-1]))
+                power = self.power[rows].view(-1, self.power.shape[-1])
+                torch.mul(slices.real, slices.real, out=power).addcmul_(slices.imag, slices.imag)
+                self.slot[these] = torch.arange(rows.start, rows.stop, device=keys.device)
+                self.count = rows.stop
+        return self.store[: self.count], self.slot[keys]
+
+    def _reserve(self, n_more: int) -> None:
+        """Room for n_more blocks; capacity doubles so that chunk after chunk costs O(total) copying."""
+        needed = self.count + n_more
+        if needed <= self.store.shape[0]:
+            return
+        capacity = min(max(needed, 2 * self.store.shape[0], 256), self.slot.numel())
+        store = torch.empty((capacity, *self.store.shape[1:]), dtype=self.store.dtype, device=self.store.device)
+        power = torch.empty((capacity, *self.power.shape[1:]), dtype=self.power.dtype, device=self.power.device)
+        store[: self.count], power[: self.count] = self.store[: self.count], self.power[: self.count]
+        self.store, self.power = store, power
 
 
 class SliceBuffer:
     """Sums of 2D slices per key = (half * K + class) * n_fine + orientation, inserted on flush.
 
-    Storage is allocated once (max_slices rows, single precision: each row sums at most a few
-    thousand terms); the owner flushes when `full`.
+    Single precision (each row sums at most a few thousand terms). Storage grows on demand up to
+    max_slices rows, by default as many as fit in `budget_bytes`: the larger the buffer, the fewer
+    orientations are inserted more than once per iteration. The owner flushes when it is full.
     """
 
-    def __init__(self, n_keys: int, n_pixels: int, device, max_slices: int = 8192) -> None:
+    def __init__(self, n_keys: int, n_pixels: int, device, max_slices: int = 0, budget_bytes: int = 384 * 2**20) -> None:
         self.slot = torch.full((n_keys,), -1, dtype=torch.long, device=device)
-        self.keys = torch.empty(max_slices, dtype=torch.long, device=device)
-        self.data = torch.zeros((max_slices, n_pixels), dtype=torch.complex64, device=device)
-        self.weight = torch.zeros((max_slices, n_pixels), dtype=torch.float32, device=device)
+        self.max_slices = max_slices if max_slices > 0 else int(min(n_keys, max(1024, budget_bytes // (12 * max(1, n_pixels)))))
+        self.n_pixels = n_pixels
+        self.keys = torch.empty(0, dtype=torch.long, device=device)
+        self.data = torch.zeros((0, n_pixels), dtype=torch.complex64, device=device)
+        self.weight = torch.zeros((0, n_pixels), dtype=torch.float32, device=device)
         self.count = 0
 
     def room_for(self, keys: torch.Tensor) -> bool:
-        return self.count + int((self.slot[keys] < 0).sum()) <= self.keys.numel()
+        return self.count + int((self.slot[keys] < 0).sum()) <= self.max_slices
+
+    def _grow(self, needed: int) -> None:
+        capacity = min(self.max_slices, max(needed, 2 * self.keys.numel(), 1024))
+        device = self.keys.device
+        keys = torch.empty(capacity, dtype=torch.long, device=device)
+        data = torch.zeros((capacity, self.n_pixels), dtype=torch.complex64, device=device)
+        weight = torch.zeros((capacity, self.n_pixels), dtype=torch.float32, device=device)
+        keys[: self.count], data[: self.count], weight[: self.count] = self.keys[: self.count], self.data[: self.count], self.weight[: self.count]
+        self.keys, self.data, self.weight = keys, data, weight
 
     def add(self, keys: torch.Tensor, data: torch.Tensor, weight: torch.Tensor) -> None:
         """keys (S,) unique; data (S, P) complex; weight (S, P) real. Check room_for first."""
         new = keys[self.slot[keys] < 0]
         if new.numel():
+            if self.count + new.numel() > self.keys.numel():
+                self._grow(self.count + new.numel())
             self.slot[new] = torch.arange(self.count, self.count + new.numel(), device=keys.device)
             self.keys[self.count : self.count + new.numel()] = new
             self.count += new.numel()

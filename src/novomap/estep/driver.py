@@ -41,6 +41,7 @@ class DeviceWork:
     coarse_window: FourierWindow
     coarse_pixels: torch.Tensor
     coarse_projections: torch.Tensor
+    coarse_power: torch.Tensor
     projection_cache: ProjectionCache
     log_prior: torch.Tensor
     sigma2: torch.Tensor
@@ -83,7 +84,8 @@ def _device_work(state: RunState, device: torch.device, grid: SearchGrid, box: i
         coarse_window=coarse_window,
         coarse_pixels=torch.nonzero(window.shell < coarse_size // 2).squeeze(1),
         coarse_projections=coarse_projections,
-        projection_cache=ProjectionCache(references, fine_rotations, window, PAD),
+        coarse_power=coarse_projections.real.square() + coarse_projections.imag.square(),
+        projection_cache=ProjectionCache(references, grid.fine_rotations, window, PAD),
         log_prior=torch.log(state.direction_prior.clamp(min=1e-30)).to(device),
         sigma2=state.sigma2.to(device),
         sums=sums,
@@ -145,9 +147,9 @@ def run_estep(
             settings.mask_radius_px,
         )
         t1 = time.perf_counter()
-        significant = coarse_pass(batch, work.coarse_pixels, work.coarse_window, work.coarse_projections, grid, work.log_prior, settings)
+        hits = coarse_pass(batch, work.coarse_pixels, work.coarse_window, work.coarse_projections, work.coarse_power, grid, work.log_prior, settings)
         t2 = time.perf_counter()
-        result = fine_pass(batch, work.window, significant, work.projection_cache, grid, work.log_prior, settings)
+        result = fine_pass(batch, work.window, hits, work.projection_cache, grid, work.log_prior, settings)
         t3 = time.perf_counter()
         if with_sums:
             accumulate(work.sums, batch, result, work.window, grid, PAD, particles.pixel_size_a)

@@ -21,8 +21,8 @@ from novomap.physics.projection import extract_slices
 from novomap.physics.window import FourierWindow, shift_phases
 from novomap.sampling.grid import SearchGrid
 
-# fine-pass pairs are evaluated in slices of this many (pair x pixel) complex values, bounding memory
-_PAIR_PIXEL_BUDGET = 4_000_000
+# fine-pass hits are evaluated in slices of this many gathered (hit x 12 x pixel) complex values, bounding memory
+_PAIR_PIXEL_BUDGET = 8_000_000
 
 
 @dataclass
@@ -48,7 +48,7 @@ class FineResult:
     row_direction: torch.Tensor  # (H,) int64 coarse HEALPix direction
     row_translation: torch.Tensor  # (H,) int64 coarse translation index t_c
     row_projection: torch.Tensor  # (H,) int64 index into `projections`
-    projections: torch.Tensor  # (n_unique, P) complex64 reference projections
+    projections: torch.Tensor  # (n_stored, P) complex64 reference projections (rows no hypothesis uses included)
     weights: torch.Tensor  # (H, 4) float64, normalised per particle; 0 = not retained
     best_class: torch.Tensor  # (B,)
     best_orientation: torch.Tensor  # (B,) fine orientation index
@@ -78,40 +78,77 @@ def _cross_terms(weighted_images: torch.Tensor, phases: torch.Tensor, projection
     return (stacked @ refs.T).reshape(shifted.shape[0], shifted.shape[1], -1)
 
 
-def coarse_pass(
+@dataclass
+class CoarseHits:
+    """The significant coarse hypotheses of a chunk, best first within each particle."""
+
+    particle: torch.Tensor  # (S,) int64 index into the chunk
+    translation: torch.Tensor  # (S,) int64 coarse translation index
+    orientation: torch.Tensor  # (S,) int64 class * n_coarse_orientations + orientation
+    n_significant: torch.Tensor  # (B,) int64
+
+
+def coarse_log_weights(
     batch: PreparedBatch,
     coarse_pixels: torch.Tensor,
     coarse_window: FourierWindow,
     projections: torch.Tensor,
+    projection_power: torch.Tensor,
     grid: SearchGrid,
     log_direction_prior: torch.Tensor,
     settings: SearchSettings,
 ) -> torch.Tensor:
-    """Significant coarse hypotheses -> mask (B, T, K*O) bool.
+    """Unnormalised log posterior of every coarse hypothesis -> (B, T, K*O) float32.
 
-    projections: (K*O, Pc) at the coarse window; coarse_pixels: (Pc,) positions of the coarse
-    window inside the batch's window; log_direction_prior: (K, n_dir).
+    Single precision on purpose: the cross terms come out of a float32 matrix product, so the
+    log weights are only that accurate whatever they are stored in (~1e-4 for sums of ~1e3
+    pixel terms, far below the ~1 differences that decide significance), and keeping the
+    largest array of the E-step in float32, updated in place, halves its memory traffic.
     """
     x = batch.masked[:, coarse_pixels]
     ctf = batch.ctf[:, coarse_pixels]
     q = 0.5 * batch.inv_sigma2[:, coarse_pixels]
     phases = shift_phases(coarse_window, grid.coarse_translations.to(x.device)).to(x.dtype)
-    cross = _cross_terms(x * ctf * q, phases, projections)
-    norm = (ctf * ctf * q).float() @ projections.abs().square().T  # (B, K*O)
-    prior = log_direction_prior[:, grid.coarse_direction.to(x.device)].reshape(-1)  # (K*O,)
-    log_w = (2 * cross - norm[:, None, :]).double() + prior[None, None, :] + _offset_log_prior(
-        batch.origin_px, grid.coarse_translations.to(x.device), settings
-    )[:, :, None]
-    flat = log_w.reshape(log_w.shape[0], -1)
-    weights = torch.softmax(flat, dim=-1)
+    log_w = _cross_terms(x * ctf * q, phases, projections).mul_(2)
+    norm = (ctf * ctf * q).float() @ projection_power.T  # (B, K*O)
+    prior = log_direction_prior[:, grid.coarse_direction.to(x.device)].reshape(-1).float()  # (K*O,)
+    log_w.sub_((norm - prior[None, :])[:, None, :])
+    offset_prior = _offset_log_prior(batch.origin_px, grid.coarse_translations.to(x.device), settings)
+    return log_w.add_(offset_prior.float()[:, :, None])
+
+
+def coarse_pass(
+    batch: PreparedBatch,
+    coarse_pixels: torch.Tensor,
+    coarse_window: FourierWindow,
+    projections: torch.Tensor,
+    projection_power: torch.Tensor,
+    grid: SearchGrid,
+    log_direction_prior: torch.Tensor,
+    settings: SearchSettings,
+) -> CoarseHits:
+    """Significant coarse hypotheses: per particle, the fewest best ones holding `adaptive_fraction`
+    of the posterior mass, at most `max_significant` (vdam-spec 3.4).
+
+    projections: (K*O, Pc) at the coarse window, projection_power their |P|^2; coarse_pixels: (Pc,) positions of the coarse
+    window inside the batch's window; log_direction_prior: (K, n_dir).
+    """
+    log_w = coarse_log_weights(batch, coarse_pixels, coarse_window, projections, projection_power, grid, log_direction_prior, settings)
+    n_batch, _, n_ko = log_w.shape
+    flat = log_w.view(n_batch, -1)
     # only the largest max_significant weights can be significant: a partial sort suffices
     cap = min(settings.max_significant, flat.shape[-1])
-    ordered = torch.topk(weights, cap, dim=-1, sorted=True).values
+    top, top_index = torch.topk(flat, cap, dim=-1, sorted=True)
+    # mass relative to the best (log_w is spent here); the clamp keeps exp off its slow path for
+    # very negative arguments (and out of denormals) at a cost below 1e-20 of the mass
+    mass = flat.sub_(top[:, :1]).clamp_(min=-60.0).exp_().sum(-1)
+    ordered = torch.exp(top - top[:, :1]) / mass[:, None]
     needed = (torch.cumsum(ordered, -1) < settings.adaptive_fraction).sum(-1) + 1
     n_sig = needed.clamp(max=cap)
-    threshold = ordered.gather(1, (n_sig - 1)[:, None])
-    significant = (weights >= threshold) & (weights > 0)
-    return significant.reshape(log_w.shape)
+    keep = torch.arange(cap, device=flat.device)[None, :] < n_sig[:, None]
+    particle = torch.arange(n_batch, device=flat.device)[:, None].expand(n_batch, cap)[keep]
+    index = top_index[keep]
+    return CoarseHits(particle=particle, translation=index // n_ko, orientation=index % n_ko, n_significant=n_sig)
 
 
 def _segment_logsumexp(values: torch.Tensor, segment: torch.Tensor, n_segments: int) -> torch.Tensor:
@@ -154,7 +191,7 @@ def sub_shift_phases(window: FourierWindow, grid: SearchGrid) -> torch.Tensor:
 def fine_pass(
     batch: PreparedBatch,
     window: FourierWindow,
-    significant: torch.Tensor,
+    hits: CoarseHits,
     projection_cache: ProjectionCache,
     grid: SearchGrid,
     log_direction_prior: torch.Tensor,
@@ -162,38 +199,46 @@ def fine_pass(
 ) -> FineResult:
     """Evaluate the 8 orientations x 4 translations children of every significant coarse hypothesis.
 
-    With e_{t_c + delta_j} = e_{t_c} e_{delta_j}, each row (hypothesis s, child orientation c) needs
-    Z = X c q e_{t_c} conj(P_c) once and a (P x 4) product for its 4 child translations.
+    With e_{t_c + delta_j} = e_{t_c} e_{delta_j}, a hit (particle b, coarse translation t, coarse
+    orientation o) needs Y = X c q e_t e_delta (4, P) once per (b, t) and the 8 child projections
+    of o (8, P) once per o; its 32 cross terms are one small complex product Y P^H, batched over hits.
     """
     device = batch.masked.device
-    n_batch, _, n_ko = significant.shape
+    n_batch = hits.n_significant.shape[0]
     n_orient = grid.n_coarse_orientations
-    s_b, s_t, s_ko = torch.nonzero(significant, as_tuple=True)
-    row_particle = s_b.repeat_interleave(8)
-    row_translation = s_t.repeat_interleave(8)
-    row_class = (s_ko // n_orient).repeat_interleave(8)
-    coarse_o = (s_ko % n_orient).repeat_interleave(8)
-    row_orientation = coarse_o * 8 + torch.arange(8, device=device).repeat(s_b.numel())
+    n_trans = grid.n_coarse_translations
+    n_hits = hits.particle.numel()
+    blocks, hit_block = projection_cache.lookup(hits.orientation)  # (U, 8, P), (H,); keys are class * O + o already
+    powers = projection_cache.power[: blocks.shape[0]]  # (U, 8, P) |P|^2
+    row_particle = hits.particle.repeat_interleave(8)
+    row_translation = hits.translation.repeat_interleave(8)
+    row_class = (hits.orientation // n_orient).repeat_interleave(8)
+    coarse_o = (hits.orientation % n_orient).repeat_interleave(8)
+    child = torch.arange(8, device=device).repeat(n_hits)
+    row_orientation = coarse_o * 8 + child
     row_direction = grid.coarse_direction.to(device)[coarse_o]
-    projections, row_projection = projection_cache.lookup(row_class * projection_cache.n_orientations + row_orientation)
+    row_projection = hit_block.repeat_interleave(8) * 8 + child
 
     q = 0.5 * batch.inv_sigma2
+    weighted = (batch.masked * batch.ctf * q).to(torch.complex64)  # (B, P)
+    pairs, hit_pair = torch.unique(hits.particle * n_trans + hits.translation, return_inverse=True)
     coarse_phases = shift_phases(window, grid.coarse_translations.to(device)).to(torch.complex64)  # (T_c, P)
-    weighted = (batch.masked * batch.ctf * q).to(torch.complex64)
-    shifted = (weighted[:, None, :] * coarse_phases[None, :, :]).reshape(-1, window.n_pixels)  # (B*T_c, P)
-    row_shifted = row_particle * coarse_phases.shape[0] + row_translation
-    projection_power = projections.real.square() + projections.imag.square()
-    ctf2q = (batch.ctf * batch.ctf * q).float()
-    # sum_p c^2 q |P|^2 for every (particle, projection) pair at once, then picked per row
-    norms = (ctf2q @ projection_power.T)[row_particle, row_projection].double()
     sub = sub_shift_phases(window, grid).to(torch.complex64)  # (4, P)
-    d2 = torch.empty((row_particle.numel(), 4), dtype=torch.float64, device=device)
-    step = max(1, _PAIR_PIXEL_BUDGET // max(1, window.n_pixels))
-    for start in range(0, row_particle.numel(), step):
+    # conjugated here, on the small array, so that Re sum P conj(Y) = Re sum conj(P) Y needs no conj of P
+    shifted = ((weighted[pairs // n_trans] * coarse_phases[pairs % n_trans])[:, None, :] * sub[None]).conj().resolve_conj()  # (n_pairs, 4, P)
+    ctf2q = (batch.ctf * batch.ctf * q).float()  # (B, P)
+    cross = torch.empty((n_hits, 8, 4), dtype=torch.float32, device=device)
+    norms = torch.empty((n_hits, 8), dtype=torch.float32, device=device)
+    step = max(1, _PAIR_PIXEL_BUDGET // (12 * max(1, window.n_pixels)))
+    for start in range(0, n_hits, step):
         rows = slice(start, start + step)
-        z = shifted[row_shifted[rows]] * projections[row_projection[rows]].conj()
-        cross = z.real @ sub.real.T - z.imag @ sub.imag.T  # Re(z e_delta) for the 4 children
-        d2[rows] = norms[rows, None] - 2 * cross.double()
+        hit_projections = blocks[hit_block[rows]]  # (h, 8, P)
+        # Re sum_p P_c(p) conj(Y_j(p)) for the 8 children c x 4 sub-translations j
+        cross[rows] = torch.bmm(hit_projections, shifted[hit_pair[rows]].transpose(1, 2)).real
+        # sum_p c^2 q |P_c|^2 of the 8 children
+        norms[rows] = torch.bmm(powers[hit_block[rows]], ctf2q[hits.particle[rows], :, None]).squeeze(-1)
+    d2 = norms.reshape(-1, 1).double() - 2 * cross.reshape(-1, 4).double()  # (H*8, 4)
+    projections = blocks.reshape(-1, window.n_pixels)
 
     fine_translations = grid.fine_translations.to(device)  # (T_c, 4, 2)
     offset_prior = _offset_log_prior(batch.origin_px, fine_translations.reshape(-1, 2), settings).reshape(n_batch, -1, 4)
@@ -210,7 +255,7 @@ def fine_pass(
     first = torch.full((n_batch,), flat.numel(), dtype=torch.long, device=device)
     best_flat = first.scatter_reduce(0, seg[is_best], torch.nonzero(is_best).squeeze(1), reduce="amin")
     best_row, best_child = best_flat // 4, best_flat % 4
-    const = (batch.masked.abs().square() * q).sum(-1).double()
+    const = ((batch.masked.real.square() + batch.masked.imag.square()) * q).sum(-1).double()
     return FineResult(
         row_particle=row_particle,
         row_class=row_class,
@@ -224,6 +269,6 @@ def fine_pass(
         best_orientation=row_orientation[best_row],
         best_translation_px=fine_translations[row_translation[best_row], best_child],
         max_probability=pmax,
-        n_significant=significant.reshape(n_batch, -1).sum(-1),
+        n_significant=hits.n_significant,
         log_likelihood=log_norm - const,
     )

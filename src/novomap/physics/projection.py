@@ -28,8 +28,28 @@ def slice_coordinates(rotations: torch.Tensor, kx: torch.Tensor, ky: torch.Tenso
 
 def _sampling_grid(rotations: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor, pad: int, m: int, dtype: torch.dtype) -> torch.Tensor:
     """grid_sample coordinates (1, O, P, 1, 3) in [-1, 1] (align_corners=True) of every slice pixel."""
-    coords = slice_coordinates(rotations.to(dtype), kx.to(dtype), ky.to(dtype), pad) + m // 2
-    return (coords * (2.0 / (m - 1)) - 1.0)[None, :, :, None, :]
+    # homogeneous form: [kx, ky, 1] times [A_0; A_1; shift] does the scaling and the centring in
+    # the one matrix product, so the (O, P, 3) result is written once
+    scale = 2.0 / (m - 1)
+    k3 = torch.stack([kx.to(dtype) * (pad * scale), ky.to(dtype) * (pad * scale), torch.ones_like(kx, dtype=dtype)], -1)  # (P, 3)
+    shift = torch.full((rotations.shape[0], 1, 3), (m // 2) * scale - 1.0, dtype=dtype, device=rotations.device)
+    coords = torch.matmul(k3, torch.cat([rotations[:, :2, :].to(dtype), shift], 1))
+    return coords[None, :, :, None, :]
+
+
+def _split_batches(grid: torch.Tensor, n_split: int) -> tuple[torch.Tensor, int]:
+    """(1, O, P, 1, 3) -> (n_split, ceil(O / n_split), P, 1, 3), padded with points outside the grid; and the padding."""
+    n = grid.shape[1]
+    per_split = -(-n // n_split)
+    extra = n_split * per_split - n
+    if extra:  # padding slices sample outside the grid (coordinate 2 > 1): zero weight everywhere
+        grid = torch.cat([grid, grid.new_full((1, extra, *grid.shape[2:]), 2.0)], 1)
+    return grid.reshape(n_split, per_split, *grid.shape[2:]), extra
+
+
+def _n_split(n_slices: int, limit: int) -> int:
+    """grid_sample runs in parallel over its batch only (on CPU): one batch entry per thread."""
+    return max(1, min(torch.get_num_threads(), limit, n_slices))
 
 
 def _as_channels(volume_ft: torch.Tensor) -> torch.Tensor:
@@ -37,18 +57,31 @@ def _as_channels(volume_ft: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(volume_ft).permute(3, 0, 1, 2).unsqueeze(0)
 
 
-def extract_slices(volume_ft: torch.Tensor, rotations: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor, pad: int) -> torch.Tensor:
+def extract_slices(
+    volume_ft: torch.Tensor, rotations: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor, pad: int, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """Central slices of a centred 3D transform.
 
     volume_ft (M, M, M) complex, rotations (O, 3, 3), kx/ky (P,) in cycles per unpadded box
-    -> (O, P) complex (same dtype as volume_ft). Trilinear interpolation by grid_sample
-    (zero outside the grid), which is several times faster than an explicit gather on CPU and GPU.
+    -> (O, P) complex (same dtype as volume_ft), written into `out` (O, P) when given.
+    Trilinear interpolation by grid_sample (zero outside the grid), which is several times
+    faster than an explicit gather on CPU and GPU.
     """
     m = volume_ft.shape[-1]
     channels = _as_channels(volume_ft)
-    grid = _sampling_grid(rotations, kx, ky, pad, m, channels.dtype)
-    sampled = F.grid_sample(channels, grid, mode="bilinear", padding_mode="zeros", align_corners=True)  # (1, 2, O, P, 1)
-    return torch.complex(sampled[0, 0, :, :, 0], sampled[0, 1, :, :, 0])
+    n_slices, n_pixels = rotations.shape[0], kx.shape[0]
+    n_split = _n_split(n_slices, 16)
+    grid, _ = _split_batches(_sampling_grid(rotations, kx, ky, pad, m, channels.dtype), n_split)
+    # the volume is shared by every batch entry (stride 0, no copy)
+    sampled = F.grid_sample(channels.expand(n_split, -1, -1, -1, -1), grid, mode="bilinear", padding_mode="zeros", align_corners=True)  # (S, 2, O/S, P, 1)
+    if out is None:
+        out = torch.empty((n_slices, n_pixels), dtype=volume_ft.dtype, device=volume_ft.device)
+    pairs = torch.view_as_real(out)  # (O, P, 2): one strided copy per batch entry, no intermediate
+    per_split = grid.shape[1]
+    for split in range(n_split):
+        rows = slice(split * per_split, min(n_slices, (split + 1) * per_split))
+        pairs[rows].copy_(sampled[split, :, : rows.stop - rows.start, :, 0].permute(1, 2, 0))
+    return out
 
 
 def insert_slices(
@@ -66,8 +99,7 @@ def insert_slices(
     values (O, P) complex -> added into data_grid (M, M, M) complex; weights (O, P) real ->
     added into weight_grid (M, M, M) real. Either pair may be None. Only the half-plane of each
     image is inserted; call `hermitian_symmetrise` afterwards to add the conjugate half.
-    The adjoint of trilinear sampling is computed as the gradient of grid_sample, i.e. by its
-    optimised scatter kernel.
+    The adjoint of trilinear sampling is grid_sample's input gradient, i.e. its scatter kernel.
     """
     grid_ref = data_grid if data_grid is not None else weight_grid
     m = grid_ref.shape[-1]
@@ -83,18 +115,16 @@ def insert_slices(
     grid = _sampling_grid(rotations, kx, ky, pad, m, dtype)  # (1, O, P, 1, 3)
     stacked = torch.stack(parts)[:, :, :, None]  # (C, O, P, 1)
     # split the slices over a batch of grids: grid_sample's scatter runs in parallel over the batch
-    n_split = max(1, min(torch.get_num_threads(), 4, rotations.shape[0]))
-    per_split = -(-rotations.shape[0] // n_split)
-    extra = n_split * per_split - rotations.shape[0]
-    if extra:  # padding slices sample outside the grid (coordinate 2 > 1): zero weight everywhere
-        grid = torch.cat([grid, grid.new_full((1, extra, grid.shape[2], 1, 3), 2.0)], 1)
+    n_split = _n_split(rotations.shape[0], 4)
+    grid, extra = _split_batches(grid, n_split)
+    if extra:
         stacked = torch.cat([stacked, stacked.new_zeros((stacked.shape[0], extra, *stacked.shape[2:]))], 1)
-    grid = grid.reshape(n_split, per_split, *grid.shape[2:])
+    per_split = grid.shape[1]
     stacked = stacked.reshape(stacked.shape[0], n_split, per_split, *stacked.shape[2:]).transpose(0, 1)
-    source = torch.zeros((n_split, len(parts), m, m, m), dtype=dtype, device=grid_ref.device, requires_grad=True)
-    with torch.enable_grad():
-        sampled = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-        (adjoint,) = torch.autograd.grad(sampled, source, grad_outputs=stacked)
+    # the adjoint is grid_sample's input gradient; calling the backward kernel directly skips the
+    # forward pass autograd would run first (the input's values are never read, only its shape)
+    shape_only = torch.zeros((), dtype=dtype, device=grid_ref.device).expand(n_split, len(parts), m, m, m)
+    adjoint, _ = torch.ops.aten.grid_sampler_3d_backward(stacked, shape_only, grid, 0, 0, True, [True, False])
     adjoint = adjoint.sum(0, keepdim=True)
     adjoint = adjoint[0]
     if values is not None and data_grid is not None:

@@ -1,0 +1,35 @@
+"""Process-wide settings for a numerical job, applied once by the command line."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_TOP_PAD = -2
+_M_MMAP_THRESHOLD = -3
+
+
+def tune_allocator() -> bool:
+    """Let glibc keep freed large blocks for reuse instead of unmapping them; True if applied.
+
+    Every E-step chunk allocates and frees arrays of tens to hundreds of MB. By default glibc
+    serves each from a fresh mmap and unmaps it on free, so the next chunk page-faults the same
+    memory in again: on the 2-core benchmark machine that was 0.8 million faults and ~15 % of the
+    wall time per late iteration. Raising the mmap and trim thresholds keeps those pages in the
+    heap (the process's peak memory is unchanged; it is simply not handed back between chunks).
+    No-op outside Linux/glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    applied = mallopt(_M_MMAP_THRESHOLD, 1 << 30) == 1
+    applied &= mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
+    applied &= mallopt(_M_TOP_PAD, 64 << 20) == 1
+    return bool(applied)

@@ -1,0 +1,109 @@
+"""The E-step sums (estep.accumulate) against a direct, row-by-row evaluation of their definition.
+
+For each fine hypothesis row (particle b, class k, fine orientation f, coarse translation t) and
+each of its 4 child translations j with weight w:
+  gradient slice (half of b, k, f) += w c (X e_{t,j} - c P) / sigma^2
+  weight slice                     += w c^2 / sigma^2
+  noise of b, per shell            += w |X_masked e_{t,j} - c P|^2
+with e_{t,j} the phase of fine translation (t, j); the slices are then back-projected.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from novomap.estep.accumulate import Sums, accumulate, flush_slices
+from novomap.estep.prepare import PreparedBatch
+from novomap.estep.search import FineResult
+from novomap.physics.projection import insert_slices
+from novomap.physics.window import fourier_window, shift_phases
+from novomap.sampling.grid import build_search_grid
+
+BOX = 16
+N_CLASSES = 2
+
+
+def _random_inputs(generator: torch.Generator):
+    window = fourier_window(BOX, BOX, "cpu")
+    grid = build_search_grid(1, 4, 2, perturbation=0.3)
+    n_batch, n_rows, n_proj, p = 3, 7, 5, window.n_pixels
+
+    def complex_noise(*shape):
+        return torch.complex(torch.randn(*shape, generator=generator), torch.randn(*shape, generator=generator))
+
+    batch = PreparedBatch(
+        particle_index=torch.arange(n_batch),
+        half=torch.tensor([0, 1, 0]),
+        optics_group=torch.tensor([0, 0, 1]),
+        origin_px=torch.tensor([[1.0, -2.0], [0.0, 0.0], [-3.0, 1.0]], dtype=torch.float64),
+        masked=complex_noise(n_batch, p),
+        unmasked=complex_noise(n_batch, p),
+        ctf=torch.rand(n_batch, p, generator=generator) * 2 - 1,
+        inv_sigma2=torch.rand(n_batch, p, generator=generator) + 0.5,
+        masked_power=torch.rand(n_batch, BOX // 2 + 1, generator=generator, dtype=torch.float64),
+    )
+    n_fine = grid.fine_rotations.shape[0] * 8
+    weights = torch.rand(n_rows, 4, generator=generator, dtype=torch.float64)
+    weights[2, 1] = 0.0  # a child that was not retained
+    result = FineResult(
+        row_particle=torch.tensor([0, 0, 1, 2, 2, 2, 1]),
+        row_class=torch.tensor([0, 1, 0, 1, 1, 0, 0]),
+        # rows 3 and 4 share particle, class and orientation: their slices add
+        row_orientation=torch.tensor([5, 5, 17, 40, 40, 3, 17]),
+        row_direction=torch.tensor([0, 0, 1, 2, 2, 0, 1]),
+        row_translation=torch.tensor([0, 3, 2, 1, 4, 0, 2]),
+        row_projection=torch.tensor([0, 1, 2, 3, 3, 4, 2]),
+        projections=complex_noise(n_proj, p),
+        weights=weights,
+        best_class=torch.zeros(n_batch, dtype=torch.long),
+        best_orientation=torch.zeros(n_batch, dtype=torch.long),
+        best_translation_px=torch.zeros(n_batch, 2, dtype=torch.float64),
+        max_probability=torch.rand(n_batch, generator=generator, dtype=torch.float64),
+        n_significant=torch.ones(n_batch, dtype=torch.long),
+        log_likelihood=torch.randn(n_batch, generator=generator, dtype=torch.float64),
+    )
+    sums = Sums.zeros(N_CLASSES, BOX, BOX, 2, grid.n_directions, torch.ones(BOX // 2 + 1, dtype=torch.float64), n_fine, p, "cpu")
+    return window, grid, batch, result, sums
+
+
+def _direct(window, grid, batch: PreparedBatch, result: FineResult):
+    gradient = torch.zeros((2, N_CLASSES, BOX, BOX, BOX), dtype=torch.complex128)
+    weight = torch.zeros((2, N_CLASSES, BOX, BOX, BOX), dtype=torch.float64)
+    noise = torch.zeros((2, BOX // 2 + 1), dtype=torch.float64)
+    rotations = grid.fine_rotations.reshape(-1, 3, 3)
+    c, inv_sigma2 = batch.ctf.double(), batch.inv_sigma2.double()
+    for r in range(result.weights.shape[0]):
+        b, k, t = int(result.row_particle[r]), int(result.row_class[r]), int(result.row_translation[r])
+        projection = result.projections[result.row_projection[r]].to(torch.complex128)
+        h = int(batch.half[b])
+        rotation = rotations[result.row_orientation[r]][None]
+        for j in range(4):
+            w = float(result.weights[r, j])
+            phase = shift_phases(window, grid.fine_translations[t, j][None].double())[0]
+            residual = batch.unmasked[b].to(torch.complex128) * phase - c[b] * projection
+            slice_values = (w * c[b] * residual * inv_sigma2[b])[None]
+            slice_weights = (w * c[b] ** 2 * inv_sigma2[b])[None]
+            insert_slices(slice_values, slice_weights, rotation, window.kx, window.ky, 1, gradient[h, k], weight[h, k])
+            masked_residual = batch.masked[b].to(torch.complex128) * phase - c[b] * projection
+            per_pixel = w * masked_residual.abs().square()
+            noise[batch.optics_group[b]].index_add_(0, window.shell, per_pixel)
+    return gradient, weight, noise
+
+
+def test_accumulated_sums_equal_their_row_by_row_definition():
+    generator = torch.Generator().manual_seed(7)
+    window, grid, batch, result, sums = _random_inputs(generator)
+    accumulate(sums, batch, result, window, grid, 1, pixel_size_a=2.0)
+    flush_slices(sums, grid, window, 1)
+    gradient, weight, noise = _direct(window, grid, batch, result)
+
+    assert float(weight.abs().sum()) > 0
+    scale = float(gradient.abs().max())
+    assert torch.allclose(sums.gradient, gradient, atol=1e-5 * scale), float((sums.gradient - gradient).abs().max())
+    assert torch.allclose(sums.weight, weight, atol=1e-5 * float(weight.max()))
+    in_window = torch.arange(BOX // 2 + 1) < window.size // 2
+    assert torch.allclose(sums.noise[:, in_window], noise[:, in_window], rtol=1e-4)
+    # class and direction weights are the rows' total weights
+    totals = result.weights.sum(-1)
+    expected_class = torch.zeros(N_CLASSES, dtype=torch.float64).index_add_(0, result.row_class, totals)
+    assert torch.allclose(sums.class_weight, expected_class)
