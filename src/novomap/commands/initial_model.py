@@ -54,7 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="finest angular sampling auto-sampling may reach: 7.5 or 3.75 degrees (RELION allows 3.75, which makes the coarse search 8x costlier; default: %(default)s)",
     )
     compute = parser.add_argument_group("compute (RELION's Compute and Running tabs)")
-    compute.add_argument("--pool", type=int, default=30, help="pooled particles (accepted for RELION compatibility; novomap sizes its batches from memory)")
+    compute.add_argument(
+        "--pool", type=int, default=0, metavar="N",
+        help="read and search at least N particles together (RELION's pooled particles); by default, and when "
+        "N is smaller, as many as keep the E-step's arrays near 50 MB (usually 10-500)",
+    )
     compute.add_argument("--preread", action="store_true", help="read all particles into RAM first")
     compute.add_argument("--scratch-dir", metavar="DIR", help="copy the particle stacks to this fast local folder first")
     compute.add_argument("--j", dest="threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
@@ -274,6 +278,7 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
         auto_sampling=args.auto_sampling,
         max_healpix_order=max(_healpix_order(args.sampling), _healpix_order(args.finest_sampling)),
         seed=args.seed,
+        pool=max(0, args.pool),
     )
     log.info(
         f"novomap initial-model: {n_particles} particles of {box} px at {pixel_size_a:g} Å/px, mask {diameter:.0f} Å, "

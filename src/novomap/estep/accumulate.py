@@ -23,7 +23,13 @@ from novomap.sampling.grid import SearchGrid
 
 @dataclass
 class Sums:
-    """Everything one iteration's E-step adds up, over all chunks of the mini-batch."""
+    """Everything one iteration's E-step adds up, over all chunks of the mini-batch.
+
+    Double precision: each voxel and shell sums contributions of up to tens of thousands of
+    particles (and, across devices, of several partial sums), where float32 rounding would
+    bias the small high-frequency terms the VDAM step and the noise estimate depend on. The
+    per-chunk slices feeding these sums stay single precision (see SliceBuffer).
+    """
 
     gradient: torch.Tensor  # (2, K, M, M, M) complex128: pseudo half x class
     weight: torch.Tensor  # (2, K, M, M, M) float64

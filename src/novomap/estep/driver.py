@@ -61,12 +61,18 @@ def pixels_per_shell(n: int) -> torch.Tensor:
     return torch.zeros(n // 2 + 1, dtype=torch.float64).index_add_(0, shells[keep], torch.ones(int(keep.sum()), dtype=torch.float64))
 
 
-def chunk_size(grid: SearchGrid, n_classes: int, requested: int = 0) -> int:
-    """Particles per chunk: bounded so the coarse (particle x translation x orientation) arrays stay ~100 MB."""
+def chunk_size(grid: SearchGrid, n_classes: int, requested: int = 0, pool: int = 0) -> int:
+    """Particles per chunk (read from disk and searched together).
+
+    requested > 0: exactly that many. Otherwise the most that keep the coarse
+    (particle x translation x orientation) arrays near 50 MB (measured fastest on CPU: larger
+    chunks fall out of cache), but at least `pool` (RELION's pooled particles; larger pools give
+    a GPU bigger kernels).
+    """
     if requested > 0:
         return requested
     per_particle = grid.n_coarse_translations * grid.n_coarse_orientations * n_classes
-    return int(max(8, min(512, 12_000_000 // per_particle)))
+    return int(max(8, pool, min(512, 12_000_000 // per_particle)))
 
 
 def _device_work(state: RunState, device: torch.device, grid: SearchGrid, box: int, current_size: int, coarse_size: int) -> DeviceWork:
@@ -120,6 +126,7 @@ def run_estep(
     devices: list[torch.device],
     with_sums: bool = True,
     requested_chunk: int = 0,
+    pool: int = 0,
 ) -> tuple[Sums | None, dict]:
     """Search every particle of the batch; store each one's best pose in `state`.
 
@@ -129,7 +136,7 @@ def run_estep(
     box = particles.box_size
     works = [_device_work(state, device, grid, box, current_size, coarse_size) for device in devices]
     fine_rotations = grid.fine_rotations.reshape(-1, 3, 3)
-    chunks = list(torch.split(batch_index, chunk_size(grid, state.n_classes, requested_chunk)))
+    chunks = list(torch.split(batch_index, chunk_size(grid, state.n_classes, requested_chunk, pool)))
     lock = threading.Lock()
 
     def process(work: DeviceWork, chunk: torch.Tensor) -> None:
@@ -171,8 +178,8 @@ def run_estep(
     if len(works) == 1:
         run_device(0)
     else:
-        with ThreadPoolExecutor(max_workers=len(works)) as pool:
-            list(pool.map(run_device, range(len(works))))
+        with ThreadPoolExecutor(max_workers=len(works)) as executor:
+            list(executor.map(run_device, range(len(works))))
     timings: dict = {}
     for work in works:
         for name, seconds in work.timings.items():

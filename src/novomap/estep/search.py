@@ -237,6 +237,9 @@ def fine_pass(
         cross[rows] = torch.bmm(hit_projections, shifted[hit_pair[rows]].transpose(1, 2)).real
         # sum_p c^2 q |P_c|^2 of the 8 children
         norms[rows] = torch.bmm(powers[hit_block[rows]], ctf2q[hits.particle[rows], :, None]).squeeze(-1)
+    # double from here on: cheap (hits x 32 values), and the weights, their per-particle cumulative
+    # sums for the adaptive-fraction cut and the log-likelihood totals keep full precision; the
+    # inputs carry the float32 products' rounding (~1e-4 in log-likelihood), far below what matters
     d2 = norms.reshape(-1, 1).double() - 2 * cross.reshape(-1, 4).double()  # (H*8, 4)
     projections = blocks.reshape(-1, window.n_pixels)
 

@@ -123,7 +123,7 @@ def insert_slices(
     stacked = stacked.reshape(stacked.shape[0], n_split, per_split, *stacked.shape[2:]).transpose(0, 1)
     # the adjoint is grid_sample's input gradient; calling the backward kernel directly skips the
     # forward pass autograd would run first (the input's values are never read, only its shape)
-    shape_only = torch.zeros((), dtype=dtype, device=grid_ref.device).expand(n_split, len(parts), m, m, m)
+    shape_only = torch.empty((n_split, len(parts), m, m, m), dtype=dtype, device=grid_ref.device)
     adjoint, _ = torch.ops.aten.grid_sampler_3d_backward(stacked, shape_only, grid, 0, 0, True, [True, False])
     adjoint = adjoint.sum(0, keepdim=True)
     adjoint = adjoint[0]

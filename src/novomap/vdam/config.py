@@ -32,6 +32,7 @@ class VdamConfig:
     seed: int = 1
     write_every: int = 10
     chunk_size: int = 0  # particles per E-step chunk; 0: chosen from memory
+    pool: int = 0  # at least this many particles per chunk (RELION's --pool)
 
     def significant_cap(self) -> int:
         return self.max_significant if self.max_significant > 0 else 100 * self.n_classes

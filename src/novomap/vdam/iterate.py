@@ -64,7 +64,7 @@ def expectation(
         sigma_offset_a=state.sigma_offset_a,
         mask_radius_px=config.particle_diameter_a / (2 * particles.pixel_size_a),
     )
-    sums, spent = run_estep(state, particles, batch_index, half, grid, current_size, coarse_size, settings, devices, with_sums, config.chunk_size)
+    sums, spent = run_estep(state, particles, batch_index, half, grid, current_size, coarse_size, settings, devices, with_sums, config.chunk_size, config.pool)
     for name, seconds in spent.items():
         timings[name] = timings.get(name, 0.0) + seconds
     return sums
