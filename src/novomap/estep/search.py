@@ -3,10 +3,11 @@
 Every pass is dense linear algebra over (particle x translation) x (class x orientation):
   D2(b, t, o) = sum_p q_b(p) |X_b(p) e_t(p) - c_b(p) P_o(p)|^2,   q = 1 / (2 sigma^2)
              = const_b + sum_p q c^2 |P_o|^2 - 2 Re sum_p [X_b c_b q_b e_t](p) conj(P_o(p)),
-so the cross term is one real matrix product of [Re, Im] stacks (vdam-spec 3.4-3.5).
-The fine pass evaluates, for each (particle, fine orientation) pair that descends from a
-significant coarse hypothesis, the product Z = X c q conj(P) against all fine translation phases
-(again a matrix product), and keeps only the children of significant coarse hypotheses.
+so the coarse cross terms are one real matrix product of [Re, Im] stacks (vdam-spec 3.4-3.5),
+and significance keeps, per particle, the best hypotheses holding 0.999 of the posterior mass.
+The fine pass takes each significant coarse hypothesis (b, t, o) as a unit: the 8 child
+orientations of o (one cached block of projections) against the 4 child translations of t,
+a (8 x P) x (P x 4) complex product, batched over all hypotheses of the chunk.
 """
 
 from __future__ import annotations
