@@ -128,3 +128,29 @@ def test_cuda_estep_agrees_with_cpu(simulated):
             a, b = getattr(cpu_sums, name).flatten(), getattr(gpu_sums, name).cpu().flatten()
             cosine = (a.conj() * b).sum().real / (a.abs().square().sum() * b.abs().square().sum()).sqrt()
             assert float(cosine) > 0.99, name
+
+
+@pytest.mark.parametrize("truth_class", [1, 2])
+def test_two_classes_particles_choose_the_true_map_with_the_true_pose(simulated, truth_class):
+    """K = 2, the truth and a decoy: the class and pose indices must not mix."""
+    particles, volume = simulated
+    config = VdamConfig(n_iter=10, seed=1, n_classes=2, healpix_order=1, offset_range_px=6, offset_step_px=2)
+    state = initial_state(particles, config)
+    # same power spectrum, random phases: as strong as the truth, nothing alike (a mirrored or shifted
+    # copy would not do: projections cannot tell the hand, and translations absorb shifts)
+    noise_phase = torch.fft.fftn(torch.randn(volume.shape, generator=torch.Generator().manual_seed(5), dtype=volume.dtype))
+    decoy = torch.fft.ifftn(torch.fft.fftn(volume).abs() * noise_phase / noise_phase.abs()).real
+    state.maps = torch.stack([decoy, volume] if truth_class == 2 else [volume, decoy])
+    state.origin_x_a.zero_()
+    state.origin_y_a.zero_()
+    state.resolution_shell = 16
+    grid, current_size, coarse_size = search_setup(state, particles, config)
+    sums = expectation(state, particles, torch.arange(particles.n), pseudo_halves(particles), grid, current_size, coarse_size, config, [torch.device("cpu")], {})
+    assert float((state.class_number == truth_class).float().mean()) >= 0.9
+    truth_rot = euler_to_matrix(particles.rot_deg, particles.tilt_deg, particles.psi_deg)
+    found_rot = euler_to_matrix(state.rot_deg, state.tilt_deg, state.psi_deg)
+    assert float(d2_angle_deg(truth_rot, found_rot).median()) < 10.0
+    # the weights went to the true class's grids
+    t, d = truth_class - 1, 2 - truth_class
+    assert float(sums.class_weight[t]) > 0.9 * particles.n
+    assert float(sums.weight[:, t].sum()) > 10 * float(sums.weight[:, d].sum())
