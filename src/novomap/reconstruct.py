@@ -80,11 +80,32 @@ def particle_ctf(particles, index: torch.Tensor, window: FourierWindow) -> torch
 
 def reconstruct_particles(particles, pad: int = 2, regulariser: float = 0.2, batch_size: int = 256) -> torch.Tensor:
     """Reconstruct a ParticleSet from the poses in its table -> volume (N, N, N) float64 on RELION's greyscale."""
+    poses = Poses(particles.rot_deg, particles.tilt_deg, particles.psi_deg, particles.origin_x_a, particles.origin_y_a)
+    return reconstruct_with_poses(particles, torch.arange(particles.n), poses, pad, regulariser, batch_size)
+
+
+@dataclass(frozen=True)
+class Poses:
+    """One pose per particle of a set: Euler angles (deg) and origins (Å), each (n,) float64."""
+
+    rot_deg: torch.Tensor
+    tilt_deg: torch.Tensor
+    psi_deg: torch.Tensor
+    origin_x_a: torch.Tensor
+    origin_y_a: torch.Tensor
+
+
+def reconstruct_with_poses(
+    particles, index: torch.Tensor, poses: Poses, pad: int = 2, regulariser: float = 0.2, batch_size: int = 256
+) -> torch.Tensor:
+    """Reconstruct particles `index` (0-based rows) at `poses` (indexed by row) -> (N, N, N) float64.
+
+    Images are read batch_size at a time, so memory does not grow with the number of particles.
+    """
     accumulator = FourierAccumulator(particles.box_size, pad)
-    for start in range(0, particles.n, batch_size):
-        index = torch.arange(start, min(start + batch_size, particles.n))
-        spectra = accumulator.window.take(rfft_image(particles.images(index.tolist()).double()))
-        rotations = euler_to_matrix(particles.rot_deg[index], particles.tilt_deg[index], particles.psi_deg[index])
-        origins_px = torch.stack([particles.origin_x_a[index], particles.origin_y_a[index]], -1) / particles.pixel_size_a
-        accumulator.add(spectra, particle_ctf(particles, index, accumulator.window), rotations, origins_px)
+    for batch in torch.split(index, batch_size):
+        spectra = accumulator.window.take(rfft_image(particles.images(batch.tolist()).double()))
+        rotations = euler_to_matrix(poses.rot_deg[batch], poses.tilt_deg[batch], poses.psi_deg[batch])
+        origins_px = torch.stack([poses.origin_x_a[batch], poses.origin_y_a[batch]], -1) / particles.pixel_size_a
+        accumulator.add(spectra, particle_ctf(particles, batch, accumulator.window), rotations, origins_px)
     return accumulator.reconstruct(regulariser)
