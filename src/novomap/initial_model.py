@@ -65,17 +65,14 @@ def final_reconstruction(state: RunState, particles: ParticleSet, class_index: i
     the final map. One CTF-weighted reconstruction from those poses (one more EM step over all
     the data) gave FSC 0.5 of 13-14 Å instead of 20 Å on the real beta-gal seeds where VDAM ended
     poorly, and about the same (9.9 vs 9.2 Å) where it ended well
-    (benchmarks/results/2026-11-25-speed.md). With a spherical mask like the class maps'.
+    (benchmarks/results/2026-11-25-speed.md). Not masked here: the particle can sit a few pixels
+    off the box centre, and a mask there cut it and misled the symmetry search (seed 5: 40 Å).
     """
     members = torch.nonzero(state.class_number == class_index + 1).squeeze(1)
     if members.numel() == 0:  # no particle chose the class: keep its VDAM map
         return state.maps[class_index].float()
     poses = Poses(state.rot_deg, state.tilt_deg, state.psi_deg, state.origin_x_a, state.origin_y_a)
-    volume = reconstruct_with_poses(particles, members, poses)
-    if config.flatten_solvent:
-        n = particles.box_size
-        volume = volume * soft_edge_mask((n, n, n), config.particle_diameter_a / (2 * particles.pixel_size_a), config.mask_edge_px)
-    return volume.float()
+    return reconstruct_with_poses(particles, members, poses).float()
 
 
 def run_initial_model(
@@ -130,6 +127,9 @@ def run_initial_model(
         # rotation and symmetrisation composed: the map is interpolated once, not twice
         centred = shift_volume(volume, alignment.shift_zyx_px)
         final_map = symmetrise(centred, group, alignment.rotation)
+        if config.flatten_solvent:  # now the particle is centred: flatten the solvent as in the class maps
+            n = particles.box_size
+            final_map = final_map * soft_edge_mask((n, n, n), config.particle_diameter_a / (2 * particles.pixel_size_a), config.mask_edge_px)
     else:
         final_map = alignment.volume
     initial_model = out_dir / "initial_model.mrc"
