@@ -46,3 +46,15 @@ def test_a_class_no_particle_chose_keeps_its_vdam_map(simulated):
     state = initial_state(particles, config)
     state.class_number[:] = 2
     assert torch.equal(final_reconstruction(state, particles, 0, config), state.maps[0].float())
+
+
+def test_large_classes_are_reconstructed_from_a_subset(simulated):
+    """Beyond final_reconstruction_max members, a random subset (fixed by the seed) still gives the map."""
+    particles, truth = simulated
+    config = VdamConfig(n_classes=2, final_reconstruction_max=150)
+    state = initial_state(particles, config)
+    state.class_number[:] = 2
+    subset = final_reconstruction(state, particles, 1, config)
+    assert _correlation(subset, truth) > 0.8
+    assert torch.equal(subset, final_reconstruction(state, particles, 1, config))  # reproducible
+    assert not torch.equal(subset, final_reconstruction(state, particles, 1, VdamConfig(n_classes=2)))

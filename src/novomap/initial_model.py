@@ -71,6 +71,10 @@ def final_reconstruction(state: RunState, particles: ParticleSet, class_index: i
     members = torch.nonzero(state.class_number == class_index + 1).squeeze(1)
     if members.numel() == 0:  # no particle chose the class: keep its VDAM map
         return state.maps[class_index].float()
+    if members.numel() > config.final_reconstruction_max:
+        # plenty for a low-resolution map, and it keeps the step to a few minutes on a CPU at 200k particles
+        chosen = torch.randperm(members.numel(), generator=torch.Generator().manual_seed(config.seed))[: config.final_reconstruction_max]
+        members = members[chosen.sort().values]
     poses = Poses(state.rot_deg, state.tilt_deg, state.psi_deg, state.origin_x_a, state.origin_y_a)
     return reconstruct_with_poses(particles, members, poses).float()
 

@@ -33,6 +33,7 @@ class VdamConfig:
     write_every: int = 10
     chunk_size: int = 0  # particles per E-step chunk; 0: chosen from memory
     pool: int = 0  # at least this many particles per chunk (RELION's --pool)
+    final_reconstruction_max: int = 50_000  # particles in initial_model's reconstruction (a random subset beyond)
 
     def significant_cap(self) -> int:
         return self.max_significant if self.max_significant > 0 else 100 * self.n_classes
