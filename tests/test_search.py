@@ -6,7 +6,12 @@ from __future__ import annotations
 import torch
 
 from novomap.estep.prepare import PreparedBatch
-from novomap.estep.search import SearchSettings, coarse_log_weights, coarse_pass
+from novomap.estep.search import (
+    CoarseReferences,
+    SearchSettings,
+    coarse_log_weights,
+    coarse_pass,
+)
 from novomap.physics.window import fourier_window, shift_phases
 from novomap.sampling.grid import build_search_grid
 
@@ -43,6 +48,12 @@ def _inputs(sharpness: float):
     return window, grid, batch, projections, log_prior, settings
 
 
+def _whole_window(window, projections) -> CoarseReferences:
+    """The coarse pass run on the batch's whole window."""
+    power = projections.real.square() + projections.imag.square()
+    return CoarseReferences(torch.arange(window.n_pixels), window, projections, power)
+
+
 def _direct_log_posterior(window, grid, batch, projections, log_prior, settings) -> torch.Tensor:
     """log p(b, t, o) up to a per-particle constant, in float64, one hypothesis at a time."""
     n_batch, n_trans, n_orient = batch.masked.shape[0], grid.n_coarse_translations, grid.n_coarse_orientations
@@ -64,9 +75,7 @@ def _direct_log_posterior(window, grid, batch, projections, log_prior, settings)
 
 def test_coarse_log_weights_are_the_gaussian_log_likelihood_with_priors():
     window, grid, batch, projections, log_prior, settings = _inputs(sharpness=1.0)
-    pixels = torch.arange(window.n_pixels)
-    power = projections.real.square() + projections.imag.square()
-    ours = coarse_log_weights(batch, pixels, window, projections, power, grid, log_prior, settings)
+    ours = coarse_log_weights(batch, _whole_window(window, projections), grid, log_prior, settings)
     direct = _direct_log_posterior(window, grid, batch, projections, log_prior, settings)
     assert torch.allclose(ours.double(), direct, atol=2e-3 * float(direct.abs().max())), float((ours.double() - direct).abs().max())
     assert torch.equal(ours.reshape(4, -1).argmax(-1), direct.reshape(4, -1).argmax(-1))
@@ -75,9 +84,7 @@ def test_coarse_log_weights_are_the_gaussian_log_likelihood_with_priors():
 def test_significant_hypotheses_are_the_fewest_best_holding_the_fraction():
     for sharpness in (0.3, 0.8, 1.0, 2.0):  # broad to sharp: 12-20, 1-14, 1-15 and 1 significant per particle
         window, grid, batch, projections, log_prior, settings = _inputs(sharpness)
-        pixels = torch.arange(window.n_pixels)
-        power = projections.real.square() + projections.imag.square()
-        hits = coarse_pass(batch, pixels, window, projections, power, grid, log_prior, settings)
+        hits = coarse_pass(batch, _whole_window(window, projections), grid, log_prior, settings)
         weights = torch.softmax(_direct_log_posterior(window, grid, batch, projections, log_prior, settings).reshape(4, -1), -1)
         for b in range(4):
             ordered, index = torch.sort(weights[b], descending=True)

@@ -19,7 +19,14 @@ import torch
 from novomap.estep.accumulate import Sums, accumulate, flush_slices
 from novomap.estep.cache import ProjectionCache
 from novomap.estep.prepare import prepare_batch
-from novomap.estep.search import FineResult, SearchSettings, coarse_pass, fine_pass, project_references
+from novomap.estep.search import (
+    CoarseReferences,
+    FineResult,
+    SearchSettings,
+    coarse_pass,
+    coarse_references,
+    fine_pass,
+)
 from novomap.io.particles import ParticleSet
 from novomap.physics.euler import matrix_to_euler
 from novomap.physics.fourier import rfft_shells
@@ -38,10 +45,7 @@ class DeviceWork:
 
     device: torch.device
     window: FourierWindow
-    coarse_window: FourierWindow
-    coarse_pixels: torch.Tensor
-    coarse_projections: torch.Tensor
-    coarse_power: torch.Tensor
+    coarse: CoarseReferences
     projection_cache: ProjectionCache
     log_prior: torch.Tensor
     sigma2: torch.Tensor
@@ -77,20 +81,16 @@ def chunk_size(grid: SearchGrid, n_classes: int, requested: int = 0, pool: int =
 
 def _device_work(state: RunState, device: torch.device, grid: SearchGrid, box: int, current_size: int, coarse_size: int) -> DeviceWork:
     window = fourier_window(box, current_size, device)
-    coarse_window = fourier_window(box, coarse_size, device)
     # single precision for the search: projections feed float32 matrix products anyway
     references = projector_transforms(state.maps).to(device=device, dtype=torch.complex64)
     started = time.perf_counter()
-    coarse_projections = project_references(references, grid.coarse_rotations.to(device), coarse_window, PAD)
+    coarse = coarse_references(references, grid, window, coarse_size, PAD)
     fine_rotations = grid.fine_rotations.reshape(-1, 3, 3)
     sums = Sums.zeros(state.n_classes, box * PAD, box, state.sigma2.shape[0], grid.n_directions, pixels_per_shell(box), fine_rotations.shape[0], window.n_pixels, device)
     return DeviceWork(
         device=device,
         window=window,
-        coarse_window=coarse_window,
-        coarse_pixels=torch.nonzero(window.shell < coarse_size // 2).squeeze(1),
-        coarse_projections=coarse_projections,
-        coarse_power=coarse_projections.real.square() + coarse_projections.imag.square(),
+        coarse=coarse,
         projection_cache=ProjectionCache(references, grid.fine_rotations, window, PAD),
         log_prior=torch.log(state.direction_prior.clamp(min=1e-30)).to(device),
         sigma2=state.sigma2.to(device),
@@ -154,7 +154,7 @@ def run_estep(
             settings.mask_radius_px,
         )
         t1 = time.perf_counter()
-        hits = coarse_pass(batch, work.coarse_pixels, work.coarse_window, work.coarse_projections, work.coarse_power, grid, work.log_prior, settings)
+        hits = coarse_pass(batch, work.coarse, grid, work.log_prior, settings)
         t2 = time.perf_counter()
         result = fine_pass(batch, work.window, hits, work.projection_cache, grid, work.log_prior, settings)
         t3 = time.perf_counter()

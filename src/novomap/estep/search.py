@@ -19,7 +19,7 @@ import torch
 from novomap.estep.cache import ProjectionCache
 from novomap.estep.prepare import PreparedBatch
 from novomap.physics.projection import extract_slices
-from novomap.physics.window import FourierWindow, shift_phases
+from novomap.physics.window import FourierWindow, fourier_window, shift_phases
 from novomap.sampling.grid import SearchGrid
 
 # fine-pass hits are evaluated in slices of this many gathered (hit x 12 x pixel) complex values, bounding memory
@@ -89,12 +89,31 @@ class CoarseHits:
     n_significant: torch.Tensor  # (B,) int64
 
 
+@dataclass
+class CoarseReferences:
+    """What every chunk's coarse pass compares against: the references at the coarse window."""
+
+    pixels: torch.Tensor  # (Pc,) positions of the coarse window inside the batch's window
+    window: FourierWindow  # the coarse window itself
+    projections: torch.Tensor  # (K*O, Pc) complex64, every class at every coarse orientation
+    power: torch.Tensor  # (K*O, Pc) |projections|^2
+
+
+def coarse_references(references: torch.Tensor, grid: SearchGrid, window: FourierWindow, coarse_size: int, pad: int) -> CoarseReferences:
+    """Project references (K, M, M, M) at the grid's coarse orientations on the coarse window of `window`."""
+    coarse_window = fourier_window(window.box, coarse_size, references.device)
+    projections = project_references(references, grid.coarse_rotations.to(references.device), coarse_window, pad)
+    return CoarseReferences(
+        pixels=torch.nonzero(window.shell < coarse_size // 2).squeeze(1),
+        window=coarse_window,
+        projections=projections,
+        power=projections.real.square() + projections.imag.square(),
+    )
+
+
 def coarse_log_weights(
     batch: PreparedBatch,
-    coarse_pixels: torch.Tensor,
-    coarse_window: FourierWindow,
-    projections: torch.Tensor,
-    projection_power: torch.Tensor,
+    coarse: CoarseReferences,
     grid: SearchGrid,
     log_direction_prior: torch.Tensor,
     settings: SearchSettings,
@@ -106,12 +125,12 @@ def coarse_log_weights(
     pixel terms, far below the ~1 differences that decide significance), and keeping the
     largest array of the E-step in float32, updated in place, halves its memory traffic.
     """
-    x = batch.masked[:, coarse_pixels]
-    ctf = batch.ctf[:, coarse_pixels]
-    q = 0.5 * batch.inv_sigma2[:, coarse_pixels]
-    phases = shift_phases(coarse_window, grid.coarse_translations.to(x.device)).to(x.dtype)
-    log_w = _cross_terms(x * ctf * q, phases, projections).mul_(2)
-    norm = (ctf * ctf * q).float() @ projection_power.T  # (B, K*O)
+    x = batch.masked[:, coarse.pixels]
+    ctf = batch.ctf[:, coarse.pixels]
+    q = 0.5 * batch.inv_sigma2[:, coarse.pixels]
+    phases = shift_phases(coarse.window, grid.coarse_translations.to(x.device)).to(x.dtype)
+    log_w = _cross_terms(x * ctf * q, phases, coarse.projections).mul_(2)
+    norm = (ctf * ctf * q).float() @ coarse.power.T  # (B, K*O)
     prior = log_direction_prior[:, grid.coarse_direction.to(x.device)].reshape(-1).float()  # (K*O,)
     log_w.sub_((norm - prior[None, :])[:, None, :])
     offset_prior = _offset_log_prior(batch.origin_px, grid.coarse_translations.to(x.device), settings)
@@ -120,21 +139,15 @@ def coarse_log_weights(
 
 def coarse_pass(
     batch: PreparedBatch,
-    coarse_pixels: torch.Tensor,
-    coarse_window: FourierWindow,
-    projections: torch.Tensor,
-    projection_power: torch.Tensor,
+    coarse: CoarseReferences,
     grid: SearchGrid,
     log_direction_prior: torch.Tensor,
     settings: SearchSettings,
 ) -> CoarseHits:
     """Significant coarse hypotheses: per particle, the fewest best ones holding `adaptive_fraction`
-    of the posterior mass, at most `max_significant` (vdam-spec 3.4).
-
-    projections: (K*O, Pc) at the coarse window, projection_power their |P|^2; coarse_pixels: (Pc,) positions of the coarse
-    window inside the batch's window; log_direction_prior: (K, n_dir).
+    of the posterior mass, at most `max_significant` (vdam-spec 3.4). log_direction_prior: (K, n_dir).
     """
-    log_w = coarse_log_weights(batch, coarse_pixels, coarse_window, projections, projection_power, grid, log_direction_prior, settings)
+    log_w = coarse_log_weights(batch, coarse, grid, log_direction_prior, settings)
     n_batch, _, n_ko = log_w.shape
     flat = log_w.view(n_batch, -1)
     # only the largest max_significant weights can be significant: a partial sort suffices
