@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 
 import pytest
 import torch
@@ -73,23 +74,27 @@ def test_origin_sign_particle_at_plus_three_pixels_gets_minus_three(simulated):
     assert torch.allclose(found_origin[shifted_right, 0], truth_origin[shifted_right, 0], atol=1.01)
 
 
-def test_several_devices_give_the_same_sums_as_one(simulated):
-    """A mini-batch split over devices (here two CPU 'devices' in threads) adds up to the same sums."""
-    import copy
-
-    particles, volume = simulated
-    config = VdamConfig(n_iter=10, seed=1, chunk_size=8)
+def _sums_on(particles: ParticleSet, volume: torch.Tensor, chunk_size: int, device_lists: list) -> list:
+    """The same E-step (truth as reference, resolution shell 12) on each list of devices -> [(sums, state)]."""
+    config = VdamConfig(n_iter=10, seed=1, chunk_size=chunk_size)
     state = initial_state(particles, config)
     state.maps = volume[None].clone()
     state.resolution_shell = 12
     grid, current_size, coarse_size = search_setup(state, particles, config)
     half = pseudo_halves(particles)
-    results = []
-    for devices in ([torch.device("cpu")], [torch.device("cpu"), torch.device("cpu")]):
+    runs = []
+    for devices in device_lists:
         copy_state = copy.deepcopy(state)
         sums = expectation(copy_state, particles, torch.arange(particles.n), half, grid, current_size, coarse_size, config, devices, {})
-        results.append((sums, copy_state))
-    (one, state_one), (two, state_two) = results
+        runs.append((sums, copy_state))
+    return runs
+
+
+def test_several_devices_give_the_same_sums_as_one(simulated):
+    """A mini-batch split over devices (here two CPU 'devices' in threads) adds up to the same sums."""
+    particles, volume = simulated
+    cpu = torch.device("cpu")
+    (one, state_one), (two, state_two) = _sums_on(particles, volume, 8, [[cpu], [cpu, cpu]])
     assert float(one.weight.abs().sum()) > 0
     for name in ("gradient", "weight", "noise", "class_weight", "direction_weight", "offset_sq_a2"):
         a, b = getattr(one, name), getattr(two, name)
@@ -101,23 +106,11 @@ def test_several_devices_give_the_same_sums_as_one(simulated):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_estep_agrees_with_cpu(simulated):
     """The same E-step on a GPU: same poses for nearly every particle, sums equal to float32 rounding."""
-    import copy
-
     particles, volume = simulated
-    config = VdamConfig(n_iter=10, seed=1, chunk_size=16)
-    state = initial_state(particles, config)
-    state.maps = volume[None].clone()
-    state.resolution_shell = 12
-    grid, current_size, coarse_size = search_setup(state, particles, config)
-    half = pseudo_halves(particles)
     devices = [[torch.device("cpu")], [torch.device("cuda:0")]]
     if torch.cuda.device_count() > 1:
         devices.append([torch.device("cuda:0"), torch.device("cuda:1")])
-    runs = []
-    for device_list in devices:
-        copy_state = copy.deepcopy(state)
-        sums = expectation(copy_state, particles, torch.arange(particles.n), half, grid, current_size, coarse_size, config, device_list, {})
-        runs.append((sums, copy_state))
+    runs = _sums_on(particles, volume, 16, devices)
     (cpu_sums, cpu_state) = runs[0]
     for gpu_sums, gpu_state in runs[1:]:
         same_pose = (cpu_state.rot_deg == gpu_state.rot_deg) & (cpu_state.tilt_deg == gpu_state.tilt_deg) & (cpu_state.psi_deg == gpu_state.psi_deg)
