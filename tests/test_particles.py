@@ -201,25 +201,27 @@ def test_images_across_stacks_in_any_order(tmp_path):
 
 
 def test_paths_resolve_from_cwd_first_then_star_folder(tmp_path, monkeypatch):
-    # The same relative name exists under the project directory and under the STAR file's folder.
-    write_images(tmp_path / "project" / "Extract" / "s.mrcs", np.full((2, BOX, BOX), 1.0, np.float32))
-    write_images(tmp_path / "stars" / "Extract" / "s.mrcs", np.full((2, BOX, BOX), 2.0, np.float32))
+    # The same relative name exists under the project directory and under the STAR file's folder;
+    # pixel [0, 0] tells them apart (a ramp elsewhere: a blank image is refused on reading).
+    ramp = np.arange(BOX * BOX, dtype=np.float32).reshape(BOX, BOX) * 1e-3
+    write_images(tmp_path / "project" / "Extract" / "s.mrcs", np.stack([1.0 + ramp] * 2))
+    write_images(tmp_path / "stars" / "Extract" / "s.mrcs", np.stack([2.0 + ramp] * 2))
     star = write_star(
         tmp_path / "stars" / "p.star", optics_columns(), particle_columns(2, stack="Extract/s.mrcs")
     )
     monkeypatch.chdir(tmp_path / "project")
-    assert torch.all(ParticleSet.from_star(star).images([0, 1]) == 1.0)
+    assert torch.all(ParticleSet.from_star(star).images([0, 1])[:, 0, 0] == 1.0)
     monkeypatch.chdir(tmp_path)
     from_star_folder = ParticleSet.from_star(star)
-    assert torch.all(from_star_folder.images([0, 1]) == 2.0)
+    assert torch.all(from_star_folder.images([0, 1])[:, 0, 0] == 2.0)
     # Resolved once: a later change of directory does not change which file is read.
     monkeypatch.chdir(tmp_path / "project")
-    assert torch.all(from_star_folder.images([1]) == 2.0)
+    assert torch.all(from_star_folder.images([1])[:, 0, 0] == 2.0)
     # Absolute names are used as they are.
     absolute = str(tmp_path / "project" / "Extract" / "s.mrcs")
     star = write_star(tmp_path / "abs.star", optics_columns(), particle_columns(2, stack=absolute))
     monkeypatch.chdir(tmp_path / "stars")
-    assert torch.all(ParticleSet.from_star(star).images([0]) == 1.0)
+    assert torch.all(ParticleSet.from_star(star).images([0])[:, 0, 0] == 1.0)
 
 
 def test_preread_and_scratch_match_lazy_and_leave_inputs_alone(tmp_path):

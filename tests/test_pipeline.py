@@ -40,6 +40,8 @@ def small_job(tmp_path_factory) -> dict:
     project = tmp_path_factory.mktemp("project")
     volume, _ = load_demo_map()
     result = simulate(volume, project / "Simulated", SimulationOptions(n=N_PARTICLES, snr=1.0))
+    # a RELION 5 project: its pipeline's version line chooses the node labels (test_relion_versions.py)
+    (project / "default_pipeline.star").write_text("\n# version 50001\n\ndata_pipeline_general\n\n_rlnPipeLineJobCounter 2\n\n")
     before = sorted(os.listdir(project))
     stdout, stderr = io.StringIO(), io.StringIO()
     cwd = os.getcwd()

@@ -34,6 +34,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, target)
+    except OSError as error:
+        # name the file the user knows (a full disk while writing it), not the temporary one
+        if error.filename is None or str(error.filename) == str(tmp):
+            error.filename = str(target)
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -5,9 +5,13 @@ RELION 4 and 5 run an "External" job as `PROGRAM --o External/jobNNN/ --in_parts
 then tells the pipeline what it made and how it ended, inside its folder only:
 
   * RELION_OUTPUT_NODES.star: table data_output_nodes with _rlnPipeLineNodeName (path as seen from
-    the project folder) and _rlnPipeLineNodeTypeLabel (RELION 4 node type labels: "DensityMap.mrc"
-    for 3D maps, offered as references to Class3D/Refine3D; "ParticleGroupMetadata.star.relion"
-    for a particle STAR file);
+    the project folder) and _rlnPipeLineNodeTypeLabel. The labels differ between versions
+    (src/pipeline_jobs.h, LABEL_*_CPIPE): 3D maps are "DensityMap.mrc" in both (offered as
+    references to Class3D/Refine3D); a particle STAR file is "ParticlesData.star.relion" in
+    RELION 4.0 and "ParticleGroupMetadata.star.relion" in RELION 5.0. Neither converts the other's
+    label when it reads this file (PipeLine::getOutputNodesFromStarFile), and the GUI offers a node
+    as input by the label's first word (.Nodes/ParticlesData/ in 4.0), so the labels must be those
+    of the RELION that runs the job: see `detect_relion_version`;
   * RELION_JOB_EXIT_SUCCESS, RELION_JOB_EXIT_FAILURE or RELION_JOB_EXIT_ABORTED (empty files);
   * RELION asks a running job to stop by creating RELION_JOB_ABORT_NOW in its folder.
 
@@ -32,9 +36,20 @@ EXIT_ABORTED = "RELION_JOB_EXIT_ABORTED"
 ABORT_NOW = "RELION_JOB_ABORT_NOW"
 EXIT_MARKERS = (EXIT_SUCCESS, EXIT_FAILURE, EXIT_ABORTED)
 
-#: RELION 4/5 node type labels (pipeline_jobs.h): a 3D map and a RELION particle STAR file.
-NODE_MAP = "DensityMap.mrc"
-NODE_PARTICLES = "ParticleGroupMetadata.star.relion"
+#: Node type labels by RELION major version (src/pipeline_jobs.h of branches ver4.0 and ver5.0:
+#: LABEL_MAP_CPIPE and LABEL_PARTS_CPIPE), and the `# version` line RELION writes in STAR files
+#: (CURRENT_MDT_VERSION in src/metadata_table.h).
+NODE_LABELS = {
+    4: {"map": "DensityMap.mrc", "particles": "ParticlesData.star.relion"},
+    5: {"map": "DensityMap.mrc", "particles": "ParticleGroupMetadata.star.relion"},
+}
+STAR_VERSION = {4: 30001, 5: 50001}
+RELION_VERSIONS = tuple(NODE_LABELS)
+#: Without a pipeline file or a version line to go by: the current release.
+DEFAULT_RELION_VERSION = 5
+PIPELINE_STAR = "default_pipeline.star"
+NODE_MAP = NODE_LABELS[DEFAULT_RELION_VERSION]["map"]
+NODE_PARTICLES = NODE_LABELS[DEFAULT_RELION_VERSION]["particles"]
 
 VIEW_CXC = "view.cxc"
 #: Protein: about 1.21 Å^3 per dalton (0.81 Da/Å^3).
@@ -78,9 +93,46 @@ def abort_requested(out_dir: Path) -> bool:
     return (out_dir / ABORT_NOW).is_file()
 
 
-def write_output_nodes(out_dir: Path, nodes: list[tuple[str, str]]) -> Path:
-    """RELION_OUTPUT_NODES.star with (node name, type label) rows."""
-    lines = ["", "# version 30001", "", "data_output_nodes", "", "loop_", "_rlnPipeLineNodeName #1", "_rlnPipeLineNodeTypeLabel #2"]
+def read_star_version(path: str | os.PathLike, max_lines: int = 200) -> int | None:
+    """The number of the first `# version N` line of a STAR file (RELION writes it above each block), or None."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            for _, line in zip(range(max_lines), handle):
+                words = line.split()
+                if len(words) == 3 and words[0] == "#" and words[1] == "version" and words[2].isdigit():
+                    return int(words[2])
+    except OSError:
+        return None
+    return None
+
+
+def relion_version_of_star(version_line: int) -> int:
+    """RELION major version whose node labels go with a STAR `# version` number (50001 -> 5, else 4)."""
+    return 5 if version_line >= STAR_VERSION[5] else 4
+
+
+def detect_relion_version(particles_star: str | os.PathLike | None = None, project_dir: str | os.PathLike = ".") -> tuple[int, str]:
+    """(RELION major version, why) for the node labels of RELION_OUTPUT_NODES.star.
+
+    RELION sets no environment variable for the jobs it runs, but it runs them from the project
+    folder, whose default_pipeline.star it rewrites with its own `# version` line (30001 in
+    RELION 3.1/4.0, 50001 in 5.0). Without one, the version line of the input particles STAR
+    file (written by the RELION that made them); without that, DEFAULT_RELION_VERSION.
+    """
+    pipeline_star = Path(project_dir) / PIPELINE_STAR
+    for source in (pipeline_star, particles_star):
+        if source is None or not Path(source).is_file():
+            continue
+        number = read_star_version(source)
+        if number is not None:
+            return relion_version_of_star(number), f"{source} has '# version {number}'"
+    return DEFAULT_RELION_VERSION, "no default_pipeline.star here and no version line in the particles file"
+
+
+def write_output_nodes(out_dir: Path, nodes: list[tuple[str, str]], relion_version: int = DEFAULT_RELION_VERSION) -> Path:
+    """RELION_OUTPUT_NODES.star with (node name, type label) rows, with the version line of that RELION."""
+    version_line = f"# version {STAR_VERSION[relion_version]}"
+    lines = ["", version_line, "", "data_output_nodes", "", "loop_", "_rlnPipeLineNodeName #1", "_rlnPipeLineNodeTypeLabel #2"]
     for name, label in nodes:
         if any(ch.isspace() for ch in name):
             name = f'"{name}"'
@@ -90,12 +142,19 @@ def write_output_nodes(out_dir: Path, nodes: list[tuple[str, str]]) -> Path:
     return path
 
 
-def job_output_nodes(out_dir_as_given: str | os.PathLike, initial_model: Path, class_maps: list[Path], data_star: Path | None) -> list[tuple[str, str]]:
+def job_output_nodes(
+    out_dir_as_given: str | os.PathLike,
+    initial_model: Path,
+    class_maps: list[Path],
+    data_star: Path | None,
+    relion_version: int = DEFAULT_RELION_VERSION,
+) -> list[tuple[str, str]]:
     """The nodes of an initial-model job: initial_model.mrc, the class maps, the final data STAR."""
-    nodes = [(node_name(out_dir_as_given, initial_model.name), NODE_MAP)]
-    nodes += [(node_name(out_dir_as_given, path.name), NODE_MAP) for path in class_maps]
+    labels = NODE_LABELS[relion_version]
+    nodes = [(node_name(out_dir_as_given, initial_model.name), labels["map"])]
+    nodes += [(node_name(out_dir_as_given, path.name), labels["map"]) for path in class_maps]
     if data_star is not None:
-        nodes.append((node_name(out_dir_as_given, data_star.name), NODE_PARTICLES))
+        nodes.append((node_name(out_dir_as_given, data_star.name), labels["particles"]))
     return nodes
 
 
