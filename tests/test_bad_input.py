@@ -236,12 +236,17 @@ def test_non_square_images(tmp_path):
     expect_error(lambda: read_particle_star(star), star, 1, "rlnImageName", "not square")
 
 
-def test_optics_groups_with_different_box_or_pixel_size(tmp_path):
+def test_optics_group_box_not_matching_its_stack(tmp_path):
+    # groups may differ in box (io.working_grid), but each group's stack must have the group's box
     star, _ = make_dataset(tmp_path)
-    write_star(star, optics_columns(2, rlnImageSize=[BOX, 2 * BOX]), particle_columns(5))
-    expect_error(lambda: ParticleSet.from_star(star), star, 2, "rlnImageSize", "one box size")
-    write_star(star, optics_columns(2, rlnImagePixelSize=[2.0, 2.5]), particle_columns(5))
-    expect_error(lambda: ParticleSet.from_star(star), star, 2, "rlnImagePixelSize", "one pixel size")
+    write_star(star, optics_columns(2, rlnImageSize=[2 * BOX, BOX]), particle_columns(5))
+    expect_error(lambda: ParticleSet.from_star(star), star, 1, "rlnImageName", "box size mismatch")
+
+
+def test_optics_group_with_bad_pixel_size(tmp_path):
+    star, _ = make_dataset(tmp_path)
+    write_star(star, optics_columns(2, rlnImagePixelSize=[2.0, -1.0]), particle_columns(5))
+    expect_error(lambda: ParticleSet.from_star(star), star, 2, "rlnImagePixelSize", "positive")
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # mrcfile warns when writing the bad stack

@@ -21,6 +21,7 @@ import torch
 
 from novomap.errors import InputError
 from novomap.io.mrc import open_stack, stack_array
+from novomap.io.working_grid import WorkingGrid, choose_working_grid, to_working_grid
 from novomap.io.star import (
     PREMULTIPLIED_LABEL,
     ParticleTable,
@@ -32,6 +33,11 @@ from novomap.io.star import (
 )
 
 IndexLike = Sequence[int] | np.ndarray | torch.Tensor
+
+#: Resampled (working-grid) images are kept in RAM once read when they all fit in this many bytes.
+WORKING_CACHE_BYTES = 2 * 1024**3
+#: Images read and resampled together (bounds the temporaries: 128 x 256^2 x 8 B = 67 MB per spectrum).
+READ_SLICE = 128
 
 
 class ParticleSet:
@@ -52,12 +58,17 @@ class ParticleSet:
         scratch_dir: str | os.PathLike | None = None,
         validate: bool = True,
         max_open_stacks: int = 32,
+        max_resolution_a: float | None = None,
+        output_pixel_size_a: float | None = None,
     ) -> None:
         """Build from a read table; stack paths are resolved against the current directory now.
 
         validate: check every stack up front (`validate_images`); preread implies it.
-        preread: read all images into RAM now; then scratch_dir is not used.
+        preread: read all images into RAM now (on the working grid); then scratch_dir is not used.
         scratch_dir: copy every stack into a new folder inside it and read from the copies.
+        max_resolution_a: work on a grid whose Nyquist frequency is this resolution (images are
+        Fourier-cropped as they are read; see io.working_grid). None: the finest input pixel.
+        output_pixel_size_a: pixel size of the maps written (default: the widest group's).
         """
         self.table = table
         self._path = table.path
@@ -67,7 +78,10 @@ class ParticleSet:
         self._scratch_cleanup: weakref.finalize | None = None
 
         self._group_row = _optics_rows(table)
-        self._box_size, self._pixel_size_a = _common_box_and_pixel_size(table)
+        self.grid = working_grid_of(table, max_resolution_a, output_pixel_size_a)
+        self._box_size, self._pixel_size_a = self.grid.box, self.grid.pixel_size_a
+        self._working_cache: torch.Tensor | None = None
+        self._working_cached: np.ndarray | None = None
         self._set_parameters()
 
         numbers, names = parse_image_names(table.particles["rlnImageName"], self._path)
@@ -83,8 +97,13 @@ class ParticleSet:
         if preread:
             self._preread = self.images(np.arange(self.n))
             self.close()
-        elif scratch_dir is not None:
-            self._copy_to_scratch(Path(scratch_dir))
+        else:
+            if scratch_dir is not None:
+                self._copy_to_scratch(Path(scratch_dir))
+            if self.grid.resamples and self.n * self._box_size**2 * 4 <= WORKING_CACHE_BYTES:
+                # resampled images are small: keep each one once it has been read and cropped
+                self._working_cache = torch.empty((self.n, self._box_size, self._box_size), dtype=torch.float32)
+                self._working_cached = np.zeros(self.n, dtype=bool)
 
     @classmethod
     def from_star(
@@ -94,9 +113,18 @@ class ParticleSet:
         scratch_dir: str | os.PathLike | None = None,
         *,
         validate: bool = True,
+        max_resolution_a: float | None = None,
+        output_pixel_size_a: float | None = None,
     ) -> ParticleSet:
         """Read a particle STAR file (see `read_particle_star`) and its stacks."""
-        return cls(read_particle_star(path), preread=preread, scratch_dir=scratch_dir, validate=validate)
+        return cls(
+            read_particle_star(path),
+            preread=preread,
+            scratch_dir=scratch_dir,
+            validate=validate,
+            max_resolution_a=max_resolution_a,
+            output_pixel_size_a=output_pixel_size_a,
+        )
 
     # ----------------------------------------------------------------------------------------
     # Parameters
@@ -162,12 +190,12 @@ class ParticleSet:
 
     @property
     def box_size(self) -> int:
-        """Image size N in px (images are N x N)."""
+        """Image size N in px of the working grid (`images` returns N x N images)."""
         return self._box_size
 
     @property
     def pixel_size_a(self) -> float:
-        """Pixel size in Å (that of the first optics group; all groups share it)."""
+        """Pixel size in Å of the working grid (images as `images` returns them)."""
         return self._pixel_size_a
 
     @property
@@ -189,18 +217,30 @@ class ParticleSet:
     # Images
 
     def images(self, indices: IndexLike) -> torch.Tensor:
-        """Images of particles `indices` (0-based rows), as float32 (len(indices), N, N).
+        """Images of particles `indices` (0-based rows) on the working grid, as float32 (len(indices), N, N).
 
         Reads are grouped by stack and sorted within each, so that a mini-batch touches each
-        file once and moves forward through it.
+        file once and moves forward through it. Images of a group not on the working grid are
+        Fourier-resized as they are read (never all at full size in memory).
         """
         rows = _as_rows(indices, self.n)
         if self._preread is not None:
             return self._preread[torch.from_numpy(rows)]
+        if self._working_cache is not None:
+            missing = rows[~self._working_cached[rows]]
+            if missing.size:
+                missing = np.unique(missing)
+                self._working_cache[torch.from_numpy(missing)] = self._read(missing)
+                self._working_cached[missing] = True
+            return self._working_cache[torch.from_numpy(rows)]
+        return self._read(rows)
+
+    def _read(self, rows: np.ndarray) -> torch.Tensor:
+        """Images of `rows` read from the stacks and brought onto the working grid -> (k, N, N) float32."""
         size = self._box_size
-        out = np.empty((len(rows), size, size), dtype=np.float32)
+        out = torch.empty((len(rows), size, size), dtype=torch.float32)
         if rows.size == 0:
-            return torch.from_numpy(out)
+            return out
         stacks = self._stack_of[rows]
         order = np.argsort(stacks, kind="stable")
         starts = np.flatnonzero(np.diff(stacks[order], prepend=-1))
@@ -209,10 +249,17 @@ class ParticleSet:
             array = self._stack_array(stack)
             local = self._index_in_stack[rows[positions]]
             self._check_in_stack(stack, rows[positions], array.shape[0])
-            ascending = np.argsort(local, kind="stable")
-            out[positions[ascending]] = array[local[ascending]]
-        _check_finite(out, rows, self._path)
-        return torch.from_numpy(out)
+            ascending = positions[np.argsort(local, kind="stable")]
+            # in slices: a whole stack at full size, and its resampling spectra, could be large
+            for part in np.array_split(ascending, max(1, -(-ascending.size // READ_SLICE))):
+                native = np.asarray(array[self._index_in_stack[rows[part]]], dtype=np.float32)
+                self._check_pixels(native, rows[part], stack)
+                groups = self._group_row[rows[part]]
+                for group in np.unique(groups):
+                    members = groups == group
+                    resized = to_working_grid(torch.from_numpy(native[members]), self.grid, int(group))
+                    out[torch.from_numpy(part[members])] = resized
+        return out
 
     def validate_images(self) -> None:
         """Check every stack once, cheaply: it opens, its images are N x N with N = box size,
@@ -240,10 +287,11 @@ class ParticleSet:
         if ny != nx:
             mrc.close()
             raise InputError(f"images in {where} are {nx} x {ny} px, not square", self._path, row, "rlnImageName")
-        if nx != self._box_size:
+        expected = self.grid.group_box[int(self._group_row[row - 1])]
+        if nx != expected:
             mrc.close()
             raise InputError(
-                f"images in {where} are {nx} px but rlnImageSize is {self._box_size} px (box size mismatch)",
+                f"images in {where} are {nx} px but rlnImageSize is {expected} px (box size mismatch)",
                 self._path,
                 row,
                 "rlnImageName",
@@ -265,6 +313,23 @@ class ParticleSet:
                 row + 1,
                 "rlnImageName",
             )
+
+    def _check_pixels(self, images: np.ndarray, rows: np.ndarray, stack: int) -> None:
+        """Raise for the first of `rows` (read from `stack`; images (k, N, N)) whose image has a NaN or
+        Inf pixel or is constant (blank): a per-image min and max, cheap beside the read itself."""
+        if images.size == 0:
+            return
+        low, high = images.min(axis=(1, 2)), images.max(axis=(1, 2))  # NaN propagates into both
+        nonfinite = ~(np.isfinite(low) & np.isfinite(high))
+        constant = ~nonfinite & (low == high)
+        for bad, what in ((nonfinite, "has NaN or Inf pixels"), (constant, None)):
+            if bad.any():
+                row = int(rows[bad].min())
+                if what is None:
+                    value = float(low[np.flatnonzero(rows == row)[0]])
+                    what = f"is blank (every pixel is {value:g}); remove the particle or re-extract it"
+                where = f"image {self._index_in_stack[row] + 1} of {self._source_paths[stack]}"
+                raise InputError(f"{where} {what}", self._path, row + 1, "rlnImageName")
 
     # ----------------------------------------------------------------------------------------
     # Stack files
@@ -321,31 +386,17 @@ def _optics_rows(table: ParticleTable) -> np.ndarray:
     return lookup.reindex(table.particles["rlnOpticsGroup"].to_numpy(dtype=np.int64)).to_numpy(dtype=np.int64)
 
 
-def _common_box_and_pixel_size(table: ParticleTable) -> tuple[int, float]:
-    """(box size px, pixel size Å) shared by all optics groups; raise naming the group that differs."""
+def working_grid_of(table: ParticleTable, max_resolution_a: float | None, output_pixel_size_a: float | None) -> WorkingGrid:
+    """The working grid of the table's optics groups (io.working_grid), after checking their sizes."""
     optics, path = table.optics, table.path
-    sizes = optics["rlnImageSize"].to_numpy(dtype=np.int64)
+    sizes = numeric_column(optics, "rlnImageSize", path, " in data_optics")
     pixel_sizes = numeric_column(optics, "rlnImagePixelSize", path, " in data_optics")
-    for row in range(1, len(optics)):
-        group = optics["rlnOpticsGroup"].iloc[row]
-        if sizes[row] != sizes[0]:
-            raise InputError(
-                f"optics group {group} has {sizes[row]} px images but the first group has {sizes[0]} px; "
-                "all optics groups must share one box size (in data_optics)",
-                path,
-                row + 1,
-                "rlnImageSize",
-            )
-        # Relative tolerance: values typed with different numbers of decimals are the same size.
-        if not np.isclose(pixel_sizes[row], pixel_sizes[0], rtol=1e-4, atol=0.0):
-            raise InputError(
-                f"optics group {group} has {pixel_sizes[row]:g} Å/px but the first group has "
-                f"{pixel_sizes[0]:g} Å/px; all optics groups must share one pixel size (in data_optics)",
-                path,
-                row + 1,
-                "rlnImagePixelSize",
-            )
-    return int(sizes[0]), float(pixel_sizes[0])
+    for row in range(len(optics)):
+        if not (sizes[row] >= 2 and sizes[row] == int(sizes[row])):
+            raise InputError(f"image size must be a whole number of pixels >= 2, not {sizes[row]:g}", path, row + 1, "rlnImageSize")
+        if not pixel_sizes[row] > 0:
+            raise InputError(f"pixel size must be positive, not {pixel_sizes[row]:g} Å", path, row + 1, "rlnImagePixelSize")
+    return choose_working_grid(sizes.astype(np.int64), pixel_sizes, max_resolution_a, output_pixel_size_a=output_pixel_size_a)
 
 
 def _as_rows(indices: IndexLike, n: int) -> np.ndarray:
@@ -360,10 +411,3 @@ def _as_rows(indices: IndexLike, n: int) -> np.ndarray:
         raise IndexError(f"particle indices must lie in [0, {n}); got {rows.min()}..{rows.max()}")
     return rows
 
-
-def _check_finite(images: np.ndarray, rows: np.ndarray, path: Path) -> None:
-    """Raise for the first particle (lowest row) whose image (k, N, N) has a NaN or Inf pixel."""
-    bad = ~np.isfinite(images).all(axis=(1, 2))
-    if bad.any():
-        row = int(rows[bad].min())
-        raise InputError("image has NaN or Inf pixels", path, row + 1, "rlnImageName")

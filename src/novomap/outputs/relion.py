@@ -16,6 +16,7 @@ from novomap.io.atomic import atomic_path
 from novomap.io.mrc import write_map
 from novomap.io.particles import ParticleSet
 from novomap.io.star import format_star_float, write_particle_star
+from novomap.io.working_grid import to_output_grid
 from novomap.model.params import resolution_shell
 from novomap.sampling.healpix import angular_step_deg
 from novomap.vdam.config import VdamConfig
@@ -200,7 +201,9 @@ def write_iteration(out_dir: Path, particles: ParticleSet, state: RunState, conf
     """Write every run_itNNN_* file of the state's iteration; returns the optimiser STAR path."""
     root = iteration_root(out_dir, state.iteration)
     for k in range(state.n_classes):
-        write_map(class_map_path(out_dir, state.iteration, k), state.maps[k].float(), particles.pixel_size_a)
+        # on the input's grid (io.working_grid), so RELION takes them as references for these particles
+        volume = to_output_grid(state.maps[k].float(), particles.grid)
+        write_map(class_map_path(out_dir, state.iteration, k), volume, particles.grid.output_pixel_size_a)
     write_data_star(Path(f"{root}_data.star"), particles, state)
     write_model_star(Path(f"{root}_model.star"), out_dir, particles, state, config, current_size)
     write_sampling_star(Path(f"{root}_sampling.star"), state, particles.pixel_size_a)
