@@ -9,6 +9,7 @@ summation order.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +19,7 @@ import torch
 
 from novomap.estep.accumulate import Sums, accumulate, flush_slices
 from novomap.estep.cache import ProjectionCache
+from novomap.estep.local import LocalPrior, local_chunk_size, local_coarse_pass
 from novomap.estep.prepare import prepare_batch
 from novomap.estep.search import (
     CoarseReferences,
@@ -26,6 +28,7 @@ from novomap.estep.search import (
     coarse_pass,
     coarse_references,
     fine_pass,
+    project_references,
 )
 from novomap.io.particles import ParticleSet
 from novomap.physics.euler import matrix_to_euler
@@ -34,6 +37,7 @@ from novomap.physics.projection import projector_transform
 from novomap.physics.window import FourierWindow, fourier_window
 from novomap.reconstruct import particle_ctf
 from novomap.sampling.grid import SearchGrid
+from novomap.sampling.local import LocalCandidates
 from novomap.vdam.state import RunState
 
 PAD = 1  # the job uses --pad 1
@@ -79,12 +83,17 @@ def chunk_size(grid: SearchGrid, n_classes: int, requested: int = 0, pool: int =
     return int(max(8, pool, min(512, 12_000_000 // per_particle)))
 
 
-def _device_work(state: RunState, device: torch.device, grid: SearchGrid, box: int, current_size: int, coarse_size: int) -> DeviceWork:
+def _device_work(state: RunState, device: torch.device, grid: SearchGrid, box: int, current_size: int, coarse_size: int, local: bool = False) -> DeviceWork:
     window = fourier_window(box, current_size, device)
     # single precision for the search: projections feed float32 matrix products anyway
     references = projector_transforms(state.maps).to(device=device, dtype=torch.complex64)
     started = time.perf_counter()
-    coarse = coarse_references(references, grid, window, coarse_size, PAD)
+    if local:  # each chunk projects the coarse orientations of its own particles' windows (_chunk_coarse)
+        empty = torch.empty((0, 0), dtype=torch.complex64, device=device)
+        coarse_window = fourier_window(box, coarse_size, device)
+        coarse = CoarseReferences(torch.nonzero(window.shell < coarse_size // 2).squeeze(1), coarse_window, empty, empty.real)
+    else:
+        coarse = coarse_references(references, grid, window, coarse_size, PAD)
     fine_rotations = grid.fine_rotations.reshape(-1, 3, 3)
     sums = Sums.zeros(state.n_classes, box * PAD, box, state.sigma2.shape[0], grid.n_directions, pixels_per_shell(box), fine_rotations.shape[0], window.n_pixels, device)
     return DeviceWork(
@@ -97,6 +106,19 @@ def _device_work(state: RunState, device: torch.device, grid: SearchGrid, box: i
         sums=sums,
         timings={"project": time.perf_counter() - started},
     )
+
+
+def _chunk_coarse(work: DeviceWork, grid: SearchGrid, candidates: torch.Tensor) -> tuple[CoarseReferences, torch.Tensor, torch.Tensor]:
+    """The coarse projections a local chunk needs: (references of every class at `used`, used (u,),
+    candidates (B, L) renumbered into used)."""
+    valid = candidates >= 0
+    used, inverse = torch.unique(candidates[valid], return_inverse=True)
+    renumbered = torch.full_like(candidates, -1)
+    renumbered[valid] = inverse
+    references = work.projection_cache.references
+    projections = project_references(references, grid.coarse_rotations.to(references.device)[used], work.coarse.window, PAD)
+    coarse = dataclasses.replace(work.coarse, projections=projections, power=projections.real.square() + projections.imag.square())
+    return coarse, used, renumbered
 
 
 def _store_assignments(state: RunState, chunk: torch.Tensor, origin_px: torch.Tensor, result: FineResult, fine_rotations: torch.Tensor, pixel_size_a: float) -> None:
@@ -127,19 +149,27 @@ def run_estep(
     with_sums: bool = True,
     requested_chunk: int = 0,
     pool: int = 0,
+    local: LocalCandidates | None = None,
 ) -> tuple[Sums | None, dict]:
     """Search every particle of the batch; store each one's best pose in `state`.
 
+    local: a local search (sampling.local): `grid` is then local.grid, and each particle is
+    searched only among its own candidates (rows aligned with batch_index).
     Returns the sums on devices[0] (None when with_sums is False: the final assignment pass)
     and the seconds spent per phase, added over devices.
     """
     box = particles.box_size
-    works = [_device_work(state, device, grid, box, current_size, coarse_size) for device in devices]
+    works = [_device_work(state, device, grid, box, current_size, coarse_size, local is not None) for device in devices]
     fine_rotations = grid.fine_rotations.reshape(-1, 3, 3)
-    chunks = list(torch.split(batch_index, chunk_size(grid, state.n_classes, requested_chunk, pool)))
+    if local is None:
+        size = chunk_size(grid, state.n_classes, requested_chunk, pool)
+    else:
+        size = local_chunk_size(local.candidates.shape[1], state.n_classes, grid.n_coarse_translations, works[0].coarse.pixels.numel(), requested_chunk)
+    positions = list(torch.split(torch.arange(batch_index.numel()), size))
     lock = threading.Lock()
 
-    def process(work: DeviceWork, chunk: torch.Tensor) -> None:
+    def process(work: DeviceWork, position: torch.Tensor) -> None:
+        chunk = batch_index[position]
         t0 = time.perf_counter()
         origins = torch.stack([state.origin_x_a[chunk], state.origin_y_a[chunk]], -1) / particles.pixel_size_a
         batch = prepare_batch(
@@ -154,9 +184,15 @@ def run_estep(
             settings.mask_radius_px,
         )
         t1 = time.perf_counter()
-        hits = coarse_pass(batch, work.coarse, grid, work.log_prior, settings)
+        if local is None:
+            prior = None
+            hits = coarse_pass(batch, work.coarse, grid, work.log_prior, settings)
+        else:
+            prior = LocalPrior(local.previous[position].to(work.device), local.sigma_deg)
+            chunk_coarse, used, candidates = _chunk_coarse(work, grid, local.candidates[position].to(work.device))
+            hits = local_coarse_pass(batch, chunk_coarse, grid, candidates, used, prior, work.log_prior, settings)
         t2 = time.perf_counter()
-        result = fine_pass(batch, work.window, hits, work.projection_cache, grid, work.log_prior, settings)
+        result = fine_pass(batch, work.window, hits, work.projection_cache, grid, work.log_prior, settings, prior)
         t3 = time.perf_counter()
         if with_sums:
             accumulate(work.sums, batch, result, work.window, grid, PAD, particles.pixel_size_a)
@@ -168,8 +204,8 @@ def run_estep(
 
     def run_device(d: int) -> None:
         work = works[d]
-        for chunk in chunks[d :: len(works)]:
-            process(work, chunk)
+        for position in positions[d :: len(works)]:
+            process(work, position)
         if with_sums:
             t0 = time.perf_counter()
             flush_slices(work.sums, grid, work.window, PAD)

@@ -148,7 +148,15 @@ def coarse_pass(
     of the posterior mass, at most `max_significant` (vdam-spec 3.4). log_direction_prior: (K, n_dir).
     """
     log_w = coarse_log_weights(batch, coarse, grid, log_direction_prior, settings)
-    n_batch, _, n_ko = log_w.shape
+    n_ko = log_w.shape[-1]
+    particle, index, n_sig = significant(log_w, settings)
+    return CoarseHits(particle=particle, translation=index // n_ko, orientation=index % n_ko, n_significant=n_sig)
+
+
+def significant(log_w: torch.Tensor, settings: SearchSettings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per particle, the fewest best hypotheses holding `adaptive_fraction` of the mass, at most
+    `max_significant`: log_w (B, ...) (spent: overwritten) -> (particle (S,), flat index (S,), count (B,))."""
+    n_batch = log_w.shape[0]
     flat = log_w.view(n_batch, -1)
     # only the largest max_significant weights can be significant: a partial sort suffices
     cap = min(settings.max_significant, flat.shape[-1])
@@ -161,8 +169,7 @@ def coarse_pass(
     n_sig = needed.clamp(max=cap)
     keep = torch.arange(cap, device=flat.device)[None, :] < n_sig[:, None]
     particle = torch.arange(n_batch, device=flat.device)[:, None].expand(n_batch, cap)[keep]
-    index = top_index[keep]
-    return CoarseHits(particle=particle, translation=index // n_ko, orientation=index % n_ko, n_significant=n_sig)
+    return particle, top_index[keep], n_sig
 
 
 def _segment_logsumexp(values: torch.Tensor, segment: torch.Tensor, n_segments: int) -> torch.Tensor:
@@ -210,8 +217,12 @@ def fine_pass(
     grid: SearchGrid,
     log_direction_prior: torch.Tensor,
     settings: SearchSettings,
+    orientation_prior=None,
 ) -> FineResult:
     """Evaluate the 8 orientations x 4 translations children of every significant coarse hypothesis.
+
+    orientation_prior: None, or a callable (rotations (R, 3, 3), particle (R,)) -> (R,) log prior
+    of each row's fine orientation for its particle (local searches: estep.local.LocalPrior).
 
     With e_{t_c + delta_j} = e_{t_c} e_{delta_j}, a hit (particle b, coarse translation t, coarse
     orientation o) needs Y = X c q e_t e_delta (4, P) once per (b, t) and the 8 child projections
@@ -260,6 +271,9 @@ def fine_pass(
     fine_translations = grid.fine_translations.to(device)  # (T_c, 4, 2)
     offset_prior = _offset_log_prior(batch.origin_px, fine_translations.reshape(-1, 2), settings).reshape(n_batch, -1, 4)
     log_w = -d2 + log_direction_prior[row_class, row_direction][:, None] + offset_prior[row_particle, row_translation]
+    if orientation_prior is not None:
+        row_rotations = grid.fine_rotations.reshape(-1, 3, 3).to(device)[row_orientation]
+        log_w = log_w + orientation_prior(row_rotations, row_particle)[:, None]
     log_norm = _segment_logsumexp(log_w, row_particle, n_batch)
     weights = torch.exp(log_w - log_norm[row_particle, None])
     retained = _retain_mass(weights, row_particle, n_batch, settings.adaptive_fraction)

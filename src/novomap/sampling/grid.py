@@ -26,10 +26,11 @@ class SearchGrid:
     fine_rotations: torch.Tensor  # (O, 8, 3, 3) float64
     coarse_translations: torch.Tensor  # (T, 2) float64 px (x, y), perturbation included
     fine_translations: torch.Tensor  # (T, 4, 2) float64 px
+    direction_order: int = -1  # HEALPix order of coarse_direction when not healpix_order (local grids)
 
     @property
     def n_directions(self) -> int:
-        return 12 * 4**self.healpix_order
+        return 12 * 4 ** (self.direction_order if self.direction_order >= 0 else self.healpix_order)
 
     @property
     def n_coarse_orientations(self) -> int:

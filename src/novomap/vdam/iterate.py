@@ -9,6 +9,7 @@ import torch
 
 from novomap.estep.accumulate import Sums
 from novomap.estep.driver import PAD, projector_transforms, run_estep
+from novomap.estep.local import expected_prior_width
 from novomap.estep.search import SearchSettings
 from novomap.io.particles import ParticleSet
 from novomap.model.params import image_sizes, reference_power, resolution_shell, spectral_snr, update_sigma2, update_with_momentum
@@ -21,8 +22,10 @@ from novomap.reconstruct import particle_ctf
 from novomap.sampling.accuracy import expected_errors
 from novomap.sampling.grid import SearchGrid, build_search_grid
 from novomap.sampling.healpix import angular_step_deg
+from novomap.sampling.local import local_candidates
 from novomap.vdam import schedules
 from novomap.vdam.config import VdamConfig
+from novomap.vdam.restarts import compete, competition_iteration
 from novomap.vdam.state import RunState
 from novomap.vdam.update import vdam_update
 
@@ -56,7 +59,11 @@ def expectation(
     timings: dict,
     with_sums: bool = True,
 ) -> Sums | None:
-    """The E-step of the batch (estep.driver), with this run's search settings; timings added to `timings`."""
+    """The E-step of the batch (estep.driver), with this run's search settings; timings added to `timings`.
+
+    When local searches are on (local_order > 0), the batch's sharp particles are searched around
+    their previous poses (sampling.local) and the others globally on `grid`; the sums are added.
+    """
     settings = SearchSettings(
         adaptive_fraction=config.adaptive_fraction,
         max_significant=config.significant_cap(),
@@ -64,10 +71,63 @@ def expectation(
         sigma_offset_a=state.sigma_offset_a,
         mask_radius_px=config.particle_diameter_a / (2 * particles.pixel_size_a),
     )
-    sums, spent = run_estep(state, particles, batch_index, half, grid, current_size, coarse_size, settings, devices, with_sums, config.chunk_size, config.pool)
+    order = local_order(state, config, final=not with_sums)
+    local_index, global_index = split_local(state, batch_index, config) if order > 0 else (batch_index[:0], batch_index)
+    total = None
+    if global_index.numel():
+        total, spent = run_estep(state, particles, global_index, half, grid, current_size, coarse_size, settings, devices, with_sums, config.chunk_size, config.pool)
+        _add_timings(timings, spent)
+    if local_index.numel():
+        previous = euler_to_matrix(state.rot_deg[local_index], state.tilt_deg[local_index], state.psi_deg[local_index])
+        sigma = expected_prior_width(state.acc_rot_deg, angular_step_deg(order))
+        t0 = time.perf_counter()
+        local = local_candidates(previous, order, state.healpix_order, config.local_offset_range_px, config.local_offset_step_px, state.perturbation, sigma)
+        timings["local_setup"] = timings.get("local_setup", 0.0) + time.perf_counter() - t0
+        # the coarse image resolves the local coarse step, but is never larger than one resolving
+        # config.local_coarse_step_deg: finer orders lean on the prior and the full-size fine pass
+        coarse_step = max(local.grid.coarse_step_deg, config.local_coarse_step_deg)
+        _, local_coarse = image_sizes(state.resolution_shell, particles.box_size, coarse_step, config.particle_diameter_a, particles.pixel_size_a)
+        sums, spent = run_estep(state, particles, local_index, half, local.grid, current_size, local_coarse, settings, devices, with_sums, 0, config.pool, local=local)
+        _add_timings(timings, {f"local_{name}": seconds for name, seconds in spent.items()})
+        if total is None:
+            total = sums
+        elif sums is not None:
+            total.add_(sums)
+    timings["n_local"] = timings.get("n_local", 0) + int(local_index.numel())
+    return total
+
+
+def _add_timings(timings: dict, spent: dict) -> None:
     for name, seconds in spent.items():
         timings[name] = timings.get(name, 0.0) + seconds
-    return sums
+
+
+def local_order(state: RunState, config: VdamConfig, final: bool = False) -> int:
+    """Coarse HEALPix order of this iteration's local searches; 0 = global searches only.
+
+    Local searches start after VDAM's initial phase, once the global search is at its finest order
+    (config.max_healpix_order), and go one order finer each time that order's step is >= 0.75 x the expected angular error
+    (the auto-sampling rule, vdam-spec 3.7), up to config.max_local_order_iterations in the
+    mini-batch iterations and config.max_local_order in the final pass (final=True: poses only,
+    nothing back-projected, so the finest grid costs little there).
+    """
+    if not config.local_searches or not config.auto_sampling or state.healpix_order < config.max_healpix_order:
+        return 0
+    # not in VDAM's initial phase, where poses still move far between mini-batches
+    if state.iteration < schedules.phases(config.n_iter, config.initial_fraction, config.final_fraction).initial:
+        return 0
+    cap = config.max_local_order if final else min(config.max_local_order, config.max_local_order_iterations)
+    order = 0
+    while state.healpix_order + order + 1 <= cap and angular_step_deg(state.healpix_order + order + 1) >= 0.75 * state.acc_rot_deg:
+        order += 1
+    return state.healpix_order + order if order else 0
+
+
+def split_local(state: RunState, batch_index: torch.Tensor, config: VdamConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(particles searched locally, particles searched globally) of a batch: local where the
+    particle has a pose from this run and its last posterior was sharp (pmax >= local_min_pmax)."""
+    sharp = (state.class_number[batch_index] > 0) & (state.max_probability[batch_index] >= config.local_min_pmax)
+    return batch_index[sharp], batch_index[~sharp]
 
 
 def maximization(state: RunState, sums: Sums, current_size: int, step: float, tau2_fudge: float, config: VdamConfig, pixel_size_a: float) -> None:
@@ -141,12 +201,33 @@ def assign_all(state: RunState, particles: ParticleSet, half: torch.Tensor, conf
     """One E-step over every particle with the final maps: fresh poses for the whole data set.
 
     RELION leaves stale values for particles the last mini-batches did not visit; this pass
-    gives every row of data.star an assignment from the final model.
+    gives every row of data.star an assignment from the final model. Particles of the last
+    mini-batch whose posterior was sharp (pmax >= config.final_reuse_min_pmax) keep the pose it
+    gave them: one small VDAM step later their best pose is the same, and on a small data set the
+    last mini-batch holds every particle, so this pass cost as much as a whole iteration.
     """
     grid, current_size, coarse_size = search_setup(state, particles, config, advance=False)
     timings: dict = {}
-    expectation(state, particles, torch.arange(particles.n), half, grid, current_size, coarse_size, config, as_devices(device), timings, with_sums=False)
+    todo = torch.nonzero(~recently_assigned(state, particles.n, config)).squeeze(1)
+    timings["reused_fraction"] = 1.0 - todo.numel() / max(1, particles.n)
+    if todo.numel():
+        expectation(state, particles, todo, half, grid, current_size, coarse_size, config, as_devices(device), timings, with_sums=False)
+    timings["local_fraction"] = timings.pop("n_local", 0) / max(1, particles.n)
     return timings
+
+
+def recently_assigned(state: RunState, n_particles: int, config: VdamConfig) -> torch.Tensor:
+    """(n,) bool: particles whose pose the last mini-batch gave from a sharp posterior (pmax >= config.final_reuse_min_pmax)."""
+    fresh = torch.zeros(n_particles, dtype=torch.bool)
+    if state.last_batch is None or config.final_reuse_min_pmax > 1:
+        return fresh
+    if config.local_searches and config.max_local_order > max(state.healpix_order, config.max_local_order_iterations):
+        # the final pass searches finer than the last mini-batch did (local refinement): its poses
+        # are what initial_model.mrc gains from, so none is reused (16.2 vs 20.2 Å on a large particle)
+        return fresh
+    last = state.last_batch
+    fresh[last] = (state.max_probability[last] >= config.final_reuse_min_pmax) & (state.class_number[last] > 0)
+    return fresh
 
 
 def estimate_accuracy(state: RunState, particles: ParticleSet, sample: torch.Tensor, current_size: int, device: torch.device) -> None:
@@ -214,6 +295,8 @@ def run_iteration(state: RunState, particles: ParticleSet, half: torch.Tensor, c
         refine_sampling(state, config)
     grid, current_size, coarse_size = search_setup(state, particles, config)
     sums = expectation(state, particles, batch_index, half, grid, current_size, coarse_size, config, as_devices(device), timings)
+    state.last_batch = batch_index.clone()
+    n_local = timings.pop("n_local", 0)
     t0 = time.perf_counter()
     maximization(state, sums, current_size, step, tau2_fudge, config, particles.pixel_size_a)
     timings["mstep"] = time.perf_counter() - t0
@@ -229,7 +312,8 @@ def run_iteration(state: RunState, particles: ParticleSet, half: torch.Tensor, c
         "coarse_size": coarse_size,
         "resolution_a": particles.box_size * particles.pixel_size_a / max(state.resolution_shell, 1),
         "healpix_order": state.healpix_order,
-        "fine_step_deg": grid.fine_step_deg,
+        "fine_step_deg": angular_step_deg(local_order(state, config) + 1) if local_order(state, config) else grid.fine_step_deg,
+        "local_fraction": n_local / batch_size,
         "acc_rot_deg": state.acc_rot_deg,
         "acc_trans_a": state.acc_trans_px * particles.pixel_size_a,
         "log_likelihood": float(sums.log_likelihood) / batch_size,
@@ -239,5 +323,14 @@ def run_iteration(state: RunState, particles: ParticleSet, half: torch.Tensor, c
         "seconds": time.perf_counter() - started,
         "timings": timings,
     }
+    if iteration == competition_iteration(config):
+        t0 = time.perf_counter()
+        outcome = compete(state, particles, half, config, device)
+        if outcome["chosen_start"] != 0 and state.history:
+            figures = dict(state.history[-1])  # the winner's own figures of this iteration
+            state.history.pop()
+        figures.update(outcome)
+        figures["timings"] = {**figures.get("timings", {}), "starts": time.perf_counter() - t0}
+        figures["seconds"] = time.perf_counter() - started
     state.history.append(figures)
     return figures

@@ -41,6 +41,10 @@ class RunState:
     acc_trans_px: float = 999.0
     iterations_without_gain: int = 0  # iterations since the resolution last improved
     history: list[dict] = field(default_factory=list)  # per-iteration figures for reports
+    # the particles file and settings the run was started with (commands.initial_model: --continue checks them)
+    fingerprint: dict = field(default_factory=dict)
+    # the particles of the last mini-batch, whose poses its E-step gave (vdam.iterate.assign_all reuses the sharp ones)
+    last_batch: torch.Tensor | None = None
 
     @property
     def n_classes(self) -> int:

@@ -1,0 +1,189 @@
+"""Local searches beyond the global grid (sampling.local, estep.local) and the choice among starts (vdam.restarts)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from novomap.demo_data import load_demo_map
+from novomap.io.particles import ParticleSet
+from novomap.physics.euler import axis_angle_to_matrix, euler_to_matrix, matrix_to_euler, rotation_angle_deg
+from novomap.sampling.grid import build_search_grid
+from novomap.sampling.healpix import angular_step_deg
+from novomap.sampling.local import coarse_orientations, local_candidates, max_candidates, nearest_candidates, restricted_grid
+from novomap.simulate import SimulationOptions, simulate
+from novomap.vdam import restarts
+from novomap.vdam.config import VdamConfig
+from novomap.vdam.iterate import expectation, local_order, pseudo_halves, search_setup, split_local
+from novomap.vdam.start import initial_state
+
+D2_OPERATORS = torch.stack([torch.diag(torch.tensor(d, dtype=torch.float64)) for d in ([1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1])])
+
+
+def d2_angle_deg(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.stack([rotation_angle_deg(a @ g, b) for g in D2_OPERATORS]).min(0).values
+
+
+def random_rotations(n: int, seed: int) -> torch.Tensor:
+    u = torch.rand(n, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return euler_to_matrix(360 * u[:, 0], torch.rad2deg(torch.arccos(1 - 2 * u[:, 1])), 360 * u[:, 2])
+
+
+@pytest.mark.parametrize("order, perturbation", [(3, 0.0), (3, 0.37), (4, -0.21)])
+def test_candidates_are_exactly_the_grid_orientations_within_the_radius(order, perturbation):
+    previous = random_rotations(40, seed=order)
+    radius = 2 * angular_step_deg(order)
+    near = nearest_candidates(previous, order, perturbation, radius, max_candidates(order, radius))
+    every = coarse_orientations(order, perturbation)
+    angles = rotation_angle_deg(previous[:, None], every[None])  # (40, O) brute force
+    for i in range(previous.shape[0]):
+        found = set(near[i][near[i] >= 0].tolist())
+        assert found == set(torch.nonzero(angles[i] <= radius + 1e-6).squeeze(1).tolist())
+        assert int(near[i, 0]) == int(angles[i].argmin())  # nearest first, always kept
+    # about the share of SO(3) within the radius: (r - sin r) / pi of the grid
+    r = math.radians(radius)
+    expected = every.shape[0] * (r - math.sin(r)) / math.pi
+    assert 0.6 * expected < float((near >= 0).sum(1).float().mean()) < 1.5 * expected
+
+
+def test_restricted_grid_matches_the_global_grid_at_the_same_indices():
+    order, perturbation = 3, 0.25
+    full = build_search_grid(order, 2.0, 1.0, perturbation)
+    index = torch.tensor([0, 5, 47, 48, 1000, 36_863])
+    part = restricted_grid(order, 2, index, 2.0, 1.0, perturbation)
+    assert torch.allclose(part.coarse_rotations, full.coarse_rotations[index], atol=1e-12)
+    assert torch.allclose(part.fine_rotations, full.fine_rotations[index], atol=1e-12)
+    # directions reported at the global order (parent HEALPix pixels), so the direction prior keeps its size
+    assert torch.equal(part.coarse_direction, full.coarse_direction[index] // 4)
+    assert part.n_directions == 12 * 4**2
+    assert torch.allclose(part.coarse_translations, full.coarse_translations)
+
+
+def test_the_true_pose_is_among_the_candidates_of_a_nearby_start():
+    truth = random_rotations(60, seed=7)
+    axis = torch.randn(60, 3, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    start = truth @ axis_angle_to_matrix(axis, 6.0)  # previous poses 6 deg off
+    local = local_candidates(start, 3, 2, 2.0, 1.0, 0.1, sigma_deg=7.5)
+    chosen = local.grid.coarse_rotations[local.candidates.clamp(min=0)]  # (60, L, 3, 3)
+    angle = torch.where(local.candidates >= 0, rotation_angle_deg(chosen, truth[:, None]), torch.full(local.candidates.shape, 999.0, dtype=torch.float64))
+    # the coarse orientation nearest to the truth (within ~half a 7.5 deg step in each angle) is a candidate
+    assert float(angle.min(1).values.max()) < 6.0
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory) -> tuple[ParticleSet, torch.Tensor]:
+    out = tmp_path_factory.mktemp("sim_local")
+    volume, _ = load_demo_map()
+    options = SimulationOptions(n=40, snr=2.0, seed=5, max_shift_px=2.0, defocus_min_a=9000, defocus_max_a=12000)
+    simulate(volume, out, options)
+    return ParticleSet.from_star(out / "particles.star", preread=True), volume.double()
+
+
+def _state_near_truth(particles, volume, config, offset_deg: float, acc_rot_deg: float):
+    state = initial_state(particles, config)
+    state.maps = volume[None].clone()
+    state.healpix_order = config.max_healpix_order
+    state.direction_prior = torch.full((1, 12 * 4**state.healpix_order), 1.0 / (12 * 4**state.healpix_order), dtype=torch.float64)
+    state.resolution_shell = 24  # full 64 px window
+    state.acc_rot_deg = acc_rot_deg
+    state.iteration = 50  # past VDAM's initial phase (30 of 100 iterations)
+    truth = euler_to_matrix(particles.rot_deg, particles.tilt_deg, particles.psi_deg)
+    axis = torch.randn(particles.n, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    state.rot_deg, state.tilt_deg, state.psi_deg = matrix_to_euler(truth @ axis_angle_to_matrix(axis, offset_deg))
+    state.class_number[:] = 1
+    state.max_probability[:] = 1.0
+    return state, truth
+
+
+@pytest.mark.parametrize("acc_rot_deg, final, expected_order, bound_deg", [(6.0, False, 3, 3.0), (3.0, False, 3, 3.0), (3.0, True, 4, 1.8)])
+def test_local_search_recovers_poses_finer_than_the_global_grid(simulated, one_thread, acc_rot_deg, final, expected_order, bound_deg):
+    particles, volume = simulated
+    config = VdamConfig(seed=1, max_healpix_order=2, max_local_order_iterations=3)
+    state, truth = _state_near_truth(particles, volume, config, offset_deg=5.0, acc_rot_deg=acc_rot_deg)
+    # iterations stop at order 3 (fine 3.75 deg); the final pass, which back-projects nothing, goes to order 4
+    assert local_order(state, config, final=final) == expected_order
+    local_index, global_index = split_local(state, torch.arange(particles.n), config)
+    assert local_index.numel() == particles.n and global_index.numel() == 0
+    grid, current_size, coarse_size = search_setup(state, particles, config, advance=False)
+    timings: dict = {}
+    sums = expectation(state, particles, torch.arange(particles.n), pseudo_halves(particles), grid, current_size, coarse_size, config, [torch.device("cpu")], timings, with_sums=not final)
+    assert timings["n_local"] == particles.n
+    found = euler_to_matrix(state.rot_deg, state.tilt_deg, state.psi_deg)
+    errors = d2_angle_deg(truth, found)
+    # the global grid's fine step is 7.5 deg (median error ~3-4 deg at best); local: 3.75 or 1.875 deg
+    assert float(errors.median()) < bound_deg, errors
+    assert float(errors.max()) < 7.5
+    origin_error = torch.hypot(state.origin_x_a - particles.origin_x_a, state.origin_y_a - particles.origin_y_a) / particles.pixel_size_a
+    assert float(origin_error.median()) < 0.5  # local translations at 0.5 px
+    if final:
+        assert sums is None
+        return
+    # the sums are those of a normal E-step: one unit of weight per particle, direction prior at the global order
+    assert sums.direction_weight.shape == (1, 192)
+    assert float(sums.class_weight.sum()) == pytest.approx(particles.n, rel=1e-3)  # 0.999 of each posterior kept
+
+
+def test_uncertain_particles_keep_the_global_search(simulated):
+    particles, volume = simulated
+    config = VdamConfig(seed=1, max_healpix_order=2, local_min_pmax=0.5, max_local_order_iterations=3)
+    state, _ = _state_near_truth(particles, volume, config, offset_deg=5.0, acc_rot_deg=6.0)
+    state.max_probability[::2] = 0.2
+    state.class_number[1::4] = 0  # never assigned
+    local_index, global_index = split_local(state, torch.arange(particles.n), config)
+    assert set(global_index.tolist()) == set(range(0, particles.n, 2)) | set(range(1, particles.n, 4))
+    assert len(local_index) + len(global_index) == particles.n
+    # before the global search reaches its finest order, or with an uncertain model: no local searches
+    state.acc_rot_deg = 20.0
+    assert local_order(state, config) == 0
+    state.acc_rot_deg, state.healpix_order = 6.0, 1
+    assert local_order(state, config) == 0
+    state.healpix_order, state.iteration = 2, 20  # VDAM's initial phase: poses still move far
+    assert local_order(state, config) == 0
+    state.iteration = 30
+    assert local_order(state, config) == 3
+    assert local_order(state, VdamConfig(max_healpix_order=2)) == 0  # default: iterations stay global
+    assert local_order(state, VdamConfig(max_healpix_order=2), final=True) == 3  # the final pass goes local
+
+
+def test_best_start_is_the_highest_score_first_on_ties():
+    assert restarts.best_start([-3.0, -1.0, -2.0]) == 1
+    assert restarts.best_start([-1.0, -1.0]) == 0
+    assert restarts.start_seed(VdamConfig(seed=4), 0) == 4 and restarts.start_seed(VdamConfig(seed=4), 1) != 4
+
+
+def test_scoring_prefers_the_true_map_over_a_wrong_one(simulated, one_thread):
+    particles, volume = simulated
+    config = VdamConfig(seed=1, start_score_particles=30)
+    right = initial_state(particles, config)
+    right.maps = volume[None].clone()
+    right.resolution_shell = 10
+    wrong = initial_state(particles, config)  # random blobs of the right size
+    wrong.maps = wrong.maps * float(volume.std() / wrong.maps.std())
+    wrong.resolution_shell = 14
+    scores = restarts.score_starts([wrong, right], particles, pseudo_halves(particles), config, "cpu")
+    assert restarts.best_start(scores) == 1
+    # scoring leaves the starts' poses untouched
+    assert torch.equal(right.rot_deg, particles.rot_deg)
+
+
+def test_the_competition_happens_once_at_a_tenth_of_a_long_run():
+    assert restarts.competition_iteration(VdamConfig(n_iter=100, n_starts=3)) == 10
+    assert restarts.competition_iteration(VdamConfig(n_iter=200, n_starts=3)) == 20
+    assert restarts.competition_iteration(VdamConfig(n_iter=12, n_starts=3)) == 0  # short runs: one start
+    assert restarts.competition_iteration(VdamConfig(n_iter=100, n_starts=1)) == 0
+
+
+def test_compete_adopts_the_winner_in_place(monkeypatch, simulated):
+    particles, _ = simulated
+    config = VdamConfig(seed=1, n_starts=3, start_iterations=0)
+    state = initial_state(particles, config)
+    state.fingerprint = {"job": "mine"} if hasattr(state, "fingerprint") else None
+    monkeypatch.setattr(restarts, "score_starts", lambda states, *a, **k: [0.0, 5.0, 1.0])
+    outcome = restarts.compete(state, particles, pseudo_halves(particles), config, "cpu")
+    assert outcome == {"start_scores": [0.0, 5.0, 1.0], "chosen_start": 1}
+    other = initial_state(particles, VdamConfig(seed=restarts.start_seed(config, 1)))
+    assert torch.equal(state.maps, other.maps)  # the second start's random initial map
+    if hasattr(state, "fingerprint"):
+        assert state.fingerprint == {"job": "mine"}
