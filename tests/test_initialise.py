@@ -116,6 +116,28 @@ def test_random_blobs_scale_with_the_reference():
     assert torch.all(torch.isfinite(zero)) and float(zero.abs().max()) == 0.0
 
 
+@pytest.mark.parametrize("n, diameter", [(24, 18.0), (32, 40.0), (33, 20.5)])
+def test_random_blobs_equal_their_definition_over_the_whole_box(n, diameter):
+    """random_blobs works on the cube around each blob; the result is that of summing every blob over the box."""
+    reference = _smooth_reference(n)
+    generator = torch.Generator().manual_seed(11)
+    coords = torch.arange(n, dtype=torch.float64) - n // 2
+    z, y, x = torch.meshgrid(coords, coords, coords, indexing="ij")
+    sums = []
+    for _ in range(2):
+        total = torch.zeros_like(reference)
+        for cx, cy, cz in (torch.randn((40, 3), generator=generator, dtype=torch.float64) * diameter / 6).tolist():
+            index = [int(c) + n // 2 for c in (cz, cy, cx)]
+            amplitude = abs(float(reference[tuple(index)])) if all(0 <= i < n for i in index) else 0.0
+            near = ((x - cx).abs() <= diameter / 3) & ((y - cy).abs() <= diameter / 3) & ((z - cz).abs() <= diameter / 3)
+            blob = amplitude * torch.exp(-((x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2) * (10.0 / diameter) ** 2)
+            total += torch.where(near, blob, torch.zeros_like(blob))
+        sums.append(total)
+    expected = sums[0] - sums[1] / 2
+    expected = expected * reference.std() / expected.std()
+    assert torch.allclose(random_blobs(reference, diameter, torch.Generator().manual_seed(11)), expected, rtol=1e-12, atol=1e-12)
+
+
 # ---------------------------------------------------------------------------------------------
 # the whole start
 

@@ -9,7 +9,15 @@ import torch
 
 from novomap.physics.euler import euler_to_matrix, rotation_angle_deg
 from novomap.sampling.grid import build_search_grid
-from novomap.sampling.healpix import angular_step_deg, child_psi_angles, healpix_directions, psi_angles
+from novomap.sampling.healpix import (
+    angular_step_deg,
+    child_psi_angles,
+    healpix_directions,
+    mean_spacing_deg,
+    pixel_angles,
+    pixel_vectors,
+    psi_angles,
+)
 from novomap.sampling.translations import child_translations, translation_grid
 
 
@@ -143,3 +151,17 @@ def test_perturbation_shifts_translations_and_right_multiplies_rotations(r):
     assert torch.allclose(a, b, atol=1e-5)
     # the bookkeeping does not move
     assert torch.equal(moved.coarse_direction, plain.coarse_direction)
+
+
+@pytest.mark.parametrize("nest", [True, False])
+@pytest.mark.parametrize("nside", [1, 2, 4, 8, 16, 64])
+def test_pixel_centres_match_healpy(nside: int, nest: bool) -> None:
+    """Our HEALPix pixel centres (healpy is not imported at run time: it costs ~1 s of start-up)."""
+    pixels = np.arange(12 * nside * nside)
+    theta, phi = pixel_angles(nside, nest)
+    expected_theta, expected_phi = healpy.pix2ang(nside, pixels, nest=nest)
+    np.testing.assert_allclose(theta, expected_theta, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(phi, expected_phi, rtol=0, atol=1e-12)
+    expected_vectors = np.stack(healpy.pix2vec(nside, pixels, nest=nest), axis=-1)
+    np.testing.assert_allclose(pixel_vectors(nside, nest), expected_vectors, rtol=0, atol=1e-12)
+    assert mean_spacing_deg(nside) == pytest.approx(np.degrees(healpy.nside2resol(nside)), rel=1e-12)

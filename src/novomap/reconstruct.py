@@ -25,14 +25,18 @@ class FourierAccumulator:
     box: int
     pad: int = 2
     device: torch.device | str = "cpu"
+    # single precision: half the memory traffic of the scatter and the grids (~2x faster); plenty for
+    # a low-resolution map from up to tens of thousands of particles (the initial model's reconstruction)
+    single_precision: bool = False
     data: torch.Tensor = field(init=False)
     weight: torch.Tensor = field(init=False)
     window: FourierWindow = field(init=False)
 
     def __post_init__(self) -> None:
         m = self.pad * self.box
-        self.data = torch.zeros((m, m, m), dtype=torch.complex128, device=self.device)
-        self.weight = torch.zeros((m, m, m), dtype=torch.float64, device=self.device)
+        real = torch.float32 if self.single_precision else torch.float64
+        self.data = torch.zeros((m, m, m), dtype=real.to_complex(), device=self.device)
+        self.weight = torch.zeros((m, m, m), dtype=real, device=self.device)
         self.window = fourier_window(self.box, self.box, self.device)
 
     def add(self, spectra: torch.Tensor, ctf: torch.Tensor, rotations: torch.Tensor, origins_px: torch.Tensor) -> None:
@@ -43,7 +47,8 @@ class FourierAccumulator:
         """
         aligned = spectra.to(torch.complex128) * shift_phases(self.window, origins_px.to(self.device))
         ctf = ctf.double()
-        insert_slices(aligned * ctf, ctf * ctf, rotations.double(), self.window.kx, self.window.ky, self.pad, self.data, self.weight)
+        values, weights = (aligned * ctf).to(self.data.dtype), (ctf * ctf).to(self.weight.dtype)
+        insert_slices(values, weights, rotations.to(self.weight.dtype), self.window.kx, self.window.ky, self.pad, self.data, self.weight)
 
     def reconstruct(self, regulariser: float = 0.2) -> torch.Tensor:
         """Volume (N, N, N): Wiener-like division with a constant regulariser.
@@ -96,13 +101,21 @@ class Poses:
 
 
 def reconstruct_with_poses(
-    particles, index: torch.Tensor, poses: Poses, pad: int = 2, regulariser: float = 0.2, batch_size: int = 256
+    particles,
+    index: torch.Tensor,
+    poses: Poses,
+    pad: int = 2,
+    regulariser: float = 0.2,
+    batch_size: int = 256,
+    single_precision: bool = False,
 ) -> torch.Tensor:
-    """Reconstruct particles `index` (0-based rows) at `poses` (indexed by row) -> (N, N, N) float64.
+    """Reconstruct particles `index` (0-based rows) at `poses` (indexed by row) -> (N, N, N) float64
+    (float32 with single_precision: see FourierAccumulator).
 
     Images are read batch_size at a time, so memory does not grow with the number of particles.
+    Each batch also costs a pass over the (pad N)^3 grids, so larger batches are faster.
     """
-    accumulator = FourierAccumulator(particles.box_size, pad)
+    accumulator = FourierAccumulator(particles.box_size, pad, single_precision=single_precision)
     for batch in torch.split(index, batch_size):
         spectra = accumulator.window.take(rfft_image(particles.images(batch.tolist()).double()))
         rotations = euler_to_matrix(poses.rot_deg[batch], poses.tilt_deg[batch], poses.psi_deg[batch])

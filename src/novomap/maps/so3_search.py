@@ -11,12 +11,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import healpy
-import numpy as np
 import torch
 
 from novomap.maps.transform import centred_coordinates, crop_or_pad, fourier_crop, lowpass, spherical_mask
 from novomap.physics.euler import axis_angle_to_matrix, euler_to_matrix
+from novomap.sampling.healpix import mean_spacing_deg, pixel_vectors
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -24,7 +23,7 @@ ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 def _nside_for(spacing_deg: float) -> int:
     """Smallest HEALPix nside whose mean pixel spacing is at most spacing_deg."""
     nside = 1
-    while math.degrees(healpy.nside2resol(nside)) > spacing_deg:
+    while mean_spacing_deg(nside) > spacing_deg:
         nside *= 2
     return nside
 
@@ -36,7 +35,7 @@ def direction_grid(spacing_deg: float, hemisphere: bool = False) -> torch.Tensor
     line through the origin.
     """
     nside = _nside_for(spacing_deg)
-    vectors = np.stack(healpy.pix2vec(nside, np.arange(12 * nside * nside)), axis=-1)
+    vectors = pixel_vectors(nside, nest=False)  # RING order, as healpy.pix2vec's default
     directions = torch.as_tensor(vectors, dtype=torch.float64)
     if hemisphere:
         directions = directions[directions[:, 2] > -1e-9]

