@@ -12,6 +12,7 @@ from _synthetic_maps import PIXEL_SIZE_A, add_noise, blob_map, random_rotation
 from novomap.commands import detect_symmetry
 from novomap.io.mrc import read_map, write_map
 from novomap.maps.transform import crop_or_pad, lowpass, rotate_volume
+from novomap.physics.euler import axis_angle_to_matrix
 from novomap.symmetry import detect
 from novomap.symmetry.detect import detect_point_group
 
@@ -31,6 +32,25 @@ def rotated_map(name: str, noisy: bool, seed: int = 21) -> torch.Tensor:
     if noisy:
         volume = add_noise(lowpass(volume, pixel, 20.0), 2.0, seed)
     return volume
+
+
+def de_novo_like(volume: torch.Tensor, error_deg: float, seed: int, copies: int = 8, noise: float = 0.5) -> torch.Tensor:
+    """A symmetric map as a de novo run leaves it: asymmetric beyond noise, in a random orientation.
+
+    A reconstruction from particles at poses wrong by a few degrees gets each Fourier voxel from
+    different particles, hence different errors: here each voxel comes from one of `copies` copies
+    of the map turned by error_deg about random axes (so the errors differ between the
+    symmetry-related parts of the map), then 20 Å low-pass and white noise (noise x std).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    axes = torch.randn(copies, 3, generator=generator, dtype=torch.float64)
+    errors = torch.stack([axis_angle_to_matrix(axis, error_deg) for axis in axes])
+    spectra = torch.fft.rfftn(rotate_volume(volume.float(), errors).double(), dim=(-3, -2, -1))
+    pick = torch.randint(copies, spectra.shape[1:], generator=generator)  # each voxel from one copy
+    mixed = torch.gather(spectra, 0, pick[None]).squeeze(0)
+    blurred = torch.fft.irfftn(mixed, s=volume.shape).float()
+    moved = rotate_volume(blurred, random_rotation(seed))
+    return add_noise(lowpass(moved, PIXEL_SIZE_A, 20.0), noise, seed)
 
 
 def row(result: detect.DetectionResult, name: str) -> detect.GroupScore:
@@ -99,3 +119,31 @@ def test_command_prints_table_and_group(tmp_path: Path, capsys: pytest.CaptureFi
     assert lines[-1] == "point group: D2"
     assert lines[0].split()[:4] == ["group", "order", "score", "threshold"]
     assert any(line.startswith("D4 ") for line in lines)
+
+
+@pytest.mark.parametrize(("name", "expected"), [("D2", "D2"), ("C7", "C7"), ("O", "O")])
+def test_de_novo_map_is_detected_in_de_novo_mode(name: str, expected: str) -> None:
+    """Pose errors of 5 deg leave the map asymmetric beyond noise; de novo mode still names the group."""
+    result = detect_point_group(de_novo_like(blob_map(name), 5.0, seed=3), PIXEL_SIZE_A, max_order=8, de_novo=True)
+    assert result.point_group == expected
+    chosen = row(result, expected)
+    assert chosen.accepted and chosen.null_score is not None and chosen.score < detect.DE_NOVO_RATIO * chosen.null_score
+
+
+def test_de_novo_betagal_is_d2() -> None:
+    from novomap.demo_data import load_demo_map
+
+    volume, pixel = load_demo_map()
+    result = detect_point_group(de_novo_like(volume.float(), 5.0, seed=4), pixel, max_order=8, de_novo=True)
+    assert result.point_group == "D2"
+
+
+@pytest.mark.parametrize("name", ["C1", "C4"])
+def test_de_novo_mode_accepts_no_symmetry_that_is_not_there(name: str) -> None:
+    """An asymmetric map stays C1; a C4 map whose pseudo 2-folds (D4) are not real stays C4."""
+    volume = blob_map(name)
+    if name == "C4":  # C4 plus a fainter copy of itself flipped upside down: pseudo-D4
+        flip = torch.tensor([[1.0, 0, 0], [0, -1.0, 0], [0, 0, -1.0]], dtype=torch.float64)
+        volume = volume + 0.5 * rotate_volume(blob_map("C4", seed=5), flip)
+    result = detect_point_group(de_novo_like(volume, 5.0, seed=6), PIXEL_SIZE_A, max_order=8, de_novo=True)
+    assert result.point_group == name

@@ -20,7 +20,7 @@ from novomap.errors import NovomapError
 from novomap.outputs.report import build_report, convergence_figure, orientation_figure
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PICTURES = ["map_initial_model.png", "map_class001.png", "convergence.png", "orientations.png"]
+PICTURES = ["map_initial_model.png", "map_class001.png", "convergence.png", "orientations.png", "evidence.png"]
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,9 @@ history.json), so it works on a running job, a finished one, and a RELION Initia
     distribution and angular sampling over the iterations;
   * orientations.png: the viewing directions (rot, tilt) of the latest assignments, equal-area bins
     on a Mollweide map;
+  * evidence.png: once the job has finished, how sure it is (DIR/evidence.json: half-set FSC,
+    agreement of the final reconstruction with the last VDAM map; warnings at the top of the page)
+    and the point group applied (for --sym auto, the detection table);
   * fsc.png: with a reference map, the FSC of the map (superposed onto the reference with
     novomap.maps.align.align_maps, hand included) against it.
 
@@ -384,6 +387,87 @@ def fsc_figure(result: dict):
 
 
 # ----------------------------------------------------------------------------------------------
+# How sure is the run (DIR/evidence.json, written by the job; novomap.analysis.confidence)
+
+
+def load_evidence(files: JobFiles) -> dict | None:
+    """DIR/evidence.json of the finished job (None while running, or when older than initial_model.mrc)."""
+    from novomap.analysis.confidence import EVIDENCE_JSON
+
+    path = files.out_dir / EVIDENCE_JSON
+    if files.initial_model is None or not path.is_file() or path.stat().st_mtime < files.initial_model.stat().st_mtime:
+        return None
+    try:
+        evidence = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return evidence if isinstance(evidence, dict) and "half_fsc" in evidence else None
+
+
+def evidence_figure(evidence: dict):
+    """Half-set FSC and the FSC of the final reconstruction against the last VDAM map, with the weak bar."""
+    fig = _figure(7.0, 4.2)
+    ax = fig.add_subplot()
+    x = np.array(evidence["resolution_inv_a"])
+    n_half = evidence.get("n_half", ["?", "?"])
+    ax.plot(x[1:], np.array(evidence["half_fsc"])[1:], lw=1.5, label=f"half-set FSC ({n_half[0]} + {n_half[1]} particles)")
+    ax.plot(x[1:], np.array(evidence["agreement_fsc"])[1:], lw=1.2, ls="-.", label="final reconstruction vs last VDAM map")
+    for threshold, style in ((0.5, ":"), (0.143, "--")):
+        ax.axhline(threshold, color="grey", ls=style, lw=1)
+    value = evidence.get("half_fsc05_a")
+    if value is not None:
+        ax.axvline(1 / value, color="grey", ls=":", lw=0.8)
+        ax.text(1 / value, 0.53, f" {value:.1f} Å", fontsize=8)
+    bar = evidence.get("thresholds", {}).get("weak_half_fsc05_a")
+    if bar:
+        ax.axvspan(0, 1 / bar, color="#f4cccc", alpha=0.5, lw=0, label=f"weak: half-set FSC 0.5 worse than {bar:.0f} Å")
+    ax.set_ylim(-0.1, 1.05)
+    ax.set_xlim(0, x[-1])
+    ax.set_xlabel("spatial frequency (1/Å)", fontsize=9)
+    ax.set_ylabel("FSC", fontsize=9)
+    verdict = "WEAK evidence" if evidence.get("weak") else "consistent"
+    ax.set_title(f"how sure is the run: {verdict} (cc with the last VDAM map {evidence['agreement_cc']:.2f})", fontsize=9)
+    ax.legend(fontsize=7, loc="upper right")
+    ax.tick_params(labelsize=8)
+    # resolution ticks on the top axis, placed by hand (a 1/f axis transform breaks at f = 0)
+    top = ax.twiny()
+    top.set_xlim(ax.get_xlim())
+    marks = [r for r in (100, 50, 30, 20, 15, 10, 8, 6, 5, 4, 3) if 1 / r <= x[-1]]
+    top.set_xticks([1 / r for r in marks], [f"{r:g}" for r in marks])
+    top.set_xlabel("resolution (Å)", fontsize=8)
+    top.tick_params(labelsize=7)
+    return fig
+
+
+def _evidence_caption(evidence: dict) -> str:
+    """The figures in words (HTML): the verdict, each reason to doubt, the point group and why."""
+    def res(value) -> str:
+        return "never below" if value is None else f"{value:.1f} Å"
+
+    parts = [
+        html.escape(
+            f"Half-set FSC (the class's particles split into the job's two pseudo half-sets, each reconstructed at its final "
+            f"poses, inside the mask): {res(evidence.get('half_fsc05_a'))} at 0.5, {res(evidence.get('half_fsc0143_a'))} at 0.143 "
+            f"(Nyquist {evidence['nyquist_a']:.2f} Å). Both halves were aligned against one common map, so this is a consistency "
+            f"check and optimistic, not a gold-standard resolution. The final reconstruction agrees with the last VDAM map with "
+            f"cc {evidence['agreement_cc']:.2f} (FSC 0.5 at {res(evidence.get('agreement_fsc05_a'))}); radial share "
+            f"{evidence['radial_share']:.2f} (1 = a featureless ball); mean pmax of the final pass {evidence['mean_pmax']:.2f}."
+        )
+    ]
+    for reason in evidence.get("warnings", []):
+        parts.append(f'<br><span class="warning">warning: {html.escape(reason)}</span>')
+    symmetry = evidence.get("symmetry")
+    if symmetry:
+        from novomap.symmetry.choice import summary_line, table_lines
+
+        parts.append("<br>" + html.escape(summary_line(symmetry)))
+        table = table_lines(symmetry)
+        if table:
+            parts.append("<pre>" + html.escape("\n".join(table)) + "</pre>")
+    return "".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------
 # The page
 
 
@@ -404,6 +488,7 @@ h1 { font-size: 1.5em; margin-bottom: 0.2em; } h2 { font-size: 1.15em; margin-to
 table { border-collapse: collapse; font-size: 0.92em; } td { padding: 2px 12px 2px 0; vertical-align: top; }
 td:first-child { color: #666; } figure { margin: 0.8em 0; } figcaption { font-size: 0.85em; color: #555; max-width: 1000px; }
 img { max-width: 100%; border: 1px solid #eee; } .note { color: #8a5a00; } code { font-size: 0.9em; }
+.warning { color: #a00000; background: #fde8e8; font-weight: bold; padding: 1px 4px; }
 """
 
 # Counts the pictures the browser could decode (data-images-decoded="ok/total" on <body>).
@@ -418,7 +503,15 @@ window.addEventListener('load', function () {
 """
 
 
-def _page(title: str, summary: list[tuple[str, str]], sections: list[tuple[str, list[Picture]]], pictures_dir: Path, notes: list[str], refresh: bool) -> str:
+def _page(
+    title: str,
+    summary: list[tuple[str, str]],
+    sections: list[tuple[str, list[Picture]]],
+    pictures_dir: Path,
+    notes: list[str],
+    refresh: bool,
+    warnings: list[str] | None = None,
+) -> str:
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">']
     if refresh:
         out.append('<meta http-equiv="refresh" content="60">')
@@ -428,6 +521,8 @@ def _page(title: str, summary: list[tuple[str, str]], sections: list[tuple[str, 
     for key, value in summary:
         out.append(f"<tr><td>{html.escape(key)}</td><td>{html.escape(value)}</td></tr>")
     out.append("</table>")
+    for warning in warnings or []:  # weak evidence that the map is right: shown before anything else
+        out.append(f'<p class="warning">warning: {html.escape(warning)}</p>')
     for note in notes:
         out.append(f'<p class="note">{html.escape(note)}</p>')
     for heading, pictures in sections:
@@ -591,6 +686,13 @@ def build_report(
             )
         )
 
+    # how sure is the run (evidence.json of a finished job)
+    evidence = load_evidence(files)
+    evidence_pictures: list[Picture] = []
+    if evidence is not None:
+        _save(evidence_figure(evidence), pictures_dir / "evidence.png")
+        evidence_pictures.append(Picture("evidence.png", "how sure is the run", _evidence_caption(evidence)))
+
     state = "finished" if files.finished else "running (or stopped) — this page reloads every minute"
     summary = [
         ("job folder", str(out_dir)),
@@ -606,6 +708,13 @@ def build_report(
         summary.append(("class distribution", ", ".join(f"{f:.0%}" for f in class_fractions)))
     if result is not None:
         summary.append(("FSC vs reference", f"{_fmt(result['fsc05_a'], ' Å')} (0.5), {_fmt(result['fsc0143_a'], ' Å')} (0.143)"))
+    if evidence is not None:
+        symmetry = evidence.get("symmetry") or {}
+        if symmetry:
+            how = "detected (--sym auto)" if "table" in symmetry else "as given (--sym)"
+            summary.append(("point group", f"{symmetry.get('applied')} {how}"))
+        verdict = "WEAK, see the warnings" if evidence.get("weak") else "consistent"
+        summary.append(("how sure", f"half-set FSC {_fmt(evidence.get('half_fsc05_a'), ' Å')} (0.5), cc with the last VDAM map {_fmt(evidence.get('agreement_cc'), '', '.2f')}: {verdict}"))
     command = _command_line(files.optimiser_star)
     if command:
         summary.append(("command", command))
@@ -613,9 +722,11 @@ def build_report(
         ("Maps", map_pictures),
         ("Convergence", convergence),
         ("Orientation distribution", orientation),
+        ("How sure is the run", evidence_pictures),
         ("FSC against the reference", fsc_pictures),
     ]
-    page = _page(f"novomap initial model — {out_dir.name}", summary, sections, pictures_dir, notes, refresh=not files.finished)
+    warnings = list(evidence.get("warnings", [])) if evidence is not None else []
+    page = _page(f"novomap initial model — {out_dir.name}", summary, sections, pictures_dir, notes, refresh=not files.finished, warnings=warnings)
     target = out_dir / REPORT_HTML
     write_text_atomic(target, page)
     return target

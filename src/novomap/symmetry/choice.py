@@ -1,0 +1,142 @@
+"""`--sym auto`: the point group of a finished run's map, chosen by novomap.symmetry.detect.
+
+The job runs in C1 either way; only the last step (apply_point_group) differs. With an explicit group the map is aligned
+to that group and symmetrised; with `auto` the group is first detected on the same C1 map (the final
+reconstruction), then exactly the same alignment and symmetrisation follow, so the result is the
+map the explicit group would have given. The decision and the detection table go to
+DIR/symmetry.txt, evidence.json (under "symmetry"), run.out and the report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from novomap.maps.transform import shift_volume
+from novomap.physics.masks import soft_edge_mask
+from novomap.symmetry.align import SymmetryAlignment, align_to_symmetry
+from novomap.symmetry.detect import DetectionResult, detect_point_group
+from novomap.symmetry.groups import PointGroup, point_group
+from novomap.symmetry.symmetrise import symmetrise
+
+AUTO = "auto"
+SYMMETRY_TXT = "symmetry.txt"
+
+
+def is_auto(symmetry: str) -> bool:
+    return symmetry.strip().lower() == AUTO
+
+
+def requested_group(symmetry: str) -> PointGroup | None:
+    """The explicit group (validated), or None for `auto`."""
+    return None if is_auto(symmetry) else point_group(symmetry)
+
+
+def choose_group(volume: torch.Tensor, pixel_size_a: float, group: PointGroup | None) -> tuple[PointGroup, DetectionResult | None]:
+    """The group to apply: the explicit one, or the one detected on the C1 map (with its detection)."""
+    if group is not None:
+        return group, None
+    # de novo mode: the final reconstruction is asymmetric beyond noise (alignment errors), so groups are
+    # also judged on the map's own scale (novomap.symmetry.detect, module doc)
+    detection = detect_point_group(volume, pixel_size_a, de_novo=True)
+    return point_group(detection.point_group), detection
+
+
+@dataclass
+class AppliedSymmetry:
+    """The final map (N, N, N) with its group applied, the group, the alignment and (auto only) the detection."""
+
+    volume: torch.Tensor
+    group: PointGroup
+    alignment: SymmetryAlignment
+    detection: DetectionResult | None
+
+
+def apply_point_group(volume: torch.Tensor, pixel_size_a: float, group: PointGroup | None, config) -> AppliedSymmetry:
+    """Align a C1 map to its point group's standard axes and symmetrise it (group None: detect it first).
+
+    The group's alignment and symmetrisation do not depend on how the group was chosen, so `auto`
+    gives the map of the explicit group whenever it detects that group. With config.flatten_solvent
+    the centred, symmetrised map is multiplied by the soft particle mask (config.particle_diameter_a,
+    config.mask_edge_px), as the class maps are. C1 hands the map back unchanged.
+    """
+    group, detection = choose_group(volume, pixel_size_a, group)
+    alignment = align_to_symmetry(volume, pixel_size_a, group)
+    if group.order == 1:
+        return AppliedSymmetry(alignment.volume, group, alignment, detection)
+    # rotation and symmetrisation composed: the map is interpolated once, not twice
+    centred = shift_volume(volume, alignment.shift_zyx_px)
+    final_map = symmetrise(centred, group, alignment.rotation)
+    if config.flatten_solvent:  # now the particle is centred: flatten the solvent as in the class maps
+        n = volume.shape[-1]
+        final_map = final_map * soft_edge_mask((n, n, n), config.particle_diameter_a / (2 * pixel_size_a), config.mask_edge_px)
+    return AppliedSymmetry(final_map, group, alignment, detection)
+
+
+def reason(detection: DetectionResult) -> str:
+    """Why the detected group was chosen, in one phrase: its score, and the larger groups turned down."""
+    chosen = next(row for row in detection.table if row.group == detection.point_group)
+    rejected = sorted((row for row in detection.table if row.order > chosen.order and row.refined), key=lambda row: row.score / max(row.threshold, 1e-12))
+    if chosen.order == 1:
+        text = "no group of order > 1 scored within its threshold"
+    else:
+        text = f"score {chosen.score:.4f} <= threshold {chosen.threshold:.4f}, the largest group accepted"
+    if rejected:
+        closest = rejected[0]
+        text += f"; closest larger group {closest.group} scored {closest.score:.4f} > {closest.threshold:.4f}"
+    return text
+
+
+def symmetry_record(requested: str, group: PointGroup, alignment_score: float, detection: DetectionResult | None) -> dict:
+    """The decision as plain data (evidence.json's "symmetry")."""
+    record: dict = {"requested": requested, "applied": group.name, "alignment_score": float(alignment_score)}
+    if detection is not None:
+        record["reason"] = reason(detection)
+        record["noise_fraction"] = float(detection.noise_fraction)
+        record["resampling_floor"] = float(detection.resampling_floor)
+        record["table"] = [
+            {"group": row.group, "order": row.order, "score": float(row.score), "threshold": float(row.threshold),
+             "accepted": bool(row.accepted), "refined": bool(row.refined),
+             "null_score": None if row.null_score is None else float(row.null_score), "note": row.note}
+            for row in detection.table
+        ]  # fmt: skip
+    return record
+
+
+def summary_line(record: dict) -> str:
+    """One line for run.out and the terminal."""
+    if "table" in record:
+        return f"symmetry: {record['applied']} detected (--sym auto): {record['reason']}"
+    return f"symmetry: {record['applied']} as given (--sym), alignment score {record['alignment_score']:.3f}"
+
+
+def table_lines(record: dict) -> list[str]:
+    """The detection table as text (as `novomap detect-symmetry` prints it); empty for an explicit group."""
+    if "table" not in record:
+        return []
+    lines = [f"{'group':<6} {'order':>5} {'score':>9} {'threshold':>9}  refined  accepted  {'null':>7}  de novo test"]
+    for row in record["table"]:
+        null = row.get("null_score")
+        lines.append(
+            f"{row['group']:<6} {row['order']:>5} {row['score']:>9.4f} {row['threshold']:>9.4f}  "
+            f"{'yes' if row['refined'] else 'no':<7}  {'yes' if row['accepted'] else 'no':<8}  "
+            f"{'-' if null is None else f'{null:.4f}':>7}  {row.get('note', '')}".rstrip()
+        )
+    lines.append(f"noise fraction {record['noise_fraction']:.4f}, resampling floor {record['resampling_floor']:.5f}")
+    return lines
+
+
+def write_symmetry_file(out_dir: str | Path, record: dict) -> Path:
+    """DIR/symmetry.txt: the group applied, why, and (for auto) the whole detection table."""
+    from novomap.io.atomic import write_text_atomic
+
+    lines = [f"point group: {record['applied']}", f"requested: --sym {record['requested']}", summary_line(record)]
+    lines.append(f"alignment score of the applied group (0 = symmetric): {record['alignment_score']:.4f}")
+    table = table_lines(record)
+    if table:
+        lines += ["", "detection on the C1 final reconstruction (score <= threshold: accepted; the largest accepted group wins):", *table]
+    path = Path(out_dir) / SYMMETRY_TXT
+    write_text_atomic(path, "\n".join(lines) + "\n")
+    return path

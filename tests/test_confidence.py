@@ -1,0 +1,116 @@
+"""How sure is the run (novomap.analysis.confidence): strong evidence for a right map, warnings for a wrong one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from novomap.analysis.confidence import (
+    MIN_AGREEMENT_CC,
+    Evidence,
+    assess_run,
+    warnings_for,
+    weak_resolution_a,
+    write_evidence,
+)
+from novomap.demo_data import load_demo_map
+from novomap.io.particles import ParticleSet
+from novomap.simulate import SimulationOptions, simulate
+from novomap.vdam.config import VdamConfig
+from novomap.vdam.iterate import pseudo_halves
+from novomap.vdam.start import initial_state
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory) -> tuple[ParticleSet, torch.Tensor]:
+    out = tmp_path_factory.mktemp("sim")
+    volume, _ = load_demo_map()
+    simulate(volume, out, SimulationOptions(n=300, snr=1.0, seed=5, max_shift_px=2.0, defocus_min_a=9000, defocus_max_a=15000))
+    return ParticleSet.from_star(out / "particles.star", preread=True), volume.double()
+
+
+def _run_state(particles: ParticleSet, truth: torch.Tensor, config: VdamConfig):
+    """A finished one-class run whose last VDAM map is the truth; poses as in the table (the true ones)."""
+    state = initial_state(particles, config)
+    state.class_number[:] = 1
+    state.maps[0] = truth
+    state.max_probability[:] = 0.4
+    return state
+
+
+def test_true_poses_give_strong_evidence(simulated):
+    particles, truth = simulated
+    config = VdamConfig(particle_diameter_a=200.0)
+    state = _run_state(particles, truth, config)
+    from novomap.initial_model import final_reconstruction
+
+    final = final_reconstruction(state, particles, 0, config)
+    evidence = assess_run(state, particles, pseudo_halves(particles), 0, final, config)
+    assert evidence.warnings == [], evidence.line()
+    assert sum(evidence.n_half) == particles.n and min(evidence.n_half) > 100
+    assert evidence.half_fsc05_a is not None and evidence.half_fsc05_a < 20.0
+    assert evidence.agreement_cc > 0.85 and evidence.radial_share < 0.7
+    assert "consistent" in evidence.line()
+
+
+def test_random_poses_give_a_warning(simulated):
+    particles, truth = simulated
+    config = VdamConfig(particle_diameter_a=200.0)
+    state = _run_state(particles, truth, config)
+    generator = torch.Generator().manual_seed(1)
+    n = particles.n
+    state.rot_deg = torch.rand(n, generator=generator, dtype=torch.float64) * 360
+    state.tilt_deg = torch.rad2deg(torch.arccos(1 - 2 * torch.rand(n, generator=generator, dtype=torch.float64)))
+    state.psi_deg = torch.rand(n, generator=generator, dtype=torch.float64) * 360
+    from novomap.initial_model import final_reconstruction
+
+    final = final_reconstruction(state, particles, 0, config)
+    evidence = assess_run(state, particles, pseudo_halves(particles), 0, final, config)
+    assert evidence.weak and "WEAK" in evidence.line()
+    assert evidence.half_fsc05_a is None or evidence.half_fsc05_a > weak_resolution_a(particles.pixel_size_a)
+    assert evidence.agreement_cc < MIN_AGREEMENT_CC
+    assert evidence.radial_share > 0.85
+
+
+def _evidence(**changes) -> Evidence:
+    figures = dict(
+        pixel_size_a=3.54, box=64, n_half=(700, 700), half_fsc=[1.0] * 33, half_fsc05_a=12.0, half_fsc0143_a=9.0,
+        agreement_fsc=[1.0] * 33, agreement_fsc05_a=15.0, agreement_cc=0.95, agreement_shift_px=0.3,
+        radial_share=0.4, mean_pmax=0.3, seconds=1.0,
+    )  # fmt: skip
+    figures.update(changes)
+    return Evidence(**figures)
+
+
+@pytest.mark.parametrize(
+    "changes, weak",
+    [
+        ({}, False),
+        ({"half_fsc05_a": 30.0}, True),
+        ({"half_fsc05_a": None}, True),
+        ({"pixel_size_a": 6.0, "half_fsc05_a": 30.0}, False),  # coarse grid: the bar is 3 x Nyquist = 36 Å
+        ({"agreement_cc": 0.5}, True),
+        ({"radial_share": 0.95}, True),
+        ({"radial_share": 0.75, "mean_pmax": 0.01}, True),
+        ({"radial_share": 0.75, "mean_pmax": 0.99}, True),
+        ({"radial_share": 0.75, "mean_pmax": 0.3}, False),
+        ({"radial_share": 0.5, "mean_pmax": 0.99}, False),
+    ],
+)
+def test_each_threshold(changes, weak):
+    evidence = _evidence(**changes)
+    assert bool(warnings_for(evidence)) == weak
+
+
+def test_evidence_json_holds_the_figures_and_thresholds(tmp_path):
+    evidence = _evidence(agreement_cc=0.5)
+    evidence.warnings = warnings_for(evidence)
+    path = write_evidence(tmp_path, evidence, {"requested": "auto", "applied": "D2", "alignment_score": 0.01})
+    data = json.loads(path.read_text())
+    assert data["weak"] is True and data["warnings"] and data["symmetry"]["applied"] == "D2"
+    assert data["half_fsc05_a"] == 12.0 and data["thresholds"]["min_agreement_cc"] == MIN_AGREEMENT_CC
+    assert len(data["resolution_inv_a"]) == len(data["half_fsc"]) and data["nyquist_a"] == pytest.approx(7.08)

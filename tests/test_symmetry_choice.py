@@ -1,0 +1,73 @@
+"""`--sym auto`: the job's last step detects the point group of the C1 map, then applies it exactly as
+an explicit --sym would (novomap.symmetry.choice.apply_point_group)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from _synthetic_maps import PIXEL_SIZE_A, add_noise, blob_map, correlation, random_rotation
+from novomap.demo_data import load_demo_map
+from novomap.maps.transform import lowpass, rotate_volume, shift_volume
+from novomap.symmetry.choice import (
+    apply_point_group,
+    is_auto,
+    requested_group,
+    summary_line,
+    symmetry_record,
+    write_symmetry_file,
+)
+from novomap.symmetry.groups import point_group
+from novomap.symmetry.symmetrise import symmetrise
+from novomap.vdam.config import VdamConfig
+
+
+def _c1_map(volume: torch.Tensor, pixel: float, seed: int) -> torch.Tensor:
+    """The symmetric map as a C1 run leaves it: any orientation, a little off-centre, 20 Å, noisy."""
+    moved = shift_volume(rotate_volume(volume, random_rotation(seed)), (1.3, -0.7, 2.1))
+    return add_noise(lowpass(moved, pixel, 20.0), 0.5, seed)
+
+
+@pytest.mark.parametrize("name", ["betagal_D2", "C7"])
+def test_auto_gives_the_group_and_the_map_of_the_explicit_group(name):
+    if name == "betagal_D2":
+        volume, pixel = load_demo_map()
+        expected = "D2"
+    else:
+        volume, pixel, expected = blob_map(name), PIXEL_SIZE_A, name
+    c1 = _c1_map(volume.float(), pixel, seed=3)
+    config = VdamConfig(particle_diameter_a=0.9 * volume.shape[-1] * pixel)
+    auto = apply_point_group(c1, pixel, requested_group("auto"), config)
+    explicit = apply_point_group(c1, pixel, requested_group(expected), config)
+    assert auto.group.name == expected and auto.detection is not None and explicit.detection is None
+    assert correlation(auto.volume, explicit.volume) > 0.999
+    # the result has the group in RELION's standard frame: symmetrising it again changes nothing
+    assert correlation(symmetrise(auto.volume.float(), auto.group), auto.volume) > 0.99
+
+
+def test_auto_is_recognised_and_other_names_still_validated():
+    assert is_auto("auto") and is_auto(" AUTO ") and not is_auto("C1")
+    assert requested_group("auto") is None
+    assert requested_group("d2").name == "D2"
+    with pytest.raises(Exception):
+        requested_group("X9")
+
+
+def test_c1_is_handed_back_unchanged():
+    volume = blob_map("C1")
+    applied = apply_point_group(volume, PIXEL_SIZE_A, point_group("C1"), VdamConfig(particle_diameter_a=150.0))
+    assert applied.group.name == "C1" and torch.equal(applied.volume, volume)
+
+
+def test_the_decision_is_written_with_its_table(tmp_path):
+    volume, pixel = load_demo_map()
+    c1 = _c1_map(volume.float(), pixel, seed=5)
+    applied = apply_point_group(c1, pixel, None, VdamConfig(particle_diameter_a=200.0))
+    record = symmetry_record("auto", applied.group, applied.alignment.score, applied.detection)
+    assert record["applied"] == "D2" and any(row["group"] == "D2" and row["accepted"] for row in record["table"])
+    line = summary_line(record)
+    assert line.startswith("symmetry: D2 detected") and "threshold" in line
+    text = write_symmetry_file(tmp_path, record).read_text()
+    assert text.startswith("point group: D2") and "D4" in text and "noise fraction" in text
+    explicit = symmetry_record("D2", applied.group, applied.alignment.score, None)
+    assert "table" not in explicit and "as given" in summary_line(explicit)
