@@ -1,0 +1,489 @@
+"""Benchmark specimens: maps we build ourselves, with known symmetry, size and box tightness.
+
+Each specimen is an atomic model (a real PDB entry or a synthetic assembly of a real subunit
+under the operators of a point group, in RELION's standard frame) turned into a map with gemmi's
+electron-scattering potential (`novomap.simulate.structure_density`), band-limited to the map's
+Nyquist, damped by a B-factor, and scaled to unit standard deviation inside the particle.
+
+Everything is deterministic: the subunit's orientation and the direction along which it is moved
+off the symmetry axes are fixed per specimen, and the distance is the smallest one (0.5 Å steps)
+at which no two copies come closer than MIN_CONTACT_A (heavy atoms), so the copies touch and the
+assembly reads as a protein shell or ring, not as isolated blobs. For C4, D7 and I the orientation
+and direction were picked once by `python benchmarks/specimens.py --search NAME` (the most compact
+of 6 x 24 tried) and written into the definition. The pixel size follows from the particle's
+diameter and the wanted fraction of the box it fills. The map's band limit is a sphere (soft edge
+0.8-1.0 x Nyquist), so that it is as symmetric as its atoms (cc with a rotated copy > 0.998).
+
+Not used: the 50S ribosome file of the shared data (empiar_10076_7.mrc) is 7 raw 320 px particle
+images without poses, not a 3D map, so it cannot serve as a truth; the ~2 MDa end of the suite is
+the icosahedral hb_i shell instead.
+
+Maps are cached as MRC files (with a JSON of their figures) under benchmarks/.cache/specimens/,
+keyed by a hash of the specimen's definition, so that a changed definition builds a new map.
+
+    from specimens import SPECIMENS, build_specimen
+    built = build_specimen(SPECIMENS["adk_o"])   # -> BuiltSpecimen(volume, pixel_size_a, ...)
+
+The suite spans (see SPECIMENS): 60 kDa to 1.8 MDa (heavy-atom mass), C1, C4, C7, D2, D7, T, O
+and I, particle diameter 50-90 % of the box, mask diameter 70-95 % of the box, SNR 0.05-0.1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+CACHE = REPO / "benchmarks" / ".cache" / "specimens"
+ADK_CHAIN = DATA / "models" / "4ake_chainA_protein_B20.pdb"
+HAEMOGLOBIN = DATA / "models" / "4hhb.pdb"
+BETAGAL = DATA / "betagal_5a1a_model" / "5a1a.cif.gz"
+
+#: Bump when the way maps are made changes (invalidates every cached map).
+BUILD_VERSION = 3
+#: Closest approach (Å, heavy atoms) allowed between two copies of a synthetic assembly.
+MIN_CONTACT_A = 3.0
+#: Added to twice the largest atom radius to give the particle's diameter (atoms have extent).
+ATOM_MARGIN_A = 4.0
+
+# 5A1A (Å) -> RELION's D2 frame of betaGal.mrc (data README): x' = y - 93, y' = -(z - 93), z' = -(x - 93)
+_BETAGAL_ROTATION = ((0.0, 1.0, 0.0), (0.0, 0.0, -1.0), (-1.0, 0.0, 0.0))
+_BETAGAL_CENTRE_A = (93.0, 93.0, 93.0)
+
+
+@dataclass(frozen=True)
+class Specimen:
+    """One benchmark specimen. Fractions are of the box edge; defocus in µm (mean, uniform)."""
+
+    name: str
+    description: str
+    symmetry: str  # point group imposed by the run and present in the map (RELION name)
+    source: str  # "model" (a PDB file as it is), "betagal" (5A1A in RELION's D2 frame) or "assembly"
+    box: int
+    particle_fraction: float  # particle diameter / box edge (sets the pixel size)
+    mask_fraction: float  # mask diameter (--particle-diameter) / box edge
+    snr: float
+    n_particles: int
+    defocus_um: tuple[float, float]
+    voltage_kv: float = 300.0
+    bfactor_a2: float = 80.0
+    model: str = ""  # path of the atomic model (source "model"), or of the subunit (source "assembly")
+    chains: tuple[str, ...] = ()  # chains of the subunit to keep (empty: all)
+    direction: tuple[float, float, float] = (1.0, 0.0, 0.0)  # off-axis direction of the subunit's centre
+    orientation_seed: int = 0  # seeds the subunit's fixed random orientation
+
+    def key(self) -> str:
+        """Hash of everything that shapes the map (not the simulation settings)."""
+        shaping = {
+            k: v
+            for k, v in asdict(self).items()
+            if k in ("symmetry", "source", "box", "particle_fraction", "bfactor_a2", "model", "chains", "direction", "orientation_seed")
+        }
+        shaping["version"] = BUILD_VERSION
+        if shaping["model"]:
+            shaping["model"] = Path(shaping["model"]).name
+        return hashlib.sha1(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:10]
+
+
+@dataclass
+class BuiltSpecimen:
+    specimen: Specimen
+    volume: torch.Tensor  # (box, box, box) float32, z y x
+    pixel_size_a: float
+    diameter_a: float  # particle diameter (atoms, plus ATOM_MARGIN_A)
+    mask_diameter_a: float
+    mass_kda: float  # heavy atoms only (hydrogens add about 8 %)
+    copies: int
+    path: Path
+
+    @property
+    def particle_fraction(self) -> float:
+        return self.diameter_a / (self.specimen.box * self.pixel_size_a)
+
+
+def _spec(**kwargs) -> Specimen:
+    return Specimen(**kwargs)
+
+
+#: The suite. Order: from small to large.
+SPECIMENS: dict[str, Specimen] = {
+    s.name: s
+    for s in [
+        _spec(
+            name="hb_c1",
+            description="haemoglobin 4HHB (a2b2 with hemes), run in C1: small, pseudo-D2, low SNR",
+            symmetry="C1", source="model", model=str(HAEMOGLOBIN), box=64,
+            particle_fraction=0.5, mask_fraction=0.7, snr=0.05, n_particles=2000, defocus_um=(1.2, 2.8),
+        ),
+        _spec(
+            name="adk_c4",
+            description="C4 tetramer of adenylate kinase (4AKE chain A), off-axis: about 100 kDa",
+            symmetry="C4", source="assembly", model=str(ADK_CHAIN), box=64,
+            particle_fraction=0.7, mask_fraction=0.85, snr=0.07, n_particles=1500, defocus_um=(1.0, 2.5),
+            # placements from specimens.py --search (the most compact of 6 x 24 tried): the copies touch
+            direction=(-0.78, 0.624, 0.042), orientation_seed=4,
+        ),
+        _spec(
+            name="adk_c7",
+            description="C7 ring of 4AKE chain A, very tight box (particle 90 %, mask 95 %)",
+            symmetry="C7", source="assembly", model=str(ADK_CHAIN), box=64,
+            particle_fraction=0.9, mask_fraction=0.95, snr=0.08, n_particles=1500, defocus_um=(1.0, 2.5),
+            direction=(0.95, 0.1, 0.2), orientation_seed=7,
+        ),
+        _spec(
+            name="adk_t",
+            description="tetrahedral (T) 12-mer shell of 4AKE chain A, loose box",
+            symmetry="T", source="assembly", model=str(ADK_CHAIN), box=64,
+            particle_fraction=0.6, mask_fraction=0.8, snr=0.1, n_particles=1000, defocus_um=(0.8, 2.2),
+            direction=(0.3, 0.5, 0.8), orientation_seed=12,
+        ),
+        _spec(
+            name="adk_d7",
+            description="D7 double ring (14-mer) of 4AKE chain A, GroEL-like",
+            symmetry="D7", source="assembly", model=str(ADK_CHAIN), box=64,
+            particle_fraction=0.75, mask_fraction=0.9, snr=0.06, n_particles=1500, defocus_um=(1.0, 2.5),
+            # a hand-picked direction gave two separate rings; this one (--search) makes them touch
+            direction=(0.769, 0.34, -0.542), orientation_seed=3,
+        ),
+        _spec(
+            name="betagal_d2",
+            description="beta-galactosidase 5A1A (D2) in RELION's D2 frame, tutorial-like",
+            symmetry="D2", source="betagal", model=str(BETAGAL), box=64,
+            particle_fraction=0.8, mask_fraction=0.88, snr=0.1, n_particles=1500, defocus_um=(0.8, 1.3),
+            voltage_kv=200.0, bfactor_a2=100.0,
+        ),
+        _spec(
+            name="adk_o",
+            description="octahedral (O) 24-mer shell of 4AKE chain A, ferritin-like, tight box, low SNR",
+            symmetry="O", source="assembly", model=str(ADK_CHAIN), box=64,
+            particle_fraction=0.85, mask_fraction=0.95, snr=0.05, n_particles=1000, defocus_um=(0.8, 2.2),
+            direction=(0.2, 0.45, 0.87), orientation_seed=24,
+        ),
+        _spec(
+            name="hb_i",
+            description="icosahedral (I, RELION's I2 frame) 60-mer shell of the haemoglobin a1b1 dimer: about 2 MDa",
+            symmetry="I", source="assembly", model=str(HAEMOGLOBIN), chains=("A", "B"), box=80,
+            particle_fraction=0.75, mask_fraction=0.9, snr=0.08, n_particles=1000, defocus_um=(0.8, 2.0),
+            # the most compact of 6 orientations x 24 directions (specimens.py --search hb_i): a
+            # generic direction lands near one of I's many axes and gives a loose 390 Å shell
+            direction=(-0.356, -0.814, -0.458), orientation_seed=2,
+        ),
+    ]
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic models
+
+
+def _read_structure(path: str, chains: tuple[str, ...] = ()):
+    import gemmi
+
+    structure = gemmi.read_structure(str(path))
+    structure.remove_hydrogens()
+    structure.remove_waters()
+    # ligands (the hemes of haemoglobin) are kept on purpose
+    if chains:
+        # names first: gemmi's chain objects are views into a vector that removal shifts
+        for name in {chain.name for chain in structure[0]} - set(chains):
+            structure[0].remove_chain(name)
+    structure.remove_empty_chains()
+    # keep the first model only
+    while len(structure) > 1:
+        del structure[1]
+    return structure
+
+
+def _positions(model) -> np.ndarray:
+    return np.array([atom.pos.tolist() for chain in model for residue in chain for atom in residue])
+
+
+def _ca_mask(model) -> np.ndarray:
+    return np.array([atom.name == "CA" for chain in model for residue in chain for atom in residue])
+
+
+def _fixed_rotation(seed: int) -> np.ndarray:
+    """A rotation matrix from a seeded Gaussian quaternion (the subunit's orientation)."""
+    q = np.random.default_rng(seed).standard_normal(4)
+    w, x, y, z = q / np.linalg.norm(q)
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+
+
+def _closest_approach(points: np.ndarray, operators: np.ndarray) -> float:
+    """Smallest distance between copy 0 (the identity) of `points` (P, 3) and every other copy."""
+    from scipy.spatial import cKDTree
+
+    if operators.shape[0] < 2:
+        return math.inf
+    others = np.einsum("gij,pj->gpi", operators[1:], points).reshape(-1, 3)
+    distances, _ = cKDTree(others).query(points, k=1)
+    return float(distances.min())
+
+
+def place_subunit(points: np.ndarray, ca: np.ndarray, operators: np.ndarray, direction: np.ndarray) -> float:
+    """Smallest distance r (Å, 0.5 Å steps) along `direction` at which copies of `points` (centred
+    at 0, already rotated) moved by r * direction and then by each operator do not clash.
+
+    Coarse scan on C-alpha atoms (2 Å steps, >= 4 Å apart), then 0.5 Å steps on all heavy atoms.
+    """
+    unit = direction / np.linalg.norm(direction)
+    radius = 0.0
+    while _closest_approach(points[ca] + radius * unit, operators) < 4.0:
+        radius += 2.0
+    radius = max(0.0, radius - 2.0)
+    while _closest_approach(points + radius * unit, operators) < MIN_CONTACT_A:
+        radius += 0.5
+    return radius
+
+
+def _sphere_directions(count: int) -> np.ndarray:
+    """`count` unit vectors spread evenly over the sphere (Fibonacci lattice), (count, 3)."""
+    index = np.arange(count) + 0.5
+    z = 1 - 2 * index / count
+    phi = math.pi * (3 - math.sqrt(5)) * index
+    rho = np.sqrt(1 - z * z)
+    return np.stack([rho * np.cos(phi), rho * np.sin(phi), z], 1)
+
+
+def search_placement(specimen: Specimen, seeds: int = 6, directions: int = 24) -> list[tuple[float, int, tuple]]:
+    """Compact placements of a subunit: (C-alpha clash-free radius, orientation seed, direction),
+    best first, over `seeds` orientations x `directions` directions.
+
+    Run once per assembly (``python benchmarks/specimens.py --search NAME``); the best pair is then
+    written into the specimen's definition, so building a map involves no search.
+    """
+    from novomap.symmetry.groups import point_group
+
+    subunit = _read_structure(specimen.model, specimen.chains)
+    centre = np.array(subunit[0].calculate_center_of_mass().tolist())
+    ca = (_positions(subunit[0]) - centre)[_ca_mask(subunit[0])]
+    operators = point_group(specimen.symmetry).operators.numpy()
+    found = []
+    for seed in range(seeds):
+        points = ca @ _fixed_rotation(seed).T
+        for unit in _sphere_directions(directions):
+            radius = 0.0
+            while _closest_approach(points + radius * unit, operators) < 4.0:
+                radius += 1.0
+            found.append((radius, seed, tuple(round(float(v), 3) for v in unit)))
+    return sorted(found)
+
+
+def specimen_structure(specimen: Specimen):
+    """The specimen's atoms (gemmi Structure), centred on the symmetry origin in its RELION frame.
+
+    Returns (structure, number of copies of the subunit).
+    """
+    import gemmi
+
+    from novomap.symmetry.groups import point_group
+
+    if specimen.source == "betagal":
+        structure = _read_structure(specimen.model)
+        rotation = np.array(_BETAGAL_ROTATION)
+        shift = -rotation @ np.array(_BETAGAL_CENTRE_A)
+        structure[0].transform_pos_and_adp(gemmi.Transform(gemmi.Mat33(rotation.tolist()), gemmi.Vec3(*shift.tolist())))
+        return structure, 1
+    if specimen.source == "model":
+        structure = _read_structure(specimen.model, specimen.chains)
+        centre = np.array(structure[0].calculate_center_of_mass().tolist())
+        structure[0].transform_pos_and_adp(gemmi.Transform(gemmi.Mat33(np.eye(3).tolist()), gemmi.Vec3(*(-centre).tolist())))
+        return structure, 1
+    if specimen.source != "assembly":
+        raise ValueError(f"unknown specimen source {specimen.source!r}")
+
+    subunit = _read_structure(specimen.model, specimen.chains)
+    centre = np.array(subunit[0].calculate_center_of_mass().tolist())
+    orientation = _fixed_rotation(specimen.orientation_seed)
+    points = (_positions(subunit[0]) - centre) @ orientation.T
+    operators = point_group(specimen.symmetry).operators.numpy()
+    direction = np.array(specimen.direction, dtype=np.float64)
+    radius = place_subunit(points, _ca_mask(subunit[0]), operators, direction)
+    offset = radius * direction / np.linalg.norm(direction)
+
+    assembly = gemmi.Structure()
+    assembly.name = specimen.name
+    model = gemmi.Model("1")
+    for index, operator in enumerate(operators):
+        # atom p -> g (R (p - c) + d)
+        rotation = operator @ orientation
+        shift = operator @ (offset - orientation @ centre)
+        copy = subunit[0].clone()
+        copy.transform_pos_and_adp(gemmi.Transform(gemmi.Mat33(rotation.tolist()), gemmi.Vec3(*shift.tolist())))
+        for chain in copy:
+            chain.name = f"{chain.name}{index}"
+            model.add_chain(chain)
+    assembly.add_model(model)
+    assembly.setup_entities()
+    return assembly, int(operators.shape[0])
+
+
+# --------------------------------------------------------------------------------------------
+# Maps
+
+
+def _make_volume(specimen: Specimen) -> tuple[torch.Tensor, float, float, float, int]:
+    """(volume, pixel size, particle diameter, heavy-atom mass in kDa, copies) of a specimen."""
+    from novomap.simulate import fourier_resize, structure_density
+
+    structure, copies = specimen_structure(specimen)
+    points = _positions(structure[0])
+    diameter = 2.0 * float(np.linalg.norm(points, axis=1).max()) + ATOM_MARGIN_A
+    pixel = round(diameter / (specimen.particle_fraction * specimen.box), 3)
+    volume = structure_density(structure, specimen.box, pixel, centre_a=(0.0, 0.0, 0.0))
+    volume = spherical_band_limit(fourier_resize(volume.double(), specimen.box, specimen.bfactor_a2, pixel))
+    inside = particle_sphere(specimen.box, diameter / pixel)
+    volume = volume / volume[inside].std()
+    mass = structure[0].calculate_mass() / 1000.0
+    return volume.float(), pixel, diameter, mass, copies
+
+
+def spherical_band_limit(volume: torch.Tensor) -> torch.Tensor:
+    """Remove every Fourier component beyond Nyquist (|k| >= N/2), with a soft edge: a cube-shaped
+    band limit (what a Fourier crop leaves) is not rotation-invariant, and its corners alone cost a
+    7-fold map ~0.01 in its cc with the rotated copy."""
+    n = volume.shape[-1]
+    spectrum = torch.fft.fftn(volume)
+    k = torch.fft.fftfreq(n, dtype=torch.float64) * n
+    radius = torch.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2)
+    # raised-cosine edge from 0.8 to 1.0 x Nyquist: a hard cut would ring all over the solvent
+    edge = ((radius / (n / 2) - 0.8) / 0.2).clamp(0.0, 1.0)
+    return torch.fft.ifftn(spectrum * (0.5 + 0.5 * torch.cos(math.pi * edge))).real
+
+
+def particle_sphere(box: int, diameter_px: float) -> torch.Tensor:
+    """(box, box, box) bool: voxels within diameter/2 of the centre voxel box//2."""
+    axis = torch.arange(box, dtype=torch.float64) - box // 2
+    r2 = axis[:, None, None] ** 2 + axis[None, :, None] ** 2 + axis[None, None, :] ** 2
+    return r2 <= (diameter_px / 2) ** 2
+
+
+def build_specimen(specimen: Specimen, cache: Path | None = CACHE, rebuild: bool = False) -> BuiltSpecimen:
+    """The specimen's map, from the cache when it is there (`cache` None: always build, no file)."""
+    from novomap.io.mrc import read_map, write_map
+
+    path = (cache if cache is not None else Path(".")) / f"{specimen.name}-{specimen.key()}.mrc"
+    meta_path = path.with_suffix(".json")
+    if cache is not None and not rebuild and path.is_file() and meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        data, pixel = read_map(path)
+        volume = torch.from_numpy(np.array(data, dtype=np.float32))
+    else:
+        volume, pixel, diameter, mass, copies = _make_volume(specimen)
+        meta = {"pixel_size_a": pixel, "diameter_a": diameter, "mass_kda": mass, "copies": copies}
+        if cache is not None:
+            cache.mkdir(parents=True, exist_ok=True)
+            write_map(path, volume, pixel)
+            meta_path.write_text(json.dumps(meta, indent=1) + "\n")
+    pixel = float(meta["pixel_size_a"])
+    return BuiltSpecimen(
+        specimen=specimen,
+        volume=volume,
+        pixel_size_a=pixel,
+        diameter_a=float(meta["diameter_a"]),
+        mask_diameter_a=round(specimen.mask_fraction * specimen.box * pixel, 1),
+        mass_kda=float(meta["mass_kda"]),
+        copies=int(meta["copies"]),
+        path=path,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Checks (used by the test and printed by `python benchmarks/specimens.py`)
+
+
+def symmetry_cc(volume: torch.Tensor, symmetry: str, operators_checked: int = 8) -> float:
+    """Smallest correlation between the map and its copy moved by an operator of the group.
+
+    The first `operators_checked` non-identity operators are used: the group's closure lists its
+    generators first, and a map invariant under the generators is invariant under the group.
+    The map is Fourier-upsampled 2x first, so that trilinear interpolation (rotate_volume) does not
+    blur the high-resolution content of a map sampled near Nyquist (that alone costs ~0.02 in cc).
+    """
+    from novomap.maps.transform import rotate_volume
+    from novomap.simulate import fourier_resize
+    from novomap.symmetry.groups import point_group
+
+    operators = point_group(symmetry).operators[1 : 1 + operators_checked]
+    if operators.shape[0] == 0:
+        return 1.0
+    v = fourier_resize(volume.double(), 2 * volume.shape[-1])
+    a = v - v.mean()
+    worst = 1.0
+    for start in range(0, operators.shape[0], 2):
+        moved = rotate_volume(v, operators[start : start + 2])
+        b = moved - moved.mean(dim=(1, 2, 3), keepdim=True)
+        cc = (a * b).sum(dim=(1, 2, 3)) / (a.norm() * b.flatten(1).norm(dim=1))
+        worst = min(worst, float(cc.min()))
+    return worst
+
+
+def fraction_outside(volume: torch.Tensor, diameter_px: float) -> float:
+    """Fraction of the map's positive density beyond a sphere of `diameter_px` about the centre."""
+    positive = volume.double().clamp(min=0)
+    inside = particle_sphere(volume.shape[-1], diameter_px)
+    return float(positive[~inside].sum() / positive.sum())
+
+
+def describe(built: BuiltSpecimen) -> dict:
+    s = built.specimen
+    return {
+        "name": s.name,
+        "symmetry": s.symmetry,
+        "copies": built.copies,
+        "mass_kda": round(built.mass_kda, 1),
+        "box": s.box,
+        "pixel_size_a": built.pixel_size_a,
+        "diameter_a": round(built.diameter_a, 1),
+        "particle_fraction": round(built.particle_fraction, 2),
+        "mask_diameter_a": built.mask_diameter_a,
+        "mask_fraction": s.mask_fraction,
+        "snr": s.snr,
+        "n_particles": s.n_particles,
+        "defocus_um": list(s.defocus_um),
+        "voltage_kv": s.voltage_kv,
+        "description": s.description,
+    }
+
+
+def main() -> None:
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(description="build (or load) the specimen maps and check them")
+    parser.add_argument("--specimens", nargs="*", default=list(SPECIMENS), metavar="NAME")
+    parser.add_argument("--rebuild", action="store_true")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--search", metavar="NAME", default=None, help="print compact placements for an assembly")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.search:
+        for radius, seed, direction in search_placement(SPECIMENS[args.search])[:5]:
+            print(f"radius {radius:.0f} Å  orientation_seed={seed}  direction={direction}")
+        return
+    for name in args.specimens:
+        start = time.perf_counter()
+        built = build_specimen(SPECIMENS[name], rebuild=args.rebuild)
+        seconds = time.perf_counter() - start
+        figures = describe(built)
+        figures["symmetry_cc"] = round(symmetry_cc(built.volume, built.specimen.symmetry), 4)
+        figures["outside_mask"] = round(fraction_outside(built.volume, built.mask_diameter_a / built.pixel_size_a), 4)
+        figures["seconds"] = round(seconds, 1)
+        print(json.dumps(figures), flush=True)
+
+
+if __name__ == "__main__":
+    main()
