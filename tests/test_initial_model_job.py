@@ -214,6 +214,33 @@ def test_continue_reproduces_the_uninterrupted_run(run_a, dataset, tmp_path):
         assert np.array_equal(a[label].to_numpy(), c[label].to_numpy()), label
 
 
+def test_sym_auto_and_how_sure_the_run_is(run_a, dataset, tmp_path):
+    """A's explicit D2 run records its evidence and decision; --sym auto continued from A's last iteration
+    (only the final pass and the last step run) detects a group, says why, and gives that group's map."""
+    import json
+
+    evidence = json.loads((run_a / "evidence.json").read_text())
+    assert evidence["symmetry"]["applied"] == "D2" and "table" not in evidence["symmetry"]
+    assert len(evidence["half_fsc"]) == BOX // 2 + 1 and sum(evidence["n_half"]) == N_PARTICLES
+    assert (run_a / "symmetry.txt").read_text().startswith("point group: D2")
+    run_out = (run_a / "run.out").read_text()
+    assert "evidence: half-set FSC" in run_out and "symmetry: D2 as given" in run_out
+    assert "How sure is the run" in (run_a / "report.html").read_text(encoding="utf-8")
+
+    out = tmp_path / "auto"
+    argv = _job_args(dataset, out, "--continue", str(run_a / "run_it003_optimiser.star"), "--no-report")
+    argv[argv.index("--sym") + 1] = "auto"
+    assert main(argv) == 0
+    record = json.loads((out / "evidence.json").read_text())["symmetry"]
+    detected = record["applied"]
+    assert record["requested"] == "auto" and any(row["group"] == detected and row["accepted"] for row in record["table"])
+    text = (out / "symmetry.txt").read_text()
+    assert text.startswith(f"point group: {detected}") and "threshold" in text
+    assert f"symmetry: {detected} detected (--sym auto)" in (out / "run.out").read_text()
+    if detected == "D2":  # the same map as the explicit group
+        assert np.array_equal(_map(out / "initial_model.mrc"), _map(run_a / "initial_model.mrc"))
+
+
 # ---------------------------------------------------------------------------------------------
 # (d) bad input: one line on stderr, exit code 2, no traceback
 

@@ -17,16 +17,14 @@ from pathlib import Path
 
 import torch
 
+from novomap.analysis.confidence import Evidence, assess_run, write_evidence
 from novomap.errors import NovomapError
 from novomap.io.mrc import write_map
 from novomap.io.particles import ParticleSet
-from novomap.maps.transform import shift_volume
+from novomap.io.working_grid import to_output_grid
 from novomap.outputs.relion import state_path_for, write_iteration
-from novomap.physics.masks import soft_edge_mask
 from novomap.reconstruct import Poses, reconstruct_with_poses
-from novomap.symmetry.align import align_to_symmetry
-from novomap.symmetry.groups import point_group
-from novomap.symmetry.symmetrise import symmetrise
+from novomap.symmetry.choice import apply_point_group, requested_group, symmetry_record, write_symmetry_file
 from novomap.vdam.config import VdamConfig
 from novomap.vdam.iterate import as_devices, assign_all, pseudo_halves, run_iteration, search_setup
 from novomap.vdam.start import initial_state
@@ -40,6 +38,9 @@ class JobResult:
     state: RunState
     symmetry_score: float
     seconds: float
+    symmetry: str = "C1"  # the group applied (the detected one for --sym auto)
+    symmetry_record: dict | None = None  # novomap.symmetry.choice.symmetry_record: the decision and, for auto, the table
+    evidence: Evidence | None = None  # novomap.analysis.confidence: how sure the run is
 
 
 def check_inputs(particles: ParticleSet, config: VdamConfig) -> None:
@@ -76,7 +77,10 @@ def final_reconstruction(state: RunState, particles: ParticleSet, class_index: i
         chosen = torch.randperm(members.numel(), generator=torch.Generator().manual_seed(config.seed))[: config.final_reconstruction_max]
         members = members[chosen.sort().values]
     poses = Poses(state.rot_deg, state.tilt_deg, state.psi_deg, state.origin_x_a, state.origin_y_a)
-    return reconstruct_with_poses(particles, members, poses).float()
+    # single precision and ~4 MB of pixels per batch: 1.5x faster than double precision in 256-particle
+    # batches, the same map to 4e-6 (benchmarks/results/2026-11-30-fixed-cost.md)
+    batch = max(256, (1 << 22) // particles.box_size**2)
+    return reconstruct_with_poses(particles, members, poses, batch_size=batch, single_precision=True).float()
 
 
 def run_initial_model(
@@ -90,21 +94,30 @@ def run_initial_model(
     continue_from: str | Path | None = None,
     progress: Callable[[dict], None] | None = None,
     on_write: Callable[[Path], None] | None = None,
+    max_resolution_a: float | None = None,
+    output_pixel_size_a: float | None = None,
+    fingerprint: dict | None = None,
 ) -> JobResult:
     """Run the job into out_dir. progress(figures) is called after each iteration; on_write(optimiser_star)
-    after each set of run_itNNN_* files is written (iteration 0, every write_every, the last, the final pass)."""
+    after each set of run_itNNN_* files is written (iteration 0, every write_every, the last, the final pass).
+    fingerprint: stored in every checkpoint (what `novomap initial-model --continue` compares)."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    group = point_group(symmetry)  # validate before any work
+    group = requested_group(symmetry)  # validate before any work; None for --sym auto (detected at the end)
     device = as_devices(device)  # several GPUs split each mini-batch (estep.driver)
-    particles = ParticleSet.from_star(star_path, preread=preread, scratch_dir=scratch_dir)
+    particles = ParticleSet.from_star(
+        star_path, preread=preread, scratch_dir=scratch_dir, max_resolution_a=max_resolution_a, output_pixel_size_a=output_pixel_size_a
+    )
     check_inputs(particles, config)
     command_line = shlex.join(["novomap", *sys.argv[1:]]) if sys.argv else "novomap"
     out_dir.mkdir(parents=True, exist_ok=True)
     if continue_from is not None:
         state = RunState.load(state_path_for(continue_from))
+        if fingerprint is not None:
+            state.fingerprint = dict(fingerprint)
     else:
         state = initial_state(particles, config)
+        state.fingerprint = dict(fingerprint or {})
         written = write_iteration(out_dir, particles, state, config, particles.box_size, str(star_path), command_line)
         if on_write is not None:
             on_write(written)
@@ -126,16 +139,14 @@ def run_initial_model(
 
     largest = int(torch.argmax(state.class_fraction))
     volume = final_reconstruction(state, particles, largest, config)
-    alignment = align_to_symmetry(volume, particles.pixel_size_a, group)
-    if group.order > 1:
-        # rotation and symmetrisation composed: the map is interpolated once, not twice
-        centred = shift_volume(volume, alignment.shift_zyx_px)
-        final_map = symmetrise(centred, group, alignment.rotation)
-        if config.flatten_solvent:  # now the particle is centred: flatten the solvent as in the class maps
-            n = particles.box_size
-            final_map = final_map * soft_edge_mask((n, n, n), config.particle_diameter_a / (2 * particles.pixel_size_a), config.mask_edge_px)
-    else:
-        final_map = alignment.volume
+    evidence = assess_run(state, particles, half, largest, volume, config)  # half-set FSC, agreement with VDAM
+    # align to the group's axes and symmetrise (--sym auto: the group is first detected on this C1 map)
+    applied = apply_point_group(volume, particles.pixel_size_a, group, config)
+    final_map = applied.volume
     initial_model = out_dir / "initial_model.mrc"
-    write_map(initial_model, final_map, particles.pixel_size_a)
-    return JobResult(out_dir, initial_model, state, alignment.score, time.perf_counter() - started)
+    write_map(initial_model, to_output_grid(final_map, particles.grid), particles.grid.output_pixel_size_a)
+    record = symmetry_record(symmetry, applied.group, applied.alignment.score, applied.detection)
+    write_symmetry_file(out_dir, record)
+    write_evidence(out_dir, evidence, record)
+    seconds = time.perf_counter() - started
+    return JobResult(out_dir, initial_model, state, applied.alignment.score, seconds, applied.group.name, record, evidence)

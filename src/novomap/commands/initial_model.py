@@ -34,24 +34,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io = parser.add_argument_group("input/output")
     io.add_argument("--i", dest="input", metavar="STAR", help="particles STAR file (RELION 3.0-5.0), e.g. from Select after 2D classification")
     io.add_argument("--in_parts", dest="input", metavar="STAR", help=argparse.SUPPRESS)  # RELION External job name
+    from novomap.io.cryosparc import add_cryosparc_arguments
+
+    add_cryosparc_arguments(io)  # --passthrough, --cs-project-dir: for a cryoSPARC .cs given as --i
     io.add_argument("--o", dest="output", required=True, metavar="DIR", help="output folder (created); RELION-style run_itNNN_* files and initial_model.mrc")
     io.add_argument("--continue", dest="continue_from", metavar="OPTIMISER_STAR", help="resume from DIR/run_itNNN_optimiser.star of an earlier run")
+    io.add_argument(
+        "--relion-version", choices=["4", "5", "auto"], default="auto",
+        help="RELION whose node type labels RELION_OUTPUT_NODES.star uses; auto: from ./default_pipeline.star, "
+        "else the particles file's '# version' line, else 5 (default: %(default)s)",
+    )
     opt = parser.add_argument_group("optimisation (RELION's Optimisation tab)")
     opt.add_argument("--iter", type=int, default=100, help="number of VDAM mini-batches (default: %(default)s, as in the RELION tutorial)")
     opt.add_argument("--K", dest="classes", type=int, default=1, help="number of classes (default: %(default)s)")
     opt.add_argument("--particle-diameter", type=float, default=None, metavar="A", help="mask diameter in Å (default: box size minus 5 px, as RELION)")
     opt.add_argument("--flatten-solvent", dest="flatten_solvent", action="store_true", default=True, help="multiply the map by a soft spherical mask of the particle diameter each iteration (default: on)")
     opt.add_argument("--no-flatten-solvent", dest="flatten_solvent", action="store_false", help="do not flatten the solvent")
-    opt.add_argument("--sym", default="C1", help="point group applied at the end (the run itself is C1, as RELION's default); e.g. C1, C4, D2, T, O, I (default: %(default)s)")
+    opt.add_argument("--sym", default="C1", help="point group applied at the end (the run itself is C1, as RELION's default); e.g. C1, C4, D2, T, O, I, or auto: detect it on the final C1 map and apply it (DIR/symmetry.txt says which and why) (default: %(default)s)")
     opt.add_argument("--tau2-fudge", type=float, default=4.0, metavar="T", help="regularisation T reached after the initial phase (default: %(default)s)")
     sampling = parser.add_argument_group("sampling (RELION's Sampling tab)")
     sampling.add_argument("--sampling", type=float, default=15.0, metavar="DEG", help="initial angular sampling in degrees: 30, 15, 7.5 or 3.75 (the fine step; default: %(default)s)")
-    sampling.add_argument("--offset-range", type=float, default=6.0, metavar="PX", help="translational search range in pixels (default: %(default)s)")
-    sampling.add_argument("--offset-step", type=float, default=2.0, metavar="PX", help="translational search step in pixels (default: %(default)s)")
+    sampling.add_argument("--offset-range", type=float, default=6.0, metavar="PX", help="translational search range in pixels of the input images (default: %(default)s)")
+    sampling.add_argument("--offset-step", type=float, default=2.0, metavar="PX", help="translational search step in pixels of the input images (default: %(default)s)")
     sampling.add_argument("--no-auto-sampling", dest="auto_sampling", action="store_false", help="keep the initial angular sampling throughout")
     sampling.add_argument(
         "--finest-sampling", type=float, default=7.5, metavar="DEG",
         help="finest angular sampling auto-sampling may reach: 7.5 or 3.75 degrees (RELION allows 3.75, which makes the coarse search 8x costlier; default: %(default)s)",
+    )
+    sampling.add_argument(
+        "--max-resolution", type=float, default=None, metavar="A",
+        help="highest resolution the job works to, in Å: particles are Fourier-cropped as they are read to a box whose "
+        "Nyquist frequency is this (default: 7 Å, finer for a small box so that at least 64 px remain; never finer than the data)",
+    )
+    io.add_argument(
+        "--output-pixel-size", type=float, default=None, metavar="A",
+        help="pixel size in Å of the maps written (default: that of the optics group with the largest box, at its box size)",
     )
     compute = parser.add_argument_group("compute (RELION's Compute and Running tabs)")
     compute.add_argument(
@@ -104,6 +121,10 @@ def _check_arguments(args: argparse.Namespace) -> None:
     if args.mass_kda is not None and not args.mass_kda > 0:
         raise NovomapError(f"--mass-kda must be positive, not {args.mass_kda:g}")
     _healpix_order(args.sampling)
+    if args.max_resolution is not None and not args.max_resolution > 0:
+        raise NovomapError(f"--max-resolution must be a positive number of Å, not {args.max_resolution:g}")
+    if args.output_pixel_size is not None and not args.output_pixel_size > 0:
+        raise NovomapError(f"--output-pixel-size must be a positive number of Å, not {args.output_pixel_size:g}")
 
 
 def _prepare_folder(out_dir: Path) -> None:
@@ -140,6 +161,87 @@ def _check_files(args: argparse.Namespace) -> None:
         if not state_path_for(args.continue_from).is_file():
             raise InputError(
                 f"{state_path_for(args.continue_from).name} is missing beside it: only novomap runs can be continued, from an iteration they wrote",
+                args.continue_from,
+            )
+
+
+#: Settings that may change when a run is continued (RELION too lets --iter grow); every other
+#: VdamConfig field, and the working grid's options, must be those the run was started with.
+CONTINUE_MAY_CHANGE = frozenset({"n_iter", "pool", "chunk_size", "write_every"})
+#: Config field -> the option that sets it, for the message when --continue finds it changed.
+OPTION_OF_FIELD = {
+    "n_classes": "--K",
+    "particle_diameter_a": "--particle-diameter",
+    "flatten_solvent": "--flatten-solvent",
+    "healpix_order": "--sampling",
+    "offset_range_px": "--offset-range",
+    "offset_step_px": "--offset-step",
+    "tau2_fudge": "--tau2-fudge",
+    "auto_sampling": "--no-auto-sampling",
+    "max_healpix_order": "--finest-sampling",
+    "seed": "--seed",
+    "max_resolution": "--max-resolution",
+    "output_pixel_size": "--output-pixel-size",
+}
+
+
+def _fingerprint(args: argparse.Namespace, config) -> dict:
+    """What a run's checkpoints record of its particles (the STAR file's SHA-256) and settings."""
+    import dataclasses
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(args.input, "rb") as handle:  # ~0.1 s for the STAR file of 200k particles
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    options = {name: value for name, value in dataclasses.asdict(config).items() if name not in CONTINUE_MAY_CHANGE}
+    for name in ("max_resolution", "output_pixel_size"):
+        options[name] = getattr(args, name, None)
+    return {"particles_sha256": digest.hexdigest(), "particles_file": str(args.input), "options": options}
+
+
+def _check_continue(args: argparse.Namespace, fingerprint: dict) -> None:
+    """Refuse --continue from a run made from other particles or with other settings (one line)."""
+    import torch
+
+    from novomap.outputs.relion import state_path_for
+
+    state_file = state_path_for(args.continue_from)
+    try:
+        stored = torch.load(state_file, map_location="cpu", weights_only=False).get("fingerprint") or {}
+    except Exception as error:  # noqa: BLE001 - a truncated or foreign file is the user's to replace
+        raise InputError(f"cannot read the checkpoint {state_file.name} beside it ({type(error).__name__}); continue from an earlier iteration", args.continue_from) from None
+    if not stored:  # written before checkpoints had a fingerprint: nothing to compare
+        return
+    if stored.get("particles_sha256") != fingerprint["particles_sha256"]:
+        raise InputError(
+            f"--continue: this run was made from other particles ({stored.get('particles_file')}) than --i {args.input} "
+            "(or that file has changed since); continue with the same particles, or start a new run in another --o",
+            args.continue_from,
+        )
+    order_to_degrees = {order: degrees for degrees, order in SAMPLING_TO_ORDER.items()}
+    for name, then in stored.get("options", {}).items():
+        if name not in fingerprint["options"]:
+            continue
+        now = fingerprint["options"][name]
+        same = then == now or (
+            isinstance(then, float) and isinstance(now, float) and math.isclose(then, now, rel_tol=1e-6)
+        )
+        if not same:
+            option = OPTION_OF_FIELD.get(name, name)
+            if name in ("healpix_order", "max_healpix_order"):
+                then, now = order_to_degrees.get(then, then), order_to_degrees.get(now, now)
+
+            def setting(value) -> str:
+                if name == "flatten_solvent":
+                    return "--flatten-solvent" if value else "--no-flatten-solvent"
+                if name == "auto_sampling":
+                    return "auto-sampling" if value else "--no-auto-sampling"
+                return f"{option} {'(default)' if value is None else f'{value:g}' if isinstance(value, float) else value}"
+
+            raise InputError(
+                f"--continue: the run was started with {setting(then)}, not {setting(now)}; continue with the options it was "
+                "started with (only --iter, --pool and the compute options may change), or start a new run in another --o",
                 args.continue_from,
             )
 
@@ -196,7 +298,7 @@ def run(args: argparse.Namespace) -> int:
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
         if log is not None:
-            log.close()
+            _close_quietly(log)
 
 
 def _catch_termination():
@@ -231,25 +333,61 @@ def _record_failure(error: BaseException, args: argparse.Namespace, out_dir: Pat
         owned = False
     try:
         if isinstance(error, KeyboardInterrupt):
-            log.error(f"novomap initial-model: {error or 'interrupted'}")
+            checkpoint = _last_checkpoint(out_dir)
+            then = f"; continue with --continue {checkpoint}" if checkpoint is not None else ""
+            log.error(f"novomap initial-model: {error or 'interrupted'}{then}")
         elif isinstance(error, NovomapError) or replacement is not None:
             log.error(f"novomap initial-model: error: {replacement or error}")
         else:  # a bug: keep the whole story
             log.error("".join(traceback.format_exception(type(error), error, error.__traceback__)))
         finish_job(out_dir, "aborted" if isinstance(error, JobAborted) else "failure")
+    except OSError:  # a full or vanished disk: the terminal still gets the one line
+        pass
     finally:
         if owned:
-            log.close()
+            _close_quietly(log)
     return replacement
+
+
+def _close_quietly(log) -> None:
+    try:
+        log.close()
+    except OSError:  # flushing onto a full disk
+        pass
+
+
+def _last_checkpoint(out_dir: Path) -> Path | None:
+    """The newest DIR/run_itNNN_optimiser.star with its state file beside it (what --continue reads)."""
+    from novomap.outputs.relion import state_path_for
+
+    written = {}
+    for path in out_dir.glob("run_it*_optimiser.star"):
+        number = path.name[len("run_it"):-len("_optimiser.star")]
+        if number.isdigit() and state_path_for(path).is_file():
+            written[int(number)] = path
+    return written[max(written)] if written else None
 
 
 REPORT_INTERVAL_S = 90.0
 
 
+def _working_grid(table, args: argparse.Namespace):
+    """(WorkingGrid, max resolution in Å) of the job: --max-resolution, else the automatic limit."""
+    from novomap.io.particles import working_grid_of
+    from novomap.io.working_grid import auto_max_resolution_a
+
+    if args.max_resolution is not None:
+        max_resolution_a = args.max_resolution
+    else:
+        auto = working_grid_of(table, None, None)
+        max_resolution_a = auto_max_resolution_a(auto.group_box, auto.group_pixel_size_a)
+    return working_grid_of(table, max_resolution_a, args.output_pixel_size), max_resolution_a
+
+
 def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
     from novomap.device import select_devices
     from novomap.initial_model import run_initial_model
-    from novomap.io.star import read_particle_star
+    from novomap.io.star import check_plausible, read_particle_star
     from novomap.outputs.pipeline import JobAborted, abort_requested, finish_job
     from novomap.outputs.progress import ProgressDisplay, batch_plan, format_duration
     from novomap.vdam.config import VdamConfig
@@ -260,30 +398,37 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
     device = select_devices(args.gpu, args.threads)
     _check_files(args)
     table = read_particle_star(args.input)
+    check_plausible(table)
     n_particles = len(table.particles)
-    box = int(table.optics["rlnImageSize"].iloc[0])
-    pixel_size_a = float(table.optics["rlnImagePixelSize"].iloc[0])
+    grid, max_resolution_a = _working_grid(table, args)
+    # offsets are given in the input's pixels (those of the output grid's group), as RELION reads them
+    input_to_working = grid.input_pixel_size_a / grid.pixel_size_a
     diameter = args.particle_diameter
-    if diameter is None:
-        diameter = (box - 5) * pixel_size_a
+    if diameter is None:  # RELION's default, in the smallest box of any group
+        diameter = min((b - 5) * p for b, p in zip(grid.group_box, grid.group_pixel_size_a))
     config = VdamConfig(
         n_iter=args.iter,
         n_classes=args.classes,
         particle_diameter_a=diameter,
         flatten_solvent=args.flatten_solvent,
         healpix_order=_healpix_order(args.sampling),
-        offset_range_px=args.offset_range,
-        offset_step_px=args.offset_step,
+        offset_range_px=args.offset_range * input_to_working,
+        offset_step_px=args.offset_step * input_to_working,
         tau2_fudge=args.tau2_fudge,
         auto_sampling=args.auto_sampling,
         max_healpix_order=max(_healpix_order(args.sampling), _healpix_order(args.finest_sampling)),
         seed=args.seed,
         pool=max(0, args.pool),
     )
+    fingerprint = _fingerprint(args, config)
+    if args.continue_from is not None:
+        _check_continue(args, fingerprint)
+    inputs = ", ".join(sorted({f"{b} px at {p:g} Å/px" for b, p in zip(grid.group_box, grid.group_pixel_size_a)}))
     log.info(
-        f"novomap initial-model: {n_particles} particles of {box} px at {pixel_size_a:g} Å/px, mask {diameter:.0f} Å, "
+        f"novomap initial-model: {n_particles} particles of {inputs}, mask {diameter:.0f} Å, "
         f"{config.n_iter} iterations, K = {config.n_classes}, symmetry {args.sym} at the end, on {device}"
     )
+    log.info(f"{grid.describe()}; resolution limit {max_resolution_a:.3g} Å (--max-resolution)")
     log.info(f"output: {out_dir}/ (progress in run.out, pictures in report.html, maps in view.cxc)")
 
     display = ProgressDisplay(log, config.n_iter, batch_plan(config, n_particles), final_pass_particles=n_particles)
@@ -317,6 +462,8 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
             raise JobAborted(f"stopped after iteration {figures['iteration']}: RELION asked to abort (RELION_JOB_ABORT_NOW)")
         if figures["iteration"] == config.n_iter:
             then = "" if args.sym.upper() == "C1" else f", then aligning the {args.sym} symmetry axes"
+            if args.sym.strip().lower() == "auto":
+                then = ", then detecting the point group and aligning its axes"
             display.stage(f"final pass: assigning all {n_particles} particles with the final map{then}")
 
     with display:
@@ -331,20 +478,47 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
             continue_from=args.continue_from,
             progress=progress,
             on_write=on_write,
+            max_resolution_a=max_resolution_a,
+            output_pixel_size_a=args.output_pixel_size,
+            fingerprint=fingerprint,
         )
         _finish_outputs(args, out_dir, result, diameter, display)
-        if args.report:
-            display.stage("drawing the report" + (" (superposing the reference for the FSC)" if args.reference else ""))
-        report(final=True, reference=args.reference)
 
     log.summary(
-        f"initial model: {result.initial_model} ({args.sym}, symmetry score {result.symmetry_score:.3f}) "
+        f"initial model: {result.initial_model} ({result.symmetry}, symmetry score {result.symmetry_score:.3f}) "
         f"in {format_duration(time.perf_counter() - started)}"
     )
+    _summarise_confidence(log, result)
     if args.report:
         log.summary(f"report: {out_dir / 'report.html'}   view: chimerax {out_dir / 'view.cxc'}")
     finish_job(out_dir, "success")
+    # the final report is drawn after the exit marker: RELION and scripts waiting for the marker need not
+    # wait for the pictures (1-2 s, up to a minute with --reference), and no error or interrupt while
+    # drawing them can turn the finished job into a failed one
+    if args.report:
+        display.message("drawing the report" + (" (superposing the reference for the FSC)" if args.reference else ""))
+        try:
+            report(final=True, reference=args.reference)
+        except KeyboardInterrupt:
+            log.error("novomap initial-model: the report was interrupted; the job itself had finished (`novomap report DIR` draws it)")
     return 0
+
+
+def _summarise_confidence(log, result) -> None:
+    """The symmetry decision and the evidence line (and a warning when weak) on the terminal and in run.out."""
+    from novomap.symmetry.choice import summary_line, table_lines
+
+    if result.symmetry_record is not None:
+        log.summary(summary_line(result.symmetry_record))
+        for line in table_lines(result.symmetry_record):
+            log.to_file(f"  {line}")
+    if result.evidence is not None:
+        log.summary(result.evidence.line())
+        if result.evidence.weak:
+            log.summary(
+                "warning: the evidence that this map is right is weak; check it before using it "
+                "(report.html, 'How sure is the run'; docs/guide.md, 'When it fails')"
+            )
 
 
 def _finish_outputs(args: argparse.Namespace, out_dir: Path, result, diameter_a: float, display) -> None:
@@ -355,14 +529,24 @@ def _finish_outputs(args: argparse.Namespace, out_dir: Path, result, diameter_a:
     iteration = result.state.iteration
     class_maps = sorted(out_dir.glob(f"run_it{iteration:03d}_class*.mrc"))
     data_star = out_dir / f"run_it{iteration:03d}_data.star"
-    nodes = job_output_nodes(args.output, result.initial_model, class_maps, data_star if data_star.is_file() else None)
-    write_output_nodes(out_dir, nodes)
+    relion_version, why = _relion_version(args)
+    nodes = job_output_nodes(args.output, result.initial_model, class_maps, data_star if data_star.is_file() else None, relion_version)
+    write_output_nodes(out_dir, nodes, relion_version)
     views = []
     for path in [result.initial_model, *class_maps]:
         volume, pixel_size_a = read_map(path)
         views.append((path.name, contour_level(volume, pixel_size_a, diameter_a, args.mass_kda)))
     write_chimerax_script(out_dir, views)
-    display.message(f"wrote {out_dir / 'RELION_OUTPUT_NODES.star'} and {out_dir / 'view.cxc'}")
+    display.message(f"wrote {out_dir / 'RELION_OUTPUT_NODES.star'} (RELION {relion_version} node labels: {why}) and {out_dir / 'view.cxc'}")
+
+
+def _relion_version(args: argparse.Namespace) -> tuple[int, str]:
+    """(RELION major version, why): --relion-version, or with auto detected from the project folder or the particles file."""
+    from novomap.outputs.pipeline import detect_relion_version
+
+    if args.relion_version != "auto":
+        return int(args.relion_version), "--relion-version"
+    return detect_relion_version(args.input, Path.cwd())
 
 
 def relion_external(argv: list[str] | None = None) -> int:
