@@ -5,20 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from novomap.demo_data import load_demo_map
 from novomap.initial_model import final_reconstruction
-from novomap.io.particles import ParticleSet
-from novomap.simulate import SimulationOptions, simulate
 from novomap.vdam.config import VdamConfig
 from novomap.vdam.start import initial_state
-
-
-@pytest.fixture(scope="module")
-def simulated(tmp_path_factory) -> tuple[ParticleSet, torch.Tensor]:
-    out = tmp_path_factory.mktemp("sim")
-    volume, _ = load_demo_map()
-    simulate(volume, out, SimulationOptions(n=300, snr=1.0, seed=5, max_shift_px=2.0, defocus_min_a=9000, defocus_max_a=15000))
-    return ParticleSet.from_star(out / "particles.star", preread=True), volume.double()
 
 
 def _correlation(a: torch.Tensor, b: torch.Tensor) -> float:
