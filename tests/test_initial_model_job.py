@@ -278,6 +278,10 @@ def test_unsupported_angular_sampling(dataset, tmp_path, capsys):
     _expect_usage_error(capsys, _job_args(dataset, tmp_path / "out", "--sampling", "10"), "--sampling", "10")
 
 
+def test_no_random_start_is_a_usage_error(dataset, tmp_path, capsys):
+    _expect_usage_error(capsys, _job_args(dataset, tmp_path / "out", "--starts", "0"), "--starts", "0")
+
+
 # ---------------------------------------------------------------------------------------------
 # slow: full reruns
 

@@ -236,3 +236,32 @@ def test_first_iteration_uses_ini_high(start):
     assert image_sizes(start.resolution_shell, BOX, 30.0, DIAMETER, PIXEL)[0] == 2 * (3 + 10)
     assert image_sizes(round(0.07 * 64), 64, 30.0, 200.0, 3.54) == (28, 12)
     assert 64 * 3.54 / round(0.07 * 64) == pytest.approx(56.64)
+
+
+def test_splitting_particles_into_optics_groups_keeps_the_start(simulated, tmp_path):
+    """The same particles as two optics groups (same images, odd rows in group 2): the random-orientation
+    start is built from the same particles (the first n in micrograph order, not n per group), so the
+    maps are those of the one-group run; each group gets its own noise spectrum from its own particles."""
+    import pandas as pd
+    import starfile
+
+    particles, _, _ = simulated
+    blocks = starfile.read(particles.table.path, always_dict=True)
+    optics, table = blocks["optics"].copy(), blocks["particles"].copy()
+    folder = particles.table.path.parent
+    table["rlnImageName"] = [f"{name.split('@')[0]}@{folder / name.split('@')[1]}" for name in table["rlnImageName"]]
+    table.loc[table.index % 2 == 1, "rlnOpticsGroup"] = 2
+    second = optics.iloc[[0]].copy()
+    second["rlnOpticsGroup"], second["rlnOpticsGroupName"] = 2, "opticsGroup2"
+    starfile.write({"optics": pd.concat([optics, second], ignore_index=True), "particles": table}, tmp_path / "two.star")
+    two = ParticleSet.from_star(tmp_path / "two.star", preread=True)
+
+    config = VdamConfig(n_iter=10, seed=3, particle_diameter_a=DIAMETER, n_particles_sigma2=50)
+    one_start, two_start = initial_state(particles, config), initial_state(two, config)
+    assert torch.equal(one_start.maps, two_start.maps)
+    assert two_start.sigma2.shape == (2, BOX // 2 + 1)
+    # each group's spectrum comes from 50 of its own particles: close to, not equal to, the one-group one
+    for group in range(2):
+        ratio = two_start.sigma2[group, 1:] / one_start.sigma2[0, 1:]
+        assert not torch.allclose(two_start.sigma2[group], one_start.sigma2[0])
+        assert float((ratio - 1).abs().median()) < 0.15, ratio

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -16,7 +17,7 @@ from novomap.sampling.local import coarse_orientations, local_candidates, max_ca
 from novomap.simulate import SimulationOptions, simulate
 from novomap.vdam import restarts
 from novomap.vdam.config import VdamConfig
-from novomap.vdam.iterate import expectation, local_order, pseudo_halves, search_setup, split_local
+from novomap.vdam.iterate import expectation, local_order, pseudo_halves, run_iteration, search_setup, split_local
 from novomap.vdam.start import initial_state
 
 D2_OPERATORS = torch.stack([torch.diag(torch.tensor(d, dtype=torch.float64)) for d in ([1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1])])
@@ -168,22 +169,40 @@ def test_scoring_prefers_the_true_map_over_a_wrong_one(simulated, one_thread):
     assert torch.equal(right.rot_deg, particles.rot_deg)
 
 
-def test_the_competition_happens_once_at_a_tenth_of_a_long_run():
+def test_the_race_halves_the_field_at_a_tenth_and_picks_one_at_three_tenths_of_a_long_run():
+    assert restarts.competition_rounds(VdamConfig(n_iter=100, n_starts=3)) == [(10, 2), (30, 1)]
+    assert restarts.competition_rounds(VdamConfig(n_iter=200, n_starts=4, start_survivors=2)) == [(20, 2), (60, 1)]
+    assert restarts.competition_rounds(VdamConfig(n_iter=100, n_starts=2)) == [(30, 1)]  # nothing to halve
     assert restarts.competition_iteration(VdamConfig(n_iter=100, n_starts=3)) == 10
-    assert restarts.competition_iteration(VdamConfig(n_iter=200, n_starts=3)) == 20
     assert restarts.competition_iteration(VdamConfig(n_iter=12, n_starts=3)) == 0  # short runs: one start
     assert restarts.competition_iteration(VdamConfig(n_iter=100, n_starts=1)) == 0
 
 
-def test_compete_adopts_the_winner_in_place(monkeypatch, simulated):
+def test_compete_races_the_starts_and_adopts_the_winner_in_place(monkeypatch, simulated):
+    """Round 1 keeps the best two of three, round 2 the best of those; the run continues at round 2's
+    iteration from the winner's own state (its random start, its history)."""
     particles, _ = simulated
-    config = VdamConfig(seed=1, n_starts=3, start_iterations=0)
+    config = VdamConfig(seed=1, n_iter=100, n_starts=3, start_survivors=2, start_iterations=1, start_final_iterations=2,
+                        initial_subset=40, local_searches=False)
     state = initial_state(particles, config)
-    state.fingerprint = {"job": "mine"} if hasattr(state, "fingerprint") else None
-    monkeypatch.setattr(restarts, "score_starts", lambda states, *a, **k: [0.0, 5.0, 1.0])
+    state.fingerprint = {"job": "mine"}
+    # round 1: start 1 best, then start 0, start 2 out; round 2: start 0 ahead of start 1
+    rounds = iter([[1.0, 5.0, 0.0], [2.0, 3.0]])  # round 2 lists start 1, then start 0
+    monkeypatch.setattr(restarts, "score_starts", lambda states, *a, **k: next(rounds))
     outcome = restarts.compete(state, particles, pseudo_halves(particles), config, "cpu")
-    assert outcome == {"start_scores": [0.0, 5.0, 1.0], "chosen_start": 1}
-    other = initial_state(particles, VdamConfig(seed=restarts.start_seed(config, 1)))
-    assert torch.equal(state.maps, other.maps)  # the second start's random initial map
-    if hasattr(state, "fingerprint"):
-        assert state.fingerprint == {"job": "mine"}
+    assert outcome["chosen_start"] == 0
+    assert [r["starts"] for r in outcome["start_rounds"]] == [[0, 1, 2], [1, 0]]
+    assert [r["iteration"] for r in outcome["start_rounds"]] == [1, 2]
+    assert state.iteration == 2 and [f["iteration"] for f in state.history] == [1, 2]
+
+    rounds = iter([[0.0, 5.0, 1.0], [1.0, 3.0]])
+    monkeypatch.setattr(restarts, "score_starts", lambda states, *a, **k: next(rounds))
+    state = initial_state(particles, config)
+    state.fingerprint = {"job": "mine"}
+    outcome = restarts.compete(state, particles, pseudo_halves(particles), config, "cpu")
+    assert outcome["chosen_start"] == 2
+    other = initial_state(particles, dataclasses.replace(config, seed=restarts.start_seed(config, 2), n_starts=1))
+    run_iteration(other, particles, pseudo_halves(particles), dataclasses.replace(config, seed=restarts.start_seed(config, 2), n_starts=1), "cpu")
+    run_iteration(other, particles, pseudo_halves(particles), dataclasses.replace(config, seed=restarts.start_seed(config, 2), n_starts=1), "cpu")
+    assert torch.equal(state.maps, other.maps)  # the third start's own run to iteration 2
+    assert state.fingerprint == {"job": "mine"}

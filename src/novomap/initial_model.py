@@ -122,7 +122,7 @@ def run_initial_model(
         if on_write is not None:
             on_write(written)
     half = pseudo_halves(particles)
-    for _ in range(state.iteration, config.n_iter):
+    while state.iteration < config.n_iter:  # the race of starts (vdam.restarts) may advance it by several
         figures = run_iteration(state, particles, half, config, device)
         if progress is not None:
             progress(figures)

@@ -30,6 +30,12 @@ EXAMPLE = (
 SAMPLING_TO_ORDER = {30.0: 0, 15.0: 1, 7.5: 2, 3.75: 3}
 
 
+def _default_starts() -> int:
+    from novomap.vdam.config import VdamConfig  # a dataclass module: cheap to import
+
+    return VdamConfig.n_starts
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     io = parser.add_argument_group("input/output")
     io.add_argument("--i", dest="input", metavar="STAR", help="particles STAR file (RELION 3.0-5.0), e.g. from Select after 2D classification")
@@ -51,6 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     opt.add_argument("--flatten-solvent", dest="flatten_solvent", action="store_true", default=True, help="multiply the map by a soft spherical mask of the particle diameter each iteration (default: on)")
     opt.add_argument("--no-flatten-solvent", dest="flatten_solvent", action="store_false", help="do not flatten the solvent")
     opt.add_argument("--sym", default="C1", help="point group applied at the end (the run itself is C1, as RELION's default); e.g. C1, C4, D2, T, O, I, or auto: detect it on the final C1 map and apply it (DIR/symmetry.txt says which and why) (default: %(default)s)")
+    opt.add_argument(
+        "--starts", type=int, default=_default_starts(), metavar="N",
+        help="random starts raced at the beginning: the best half go on after a tenth of the iterations, the best "
+        "one after three tenths, by the likelihood of the same particles (1: a single start, as RELION; default: %(default)s)",
+    )
     opt.add_argument("--tau2-fudge", type=float, default=4.0, metavar="T", help="regularisation T reached after the initial phase (default: %(default)s)")
     sampling = parser.add_argument_group("sampling (RELION's Sampling tab)")
     sampling.add_argument("--sampling", type=float, default=15.0, metavar="DEG", help="initial angular sampling in degrees: 30, 15, 7.5 or 3.75 (the fine step; default: %(default)s)")
@@ -114,6 +125,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise NovomapError(f"--iter must be >= 1, not {args.iter}")
     if args.classes < 1:
         raise NovomapError(f"--K must be >= 1, not {args.classes}")
+    if args.starts < 1:
+        raise NovomapError(f"--starts must be >= 1, not {args.starts}")
     if args.offset_step <= 0 or args.offset_range < 0:
         raise NovomapError("--offset-step must be > 0 and --offset-range >= 0 (pixels)")
     if args.particle_diameter is not None and not args.particle_diameter > 0:
@@ -180,6 +193,7 @@ OPTION_OF_FIELD = {
     "auto_sampling": "--no-auto-sampling",
     "max_healpix_order": "--finest-sampling",
     "seed": "--seed",
+    "n_starts": "--starts",
     "max_resolution": "--max-resolution",
     "output_pixel_size": "--output-pixel-size",
 }
@@ -419,6 +433,7 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
         max_healpix_order=max(_healpix_order(args.sampling), _healpix_order(args.finest_sampling)),
         seed=args.seed,
         pool=max(0, args.pool),
+        n_starts=args.starts,
     )
     fingerprint = _fingerprint(args, config)
     if args.continue_from is not None:

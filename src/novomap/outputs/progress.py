@@ -161,6 +161,18 @@ def iteration_line(figures: dict, n_iter: int, eta: str | None = None, verbose: 
     return line
 
 
+def starts_line(figures: dict) -> str:
+    """One line for the race of random starts (vdam.restarts): each round's scores and the winner."""
+    rounds = []
+    for round_ in figures["start_rounds"]:
+        scores = ", ".join(f"{start}: {score:.1f}" for start, score in zip(round_["starts"], round_["scores"]))
+        rounds.append(f"iteration {round_['iteration']} ({scores})")
+    return (
+        f"random starts, mean log likelihood of the same particles: {'; '.join(rounds)} "
+        f"-> continuing from start {figures['chosen_start']}"
+    )
+
+
 class ProgressDisplay:
     """Per-iteration progress of a job: live on a terminal, plain lines otherwise, always into run.out.
 
@@ -268,6 +280,8 @@ class ProgressDisplay:
     def update(self, figures: dict) -> None:
         """After each iteration: figures as passed to run_initial_model's progress callback."""
         self._learn(figures)
+        if "start_rounds" in figures:
+            self.message(starts_line(figures))
         iteration = int(figures["iteration"])
         eta = format_duration(self.eta_seconds(iteration))
         plain = iteration_line(figures, self.n_iter, eta)

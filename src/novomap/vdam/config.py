@@ -50,14 +50,15 @@ class VdamConfig:
     local_offset_range_px: float = 2.0
     local_offset_step_px: float = 1.0
     local_coarse_step_deg: float = 7.5  # the local coarse image resolves max(its angular step, this)
-    # independent starts (vdam.restarts): at iteration start_iterations (per 100 iterations; none in runs
-    # shorter than 50), n_starts - 1 other random starts are run to the same iteration and the run continues
-    # from the one that explains a fixed sample of start_score_particles particles best (1: one start, as RELION)
-    # default 1: on real beta-gal seed 1 the start with the best iteration-10 score ended worse (26.6 vs 12.9 Å,
-    # benchmarks/results/2026-11-30-local-refinement.md); the criterion needs work before it is on by default
-    n_starts: int = 1
+    # independent starts (vdam.restarts): n_starts random starts race; at start_iterations (per 100
+    # iterations of the run) the best start_survivors go on, at start_final_iterations the best one
+    # does, scored by the log likelihood of a fixed sample of start_score_particles particles
+    # (1: one start, as RELION). Measured: benchmarks/results/2026-11-30-starts.md
+    n_starts: int = 5
+    start_survivors: int = 2
     start_iterations: int = 10
-    start_score_particles: int = 500
+    start_final_iterations: int = 30
+    start_score_particles: int = 300
 
     def significant_cap(self) -> int:
         return self.max_significant if self.max_significant > 0 else 100 * self.n_classes

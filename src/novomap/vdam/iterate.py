@@ -323,14 +323,11 @@ def run_iteration(state: RunState, particles: ParticleSet, half: torch.Tensor, c
         "seconds": time.perf_counter() - started,
         "timings": timings,
     }
+    state.history.append(figures)
     if iteration == competition_iteration(config):
         t0 = time.perf_counter()
         outcome = compete(state, particles, half, config, device)
-        if outcome["chosen_start"] != 0 and state.history:
-            figures = dict(state.history[-1])  # the winner's own figures of this iteration
-            state.history.pop()
+        figures = state.history[-1]  # the winner's figures of its latest iteration (the race may advance the run)
         figures.update(outcome)
         figures["timings"] = {**figures.get("timings", {}), "starts": time.perf_counter() - t0}
-        figures["seconds"] = time.perf_counter() - started
-    state.history.append(figures)
     return figures

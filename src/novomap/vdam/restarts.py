@@ -1,13 +1,18 @@
 """Independent short starts, so that one unlucky random start cannot decide the run.
 
-VDAM from random blobs can settle in a wrong solution (a near-spherical map with confident,
-wrong poses on a tight particle; two quality groups over seeds on real data), and the way out is
-decided in the first iterations. So, at iteration config.start_iterations, config.n_starts - 1
-other starts (other random initial maps and mini-batch orders) are run to the same iteration, and
-the run continues from the one whose maps explain the data best: the mean log marginal
-likelihood of the same particles (a fixed random sample), every start scored with the same noise
-spectrum, Fourier window and global search, so the scores differ only through the maps, the
-direction and offset priors. The scores and the choice go into the iteration's figures.
+VDAM from random blobs can settle in a wrong solution (a map of the wrong fold with confident,
+wrong poses), and the way in is decided in the first tens of iterations. So config.n_starts random
+starts (other initial maps and mini-batch orders) race in rounds: at each round's iteration every
+start still in the race is scored, and only the best continue (config.start_survivors after
+start_iterations, one after start_final_iterations, both per 100 iterations of the run, so the
+same point of VDAM's schedules). The run then continues from the winner.
+
+The score is the mean log marginal likelihood of the same particles (a fixed random sample), every
+start scored with the same noise spectrum, Fourier window and global search, so the scores differ
+only through the maps and the direction and offset priors. Measured on simulated beta-gal
+(benchmarks/results/2026-11-30-starts.md): at iteration 30 a wrong fold scores 15-20 units per
+particle below the right ones, while at iteration 10 the ranking is still noisy (hence a first
+round that only halves the field). The scores and the choice go into the iteration's figures.
 """
 
 from __future__ import annotations
@@ -27,13 +32,26 @@ _PER_PARTICLE = ("rot_deg", "tilt_deg", "psi_deg", "origin_x_a", "origin_y_a", "
 _KEEP = ("fingerprint",)
 
 
-def competition_iteration(config: VdamConfig) -> int:
-    """The iteration at which the starts are compared: config.start_iterations per 100 iterations
-    of the run (the same point of VDAM's schedules, which scale with n_iter); 0 = no competition
-    (a single start, or a run shorter than 50 iterations, where the phases are too short to tell)."""
+def competition_rounds(config: VdamConfig) -> list[tuple[int, int]]:
+    """[(iteration, starts that go on)] of the race; [] for one start or a run shorter than 50
+    iterations (its phases are too short to tell starts apart)."""
     if config.n_starts < 2 or config.n_iter < 50:
-        return 0
-    return max(1, round(config.start_iterations * config.n_iter / 100))
+        return []
+    scale = config.n_iter / 100
+    rounds = []
+    if 1 < config.start_survivors < config.n_starts:
+        rounds.append((max(1, round(config.start_iterations * scale)), config.start_survivors))
+    last = max(1, round(config.start_final_iterations * scale))
+    if rounds and last <= rounds[0][0]:
+        rounds = []
+    rounds.append((last, 1))
+    return rounds
+
+
+def competition_iteration(config: VdamConfig) -> int:
+    """The iteration at which the race starts (0: no race)."""
+    rounds = competition_rounds(config)
+    return rounds[0][0] if rounds else 0
 
 
 def start_seed(config: VdamConfig, start: int) -> int:
@@ -86,24 +104,28 @@ def adopt(state: RunState, winner: RunState) -> None:
 
 
 def compete(state: RunState, particles: ParticleSet, half: torch.Tensor, config: VdamConfig, device) -> dict:
-    """Run the other starts to state.iteration, score all, continue from the best (in place).
+    """Race the starts (state is start 0, at the first round's iteration) and continue from the
+    winner, in place: state may end at a later iteration (the last round's).
 
-    Returns {"start_scores": [...], "chosen_start": i} (0 = the run's own start).
+    Returns {"start_rounds": [{"iteration", "starts", "scores"}, ...], "chosen_start": i}.
     """
     from novomap.vdam.iterate import run_iteration
     from novomap.vdam.start import initial_state
 
-    states = [state]
-    for start in range(1, config.n_starts):
-        other = dataclasses.replace(config, seed=start_seed(config, start), n_starts=1)
-        alternative = initial_state(particles, other)
-        while alternative.iteration < state.iteration:
-            run_iteration(alternative, particles, half, other, device)
-        states.append(alternative)
-    scores = score_starts(states, particles, half, config, device)
-    chosen = best_start(scores)
-    if chosen != 0:
-        history = state.history
-        adopt(state, states[chosen])
-        state.history = states[chosen].history if states[chosen].history else history
-    return {"start_scores": scores, "chosen_start": chosen}
+    def own_config(start: int) -> VdamConfig:
+        return dataclasses.replace(config, seed=start_seed(config, start), n_starts=1)
+
+    contenders = [(0, state)] + [(s, initial_state(particles, own_config(s))) for s in range(1, config.n_starts)]
+    rounds = []
+    for iteration, survivors in competition_rounds(config):
+        for start, contender in contenders:
+            while contender.iteration < iteration:
+                run_iteration(contender, particles, half, own_config(start), device)
+        scores = score_starts([c for _, c in contenders], particles, half, config, device)
+        rounds.append({"iteration": iteration, "starts": [s for s, _ in contenders], "scores": scores})
+        ranked = sorted(range(len(contenders)), key=lambda i: (-scores[i], i))
+        contenders = [contenders[i] for i in ranked[:survivors]]
+    chosen, winner = contenders[0]
+    if winner is not state:
+        adopt(state, winner)
+    return {"start_rounds": rounds, "chosen_start": chosen}

@@ -13,11 +13,16 @@ from novomap.vdam.initialise import initial_noise_spectrum, initial_references, 
 from novomap.vdam.state import RunState
 
 
-def sigma2_particles(particles: ParticleSet, n_max: int, n_classes: int) -> torch.Tensor:
-    """Indices of the particles used for the initial noise and reconstruction: the first n_max per
-    optics group in micrograph-sorted order (at least 5 K)."""
+def micrograph_order(particles: ParticleSet) -> list[int]:
+    """Particle indices sorted by micrograph name (stable: table order within a micrograph)."""
     names = particles.micrograph_names
-    order = sorted(range(particles.n), key=lambda i: names[i])
+    return sorted(range(particles.n), key=lambda i: names[i])
+
+
+def sigma2_particles(particles: ParticleSet, n_max: int, n_classes: int) -> torch.Tensor:
+    """Indices of the particles used for each optics group's initial noise spectrum: the first
+    n_max per group in micrograph-sorted order (at least 5 K), as RELION's --nr_parts_sigma2noise."""
+    order = micrograph_order(particles)
     n_take = max(n_max, 5 * n_classes)
     chosen: list[int] = []
     for group in torch.unique(particles.optics_group).tolist():
@@ -26,20 +31,28 @@ def sigma2_particles(particles: ParticleSet, n_max: int, n_classes: int) -> torc
     return torch.tensor(sorted(chosen), dtype=torch.long)
 
 
+def start_particles(particles: ParticleSet, n_max: int, n_classes: int) -> torch.Tensor:
+    """Indices of the particles of the random-orientation start: the first n_max (at least 5 K) in
+    micrograph-sorted order, whatever their optics group, so that splitting the same particles
+    into optics groups does not change the start (RELION takes n_max per group for both)."""
+    order = micrograph_order(particles)
+    return torch.tensor(sorted(order[: max(n_max, 5 * n_classes)]), dtype=torch.long)
+
+
 def initial_state(particles: ParticleSet, config: VdamConfig) -> RunState:
     n, k = particles.box_size, config.n_classes
     generator = torch.Generator().manual_seed(config.seed)
-    chosen = sigma2_particles(particles, config.n_particles_sigma2, k)
-    images = particles.images(chosen).double()
     diameter_px = config.particle_diameter_a / particles.pixel_size_a
+    noise_set = sigma2_particles(particles, config.n_particles_sigma2, k)
     n_groups = len(particles.table.optics)
     sigma2 = torch.zeros((n_groups, n // 2 + 1), dtype=torch.float64)
     for group in range(n_groups):
-        rows = particles.optics_group[chosen] == group
-        if rows.any():
-            sigma2[group] = initial_noise_spectrum(images[rows], diameter_px / 2)
+        rows = noise_set[particles.optics_group[noise_set] == group]
+        if rows.numel():
+            sigma2[group] = initial_noise_spectrum(particles.images(rows).double(), diameter_px / 2)
+    chosen = start_particles(particles, config.n_particles_sigma2, k)
     window = initial_window(n)
-    spectra = window.take(rfft_image(images))
+    spectra = window.take(rfft_image(particles.images(chosen).double()))
     ctf = particle_ctf(particles, chosen, window)
     ini_high_shells = max(1, round(0.07 * n))
     maps = initial_references(spectra, ctf, window, k, diameter_px, ini_high_shells, generator)
