@@ -104,3 +104,20 @@ def test_evidence_json_holds_the_figures_and_thresholds(tmp_path):
     assert data["weak"] is True and data["warnings"] and data["symmetry"]["applied"] == "D2"
     assert data["half_fsc05_a"] == 12.0 and data["thresholds"]["min_agreement_cc"] == MIN_AGREEMENT_CC
     assert len(data["resolution_inv_a"]) == len(data["half_fsc"]) and data["nyquist_a"] == pytest.approx(7.08)
+
+
+def test_the_race_of_starts_is_part_of_the_evidence(tmp_path):
+    """The line names the number of starts and the winner's lead in the last round; evidence.json and
+    the report keep every round's scores."""
+    rounds = [{"iteration": 10, "starts": [0, 1, 2, 3, 4], "scores": [-421.0, -422.8, -422.6, -439.7, -429.9]},
+              {"iteration": 30, "starts": [2, 0], "scores": [-523.0, -534.6]}]
+    evidence = _evidence(start_rounds=rounds, chosen_start=2)
+    assert "best of 5 random starts (log L at iteration 30, 11.6 ahead of the next)" in evidence.line()
+    assert "random starts" not in _evidence().line()
+    data = json.loads(write_evidence(tmp_path, evidence).read_text())
+    assert data["start_rounds"] == rounds and data["chosen_start"] == 2
+
+    from novomap.outputs.report import _evidence_caption
+
+    caption = _evidence_caption(data)
+    assert "5 random starts raced" in caption and "start 2 -523.0, start 0 -534.6" in caption

@@ -102,11 +102,20 @@ def test_eta_counts_particles_not_iterations(tmp_path):
 
 
 def test_batch_plan_follows_the_schedule():
-    config = VdamConfig(n_iter=100)
+    config = VdamConfig(n_iter=100, n_starts=1)
     plan = batch_plan(config, 100_000)
     initial, final = schedules.default_subset_sizes(100_000)
     assert len(plan) == 100 and plan[0] == initial == 500 and plan[-1] == final == 10_000
     assert plan == sorted(plan)
+
+
+def test_batch_plan_counts_the_race_of_starts_at_its_first_round():
+    """5 starts: 4 others run iterations 1-10, 1 other runs 11-30; 5 + 2 scorings of 300 particles."""
+    single = batch_plan(VdamConfig(n_iter=100, n_starts=1), 2000)
+    raced = batch_plan(VdamConfig(n_iter=100, n_starts=5, start_survivors=2), 2000)
+    extra = 4 * sum(single[:10]) + 1 * sum(single[10:30]) + (5 + 2) * 300
+    assert raced[9] == single[9] + extra
+    assert raced[:9] == single[:9] and raced[10:] == single[10:]
 
 
 def test_format_duration():

@@ -99,6 +99,9 @@ class Evidence:
     mean_pmax: float
     seconds: float
     warnings: list[str] = field(default_factory=list)
+    # the race of random starts (vdam.restarts): [{"iteration", "starts", "scores"}, ...] and the winner
+    start_rounds: list[dict] = field(default_factory=list)
+    chosen_start: int | None = None
 
     @property
     def weak(self) -> bool:
@@ -110,8 +113,17 @@ class Evidence:
         return (
             f"evidence: half-set FSC {_fmt_a(self.half_fsc05_a)} (0.5), {_fmt_a(self.half_fsc0143_a)} (0.143); "
             f"final vs last VDAM map cc {self.agreement_cc:.2f}; radial share {self.radial_share:.2f}, "
-            f"mean pmax {self.mean_pmax:.2f} -> {verdict}"
+            f"mean pmax {self.mean_pmax:.2f}{self.starts_phrase()} -> {verdict}"
         )
+
+    def starts_phrase(self) -> str:
+        """'; best of 5 starts (...)' when the run raced random starts, else ''."""
+        if not self.start_rounds:
+            return ""
+        last = self.start_rounds[-1]
+        scores = sorted(last["scores"], reverse=True)
+        margin = f", {scores[0] - scores[1]:.1f} ahead of the next" if len(scores) > 1 else ""
+        return f"; best of {len(self.start_rounds[0]['starts'])} random starts (log L at iteration {last['iteration']}{margin})"
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -268,6 +280,9 @@ def assess_run(state, particles, half: torch.Tensor, class_index: int, final_map
     radius = config.particle_diameter_a / (2 * particles.pixel_size_a)
     evidence = assess(halves, final_map, state.maps[class_index], particles.pixel_size_a, radius, config.mask_edge_px, pmax, started)
     evidence.n_half = (int((half[members] == 0).sum()), int((half[members] == 1).sum()))
+    race = next((f for f in state.history if "start_rounds" in f), None)
+    if race is not None:
+        evidence.start_rounds, evidence.chosen_start = race["start_rounds"], race["chosen_start"]
     return evidence
 
 

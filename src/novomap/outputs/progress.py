@@ -23,6 +23,7 @@ from typing import TextIO
 
 from novomap.vdam import schedules
 from novomap.vdam.config import VdamConfig
+from novomap.vdam.restarts import competition_rounds
 
 #: Weight of the newest iteration in the smoothed time per particle.
 _SMOOTHING = 0.3
@@ -34,7 +35,23 @@ def batch_plan(config: VdamConfig, n_particles: int) -> list[int]:
     initial, final = schedules.default_subset_sizes(n_particles)
     initial = config.initial_subset if config.initial_subset > 0 else initial
     final = config.final_subset if config.final_subset > 0 else final
-    return [schedules.subset_size(i, phases, initial, final, n_particles) for i in range(1, config.n_iter + 1)]
+    plan = [schedules.subset_size(i, phases, initial, final, n_particles) for i in range(1, config.n_iter + 1)]
+    return with_race(plan, config, n_particles)
+
+
+def with_race(plan: list[int], config: VdamConfig, n_particles: int) -> list[int]:
+    """The plan with the race of random starts (vdam.restarts) added to its first round's iteration:
+    the other starts' mini-batches up to each round, and the scoring of every start still racing."""
+    rounds = competition_rounds(config)
+    if not rounds:
+        return plan
+    plan = list(plan)
+    extra, racing, previous = 0, config.n_starts, 0
+    for iteration, survivors in rounds:
+        extra += (racing - 1) * sum(plan[previous:iteration]) + racing * min(n_particles, config.start_score_particles)
+        racing, previous = survivors, iteration
+    plan[rounds[0][0] - 1] += extra
+    return plan
 
 
 def format_duration(seconds: float) -> str:

@@ -454,6 +454,13 @@ def _evidence_caption(evidence: dict) -> str:
             f"{evidence['radial_share']:.2f} (1 = a featureless ball); mean pmax of the final pass {evidence['mean_pmax']:.2f}."
         )
     ]
+    rounds = evidence.get("start_rounds") or []
+    if rounds:
+        lines = [f"iteration {r['iteration']}: " + ", ".join(f"start {s} {v:.1f}" for s, v in zip(r["starts"], r["scores"])) for r in rounds]
+        parts.append(html.escape(
+            f" {len(rounds[0]['starts'])} random starts raced (mean log likelihood of the same particles; the best go on); "
+            f"the run continued from start {evidence.get('chosen_start')}:"
+        ) + "<pre>" + html.escape("\n".join(lines)) + "</pre>")
     for reason in evidence.get("warnings", []):
         parts.append(f'<br><span class="warning">warning: {html.escape(reason)}</span>')
     symmetry = evidence.get("symmetry")

@@ -66,7 +66,9 @@ LOCAL_STEP_DEG = 1.0
 _NOISE_SEED = 20240611
 EMPTY_SHELL = 1e-6  # shells with less mean power than this fraction of the strongest are empty
 # de novo mode (module doc); calibrated on reconstructions at 3-8 deg pose errors and VDAM runs
-DE_NOVO_RATIO = 0.35  # s_G / nu_G (null score: G in random orientations)
+# s_G / nu_G (null score: G in random orientations): the middle of the gap between true groups (<= 0.28 in the
+# calibration) and absent ones (>= 0.5); a real beta-gal VDAM map scored D2 at 0.36 (results/2026-11-30-suite-starts.md)
+DE_NOVO_RATIO = 0.4
 DE_NOVO_OPERATOR_RATIO = 0.5  # each operator's d_g / its null d
 DE_NOVO_SPREAD = 2.4  # each operator's d_g / the map's error level e (its best single operator)
 DE_NOVO_GATE = 2.0  # refine a group when its coarse s_G / nu_G <= DE_NOVO_GATE x DE_NOVO_RATIO

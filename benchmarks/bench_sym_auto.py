@@ -1,0 +1,80 @@
+"""Would `--sym auto` have named the right group? Checked on finished `initial-model` jobs, offline.
+
+`--sym auto` detects the group on the final C1 reconstruction (the largest class at the final
+pass's poses) and then aligns and symmetrises exactly as the explicit group does, so the map is the
+explicit group's whenever the detection names that group (symmetry.choice.apply_point_group). This
+script rebuilds that C1 reconstruction from each job's last checkpoint (run_itNNN_state.pt, written
+after the final pass) and its particles, runs the same de novo detection, and prints the group
+found beside the job's own group.
+
+    python benchmarks/bench_sym_auto.py /tmp/novomap_suite/jobs/starts-a-it100/*_seed*
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from novomap.initial_model import final_reconstruction
+from novomap.io.particles import ParticleSet, working_grid_of
+from novomap.io.star import read_particle_star
+from novomap.io.working_grid import auto_max_resolution_a
+from novomap.symmetry.choice import choose_group
+from novomap.vdam.config import VdamConfig
+from novomap.vdam.state import RunState
+
+
+def job_group(job: Path) -> str:
+    """The group the job applied (its symmetry.txt record, else C1)."""
+    for line in (job / "run.out").read_text().splitlines():
+        if line.startswith("symmetry: "):
+            return line.split()[1]
+    return "C1"
+
+
+def detect_on_job(job: Path) -> dict:
+    state_path = sorted(job.glob("run_it*_state.pt"))[-1]
+    state = RunState.load(state_path)
+    options = dict(state.fingerprint["options"])
+    star = Path(state.fingerprint["particles_file"])
+    if not star.is_absolute():  # relative to where the job was started (run.out's second line)
+        started_in = next(line for line in (job / "run.out").read_text().splitlines() if line.startswith("# started"))
+        star = Path(started_in.split(" in ", 1)[1]) / star
+    table = read_particle_star(star)
+    max_resolution = options.pop("max_resolution", None)
+    if max_resolution is None:
+        auto = working_grid_of(table, None, None)
+        max_resolution = auto_max_resolution_a(auto.group_box, auto.group_pixel_size_a)
+    options.pop("output_pixel_size", None)
+    names = {f.name for f in dataclasses.fields(VdamConfig)}
+    config = VdamConfig(**{k: v for k, v in options.items() if k in names})
+    particles = ParticleSet.from_star(star, preread=True, max_resolution_a=max_resolution)
+    largest = int(torch.argmax(state.class_fraction))
+    volume = final_reconstruction(state, particles, largest, config)
+    started = time.perf_counter()
+    group, detection = choose_group(volume, particles.pixel_size_a, None)
+    rows = [f"{r.group} {r.score:.3f}/{r.null_score or 0:.3f} {'yes' if r.accepted else 'no'} {r.note}".strip()
+            for r in detection.table if r.group in ("C2", "C3", "C4", "D2", "D3", "D4", "T", "O", "I", job_group(job))]
+    return {"job": job.name, "applied": job_group(job), "auto": group.name, "seconds": round(time.perf_counter() - started, 1), "table": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("jobs", nargs="+", type=Path)
+    args = parser.parse_args()
+    for job in args.jobs:
+        if not (job / "initial_model.mrc").exists():
+            continue
+        row = detect_on_job(job)
+        row["same"] = row["auto"].upper() == row["applied"].upper()
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
