@@ -148,9 +148,9 @@ def test_uncertain_particles_keep_the_global_search(simulated):
     assert local_order(state, VdamConfig(max_healpix_order=2), final=True) == 3  # the final pass goes local
 
 
-def test_best_start_is_the_highest_score_first_on_ties():
-    assert restarts.best_start([-3.0, -1.0, -2.0]) == 1
-    assert restarts.best_start([-1.0, -1.0]) == 0
+def test_starts_are_ranked_highest_score_first_earlier_start_first_on_ties():
+    assert restarts.ranked_starts([-3.0, -1.0, -2.0]) == [1, 2, 0]
+    assert restarts.ranked_starts([-1.0, -1.0]) == [0, 1]
     assert restarts.start_seed(VdamConfig(seed=4), 0) == 4 and restarts.start_seed(VdamConfig(seed=4), 1) != 4
 
 
@@ -164,7 +164,7 @@ def test_scoring_prefers_the_true_map_over_a_wrong_one(simulated, one_thread):
     wrong.maps = wrong.maps * float(volume.std() / wrong.maps.std())
     wrong.resolution_shell = 14
     scores = restarts.score_starts([wrong, right], particles, pseudo_halves(particles), config, "cpu")
-    assert restarts.best_start(scores) == 1
+    assert restarts.ranked_starts(scores)[0] == 1
     # scoring leaves the starts' poses untouched
     assert torch.equal(right.rot_deg, particles.rot_deg)
 

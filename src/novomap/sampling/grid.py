@@ -49,6 +49,16 @@ class SearchGrid:
         return angular_step_deg(self.healpix_order + 1)
 
 
+def perturbation_matrix(order: int, perturbation: float) -> torch.Tensor | None:
+    """The rotation (3, 3) by rot = tilt = psi = perturbation x the order's angular step that shifts a
+    whole grid of that order (RELION's random perturbation of the sampling); None when it is zero."""
+    delta = perturbation * angular_step_deg(order)
+    if delta == 0.0:
+        return None
+    d = torch.tensor(delta, dtype=torch.float64)
+    return euler_to_matrix(d, d, d)
+
+
 def build_search_grid(healpix_order: int, offset_range_px: float, offset_step_px: float, perturbation: float = 0.0) -> SearchGrid:
     """Grid for coarse HEALPix order n with oversampling 1; perturbation in [-0.5, 0.5] (fraction of a step).
 
@@ -73,11 +83,9 @@ def build_search_grid(healpix_order: int, offset_range_px: float, offset_step_px
         child_psi[None, :, None, :].expand(n_dir, n_psi, 4, 2),
     ).reshape(n_dir * n_psi, 8, 3, 3)
 
-    delta = perturbation * angular_step_deg(healpix_order)
-    if delta != 0.0:
-        e = euler_to_matrix(torch.tensor(delta, dtype=torch.float64), torch.tensor(delta, dtype=torch.float64), torch.tensor(delta, dtype=torch.float64))
-        coarse = coarse @ e
-        fine = fine @ e
+    e = perturbation_matrix(healpix_order, perturbation)
+    if e is not None:
+        coarse, fine = coarse @ e, fine @ e
 
     translations = translation_grid(offset_range_px, offset_step_px) + perturbation * offset_step_px
     return SearchGrid(

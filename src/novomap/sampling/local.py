@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from novomap.physics.euler import euler_to_matrix
-from novomap.sampling.grid import SearchGrid
+from novomap.sampling.grid import SearchGrid, perturbation_matrix
 from novomap.sampling.healpix import angular_step_deg, child_psi_angles, healpix_directions, psi_angles
 from novomap.sampling.translations import child_translations, translation_grid
 
@@ -41,14 +41,6 @@ class LocalCandidates:
     radius_deg: float
 
 
-def _perturbation_matrix(order: int, perturbation: float) -> torch.Tensor | None:
-    delta = perturbation * angular_step_deg(order)
-    if delta == 0.0:
-        return None
-    d = torch.tensor(delta, dtype=torch.float64)
-    return euler_to_matrix(d, d, d)
-
-
 def coarse_orientations(order: int, perturbation: float = 0.0) -> torch.Tensor:
     """Every coarse rotation of HEALPix order n, perturbed as build_search_grid does -> (O, 3, 3) float64.
 
@@ -58,7 +50,7 @@ def coarse_orientations(order: int, perturbation: float = 0.0) -> torch.Tensor:
     psi = psi_angles(order)
     n_dir, n_psi = rot.numel(), psi.numel()
     rotations = euler_to_matrix(rot[:, None].expand(n_dir, n_psi), tilt[:, None].expand(n_dir, n_psi), psi[None, :].expand(n_dir, n_psi)).reshape(-1, 3, 3)
-    e = _perturbation_matrix(order, perturbation)
+    e = perturbation_matrix(order, perturbation)
     return rotations if e is None else rotations @ e
 
 
@@ -88,7 +80,7 @@ def nearest_candidates(previous: torch.Tensor, order: int, perturbation: float, 
     step = angular_step_deg(order)
     n_psi = 6 * 2**order
     base = euler_to_matrix(rot, tilt, torch.zeros_like(rot))  # (n_dir, 3, 3)
-    e = _perturbation_matrix(order, perturbation)
+    e = perturbation_matrix(order, perturbation)
     if e is not None:
         base = base @ e
     previous = previous.to(torch.float64)
@@ -141,7 +133,7 @@ def restricted_grid(order: int, direction_order: int, coarse_index: torch.Tensor
         child_tilt[children][:, :, None].expand(-1, 4, 2),
         child_psi[:, None, :].expand(-1, 4, 2),
     ).reshape(-1, 8, 3, 3)
-    e = _perturbation_matrix(order, perturbation)
+    e = perturbation_matrix(order, perturbation)
     if e is not None:
         coarse, fine = coarse @ e, fine @ e
     translations = translation_grid(offset_range_px, offset_step_px) + perturbation * offset_step_px

@@ -91,9 +91,9 @@ def score_starts(states: list[RunState], particles: ParticleSet, half: torch.Ten
     return scores
 
 
-def best_start(scores: list[float]) -> int:
-    """Index of the highest score (the first on ties)."""
-    return max(range(len(scores)), key=lambda i: (scores[i], -i))
+def ranked_starts(scores: list[float]) -> list[int]:
+    """Indices of the scores from highest to lowest (the earlier start first on ties)."""
+    return sorted(range(len(scores)), key=lambda i: (-scores[i], i))
 
 
 def adopt(state: RunState, winner: RunState) -> None:
@@ -123,8 +123,7 @@ def compete(state: RunState, particles: ParticleSet, half: torch.Tensor, config:
                 run_iteration(contender, particles, half, own_config(start), device)
         scores = score_starts([c for _, c in contenders], particles, half, config, device)
         rounds.append({"iteration": iteration, "starts": [s for s, _ in contenders], "scores": scores})
-        ranked = sorted(range(len(contenders)), key=lambda i: (-scores[i], i))
-        contenders = [contenders[i] for i in ranked[:survivors]]
+        contenders = [contenders[i] for i in ranked_starts(scores)[:survivors]]
     chosen, winner = contenders[0]
     if winner is not state:
         adopt(state, winner)
