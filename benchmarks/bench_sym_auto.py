@@ -5,9 +5,12 @@ pass's poses) and then aligns and symmetrises exactly as the explicit group does
 explicit group's whenever the detection names that group (symmetry.choice.apply_point_group). This
 script rebuilds that C1 reconstruction from each job's last checkpoint (run_itNNN_state.pt, written
 after the final pass) and its particles, runs the same de novo detection, and prints the group
-found beside the job's own group.
+found beside the job's own group. With --cache DIR the rebuilt reconstruction is saved there
+(DIR/<jobs folder>__<job>.pt: volume, pixel size, the job's group) and read back on the next run, so
+the detection can be re-run on the same maps without the particles.
 
     python benchmarks/bench_sym_auto.py /tmp/novomap_suite/jobs/starts-a-it100/*_seed*
+    python benchmarks/bench_sym_auto.py --cache /tmp/symcal2/maps /tmp/novomap_suite/jobs/starts-*-it100/*_seed*
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ def job_group(job: Path) -> str:
     return "C1"
 
 
-def detect_on_job(job: Path) -> dict:
+def rebuild(job: Path) -> tuple[torch.Tensor, float]:
+    """The job's final C1 reconstruction (N, N, N) and its pixel size (Å), as `--sym auto` sees it."""
     state_path = sorted(job.glob("run_it*_state.pt"))[-1]
     state = RunState.load(state_path)
     options = dict(state.fingerprint["options"])
@@ -56,9 +60,27 @@ def detect_on_job(job: Path) -> dict:
     config = VdamConfig(**{k: v for k, v in options.items() if k in names})
     particles = ParticleSet.from_star(star, preread=True, max_resolution_a=max_resolution)
     largest = int(torch.argmax(state.class_fraction))
-    volume = final_reconstruction(state, particles, largest, config)
+    return final_reconstruction(state, particles, largest, config), particles.pixel_size_a
+
+
+def cached_rebuild(job: Path, cache: Path | None) -> tuple[torch.Tensor, float]:
+    """rebuild(), read from / written to cache (a folder) when one is given."""
+    if cache is None:
+        return rebuild(job)
+    path = cache / f"{job.parent.name}__{job.name}.pt"
+    if path.exists():
+        saved = torch.load(path)
+        return saved["volume"], saved["pixel_size_a"]
+    volume, pixel_size_a = rebuild(job)
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save({"volume": volume.float().cpu(), "pixel_size_a": float(pixel_size_a), "job": str(job), "applied": job_group(job)}, path)
+    return volume, pixel_size_a
+
+
+def detect_on_job(job: Path, cache: Path | None = None) -> dict:
+    volume, pixel_size_a = cached_rebuild(job, cache)
     started = time.perf_counter()
-    group, detection = choose_group(volume, particles.pixel_size_a, None)
+    group, detection = choose_group(volume, pixel_size_a, None)
     rows = [f"{r.group} {r.score:.3f}/{r.null_score or 0:.3f} {'yes' if r.accepted else 'no'} {r.note}".strip()
             for r in detection.table if r.group in ("C2", "C3", "C4", "D2", "D3", "D4", "T", "O", "I", job_group(job))]
     return {"job": job.name, "applied": job_group(job), "auto": group.name, "seconds": round(time.perf_counter() - started, 1), "table": rows}
@@ -67,11 +89,12 @@ def detect_on_job(job: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("jobs", nargs="+", type=Path)
+    parser.add_argument("--cache", type=Path, default=None, help="folder for the rebuilt C1 reconstructions (written once, then read)")
     args = parser.parse_args()
     for job in args.jobs:
         if not (job / "initial_model.mrc").exists():
             continue
-        row = detect_on_job(job)
+        row = detect_on_job(job, args.cache)
         row["same"] = row["auto"].upper() == row["applied"].upper()
         print(json.dumps(row), flush=True)
 

@@ -65,14 +65,14 @@ def main() -> None:
     device = torch.device("cpu")
     states = {}
     for seed in args.seeds:
-        config = VdamConfig(seed=seed, particle_diameter_a=args.diameter)
+        config = VdamConfig(seed=seed, particle_diameter_a=args.diameter, n_starts=1)
         states[seed] = initial_state(particles, config)
     rows = []
     for checkpoint in args.checkpoints:
         t0 = time.perf_counter()
         snapshot = []
         for seed, state in states.items():
-            config = VdamConfig(seed=seed, particle_diameter_a=args.diameter)
+            config = VdamConfig(seed=seed, particle_diameter_a=args.diameter, n_starts=1)
             while state.iteration < checkpoint:
                 figures = run_iteration(state, particles, half, config, device)
             snapshot.append((seed, copy.deepcopy(state), figures))

@@ -146,6 +146,35 @@ def test_uncertain_particles_keep_the_global_search(simulated):
     assert local_order(state, config) == 3
     assert local_order(state, VdamConfig(max_healpix_order=2)) == 0  # default: iterations stay global
     assert local_order(state, VdamConfig(max_healpix_order=2), final=True) == 3  # the final pass goes local
+    # the option of searching locally at the global order itself (off by default)
+    same_order = VdamConfig(max_healpix_order=2, max_local_order_iterations=2, local_same_order=True)
+    assert local_order(state, same_order) == 2
+    assert local_order(state, same_order, final=True) == 3
+    assert local_order(state, dataclasses.replace(same_order, max_local_order_iterations=0)) == 0
+    state.iteration = 20  # never in VDAM's initial phase
+    assert local_order(state, same_order) == 0
+
+
+def test_local_search_at_the_global_order_finds_the_poses_the_global_search_finds(simulated, one_thread):
+    particles, volume = simulated
+    config = VdamConfig(seed=1, max_healpix_order=2, max_local_order_iterations=2, local_same_order=True)
+    state, truth = _state_near_truth(particles, volume, config, offset_deg=12.0, acc_rot_deg=7.0)
+    assert local_order(state, config) == 2
+    grid, current_size, coarse_size = search_setup(state, particles, config, advance=False)
+    poses = {}
+    for name, cfg in (("local", config), ("global", dataclasses.replace(config, local_same_order=False))):
+        trial = dataclasses.replace(state, rot_deg=state.rot_deg.clone(), tilt_deg=state.tilt_deg.clone(), psi_deg=state.psi_deg.clone(),
+                                    origin_x_a=state.origin_x_a.clone(), origin_y_a=state.origin_y_a.clone(), max_probability=state.max_probability.clone())
+        timings: dict = {}
+        sums = expectation(trial, particles, torch.arange(particles.n), pseudo_halves(particles), grid, current_size, coarse_size, cfg, [torch.device("cpu")], timings)
+        assert timings["n_local"] == (particles.n if name == "local" else 0)
+        assert float(sums.class_weight.sum()) == pytest.approx(particles.n, rel=1e-3)
+        poses[name] = euler_to_matrix(trial.rot_deg, trial.tilt_deg, trial.psi_deg)
+    # 12 deg from the truth, inside the 30 deg window: the local search lands where the global one does
+    errors = {name: d2_angle_deg(truth, found) for name, found in poses.items()}
+    assert float(errors["local"].median()) < 5.0, errors["local"]
+    assert float(errors["local"].median()) <= float(errors["global"].median()) + 1.0
+    assert float(d2_angle_deg(poses["local"], poses["global"]).median()) < 1.0
 
 
 def test_starts_are_ranked_highest_score_first_earlier_start_first_on_ties():

@@ -178,46 +178,18 @@ def _check_files(args: argparse.Namespace) -> None:
             )
 
 
-#: Settings that may change when a run is continued (RELION too lets --iter grow); every other
-#: VdamConfig field, and the working grid's options, must be those the run was started with.
-CONTINUE_MAY_CHANGE = frozenset({"n_iter", "pool", "chunk_size", "write_every"})
-#: Config field -> the option that sets it, for the message when --continue finds it changed.
-OPTION_OF_FIELD = {
-    "n_classes": "--K",
-    "particle_diameter_a": "--particle-diameter",
-    "flatten_solvent": "--flatten-solvent",
-    "healpix_order": "--sampling",
-    "offset_range_px": "--offset-range",
-    "offset_step_px": "--offset-step",
-    "tau2_fudge": "--tau2-fudge",
-    "auto_sampling": "--no-auto-sampling",
-    "max_healpix_order": "--finest-sampling",
-    "seed": "--seed",
-    "n_starts": "--starts",
-    "max_resolution": "--max-resolution",
-    "output_pixel_size": "--output-pixel-size",
-}
-
-
 def _fingerprint(args: argparse.Namespace, config) -> dict:
-    """What a run's checkpoints record of its particles (the STAR file's SHA-256) and settings."""
-    import dataclasses
-    import hashlib
+    """What a run's checkpoints record of its particles and settings (outputs.continuation)."""
+    from novomap.outputs.continuation import run_fingerprint
 
-    digest = hashlib.sha256()
-    with open(args.input, "rb") as handle:  # ~0.1 s for the STAR file of 200k particles
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    options = {name: value for name, value in dataclasses.asdict(config).items() if name not in CONTINUE_MAY_CHANGE}
-    for name in ("max_resolution", "output_pixel_size"):
-        options[name] = getattr(args, name, None)
-    return {"particles_sha256": digest.hexdigest(), "particles_file": str(args.input), "options": options}
+    return run_fingerprint(args.input, config, {name: getattr(args, name, None) for name in ("max_resolution", "output_pixel_size")})
 
 
 def _check_continue(args: argparse.Namespace, fingerprint: dict) -> None:
     """Refuse --continue from a run made from other particles or with other settings (one line)."""
     import torch
 
+    from novomap.outputs.continuation import check_continuation
     from novomap.outputs.relion import state_path_for
 
     state_file = state_path_for(args.continue_from)
@@ -225,39 +197,7 @@ def _check_continue(args: argparse.Namespace, fingerprint: dict) -> None:
         stored = torch.load(state_file, map_location="cpu", weights_only=False).get("fingerprint") or {}
     except Exception as error:  # noqa: BLE001 - a truncated or foreign file is the user's to replace
         raise InputError(f"cannot read the checkpoint {state_file.name} beside it ({type(error).__name__}); continue from an earlier iteration", args.continue_from) from None
-    if not stored:  # written before checkpoints had a fingerprint: nothing to compare
-        return
-    if stored.get("particles_sha256") != fingerprint["particles_sha256"]:
-        raise InputError(
-            f"--continue: this run was made from other particles ({stored.get('particles_file')}) than --i {args.input} "
-            "(or that file has changed since); continue with the same particles, or start a new run in another --o",
-            args.continue_from,
-        )
-    order_to_degrees = {order: degrees for degrees, order in SAMPLING_TO_ORDER.items()}
-    for name, then in stored.get("options", {}).items():
-        if name not in fingerprint["options"]:
-            continue
-        now = fingerprint["options"][name]
-        same = then == now or (
-            isinstance(then, float) and isinstance(now, float) and math.isclose(then, now, rel_tol=1e-6)
-        )
-        if not same:
-            option = OPTION_OF_FIELD.get(name, name)
-            if name in ("healpix_order", "max_healpix_order"):
-                then, now = order_to_degrees.get(then, then), order_to_degrees.get(now, now)
-
-            def setting(value) -> str:
-                if name == "flatten_solvent":
-                    return "--flatten-solvent" if value else "--no-flatten-solvent"
-                if name == "auto_sampling":
-                    return "auto-sampling" if value else "--no-auto-sampling"
-                return f"{option} {'(default)' if value is None else f'{value:g}' if isinstance(value, float) else value}"
-
-            raise InputError(
-                f"--continue: the run was started with {setting(then)}, not {setting(now)}; continue with the options it was "
-                "started with (only --iter, --pool and the compute options may change), or start a new run in another --o",
-                args.continue_from,
-            )
+    check_continuation(stored, fingerprint, args.input, args.continue_from)
 
 
 def _is_out_of_memory(error: BaseException) -> bool:

@@ -46,6 +46,12 @@ class VdamConfig:
     # mini-batch iterations (3: 3.75 deg). Default 0 (final pass only): local searches in the iterations
     # locked the tight octahedral particle (seed 1) in a wrong solution (benchmarks/results/2026-11-30-local-refinement.md)
     max_local_order_iterations: int = 0
+    # sharp particles in the mini-batch iterations after the initial phase searched at the global order
+    # but only near their previous pose (needs max_local_order_iterations >= that order): 0.7x the
+    # time of an iteration, but off: the window forbids the 180-degree flips between pseudo-symmetric
+    # poses that the global search makes, and real beta-gal seed 1 ended at 27.7 instead of 10.0 Å
+    # (benchmarks/results/2026-11-30-local-same-order.md)
+    local_same_order: bool = False
     local_min_pmax: float = 0.5
     local_offset_range_px: float = 2.0
     local_offset_step_px: float = 1.0

@@ -120,7 +120,13 @@ def local_order(state: RunState, config: VdamConfig, final: bool = False) -> int
     order = 0
     while state.healpix_order + order + 1 <= cap and angular_step_deg(state.healpix_order + order + 1) >= 0.75 * state.acc_rot_deg:
         order += 1
-    return state.healpix_order + order if order else 0
+    if order:
+        return state.healpix_order + order
+    # nothing finer is worth it: once the model places poses more finely than the global fine step,
+    # the mini-batch iterations may still search locally at the global order itself
+    # (config.local_same_order): the same hypotheses, near the previous pose only
+    same_order = config.local_same_order and not final and cap >= state.healpix_order
+    return state.healpix_order if same_order and state.acc_rot_deg <= angular_step_deg(state.healpix_order + 1) else 0
 
 
 def split_local(state: RunState, batch_index: torch.Tensor, config: VdamConfig) -> tuple[torch.Tensor, torch.Tensor]:
