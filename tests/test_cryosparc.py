@@ -21,11 +21,11 @@ from scipy.spatial.transform import Rotation
 
 from novomap.errors import InputError
 from novomap.io.cryosparc import (
+    CryosparcOptions,
     add_cryosparc_arguments,
     find_passthrough,
     read_cryosparc,
     rotation_vectors_to_matrices,
-    set_defaults,
 )
 from novomap.io.mrc import write_stack
 from novomap.io.particles import ParticleSet
@@ -35,14 +35,6 @@ from novomap.reconstruct import reconstruct_particles
 
 POSES_STAR = Path("betagal_relion5_tutorial_particles") / "particles_with_relion_refined_poses.star"
 PIXEL = 3.54
-
-
-@pytest.fixture(autouse=True)
-def _no_cli_defaults():
-    """Each test starts (and leaves) without command-line passthrough/project defaults."""
-    set_defaults()
-    yield
-    set_defaults()
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,7 +277,7 @@ def test_project_dir_option_and_box_from_the_stack(tmp_path):
     assert list(table.optics["rlnImageSize"]) == [BOX, BOX]
 
 
-def test_command_line_options_set_the_defaults(tmp_path):
+def test_command_line_options_reach_the_reader(tmp_path):
     import argparse
 
     cs = _synthetic(tmp_path / "project")
@@ -296,7 +288,13 @@ def test_command_line_options_set_the_defaults(tmp_path):
     add_cryosparc_arguments(parser)
     args = parser.parse_args(["--cs-project-dir", str(tmp_path / "project")])
     assert args.cs_project_dir == str(tmp_path / "project")
-    assert len(read_particle_star(elsewhere).particles) == N
+    options = CryosparcOptions.from_args(args)
+    assert options == CryosparcOptions(project_dir=tmp_path / "project")
+    assert len(read_particle_star(elsewhere, options).particles) == N
+    assert len(ParticleSet.from_star(elsewhere, cryosparc=options).optics_group) == N
+    # nothing is left behind for the next reader: without the options the stacks are not found
+    with pytest.raises(InputError):
+        read_particle_star(elsewhere)
 
 
 def test_poses_and_sign(tmp_path):
@@ -417,3 +415,19 @@ def test_files_that_are_not_cs_tables(tmp_path):
     empty = _save_cs(tmp_path / "empty.cs", {"uid": ("<u8", np.zeros(0))})
     assert "no rows" in str(_error(empty))
     assert "not found" in str(_error(tmp_path / "absent.cs"))
+
+
+def test_initial_model_reads_a_moved_cs_file_with_its_project_folder(tmp_path, capsys):
+    from novomap.commands.main import main
+
+    cs = _synthetic(tmp_path / "project")
+    elsewhere = tmp_path / "elsewhere" / "particles.cs"
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes(cs.read_bytes())
+    common = ["initial-model", "--i", str(elsewhere), "--iter", "1", "--j", "1", "--no-report", "--quiet", "--particle-diameter", "14", "--starts", "1"]
+    # without the project folder the stacks cannot be found: one line naming the file and the field
+    assert main([*common, "--o", str(tmp_path / "lost")]) == 2
+    assert "blob/path" in capsys.readouterr().err
+    # with it, the whole job runs (the option reaches every reader of the input, not a global)
+    assert main([*common, "--o", str(tmp_path / "job"), "--cs-project-dir", str(tmp_path / "project")]) == 0
+    assert (tmp_path / "job" / "initial_model.mrc").is_file()

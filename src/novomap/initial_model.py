@@ -97,16 +97,19 @@ def run_initial_model(
     max_resolution_a: float | None = None,
     output_pixel_size_a: float | None = None,
     fingerprint: dict | None = None,
+    cryosparc=None,
 ) -> JobResult:
     """Run the job into out_dir. progress(figures) is called after each iteration; on_write(optimiser_star)
     after each set of run_itNNN_* files is written (iteration 0, every write_every, the last, the final pass).
-    fingerprint: stored in every checkpoint (what `novomap initial-model --continue` compares)."""
+    fingerprint: stored in every checkpoint (what `novomap initial-model --continue` compares).
+    cryosparc: io.cryosparc.CryosparcOptions when star_path is a cryoSPARC `.cs` file (None: defaults)."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
     group = requested_group(symmetry)  # validate before any work; None for --sym auto (detected at the end)
     device = as_devices(device)  # several GPUs split each mini-batch (estep.driver)
     particles = ParticleSet.from_star(
-        star_path, preread=preread, scratch_dir=scratch_dir, max_resolution_a=max_resolution_a, output_pixel_size_a=output_pixel_size_a
+        star_path, preread=preread, scratch_dir=scratch_dir, max_resolution_a=max_resolution_a, output_pixel_size_a=output_pixel_size_a,
+        cryosparc=cryosparc,
     )
     check_inputs(particles, config)
     command_line = shlex.join(["novomap", *sys.argv[1:]]) if sys.argv else "novomap"

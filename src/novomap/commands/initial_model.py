@@ -341,6 +341,7 @@ def _working_grid(table, args: argparse.Namespace):
 def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
     from novomap.device import select_devices
     from novomap.initial_model import run_initial_model
+    from novomap.io.cryosparc import CryosparcOptions
     from novomap.io.star import check_plausible, read_particle_star
     from novomap.outputs.pipeline import JobAborted, abort_requested, finish_job
     from novomap.outputs.progress import ProgressDisplay, batch_plan, format_duration
@@ -351,7 +352,8 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
     log.to_file(f"# started {time.strftime('%Y-%m-%d %H:%M:%S')} in {os.getcwd()}")
     device = select_devices(args.gpu, args.threads)
     _check_files(args)
-    table = read_particle_star(args.input)
+    cryosparc = CryosparcOptions.from_args(args)  # a .cs input's passthrough and project folder
+    table = read_particle_star(args.input, cryosparc)
     check_plausible(table)
     n_particles = len(table.particles)
     grid, max_resolution_a = _working_grid(table, args)
@@ -436,6 +438,7 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
             max_resolution_a=max_resolution_a,
             output_pixel_size_a=args.output_pixel_size,
             fingerprint=fingerprint,
+            cryosparc=cryosparc,
         )
         _finish_outputs(args, out_dir, result, diameter, display)
 

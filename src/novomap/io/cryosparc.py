@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -94,19 +95,24 @@ _USED_FIELDS = REQUIRED_FIELDS + OPTIONAL_FIELDS
 _NUMPY_MAGIC = b"\x93NUMPY"
 _PARENT_LEVELS = 5
 
-# Options for files named on the command line (set by `CryosparcOption`); arguments win.
-_defaults: dict[str, Path | None] = {"passthrough": None, "project_dir": None}
+
+@dataclass(frozen=True)
+class CryosparcOptions:
+    """Where the parts of a `.cs` input that it does not name are (None: found as described above)."""
+
+    passthrough: Path | None = None  # the passthrough .cs file with the fields the main file lacks
+    project_dir: Path | None = None  # the cryoSPARC project folder that blob/path is relative to
+
+    @staticmethod
+    def from_args(args) -> "CryosparcOptions":
+        """From the options `add_cryosparc_arguments` adds (absent ones: None)."""
+        passthrough, project_dir = getattr(args, "cs_passthrough", None), getattr(args, "cs_project_dir", None)
+        return CryosparcOptions(None if passthrough is None else Path(passthrough), None if project_dir is None else Path(project_dir))
 
 
 def is_cryosparc_file(path: str | os.PathLike) -> bool:
     """True for a path ending in .cs (any case)."""
     return Path(path).suffix.lower() == SUFFIX
-
-
-def set_defaults(passthrough: str | os.PathLike | None = None, project_dir: str | os.PathLike | None = None) -> None:
-    """Passthrough file and project folder used when `read_cryosparc` is not given them."""
-    _defaults["passthrough"] = None if passthrough is None else Path(passthrough)
-    _defaults["project_dir"] = None if project_dir is None else Path(project_dir)
 
 
 def read_cryosparc(
@@ -120,8 +126,6 @@ def read_cryosparc(
     project_dir: the cryoSPARC project folder that blob/path is relative to (default: searched).
     """
     path = Path(path)
-    passthrough = passthrough if passthrough is not None else _defaults["passthrough"]
-    project_dir = project_dir if project_dir is not None else _defaults["project_dir"]
     main = _load(path)
     fields = _Fields(main, path)
     missing = [name for name in _USED_FIELDS if name not in main.dtype.names]
@@ -462,22 +466,15 @@ def _poses(fields: _Fields, blob_pixel_size: np.ndarray) -> tuple[np.ndarray, ..
 
 
 def add_cryosparc_arguments(group) -> None:
-    """--passthrough and --cs-project-dir on an argparse parser or group (for `.cs` inputs)."""
-    import argparse
-
-    class _SetDefault(argparse.Action):
-        def __call__(self, parser, namespace, value, option_string=None) -> None:
-            setattr(namespace, self.dest, value)
-            key = "passthrough" if self.dest == "cs_passthrough" else "project_dir"
-            _defaults[key] = Path(value)
-
+    """--passthrough and --cs-project-dir on an argparse parser or group (for `.cs` inputs);
+    `CryosparcOptions.from_args` turns them into what the readers take."""
     group.add_argument(
-        "--passthrough", dest="cs_passthrough", metavar="CS", action=_SetDefault,
+        "--passthrough", dest="cs_passthrough", metavar="CS",
         help="with a cryoSPARC .cs input: the passthrough .cs file that holds the fields the main file lacks "
         "(default: found beside it)",
     )
     group.add_argument(
-        "--cs-project-dir", dest="cs_project_dir", metavar="DIR", action=_SetDefault,
+        "--cs-project-dir", dest="cs_project_dir", metavar="DIR",
         help="with a cryoSPARC .cs input: the cryoSPARC project folder that its blob paths are relative to "
         "(default: the .cs file's folder or one above it)",
     )

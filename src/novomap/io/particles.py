@@ -115,10 +115,11 @@ class ParticleSet:
         validate: bool = True,
         max_resolution_a: float | None = None,
         output_pixel_size_a: float | None = None,
+        cryosparc=None,
     ) -> ParticleSet:
-        """Read a particle STAR file (see `read_particle_star`) and its stacks."""
+        """Read a particle STAR file (see `read_particle_star`; cryosparc: its CryosparcOptions for a `.cs`) and its stacks."""
         return cls(
-            read_particle_star(path),
+            read_particle_star(path, cryosparc),
             preread=preread,
             scratch_dir=scratch_dir,
             validate=validate,

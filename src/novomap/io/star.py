@@ -71,17 +71,18 @@ class ParticleTable:
 # Reading
 
 
-def read_particle_star(path: str | os.PathLike) -> ParticleTable:
+def read_particle_star(path: str | os.PathLike, cryosparc=None) -> ParticleTable:
     """Read a RELION 3.0/3.1/4/5 particle STAR file and check it (see module docstring).
 
     Stacks are opened only when the optics table lacks rlnImageSize (one stack per optics group).
-    A cryoSPARC `.cs` file is read by `novomap.io.cryosparc.read_cryosparc` into the same table.
+    A cryoSPARC `.cs` file is read by `novomap.io.cryosparc.read_cryosparc` into the same table;
+    cryosparc: its `CryosparcOptions` (passthrough file, project folder), None for the defaults.
     """
     path = Path(path)
     if path.suffix.lower() == ".cs":
         from novomap.io.cryosparc import read_cryosparc  # imported here: that module imports this one
 
-        return read_cryosparc(path)
+        return read_cryosparc(path, cryosparc.passthrough, cryosparc.project_dir) if cryosparc is not None else read_cryosparc(path)
     blocks = _read_blocks(path)
     optics, particles, block_name = _select_blocks(blocks, path)
     is_relion30 = optics is None
