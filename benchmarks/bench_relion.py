@@ -32,8 +32,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-TUTORIAL_CTF = REPO.parent / "shared" / "data" / "betagal_relion31_tutorial_metadata" / "Extract" / "job018" / "particles.star"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_fixed_cost import simulate  # noqa: E402 - the same 1,000 simulated particles as the fixed-cost benchmark
 
 
 def relion_binary(name: str) -> str | None:
@@ -41,14 +41,6 @@ def relion_binary(name: str) -> str | None:
     if folder and (Path(folder) / name).is_file():
         return str(Path(folder) / name)
     return shutil.which(name)
-
-
-def simulate(data: Path, n: int) -> None:
-    if (data / "particles.star").exists():
-        return
-    ctf = ["--ctf-from", str(TUTORIAL_CTF)] if TUTORIAL_CTF.exists() else []
-    subprocess.run([sys.executable, "-m", "novomap", "simulate", "--demo", "--o", str(data), "--n", str(n), "--snr", "0.1", "--seed", "7", *ctf],
-                   check=True, stdout=subprocess.DEVNULL)
 
 
 def timed(command: list[str], cwd: Path, log: Path) -> float:
