@@ -9,8 +9,13 @@ found beside the job's own group. With --cache DIR the rebuilt reconstruction is
 (DIR/<jobs folder>__<job>.pt: volume, pixel size, the job's group) and read back on the next run, so
 the detection can be re-run on the same maps without the particles.
 
+With --particles the group is chosen as `initial-model --sym auto` chooses it since session 6: the
+detection's plausible groups are scored by the particles (analysis.symmetry_by_particles), which
+needs each job's particles and checkpoint (no cache).
+
     python benchmarks/bench_sym_auto.py /tmp/novomap_suite/jobs/starts-a-it100/*_seed*
     python benchmarks/bench_sym_auto.py --cache /tmp/symcal2/maps /tmp/novomap_suite/jobs/starts-*-it100/*_seed*
+    python benchmarks/bench_sym_auto.py --particles /tmp/novomap_suite/jobs/starts-*-it100/*_seed*
 """
 
 from __future__ import annotations
@@ -24,12 +29,14 @@ from pathlib import Path
 
 import torch
 
+from novomap.analysis.symmetry_by_particles import choose_group_by_particles
 from novomap.initial_model import final_reconstruction
 from novomap.io.particles import ParticleSet, working_grid_of
 from novomap.io.star import read_particle_star
 from novomap.io.working_grid import auto_max_resolution_a
 from novomap.symmetry.choice import choose_group
 from novomap.vdam.config import VdamConfig
+from novomap.vdam.iterate import pseudo_halves
 from novomap.vdam.state import RunState
 
 
@@ -41,8 +48,8 @@ def job_group(job: Path) -> str:
     return "C1"
 
 
-def rebuild(job: Path) -> tuple[torch.Tensor, float]:
-    """The job's final C1 reconstruction (N, N, N) and its pixel size (Å), as `--sym auto` sees it."""
+def load_job(job: Path) -> tuple[RunState, ParticleSet, VdamConfig]:
+    """The job's last checkpoint (written after the final pass), its particles and its settings."""
     state_path = sorted(job.glob("run_it*_state.pt"))[-1]
     state = RunState.load(state_path)
     options = dict(state.fingerprint["options"])
@@ -59,6 +66,12 @@ def rebuild(job: Path) -> tuple[torch.Tensor, float]:
     names = {f.name for f in dataclasses.fields(VdamConfig)}
     config = VdamConfig(**{k: v for k, v in options.items() if k in names})
     particles = ParticleSet.from_star(star, preread=True, max_resolution_a=max_resolution)
+    return state, particles, config
+
+
+def rebuild(job: Path) -> tuple[torch.Tensor, float]:
+    """The job's final C1 reconstruction (N, N, N) and its pixel size (Å), as `--sym auto` sees it."""
+    state, particles, config = load_job(job)
     largest = int(torch.argmax(state.class_fraction))
     return final_reconstruction(state, particles, largest, config), particles.pixel_size_a
 
@@ -86,15 +99,28 @@ def detect_on_job(job: Path, cache: Path | None = None) -> dict:
     return {"job": job.name, "applied": job_group(job), "auto": group.name, "seconds": round(time.perf_counter() - started, 1), "table": rows}
 
 
+def choose_on_job(job: Path) -> dict:
+    """The group `--sym auto` names now: the detection's plausible groups scored by the particles."""
+    state, particles, config = load_job(job)
+    largest = int(torch.argmax(state.class_fraction))
+    volume = final_reconstruction(state, particles, largest, config)
+    choice = choose_group_by_particles(volume, state, particles, pseudo_halves(particles), largest, config)
+    return {"job": job.name, "applied": job_group(job), "auto": choice.group.name, "map_only": choice.detection.point_group,
+            "seconds": round(choice.seconds, 1), "margins": [f"{name} {margin:+.2f}" for name, margin in choice.margins()]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("jobs", nargs="+", type=Path)
     parser.add_argument("--cache", type=Path, default=None, help="folder for the rebuilt C1 reconstructions (written once, then read)")
+    parser.add_argument("--particles", action="store_true", help="choose as initial-model does: the detection's plausible groups scored by the particles")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (default: 1)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     for job in args.jobs:
         if not (job / "initial_model.mrc").exists():
             continue
-        row = detect_on_job(job, args.cache)
+        row = choose_on_job(job) if args.particles else detect_on_job(job, args.cache)
         row["same"] = row["auto"].upper() == row["applied"].upper()
         print(json.dumps(row), flush=True)
 

@@ -233,10 +233,12 @@ def test_sym_auto_and_how_sure_the_run_is(run_a, dataset, tmp_path):
     assert main(argv) == 0
     record = json.loads((out / "evidence.json").read_text())["symmetry"]
     detected = record["applied"]
-    assert record["requested"] == "auto" and any(row["group"] == detected and row["accepted"] for row in record["table"])
+    # the groups the map makes plausible went to the particles, and the best-scoring one was applied
+    assert record["requested"] == "auto" and record["particle_scores"][0]["group"] == detected
+    assert any(row["group"] == record["map_only_group"] for row in record["table"])
     text = (out / "symmetry.txt").read_text()
-    assert text.startswith(f"point group: {detected}") and "threshold" in text
-    assert f"symmetry: {detected} detected (--sym auto)" in (out / "run.out").read_text()
+    assert text.startswith(f"point group: {detected}") and "threshold" in text and "judged by the particles" in text
+    assert f"symmetry: {detected} detected (--sym auto): chosen by the particles" in (out / "run.out").read_text()
     if detected == "D2":  # the same map as the explicit group
         assert np.array_equal(_map(out / "initial_model.mrc"), _map(run_a / "initial_model.mrc"))
 

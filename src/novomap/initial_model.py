@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from novomap.analysis.confidence import Evidence, assess_run, write_evidence
+from novomap.analysis.symmetry_by_particles import choose_group_by_particles
 from novomap.errors import NovomapError
 from novomap.io.mrc import write_map
 from novomap.io.particles import ParticleSet
@@ -143,12 +144,16 @@ def run_initial_model(
     largest = int(torch.argmax(state.class_fraction))
     volume = final_reconstruction(state, particles, largest, config)
     evidence = assess_run(state, particles, half, largest, volume, config)  # half-set FSC, agreement with VDAM
-    # align to the group's axes and symmetrise (--sym auto: the group is first detected on this C1 map)
+    by_particles = None
+    if group is None:  # --sym auto: the groups this C1 map makes plausible, judged by the particles
+        by_particles = choose_group_by_particles(volume, state, particles, half, largest, config, device[0])
+        group = by_particles.group
+    # align to the group's axes and symmetrise
     applied = apply_point_group(volume, particles.pixel_size_a, group, config)
     final_map = applied.volume
     initial_model = out_dir / "initial_model.mrc"
     write_map(initial_model, to_output_grid(final_map, particles.grid), particles.grid.output_pixel_size_a)
-    record = symmetry_record(symmetry, applied.group, applied.alignment.score, applied.detection)
+    record = symmetry_record(symmetry, applied.group, applied.alignment.score, by_particles.detection if by_particles else None, by_particles)
     write_symmetry_file(out_dir, record)
     write_evidence(out_dir, evidence, record)
     seconds = time.perf_counter() - started

@@ -89,11 +89,26 @@ def reason(detection: DetectionResult) -> str:
     return text
 
 
-def symmetry_record(requested: str, group: PointGroup, alignment_score: float, detection: DetectionResult | None) -> dict:
-    """The decision as plain data (evidence.json's "symmetry")."""
+def particle_reason(by_particles) -> str:
+    """Why the particles chose their group, in one phrase (by_particles: analysis.symmetry_by_particles.GroupByParticles)."""
+    chosen = by_particles.group.name
+    others = ", ".join(f"{name} {margin:+.2f}" for name, margin in by_particles.margins()[1:])
+    text = (f"chosen by the particles: {chosen}'s symmetrised half maps explain the other half's images best "
+            f"(explained energy per particle against {chosen}: {others or 'no other candidate'})")
+    if by_particles.detection.point_group != chosen:
+        text += f"; the map alone suggested {by_particles.detection.point_group}"
+    return text
+
+
+def symmetry_record(requested: str, group: PointGroup, alignment_score: float, detection: DetectionResult | None, by_particles=None) -> dict:
+    """The decision as plain data (evidence.json's "symmetry"). by_particles: the particles' choice
+    (analysis.symmetry_by_particles.GroupByParticles, for `initial-model --sym auto`), or None."""
     record: dict = {"requested": requested, "applied": group.name, "alignment_score": float(alignment_score)}
+    if by_particles is not None:
+        record["particle_scores"] = [{"group": name, "explained": float(score)} for name, score in by_particles.scores]
+        record["map_only_group"] = by_particles.detection.point_group
     if detection is not None:
-        record["reason"] = reason(detection)
+        record["reason"] = particle_reason(by_particles) if by_particles is not None else reason(detection)
         record["noise_fraction"] = float(detection.noise_fraction)
         record["resampling_floor"] = float(detection.resampling_floor)
         record["table"] = [
@@ -125,6 +140,10 @@ def table_lines(record: dict) -> list[str]:
             f"{'-' if null is None else f'{null:.4f}':>7}  {row.get('note', '')}".rstrip()
         )
     lines.append(f"noise fraction {record['noise_fraction']:.4f}, resampling floor {record['resampling_floor']:.5f}")
+    if "particle_scores" in record:
+        best = record["particle_scores"][0]["explained"]
+        lines += ["", "the plausible groups judged by the particles (cross-validated explained energy per particle; the largest wins):"]
+        lines += [f"{row['group']:<6} {row['explained']:>12.2f} {row['explained'] - best:>+9.2f}" for row in record["particle_scores"]]
     return lines
 
 
@@ -136,7 +155,10 @@ def write_symmetry_file(out_dir: str | Path, record: dict) -> Path:
     lines.append(f"alignment score of the applied group (0 = symmetric): {record['alignment_score']:.4f}")
     table = table_lines(record)
     if table:
-        lines += ["", "detection on the C1 final reconstruction (score <= threshold: accepted; the largest accepted group wins):", *table]
+        header = "detection on the C1 final reconstruction (score <= threshold: accepted; the largest accepted group wins)"
+        if "particle_scores" in record:
+            header = "map-only detection on the C1 final reconstruction (score <= threshold: accepted); its plausible groups then went to the particles"
+        lines += ["", header + ":", *table]
     path = Path(out_dir) / SYMMETRY_TXT
     write_text_atomic(path, "\n".join(lines) + "\n")
     return path

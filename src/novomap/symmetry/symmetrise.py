@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from novomap.maps.transform import rotate_volume
+from novomap.maps.transform import rotate_volume, shift_volume
 from novomap.symmetry.groups import PointGroup
 
 # operators resampled per batch (bounds memory for large boxes and groups)
@@ -29,3 +29,18 @@ def symmetrise(volume: torch.Tensor, group: PointGroup, rotation: torch.Tensor |
     for start in range(0, operators.shape[0], _OPS_PER_BATCH):
         total += rotate_volume(volume, operators[start : start + _OPS_PER_BATCH]).to(torch.float64).sum(dim=0)
     return (total / operators.shape[0]).to(volume.dtype)
+
+
+def symmetrise_in_place(volume: torch.Tensor, group: PointGroup, rotation: torch.Tensor, shift_zyx_px: torch.Tensor) -> torch.Tensor:
+    """Impose a group about the axes an alignment found, leaving the map where it is -> (N, N, N).
+
+    rotation and shift_zyx_px as in symmetry.align.SymmetryAlignment (the group's axes of the map,
+    re-centred by the shift, lie along the standard axes after the rotation). The operators are
+    carried into the map's own frame (R^T g R) and the map is moved back after averaging, so
+    particle poses found against the input stay valid against the result.
+    """
+    rotation = rotation.to(torch.float64)
+    in_frame = PointGroup(group.name, rotation.T @ group.operators @ rotation, group.is_proper)
+    shift = torch.as_tensor(shift_zyx_px, dtype=torch.float64)
+    centred = shift_volume(volume, shift)
+    return shift_volume(symmetrise(centred, in_frame), -shift)

@@ -17,7 +17,6 @@ round that only halves the field). The scores and the choice go into the iterati
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 
 import torch
@@ -26,8 +25,6 @@ from novomap.io.particles import ParticleSet
 from novomap.vdam.config import VdamConfig
 from novomap.vdam.state import RunState
 
-# per-particle arrays a scoring pass writes to (cloned, so that scoring leaves the start untouched)
-_PER_PARTICLE = ("rot_deg", "tilt_deg", "psi_deg", "origin_x_a", "origin_y_a", "class_number", "max_probability", "n_significant", "log_likelihood")
 # fields that describe the job rather than the start: kept when another start wins
 _KEEP = ("fingerprint",)
 
@@ -76,9 +73,7 @@ def score_starts(states: list[RunState], particles: ParticleSet, half: torch.Ten
     scoring = dataclasses.replace(config, local_searches=False)
     scores = []
     for state in states:
-        trial = copy.copy(state)
-        for name in _PER_PARTICLE:
-            setattr(trial, name, getattr(state, name).clone())
+        trial = state.scratch_copy()
         trial.sigma2 = states[0].sigma2
         trial.resolution_shell = shell
         if trial.healpix_order != order:

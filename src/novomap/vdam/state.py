@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
+
+
+# the per-particle arrays an E-step pass writes to
+PER_PARTICLE = ("rot_deg", "tilt_deg", "psi_deg", "origin_x_a", "origin_y_a", "class_number", "max_probability", "n_significant", "log_likelihood")
 
 
 @dataclass
@@ -49,6 +54,14 @@ class RunState:
     @property
     def n_classes(self) -> int:
         return int(self.maps.shape[0])
+
+    def scratch_copy(self) -> "RunState":
+        """A shallow copy whose per-particle arrays are cloned: a pass that assigns poses to the copy
+        (scoring a start or a map) leaves this state untouched."""
+        trial = copy.copy(self)
+        for name in PER_PARTICLE:
+            setattr(trial, name, getattr(self, name).clone())
+        return trial
 
     def save(self, path: str | Path) -> None:
         torch.save({f.name: getattr(self, f.name) for f in fields(self)}, path)
