@@ -91,3 +91,18 @@ def test_candidates_are_c1_the_detection_the_most_plausible_and_plausible_polyhe
     assert names[0] == "C1" and set(names) == {"C1", "C2", "D2", "C3", "D3", "T", "I"}
     orders = [point_group(name).order for name in names]
     assert orders == sorted(orders)
+
+
+def test_a_class_without_particles_falls_back_to_the_map(simulated):
+    """No particle in the class: nothing to judge by, so the map-only detection decides (not the largest candidate)."""
+    from novomap.analysis.symmetry_by_particles import choose_group_by_particles
+
+    particles, truth = simulated
+    config = VdamConfig(particle_diameter_a=200.0)
+    state = _finished_run(particles, truth, config)
+    state.class_number[:] = 2  # every particle in another class
+    choice = choose_group_by_particles(truth.float(), state, particles, pseudo_halves(particles), 0, config)
+    assert choice.group.name == choice.detection.point_group and len(choice.scores) == 1
+    from novomap.symmetry.choice import particle_reason
+
+    assert "too few particles" in particle_reason(choice)

@@ -60,6 +60,7 @@ from novomap.vdam.state import RunState
 # sample particles per half-set: enough to separate true from false groups by many units (see module
 # doc), and two global searches of them per candidate cost ~2 s at 64 px on two CPU cores
 SAMPLE_PER_HALF = 200
+MIN_PER_HALF = 10  # below this in either half-set, the map-only detection decides
 # groups the de novo detection turns down that still go to the particles: the most plausible ones by
 # score/null, and the polyhedral groups whenever they are plausible at all, since those are the ones
 # the map alone under-calls (module doc)
@@ -202,5 +203,9 @@ def choose_group_by_particles(
     among the groups the map-only detection finds plausible (module doc)."""
     started = time.perf_counter()
     detection = detect_point_group(volume, particles.pixel_size_a, de_novo=True)
+    members = evidence_members(state.class_number, class_index, config.seed)
+    if min(int((half[members] == h).sum()) for h in (0, 1)) < MIN_PER_HALF:  # too few particles to judge: the map decides
+        group = point_group(detection.point_group)
+        return GroupByParticles(group, [(group.name, 0.0)], detection, time.perf_counter() - started)
     scores = score_groups(volume, candidate_groups(detection), state, particles, half, class_index, config, device)
     return GroupByParticles(scores[0][0], [(group.name, score) for group, score in scores], detection, time.perf_counter() - started)

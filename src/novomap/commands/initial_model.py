@@ -420,7 +420,7 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
         if figures["iteration"] == config.n_iter:
             then = "" if args.sym.upper() == "C1" else f", then aligning the {args.sym} symmetry axes"
             if args.sym.strip().lower() == "auto":
-                then = ", then detecting the point group and aligning its axes"
+                then = ", then choosing the point group (the map proposes, the particles decide: up to a minute) and aligning its axes"
             display.stage(f"final pass: assigning all {n_particles} particles with the final map{then}")
 
     with display:
