@@ -20,9 +20,10 @@ import numpy as np
 import torch
 
 from novomap.maps import centring, so3_search
-from novomap.maps.transform import rotate_volume
+from novomap.maps.transform import rotate_volume, shift_volume
 from novomap.physics.euler import matrix_to_euler
 from novomap.symmetry.candidates import coarse_candidates
+from novomap.symmetry.centre import refine_centre
 from novomap.symmetry.groups import PointGroup, point_group
 from novomap.symmetry.score import conjugate_score_fn, proxy_score_fn, search_operators, symmetry_score
 
@@ -35,6 +36,7 @@ COARSE_MIN_STEP_DEG = 1.5  # coarse refinement stops here; the fine one starts a
 FINE_STARTS = 2  # of those, refined again on the fine copy
 COARSE_OPS = 6  # operators scored per candidate in the global search
 FINE_OPS = 6  # and in the final refinement
+REFINE_CENTRE = True  # refine where the axes cross after the rotation (symmetry.centre)
 
 
 @dataclass
@@ -153,4 +155,12 @@ def align_to_symmetry(
     score = symmetry_score(maps.fine, group, rotation)
     rot, tilt, psi = (float(angle) for angle in matrix_to_euler(rotation))
     aligned = rotate_volume(maps.centred, rotation)
-    return SymmetryAlignment(group.name, rotation, rot, tilt, psi, maps.shift_zyx_px, score, aligned)
+    shift_zyx_px = maps.shift_zyx_px
+    if REFINE_CENTRE:
+        # the centre of mass need not lie on the axes (symmetry.centre): a shift d after the rotation
+        # is the shift R^T d before it, so the map is still interpolated once
+        d = refine_centre(aligned, group)
+        if bool(d.any()):
+            shift_zyx_px = shift_zyx_px + (rotation.to(torch.float64).T @ d).flip(0)
+            aligned = rotate_volume(shift_volume(volume, shift_zyx_px), rotation)
+    return SymmetryAlignment(group.name, rotation, rot, tilt, psi, shift_zyx_px, score, aligned)
