@@ -71,7 +71,7 @@ def test_the_particles_choose_the_true_group_over_its_subgroups_and_supergroups(
 
     volume = final_reconstruction(state, particles, 0, config)
     groups = [point_group(name) for name in ("C1", "C2", "D2", "D4", "O")]
-    scores = dict((group.name, score) for group, score in score_groups(volume, groups, state, particles, pseudo_halves(particles), 0, config))
+    scores = dict((group.name, score) for group, score, _ in score_groups(volume, groups, state, particles, pseudo_halves(particles), 0, config))
     assert max(scores, key=scores.get) == "D2", scores
     assert scores["C1"] < scores["D2"] and scores["C2"] < scores["D2"]
     margin = scores["D2"] - max(scores["C1"], scores["C2"])

@@ -148,12 +148,12 @@ def run_initial_model(
     if group is None:  # --sym auto: the groups this C1 map makes plausible, judged by the particles
         by_particles = choose_group_by_particles(volume, state, particles, half, largest, config, device[0])
         group = by_particles.group
-    # align to the group's axes and symmetrise
-    applied = apply_point_group(volume, particles.pixel_size_a, group, config)
+    # align to the group's axes (already found if the particles chose the group) and symmetrise
+    applied = apply_point_group(volume, particles.pixel_size_a, group, config, by_particles.alignment if by_particles else None)
     final_map = applied.volume
     initial_model = out_dir / "initial_model.mrc"
     write_map(initial_model, to_output_grid(final_map, particles.grid), particles.grid.output_pixel_size_a)
-    record = symmetry_record(symmetry, applied.group, applied.alignment.score, by_particles.detection if by_particles else None, by_particles)
+    record = symmetry_record(symmetry, applied.group, applied.alignment.score, applied.detection, by_particles)
     write_symmetry_file(out_dir, record)
     write_evidence(out_dir, evidence, record)
     seconds = time.perf_counter() - started

@@ -49,7 +49,7 @@ from novomap.physics.euler import euler_to_matrix
 from novomap.physics.masks import soft_edge_mask
 from novomap.physics.window import fourier_window, shift_phases
 from novomap.reconstruct import Poses, particle_ctf
-from novomap.symmetry.align import align_to_symmetry
+from novomap.symmetry.align import SymmetryAlignment, align_to_symmetry
 from novomap.symmetry.detect import DetectionResult, detect_point_group
 from novomap.symmetry.groups import PointGroup, point_group
 from novomap.symmetry.symmetrise import symmetrise_in_place
@@ -78,6 +78,7 @@ class GroupByParticles:
     scores: list[tuple[str, float]]
     detection: DetectionResult
     seconds: float
+    alignment: SymmetryAlignment | None = None  # the chosen group's alignment of the map (None for C1), for apply_point_group
 
     def margins(self) -> list[tuple[str, float]]:
         """Each candidate's score minus the best one (0 for the chosen group)."""
@@ -175,10 +176,10 @@ def score_sample(members: torch.Tensor, half: torch.Tensor, seed: int, per_half:
 def score_groups(
     volume: torch.Tensor, groups: list[PointGroup], state: RunState, particles: ParticleSet, half: torch.Tensor, class_index: int,
     config: VdamConfig, device="cpu",
-) -> list[tuple[PointGroup, float]]:  # fmt: skip
+) -> list[tuple[PointGroup, float, SymmetryAlignment | None]]:  # fmt: skip
     """Each group's cross-validated explained energy per sample particle, for the class's final C1
-    reconstruction `volume` (N, N, N) and its particles at the run's final poses; best first
-    (ties: the larger group)."""
+    reconstruction `volume` (N, N, N) and its particles at the run's final poses, with the group's
+    alignment of `volume` (None for C1); best first (ties: the larger group)."""
     members = evidence_members(state.class_number, class_index, config.seed)
     poses = Poses(state.rot_deg, state.tilt_deg, state.psi_deg, state.origin_x_a, state.origin_y_a)
     halves = [m.float() for m in half_set_maps(particles, members, poses, half)]
@@ -187,12 +188,13 @@ def score_groups(
     sample = score_sample(members, half, config.seed)
     scores = []
     for group in groups:
+        alignment = None
         if group.order == 1:
             maps = tuple(m * mask for m in halves)
         else:
             alignment = align_to_symmetry(volume, particles.pixel_size_a, group)
             maps = tuple(symmetrise_in_place(m, group, alignment.rotation, alignment.shift_zyx_px) * mask for m in halves)
-        scores.append((group, cross_validated_score(state, particles, half, class_index, sample, maps, config, device)))
+        scores.append((group, cross_validated_score(state, particles, half, class_index, sample, maps, config, device), alignment))
     return sorted(scores, key=lambda item: (-item[1], -item[0].order))
 
 
@@ -208,4 +210,5 @@ def choose_group_by_particles(
         group = point_group(detection.point_group)
         return GroupByParticles(group, [(group.name, 0.0)], detection, time.perf_counter() - started)
     scores = score_groups(volume, candidate_groups(detection), state, particles, half, class_index, config, device)
-    return GroupByParticles(scores[0][0], [(group.name, score) for group, score in scores], detection, time.perf_counter() - started)
+    chosen, _, alignment = scores[0]
+    return GroupByParticles(chosen, [(group.name, score) for group, score, _ in scores], detection, time.perf_counter() - started, alignment)

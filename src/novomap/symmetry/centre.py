@@ -26,10 +26,10 @@ from novomap.symmetry.groups import PointGroup
 
 START_STEP_PX = 1.0
 MIN_STEP_PX = 0.125
-MAX_SHIFT_PX = 3.0
+MAX_SHIFT_PX = 3.0  # the centre of mass is off by a fraction of a pixel; never move further than this
 # a move must lower the residual by this fraction: along a Cn axis r is flat up to rounding, and the map
 # should not wander there
-IMPROVEMENT = 1e-6  # the centre of mass is off by a fraction of a pixel; never move further than this
+IMPROVEMENT = 1e-6
 _DIRECTIONS = torch.tensor([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], dtype=torch.float64)
 
 

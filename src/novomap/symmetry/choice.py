@@ -54,8 +54,11 @@ class AppliedSymmetry:
     detection: DetectionResult | None
 
 
-def apply_point_group(volume: torch.Tensor, pixel_size_a: float, group: PointGroup | None, config) -> AppliedSymmetry:
+def apply_point_group(
+    volume: torch.Tensor, pixel_size_a: float, group: PointGroup | None, config, alignment: SymmetryAlignment | None = None
+) -> AppliedSymmetry:
     """Align a C1 map to its point group's standard axes and symmetrise it (group None: detect it first).
+    alignment: the group's align_to_symmetry of this very map when the caller has it already (not redone).
 
     The group's alignment and symmetrisation do not depend on how the group was chosen, so `auto`
     gives the map of the explicit group whenever it detects that group. With config.flatten_solvent
@@ -63,7 +66,8 @@ def apply_point_group(volume: torch.Tensor, pixel_size_a: float, group: PointGro
     config.mask_edge_px), as the class maps are. C1 hands the map back unchanged.
     """
     group, detection = choose_group(volume, pixel_size_a, group)
-    alignment = align_to_symmetry(volume, pixel_size_a, group)
+    if alignment is None or alignment.group != group.name:
+        alignment = align_to_symmetry(volume, pixel_size_a, group)
     if group.order == 1:
         return AppliedSymmetry(alignment.volume, group, alignment, detection)
     # rotation and symmetrisation composed: the map is interpolated once, not twice
@@ -104,9 +108,11 @@ def particle_reason(by_particles) -> str:
 
 def symmetry_record(requested: str, group: PointGroup, alignment_score: float, detection: DetectionResult | None, by_particles=None) -> dict:
     """The decision as plain data (evidence.json's "symmetry"). by_particles: the particles' choice
-    (analysis.symmetry_by_particles.GroupByParticles, for `initial-model --sym auto`), or None."""
+    (analysis.symmetry_by_particles.GroupByParticles, for `initial-model --sym auto`), or None; it
+    holds the map-only detection its candidates came from, which then stands for `detection`."""
     record: dict = {"requested": requested, "applied": group.name, "alignment_score": float(alignment_score)}
     if by_particles is not None:
+        detection = by_particles.detection
         record["particle_scores"] = [{"group": name, "explained": float(score)} for name, score in by_particles.scores]
         record["map_only_group"] = by_particles.detection.point_group
     if detection is not None:
