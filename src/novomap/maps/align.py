@@ -2,14 +2,23 @@
 
 Both maps are re-centred by their positive centre of mass and reduced to small scoring copies
 (novomap.maps.so3_search.working_copy). For each hand (the moving map and its mirror image through
-z = 0), every rotation of a ~15 deg SO(3) grid is scored on the coarse copy by the best normalised
-cross-correlation over translations (one batched FFT per rotation); the best distinct rotations of
-both hands are refined locally on the coarse copy, the best ones again on a finer copy, and the
-translation is finally found with sub-pixel precision at full size.
+z = 0), every rotation of a ~15 deg SO(3) grid (plus the rotations that map a coordinate axis onto
++-z) is scored on the coarse copy by the best normalised cross-correlation over translations (one
+batched FFT per rotation); the best distinct rotations of both hands are refined locally on the
+coarse copy, ranked on a finer copy, the best ones refined again there, and the translation is
+finally found with sub-pixel precision at full size.
+
+Why the ranking on the finer copy and the axis rotations: maps compared here are often both in a
+point group's standard frame (an initial model against its truth or a reference), so the answer
+sits exactly where HEALPix has no pixel (its nearest centre is ~12 deg from a pole at this
+spacing), and at the coarse copy's resolution the other way up of a ring scores nearly as well as
+the right way, once per copy under the map's own symmetry. A C7 ring against its truth was superposed
+the wrong way up (FSC 0.5 at 9.4 instead of 8.1 Å; benchmarks/results/2026-11-30-compare-align.md).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,8 +31,9 @@ from novomap.physics.euler import matrix_to_euler
 COARSE_SIZE = 16
 FINE_SIZE = 32
 GRID_SPACING_DEG = 15.0
-CANDIDATES_PER_HAND = 4
-FINE_STARTS = 2
+CANDIDATES_PER_HAND = 8  # distinct coarse minima refined per hand
+FINE_STARTS = 3  # of those (both hands), the best on the finer copy, refined again there, judged at full size
+COARSE_RANKED_STARTS = 2  # and the best on the coarse copy, likewise
 
 
 @dataclass
@@ -65,12 +75,17 @@ def cross_correlation(reference: torch.Tensor, moved: torch.Tensor) -> torch.Ten
 def translation_score_fn(reference: torch.Tensor, moving: torch.Tensor, max_shift: float) -> so3_search.ScoreFn:
     """Score of rotations A (B, 3, 3): -max_t cc(reference, shift(A.moving, t)) (B,), unit-norm copies."""
     allowed = _allowed_shifts(reference.shape[-1], max_shift).flatten()
-    norm = float(reference.norm() * moving.norm())
+    reference_norm = float(reference.norm())
 
     def score(rotations: torch.Tensor) -> torch.Tensor:
-        correlation = cross_correlation(reference, rotate_volume(moving, rotations))
+        rotated = rotate_volume(moving, rotations)
+        correlation = cross_correlation(reference, rotated)
         best = correlation.reshape(rotations.shape[0], -1)[:, allowed].amax(dim=1)
-        return -best.double() / max(norm, 1e-30)
+        # normalised by the rotated copy's own norm: trilinear interpolation blurs (and shrinks) a copy
+        # by an amount that depends on the rotation, least near multiples of 90 deg about the axes, and a
+        # fixed norm would reward those rotations (a D7 map came out 1.6 deg off the truth)
+        norms = rotated.reshape(rotations.shape[0], -1).norm(dim=1) * reference_norm
+        return -best.double() / norms.double().clamp(min=1e-30)
 
     return score
 
@@ -96,12 +111,21 @@ def best_translation(reference: torch.Tensor, moved: torch.Tensor, max_shift: fl
     return shift
 
 
+def search_grid(spacing_deg: float) -> torch.Tensor:
+    """The global search's rotations (M, 3, 3): an SO(3) grid, and every rotation (psi at the grid's
+    step) that maps one of +-x, +-y, +-z onto +z, where maps in standard frames meet."""
+    axes = torch.cat([torch.eye(3, dtype=torch.float64), -torch.eye(3, dtype=torch.float64)])
+    n_psi = max(1, math.ceil(360.0 / spacing_deg - 1e-9))
+    on_axes = [so3_search.rotations_for_directions(axes, psi) for psi in torch.arange(n_psi, dtype=torch.float64) * (360.0 / n_psi)]
+    return torch.cat([so3_search.so3_grid(spacing_deg), torch.cat(on_axes)])
+
+
 def _search_hand(
     coarse_ref: torch.Tensor, coarse_moving: torch.Tensor, max_shift: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Global grid search for one hand, then local refinement of its best distinct rotations (K, 3, 3)."""
     score_fn = translation_score_fn(coarse_ref, coarse_moving, max_shift)
-    grid = so3_search.so3_grid(GRID_SPACING_DEG)
+    grid = search_grid(GRID_SPACING_DEG)
     scores = so3_search.evaluate(score_fn, grid, batch=128)
     picks = so3_search.select_distinct(grid, scores, CANDIDATES_PER_HAND, 2 * GRID_SPACING_DEG)
     return so3_search.local_refine(score_fn, grid[picks], GRID_SPACING_DEG / 2, 1.0, scores[picks])
@@ -130,19 +154,27 @@ def align_maps(
     starts = []
     for flipped, hand in enumerate(hands):
         coarse = so3_search.working_copy(hand, crop, coarse_size, resolution_px=3.0)
-        rotations, scores = _search_hand(coarse_ref, coarse, coarse_size / 4)
-        starts += [(float(s), flipped, r) for r, s in zip(rotations, scores)]
-    starts.sort(key=lambda item: item[0])
-    finals = []
-    for _, flipped, rotation in starts[:FINE_STARTS]:
-        fine = so3_search.working_copy(hands[flipped], crop, fine_size, resolution_px=2.0)
+        rotations, coarse_scores = _search_hand(coarse_ref, coarse, coarse_size / 4)
+        fine = so3_search.working_copy(hand, crop, fine_size, resolution_px=2.0)
         score_fn = translation_score_fn(fine_ref, fine, fine_size / 4)
-        refined, scores = so3_search.local_refine(score_fn, rotation[None], 1.5, 0.15)
-        finals.append((float(scores[0]), flipped, refined[0]))
-    _, flipped, rotation = min(finals, key=lambda item: item[0])
-    # the mirror image of the centred map is the mirror image of the input centred by the mirrored shift
-    source_shift = mov_shift * torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64) if flipped else mov_shift
-    return _finish(reference, ref_centred, ref_shift, hands[flipped], source_shift, bool(flipped), rotation)
+        fine_scores = score_fn(rotations)
+        starts += [(float(c), float(f), flipped, r, score_fn) for r, c, f in zip(rotations, coarse_scores, fine_scores)]
+    # the coarse copy finds the basins but can rank them poorly (a ring the other way up scores
+    # nearly as well, once per copy under the map's own symmetry); the finer copy, scored at the
+    # coarse optimum, can misrank a basin whose optimum it has not reached: refine the best of both
+    by_coarse = sorted(range(len(starts)), key=lambda i: starts[i][0])[:COARSE_RANKED_STARTS]
+    by_fine = sorted(range(len(starts)), key=lambda i: starts[i][1])[:FINE_STARTS]
+    finals = []
+    for i in dict.fromkeys(by_fine + by_coarse):
+        _, score, flipped, rotation, score_fn = starts[i]
+        score = torch.tensor([score], dtype=torch.float64)
+        refined, _ = so3_search.local_refine(score_fn, rotation[None], 1.5, 0.15, score)
+        # the mirror image of the centred map is the mirror image of the input centred by the mirrored shift
+        source_shift = mov_shift * torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64) if flipped else mov_shift
+        finals.append(_finish(reference, ref_centred, ref_shift, hands[flipped], source_shift, bool(flipped), refined[0]))
+    # the small copies can prefer a wrong basin by a few hundredths (a tight ring the other way up,
+    # a degree off): the full-size correlation decides
+    return max(finals, key=lambda alignment: alignment.cc)
 
 
 def _finish(
