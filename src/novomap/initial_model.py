@@ -26,6 +26,8 @@ from novomap.io.working_grid import to_output_grid
 from novomap.outputs.relion import state_path_for, write_iteration
 from novomap.reconstruct import Poses, reconstruct_with_poses
 from novomap.symmetry.choice import apply_point_group, requested_group, symmetry_record, write_symmetry_file
+from novomap.symmetry.impose import impose_group
+from novomap.vdam import schedules
 from novomap.vdam.config import VdamConfig
 from novomap.vdam.iterate import as_devices, assign_all, pseudo_halves, run_iteration, search_setup
 from novomap.vdam.start import initial_state
@@ -84,6 +86,16 @@ def final_reconstruction(state: RunState, particles: ParticleSet, class_index: i
     return reconstruct_with_poses(particles, members, poses, batch_size=batch, single_precision=True).float()
 
 
+def imposing_due(iteration: int, config: VdamConfig) -> bool:
+    """Whether the requested group is imposed on the class maps after this iteration: every
+    config.impose_symmetry_every iterations after VDAM's initial phase, which is also where the race
+    of starts ends (a wrong start is not forced into a symmetric shape), never after the last one
+    (the final map is symmetrised anyway)."""
+    every = config.impose_symmetry_every
+    first = schedules.phases(config.n_iter, config.initial_fraction, config.final_fraction).initial
+    return every > 0 and first < iteration < config.n_iter and (iteration - first) % every == 0
+
+
 def run_initial_model(
     star_path: str | Path,
     out_dir: str | Path,
@@ -128,6 +140,8 @@ def run_initial_model(
     half = pseudo_halves(particles)
     while state.iteration < config.n_iter:  # the race of starts (vdam.restarts) may advance it by several
         figures = run_iteration(state, particles, half, config, device)
+        if group is not None and group.order > 1 and imposing_due(state.iteration, config):
+            state.maps, state.symmetry_axes = impose_group(state.maps, group, particles.pixel_size_a, state.symmetry_axes)
         if progress is not None:
             progress(figures)
         if state.iteration % config.write_every == 0 or state.iteration == config.n_iter:

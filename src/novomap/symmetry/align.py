@@ -135,13 +135,15 @@ def find_alignment(maps: WorkingMaps, group: PointGroup) -> tuple[torch.Tensor, 
 
 
 def align_to_symmetry(
-    volume: torch.Tensor | np.ndarray, pixel_size_a: float, group: PointGroup | str
+    volume: torch.Tensor | np.ndarray, pixel_size_a: float, group: PointGroup | str, near: torch.Tensor | None = None
 ) -> SymmetryAlignment:
     """Align a map (N, N, N) to a point group's standard frame (RELION's conventions, spec 5.3).
 
     pixel_size_a is the map's Å/px; the search works in pixels, so it only matters to callers that
     write the result. For C1 the input is returned unchanged (identity, no re-centring), as in RELION.
     Runs on the CPU (a GPU tensor is copied); the aligned map is a CPU float32 tensor.
+    near: a rotation (3, 3) close to the answer (an earlier alignment of a map that has changed
+    little since): refined locally instead of searched globally, ~10x cheaper.
     """
     del pixel_size_a  # the search is in pixels; kept for a uniform interface with the commands
     group = point_group(group) if isinstance(group, str) else group
@@ -151,7 +153,11 @@ def align_to_symmetry(
         return SymmetryAlignment(group.name, eye, 0.0, 0.0, 0.0, torch.zeros(3, dtype=torch.float64), 0.0,
                                  volume.clone())
     maps = prepare(volume)
-    rotation, _ = find_alignment(maps, group)
+    if near is None:
+        rotation, _ = find_alignment(maps, group)
+    else:
+        start = torch.as_tensor(near, dtype=torch.float64)[None]
+        rotation, _ = fine_alignment(maps, group, start, torch.zeros(1, dtype=torch.float64))
     score = symmetry_score(maps.fine, group, rotation)
     rot, tilt, psi = (float(angle) for angle in matrix_to_euler(rotation))
     aligned = rotate_volume(maps.centred, rotation)

@@ -65,6 +65,10 @@ class VdamConfig:
     start_iterations: int = 10
     start_final_iterations: int = 30
     start_score_particles: int = 300
+    # an explicit point group (--sym other than C1 and auto) is imposed on the class maps every this
+    # many iterations after VDAM's initial phase (when the race of starts has chosen), about each
+    # map's own axes (symmetry.impose); 0: only the final map is symmetrised, as RELION does
+    impose_symmetry_every: int = 5
 
     def significant_cap(self) -> int:
         return self.max_significant if self.max_significant > 0 else 100 * self.n_classes
