@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     opt.add_argument("--particle-diameter", type=float, default=None, metavar="A", help="mask diameter in Å (default: box size minus 5 px, as RELION)")
     opt.add_argument("--flatten-solvent", dest="flatten_solvent", action="store_true", default=True, help="multiply the map by a soft spherical mask of the particle diameter each iteration (default: on)")
     opt.add_argument("--no-flatten-solvent", dest="flatten_solvent", action="store_false", help="do not flatten the solvent")
-    opt.add_argument("--sym", default="C1", help="point group applied at the end (the run itself is C1, as RELION's default); e.g. C1, C4, D2, T, O, I, or auto: the final C1 map proposes groups, its particles choose one, and it is applied (DIR/symmetry.txt says which and why) (default: %(default)s)")
+    opt.add_argument("--sym", default="C1", help="point group: imposed on the class maps every 5 iterations once the race of starts has chosen (RELION's job runs in C1 throughout), and applied to the final map; e.g. C1, C4, D2, T, O, I, or auto (the run stays C1): the final C1 map proposes groups, its particles choose one, and it is applied (DIR/symmetry.txt says which and why) (default: %(default)s)")
     opt.add_argument(
         "--starts", type=int, default=_default_starts(), metavar="N",
         help="random starts raced at the beginning: the best half go on after a tenth of the iterations, the best "

@@ -70,9 +70,13 @@ class WorkingMaps:
     fine: torch.Tensor
 
 
-def prepare(volume: torch.Tensor, fine_size: int = FINE_SIZE) -> WorkingMaps:
-    """Re-centre a map (N, N, N) on its particle (novomap.maps.centring) and make the scoring copies."""
-    centred, shift = centring.centre_by_mass(volume.to(torch.float32))
+def prepare(volume: torch.Tensor, fine_size: int = FINE_SIZE, shift_zyx_px: torch.Tensor | None = None) -> WorkingMaps:
+    """Re-centre a map (N, N, N) on its particle (novomap.maps.centring; or by shift_zyx_px, px, when
+    given) and make the scoring copies."""
+    if shift_zyx_px is None:
+        centred, shift = centring.centre_by_mass(volume.to(torch.float32))
+    else:
+        centred, shift = shift_volume(volume.to(torch.float32), shift_zyx_px), shift_zyx_px
     crop = centring.search_box(centred)
     coarse = so3_search.working_copy(centred, crop, min(crop, COARSE_SIZE), resolution_px=3.0)
     fine = so3_search.working_copy(centred, crop, min(crop, fine_size), resolution_px=2.0)
@@ -135,15 +139,19 @@ def find_alignment(maps: WorkingMaps, group: PointGroup) -> tuple[torch.Tensor, 
 
 
 def align_to_symmetry(
-    volume: torch.Tensor | np.ndarray, pixel_size_a: float, group: PointGroup | str, near: torch.Tensor | None = None
+    volume: torch.Tensor | np.ndarray,
+    pixel_size_a: float,
+    group: PointGroup | str,
+    near: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> SymmetryAlignment:
     """Align a map (N, N, N) to a point group's standard frame (RELION's conventions, spec 5.3).
 
     pixel_size_a is the map's Å/px; the search works in pixels, so it only matters to callers that
     write the result. For C1 the input is returned unchanged (identity, no re-centring), as in RELION.
     Runs on the CPU (a GPU tensor is copied); the aligned map is a CPU float32 tensor.
-    near: a rotation (3, 3) close to the answer (an earlier alignment of a map that has changed
-    little since): refined locally instead of searched globally, ~10x cheaper.
+    near: (rotation (3, 3), shift_zyx_px (3,)) of an earlier alignment of a map that has changed
+    little since: the map is re-centred by that shift (already refined, so not again) and the rotation
+    refined locally instead of searched globally; ~10x cheaper (20x for I).
     """
     del pixel_size_a  # the search is in pixels; kept for a uniform interface with the commands
     group = point_group(group) if isinstance(group, str) else group
@@ -152,17 +160,18 @@ def align_to_symmetry(
         eye = torch.eye(3, dtype=torch.float64)
         return SymmetryAlignment(group.name, eye, 0.0, 0.0, 0.0, torch.zeros(3, dtype=torch.float64), 0.0,
                                  volume.clone())
-    maps = prepare(volume)
     if near is None:
+        maps = prepare(volume)
         rotation, _ = find_alignment(maps, group)
     else:
-        start = torch.as_tensor(near, dtype=torch.float64)[None]
+        maps = prepare(volume, shift_zyx_px=torch.as_tensor(near[1], dtype=torch.float64))
+        start = torch.as_tensor(near[0], dtype=torch.float64)[None]
         rotation, _ = fine_alignment(maps, group, start, torch.zeros(1, dtype=torch.float64))
     score = symmetry_score(maps.fine, group, rotation)
     rot, tilt, psi = (float(angle) for angle in matrix_to_euler(rotation))
     aligned = rotate_volume(maps.centred, rotation)
     shift_zyx_px = maps.shift_zyx_px
-    if REFINE_CENTRE:
+    if REFINE_CENTRE and near is None:
         # the centre of mass need not lie on the axes (symmetry.centre): a shift d after the rotation
         # is the shift R^T d before it, so the map is still interpolated once
         d = refine_centre(aligned, group)

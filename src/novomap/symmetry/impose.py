@@ -19,17 +19,18 @@ from novomap.symmetry.symmetrise import symmetrise_in_place
 
 
 def impose_group(
-    maps: torch.Tensor, group: PointGroup, pixel_size_a: float, axes: list[torch.Tensor] | None = None
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    maps: torch.Tensor, group: PointGroup, pixel_size_a: float, axes: list | None = None
+) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
     """Each class map (K, N, N, N) averaged over the group about its own axes -> (maps, axes).
 
-    axes: per class, the rotation (3, 3) of an earlier call (refined locally from there; None:
-    searched globally). The returned axes go to the next call.
+    axes: per class, the (rotation (3, 3), shift_zyx_px (3,)) of an earlier call: the centre is kept
+    and the rotation refined locally from there (None: searched globally, centre refined). The
+    returned axes go to the next call.
     """
     imposed, found = [], []
     for k in range(maps.shape[0]):
         near = axes[k] if axes is not None and k < len(axes) else None
         alignment = align_to_symmetry(maps[k].float(), pixel_size_a, group, near=near)
         imposed.append(symmetrise_in_place(maps[k].float(), group, alignment.rotation, alignment.shift_zyx_px).to(maps.dtype))
-        found.append(alignment.rotation)
+        found.append((alignment.rotation, torch.as_tensor(alignment.shift_zyx_px, dtype=torch.float64)))
     return torch.stack(imposed), found

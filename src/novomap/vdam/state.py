@@ -50,8 +50,8 @@ class RunState:
     fingerprint: dict = field(default_factory=dict)
     # the particles of the last mini-batch, whose poses its E-step gave (vdam.iterate.assign_all reuses the sharp ones)
     last_batch: torch.Tensor | None = None
-    # per class, the rotation (3, 3) that put the map's symmetry axes in the standard frame when the
-    # group was last imposed (symmetry.impose; None before), where the next alignment starts
+    # per class, (rotation (3, 3), shift_zyx_px (3,)) of the map's symmetry axes when the group was
+    # last imposed (symmetry.impose; None before): where the next alignment starts
     symmetry_axes: list | None = None
 
     @property

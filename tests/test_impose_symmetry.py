@@ -1,0 +1,70 @@
+"""symmetry.impose and its schedule: an explicit group imposed on the class maps during the run."""
+
+from __future__ import annotations
+
+import torch
+
+from _synthetic_maps import blob_map, correlation, random_rotation
+from novomap.initial_model import imposing_due
+from novomap.maps.transform import rotate_volume, shift_volume
+from novomap.symmetry.align import align_to_symmetry
+from novomap.symmetry.groups import point_group
+from novomap.symmetry.impose import impose_group
+from novomap.symmetry.score import symmetry_score
+from novomap.symmetry.symmetrise import symmetrise
+from novomap.vdam.config import VdamConfig
+
+
+def _turned_c4_with_a_flaw() -> tuple[torch.Tensor, torch.Tensor]:
+    """(a C4 map turned and shifted off the standard frame with one subunit's blob missing, the
+    same map without the flaw)."""
+    symmetric = blob_map("C4", seed=3)
+    flawed = symmetric.clone()
+    n = symmetric.shape[-1]
+    z, y, x = torch.meshgrid(*(torch.arange(n, dtype=torch.float32) - n // 2,) * 3, indexing="ij")
+    brightest = torch.nonzero(symmetric == symmetric.max())[0].float() - n // 2
+    flawed -= symmetric * (((z - brightest[0]) ** 2 + (y - brightest[1]) ** 2 + (x - brightest[2]) ** 2) < 16).float()
+    turn = random_rotation(5).float()
+    move = (1.5, -2.0, 1.0)
+    return shift_volume(rotate_volume(flawed, turn), move), shift_volume(rotate_volume(symmetric, turn), move)
+
+
+def test_the_group_is_imposed_where_the_map_is():
+    flawed, symmetric = _turned_c4_with_a_flaw()
+    group = point_group("C4")
+    maps, axes = impose_group(flawed[None].double(), group, 3.0)
+    assert maps.shape == (1, *flawed.shape) and maps.dtype == torch.float64 and len(axes) == 1
+    imposed = maps[0].float()
+    # symmetric about its own axes, and not moved: closer to the unflawed map than the flawed input is
+    assert align_to_symmetry(imposed, 3.0, group).score < 0.02
+    assert correlation(imposed, symmetric) > correlation(flawed, symmetric)
+    assert correlation(imposed, symmetric) > 0.98
+
+
+def test_a_later_call_refines_from_the_previous_axes():
+    flawed, _ = _turned_c4_with_a_flaw()
+    group = point_group("C4")
+    maps, axes = impose_group(flawed[None].double(), group, 3.0)
+    again, axes_again = impose_group(maps, group, 3.0, axes)
+    # the local refinement from the previous axes finds the same axes (a C4 axis: third rows agree)
+    assert float((axes_again[0][0][2] @ axes[0][0][2]).abs()) > 0.9995
+    assert torch.equal(axes_again[0][1], axes[0][1])  # the centre is kept
+    assert correlation(again[0], maps[0]) > 0.999
+
+
+def test_near_gives_the_global_answer():
+    volume = rotate_volume(blob_map("D2", seed=1), random_rotation(8).float())
+    found = align_to_symmetry(volume, 3.0, "D2")
+    nudge = random_rotation(9)
+    # a start a few degrees off: the rotation by a small angle about a random axis
+    small = torch.linalg.matrix_exp(0.05 * (nudge - nudge.T) / 2)
+    local = align_to_symmetry(volume, 3.0, "D2", near=(small @ found.rotation, found.shift_zyx_px))
+    assert local.score <= found.score + 0.005
+    assert correlation(symmetrise(local.volume, point_group("D2")), local.volume) > 0.97
+
+
+def test_the_schedule_starts_after_the_initial_phase_and_skips_the_last_iteration():
+    config = VdamConfig(n_iter=100)
+    assert [i for i in range(1, 101) if imposing_due(i, config)] == list(range(35, 100, 5))
+    assert not any(imposing_due(i, VdamConfig(n_iter=100, impose_symmetry_every=0)) for i in range(1, 101))
+    assert [i for i in range(1, 13) if imposing_due(i, VdamConfig(n_iter=12))] == [8]
