@@ -338,8 +338,14 @@ def test_disk_full_during_a_write_leaves_no_partial_file_and_a_rerun_works(tmp_p
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_leaves_failure_marker_and_a_checkpoint_to_continue_from(tmp_path, capsys, monkeypatch, signum):
+def test_signal_leaves_failure_marker_and_a_checkpoint_to_continue_from(tmp_path, capsys, monkeypatch, request, signum):
     from novomap.outputs.progress import ProgressDisplay
+
+    if signum == signal.SIGINT:
+        # a shell starts background jobs (`cmd &`) with SIGINT ignored, and then Python raises no
+        # KeyboardInterrupt; the test is about a job that can be interrupted, as in a terminal
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
 
     star, _ = make_dataset(tmp_path / "input", N)
     out_dir = tmp_path / "job"
