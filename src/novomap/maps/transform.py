@@ -74,7 +74,7 @@ def _normalised_coordinates(size: int, dtype: torch.dtype) -> tuple[torch.Tensor
     return coords, (size // 2) * scale - 1.0
 
 
-def _frequencies(size: int, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def rfft_frequencies(size: int, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Frequencies (cycles per voxel) of an rfftn of a cube, broadcastable as (kz, ky, kx)."""
     k = torch.fft.fftfreq(size, dtype=dtype)
     kx = torch.fft.rfftfreq(size, dtype=dtype)
@@ -83,7 +83,7 @@ def _frequencies(size: int, dtype: torch.dtype = torch.float64) -> tuple[torch.T
 
 def frequency_radius(size: int) -> torch.Tensor:
     """|k| in shells (1 shell = 1 / box) on an rfftn grid of a cube: shape (N, N, N//2 + 1)."""
-    kz, ky, kx = _frequencies(size)
+    kz, ky, kx = rfft_frequencies(size)
     return torch.sqrt(kz**2 + ky**2 + kx**2) * size
 
 
@@ -95,7 +95,7 @@ def shift_volume(volume: torch.Tensor, shift_zyx_px: torch.Tensor | tuple[float,
     """
     n = volume.shape[-1]
     s = torch.as_tensor(shift_zyx_px, dtype=torch.float64)
-    kz, ky, kx = _frequencies(n)
+    kz, ky, kx = rfft_frequencies(n)
     phase = torch.exp(-2j * math.pi * (kz * s[0] + ky * s[1] + kx * s[2]))
     spectrum = torch.fft.rfftn(volume.to(torch.float64))
     return torch.fft.irfftn(spectrum * phase.to(volume.device), s=volume.shape).to(volume.dtype)

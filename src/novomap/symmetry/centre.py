@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from novomap.maps.transform import rotate_volume
+from novomap.maps.transform import rfft_frequencies, rotate_volume
 from novomap.symmetry.groups import PointGroup
 
 START_STEP_PX = 1.0
@@ -35,10 +35,8 @@ _DIRECTIONS = torch.tensor([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0,
 
 def _wave_numbers(n: int) -> torch.Tensor:
     """(kx, ky, kz) of an rfftn grid of an (N, N, N) zyx volume, in cycles per box -> (N, N, N//2+1, 3)."""
-    k = torch.fft.fftfreq(n, dtype=torch.float64) * n
-    kx = torch.fft.rfftfreq(n, dtype=torch.float64) * n
-    z, y, x = torch.meshgrid(k, k, kx, indexing="ij")
-    return torch.stack([x, y, z], dim=-1)
+    kz, ky, kx = rfft_frequencies(n)
+    return torch.stack(torch.broadcast_tensors(kx, ky, kz), dim=-1) * n
 
 
 def symmetry_residual_fn(aligned: torch.Tensor, group: PointGroup):
