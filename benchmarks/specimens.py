@@ -15,8 +15,10 @@ diameter and the wanted fraction of the box it fills. The map's band limit is a 
 0.8-1.0 x Nyquist), so that it is as symmetric as its atoms (cc with a rotated copy > 0.998).
 
 Not used: the 50S ribosome file of the shared data (empiar_10076_7.mrc) is 7 raw 320 px particle
-images without poses, not a 3D map, so it cannot serve as a truth; the ~2 MDa end of the suite is
-the icosahedral hb_i shell instead.
+images without poses, not a 3D map, so it cannot serve as a truth. The large asymmetric particle is
+hb16_c1 instead: 16 haemoglobin tetramers packed without symmetry into a compact ~290 Å aggregate
+(source "cluster", `pack_cluster`), a ribosome's size and mass at a ribosome's pixel size in 64 px.
+The ~2 MDa end of the suite is the icosahedral hb_i shell.
 
 Maps are cached as MRC files (with a JSON of their figures) under benchmarks/.cache/specimens/,
 keyed by a hash of the specimen's definition, so that a changed definition builds a new map.
@@ -24,7 +26,7 @@ keyed by a hash of the specimen's definition, so that a changed definition build
     from specimens import SPECIMENS, build_specimen
     built = build_specimen(SPECIMENS["adk_o"])   # -> BuiltSpecimen(volume, pixel_size_a, ...)
 
-The suite spans (see SPECIMENS): 60 kDa to 1.8 MDa (heavy-atom mass), C1, C4, C7, D2, D7, T, O
+The suite spans (see SPECIMENS): 60 kDa to 1.8 MDa (heavy-atom mass), particles of 75 to 294 Å, C1, C4, C7, D2, D7, T, O
 and I, particle diameter 50-90 % of the box, mask diameter 70-95 % of the box, SNR 0.05-0.1.
 """
 
@@ -65,7 +67,7 @@ class Specimen:
     name: str
     description: str
     symmetry: str  # point group imposed by the run and present in the map (RELION name)
-    source: str  # "model" (a PDB file as it is), "betagal" (5A1A in RELION's D2 frame) or "assembly"
+    source: str  # "model" (a PDB file as it is), "betagal" (5A1A in RELION's D2 frame), "assembly" or "cluster"
     box: int
     particle_fraction: float  # particle diameter / box edge (sets the pixel size)
     mask_fraction: float  # mask diameter (--particle-diameter) / box edge
@@ -77,16 +79,19 @@ class Specimen:
     model: str = ""  # path of the atomic model (source "model"), or of the subunit (source "assembly")
     chains: tuple[str, ...] = ()  # chains of the subunit to keep (empty: all)
     direction: tuple[float, float, float] = (1.0, 0.0, 0.0)  # off-axis direction of the subunit's centre
-    orientation_seed: int = 0  # seeds the subunit's fixed random orientation
+    orientation_seed: int = 0  # seeds the subunit's fixed random orientation (each copy's, for "cluster")
+    cluster_copies: int = 0  # source "cluster": copies of the subunit, packed without symmetry
 
     def key(self) -> str:
         """Hash of everything that shapes the map (not the simulation settings)."""
         shaping = {
             k: v
             for k, v in asdict(self).items()
-            if k in ("symmetry", "source", "box", "particle_fraction", "bfactor_a2", "model", "chains", "direction", "orientation_seed")
+            if k in ("symmetry", "source", "box", "particle_fraction", "bfactor_a2", "model", "chains", "direction", "orientation_seed", "cluster_copies")
         }
         shaping["version"] = BUILD_VERSION
+        if not shaping["cluster_copies"]:
+            del shaping["cluster_copies"]  # keeps the keys (cached maps, data sets) of the older specimens
         if shaping["model"]:
             shaping["model"] = Path(shaping["model"]).name
         return hashlib.sha1(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:10]
@@ -165,6 +170,13 @@ SPECIMENS: dict[str, Specimen] = {
             symmetry="O", source="assembly", model=str(ADK_CHAIN), box=64,
             particle_fraction=0.85, mask_fraction=0.95, snr=0.05, n_particles=1000, defocus_um=(0.8, 2.2),
             direction=(0.2, 0.45, 0.87), orientation_seed=24,
+        ),
+        _spec(
+            name="hb16_c1",
+            description="asymmetric aggregate of 16 haemoglobin tetramers (4HHB), ribosome-sized: about 1 MDa, C1",
+            symmetry="C1", source="cluster", model=str(HAEMOGLOBIN), box=64,
+            particle_fraction=0.8, mask_fraction=0.9, snr=0.07, n_particles=1500, defocus_um=(1.0, 2.5),
+            cluster_copies=16, orientation_seed=16,
         ),
         _spec(
             name="hb_i",
@@ -302,6 +314,8 @@ def specimen_structure(specimen: Specimen):
         centre = np.array(structure[0].calculate_center_of_mass().tolist())
         structure[0].transform_pos_and_adp(gemmi.Transform(gemmi.Mat33(np.eye(3).tolist()), gemmi.Vec3(*(-centre).tolist())))
         return structure, 1
+    if specimen.source == "cluster":
+        return cluster_structure(specimen), specimen.cluster_copies
     if specimen.source != "assembly":
         raise ValueError(f"unknown specimen source {specimen.source!r}")
 
@@ -329,6 +343,73 @@ def specimen_structure(specimen: Specimen):
     assembly.add_model(model)
     assembly.setup_entities()
     return assembly, int(operators.shape[0])
+
+
+def pack_cluster(
+    points: np.ndarray, ca: np.ndarray, copies: int, seed: int, directions_per_copy: int = 8
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A compact asymmetric aggregate: (rotation, shift) of each of `copies` copies of `points`
+    (P, 3), centred at 0, each turned by its own seeded random rotation.
+
+    Copies are added one at a time. Each is tried along `directions_per_copy` seeded random
+    directions from the current aggregate's centre, at the smallest radius (C-alpha scan in 2 Å
+    steps, then every heavy atom in 0.5 Å steps) where it clears every copy already placed by
+    MIN_CONTACT_A, and the smallest of those radii is kept: the copy docks where the aggregate
+    stays most compact (one direction each gives a loose, branched aggregate, unlike a complex).
+    """
+    from scipy.spatial import cKDTree
+
+    rng = np.random.default_rng(seed)
+    placed: list[tuple[np.ndarray, np.ndarray]] = []
+    atoms = np.empty((0, 3))
+    for _ in range(copies):
+        rotation = _fixed_rotation(int(rng.integers(1 << 30)))
+        units = rng.standard_normal((directions_per_copy, 3))
+        units /= np.linalg.norm(units, axis=1, keepdims=True)
+        moved, moved_ca = points @ rotation.T, ca @ rotation.T
+        shift = np.zeros(3)
+        if len(atoms):
+            tree, centre = cKDTree(atoms), atoms.mean(0)
+            best = math.inf
+            for unit in units:
+                radius = 0.0
+                while radius < best and tree.query(moved_ca + centre + radius * unit, k=1)[0].min() < 4.0:
+                    radius += 2.0
+                if radius >= best:
+                    continue
+                radius = max(0.0, radius - 2.0)
+                while tree.query(moved + centre + radius * unit, k=1)[0].min() < MIN_CONTACT_A:
+                    radius += 0.5
+                if radius < best:
+                    best, shift = radius, centre + radius * unit
+        placed.append((rotation, shift))
+        atoms = np.concatenate([atoms, moved + shift])
+    middle = atoms.mean(0)
+    return [(rotation, shift - middle) for rotation, shift in placed]
+
+
+def cluster_structure(specimen: Specimen):
+    """The atoms of a "cluster" specimen (gemmi Structure), centred on their centroid."""
+    import gemmi
+
+    subunit = _read_structure(specimen.model, specimen.chains)
+    centre = np.array(subunit[0].calculate_center_of_mass().tolist())
+    points = _positions(subunit[0]) - centre
+    placements = pack_cluster(points, points[_ca_mask(subunit[0])], specimen.cluster_copies, specimen.orientation_seed)
+    cluster = gemmi.Structure()
+    cluster.name = specimen.name
+    model = gemmi.Model("1")
+    for index, (rotation, shift) in enumerate(placements):
+        copy = subunit[0].clone()
+        # atom p -> R (p - c) + s
+        translation = shift - rotation @ centre
+        copy.transform_pos_and_adp(gemmi.Transform(gemmi.Mat33(rotation.tolist()), gemmi.Vec3(*translation.tolist())))
+        for chain in copy:
+            chain.name = f"{chain.name}{index}"
+            model.add_chain(chain)
+    cluster.add_model(model)
+    cluster.setup_entities()
+    return cluster
 
 
 # --------------------------------------------------------------------------------------------
