@@ -245,20 +245,31 @@ def _closest_approach(points: np.ndarray, operators: np.ndarray) -> float:
     return float(distances.min())
 
 
-def place_subunit(points: np.ndarray, ca: np.ndarray, operators: np.ndarray, direction: np.ndarray) -> float:
-    """Smallest distance r (Å, 0.5 Å steps) along `direction` at which copies of `points` (centred
-    at 0, already rotated) moved by r * direction and then by each operator do not clash.
+def touching_radius(
+    points: np.ndarray, ca: np.ndarray, unit: np.ndarray, clearance, give_up_at: float = math.inf
+) -> float:
+    """Smallest distance r (Å, 0.5 Å steps) along the unit vector `unit` at which `points` (P, 3)
+    moved by r * unit clear their neighbours: clearance(moved points) is the closest approach (Å).
 
-    Coarse scan on C-alpha atoms (2 Å steps, >= 4 Å apart), then 0.5 Å steps on all heavy atoms.
+    Coarse scan on the C-alpha atoms `ca` (2 Å steps, >= 4 Å apart), then 0.5 Å steps on all heavy
+    atoms (>= MIN_CONTACT_A). Returns math.inf once the coarse scan reaches `give_up_at`.
     """
-    unit = direction / np.linalg.norm(direction)
     radius = 0.0
-    while _closest_approach(points[ca] + radius * unit, operators) < 4.0:
+    while radius < give_up_at and clearance(ca + radius * unit) < 4.0:
         radius += 2.0
+    if radius >= give_up_at:
+        return math.inf
     radius = max(0.0, radius - 2.0)
-    while _closest_approach(points + radius * unit, operators) < MIN_CONTACT_A:
+    while clearance(points + radius * unit) < MIN_CONTACT_A:
         radius += 0.5
     return radius
+
+
+def place_subunit(points: np.ndarray, ca: np.ndarray, operators: np.ndarray, direction: np.ndarray) -> float:
+    """Smallest distance r (Å, 0.5 Å steps) along `direction` at which copies of `points` (centred
+    at 0, already rotated) moved by r * direction and then by each operator do not clash."""
+    unit = direction / np.linalg.norm(direction)
+    return touching_radius(points, points[ca], unit, lambda moved: _closest_approach(moved, operators))
 
 
 def _sphere_directions(count: int) -> np.ndarray:
@@ -328,21 +339,28 @@ def specimen_structure(specimen: Specimen):
     radius = place_subunit(points, _ca_mask(subunit[0]), operators, direction)
     offset = radius * direction / np.linalg.norm(direction)
 
-    assembly = gemmi.Structure()
-    assembly.name = specimen.name
+    # atom p -> g (R (p - c) + d)
+    transforms = [(operator @ orientation, operator @ (offset - orientation @ centre)) for operator in operators]
+    return copies_structure(specimen.name, subunit[0], transforms), int(operators.shape[0])
+
+
+def copies_structure(name: str, subunit_model, transforms: list[tuple[np.ndarray, np.ndarray]]):
+    """A gemmi Structure holding one copy of `subunit_model` per (rotation (3, 3), translation (3,))
+    in `transforms` (atom p -> rotation p + translation), chains renamed with the copy's index."""
+    import gemmi
+
+    structure = gemmi.Structure()
+    structure.name = name
     model = gemmi.Model("1")
-    for index, operator in enumerate(operators):
-        # atom p -> g (R (p - c) + d)
-        rotation = operator @ orientation
-        shift = operator @ (offset - orientation @ centre)
-        copy = subunit[0].clone()
-        copy.transform_pos_and_adp(gemmi.Transform(gemmi.Mat33(rotation.tolist()), gemmi.Vec3(*shift.tolist())))
+    for index, (rotation, translation) in enumerate(transforms):
+        copy = subunit_model.clone()
+        copy.transform_pos_and_adp(gemmi.Transform(gemmi.Mat33(rotation.tolist()), gemmi.Vec3(*translation.tolist())))
         for chain in copy:
             chain.name = f"{chain.name}{index}"
             model.add_chain(chain)
-    assembly.add_model(model)
-    assembly.setup_entities()
-    return assembly, int(operators.shape[0])
+    structure.add_model(model)
+    structure.setup_entities()
+    return structure
 
 
 def pack_cluster(
@@ -352,9 +370,8 @@ def pack_cluster(
     (P, 3), centred at 0, each turned by its own seeded random rotation.
 
     Copies are added one at a time. Each is tried along `directions_per_copy` seeded random
-    directions from the current aggregate's centre, at the smallest radius (C-alpha scan in 2 Å
-    steps, then every heavy atom in 0.5 Å steps) where it clears every copy already placed by
-    MIN_CONTACT_A, and the smallest of those radii is kept: the copy docks where the aggregate
+    directions from the current aggregate's centre, at the smallest radius where it clears every
+    copy already placed (`touching_radius`), and the smallest of those radii is kept: the copy docks where the aggregate
     stays most compact (one direction each gives a loose, branched aggregate, unlike a complex).
     """
     from scipy.spatial import cKDTree
@@ -370,16 +387,13 @@ def pack_cluster(
         shift = np.zeros(3)
         if len(atoms):
             tree, centre = cKDTree(atoms), atoms.mean(0)
+
+            def clearance(moved_points: np.ndarray) -> float:
+                return float(tree.query(moved_points + centre, k=1)[0].min())
+
             best = math.inf
             for unit in units:
-                radius = 0.0
-                while radius < best and tree.query(moved_ca + centre + radius * unit, k=1)[0].min() < 4.0:
-                    radius += 2.0
-                if radius >= best:
-                    continue
-                radius = max(0.0, radius - 2.0)
-                while tree.query(moved + centre + radius * unit, k=1)[0].min() < MIN_CONTACT_A:
-                    radius += 0.5
+                radius = touching_radius(moved, moved_ca, unit, clearance, give_up_at=best)
                 if radius < best:
                     best, shift = radius, centre + radius * unit
         placed.append((rotation, shift))
@@ -390,26 +404,13 @@ def pack_cluster(
 
 def cluster_structure(specimen: Specimen):
     """The atoms of a "cluster" specimen (gemmi Structure), centred on their centroid."""
-    import gemmi
-
     subunit = _read_structure(specimen.model, specimen.chains)
     centre = np.array(subunit[0].calculate_center_of_mass().tolist())
     points = _positions(subunit[0]) - centre
     placements = pack_cluster(points, points[_ca_mask(subunit[0])], specimen.cluster_copies, specimen.orientation_seed)
-    cluster = gemmi.Structure()
-    cluster.name = specimen.name
-    model = gemmi.Model("1")
-    for index, (rotation, shift) in enumerate(placements):
-        copy = subunit[0].clone()
-        # atom p -> R (p - c) + s
-        translation = shift - rotation @ centre
-        copy.transform_pos_and_adp(gemmi.Transform(gemmi.Mat33(rotation.tolist()), gemmi.Vec3(*translation.tolist())))
-        for chain in copy:
-            chain.name = f"{chain.name}{index}"
-            model.add_chain(chain)
-    cluster.add_model(model)
-    cluster.setup_entities()
-    return cluster
+    # atom p -> R (p - c) + s
+    transforms = [(rotation, shift - rotation @ centre) for rotation, shift in placements]
+    return copies_structure(specimen.name, subunit[0], transforms)
 
 
 # --------------------------------------------------------------------------------------------
