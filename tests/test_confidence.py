@@ -89,6 +89,9 @@ def _evidence(**changes) -> Evidence:
         ({"radial_share": 0.75, "mean_pmax": 0.99}, True),
         ({"radial_share": 0.75, "mean_pmax": 0.3}, False),
         ({"radial_share": 0.5, "mean_pmax": 0.99}, False),
+        ({"map_agreement": 0.90, "map_agreement_min": 0.95}, True),  # still changing at the last iteration
+        ({"map_agreement": 0.97, "map_agreement_min": 0.95}, False),
+        ({"map_agreement": None, "map_agreement_min": 0.95}, False),  # not measured
     ],
 )
 def test_each_threshold(changes, weak):
@@ -121,3 +124,20 @@ def test_the_race_of_starts_is_part_of_the_evidence(tmp_path):
 
     caption = _evidence_caption(data)
     assert "5 random starts raced" in caption and "start 2 -523.0, start 0 -534.6" in caption
+
+
+def test_the_line_says_when_the_run_went_on_past_iter():
+    settled = _evidence(map_agreement=0.97, map_agreement_min=0.95, extra_iterations=30)
+    assert "30 iterations past --iter until the map settled" in settled.line() and not warnings_for(settled)
+    capped = _evidence(map_agreement=0.8, map_agreement_min=0.95, extra_iterations=100)
+    capped.warnings = warnings_for(capped)
+    assert "100 iterations past --iter (the most allowed)" in capped.line() and "still changing" in capped.line()
+    assert "past --iter" not in _evidence(map_agreement=0.99, map_agreement_min=0.95).line()
+
+
+def test_the_report_caption_gives_the_final_agreement(tmp_path):
+    from novomap.outputs.report import _evidence_caption
+
+    evidence = _evidence(map_agreement=0.971, map_agreement_min=0.95, extra_iterations=20)
+    caption = _evidence_caption(json.loads(write_evidence(tmp_path, evidence).read_text()))
+    assert "agreed with the map of 20 iterations before to 0.971" in caption and "went on 20 iterations past --iter" in caption

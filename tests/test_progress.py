@@ -101,6 +101,22 @@ def test_eta_counts_particles_not_iterations(tmp_path):
     assert display.eta_seconds(1) == pytest.approx(6.0)
 
 
+def test_a_run_going_on_past_iter_extends_the_plan_and_the_eta():
+    """vdam.convergence: 2 more iterations at the last mini-batch size, and the lines count to the new end."""
+    terminal = io.StringIO()
+    log = RunLog(None, terminal=terminal, errors=io.StringIO())
+    display = ProgressDisplay(log, n_iter=4, planned_batches=[100, 100, 200, 200], final_pass_particles=1000, mode="plain")
+    display.update(figures(4, batch=200, seconds=2.0))  # 0.01 s per particle
+    assert display.eta_seconds(4) == pytest.approx(1000 * 0.01)
+    display.extend(6)
+    assert display.planned == [100, 100, 200, 200, 200, 200]
+    assert display.eta_seconds(4) == pytest.approx((200 + 200 + 1000) * 0.01)
+    display.update(figures(5, batch=200, seconds=2.0))
+    assert "iter    5/6" in terminal.getvalue()
+    display.extend(5)  # never shortens the run
+    assert display.n_iter == 6
+
+
 def test_batch_plan_follows_the_schedule():
     config = VdamConfig(n_iter=100, n_starts=1)
     plan = batch_plan(config, 100_000)

@@ -27,7 +27,7 @@ from novomap.outputs.relion import state_path_for, write_iteration
 from novomap.reconstruct import Poses, reconstruct_with_poses
 from novomap.symmetry.choice import apply_point_group, requested_group, symmetry_record, write_symmetry_file
 from novomap.symmetry.impose import impose_group
-from novomap.vdam import schedules
+from novomap.vdam import convergence, schedules
 from novomap.vdam.config import VdamConfig
 from novomap.vdam.iterate import as_devices, assign_all, pseudo_halves, run_iteration, search_setup
 from novomap.vdam.start import initial_state
@@ -90,10 +90,18 @@ def imposing_due(iteration: int, config: VdamConfig) -> bool:
     """Whether the requested group is imposed on the class maps after this iteration: every
     config.impose_symmetry_every iterations after VDAM's initial phase, which is also where the race
     of starts ends (a wrong start is not forced into a symmetric shape), never after the last one
-    (the final map is symmetrised anyway)."""
+    (the final map is symmetrised anyway). With vdam.convergence, nor where its comparisons fall
+    (n_iter - lag, ..., n_iter, n_iter + check_every, ...): each compares maps left free for the same
+    number of iterations, and the run may stop at any of them from n_iter on."""
     every = config.impose_symmetry_every
     first = schedules.phases(config.n_iter, config.initial_fraction, config.final_fraction).initial
-    return every > 0 and first < iteration < config.n_iter and (iteration - first) % every == 0
+    if every <= 0 or iteration <= first or (iteration - first) % every:
+        return False
+    check = config.convergence_check_every
+    if check <= 0:
+        return iteration < config.n_iter
+    compared = iteration >= config.n_iter - config.convergence_lag and (iteration - config.n_iter) % check == 0
+    return not compared
 
 
 def run_initial_model(
@@ -138,13 +146,19 @@ def run_initial_model(
         if on_write is not None:
             on_write(written)
     half = pseudo_halves(particles)
-    while state.iteration < config.n_iter:  # the race of starts (vdam.restarts) may advance it by several
+    last = config.n_iter if state.iteration < config.n_iter else convergence.last_iteration(state, config)
+    while state.iteration < last:  # the race of starts (vdam.restarts) may advance it by several
         figures = run_iteration(state, particles, half, config, device)
         if group is not None and group.order > 1 and imposing_due(state.iteration, config):
             state.maps, state.symmetry_axes = impose_group(state.maps, group, particles.pixel_size_a, state.symmetry_axes)
+        convergence.keep_snapshot(state, config)
+        if state.iteration >= last:
+            last = convergence.last_iteration(state, config)
+            figures["map_agreement"] = convergence.map_agreement(state, config)
+            figures["more_iterations"] = last - state.iteration
         if progress is not None:
             progress(figures)
-        if state.iteration % config.write_every == 0 or state.iteration == config.n_iter:
+        if state.iteration % config.write_every == 0 or state.iteration == last:
             written = write_iteration(out_dir, particles, state, config, figures["current_size"], str(star_path), command_line)
             if on_write is not None:
                 on_write(written)

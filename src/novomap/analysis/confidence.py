@@ -102,6 +102,11 @@ class Evidence:
     # the race of random starts (vdam.restarts): [{"iteration", "starts", "scores"}, ...] and the winner
     start_rounds: list[dict] = field(default_factory=list)
     chosen_start: int | None = None
+    # vdam.convergence at the last iteration: the maps' agreement with those convergence_lag
+    # iterations before (None: not measured), the bar for a settled map, and the iterations run past --iter
+    map_agreement: float | None = None
+    map_agreement_min: float = 0.0
+    extra_iterations: int = 0
 
     @property
     def weak(self) -> bool:
@@ -113,8 +118,15 @@ class Evidence:
         return (
             f"evidence: half-set FSC {_fmt_a(self.half_fsc05_a)} (0.5), {_fmt_a(self.half_fsc0143_a)} (0.143); "
             f"final vs last VDAM map cc {self.agreement_cc:.2f}; radial share {self.radial_share:.2f}, "
-            f"mean pmax {self.mean_pmax:.2f}{self.starts_phrase()} -> {verdict}"
+            f"mean pmax {self.mean_pmax:.2f}{self.starts_phrase()}{self.convergence_phrase()} -> {verdict}"
         )
+
+    def convergence_phrase(self) -> str:
+        """'; N iterations past --iter until the map settled' when the run went on (vdam.convergence), else ''."""
+        if not self.extra_iterations:
+            return ""
+        settled = self.map_agreement is not None and self.map_agreement >= self.map_agreement_min
+        return f"; {self.extra_iterations} iterations past --iter " + ("until the map settled" if settled else "(the most allowed)")
 
     def starts_phrase(self) -> str:
         """'; best of 5 starts (...)' when the run raced random starts, else ''."""
@@ -265,6 +277,13 @@ def warnings_for(evidence: Evidence) -> list[str]:
             f"a roundish map (radial share {evidence.radial_share:.2f}) with mean pmax {evidence.mean_pmax:.2f} "
             f"(outside {LOW_PMAX}-{HIGH_PMAX})"
         )
+    if evidence.map_agreement is not None and evidence.map_agreement < evidence.map_agreement_min:
+        # a map still changing at the last iteration has not found its structure yet: a large asymmetric
+        # particle went from a wrong fold to the right one in the 50 iterations after such a state
+        reasons.append(
+            f"the map was still changing at the last iteration (agreement {evidence.map_agreement:.2f} with the map of "
+            f"20 iterations before < {evidence.map_agreement_min}; more --iter or --max-extra-iter may help)"
+        )
     return reasons
 
 
@@ -283,6 +302,11 @@ def assess_run(state, particles, half: torch.Tensor, class_index: int, final_map
     race = next((f for f in state.history if "start_rounds" in f), None)
     if race is not None:
         evidence.start_rounds, evidence.chosen_start = race["start_rounds"], race["chosen_start"]
+    check = next((f for f in reversed(state.history) if "map_agreement" in f), None)
+    if check is not None and check["map_agreement"] is not None:
+        evidence.map_agreement, evidence.map_agreement_min = float(check["map_agreement"]), float(config.convergence_min_fsc)
+    evidence.extra_iterations = max(0, int(state.iteration) - int(config.n_iter))
+    evidence.warnings = warnings_for(evidence)
     return evidence
 
 

@@ -62,6 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="random starts raced at the beginning: the best half go on after a tenth of the iterations, the best "
         "one after three tenths, by the likelihood of the same particles (1: a single start, as RELION; default: %(default)s)",
     )
+    opt.add_argument(
+        "--max-extra-iter", type=int, default=-1, metavar="N",
+        help="when the map still changes at --iter (its agreement with the map of 20 iterations before, up to the run's "
+        "resolution, is below 0.95), go on in the final phase's settings until it settles, at most N more iterations "
+        "(-1: as many as --iter; 0: stop at --iter, as RELION; default: %(default)s)",
+    )
     opt.add_argument("--tau2-fudge", type=float, default=4.0, metavar="T", help="regularisation T reached after the initial phase (default: %(default)s)")
     sampling = parser.add_argument_group("sampling (RELION's Sampling tab)")
     sampling.add_argument("--sampling", type=float, default=15.0, metavar="DEG", help="initial angular sampling in degrees: 30, 15, 7.5 or 3.75 (the fine step; default: %(default)s)")
@@ -127,6 +133,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise NovomapError(f"--K must be >= 1, not {args.classes}")
     if args.starts < 1:
         raise NovomapError(f"--starts must be >= 1, not {args.starts}")
+    if args.max_extra_iter < -1:
+        raise NovomapError(f"--max-extra-iter must be >= 0 (or -1: as many as --iter), not {args.max_extra_iter}")
     if args.offset_step <= 0 or args.offset_range < 0:
         raise NovomapError("--offset-step must be > 0 and --offset-range >= 0 (pixels)")
     if args.particle_diameter is not None and not args.particle_diameter > 0:
@@ -376,6 +384,7 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
         seed=args.seed,
         pool=max(0, args.pool),
         n_starts=args.starts,
+        max_extra_iterations=args.max_extra_iter,
     )
     fingerprint = _fingerprint(args, config)
     if args.continue_from is not None:
@@ -414,10 +423,18 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
             last_report[0] = time.perf_counter()
 
     def progress(figures: dict) -> None:
+        more = figures.get("more_iterations", 0)
+        if more:
+            display.extend(figures["iteration"] + more)
         display.update(figures)
+        if more:
+            display.message(
+                f"the map is still changing (agreement with iteration {figures['iteration'] - config.convergence_lag}: "
+                f"{figures['map_agreement']:.3f} < {config.convergence_min_fsc}): {more} more iteration{'s' if more > 1 else ''}"
+            )
         if abort_requested(out_dir):
             raise JobAborted(f"stopped after iteration {figures['iteration']}: RELION asked to abort (RELION_JOB_ABORT_NOW)")
-        if figures["iteration"] == config.n_iter:
+        if figures["iteration"] >= config.n_iter and "more_iterations" in figures and not more:
             then = "" if args.sym.upper() == "C1" else f", then aligning the {args.sym} symmetry axes"
             if args.sym.strip().lower() == "auto":
                 then = ", then choosing the point group (the map proposes, the particles decide: up to a minute) and aligning its axes"

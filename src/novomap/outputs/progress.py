@@ -294,6 +294,16 @@ class ProgressDisplay:
         return (self.n_iter - iteration) * self.seconds_per_iteration
 
     # -- events --------------------------------------------------------------------------
+    def extend(self, last_iteration: int) -> None:
+        """The run goes on to `last_iteration` (vdam.convergence), with the final mini-batch size."""
+        if last_iteration <= self.n_iter:
+            return
+        if self.planned is not None and len(self.planned) >= self.n_iter and self.planned:
+            self.planned = self.planned[: self.n_iter] + [self.planned[self.n_iter - 1]] * (last_iteration - self.n_iter)
+        self.n_iter = last_iteration
+        if self._progress is not None:
+            self._progress.update(self._task, total=last_iteration)
+
     def update(self, figures: dict) -> None:
         """After each iteration: figures as passed to run_initial_model's progress callback."""
         self._learn(figures)

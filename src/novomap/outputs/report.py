@@ -244,7 +244,9 @@ def convergence_figure(history: list[dict], n_iter: int | None = None):
     fig = _figure(12.0, 6.0)
     title = "convergence"
     if history:
-        title += f" (iteration {history[-1].get('iteration')}" + (f" of {n_iter})" if n_iter else ")")
+        last = int(history[-1].get("iteration") or 0)
+        title += f" (iteration {last}" + (f" of {n_iter})" if n_iter and last <= n_iter else f", {last - n_iter} past --iter: the map was still changing)" if n_iter else ")")
+        n_iter = max(n_iter or 0, last) or None  # a run that went on past --iter (vdam.convergence) shows whole
     fig.suptitle(title, fontsize=11)
     axes = fig.subplots(2, 4)
     for ax, (key, unit, name) in zip(axes.flat, panels):
@@ -461,6 +463,13 @@ def _evidence_caption(evidence: dict) -> str:
             f" {len(rounds[0]['starts'])} random starts raced (mean log likelihood of the same particles; the best go on); "
             f"the run continued from start {evidence.get('chosen_start')}:"
         ) + "<pre>" + html.escape("\n".join(lines)) + "</pre>")
+    if evidence.get("map_agreement") is not None:
+        extra = int(evidence.get("extra_iterations") or 0)
+        parts.append(html.escape(
+            f" At the last iteration the VDAM map agreed with the map of 20 iterations before to {evidence['map_agreement']:.3f} "
+            f"(mean FSC up to the run's resolution; settled from {evidence.get('map_agreement_min', 0):.2f})"
+            + (f"; the run went on {extra} iterations past --iter while it still changed." if extra else ".")
+        ))
     for reason in evidence.get("warnings", []):
         parts.append(f'<br><span class="warning">warning: {html.escape(reason)}</span>')
     symmetry = evidence.get("symmetry")
@@ -704,7 +713,7 @@ def build_report(
     summary = [
         ("job folder", str(out_dir)),
         ("state", state),
-        ("iteration", f"{files.latest}" + (f" of {n_iter}" if n_iter else "")),
+        ("iteration", f"{files.latest}" + ((f" of {n_iter}" if files.latest <= n_iter else f" ({n_iter} + {files.latest - n_iter} while the map still changed)") if n_iter else "")),
         ("particles", "?" if n_particles is None else str(n_particles)),
         ("box, pixel size", f"{box if box else '?'} px, {_fmt(pixel_size_a, ' Å/px', '.3f')}"),
         ("current resolution", _fmt(last.get("resolution_a"), " Å")),

@@ -69,6 +69,18 @@ class VdamConfig:
     # many iterations after VDAM's initial phase (when the race of starts has chosen), about each
     # map's own axes (symmetry.impose); 0: only the final map is symmetrised, as RELION does
     impose_symmetry_every: int = 5
+    # convergence (vdam.convergence): from n_iter on, every convergence_check_every iterations, the
+    # class maps are compared with those of convergence_lag iterations before (mean FSC over the
+    # shells up to the run's resolution); below convergence_min_fsc the run goes on in its
+    # final-phase settings, at most max_extra_iterations more (-1: n_iter more; 0: stop at n_iter, as RELION).
+    # Measured: converged runs 0.968-0.995 (suite, real beta-gal), an unfinished large C1 particle 0.65-0.91
+    convergence_check_every: int = 10
+    convergence_lag: int = 20
+    convergence_min_fsc: float = 0.95
+    max_extra_iterations: int = -1
+
+    def extra_iterations_cap(self) -> int:
+        return self.n_iter if self.max_extra_iterations < 0 else self.max_extra_iterations
 
     def significant_cap(self) -> int:
         return self.max_significant if self.max_significant > 0 else 100 * self.n_classes

@@ -53,6 +53,8 @@ class RunState:
     # per class, (rotation (3, 3), shift_zyx_px (3,)) of the map's symmetry axes when the group was
     # last imposed (symmetry.impose; None before): where the next alignment starts
     symmetry_axes: list | None = None
+    # class maps (K, N, N, N) float32 of recent iterations, by iteration (vdam.convergence)
+    map_snapshots: dict = field(default_factory=dict)
 
     @property
     def n_classes(self) -> int:

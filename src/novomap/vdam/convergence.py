@@ -1,0 +1,66 @@
+"""Has VDAM converged at its last planned iteration? If not, how many more iterations to run.
+
+RELION stops a VDAM run after --iter mini-batches whatever the map does. On most particles the map
+has settled long before (between iterations 80 and 100 it changes little at the resolution the run
+has reached), but a large asymmetric particle can still be forming: hb16_c1 (960 kDa, C1) moved from
+a wrong fold at 25.5 Å to 16.3 Å in 50 more iterations
+(benchmarks/results/2026-12-01-convergence.md). So at the last planned iteration, and every
+`check_every` iterations after it, the class maps are compared with those of `lag` iterations
+before; while they still differ at the run's own resolution, VDAM goes on with its final-phase
+settings (the schedules hold their final values past n_iter), up to config.extra_iterations_cap() more.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from novomap.maps.fsc import fsc
+from novomap.vdam.config import VdamConfig
+from novomap.vdam.state import RunState
+
+
+def keep_snapshot(state: RunState, config: VdamConfig) -> None:
+    """Store the class maps of this iteration when it is n_iter plus or minus a multiple of
+    check_every (where the comparisons fall); drop those older than convergence_lag."""
+    every = config.convergence_check_every
+    if every <= 0 or (state.iteration - config.n_iter) % every:
+        return
+    state.map_snapshots[state.iteration] = state.maps.detach().to("cpu", torch.float32).clone()
+    for iteration in [i for i in state.map_snapshots if i < state.iteration - config.convergence_lag]:
+        del state.map_snapshots[iteration]
+
+
+def map_change(before: torch.Tensor, after: torch.Tensor, shell: int, class_fraction: torch.Tensor) -> float:
+    """Agreement of two sets of class maps (K, N, N, N): per class the mean FSC over shells
+    1..shell (the resolution the run has reached), averaged with the classes' fractions as weights."""
+    shell = max(1, min(shell, before.shape[-1] // 2))
+    weights = class_fraction.double().clamp(min=0)
+    weights = weights / weights.sum() if float(weights.sum()) > 0 else torch.full_like(weights, 1.0 / len(weights))
+    per_class = torch.stack([fsc(b, a)[1 : shell + 1].mean() for b, a in zip(before, after)])
+    return float((per_class * weights).sum())
+
+
+def map_agreement(state: RunState, config: VdamConfig) -> float | None:
+    """map_change between this iteration's maps and those of convergence_lag iterations ago (None
+    when that snapshot is missing, e.g. a run continued from a checkpoint written before it)."""
+    before = state.map_snapshots.get(state.iteration - config.convergence_lag)
+    if before is None or before.shape != state.maps.shape:
+        return None
+    return map_change(before.double(), state.maps.detach().cpu().double(), state.resolution_shell, state.class_fraction)
+
+
+def last_iteration(state: RunState, config: VdamConfig) -> int:
+    """The iteration the run should reach: n_iter, or 10 (check_every) more while the maps still move.
+
+    Called at the current target; returns it unchanged when the run has converged (agreement >=
+    convergence_min_fsc), when no snapshot allows the comparison, or at the cap."""
+    target = max(config.n_iter, state.iteration)
+    if config.convergence_check_every <= 0 or config.extra_iterations_cap() <= 0:
+        return target
+    cap = config.n_iter + config.extra_iterations_cap()
+    if state.iteration < config.n_iter or state.iteration >= cap:
+        return target
+    agreement = map_agreement(state, config)
+    if agreement is None or agreement >= config.convergence_min_fsc:
+        return target
+    return min(cap, state.iteration + config.convergence_check_every)

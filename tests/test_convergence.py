@@ -1,0 +1,168 @@
+"""vdam.convergence: a run goes on past --iter while its map still changes, and only then."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from novomap.demo_data import load_demo_map
+from novomap.initial_model import imposing_due, run_initial_model
+from novomap.physics.fourier import centred_radius
+from novomap.simulate import SimulationOptions, simulate
+from novomap.vdam import convergence
+from novomap.vdam.config import VdamConfig
+from novomap.vdam.state import RunState
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _low_passed_noise(n: int, cutoff_shell: float, seed: int) -> torch.Tensor:
+    noise = torch.randn((n, n, n), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    spectrum = torch.fft.fftshift(torch.fft.fftn(noise))
+    spectrum[centred_radius(n) > cutoff_shell] = 0
+    return torch.fft.ifftn(torch.fft.ifftshift(spectrum)).real
+
+
+def _state(maps: torch.Tensor, iteration: int, shell: int) -> RunState:
+    """A RunState with only what vdam.convergence reads filled in."""
+    k = maps.shape[0]
+    empty = torch.zeros(0)
+    return RunState(
+        iteration=iteration, maps=maps, moment1=empty, moment2=empty, sigma2=empty,
+        class_fraction=torch.full((k,), 1.0 / k, dtype=torch.float64), direction_prior=empty, sigma_offset_a=10.0,
+        resolution_shell=shell, healpix_order=1, offset_range_px=6.0, offset_step_px=2.0, perturbation=0.0,
+        rng_state=torch.Generator().get_state(), rot_deg=empty, tilt_deg=empty, psi_deg=empty, origin_x_a=empty,
+        origin_y_a=empty, class_number=empty.long(), max_probability=empty, n_significant=empty.long(),
+        log_likelihood=empty, tau2=empty, ssnr=empty,
+    )  # fmt: skip
+
+
+def test_map_change_is_one_for_the_same_map_and_falls_with_an_independent_change():
+    signal = _low_passed_noise(32, 8, seed=1)[None]
+    change = _low_passed_noise(32, 8, seed=2)[None]
+    fractions = torch.tensor([1.0], dtype=torch.float64)
+    assert convergence.map_change(signal, signal.clone(), 8, fractions) == pytest.approx(1.0, abs=1e-9)
+    # equal power of signal and an independent change: FSC = 1/sqrt(2) in every shell
+    assert convergence.map_change(signal, signal + change, 8, fractions) == pytest.approx(2**-0.5, abs=0.03)
+    assert abs(convergence.map_change(signal, change, 8, fractions)) < 0.15  # few voxels in the lowest shells
+
+
+def test_map_change_weights_classes_by_their_fractions():
+    a = _low_passed_noise(24, 6, seed=3)
+    b = _low_passed_noise(24, 6, seed=4)
+    before = torch.stack([a, a])
+    after = torch.stack([a, b])  # class 1 unchanged, class 2 replaced
+    assert convergence.map_change(before, after, 6, torch.tensor([0.9, 0.1], dtype=torch.float64)) == pytest.approx(0.9, abs=0.02)
+    assert convergence.map_change(before, after, 6, torch.tensor([0.5, 0.5], dtype=torch.float64)) == pytest.approx(0.5, abs=0.03)
+
+
+def test_last_iteration_extends_only_an_unsettled_run_and_stops_at_the_cap():
+    config = VdamConfig(n_iter=40, max_extra_iterations=20)
+    settled = _low_passed_noise(24, 6, seed=5)[None]
+    moved = settled + 2.0 * _low_passed_noise(24, 6, seed=6)[None]
+    state = _state(settled, iteration=20, shell=6)
+    convergence.keep_snapshot(state, config)  # iteration 20 = n_iter - lag
+    state.iteration, state.maps = 40, moved
+    convergence.keep_snapshot(state, config)
+    assert sorted(state.map_snapshots) == [20, 40]
+    assert convergence.map_agreement(state, config) < 0.5
+    assert convergence.last_iteration(state, config) == 50  # 10 more
+    state.iteration = 60  # at the cap (n_iter + 20)
+    state.map_snapshots[40] = moved.float()
+    state.maps = moved + 3.0 * _low_passed_noise(24, 6, seed=7)[None]
+    assert convergence.last_iteration(state, config) == 60
+    # the same unsettled maps with the extension switched off, or before n_iter
+    assert convergence.last_iteration(_with(state, 40), dataclasses.replace(config, max_extra_iterations=0)) == 40
+    assert convergence.last_iteration(_with(state, 30), config) == 40
+
+
+def _with(state: RunState, iteration: int) -> RunState:
+    copy = dataclasses.replace(state, iteration=iteration)
+    copy.map_snapshots = {iteration - 20: state.map_snapshots[40]}
+    return copy
+
+
+def test_a_settled_run_or_one_without_the_earlier_snapshot_stops_at_n_iter():
+    config = VdamConfig(n_iter=40)
+    volume = _low_passed_noise(24, 6, seed=8)[None]
+    state = _state(volume, iteration=40, shell=6)
+    assert convergence.last_iteration(state, config) == 40  # no snapshot of iteration 20
+    state.map_snapshots[20] = (volume + 0.05 * _low_passed_noise(24, 6, seed=9)[None]).float()
+    assert convergence.map_agreement(state, config) > 0.99
+    assert convergence.last_iteration(state, config) == 40
+
+
+def test_snapshots_fall_where_the_comparisons_need_them_and_old_ones_are_dropped():
+    config = VdamConfig(n_iter=55)  # not a multiple of 10: comparisons at 55, 65, ... against 35, 45, ...
+    state = _state(torch.zeros((1, 8, 8, 8), dtype=torch.float64), iteration=0, shell=2)
+    for iteration in range(1, 76):
+        state.iteration = iteration
+        convergence.keep_snapshot(state, config)
+    assert sorted(state.map_snapshots) == [55, 65, 75]
+
+
+def test_symmetry_is_imposed_except_where_convergence_compares_maps_or_the_run_may_stop():
+    config = VdamConfig(n_iter=100)  # initial phase 30, imposed every 5; comparisons 100 vs 80, 110 vs 90, ...
+    assert [i for i in range(30, 131) if imposing_due(i, config)] == [35, 40, 45, 50, 55, 60, 65, 70, 75, 85, 95, 105, 115, 125]
+    without = dataclasses.replace(config, convergence_check_every=0)  # RELION's stop at n_iter: every 5 up to it
+    assert [i for i in range(30, 131) if imposing_due(i, without)] == list(range(35, 100, 5))
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory) -> Path:
+    volume, pixel = load_demo_map()
+    out = tmp_path_factory.mktemp("conv_sim")
+    return simulate(volume, out, SimulationOptions(n=100, snr=1.0, seed=3, box=64, pixel_size_a=pixel)).star_path
+
+
+@pytest.mark.parametrize("min_agreement, last", [(1.01, 5), (0.0, 3)])
+def test_a_job_goes_on_past_iter_while_its_map_moves(small_dataset, tmp_path, min_agreement, last):
+    """A threshold no map can meet keeps the job going to the cap; one every map meets stops it at --iter."""
+    config = VdamConfig(
+        n_iter=3, particle_diameter_a=200.0, n_starts=1, seed=2, convergence_check_every=1, convergence_lag=1,
+        convergence_min_fsc=min_agreement, max_extra_iterations=2,
+    )  # fmt: skip
+    seen: list[dict] = []
+    result = run_initial_model(small_dataset, tmp_path / "job", config, symmetry="C1", progress=seen.append)
+    assert result.state.iteration == last
+    assert [f["iteration"] for f in seen] == list(range(1, last + 1))
+    assert (tmp_path / "job" / f"run_it{last:03d}_class001.mrc").is_file()
+    assert (tmp_path / "job" / "initial_model.mrc").is_file()
+    # every check from n_iter on reports the agreement and what it decided
+    checks = [f for f in seen if "more_iterations" in f]
+    assert [f["iteration"] for f in checks] == list(range(3, last + 1))
+    assert checks[-1]["more_iterations"] == 0
+    assert all(f["map_agreement"] is not None and 0.0 < f["map_agreement"] <= 1.0 for f in checks)
+
+
+def test_the_command_says_why_it_goes_on_and_the_evidence_reports_it(small_dataset, tmp_path, monkeypatch):
+    """`novomap initial-model` with a bar no map meets: run.out names each extension, the last
+    iteration's files are the job's outputs, and evidence.json has the agreement and the warning."""
+    import json
+
+    import novomap.vdam.config
+    from novomap.commands.main import main
+
+    @dataclasses.dataclass(frozen=True)
+    class Restless(VdamConfig):
+        convergence_check_every: int = 1
+        convergence_lag: int = 1
+        convergence_min_fsc: float = 1.01
+
+    monkeypatch.setattr(novomap.vdam.config, "VdamConfig", Restless)
+    out = tmp_path / "job"
+    args = ["initial-model", "--i", str(small_dataset), "--o", str(out), "--iter", "3", "--max-extra-iter", "2",
+            "--particle-diameter", "200", "--j", "1", "--seed", "2", "--starts", "1", "--quiet", "--no-report"]  # fmt: skip
+    assert main(args) == 0
+    run_out = (out / "run.out").read_text()
+    assert run_out.count("the map is still changing") == 2 and "): 1 more iteration\n" in run_out
+    assert "iter    5/5" in run_out
+    nodes = (out / "RELION_OUTPUT_NODES.star").read_text()
+    assert "run_it005_data.star" in nodes and "run_it003_data.star" not in nodes
+    evidence = json.loads((out / "evidence.json").read_text())
+    assert evidence["extra_iterations"] == 2 and evidence["map_agreement"] < 1.01
+    assert any("still changing" in reason for reason in evidence["warnings"])
+    assert "2 iterations past --iter (the most allowed)" in run_out
