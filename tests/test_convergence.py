@@ -59,6 +59,11 @@ def test_map_change_weights_classes_by_their_fractions():
     assert convergence.map_change(before, after, 6, torch.tensor([0.5, 0.5], dtype=torch.float64)) == pytest.approx(0.5, abs=0.03)
 
 
+def _decide(state: RunState, config: VdamConfig) -> int:
+    """What run_initial_model does at a check: the agreement, then the last iteration from it."""
+    return convergence.last_iteration(state, config, convergence.map_agreement(state, config))
+
+
 def test_last_iteration_extends_only_an_unsettled_run_and_stops_at_the_cap():
     config = VdamConfig(n_iter=40, max_extra_iterations=20)
     settled = _low_passed_noise(24, 6, seed=5)[None]
@@ -69,14 +74,14 @@ def test_last_iteration_extends_only_an_unsettled_run_and_stops_at_the_cap():
     convergence.keep_snapshot(state, config)
     assert sorted(state.map_snapshots) == [20, 40]
     assert convergence.map_agreement(state, config) < 0.5
-    assert convergence.last_iteration(state, config) == 50  # 10 more
+    assert _decide(state, config) == 50  # 10 more
     state.iteration = 60  # at the cap (n_iter + 20)
     state.map_snapshots[40] = moved.float()
     state.maps = moved + 3.0 * _low_passed_noise(24, 6, seed=7)[None]
-    assert convergence.last_iteration(state, config) == 60
+    assert _decide(state, config) == 60
     # the same unsettled maps with the extension switched off, or before n_iter
-    assert convergence.last_iteration(_with(state, 40), dataclasses.replace(config, max_extra_iterations=0)) == 40
-    assert convergence.last_iteration(_with(state, 30), config) == 40
+    assert _decide(_with(state, 40), dataclasses.replace(config, max_extra_iterations=0)) == 40
+    assert _decide(_with(state, 30), config) == 40
 
 
 def _with(state: RunState, iteration: int) -> RunState:
@@ -89,10 +94,10 @@ def test_a_settled_run_or_one_without_the_earlier_snapshot_stops_at_n_iter():
     config = VdamConfig(n_iter=40)
     volume = _low_passed_noise(24, 6, seed=8)[None]
     state = _state(volume, iteration=40, shell=6)
-    assert convergence.last_iteration(state, config) == 40  # no snapshot of iteration 20
+    assert _decide(state, config) == 40  # no snapshot of iteration 20
     state.map_snapshots[20] = (volume + 0.05 * _low_passed_noise(24, 6, seed=9)[None]).float()
     assert convergence.map_agreement(state, config) > 0.99
-    assert convergence.last_iteration(state, config) == 40
+    assert _decide(state, config) == 40
 
 
 def test_snapshots_fall_where_the_comparisons_need_them_and_old_ones_are_dropped():

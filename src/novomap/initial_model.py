@@ -97,11 +97,9 @@ def imposing_due(iteration: int, config: VdamConfig) -> bool:
     first = schedules.phases(config.n_iter, config.initial_fraction, config.final_fraction).initial
     if every <= 0 or iteration <= first or (iteration - first) % every:
         return False
-    check = config.convergence_check_every
-    if check <= 0:
+    if config.convergence_check_every <= 0:
         return iteration < config.n_iter
-    compared = iteration >= config.n_iter - config.convergence_lag and (iteration - config.n_iter) % check == 0
-    return not compared
+    return not convergence.compared_iteration(iteration, config)
 
 
 def run_initial_model(
@@ -146,15 +144,17 @@ def run_initial_model(
         if on_write is not None:
             on_write(written)
     half = pseudo_halves(particles)
-    last = config.n_iter if state.iteration < config.n_iter else convergence.last_iteration(state, config)
+    last = config.n_iter
+    if state.iteration >= config.n_iter:  # continued past n_iter: go on only if the map still moved there
+        last = convergence.last_iteration(state, config, convergence.map_agreement(state, config))
     while state.iteration < last:  # the race of starts (vdam.restarts) may advance it by several
         figures = run_iteration(state, particles, half, config, device)
         if group is not None and group.order > 1 and imposing_due(state.iteration, config):
             state.maps, state.symmetry_axes = impose_group(state.maps, group, particles.pixel_size_a, state.symmetry_axes)
         convergence.keep_snapshot(state, config)
         if state.iteration >= last:
-            last = convergence.last_iteration(state, config)
             figures["map_agreement"] = convergence.map_agreement(state, config)
+            last = convergence.last_iteration(state, config, figures["map_agreement"])
             figures["more_iterations"] = last - state.iteration
         if progress is not None:
             progress(figures)

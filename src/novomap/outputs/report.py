@@ -245,8 +245,14 @@ def convergence_figure(history: list[dict], n_iter: int | None = None):
     title = "convergence"
     if history:
         last = int(history[-1].get("iteration") or 0)
-        title += f" (iteration {last}" + (f" of {n_iter})" if n_iter and last <= n_iter else f", {last - n_iter} past --iter: the map was still changing)" if n_iter else ")")
-        n_iter = max(n_iter or 0, last) or None  # a run that went on past --iter (vdam.convergence) shows whole
+        if not n_iter:
+            title += f" (iteration {last})"
+            n_iter = last or None
+        elif last <= n_iter:
+            title += f" (iteration {last} of {n_iter})"
+        else:  # the run went on past --iter (vdam.convergence): show it whole
+            title += f" (iteration {last}, {last - n_iter} past --iter: the map was still changing)"
+            n_iter = last
     fig.suptitle(title, fontsize=11)
     axes = fig.subplots(2, 4)
     for ax, (key, unit, name) in zip(axes.flat, panels):

@@ -19,11 +19,16 @@ from novomap.vdam.config import VdamConfig
 from novomap.vdam.state import RunState
 
 
-def keep_snapshot(state: RunState, config: VdamConfig) -> None:
-    """Store the class maps of this iteration when it is n_iter plus or minus a multiple of
-    check_every (where the comparisons fall); drop those older than convergence_lag."""
+def compared_iteration(iteration: int, config: VdamConfig) -> bool:
+    """Whether this iteration's maps take part in a comparison: n_iter - lag, then every
+    check_every iterations (n_iter - lag + check_every, ..., n_iter, n_iter + check_every, ...)."""
     every = config.convergence_check_every
-    if every <= 0 or (state.iteration - config.n_iter) % every:
+    return every > 0 and iteration >= config.n_iter - config.convergence_lag and (iteration - config.n_iter) % every == 0
+
+
+def keep_snapshot(state: RunState, config: VdamConfig) -> None:
+    """Store the class maps of a compared iteration; drop those older than convergence_lag."""
+    if not compared_iteration(state.iteration, config):
         return
     state.map_snapshots[state.iteration] = state.maps.detach().to("cpu", torch.float32).clone()
     for iteration in [i for i in state.map_snapshots if i < state.iteration - config.convergence_lag]:
@@ -49,18 +54,18 @@ def map_agreement(state: RunState, config: VdamConfig) -> float | None:
     return map_change(before.double(), state.maps.detach().cpu().double(), state.resolution_shell, state.class_fraction)
 
 
-def last_iteration(state: RunState, config: VdamConfig) -> int:
+def last_iteration(state: RunState, config: VdamConfig, agreement: float | None) -> int:
     """The iteration the run should reach: n_iter, or 10 (check_every) more while the maps still move.
 
-    Called at the current target; returns it unchanged when the run has converged (agreement >=
-    convergence_min_fsc), when no snapshot allows the comparison, or at the cap."""
+    Called at the current target with this iteration's map_agreement; returns the target unchanged
+    when the run has converged (agreement >= convergence_min_fsc), when no snapshot allowed the
+    comparison (agreement None), or at the cap."""
     target = max(config.n_iter, state.iteration)
     if config.convergence_check_every <= 0 or config.extra_iterations_cap() <= 0:
         return target
     cap = config.n_iter + config.extra_iterations_cap()
     if state.iteration < config.n_iter or state.iteration >= cap:
         return target
-    agreement = map_agreement(state, config)
     if agreement is None or agreement >= config.convergence_min_fsc:
         return target
     return min(cap, state.iteration + config.convergence_check_every)
