@@ -171,3 +171,12 @@ def test_the_command_says_why_it_goes_on_and_the_evidence_reports_it(small_datas
     assert evidence["extra_iterations"] == 2 and evidence["map_agreement"] < 1.01
     assert any("still changing" in reason for reason in evidence["warnings"])
     assert "2 iterations past --iter (the most allowed)" in run_out
+
+
+def test_several_classes_stop_at_iter_unless_asked():
+    # class maps of a K-class run move more between iterations (a right two-complex run agreed
+    # 0.66-0.85 and ran to the cap), so the check only extends one-class runs by default
+    assert VdamConfig(n_iter=100).extra_iterations_cap() == 100
+    assert VdamConfig(n_iter=100, n_classes=2).extra_iterations_cap() == 0
+    assert VdamConfig(n_iter=100, n_classes=3, max_extra_iterations=30).extra_iterations_cap() == 30
+    assert VdamConfig(n_iter=100, max_extra_iterations=0).extra_iterations_cap() == 0

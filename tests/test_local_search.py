@@ -235,3 +235,14 @@ def test_compete_races_the_starts_and_adopts_the_winner_in_place(monkeypatch, si
     run_iteration(other, particles, pseudo_halves(particles), dataclasses.replace(config, seed=restarts.start_seed(config, 2), n_starts=1), "cpu")
     assert torch.equal(state.maps, other.maps)  # the third start's own run to iteration 2
     assert state.fingerprint == {"job": "mine"}
+
+
+def test_default_starts_keep_the_race_to_five_class_maps():
+    from novomap.vdam.config import starts_for_classes
+
+    assert [starts_for_classes(k) for k in (1, 2, 3, 4, 5, 8)] == [5, 2, 1, 1, 1, 1]
+    assert VdamConfig().starts() == 5
+    assert VdamConfig(n_classes=2).starts() == 2
+    assert VdamConfig(n_classes=3, n_starts=4).starts() == 4  # asked for: honoured
+    assert restarts.competition_rounds(VdamConfig(n_iter=100, n_classes=3)) == []  # the classes race instead
+    assert restarts.competition_rounds(VdamConfig(n_iter=100, n_classes=2)) == [(30, 1)]

@@ -30,12 +30,6 @@ EXAMPLE = (
 SAMPLING_TO_ORDER = {30.0: 0, 15.0: 1, 7.5: 2, 3.75: 3}
 
 
-def _default_starts() -> int:
-    from novomap.vdam.config import VdamConfig  # a dataclass module: cheap to import
-
-    return VdamConfig.n_starts
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     io = parser.add_argument_group("input/output")
     io.add_argument("--i", dest="input", metavar="STAR", help="particles STAR file (RELION 3.0-5.0), e.g. from Select after 2D classification")
@@ -58,15 +52,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     opt.add_argument("--no-flatten-solvent", dest="flatten_solvent", action="store_false", help="do not flatten the solvent")
     opt.add_argument("--sym", default="C1", help="point group: imposed on the class maps every 5 iterations once the race of starts has chosen (RELION's job runs in C1 throughout), and applied to the final map; e.g. C1, C4, D2, T, O, I, or auto (the run stays C1): the final C1 map proposes groups, its particles choose one, and it is applied (DIR/symmetry.txt says which and why) (default: %(default)s)")
     opt.add_argument(
-        "--starts", type=int, default=_default_starts(), metavar="N",
-        help="random starts raced at the beginning: the best half go on after a tenth of the iterations, the best "
-        "one after three tenths, by the likelihood of the same particles (1: a single start, as RELION; default: %(default)s)",
+        "--starts", type=int, default=-1, metavar="N",
+        help="random starts raced at the beginning: the best two go on after a tenth of the iterations, the best "
+        "one after three tenths, by the likelihood of the same particles (1: a single start, as RELION; default: 5 for "
+        "--K 1, 2 for --K 2, 1 from --K 3 on, where the classes are themselves random starts)",
     )
     opt.add_argument(
         "--max-extra-iter", type=int, default=-1, metavar="N",
         help="when the map still changes at --iter (its agreement with the map of 20 iterations before, up to the run's "
         "resolution, is below 0.95), go on in the final phase's settings until it settles, at most N more iterations "
-        "(-1: as many as --iter; 0: stop at --iter, as RELION; default: %(default)s)",
+        "(-1: as many as --iter with --K 1, none with several classes, whose maps move more between iterations; "
+        "0: stop at --iter, as RELION; default: %(default)s)",
     )
     opt.add_argument("--tau2-fudge", type=float, default=4.0, metavar="T", help="regularisation T reached after the initial phase (default: %(default)s)")
     sampling = parser.add_argument_group("sampling (RELION's Sampling tab)")
@@ -131,7 +127,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise NovomapError(f"--iter must be >= 1, not {args.iter}")
     if args.classes < 1:
         raise NovomapError(f"--K must be >= 1, not {args.classes}")
-    if args.starts < 1:
+    if args.starts < 1 and args.starts != -1:
         raise NovomapError(f"--starts must be >= 1, not {args.starts}")
     if args.max_extra_iter < -1:
         raise NovomapError(f"--max-extra-iter must be >= 0 (or -1: as many as --iter), not {args.max_extra_iter}")
@@ -353,7 +349,7 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
     from novomap.io.star import check_plausible, read_particle_star
     from novomap.outputs.pipeline import JobAborted, abort_requested, finish_job
     from novomap.outputs.progress import ProgressDisplay, batch_plan, format_duration
-    from novomap.vdam.config import VdamConfig
+    from novomap.vdam.config import VdamConfig, starts_for_classes
 
     started = time.perf_counter()
     log.to_file(f"# {shlex.join(['novomap', *sys.argv[1:]])}")
@@ -383,7 +379,7 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
         max_healpix_order=max(_healpix_order(args.sampling), _healpix_order(args.finest_sampling)),
         seed=args.seed,
         pool=max(0, args.pool),
-        n_starts=args.starts,
+        n_starts=args.starts if args.starts > 0 else starts_for_classes(args.classes),
         max_extra_iterations=args.max_extra_iter,
     )
     fingerprint = _fingerprint(args, config)

@@ -46,7 +46,7 @@ def with_race(plan: list[int], config: VdamConfig, n_particles: int) -> list[int
     if not rounds:
         return plan
     plan = list(plan)
-    extra, racing, previous = 0, config.n_starts, 0
+    extra, racing, previous = 0, config.starts(), 0
     for iteration, survivors in rounds:
         extra += (racing - 1) * sum(plan[previous:iteration]) + racing * min(n_particles, config.start_score_particles)
         racing, previous = survivors, iteration

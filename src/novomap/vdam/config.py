@@ -5,6 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+# the race of random starts runs every class of every start through its early iterations: by default
+# it is kept to this many start x class maps, i.e. 5 starts for one class, 2 for two, 1 (no race) from
+# three classes on, where the classes are themselves that many random starts competing for the
+# particles (benchmarks/results/2026-12-01-classes.md)
+START_CLASS_BUDGET = 5
+
+
+def starts_for_classes(n_classes: int) -> int:
+    """Default number of random starts for a run of n_classes classes."""
+    return max(1, START_CLASS_BUDGET // max(1, n_classes))
+
+
 @dataclass(frozen=True)
 class VdamConfig:
     n_iter: int = 100
@@ -59,8 +71,8 @@ class VdamConfig:
     # independent starts (vdam.restarts): n_starts random starts race; at start_iterations (per 100
     # iterations of the run) the best start_survivors go on, at start_final_iterations the best one
     # does, scored by the log likelihood of a fixed sample of start_score_particles particles
-    # (1: one start, as RELION). Measured: benchmarks/results/2026-11-30-starts.md
-    n_starts: int = 5
+    # (1: one start, as RELION; -1: starts_for_classes). Measured: benchmarks/results/2026-11-30-starts.md
+    n_starts: int = -1
     start_survivors: int = 2
     start_iterations: int = 10
     start_final_iterations: int = 30
@@ -72,15 +84,25 @@ class VdamConfig:
     # convergence (vdam.convergence): from n_iter on, every convergence_check_every iterations, the
     # class maps are compared with those of convergence_lag iterations before (mean FSC over the
     # shells up to the run's resolution); below convergence_min_fsc the run goes on in its
-    # final-phase settings, at most max_extra_iterations more (-1: n_iter more; 0: stop at n_iter, as RELION).
-    # Measured: converged runs 0.968-0.995 (suite, real beta-gal), an unfinished large C1 particle 0.65-0.91
+    # final-phase settings, at most max_extra_iterations more (-1: n_iter more with one class, none with
+    # several; 0: stop at n_iter, as RELION). Measured with one class: converged runs 0.968-0.995 (suite, real
+    # beta-gal), an unfinished large C1 particle 0.65-0.91. With K classes each class map is updated from
+    # its share of a mini-batch and moves more between iterations: right maps of a two-complex mixture
+    # agreed 0.66-0.85 and ran to the cap (benchmarks/results/2026-12-01-classes.md), so the check is
+    # not applied to K > 1 unless asked for (--max-extra-iter N)
     convergence_check_every: int = 10
     convergence_lag: int = 20
     convergence_min_fsc: float = 0.95
     max_extra_iterations: int = -1
 
     def extra_iterations_cap(self) -> int:
-        return self.n_iter if self.max_extra_iterations < 0 else self.max_extra_iterations
+        if self.max_extra_iterations >= 0:
+            return self.max_extra_iterations
+        return self.n_iter if self.n_classes == 1 else 0
+
+    def starts(self) -> int:
+        """Random starts raced: n_starts, or by default (-1) starts_for_classes(n_classes)."""
+        return self.n_starts if self.n_starts > 0 else starts_for_classes(self.n_classes)
 
     def significant_cap(self) -> int:
         return self.max_significant if self.max_significant > 0 else 100 * self.n_classes

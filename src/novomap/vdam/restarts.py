@@ -1,7 +1,7 @@
 """Independent short starts, so that one unlucky random start cannot decide the run.
 
 VDAM from random blobs can settle in a wrong solution (a map of the wrong fold with confident,
-wrong poses), and the way in is decided in the first tens of iterations. So config.n_starts random
+wrong poses), and the way in is decided in the first tens of iterations. So config.starts() random
 starts (other initial maps and mini-batch orders) race in rounds: at each round's iteration every
 start still in the race is scored, and only the best continue (config.start_survivors after
 start_iterations, one after start_final_iterations, both per 100 iterations of the run, so the
@@ -32,11 +32,11 @@ _KEEP = ("fingerprint",)
 def competition_rounds(config: VdamConfig) -> list[tuple[int, int]]:
     """[(iteration, starts that go on)] of the race; [] for one start or a run shorter than 50
     iterations (its phases are too short to tell starts apart)."""
-    if config.n_starts < 2 or config.n_iter < 50:
+    if config.starts() < 2 or config.n_iter < 50:
         return []
     scale = config.n_iter / 100
     rounds = []
-    if 1 < config.start_survivors < config.n_starts:
+    if 1 < config.start_survivors < config.starts():
         rounds.append((max(1, round(config.start_iterations * scale)), config.start_survivors))
     last = max(1, round(config.start_final_iterations * scale))
     if rounds and last <= rounds[0][0]:
@@ -110,7 +110,7 @@ def compete(state: RunState, particles: ParticleSet, half: torch.Tensor, config:
     def own_config(start: int) -> VdamConfig:
         return dataclasses.replace(config, seed=start_seed(config, start), n_starts=1)
 
-    contenders = [(0, state)] + [(s, initial_state(particles, own_config(s))) for s in range(1, config.n_starts)]
+    contenders = [(0, state)] + [(s, initial_state(particles, own_config(s))) for s in range(1, config.starts())]
     rounds = []
     for iteration, survivors in competition_rounds(config):
         for start, contender in contenders:
