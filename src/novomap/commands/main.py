@@ -14,7 +14,7 @@ from types import ModuleType
 
 from novomap import __version__
 from novomap.errors import NovomapError
-from novomap.runtime import tune_allocator
+from novomap.runtime import flush_denormals, tune_allocator
 
 # subcommand name -> module under novomap.commands
 COMMANDS: dict[str, str] = {
@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     tune_allocator()
+    flush_denormals()
     try:
         return int(args._run(args) or 0)
     except NovomapError as error:

@@ -13,6 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from novomap.physics import trilinear_cpu
 from novomap.physics.fourier import centred_radius, hermitian_partner, volume_to_centred_ft
 
 
@@ -64,18 +65,31 @@ def extract_slices(
 
     volume_ft (M, M, M) complex, rotations (O, 3, 3), kx/ky (P,) in cycles per unpadded box
     -> (O, P) complex (same dtype as volume_ft), written into `out` (O, P) when given.
-    Trilinear interpolation by grid_sample (zero outside the grid), which is several times
-    faster than an explicit gather on CPU and GPU.
+    Trilinear interpolation (zero outside the grid): on the CPU by the compiled loops of
+    `trilinear_cpu`, elsewhere by grid_sample, which is several times faster than an explicit
+    gather in tensor operations.
     """
+    n_slices, n_pixels = rotations.shape[0], kx.shape[0]
+    if out is None:
+        out = torch.empty((n_slices, n_pixels), dtype=volume_ft.dtype, device=volume_ft.device)
+    if volume_ft.device.type == "cpu" and trilinear_cpu.available():
+        target = out if out.is_contiguous() else torch.empty_like(out)
+        trilinear_cpu.gather_slices(volume_ft, rotations, kx, ky, pad, target)
+        if target is not out:
+            out.copy_(target)
+        return out
+    return _grid_sample_slices(volume_ft, rotations, kx, ky, pad, out)
+
+
+def _grid_sample_slices(volume_ft: torch.Tensor, rotations: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor, pad: int, out: torch.Tensor) -> torch.Tensor:
+    """extract_slices by grid_sample, into out (O, P)."""
+    n_slices = rotations.shape[0]
     m = volume_ft.shape[-1]
     channels = _as_channels(volume_ft)
-    n_slices, n_pixels = rotations.shape[0], kx.shape[0]
     n_split = _n_split(n_slices, 16)
     grid, _ = _split_batches(_sampling_grid(rotations, kx, ky, pad, m, channels.dtype), n_split)
     # the volume is shared by every batch entry (stride 0, no copy)
     sampled = F.grid_sample(channels.expand(n_split, -1, -1, -1, -1), grid, mode="bilinear", padding_mode="zeros", align_corners=True)  # (S, 2, O/S, P, 1)
-    if out is None:
-        out = torch.empty((n_slices, n_pixels), dtype=volume_ft.dtype, device=volume_ft.device)
     pairs = torch.view_as_real(out)  # (O, P, 2): one strided copy per batch entry, no intermediate
     per_split = grid.shape[1]
     for split in range(n_split):
@@ -99,7 +113,8 @@ def insert_slices(
     values (O, P) complex -> added into data_grid (M, M, M) complex; weights (O, P) real ->
     added into weight_grid (M, M, M) real. Either pair may be None. Only the half-plane of each
     image is inserted; call `hermitian_symmetrise` afterwards to add the conjugate half.
-    The adjoint of trilinear sampling is grid_sample's input gradient, i.e. its scatter kernel.
+    The adjoint of trilinear sampling: on the CPU the compiled scatter of `trilinear_cpu`, elsewhere
+    grid_sample's input gradient, i.e. its scatter kernel.
     """
     grid_ref = data_grid if data_grid is not None else weight_grid
     m = grid_ref.shape[-1]
@@ -112,6 +127,18 @@ def insert_slices(
         parts.append(weights.to(dtype))
     if not parts:
         return
+    if grid_ref.device.type == "cpu" and trilinear_cpu.available():
+        adjoint = trilinear_cpu.scatter_slices(parts, rotations, kx, ky, pad, m)
+    else:
+        adjoint = _grid_sample_adjoint(parts, rotations, kx, ky, pad, m, dtype, grid_ref.device)
+    if values is not None and data_grid is not None:
+        data_grid += torch.complex(adjoint[0], adjoint[1]).to(data_grid.dtype)
+    if weights is not None and weight_grid is not None:
+        weight_grid += adjoint[-1].to(weight_grid.dtype)
+
+
+def _grid_sample_adjoint(parts: list[torch.Tensor], rotations: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor, pad: int, m: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """insert_slices' scatter by grid_sample's input gradient: C channels (O, P) -> (C, M, M, M)."""
     grid = _sampling_grid(rotations, kx, ky, pad, m, dtype)  # (1, O, P, 1, 3)
     stacked = torch.stack(parts)[:, :, :, None]  # (C, O, P, 1)
     # split the slices over a batch of grids: grid_sample's scatter runs in parallel over the batch
@@ -123,14 +150,9 @@ def insert_slices(
     stacked = stacked.reshape(stacked.shape[0], n_split, per_split, *stacked.shape[2:]).transpose(0, 1)
     # the adjoint is grid_sample's input gradient; calling the backward kernel directly skips the
     # forward pass autograd would run first (the input's values are never read, only its shape)
-    shape_only = torch.empty((n_split, len(parts), m, m, m), dtype=dtype, device=grid_ref.device)
+    shape_only = torch.empty((n_split, len(parts), m, m, m), dtype=dtype, device=device)
     adjoint, _ = torch.ops.aten.grid_sampler_3d_backward(stacked, shape_only, grid, 0, 0, True, [True, False])
-    adjoint = adjoint.sum(0, keepdim=True)
-    adjoint = adjoint[0]
-    if values is not None and data_grid is not None:
-        data_grid += torch.complex(adjoint[0], adjoint[1]).to(data_grid.dtype)
-    if weights is not None and weight_grid is not None:
-        weight_grid += adjoint[-1].to(weight_grid.dtype)
+    return adjoint.sum(0)
 
 
 def hermitian_symmetrise(data_grid: torch.Tensor | None, weight_grid: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
