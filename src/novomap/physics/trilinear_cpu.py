@@ -12,6 +12,7 @@ Both functions return False when numba is not installed; the caller then uses gr
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numpy as np
@@ -36,6 +37,7 @@ if numba is not None:
     def _gather(volume, rotations, kx, ky, pad, out):  # pragma: no cover - compiled
         m = volume.shape[0]
         centre = m // 2
+        zero = volume[0, 0, 0, 0] * 0
         for o in prange(out.shape[0]):
             a00, a01, a02 = rotations[o, 0, 0] * pad, rotations[o, 0, 1] * pad, rotations[o, 0, 2] * pad
             a10, a11, a12 = rotations[o, 1, 0] * pad, rotations[o, 1, 1] * pad, rotations[o, 1, 2] * pad
@@ -45,23 +47,33 @@ if numba is not None:
                 z = kx[p] * a02 + ky[p] * a12 + centre
                 x0, y0, z0 = int(np.floor(x)), int(np.floor(y)), int(np.floor(z))
                 fx, fy, fz = x - x0, y - y0, z - z0
-                re = 0.0
-                im = 0.0
+                if x0 >= 0 and y0 >= 0 and z0 >= 0 and x0 < m - 1 and y0 < m - 1 and z0 < m - 1:
+                    # all 8 neighbours inside: no bounds checks (nearly every pixel of a slice)
+                    gx, gy, gz = 1 - fx, 1 - fy, 1 - fz
+                    for c in range(2):
+                        near_y0 = volume[z0, y0, x0, c] * gx + volume[z0, y0, x0 + 1, c] * fx
+                        near_y1 = volume[z0, y0 + 1, x0, c] * gx + volume[z0, y0 + 1, x0 + 1, c] * fx
+                        far_y0 = volume[z0 + 1, y0, x0, c] * gx + volume[z0 + 1, y0, x0 + 1, c] * fx
+                        far_y1 = volume[z0 + 1, y0 + 1, x0, c] * gx + volume[z0 + 1, y0 + 1, x0 + 1, c] * fx
+                        out[o, p, c] = (near_y0 * gy + near_y1 * fy) * gz + (far_y0 * gy + far_y1 * fy) * fz
+                    continue
+                re = zero
+                im = zero
                 for dz in range(2):
                     zz = z0 + dz
                     if zz < 0 or zz >= m:
                         continue
-                    wz = fz if dz else 1.0 - fz
+                    wz = fz if dz else 1 - fz
                     for dy in range(2):
                         yy = y0 + dy
                         if yy < 0 or yy >= m:
                             continue
-                        wzy = wz * (fy if dy else 1.0 - fy)
+                        wzy = wz * (fy if dy else 1 - fy)
                         for dx in range(2):
                             xx = x0 + dx
                             if xx < 0 or xx >= m:
                                 continue
-                            w = wzy * (fx if dx else 1.0 - fx)
+                            w = wzy * (fx if dx else 1 - fx)
                             re += w * volume[zz, yy, xx, 0]
                             im += w * volume[zz, yy, xx, 1]
                 out[o, p, 0] = re
@@ -85,6 +97,21 @@ if numba is not None:
                     z = kx[p] * a02 + ky[p] * a12 + centre
                     x0, y0, z0 = int(np.floor(x)), int(np.floor(y)), int(np.floor(z))
                     fx, fy, fz = x - x0, y - y0, z - z0
+                    if x0 >= 0 and y0 >= 0 and z0 >= 0 and x0 < m - 1 and y0 < m - 1 and z0 < m - 1:
+                        gx, gy, gz = 1 - fx, 1 - fy, 1 - fz
+                        w000, w001, w010, w011 = gz * gy * gx, gz * gy * fx, gz * fy * gx, gz * fy * fx
+                        w100, w101, w110, w111 = fz * gy * gx, fz * gy * fx, fz * fy * gx, fz * fy * fx
+                        for c in range(n_channels):
+                            v = values[c, o, p]
+                            grid[z0, y0, x0, c] += w000 * v
+                            grid[z0, y0, x0 + 1, c] += w001 * v
+                            grid[z0, y0 + 1, x0, c] += w010 * v
+                            grid[z0, y0 + 1, x0 + 1, c] += w011 * v
+                            grid[z0 + 1, y0, x0, c] += w100 * v
+                            grid[z0 + 1, y0, x0 + 1, c] += w101 * v
+                            grid[z0 + 1, y0 + 1, x0, c] += w110 * v
+                            grid[z0 + 1, y0 + 1, x0 + 1, c] += w111 * v
+                        continue
                     for dz in range(2):
                         zz = z0 + dz
                         if zz < 0 or zz >= m:
@@ -104,8 +131,13 @@ if numba is not None:
                                     grid[zz, yy, xx, c] += w * values[c, o, p]
 
 
-def _threads() -> int:
-    return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+@contextlib.contextmanager
+def numba_threads():
+    """Run compiled parallel loops on as many threads as PyTorch uses, one caller at a time; yields that number."""
+    with _LOCK:
+        n_threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+        numba.set_num_threads(n_threads)
+        yield n_threads
 
 
 def _geometry(rotations: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor, dtype: torch.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -123,9 +155,8 @@ def gather_slices(volume_ft: torch.Tensor, rotations: torch.Tensor, kx: torch.Te
         return False
     volume = torch.view_as_real(volume_ft.detach().contiguous()).numpy()
     geometry = _geometry(rotations, kx, ky, volume_ft.real.dtype)
-    with _LOCK:
-        numba.set_num_threads(_threads())
-        _gather(volume, *geometry, float(pad), torch.view_as_real(out).numpy())
+    with numba_threads():
+        _gather(volume, *geometry, volume.dtype.type(pad), torch.view_as_real(out).numpy())
     return True
 
 
@@ -137,9 +168,7 @@ def scatter_slices(channels: list[torch.Tensor], rotations: torch.Tensor, kx: to
     dtype = channels[0].dtype
     values = torch.stack([c.detach().to(dtype) for c in channels]).contiguous().numpy()
     geometry = _geometry(rotations, kx, ky, dtype)
-    with _LOCK:
-        n_parts = _threads()
-        numba.set_num_threads(n_parts)
+    with numba_threads() as n_parts:
         grids = np.zeros((n_parts, m, m, m, len(channels)), dtype=np.float64)
-        _scatter(values, *geometry, float(pad), grids)
+        _scatter(values, *geometry, values.dtype.type(pad), grids)
     return torch.from_numpy(grids.sum(0)).permute(3, 0, 1, 2)
