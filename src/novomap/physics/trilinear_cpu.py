@@ -13,6 +13,7 @@ Both functions return False when numba is not installed; the caller then uses gr
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 
 import numpy as np
@@ -23,6 +24,12 @@ try:
     from numba import njit, prange
 except ImportError:  # pragma: no cover - numba is a dependency; this keeps a broken install usable
     numba = None
+else:
+    if "NUMBA_THREADING_LAYER" not in os.environ:
+        # numba's default OpenMP layer brings a second OpenMP runtime beside PyTorch's, whose threads
+        # spin after each loop and starve PyTorch's: one-thread jobs ran 4x slower (every phase, not
+        # only these loops). The plain thread pool does not spin.
+        numba.config.THREADING_LAYER = "workqueue"
 
 _LOCK = threading.Lock()  # numba's default thread pool must not be entered from two threads at once
 
