@@ -13,8 +13,15 @@ import math
 import torch
 import torch.nn.functional as F
 
-from novomap.physics import trilinear_cpu
 from novomap.physics.fourier import centred_radius, hermitian_partner, volume_to_centred_ft
+
+
+def _compiled_loops():
+    """physics.trilinear_cpu when numba is installed, else None. Imported on first use: numba takes
+    ~0.4 s to import, which `novomap --help` and GPU runs need not pay."""
+    from novomap.physics import trilinear_cpu
+
+    return trilinear_cpu if trilinear_cpu.available() else None
 
 
 def slice_coordinates(rotations: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor, pad: int) -> torch.Tensor:
@@ -72,9 +79,10 @@ def extract_slices(
     n_slices, n_pixels = rotations.shape[0], kx.shape[0]
     if out is None:
         out = torch.empty((n_slices, n_pixels), dtype=volume_ft.dtype, device=volume_ft.device)
-    if volume_ft.device.type == "cpu" and trilinear_cpu.available():
+    compiled = _compiled_loops() if volume_ft.device.type == "cpu" else None
+    if compiled is not None:
         target = out if out.is_contiguous() else torch.empty_like(out)
-        trilinear_cpu.gather_slices(volume_ft, rotations, kx, ky, pad, target)
+        compiled.gather_slices(volume_ft, rotations, kx, ky, pad, target)
         if target is not out:
             out.copy_(target)
         return out
@@ -127,8 +135,9 @@ def insert_slices(
         parts.append(weights.to(dtype))
     if not parts:
         return
-    if grid_ref.device.type == "cpu" and trilinear_cpu.available():
-        adjoint = trilinear_cpu.scatter_slices(parts, rotations, kx, ky, pad, m)
+    compiled = _compiled_loops() if grid_ref.device.type == "cpu" else None
+    if compiled is not None:
+        adjoint = compiled.scatter_slices(parts, rotations, kx, ky, pad, m)
     else:
         adjoint = _grid_sample_adjoint(parts, rotations, kx, ky, pad, m, dtype, grid_ref.device)
     if values is not None and data_grid is not None:

@@ -40,22 +40,52 @@ def available() -> bool:
 
 if numba is not None:
 
+    @njit(inline="always", fastmath=True)
+    def _slice_point(rows, o, kx, ky, centre):  # pragma: no cover - compiled
+        """Grid position of pixel (kx, ky) of slice o (rows: the first two rows of each rotation, times
+        the padding factor): its lower corner (x0, y0, z0) and fractions."""
+        x = kx * rows[o, 0, 0] + ky * rows[o, 1, 0] + centre
+        y = kx * rows[o, 0, 1] + ky * rows[o, 1, 1] + centre
+        z = kx * rows[o, 0, 2] + ky * rows[o, 1, 2] + centre
+        x0, y0, z0 = int(np.floor(x)), int(np.floor(y)), int(np.floor(z))
+        return x0, y0, z0, x - x0, y - y0, z - z0
+
+    @njit(inline="always", fastmath=True)
+    def _edge_neighbours(x0, y0, z0, fx, fy, fz, m, index, weight):  # pragma: no cover - compiled
+        """The neighbours of a point at the grid's edge that lie inside it: flat indices
+        (z m + y) m + x into index, weights into weight (both (8,)); returns how many."""
+        n = 0
+        for dz in range(2):
+            zz = z0 + dz
+            if zz < 0 or zz >= m:
+                continue
+            wz = fz if dz else 1 - fz
+            for dy in range(2):
+                yy = y0 + dy
+                if yy < 0 or yy >= m:
+                    continue
+                wzy = wz * (fy if dy else 1 - fy)
+                for dx in range(2):
+                    xx = x0 + dx
+                    if xx < 0 or xx >= m:
+                        continue
+                    index[n] = (zz * m + yy) * m + xx
+                    weight[n] = wzy * (fx if dx else 1 - fx)
+                    n += 1
+        return n
+
     @njit(parallel=True, fastmath=True, cache=True)
-    def _gather(volume, rotations, kx, ky, pad, out):  # pragma: no cover - compiled
+    def _gather(volume, rows, kx, ky, out):  # pragma: no cover - compiled
         m = volume.shape[0]
         centre = m // 2
-        zero = volume[0, 0, 0, 0] * 0
+        flat = volume.reshape(m * m * m, 2)
         for o in prange(out.shape[0]):
-            a00, a01, a02 = rotations[o, 0, 0] * pad, rotations[o, 0, 1] * pad, rotations[o, 0, 2] * pad
-            a10, a11, a12 = rotations[o, 1, 0] * pad, rotations[o, 1, 1] * pad, rotations[o, 1, 2] * pad
+            index = np.empty(8, dtype=np.int64)
+            weight = np.empty(8, dtype=np.float64)
             for p in range(out.shape[1]):
-                x = kx[p] * a00 + ky[p] * a10 + centre
-                y = kx[p] * a01 + ky[p] * a11 + centre
-                z = kx[p] * a02 + ky[p] * a12 + centre
-                x0, y0, z0 = int(np.floor(x)), int(np.floor(y)), int(np.floor(z))
-                fx, fy, fz = x - x0, y - y0, z - z0
+                x0, y0, z0, fx, fy, fz = _slice_point(rows, o, kx[p], ky[p], centre)
                 if x0 >= 0 and y0 >= 0 and z0 >= 0 and x0 < m - 1 and y0 < m - 1 and z0 < m - 1:
-                    # all 8 neighbours inside: no bounds checks (nearly every pixel of a slice)
+                    # all 8 neighbours inside (nearly every pixel of a slice): no bounds checks
                     gx, gy, gz = 1 - fx, 1 - fy, 1 - fz
                     for c in range(2):
                         near_y0 = volume[z0, y0, x0, c] * gx + volume[z0, y0, x0 + 1, c] * fx
@@ -64,30 +94,15 @@ if numba is not None:
                         far_y1 = volume[z0 + 1, y0 + 1, x0, c] * gx + volume[z0 + 1, y0 + 1, x0 + 1, c] * fx
                         out[o, p, c] = (near_y0 * gy + near_y1 * fy) * gz + (far_y0 * gy + far_y1 * fy) * fz
                     continue
-                re = zero
-                im = zero
-                for dz in range(2):
-                    zz = z0 + dz
-                    if zz < 0 or zz >= m:
-                        continue
-                    wz = fz if dz else 1 - fz
-                    for dy in range(2):
-                        yy = y0 + dy
-                        if yy < 0 or yy >= m:
-                            continue
-                        wzy = wz * (fy if dy else 1 - fy)
-                        for dx in range(2):
-                            xx = x0 + dx
-                            if xx < 0 or xx >= m:
-                                continue
-                            w = wzy * (fx if dx else 1 - fx)
-                            re += w * volume[zz, yy, xx, 0]
-                            im += w * volume[zz, yy, xx, 1]
-                out[o, p, 0] = re
-                out[o, p, 1] = im
+                n = _edge_neighbours(x0, y0, z0, fx, fy, fz, m, index, weight)
+                for c in range(2):
+                    total = 0.0
+                    for i in range(n):
+                        total += weight[i] * flat[index[i], c]
+                    out[o, p, c] = total
 
     @njit(parallel=True, fastmath=True, cache=True)
-    def _scatter(values, rotations, kx, ky, pad, grids):  # pragma: no cover - compiled
+    def _scatter(values, rows, kx, ky, grids):  # pragma: no cover - compiled
         n_parts = grids.shape[0]
         m = grids.shape[1]
         centre = m // 2
@@ -95,15 +110,12 @@ if numba is not None:
         per_part = (n_slices + n_parts - 1) // n_parts
         for part in prange(n_parts):
             grid = grids[part]
+            flat = grid.reshape(m * m * m, n_channels)
+            index = np.empty(8, dtype=np.int64)
+            weight = np.empty(8, dtype=np.float64)
             for o in range(part * per_part, min(n_slices, (part + 1) * per_part)):
-                a00, a01, a02 = rotations[o, 0, 0] * pad, rotations[o, 0, 1] * pad, rotations[o, 0, 2] * pad
-                a10, a11, a12 = rotations[o, 1, 0] * pad, rotations[o, 1, 1] * pad, rotations[o, 1, 2] * pad
                 for p in range(n_pixels):
-                    x = kx[p] * a00 + ky[p] * a10 + centre
-                    y = kx[p] * a01 + ky[p] * a11 + centre
-                    z = kx[p] * a02 + ky[p] * a12 + centre
-                    x0, y0, z0 = int(np.floor(x)), int(np.floor(y)), int(np.floor(z))
-                    fx, fy, fz = x - x0, y - y0, z - z0
+                    x0, y0, z0, fx, fy, fz = _slice_point(rows, o, kx[p], ky[p], centre)
                     if x0 >= 0 and y0 >= 0 and z0 >= 0 and x0 < m - 1 and y0 < m - 1 and z0 < m - 1:
                         gx, gy, gz = 1 - fx, 1 - fy, 1 - fz
                         w000, w001, w010, w011 = gz * gy * gx, gz * gy * fx, gz * fy * gx, gz * fy * fx
@@ -119,23 +131,10 @@ if numba is not None:
                             grid[z0 + 1, y0 + 1, x0, c] += w110 * v
                             grid[z0 + 1, y0 + 1, x0 + 1, c] += w111 * v
                         continue
-                    for dz in range(2):
-                        zz = z0 + dz
-                        if zz < 0 or zz >= m:
-                            continue
-                        wz = fz if dz else 1.0 - fz
-                        for dy in range(2):
-                            yy = y0 + dy
-                            if yy < 0 or yy >= m:
-                                continue
-                            wzy = wz * (fy if dy else 1.0 - fy)
-                            for dx in range(2):
-                                xx = x0 + dx
-                                if xx < 0 or xx >= m:
-                                    continue
-                                w = wzy * (fx if dx else 1.0 - fx)
-                                for c in range(n_channels):
-                                    grid[zz, yy, xx, c] += w * values[c, o, p]
+                    n = _edge_neighbours(x0, y0, z0, fx, fy, fz, m, index, weight)
+                    for i in range(n):
+                        for c in range(n_channels):
+                            flat[index[i], c] += weight[i] * values[c, o, p]
 
 
 @contextlib.contextmanager
@@ -147,9 +146,12 @@ def numba_threads():
         yield n_threads
 
 
-def _geometry(rotations: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor, dtype: torch.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _geometry(rotations: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor, pad: int, dtype: torch.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows (O, 2, 3): the rotations' first two rows times pad, kx, ky) as arrays of dtype.
+
+    A slice pixel sits at (kx, ky) times those rows (physics.projection.slice_coordinates)."""
     return (
-        rotations.detach().to(dtype).contiguous().numpy(),
+        (rotations.detach()[:, :2, :].to(dtype) * pad).contiguous().numpy(),
         kx.detach().to(dtype).contiguous().numpy(),
         ky.detach().to(dtype).contiguous().numpy(),
     )
@@ -161,9 +163,9 @@ def gather_slices(volume_ft: torch.Tensor, rotations: torch.Tensor, kx: torch.Te
     if numba is None:
         return False
     volume = torch.view_as_real(volume_ft.detach().contiguous()).numpy()
-    geometry = _geometry(rotations, kx, ky, volume_ft.real.dtype)
+    geometry = _geometry(rotations, kx, ky, pad, volume_ft.real.dtype)
     with numba_threads():
-        _gather(volume, *geometry, volume.dtype.type(pad), torch.view_as_real(out).numpy())
+        _gather(volume, *geometry, torch.view_as_real(out).numpy())
     return True
 
 
@@ -174,8 +176,8 @@ def scatter_slices(channels: list[torch.Tensor], rotations: torch.Tensor, kx: to
         return None
     dtype = channels[0].dtype
     values = torch.stack([c.detach().to(dtype) for c in channels]).contiguous().numpy()
-    geometry = _geometry(rotations, kx, ky, dtype)
+    geometry = _geometry(rotations, kx, ky, pad, dtype)
     with numba_threads() as n_parts:
         grids = np.zeros((n_parts, m, m, m, len(channels)), dtype=np.float64)
-        _scatter(values, *geometry, values.dtype.type(pad), grids)
+        _scatter(values, *geometry, grids)
     return torch.from_numpy(grids.sum(0)).permute(3, 0, 1, 2)
