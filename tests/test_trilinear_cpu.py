@@ -77,3 +77,13 @@ def test_scatter_does_not_depend_on_thread_count():
         torch.set_num_threads(threads)
     several = trilinear_cpu.scatter_slices(channels, rotations, kx, ky, 1, 16)
     assert torch.allclose(one, several, atol=1e-9)
+
+
+def test_scatter_within_its_memory_budget(monkeypatch):
+    """Fewer private grids than threads when they would not fit: the same sums."""
+    rotations, kx, ky = _geometry(16, 64, 100, torch.float32, seed=11)
+    channels = [torch.randn(64, 100, generator=torch.Generator().manual_seed(12))]
+    full = trilinear_cpu.scatter_slices(channels, rotations, kx, ky, 1, 16)
+    monkeypatch.setattr(trilinear_cpu, "_SCATTER_BUDGET_BYTES", 8 * 16**3)  # room for one grid
+    single = trilinear_cpu.scatter_slices(channels, rotations, kx, ky, 1, 16)
+    assert torch.allclose(full, single, atol=1e-9)

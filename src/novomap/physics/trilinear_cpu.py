@@ -31,6 +31,7 @@ else:
         # only these loops). The plain thread pool does not spin.
         numba.config.THREADING_LAYER = "workqueue"
 
+_SCATTER_BUDGET_BYTES = 512 * 2**20  # the scatter's private grids together
 _LOCK = threading.Lock()  # numba's default thread pool must not be entered from two threads at once
 
 
@@ -177,7 +178,9 @@ def scatter_slices(channels: list[torch.Tensor], rotations: torch.Tensor, kx: to
     dtype = channels[0].dtype
     values = torch.stack([c.detach().to(dtype) for c in channels]).contiguous().numpy()
     geometry = _geometry(rotations, kx, ky, pad, dtype)
-    with numba_threads() as n_parts:
+    with numba_threads() as n_threads:
+        # one private grid per thread, within a memory budget (a 160^3 grid of 3 channels is 98 MB)
+        n_parts = max(1, min(n_threads, _SCATTER_BUDGET_BYTES // (8 * len(channels) * m**3)))
         grids = np.zeros((n_parts, m, m, m, len(channels)), dtype=np.float64)
         _scatter(values, *geometry, grids)
     return torch.from_numpy(grids.sum(0)).permute(3, 0, 1, 2)
