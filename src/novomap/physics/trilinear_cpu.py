@@ -3,11 +3,11 @@
 PyTorch's CPU kernels for 3D `grid_sample` and its input gradient are scalar loops; projections and
 back-projections of the E-step's slices spent most of their time there. These loops do the same
 interpolation (the grid of `physics.projection`: centre at M//2, x along the last axis, zero
-outside the grid) 2.5-3x faster on 2 cores (benchmarks/results/2026-12-01-speed.md), and the
-scatter sums into private double-precision grids, one per thread, so its result does not depend on
-the order in which threads run. Kernels compile on first use and are cached beside this file.
+outside the grid) 3.3-5.3x faster (benchmarks/results/2026-12-01-speed.md), and the scatter sums
+into private double-precision grids, one per thread, so its result does not depend on the order in
+which threads run. Kernels compile on first use and are cached beside this file.
 
-Both functions return False when numba is not installed; the caller then uses grid_sample.
+Without numba, `available()` is False and `physics.projection` uses grid_sample.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ else:
         numba.config.THREADING_LAYER = "workqueue"
 
 _SCATTER_BUDGET_BYTES = 512 * 2**20  # the scatter's private grids together
-_LOCK = threading.Lock()  # numba's default thread pool must not be entered from two threads at once
+_LOCK = threading.Lock()  # numba's workqueue pool must not be entered from two threads at once
 
 
 def available() -> bool:
@@ -158,26 +158,20 @@ def _geometry(rotations: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor, pad: 
     )
 
 
-def gather_slices(volume_ft: torch.Tensor, rotations: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor, pad: int, out: torch.Tensor) -> bool:
+def gather_slices(volume_ft: torch.Tensor, rotations: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor, pad: int, out: torch.Tensor) -> None:
     """Write the central slices of volume_ft (M, M, M) complex at rotations (O, 3, 3) into out (O, P)
-    complex, contiguous, same dtype. False (nothing written) without numba."""
-    if numba is None:
-        return False
+    complex, contiguous, same dtype. Needs numba (`available()`)."""
     volume = torch.view_as_real(volume_ft.detach().contiguous()).numpy()
     geometry = _geometry(rotations, kx, ky, pad, volume_ft.real.dtype)
     with numba_threads():
         _gather(volume, *geometry, torch.view_as_real(out).numpy())
-    return True
 
 
-def scatter_slices(channels: list[torch.Tensor], rotations: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor, pad: int, m: int) -> torch.Tensor | None:
-    """The adjoint of gather_slices for C real channels (each (O, P)) -> (C, M, M, M) float64 sums;
-    None without numba."""
-    if numba is None:
-        return None
-    dtype = channels[0].dtype
-    values = torch.stack([c.detach().to(dtype) for c in channels]).contiguous().numpy()
-    geometry = _geometry(rotations, kx, ky, pad, dtype)
+def scatter_slices(channels: list[torch.Tensor], rotations: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor, pad: int, m: int) -> torch.Tensor:
+    """The adjoint of gather_slices for C real channels (each (O, P), one dtype) -> (C, M, M, M)
+    float64 sums. Needs numba (`available()`)."""
+    values = torch.stack([c.detach() for c in channels]).contiguous().numpy()
+    geometry = _geometry(rotations, kx, ky, pad, channels[0].dtype)
     with numba_threads() as n_threads:
         # one private grid per thread, within a memory budget (a 160^3 grid of 3 channels is 98 MB)
         n_parts = max(1, min(n_threads, _SCATTER_BUDGET_BYTES // (8 * len(channels) * m**3)))
