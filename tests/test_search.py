@@ -11,6 +11,7 @@ from novomap.estep.search import (
     SearchSettings,
     coarse_log_weights,
     coarse_pass,
+    significant,
 )
 from novomap.physics.window import fourier_window, shift_phases
 from novomap.sampling.grid import build_search_grid
@@ -94,3 +95,31 @@ def test_significant_hypotheses_are_the_fewest_best_holding_the_fraction():
             assert int(hits.n_significant[b]) == needed
             found = set((hits.translation[mine] * grid.n_coarse_orientations + hits.orientation[mine]).tolist())
             assert found == set(index[:needed].tolist()), (sharpness, b)
+
+
+def test_significant_matches_a_full_sort_for_sharp_broad_and_capped_rows():
+    """The candidates within 30 log units of the best, or a partial sort where there are more than the
+    cap, give what sorting every hypothesis gives."""
+    generator = torch.Generator().manual_seed(11)
+    n_hyp = 5000
+    rows = [
+        torch.randn(n_hyp, generator=generator) * 200,  # sharp: a few within 30 of the best
+        torch.randn(n_hyp, generator=generator) * 2,  # broad: thousands near the best, the cap binds
+        torch.randn(n_hyp, generator=generator) * 12,  # in between
+        torch.full((n_hyp,), -3.0),  # flat: every hypothesis ties
+        torch.cat([torch.tensor([5.0]), torch.full((n_hyp - 1,), -100.0)]),  # one hypothesis holds it all
+    ]
+    log_w = torch.stack(rows).float()
+    for fraction, cap in ((0.999, 100), (0.9, 100), (0.999, 7)):
+        settings = SearchSettings(adaptive_fraction=fraction, max_significant=cap)
+        particle, index, n_sig = significant(log_w.clone(), settings)
+        for b in range(log_w.shape[0]):
+            weights = torch.softmax(log_w[b].double(), 0)
+            ordered, order = torch.sort(weights, descending=True)
+            needed = min(int((torch.cumsum(ordered, 0) < fraction).sum()) + 1, cap)
+            assert int(n_sig[b]) == needed, (fraction, cap, b)
+            mine = index[particle == b]
+            if b == 3:  # ties: any `needed` of them
+                assert mine.unique().numel() == needed
+            else:
+                assert set(mine.tolist()) == set(order[:needed].tolist()), (fraction, cap, b)

@@ -20,6 +20,7 @@ import torch
 from novomap.analysis.confidence import MAX_SHIFT_PX, Evidence, assess_run, write_evidence
 from novomap.analysis.symmetry_by_particles import choose_group_by_particles
 from novomap.errors import NovomapError
+from novomap.estep.driver import PAD
 from novomap.io.mrc import write_map
 from novomap.io.particles import ParticleSet
 from novomap.io.working_grid import to_output_grid
@@ -34,6 +35,7 @@ from novomap.symmetry.impose import impose_group
 from novomap.vdam import convergence, schedules
 from novomap.vdam.config import VdamConfig
 from novomap.vdam.iterate import as_devices, assign_all, pseudo_halves, run_iteration, search_setup
+from novomap.vdam.recentre import recentre_on_axes
 from novomap.vdam.start import initial_state
 from novomap.vdam.state import RunState
 
@@ -183,6 +185,8 @@ def run_initial_model(
         figures = run_iteration(state, particles, half, config, device)
         if group is not None and group.order > 1 and imposing_due(state.iteration, config):
             state.maps, state.symmetry_axes = impose_group(state.maps, group, particles.pixel_size_a, state.symmetry_axes)
+            if config.recentre_on_symmetry:
+                state.symmetry_axes = recentre_on_axes(state, state.symmetry_axes, particles.pixel_size_a, PAD)
         convergence.keep_snapshot(state, config)
         if state.iteration >= last:
             figures["map_agreement"] = convergence.map_agreement(state, config)

@@ -7,6 +7,7 @@ children (a 2x2 sub-grid at half the step): 32 fine hypotheses per coarse one (v
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -97,4 +98,19 @@ def build_search_grid(healpix_order: int, offset_range_px: float, offset_step_px
         fine_rotations=fine,
         coarse_translations=translations,
         fine_translations=child_translations(translations, offset_step_px),
+    )
+
+
+def narrowed(grid: SearchGrid, offset_range_px: float) -> SearchGrid:
+    """The same grid with only its translations within offset_range_px of the (perturbed) centre:
+    same orientations, same perturbation, fewer translations (range 4 / step 2: 13 of 29)."""
+    if offset_range_px >= grid.offset_range_px or grid.offset_step_px <= 0:
+        return grid
+    centre = grid.coarse_translations.mean(0)  # the grid is symmetric about its perturbed centre
+    keep = (grid.coarse_translations - centre).square().sum(-1) <= offset_range_px**2 + 1e-3
+    return dataclasses.replace(
+        grid,
+        offset_range_px=offset_range_px,
+        coarse_translations=grid.coarse_translations[keep],
+        fine_translations=grid.fine_translations[keep],
     )

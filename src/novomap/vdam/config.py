@@ -65,6 +65,10 @@ class VdamConfig:
     # (benchmarks/results/2026-11-30-local-same-order.md)
     local_same_order: bool = False
     local_min_pmax: float = 0.5
+    # after VDAM's initial phase, sharp particles (pmax >= local_min_pmax) of the mini-batch iterations
+    # search translations only this many offset steps around their previous origin, over all
+    # orientations (vdam.iterate.narrow_translations; 0: the whole offset range, as RELION)
+    narrow_offset_steps: float = 2.0
     local_offset_range_px: float = 2.0
     local_offset_step_px: float = 1.0
     local_coarse_step_deg: float = 7.5  # the local coarse image resolves max(its angular step, this)
@@ -81,6 +85,10 @@ class VdamConfig:
     # many iterations after VDAM's initial phase (when the race of starts has chosen), about each
     # map's own axes (symmetry.impose); 0: only the final map is symmetrised, as RELION does
     impose_symmetry_every: int = 5
+    # at each imposition, move each class map so that its symmetry centre is the box centre, with its
+    # moments and its particles' origins (vdam.recentre): the solvent mask and the origin prior are
+    # centred on the box
+    recentre_on_symmetry: bool = True
     # convergence (vdam.convergence): from n_iter on, every convergence_check_every iterations, the
     # class maps are compared with those of convergence_lag iterations before (mean FSC over the
     # shells up to the run's resolution); below convergence_min_fsc the run goes on in its
