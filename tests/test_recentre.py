@@ -108,3 +108,21 @@ def test_a_centre_far_off_is_not_trusted():
     axes = recentre_on_axes(state, [(torch.eye(3, dtype=torch.float64), far)], 3.0, 1)
     assert torch.equal(axes[0][1], far)
     assert torch.equal(state.maps, before.maps) and torch.equal(state.origin_x_a, before.origin_x_a)
+
+
+def test_imposing_then_recentring_puts_the_symmetry_centre_at_the_box_centre():
+    """symmetry.impose finds the centre of a D2 map moved off the box centre (D2's axes cross at one
+    point; a Cn axis has none, where the centre along the axis is the centre of mass); recentring
+    moves the map there, so a fresh alignment finds no shift left."""
+    from novomap.symmetry.align import align_to_symmetry
+    from novomap.symmetry.groups import point_group
+    from novomap.symmetry.impose import impose_group
+
+    move = torch.tensor([1.5, -2.0, 1.0], dtype=torch.float64)
+    state = _state()
+    state.maps = torch.stack([shift_volume(blob_map("D2", size=32, seed=3).double(), move)] * 2)
+    state.maps, axes = impose_group(state.maps, point_group("D2"), 3.0)
+    assert torch.allclose(axes[0][1], -move, atol=0.3)  # the shift that centres the map
+    axes = recentre_on_axes(state, axes, 3.0, 1)
+    assert float(axes[0][1].norm()) == 0.0
+    assert float(align_to_symmetry(state.maps[0].float(), 3.0, "D2").shift_zyx_px.norm()) < 0.3
