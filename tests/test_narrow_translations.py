@@ -92,3 +92,12 @@ def test_a_batch_of_only_sharp_particles_is_searched(searched):
     sums, _, timings = _iteration_sums(particles, state, config)
     assert timings["n_narrow"] == particles.n
     assert float(sums.class_weight.sum()) == pytest.approx(particles.n, rel=1e-3)  # the retained 0.999 of each posterior
+
+
+def test_no_narrowing_with_several_classes(searched):
+    """Class maps sit in frames of their own: a particle changing class may need a far translation."""
+    particles, state, config = searched
+    grid, _, _ = search_setup(state, particles, config, advance=False)
+    two = copy.copy(state)
+    two.maps = torch.cat([state.maps, state.maps])
+    assert narrow_translations(two, torch.arange(particles.n), grid, dataclasses.replace(config, n_classes=2), with_sums=True) is None

@@ -137,8 +137,10 @@ def narrow_translations(state: RunState, batch_index: torch.Tensor, grid: Search
     whose last posterior was sharp (as split_local) search config.narrow_offset_steps offset steps
     around it (2: 13 of RELION's 29 translations) over every orientation, so that flips between
     distant orientations stay possible. Their origins move little by then: on real beta-gal, once the
-    map is centred (vdam.recentre), 90 % of them by <= 1.5 px between visits, 97 % by <= 3 px."""
-    if not with_sums or config.narrow_offset_steps <= 0:
+    map is centred (vdam.recentre), 90 % of them by <= 1.5 px between visits, 97 % by <= 3 px.
+    One class only: each class map sits in its own frame, so a particle that changes class may need
+    a translation far from its previous origin, and a narrow search would hold it in its class."""
+    if not with_sums or config.narrow_offset_steps <= 0 or state.n_classes > 1:
         return None
     if state.iteration < schedules.phases(config.n_iter, config.initial_fraction, config.final_fraction).initial:
         return None
