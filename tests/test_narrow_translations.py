@@ -45,6 +45,8 @@ def searched(tmp_path_factory):
     grid, current_size, coarse_size = search_setup(state, particles, config, advance=False)
     expectation(state, particles, torch.arange(particles.n), pseudo_halves(particles), grid, current_size, coarse_size, config, [torch.device("cpu")], {}, with_sums=False)
     state.iteration = 5  # past the initial phase of a 10-iteration run (3 iterations)
+    # the demo map is centred: as if its D2 had been imposed and its centre brought to the box centre
+    state.symmetry_axes = [(torch.eye(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64))]
     # every other particle counts as sharp, so that narrow and full chunks share one E-step
     state.max_probability = torch.where(torch.arange(particles.n) % 2 == 0, 0.9, 0.1).double()
     return particles, state, config
@@ -101,3 +103,13 @@ def test_no_narrowing_with_several_classes(searched):
     two = copy.copy(state)
     two.maps = torch.cat([state.maps, state.maps])
     assert narrow_translations(two, torch.arange(particles.n), grid, dataclasses.replace(config, n_classes=2), with_sums=True) is None
+
+
+def test_no_narrowing_where_no_symmetry_pins_the_frame(searched):
+    """A C1 map drifts in its box: its particles' origins move with it, so their translations stay global."""
+    particles, state, config = searched
+    grid, _, _ = search_setup(state, particles, config, advance=False)
+    c1 = copy.copy(state)
+    c1.symmetry_axes = None
+    assert narrow_translations(c1, torch.arange(particles.n), grid, config, with_sums=True) is None
+    assert narrow_translations(state, torch.arange(particles.n), grid, dataclasses.replace(config, recentre_on_symmetry=False), with_sums=True) is None

@@ -67,7 +67,8 @@ class VdamConfig:
     local_min_pmax: float = 0.5
     # after VDAM's initial phase, sharp particles (pmax >= local_min_pmax) of the mini-batch iterations
     # search translations only this many offset steps around their previous origin, over all
-    # orientations, with one class (vdam.iterate.narrow_translations; 0: the whole offset range, as RELION)
+    # orientations, where one class map is centred on its imposed symmetry (vdam.iterate.narrow_translations;
+    # 0: the whole offset range, as RELION)
     narrow_offset_steps: float = 2.0
     local_offset_range_px: float = 2.0
     local_offset_step_px: float = 1.0

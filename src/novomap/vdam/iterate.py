@@ -136,11 +136,17 @@ def narrow_translations(state: RunState, batch_index: torch.Tensor, grid: Search
     their previous origin, or None: in the mini-batch iterations after VDAM's initial phase, particles
     whose last posterior was sharp (as split_local) search config.narrow_offset_steps offset steps
     around it (2: 13 of RELION's 29 translations) over every orientation, so that flips between
-    distant orientations stay possible. Their origins move little by then: on real beta-gal, once the
-    map is centred (vdam.recentre), 90 % of them by <= 1.5 px between visits, 97 % by <= 3 px.
-    One class only: each class map sits in its own frame, so a particle that changes class may need
-    a translation far from its previous origin, and a narrow search would hold it in its class."""
+    distant orientations stay possible.
+
+    Only where the map's frame is pinned: one class whose symmetry centre was brought to the box
+    centre (vdam.recentre, at the group's imposition). There the origins move little: on real
+    beta-gal 90 % of the sharp particles by <= 1.5 px between visits, 97 % by <= 3 px (48 % by > 3 px
+    before the map was centred). A C1 map drifts (a large asymmetric particle: its centre of mass 1-2.5
+    px off, 18-21 % of its sharp particles moving > 3 px between visits, and two of three seeds ending
+    worse with narrowed translations); with several classes, each class map sits in its own frame."""
     if not with_sums or config.narrow_offset_steps <= 0 or state.n_classes > 1:
+        return None
+    if not config.recentre_on_symmetry or state.symmetry_axes is None:
         return None
     if state.iteration < schedules.phases(config.n_iter, config.initial_fraction, config.final_fraction).initial:
         return None
