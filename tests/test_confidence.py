@@ -9,6 +9,7 @@ import torch
 
 from novomap.analysis.confidence import (
     MIN_AGREEMENT_CC,
+    MIN_AGREEMENT_CC_IMPOSED,
     Evidence,
     assess_run,
     warnings_for,
@@ -84,6 +85,9 @@ def _evidence(**changes) -> Evidence:
         ({"half_fsc05_a": None}, True),
         ({"pixel_size_a": 6.0, "half_fsc05_a": 30.0}, False),  # coarse grid: the bar is 3 x Nyquist = 36 Å
         ({"agreement_cc": 0.5}, True),
+        ({"agreement_cc": 0.82}, False),  # C1 runs: right maps of symmetric particles agree to ~0.7
+        ({"agreement_cc": 0.82, "agreement_min": MIN_AGREEMENT_CC_IMPOSED}, True),  # the wrong octahedral fold, group imposed
+        ({"agreement_cc": 0.956, "agreement_min": MIN_AGREEMENT_CC_IMPOSED}, False),  # the lowest right run with the group imposed
         ({"radial_share": 0.95}, True),
         ({"radial_share": 0.75, "mean_pmax": 0.01}, True),
         ({"radial_share": 0.75, "mean_pmax": 0.99}, True),
@@ -141,3 +145,18 @@ def test_the_report_caption_gives_the_final_agreement(tmp_path):
     evidence = _evidence(map_agreement=0.971, map_agreement_min=0.95, extra_iterations=20)
     caption = _evidence_caption(json.loads(write_evidence(tmp_path, evidence).read_text()))
     assert "agreed with the map of 20 iterations before to 0.971" in caption and "went on 20 iterations past --iter" in caption
+
+
+def test_an_imposed_group_raises_the_agreement_bar(simulated):
+    particles, truth = simulated
+    config = VdamConfig(particle_diameter_a=200.0)
+    state = _run_state(particles, truth, config)
+    from novomap.initial_model import final_reconstruction
+
+    final = final_reconstruction(state, particles, 0, config)
+    assert assess_run(state, particles, pseudo_halves(particles), 0, final, config).agreement_min == MIN_AGREEMENT_CC
+    state.symmetry_axes = [(torch.eye(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64))]
+    evidence = assess_run(state, particles, pseudo_halves(particles), 0, final, config)
+    assert evidence.agreement_min == MIN_AGREEMENT_CC_IMPOSED
+    assert evidence.to_json()["thresholds"]["min_agreement_cc"] == MIN_AGREEMENT_CC_IMPOSED
+    assert evidence.warnings == [], evidence.line()  # right poses clear the higher bar too

@@ -57,6 +57,13 @@ WEAK_NYQUIST_FACTOR = 3.0
 # evidence can miss a wrong map, see docs/guide.md). Below 0.7 the final pass's poses rebuilt a
 # different structure.
 MIN_AGREEMENT_CC = 0.7
+# With the group imposed during the run (explicit --sym), the two maps agree far better when VDAM has
+# found the structure: 25 right runs of the suite (C4, C7, D2, I; 87 kDa-960 kDa) and of the real
+# tutorial particles 0.956-0.994, while the one wrong fold seen with an imposed group (the tight
+# octahedral adk_o, seed 1: FSC 60 Å against the truth, half-sets 20 Å, everything else "consistent")
+# gave 0.82-0.83 (benchmarks/results/2026-12-01-recentre-narrow.md). A C1 run of a symmetric particle
+# agrees less even when right (an icosahedral one: 0.69), so the bar is raised only where the group was imposed.
+MIN_AGREEMENT_CC_IMPOSED = 0.9
 AGREEMENT_RESOLUTION_A = 20.0  # both maps low-passed here before the cc (see assess_maps)
 # Share of a map's variance (low-passed to SHAPE_RESOLUTION_A, inside the mask) explained by its
 # radial profile. Measured: beta-gal (RELION's poses of the tutorial particles) 0.43, simulated runs
@@ -107,6 +114,8 @@ class Evidence:
     map_agreement: float | None = None
     map_agreement_min: float = 0.0
     extra_iterations: int = 0
+    # the bar for agreement_cc: MIN_AGREEMENT_CC, or MIN_AGREEMENT_CC_IMPOSED when the group was imposed during the run
+    agreement_min: float = MIN_AGREEMENT_CC
 
     @property
     def weak(self) -> bool:
@@ -145,7 +154,7 @@ class Evidence:
         data["weak"] = self.weak
         data["thresholds"] = {
             "weak_half_fsc05_a": weak_resolution_a(self.pixel_size_a),
-            "min_agreement_cc": MIN_AGREEMENT_CC,
+            "min_agreement_cc": self.agreement_min,
             "spherical_share": SPHERICAL_SHARE,
             "roundish_share": ROUNDISH_SHARE,
             "low_pmax": LOW_PMAX,
@@ -268,8 +277,8 @@ def warnings_for(evidence: Evidence) -> list[str]:
     bar = weak_resolution_a(evidence.pixel_size_a)
     if evidence.half_fsc05_a is None or evidence.half_fsc05_a > bar:
         reasons.append(f"the half-sets agree only to {_fmt_a(evidence.half_fsc05_a)} at FSC 0.5 (weak above {bar:.0f} Å)")
-    if evidence.agreement_cc < MIN_AGREEMENT_CC:
-        reasons.append(f"the final reconstruction differs from the last VDAM map (cc {evidence.agreement_cc:.2f} < {MIN_AGREEMENT_CC})")
+    if evidence.agreement_cc < evidence.agreement_min:
+        reasons.append(f"the final reconstruction differs from the last VDAM map (cc {evidence.agreement_cc:.2f} < {evidence.agreement_min:g})")
     if evidence.radial_share > SPHERICAL_SHARE:
         reasons.append(f"the map is nearly a featureless ball (radial share {evidence.radial_share:.2f} > {SPHERICAL_SHARE})")
     elif evidence.radial_share > ROUNDISH_SHARE and not LOW_PMAX <= evidence.mean_pmax <= HIGH_PMAX:
@@ -306,6 +315,8 @@ def assess_run(state, particles, half: torch.Tensor, class_index: int, final_map
     if check is not None and check["map_agreement"] is not None:
         evidence.map_agreement, evidence.map_agreement_min = float(check["map_agreement"]), float(config.convergence_min_fsc)
     evidence.extra_iterations = max(0, int(state.iteration) - int(config.n_iter))
+    if state.symmetry_axes is not None:  # the group was imposed on the class maps during the run
+        evidence.agreement_min = MIN_AGREEMENT_CC_IMPOSED
     evidence.warnings = warnings_for(evidence)
     return evidence
 
