@@ -113,3 +113,6 @@ def test_no_narrowing_where_no_symmetry_pins_the_frame(searched):
     c1.symmetry_axes = None
     assert narrow_translations(c1, torch.arange(particles.n), grid, config, with_sums=True) is None
     assert narrow_translations(state, torch.arange(particles.n), grid, dataclasses.replace(config, recentre_on_symmetry=False), with_sums=True) is None
+    off = copy.copy(state)
+    off.symmetry_axes = [(torch.eye(3, dtype=torch.float64), torch.tensor([0.0, 4.0, 0.0], dtype=torch.float64))]  # not recentred
+    assert narrow_translations(off, torch.arange(particles.n), grid, config, with_sums=True) is None

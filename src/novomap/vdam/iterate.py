@@ -148,6 +148,8 @@ def narrow_translations(state: RunState, batch_index: torch.Tensor, grid: Search
         return None
     if not config.recentre_on_symmetry or state.symmetry_axes is None:
         return None
+    if any(float(torch.as_tensor(shift).norm()) > 0.5 for _, shift in state.symmetry_axes):
+        return None  # a centre recentring did not trust (vdam.recentre): the frame is not pinned
     if state.iteration < schedules.phases(config.n_iter, config.initial_fraction, config.final_fraction).initial:
         return None
     narrow_grid = narrowed(grid, config.narrow_offset_steps * grid.offset_step_px)
