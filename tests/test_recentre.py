@@ -126,3 +126,15 @@ def test_imposing_then_recentring_puts_the_symmetry_centre_at_the_box_centre():
     axes = recentre_on_axes(state, axes, 3.0, 1)
     assert float(axes[0][1].norm()) == 0.0
     assert float(align_to_symmetry(state.maps[0].float(), 3.0, "D2").shift_zyx_px.norm()) < 0.3
+
+
+def test_centred_on_symmetry_needs_imposed_axes_at_the_box_centre():
+    from novomap.vdam.recentre import centred_on_symmetry
+
+    state = _state()
+    assert not centred_on_symmetry(state)  # no group imposed yet
+    eye = torch.eye(3, dtype=torch.float64)
+    state.symmetry_axes = [(eye, torch.zeros(3, dtype=torch.float64)), (eye, torch.tensor([0.3, 0.0, 0.0], dtype=torch.float64))]
+    assert centred_on_symmetry(state)
+    state.symmetry_axes[1] = (eye, torch.tensor([0.0, 4.0, 0.0], dtype=torch.float64))  # a centre left alone
+    assert not centred_on_symmetry(state)

@@ -25,6 +25,7 @@ from novomap.sampling.healpix import angular_step_deg
 from novomap.sampling.local import local_candidates
 from novomap.vdam import schedules
 from novomap.vdam.config import VdamConfig
+from novomap.vdam.recentre import centred_on_symmetry
 from novomap.vdam.restarts import compete, competition_iteration
 from novomap.vdam.state import RunState
 from novomap.vdam.update import vdam_update
@@ -146,23 +147,27 @@ def narrow_translations(state: RunState, batch_index: torch.Tensor, grid: Search
     worse with narrowed translations); with several classes, each class map sits in its own frame."""
     if not with_sums or config.narrow_offset_steps <= 0 or state.n_classes > 1:
         return None
-    if not config.recentre_on_symmetry or state.symmetry_axes is None:
+    if not config.recentre_on_symmetry or not centred_on_symmetry(state):
         return None
-    if any(float(torch.as_tensor(shift).norm()) > 0.5 for _, shift in state.symmetry_axes):
-        return None  # a centre recentring did not trust (vdam.recentre): the frame is not pinned
     if state.iteration < schedules.phases(config.n_iter, config.initial_fraction, config.final_fraction).initial:
         return None
     narrow_grid = narrowed(grid, config.narrow_offset_steps * grid.offset_step_px)
     if narrow_grid is grid:
         return None
-    sharp = (state.class_number[batch_index] > 0) & (state.max_probability[batch_index] >= config.local_min_pmax)
+    sharp = sharp_particles(state, batch_index, config)
     return (sharp, narrow_grid) if bool(sharp.any()) else None
+
+
+def sharp_particles(state: RunState, batch_index: torch.Tensor, config: VdamConfig) -> torch.Tensor:
+    """(len(batch_index),) bool: the particle has a pose from this run and its last posterior was
+    sharp (pmax >= config.local_min_pmax)."""
+    return (state.class_number[batch_index] > 0) & (state.max_probability[batch_index] >= config.local_min_pmax)
 
 
 def split_local(state: RunState, batch_index: torch.Tensor, config: VdamConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """(particles searched locally, particles searched globally) of a batch: local where the
     particle has a pose from this run and its last posterior was sharp (pmax >= local_min_pmax)."""
-    sharp = (state.class_number[batch_index] > 0) & (state.max_probability[batch_index] >= config.local_min_pmax)
+    sharp = sharp_particles(state, batch_index, config)
     return batch_index[sharp], batch_index[~sharp]
 
 

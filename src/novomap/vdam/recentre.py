@@ -79,3 +79,11 @@ def recentre_on_axes(state: RunState, axes: list, pixel_size_a: float, pad: int,
             shift = torch.zeros(3, dtype=torch.float64)
         moved_axes.append((rotation, shift))
     return moved_axes
+
+
+def centred_on_symmetry(state: RunState, tolerance_px: float = 0.5) -> bool:
+    """Whether the group has been imposed and every class's symmetry centre sits at the box centre
+    (recentre_on_axes moved it there, or it was within tolerance_px): the map's frame is pinned."""
+    if state.symmetry_axes is None:
+        return False
+    return all(float(torch.as_tensor(shift).norm()) <= tolerance_px for _, shift in state.symmetry_axes)
