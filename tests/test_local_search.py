@@ -198,6 +198,58 @@ def test_scoring_prefers_the_true_map_over_a_wrong_one(simulated, one_thread):
     assert torch.equal(right.rot_deg, particles.rot_deg)
 
 
+def test_with_a_group_the_starts_are_scored_symmetrised_about_their_own_axes(simulated, one_thread):
+    """The score under a group is the C1 score of the maps imposed by symmetry.impose (each about its
+    own axes), and the starts themselves keep their C1 maps."""
+    from novomap.symmetry.groups import point_group
+    from novomap.symmetry.impose import impose_group
+
+    particles, volume = simulated
+    config = VdamConfig(seed=1, start_score_particles=30)
+    half = pseudo_halves(particles)
+    starts = []
+    for seed in (2, 3):
+        state = initial_state(particles, dataclasses.replace(config, seed=seed))  # random blobs: not D2
+        state.resolution_shell = 10
+        starts.append(state)
+    before = [s.maps.clone() for s in starts]
+    group = point_group("D2")
+    scores = restarts.score_starts(starts, particles, half, config, "cpu", group)
+    assert all(torch.equal(s.maps, b) for s, b in zip(starts, before))
+    imposed = []
+    for state in starts:
+        copy = state.scratch_copy()
+        copy.maps, _ = impose_group(state.maps, group, particles.pixel_size_a)
+        imposed.append(copy)
+    assert scores == pytest.approx(restarts.score_starts(imposed, particles, half, config, "cpu"), abs=1e-6)
+    assert scores != pytest.approx(restarts.score_starts(starts, particles, half, config, "cpu"), abs=1e-3)
+    # C1 is no group
+    assert restarts.score_starts(starts, particles, half, config, "cpu", point_group("C1")) == restarts.score_starts(
+        starts, particles, half, config, "cpu"
+    )
+
+
+def test_only_the_last_round_of_the_race_scores_with_the_group(monkeypatch, simulated):
+    from novomap.symmetry.groups import point_group
+
+    particles, _ = simulated
+    config = VdamConfig(seed=1, n_iter=100, n_starts=3, start_survivors=2, start_iterations=1, start_final_iterations=2,
+                        initial_subset=40, local_searches=False)
+    seen = []
+
+    def record(states, particles, half, config, device, group=None):
+        seen.append(None if group is None else group.name)
+        return [0.0] * len(states)
+
+    monkeypatch.setattr(restarts, "score_starts", record)
+    restarts.compete(initial_state(particles, config), particles, pseudo_halves(particles), config, "cpu", point_group("O"))
+    assert seen == [None, "O"]
+    seen.clear()
+    off = dataclasses.replace(config, start_score_symmetrised=False)
+    restarts.compete(initial_state(particles, off), particles, pseudo_halves(particles), off, "cpu", point_group("O"))
+    assert seen == [None, None]
+
+
 def test_the_race_halves_the_field_at_a_tenth_and_picks_one_at_three_tenths_of_a_long_run():
     assert restarts.competition_rounds(VdamConfig(n_iter=100, n_starts=3)) == [(10, 2), (30, 1)]
     assert restarts.competition_rounds(VdamConfig(n_iter=200, n_starts=4, start_survivors=2)) == [(20, 2), (60, 1)]

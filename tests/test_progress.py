@@ -158,3 +158,18 @@ def test_the_short_job_logged_every_iteration(tmp_path_factory):
             assert text in line
     assert any(line.startswith(f"novomap initial-model: {N_PARTICLES} particles") for line in run_out)
     assert any(line.startswith("initial model: ") for line in run_out)
+
+
+def test_the_race_line_says_which_round_scored_symmetrised_maps():
+    from novomap.outputs.progress import starts_line
+
+    rounds = [
+        {"iteration": 10, "starts": [0, 1, 2], "scores": [-480.0, -470.5, -490.0], "scored_as": "C1"},
+        {"iteration": 30, "starts": [1, 0], "scores": [-488.2, -480.6], "scored_as": "O"},
+    ]
+    line = starts_line({"start_rounds": rounds, "chosen_start": 0})
+    assert "iteration 10 (0: -480.0, 1: -470.5, 2: -490.0)" in line
+    assert "iteration 30, maps symmetrised by O (1: -488.2, 0: -480.6)" in line
+    assert line.endswith("continuing from start 0")
+    del rounds[0]["scored_as"]  # histories written before the key existed: C1
+    assert "iteration 10 (0: -480.0" in starts_line({"start_rounds": rounds, "chosen_start": 0})

@@ -182,7 +182,7 @@ def run_initial_model(
     if state.iteration >= config.n_iter:  # continued past n_iter: go on only if the map still moved there
         last = convergence.last_iteration(state, config, convergence.map_agreement(state, config))
     while state.iteration < last:  # the race of starts (vdam.restarts) may advance it by several
-        figures = run_iteration(state, particles, half, config, device)
+        figures = run_iteration(state, particles, half, config, device, group)
         if group is not None and group.order > 1 and imposing_due(state.iteration, config):
             state.maps, state.symmetry_axes = impose_group(state.maps, group, particles.pixel_size_a, state.symmetry_axes)
             if config.recentre_on_symmetry:

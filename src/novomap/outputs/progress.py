@@ -183,7 +183,8 @@ def starts_line(figures: dict) -> str:
     rounds = []
     for round_ in figures["start_rounds"]:
         scores = ", ".join(f"{start}: {score:.1f}" for start, score in zip(round_["starts"], round_["scores"]))
-        rounds.append(f"iteration {round_['iteration']} ({scores})")
+        symmetrised = f", maps symmetrised by {round_['scored_as']}" if round_.get("scored_as", "C1") != "C1" else ""
+        rounds.append(f"iteration {round_['iteration']}{symmetrised} ({scores})")
     return (
         f"random starts, mean log likelihood of the same particles: {'; '.join(rounds)} "
         f"-> continuing from start {figures['chosen_start']}"

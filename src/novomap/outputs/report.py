@@ -447,6 +447,14 @@ def evidence_figure(evidence: dict):
     return fig
 
 
+def _race_round_line(round_: dict) -> str:
+    """'iteration 30 (maps symmetrised by O): start 0 -480.6, start 2 -488.2'."""
+    scored_as = round_.get("scored_as", "C1")  # older runs scored every round in C1
+    symmetrised = f" (maps symmetrised by {scored_as})" if scored_as != "C1" else ""
+    scores = ", ".join(f"start {start} {score:.1f}" for start, score in zip(round_["starts"], round_["scores"]))
+    return f"iteration {round_['iteration']}{symmetrised}: {scores}"
+
+
 def _evidence_caption(evidence: dict) -> str:
     """The figures in words (HTML): the verdict, each reason to doubt, the point group and why."""
     def res(value) -> str:
@@ -464,7 +472,7 @@ def _evidence_caption(evidence: dict) -> str:
     ]
     rounds = evidence.get("start_rounds") or []
     if rounds:
-        lines = [f"iteration {r['iteration']}: " + ", ".join(f"start {s} {v:.1f}" for s, v in zip(r["starts"], r["scores"])) for r in rounds]
+        lines = [_race_round_line(r) for r in rounds]
         parts.append(html.escape(
             f" {len(rounds[0]['starts'])} random starts raced (mean log likelihood of the same particles; the best go on); "
             f"the run continued from start {evidence.get('chosen_start')}:"

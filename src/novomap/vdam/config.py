@@ -82,6 +82,9 @@ class VdamConfig:
     start_iterations: int = 10
     start_final_iterations: int = 30
     start_score_particles: int = 300
+    # with an imposed group, the last round scores each start's maps symmetrised about their own axes
+    # (vdam.restarts: a wrong fold can win in C1 and lose symmetrised)
+    start_score_symmetrised: bool = True
     # an explicit point group (--sym other than C1 and auto) is imposed on the class maps every this
     # many iterations after VDAM's initial phase (when the race of starts has chosen), about each
     # map's own axes (symmetry.impose); 0: only the final map is symmetrised, as RELION does

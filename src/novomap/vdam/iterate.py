@@ -23,6 +23,7 @@ from novomap.sampling.accuracy import expected_errors
 from novomap.sampling.grid import SearchGrid, build_search_grid, narrowed
 from novomap.sampling.healpix import angular_step_deg
 from novomap.sampling.local import local_candidates
+from novomap.symmetry.groups import PointGroup
 from novomap.vdam import schedules
 from novomap.vdam.config import VdamConfig
 from novomap.vdam.recentre import centred_on_symmetry
@@ -309,8 +310,12 @@ def refine_sampling(state: RunState, config: VdamConfig) -> bool:
     return True
 
 
-def run_iteration(state: RunState, particles: ParticleSet, half: torch.Tensor, config: VdamConfig, device: torch.device | list) -> dict:
-    """Advance `state` by one mini-batch; returns this iteration's figures."""
+def run_iteration(
+    state: RunState, particles: ParticleSet, half: torch.Tensor, config: VdamConfig, device: torch.device | list,
+    group: PointGroup | None = None,
+) -> dict:
+    """Advance `state` by one mini-batch; returns this iteration's figures. group: the point group the
+    job imposes (None: none), for the race of starts (vdam.restarts.compete)."""
     started = time.perf_counter()
     iteration = state.iteration + 1
     phases = schedules.phases(config.n_iter, config.initial_fraction, config.final_fraction)
@@ -370,7 +375,7 @@ def run_iteration(state: RunState, particles: ParticleSet, half: torch.Tensor, c
     state.history.append(figures)
     if iteration == competition_iteration(config):
         t0 = time.perf_counter()
-        outcome = compete(state, particles, half, config, device)
+        outcome = compete(state, particles, half, config, device, group)
         figures = state.history[-1]  # the winner's figures of its latest iteration (the race may advance the run)
         figures.update(outcome)
         figures["timings"] = {**figures.get("timings", {}), "starts": time.perf_counter() - t0}

@@ -13,6 +13,13 @@ only through the maps and the direction and offset priors. Measured on simulated
 (benchmarks/results/2026-11-30-starts.md): at iteration 30 a wrong fold scores 15-20 units per
 particle below the right ones, while at iteration 10 the ranking is still noisy (hence a first
 round that only halves the field). The scores and the choice go into the iteration's figures.
+
+With an explicit point group the run goes on with the group imposed (symmetry.impose), so the last
+round scores each start's maps symmetrised about their own axes: what the run would continue from.
+A wrong fold can fit the particles better in C1 than the right one at iteration 30 and lose when
+forced into the group: tight octahedral adk_o, seed 1, scored -473.4 (wrong) vs -474.9 (right) in C1
+and -488.2 vs -480.6 symmetrised (benchmarks/results/2026-12-01-race-symmetrised.md). The first round
+keeps C1 scores: at iteration 10 the maps are too rough for their axes, and it only halves the field.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ import dataclasses
 import torch
 
 from novomap.io.particles import ParticleSet
+from novomap.symmetry.groups import PointGroup
+from novomap.symmetry.impose import impose_group
 from novomap.vdam.config import VdamConfig
 from novomap.vdam.state import RunState
 
@@ -62,9 +71,12 @@ def score_sample(n_particles: int, config: VdamConfig) -> torch.Tensor:
     return order[: min(n_particles, config.start_score_particles)].sort().values
 
 
-def score_starts(states: list[RunState], particles: ParticleSet, half: torch.Tensor, config: VdamConfig, device) -> list[float]:
+def score_starts(
+    states: list[RunState], particles: ParticleSet, half: torch.Tensor, config: VdamConfig, device, group: PointGroup | None = None
+) -> list[float]:
     """Mean log marginal likelihood of the sample under each start's maps, all with the first
-    start's noise spectrum and the coarsest window and sampling among them."""
+    start's noise spectrum and the coarsest window and sampling among them; with a group (order > 1),
+    each start's maps symmetrised about their own axes first (the states are left as they are)."""
     from novomap.vdam.iterate import as_devices, expectation, search_setup
 
     sample = score_sample(particles.n, config)
@@ -76,6 +88,8 @@ def score_starts(states: list[RunState], particles: ParticleSet, half: torch.Ten
         trial = state.scratch_copy()
         trial.sigma2 = states[0].sigma2
         trial.resolution_shell = shell
+        if group is not None and group.order > 1:
+            trial.maps, _ = impose_group(trial.maps, group, particles.pixel_size_a)
         if trial.healpix_order != order:
             trial.healpix_order = order
             n_dir = 12 * 4**order
@@ -98,11 +112,14 @@ def adopt(state: RunState, winner: RunState) -> None:
             setattr(state, f.name, getattr(winner, f.name))
 
 
-def compete(state: RunState, particles: ParticleSet, half: torch.Tensor, config: VdamConfig, device) -> dict:
+def compete(
+    state: RunState, particles: ParticleSet, half: torch.Tensor, config: VdamConfig, device, group: PointGroup | None = None
+) -> dict:
     """Race the starts (state is start 0, at the first round's iteration) and continue from the
-    winner, in place: state may end at a later iteration (the last round's).
+    winner, in place: state may end at a later iteration (the last round's). group: the point group
+    the run imposes (None or C1: none); the last round scores the starts' maps symmetrised by it.
 
-    Returns {"start_rounds": [{"iteration", "starts", "scores"}, ...], "chosen_start": i}.
+    Returns {"start_rounds": [{"iteration", "starts", "scores", "scored_as" (group name)}, ...], "chosen_start": i}.
     """
     from novomap.vdam.iterate import run_iteration
     from novomap.vdam.start import initial_state
@@ -116,8 +133,10 @@ def compete(state: RunState, particles: ParticleSet, half: torch.Tensor, config:
         for start, contender in contenders:
             while contender.iteration < iteration:
                 run_iteration(contender, particles, half, own_config(start), device)
-        scores = score_starts([c for _, c in contenders], particles, half, config, device)
-        rounds.append({"iteration": iteration, "starts": [s for s, _ in contenders], "scores": scores})
+        symmetrised = group if survivors == 1 and config.start_score_symmetrised else None
+        scores = score_starts([c for _, c in contenders], particles, half, config, device, symmetrised)
+        scored_as = symmetrised.name if symmetrised is not None else "C1"
+        rounds.append({"iteration": iteration, "starts": [s for s, _ in contenders], "scores": scores, "scored_as": scored_as})
         contenders = [contenders[i] for i in ranked_starts(scores)[:survivors]]
     chosen, winner = contenders[0]
     if winner is not state:
