@@ -13,7 +13,6 @@ without running the whole job. Runs whose choice is the same both ways go on ide
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 
@@ -29,31 +28,34 @@ from novomap.vdam.start import initial_state
 
 
 def race(particles: ParticleSet, config: VdamConfig, group, truth: torch.Tensor | None) -> list[dict]:
-    """The rounds of one job's race: per round the contenders, their C1 and symmetrised scores, and
-    (with a truth) each contender's (cc, FSC 0.5 Å) to it."""
+    """The rounds of one job's race, run by the job's own code (vdam.restarts.compete, reached through
+    run_iteration): per round the contenders, their C1 and symmetrised scores, and (with a truth) each
+    contender's (cc, FSC 0.5 Å) to it. The race itself goes on with the scores the job would use."""
     from calibrate_starts import to_truth
 
     half = pseudo_halves(particles)
+    rounds: list[dict] = []
+    job_scoring = restarts.score_starts
 
-    def own_config(start: int) -> VdamConfig:
-        return dataclasses.replace(config, seed=restarts.start_seed(config, start), n_starts=1)
-
-    contenders = [(s, initial_state(particles, own_config(s))) for s in range(config.starts())]
-    rounds = []
-    for iteration, survivors in restarts.competition_rounds(config):
-        for start, state in contenders:
-            while state.iteration < iteration:
-                run_iteration(state, particles, half, own_config(start), "cpu")
-        states = [c for _, c in contenders]
-        c1 = restarts.score_starts(states, particles, half, config, "cpu")
-        symmetrised = restarts.score_starts(states, particles, half, config, "cpu", group)
-        row = {"iteration": iteration, "starts": [s for s, _ in contenders], "c1": c1, "symmetrised": symmetrised}
+    def both_ways(states, particles, half, config, device, scored_with=None):
+        c1 = job_scoring(states, particles, half, config, device)
+        symmetrised = job_scoring(states, particles, half, config, device, group)
+        row = {"iteration": states[0].iteration, "c1": c1, "symmetrised": symmetrised}
         if truth is not None:
             row["truth"] = [to_truth(truth, s.maps[0].double(), particles.pixel_size_a) for s in states]
         rounds.append(row)
-        # the job's own rule: C1 scores before the last round, symmetrised in it
-        used = symmetrised if survivors == 1 else c1
-        contenders = [contenders[i] for i in restarts.ranked_starts(used)[:survivors]]
+        return symmetrised if scored_with is not None else c1
+
+    restarts.score_starts = both_ways
+    try:
+        state = initial_state(particles, config)
+        last = restarts.competition_rounds(config)[-1][0]
+        while state.iteration < last:
+            figures = run_iteration(state, particles, half, config, "cpu", group)
+    finally:
+        restarts.score_starts = job_scoring
+    for row, done in zip(rounds, figures["start_rounds"]):
+        row["starts"] = done["starts"]
     return rounds
 
 
