@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from specimens import SPECIMENS, BuiltSpecimen, build_specimen, describe  # noqa: E402
+from specimens import HELD_OUT, SPECIMENS, BuiltSpecimen, build_specimen, describe, specimen_named  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -232,7 +232,7 @@ def run_specimen(name: str, args, root: Path) -> dict:
         entry.update(real_betagal_bound(root, args.threads))
         star, cwd, truth, symmetry, mask_a = REAL_PARTICLES / REAL_STAR, REAL_PARTICLES, REAL_TRUTH, "D2", 200.0
     else:
-        built = build_specimen(SPECIMENS[name])
+        built = build_specimen(specimen_named(name))
         n = args.particles or built.specimen.n_particles
         entry = describe(built)
         entry["n_particles"] = n
@@ -355,7 +355,7 @@ def free_path(stem: str) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    names = list(SPECIMENS) + [REAL_NAME]
+    names = list(SPECIMENS) + [REAL_NAME] + list(HELD_OUT)
     parser.add_argument("--specimens", nargs="+", default=list(SPECIMENS), choices=names + ["all"], metavar="NAME",
                         help=f"specimens to run (default: every simulated one; 'all' adds {REAL_NAME}): {', '.join(names)}")
     parser.add_argument("--seeds", type=int, default=10, help="initial-model seeds 1..N per specimen (default: 10)")

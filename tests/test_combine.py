@@ -79,3 +79,24 @@ def test_shell_rms_of_a_plane_wave():
     wave = torch.cos(2 * torch.pi * 3 * x / n)[None, None, :].expand(n, n, n)
     rms = shell_rms(wave)
     assert float(rms[3]) > 0 and float(rms[torch.arange(rms.numel()) != 3].abs().max()) < 1e-9
+
+
+def test_splice_takes_low_below_and_high_beyond_the_fade():
+    from novomap.maps.combine import splice_shells
+    from novomap.maps.transform import frequency_radius
+
+    g = torch.Generator().manual_seed(3)
+    low, high = torch.randn((24, 24, 24), generator=g, dtype=torch.float64), torch.randn((24, 24, 24), generator=g, dtype=torch.float64)
+    spliced = torch.fft.rfftn(splice_shells(low, high, 5.0, 8.0))
+    radius = frequency_radius(24)
+    assert torch.allclose(spliced[radius < 5.0], torch.fft.rfftn(low)[radius < 5.0])
+    # beyond the fade: high's components, all scaled by one factor
+    ratio = spliced[radius > 8.0] / torch.fft.rfftn(high)[radius > 8.0]
+    assert torch.allclose(ratio, ratio[0].expand_as(ratio))
+
+
+def test_splice_of_a_map_with_itself_on_another_greyscale_is_the_map():
+    from novomap.maps.combine import splice_shells
+
+    volume = torch.randn((20, 20, 20), generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    assert torch.allclose(splice_shells(volume, 7.5 * volume, 4.0, 7.0), volume)

@@ -22,6 +22,7 @@ from novomap.io.working_grid import (
     auto_max_resolution_a,
     centre_crop_or_pad_images,
     choose_working_grid,
+    final_grid_max_resolution_a,
     fourier_resize_images,
     to_output_grid,
 )
@@ -82,6 +83,21 @@ def test_never_finer_than_the_data_and_small_fields_keep_64_px():
 def test_large_fields_are_capped():
     grid = choose_working_grid(np.array([600]), np.array([1.0]), 7.0)
     assert grid.box == 128 and math.isclose(grid.pixel_size_a, 600 / 128)
+
+
+def test_the_final_reconstruction_grid_is_at_most_twice_as_fine_and_capped():
+    # particles as they are: no finer grid
+    assert final_grid_max_resolution_a(choose_working_grid(np.array([64]), np.array([3.54]), 7.0)) is None
+    # 256 px at 0.885 Å, worked on at 64 px, 3.54 Å: reconstructed at 128 px, 1.77 Å
+    tutorial = choose_working_grid(np.array([256]), np.array([0.885]), 7.0)
+    fine = choose_working_grid(np.array([256]), np.array([0.885]), final_grid_max_resolution_a(tutorial))
+    assert fine.box == 128 and math.isclose(fine.pixel_size_a, 1.77)
+    # 96 px at 1.833 Å worked on at 64 px: the input grid itself, never finer than the data
+    small = choose_working_grid(np.array([96]), np.array([1.833]), 5.5)
+    fine = choose_working_grid(np.array([96]), np.array([1.833]), final_grid_max_resolution_a(small))
+    assert (fine.box, fine.resamples) == (96, False)
+    # a working grid already at the box cap gains nothing from a capped finer one
+    assert final_grid_max_resolution_a(choose_working_grid(np.array([600]), np.array([1.0]), 7.0)) is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,6 +197,19 @@ def test_job_on_large_boxes_writes_maps_at_the_input_grid(tmp_path):
             assert float(mrc.voxel_size.x) == pytest.approx(pixel * 64 / 96, rel=1e-4)
     log = (out / "run.out").read_text()
     assert "working grid: 64 px at 3.54 Å/px" in log
+    # initial_model.mrc also holds what the working grid cannot (a reconstruction on the 96 px grid);
+    # the class maps stop at the working Nyquist (shell 32 of 96)
+    assert "initial_model.mrc: beyond 7.08 Å from the particles reconstructed at their final poses on 96 px" in log
+    from novomap.maps.combine import shell_rms
+
+    with mrcfile.open(out / "initial_model.mrc", permissive=True) as mrc:
+        final_power = shell_rms(torch.from_numpy(mrc.data.copy()))
+    with mrcfile.open(out / "run_it002_class001.mrc", permissive=True) as mrc:
+        class_power = shell_rms(torch.from_numpy(mrc.data.copy()))
+    # (relative to their own low shells: the class maps are on VDAM's greyscale, not the reconstruction's)
+    class_beyond = class_power[34:46] / class_power[2:20].mean()
+    final_beyond = final_power[34:46] / final_power[2:20].mean()
+    assert float(final_beyond.min()) > 100 * float(class_beyond.max())
     data = starfile.read(out / "run_it002_data.star", always_dict=True)
     assert int(data["optics"]["rlnImageSize"].iloc[0]) == 96  # the images as they are on disk
     assert "rlnOriginXAngst" in data["particles"].columns

@@ -23,15 +23,16 @@ from novomap.errors import NovomapError
 from novomap.estep.driver import PAD
 from novomap.io.mrc import write_map
 from novomap.io.particles import ParticleSet
-from novomap.io.working_grid import to_output_grid
+from novomap.io.working_grid import final_grid_max_resolution_a, to_output_grid
 from novomap.maps.align import best_translation
-from novomap.maps.combine import equal_variance_sum, match_shell_amplitudes
+from novomap.maps.combine import equal_variance_sum, match_shell_amplitudes, splice_shells
 from novomap.maps.transform import shift_volume
 from novomap.physics.masks import soft_edge_mask
 from novomap.outputs.relion import state_path_for, write_iteration
 from novomap.reconstruct import Poses, reconstruct_with_poses
 from novomap.symmetry.choice import apply_point_group, requested_group, symmetry_record, write_symmetry_file
 from novomap.symmetry.impose import impose_group
+from novomap.symmetry.symmetrise import symmetrise
 from novomap.vdam import convergence, schedules
 from novomap.vdam.config import VdamConfig
 from novomap.vdam.iterate import as_devices, assign_all, pseudo_halves, run_iteration, search_setup
@@ -105,19 +106,65 @@ def final_map(state: RunState, reconstruction: torch.Tensor, class_index: int, c
     from 1.22-1.25x to 1.03-1.14x their true-pose limit; symmetric specimens and real beta-gal stayed
     within 2 % of the reconstruction's figure.
     """
-    vdam = state.maps[class_index].double()
-    lag = max(0, config.convergence_lag)
-    earlier = [snapshot[class_index].double() for iteration, snapshot in sorted(state.map_snapshots.items())
-               if state.iteration - lag <= iteration < state.iteration and snapshot.shape == state.maps.shape]
-    vdam_mean = torch.stack([*earlier, vdam]).mean(0)
+    vdam_mean = last_vdam_mean(state, class_index, config)
     moved = shift_volume(reconstruction.double(), best_translation(vdam_mean, reconstruction.double(), MAX_SHIFT_PX))
-    n = vdam.shape[-1]
+    n = vdam_mean.shape[-1]
     mask = soft_edge_mask((n, n, n), config.particle_diameter_a / (2 * pixel_size_a), config.mask_edge_px) if config.flatten_solvent else None
     combined = equal_variance_sum([vdam_mean, moved], mask)
     # on the reconstruction's greyscale and spectrum, as initial_model was before: a map given the
     # VDAM map's damped high frequencies scores lower against a truth after real-space masking
     # (7.5 -> 8.5 Å for the same map of a D7 particle), whatever its content
     return match_shell_amplitudes(combined, moved if mask is None else moved * mask.double()).float()
+
+
+def last_vdam_mean(state: RunState, class_index: int, config: VdamConfig) -> torch.Tensor:
+    """Mean of the class's VDAM maps of the iterations vdam.convergence compares (the last one and
+    those 10 and 20 before, all in the same frame) -> (N, N, N) float64."""
+    vdam = state.maps[class_index].double()
+    lag = max(0, config.convergence_lag)
+    earlier = [snapshot[class_index].double() for iteration, snapshot in sorted(state.map_snapshots.items())
+               if state.iteration - lag <= iteration < state.iteration and snapshot.shape == state.maps.shape]
+    return torch.stack([*earlier, vdam]).mean(0)
+
+
+#: initial_model.mrc takes the working grid's map up to this fraction of its Nyquist frequency and the
+#: finer grid's reconstruction beyond the end of a cosine cross-fade at FINE_FADE_TO
+FINE_FADE_FROM, FINE_FADE_TO = 0.8, 0.95
+
+
+def fine_final_map(
+    coarse_final: torch.Tensor,
+    reconstruction: torch.Tensor,
+    state: RunState,
+    particles: ParticleSet,
+    fine_particles: ParticleSet,
+    class_index: int,
+    config: VdamConfig,
+    applied,
+) -> torch.Tensor:
+    """initial_model's map on fine_particles' finer grid -> (n, n, n) float64.
+
+    coarse_final: the working grid's final map (final_map, aligned and symmetrised: applied, a
+    symmetry.choice.AppliedSymmetry) (N, N, N); reconstruction: the working grid's final_reconstruction
+    that final_map combined (its shift onto the VDAM maps is the first move). The class is reconstructed on the finer grid from the
+    same particles at the same poses, moved into coarse_final's frame by the same shifts and rotation,
+    symmetrised and masked alike, and takes over from coarse_final across the top of the working
+    grid's band (FINE_FADE_FROM..FINE_FADE_TO of its Nyquist), where the working map ends.
+    """
+    from novomap.simulate import resample_map  # the map resampler; heavy module, needed only here
+
+    fine = final_reconstruction(state, fine_particles, class_index, config).double()
+    onto_vdam = best_translation(last_vdam_mean(state, class_index, config), reconstruction.double(), MAX_SHIFT_PX)
+    shift_px = onto_vdam + applied.alignment.shift_zyx_px.to(torch.float64)
+    moved = shift_volume(fine, shift_px * (particles.pixel_size_a / fine_particles.pixel_size_a))
+    if applied.group.order > 1:
+        moved = symmetrise(moved, applied.group, applied.alignment.rotation)
+    n = moved.shape[-1]
+    if config.flatten_solvent:
+        moved = moved * soft_edge_mask((n, n, n), config.particle_diameter_a / (2 * fine_particles.pixel_size_a), config.mask_edge_px).double()
+    upsampled = resample_map(coarse_final.double(), particles.pixel_size_a, n, fine_particles.pixel_size_a, tolerance=5e-3)
+    working_nyquist = coarse_final.shape[-1] / 2  # in shells of the working box = of the fine box (same field of view)
+    return splice_shells(upsampled, moved, FINE_FADE_FROM * working_nyquist, FINE_FADE_TO * working_nyquist)
 
 
 def imposing_due(iteration: int, config: VdamConfig) -> bool:
@@ -216,8 +263,16 @@ def run_initial_model(
     # align to the group's axes and symmetrise (the particles' choice was aligned on the
     # reconstruction, in another frame by the combination's shift: the combined map is aligned afresh)
     applied = apply_point_group(combined, particles.pixel_size_a, group, config)
+    final, final_pixel_a = applied.volume, particles.pixel_size_a
+    fine_resolution_a = final_grid_max_resolution_a(particles.grid) if config.final_fine_grid else None
+    if fine_resolution_a is not None:
+        fine_particles = ParticleSet.from_star(
+            star_path, validate=False, max_resolution_a=fine_resolution_a, output_pixel_size_a=output_pixel_size_a, cryosparc=cryosparc
+        )
+        final = fine_final_map(applied.volume, volume, state, particles, fine_particles, largest, config, applied)
+        final_pixel_a = fine_particles.pixel_size_a
     initial_model = out_dir / "initial_model.mrc"
-    write_map(initial_model, to_output_grid(applied.volume, particles.grid), particles.grid.output_pixel_size_a)
+    write_map(initial_model, to_output_grid(final.float(), particles.grid, final_pixel_a), particles.grid.output_pixel_size_a)
     record = symmetry_record(symmetry, applied.group, applied.alignment.score, applied.detection, by_particles)
     write_symmetry_file(out_dir, record)
     write_evidence(out_dir, evidence, record)

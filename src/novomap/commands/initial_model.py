@@ -79,6 +79,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="highest resolution the job works to, in Å: particles are Fourier-cropped as they are read to a box whose "
         "Nyquist frequency is this (default: 7 Å, finer for a small box so that at least 64 px remain; never finer than the data)",
     )
+    sampling.add_argument(
+        "--final-at-working-grid", dest="final_fine_grid", action="store_false",
+        help="make initial_model.mrc on the working grid alone (up to --max-resolution), as RELION would; by default, "
+        "particles finer than the working grid are also reconstructed at their final poses on a grid up to twice as fine, "
+        "which gives the map the detail beyond --max-resolution that the poses support",
+    )
     io.add_argument(
         "--output-pixel-size", type=float, default=None, metavar="A",
         help="pixel size in Å of the maps written (default: that of the optics group with the largest box, at its box size)",
@@ -381,6 +387,7 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
         pool=max(0, args.pool),
         n_starts=args.starts if args.starts > 0 else starts_for_classes(args.classes),
         max_extra_iterations=args.max_extra_iter,
+        final_fine_grid=args.final_fine_grid,
     )
     fingerprint = _fingerprint(args, config)
     if args.continue_from is not None:
@@ -391,6 +398,9 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
         f"{config.n_iter} iterations, K = {config.n_classes}, symmetry {args.sym} at the end, on {device}"
     )
     log.info(f"{grid.describe()}; resolution limit {max_resolution_a:.3g} Å (--max-resolution)")
+    fine_line = final_grid_line(grid) if config.final_fine_grid else None
+    if fine_line:
+        log.info(fine_line)
     log.info(f"output: {out_dir}/ (progress in run.out, pictures in report.html, maps in view.cxc)")
 
     display = ProgressDisplay(log, config.n_iter, batch_plan(config, n_particles), final_pass_particles=n_particles)
@@ -473,6 +483,20 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
         except KeyboardInterrupt:
             log.error("novomap initial-model: the report was interrupted; the job itself had finished (`novomap report DIR` draws it)")
     return 0
+
+
+def final_grid_line(grid) -> str | None:
+    """What initial_model.mrc takes from a grid finer than the working grid, or None when there is none."""
+    from novomap.io.working_grid import choose_working_grid, final_grid_max_resolution_a
+
+    resolution_a = final_grid_max_resolution_a(grid)
+    if resolution_a is None:
+        return None
+    fine = choose_working_grid(list(grid.group_box), list(grid.group_pixel_size_a), resolution_a)
+    return (
+        f"initial_model.mrc: beyond {2 * grid.pixel_size_a:.3g} Å from the particles reconstructed at their final poses on "
+        f"{fine.box} px at {fine.pixel_size_a:.4g} Å/px (Nyquist {2 * fine.pixel_size_a:.3g} Å; --final-at-working-grid: none)"
+    )
 
 
 def _summarise_confidence(log, result) -> None:

@@ -137,6 +137,28 @@ def choose_working_grid(
     )
 
 
+#: initial_model's final reconstruction may use a grid up to this many times finer than the working grid
+FINAL_GRID_FACTOR = 2.0
+
+
+def final_grid_max_resolution_a(grid: WorkingGrid) -> float | None:
+    """The max resolution (Å) whose grid (`choose_working_grid`) the final reconstruction uses, or None
+    when that grid would be the working grid: the input's finest pixel, at most FINAL_GRID_FACTOR
+    times finer than the working pixel and at most DEFAULT_MAX_BOX px across.
+
+    The final pass's poses were found on the working grid, so the data beyond its Nyquist frequency
+    took no part in finding them: reconstructed at those poses, that data adds detail the alignment
+    cannot have fitted to noise. Particles extracted finer than the working grid then give
+    initial_model.mrc the detail their poses support instead of stopping at the working Nyquist.
+    """
+    finest = min(grid.group_pixel_size_a)
+    target = max(finest, grid.pixel_size_a / FINAL_GRID_FACTOR)
+    fine = choose_working_grid(np.asarray(grid.group_box), np.asarray(grid.group_pixel_size_a), 2.0 * target)
+    if fine.box <= grid.box:
+        return None
+    return 2.0 * target
+
+
 def _centre_slices(source: int, target: int) -> tuple[slice, slice]:
     """(source, target) slices of the overlap of two centred axes (centre index at size // 2)."""
     offset = target // 2 - source // 2
@@ -182,10 +204,11 @@ def to_working_grid(images: torch.Tensor, grid: WorkingGrid, group: int) -> torc
     return centre_crop_or_pad_images(fourier_resize_images(images, grid.group_resized_box[group]), grid.box)
 
 
-def to_output_grid(volume: torch.Tensor, grid: WorkingGrid) -> torch.Tensor:
-    """A map (box, box, box) at the working pixel -> (output_box,)*3 at the output pixel, about the centre."""
+def to_output_grid(volume: torch.Tensor, grid: WorkingGrid, pixel_size_a: float | None = None) -> torch.Tensor:
+    """A map (n, n, n) at pixel_size_a (default: the working pixel) -> (output_box,)*3 at the output pixel, about the centre."""
     from novomap.simulate import resample_map  # the map resampler; heavy module, needed only here
 
-    if volume.shape[-1] == grid.output_box and math.isclose(grid.pixel_size_a, grid.output_pixel_size_a, rel_tol=1e-6):
+    pixel_size_a = grid.pixel_size_a if pixel_size_a is None else pixel_size_a
+    if volume.shape[-1] == grid.output_box and math.isclose(pixel_size_a, grid.output_pixel_size_a, rel_tol=1e-6):
         return volume
-    return resample_map(volume, grid.pixel_size_a, grid.output_box, grid.output_pixel_size_a, tolerance=5e-3)
+    return resample_map(volume, pixel_size_a, grid.output_box, grid.output_pixel_size_a, tolerance=5e-3)

@@ -54,3 +54,21 @@ def match_shell_amplitudes(volume: torch.Tensor, reference: torch.Tensor) -> tor
     spectrum = torch.fft.rfftn(volume.double()) * scale[shells]
     spectrum[0, 0, 0] = torch.fft.rfftn(reference.double())[0, 0, 0]  # the reference's mean, sign included
     return torch.fft.irfftn(spectrum, s=(n, n, n))
+
+
+def splice_shells(low: torch.Tensor, high: torch.Tensor, fade_from: float, fade_to: float) -> torch.Tensor:
+    """low's Fourier components below radius fade_from, high's beyond fade_to, a cosine cross-fade in
+    between (radii in 1/box units) -> (N, N, N) float64. Both maps (N, N, N) on the same grid.
+
+    high is first scaled by one factor, its RMS amplitude over the cross-fade's shells against low's,
+    so that the two meet on one greyscale whatever their reconstructions' normalisation.
+    """
+    n = low.shape[-1]
+    radius = frequency_radius(n)
+    low_ft, high_ft = torch.fft.rfftn(low.double()), torch.fft.rfftn(high.double())
+    band = (radius >= fade_from) & (radius <= fade_to)
+    high_power = high_ft.abs().square()[band].sum()
+    scale = torch.sqrt(low_ft.abs().square()[band].sum() / high_power) if float(high_power) > 0 else torch.ones((), dtype=torch.float64)
+    t = ((radius - fade_from) / max(fade_to - fade_from, 1e-9)).clamp(0, 1)
+    keep_low = 0.5 * (1 + torch.cos(torch.pi * t))  # 1 below fade_from, 0 beyond fade_to
+    return torch.fft.irfftn(low_ft * keep_low + high_ft * scale * (1 - keep_low), s=(n, n, n))

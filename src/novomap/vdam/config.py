@@ -46,6 +46,9 @@ class VdamConfig:
     chunk_size: int = 0  # particles per E-step chunk; 0: chosen from memory
     pool: int = 0  # at least this many particles per chunk (RELION's --pool)
     final_reconstruction_max: int = 50_000  # particles in initial_model's reconstruction (a random subset beyond)
+    # particles finer than the working grid: initial_model's detail beyond the working Nyquist comes from a
+    # reconstruction at the final poses on a finer grid (io.working_grid.final_grid_max_resolution_a)
+    final_fine_grid: bool = True
     # the final pass keeps the poses the last mini-batch gave its particles whose posterior was sharp
     # (pmax >= this; above 1: every particle is searched again)
     final_reuse_min_pmax: float = 0.5
