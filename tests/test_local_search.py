@@ -17,7 +17,7 @@ from novomap.sampling.local import coarse_orientations, local_candidates, max_ca
 from novomap.simulate import SimulationOptions, simulate
 from novomap.vdam import restarts
 from novomap.vdam.config import VdamConfig
-from novomap.vdam.iterate import expectation, local_order, pseudo_halves, run_iteration, search_setup, split_local
+from novomap.vdam.iterate import assign_all, expectation, local_order, polish_config, pseudo_halves, run_iteration, search_setup, split_local
 from novomap.vdam.start import initial_state
 
 D2_OPERATORS = torch.stack([torch.diag(torch.tensor(d, dtype=torch.float64)) for d in ([1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1])])
@@ -124,6 +124,28 @@ def test_local_search_recovers_poses_finer_than_the_global_grid(simulated, one_t
     # the sums are those of a normal E-step: one unit of weight per particle, direction prior at the global order
     assert sums.direction_weight.shape == (1, 192)
     assert float(sums.class_weight.sum()) == pytest.approx(particles.n, rel=1e-3)  # 0.999 of each posterior kept
+
+
+def test_the_final_pass_polishes_every_pose_one_order_finer(simulated, one_thread):
+    """assign_all's second stage: every placed particle searched again around its first-stage pose,
+    one order finer (fine step 0.94 deg) with translations at a quarter pixel: closer to the true poses."""
+    particles, volume = simulated
+    found = {}
+    for polish in (False, True):
+        config = VdamConfig(seed=1, max_healpix_order=2, final_polish=polish)
+        state, truth = _state_near_truth(particles, volume, config, offset_deg=5.0, acc_rot_deg=1.2)
+        state.max_probability[: particles.n // 2] = 0.1  # half of them not sharp: searched globally in the first stage
+        assert local_order(state, config, final=True) == 4
+        assert local_order(state, polish_config(config), final=True) == 5
+        timings = assign_all(state, particles, pseudo_halves(particles), config, "cpu")
+        assert ("polish_seconds" in timings) == polish
+        rotations = euler_to_matrix(state.rot_deg, state.tilt_deg, state.psi_deg)
+        origin_error = torch.hypot(state.origin_x_a - particles.origin_x_a, state.origin_y_a - particles.origin_y_a) / particles.pixel_size_a
+        found[polish] = (d2_angle_deg(truth, rotations), origin_error)
+    (angle_before, origin_before), (angle_after, origin_after) = found[False], found[True]
+    assert float(angle_after.median()) < 0.8 * float(angle_before.median())
+    assert float(angle_after.median()) < 1.0
+    assert float(origin_after.median()) <= float(origin_before.median())
 
 
 def test_uncertain_particles_keep_the_global_search(simulated):
