@@ -1,0 +1,39 @@
+"""estep.cache.ProjectionCache: each block holds the 8 projections of its key, within a memory budget."""
+
+from __future__ import annotations
+
+import torch
+
+from novomap.estep.cache import ProjectionCache
+from novomap.physics.projection import extract_slices
+from novomap.physics.window import fourier_window
+from novomap.sampling.grid import build_search_grid
+
+
+def _cache(budget_bytes: int) -> tuple[ProjectionCache, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    reference = torch.randn((1, 32, 32, 32), generator=generator, dtype=torch.complex64)
+    grid = build_search_grid(1, 2.0, 2.0, 0.0)
+    window = fourier_window(16, 12, "cpu")
+    return ProjectionCache(reference, grid.fine_rotations, window, 2, budget_bytes), reference, grid.fine_rotations
+
+
+def _expected(reference, rotations, window, key: int) -> torch.Tensor:
+    return extract_slices(reference[0], rotations[key].to(torch.float32), window.kx, window.ky, 2)
+
+
+def test_blocks_are_the_projections_of_their_keys_and_the_budget_bounds_the_store():
+    unbounded, reference, rotations = _cache(1 << 30)
+    window = unbounded.window
+    small_budget = 3 * 8 * window.n_pixels * 12  # room for three blocks
+    bounded, _, _ = _cache(small_budget)
+    assert bounded.max_blocks == 3
+    for keys in ([5, 9], [9, 40], [41, 42, 43], [5]):  # the third lookup overflows: the store starts again
+        keys = torch.tensor(keys)
+        for cache in (unbounded, bounded):
+            store, index = cache.lookup(keys)
+            for key, block in zip(keys.tolist(), index.tolist()):
+                assert torch.allclose(store[block], _expected(reference, rotations, window, key), atol=1e-5)
+                assert torch.allclose(cache.power[block], store[block].abs().square(), rtol=1e-5, atol=1e-6)
+        assert bounded.count <= max(bounded.max_blocks, keys.unique().numel())
+    assert unbounded.count == 6 and bounded.count == 1  # the last lookup found [41, 42, 43] only, and 5 gone
