@@ -59,7 +59,7 @@ class VdamConfig:
     local_searches: bool = True
     # then every pose is refined once more, locally, one order finer where the expected angular error allows
     # (up to max_local_order + 1) and with translations at half the local step over half the range
-    # (vdam.iterate.polish_config; 0.6-3.4 % finer FSC 0.5 to the truth on 10 runs of 9 specimens)
+    # (vdam.iterate.polish_config; FSC 0.5 to the truth 0.6-12 % finer on 10 finished runs of 9 specimens)
     final_polish: bool = True
     max_local_order: int = 4  # the final pass (poses only)
     # mini-batch iterations (3: 3.75 deg). Default 0 (final pass only): local searches in the iterations
