@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from novomap.initial_model import FINE_FADE_FROM, fine_final_map, final_map, final_reconstruction
+from novomap.initial_model import FINE_FADE_FROM, fine_final_map, final_map, final_reconstruction, reconstruction_onto_vdam
 from novomap.io.particles import ParticleSet
 from novomap.io.working_grid import final_grid_max_resolution_a
 from novomap.maps.fsc import fsc
@@ -71,7 +71,7 @@ def test_fine_map_holds_the_truth_beyond_the_working_nyquist(fine_job):
     combined = final_map(state, volume, 0, config, particles.pixel_size_a)
     applied = apply_point_group(combined, particles.pixel_size_a, point_group("C1"), config)
 
-    fine = fine_final_map(applied.volume, volume, state, particles, fine_particles, 0, config, applied)
+    fine = fine_final_map(applied.volume, reconstruction_onto_vdam(state, volume, 0, config), state, particles, fine_particles, 0, config, applied)
 
     assert fine.shape == (FINE_BOX,) * 3
     ratio = particles.pixel_size_a / fine_particles.pixel_size_a

@@ -30,9 +30,8 @@ from novomap.maps.transform import shift_volume
 from novomap.physics.masks import soft_edge_mask
 from novomap.outputs.relion import state_path_for, write_iteration
 from novomap.reconstruct import Poses, reconstruct_with_poses
-from novomap.symmetry.choice import apply_point_group, requested_group, symmetry_record, write_symmetry_file
+from novomap.symmetry.choice import AppliedSymmetry, apply_point_group, requested_group, symmetrise_on_axes, symmetry_record, write_symmetry_file
 from novomap.symmetry.impose import impose_group
-from novomap.symmetry.symmetrise import symmetrise
 from novomap.vdam import convergence, schedules
 from novomap.vdam.config import VdamConfig
 from novomap.vdam.iterate import as_devices, assign_all, pseudo_halves, run_iteration, search_setup
@@ -93,7 +92,9 @@ def final_reconstruction(state: RunState, particles: ParticleSet, class_index: i
     return reconstruct_with_poses(particles, members, poses, batch_size=batch, single_precision=True).float()
 
 
-def final_map(state: RunState, reconstruction: torch.Tensor, class_index: int, config: VdamConfig, pixel_size_a: float) -> torch.Tensor:
+def final_map(
+    state: RunState, reconstruction: torch.Tensor, class_index: int, config: VdamConfig, pixel_size_a: float, onto_vdam_px: torch.Tensor | None = None
+) -> torch.Tensor:
     """initial_model's map before the symmetry step: the final reconstruction and the last VDAM maps combined.
 
     Neither alone is the best estimate. The reconstruction gives each particle one pose; the VDAM map
@@ -104,10 +105,13 @@ def final_map(state: RunState, reconstruction: torch.Tensor, class_index: int, c
     mask (maps.combine), then given the reconstruction's amplitude in every shell and its mean. Against
     the truth (benchmarks/results/2026-12-01-final-map.md) a large asymmetric particle's five seeds went
     from 1.22-1.25x to 1.03-1.14x their true-pose limit; symmetric specimens and real beta-gal stayed
-    within 2 % of the reconstruction's figure.
+    within 2 % of the reconstruction's figure. onto_vdam_px: reconstruction_onto_vdam's shift, when the
+    caller has it already.
     """
     vdam_mean = last_vdam_mean(state, class_index, config)
-    moved = shift_volume(reconstruction.double(), best_translation(vdam_mean, reconstruction.double(), MAX_SHIFT_PX))
+    if onto_vdam_px is None:
+        onto_vdam_px = best_translation(vdam_mean, reconstruction.double(), MAX_SHIFT_PX)
+    moved = shift_volume(reconstruction.double(), onto_vdam_px)
     n = vdam_mean.shape[-1]
     mask = soft_edge_mask((n, n, n), config.particle_diameter_a / (2 * pixel_size_a), config.mask_edge_px) if config.flatten_solvent else None
     combined = equal_variance_sum([vdam_mean, moved], mask)
@@ -127,6 +131,11 @@ def last_vdam_mean(state: RunState, class_index: int, config: VdamConfig) -> tor
     return torch.stack([*earlier, vdam]).mean(0)
 
 
+def reconstruction_onto_vdam(state: RunState, reconstruction: torch.Tensor, class_index: int, config: VdamConfig) -> torch.Tensor:
+    """The shift (3,) zyx px that moves the class's final reconstruction onto its last VDAM maps (last_vdam_mean)."""
+    return best_translation(last_vdam_mean(state, class_index, config), reconstruction.double(), MAX_SHIFT_PX)
+
+
 #: initial_model.mrc takes the working grid's map up to this fraction of its Nyquist frequency and the
 #: finer grid's reconstruction beyond the end of a cosine cross-fade at FINE_FADE_TO
 FINE_FADE_FROM, FINE_FADE_TO = 0.8, 0.95
@@ -134,34 +143,29 @@ FINE_FADE_FROM, FINE_FADE_TO = 0.8, 0.95
 
 def fine_final_map(
     coarse_final: torch.Tensor,
-    reconstruction: torch.Tensor,
+    onto_vdam_px: torch.Tensor,
     state: RunState,
     particles: ParticleSet,
     fine_particles: ParticleSet,
     class_index: int,
     config: VdamConfig,
-    applied,
+    applied: AppliedSymmetry,
 ) -> torch.Tensor:
     """initial_model's map on fine_particles' finer grid -> (n, n, n) float64.
 
-    coarse_final: the working grid's final map (final_map, aligned and symmetrised: applied, a
-    symmetry.choice.AppliedSymmetry) (N, N, N); reconstruction: the working grid's final_reconstruction
-    that final_map combined (its shift onto the VDAM maps is the first move). The class is reconstructed on the finer grid from the
-    same particles at the same poses, moved into coarse_final's frame by the same shifts and rotation,
-    symmetrised and masked alike, and takes over from coarse_final across the top of the working
-    grid's band (FINE_FADE_FROM..FINE_FADE_TO of its Nyquist), where the working map ends.
+    coarse_final: the working grid's final map (final_map, aligned and symmetrised: applied)
+    (N, N, N); onto_vdam_px: the shift final_map gave the working grid's reconstruction
+    (reconstruction_onto_vdam), in working pixels. The class is reconstructed on the finer grid from
+    the same particles at the same poses, moved into coarse_final's frame by the same shifts and
+    rotation, symmetrised and masked alike, and takes over from coarse_final across the top of the
+    working grid's band (FINE_FADE_FROM..FINE_FADE_TO of its Nyquist), where the working map ends.
     """
     from novomap.simulate import resample_map  # the map resampler; heavy module, needed only here
 
     fine = final_reconstruction(state, fine_particles, class_index, config).double()
-    onto_vdam = best_translation(last_vdam_mean(state, class_index, config), reconstruction.double(), MAX_SHIFT_PX)
-    shift_px = onto_vdam + applied.alignment.shift_zyx_px.to(torch.float64)
-    moved = shift_volume(fine, shift_px * (particles.pixel_size_a / fine_particles.pixel_size_a))
-    if applied.group.order > 1:
-        moved = symmetrise(moved, applied.group, applied.alignment.rotation)
+    shift_px = (onto_vdam_px + applied.alignment.shift_zyx_px.to(torch.float64)) * (particles.pixel_size_a / fine_particles.pixel_size_a)
+    moved = symmetrise_on_axes(fine, fine_particles.pixel_size_a, applied.group, applied.alignment.rotation, shift_px, config).double()
     n = moved.shape[-1]
-    if config.flatten_solvent:
-        moved = moved * soft_edge_mask((n, n, n), config.particle_diameter_a / (2 * fine_particles.pixel_size_a), config.mask_edge_px).double()
     upsampled = resample_map(coarse_final.double(), particles.pixel_size_a, n, fine_particles.pixel_size_a, tolerance=5e-3)
     working_nyquist = coarse_final.shape[-1] / 2  # in shells of the working box = of the fine box (same field of view)
     return splice_shells(upsampled, moved, FINE_FADE_FROM * working_nyquist, FINE_FADE_TO * working_nyquist)
@@ -259,7 +263,8 @@ def run_initial_model(
     if group is None:  # --sym auto: the groups this C1 map makes plausible, judged by the particles
         by_particles = choose_group_by_particles(volume, state, particles, half, largest, config, device[0])
         group = by_particles.group
-    combined = final_map(state, volume, largest, config, particles.pixel_size_a)
+    onto_vdam = reconstruction_onto_vdam(state, volume, largest, config)
+    combined = final_map(state, volume, largest, config, particles.pixel_size_a, onto_vdam)
     # align to the group's axes and symmetrise (the particles' choice was aligned on the
     # reconstruction, in another frame by the combination's shift: the combined map is aligned afresh)
     applied = apply_point_group(combined, particles.pixel_size_a, group, config)
@@ -269,7 +274,7 @@ def run_initial_model(
         fine_particles = ParticleSet.from_star(
             star_path, validate=False, max_resolution_a=fine_resolution_a, output_pixel_size_a=output_pixel_size_a, cryosparc=cryosparc
         )
-        final = fine_final_map(applied.volume, volume, state, particles, fine_particles, largest, config, applied)
+        final = fine_final_map(applied.volume, onto_vdam, state, particles, fine_particles, largest, config, applied)
         final_pixel_a = fine_particles.pixel_size_a
     initial_model = out_dir / "initial_model.mrc"
     write_map(initial_model, to_output_grid(final.float(), particles.grid, final_pixel_a), particles.grid.output_pixel_size_a)

@@ -487,12 +487,11 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
 
 def final_grid_line(grid) -> str | None:
     """What initial_model.mrc takes from a grid finer than the working grid, or None when there is none."""
-    from novomap.io.working_grid import choose_working_grid, final_grid_max_resolution_a
+    from novomap.io.working_grid import final_grid
 
-    resolution_a = final_grid_max_resolution_a(grid)
-    if resolution_a is None:
+    fine = final_grid(grid)
+    if fine is None:
         return None
-    fine = choose_working_grid(list(grid.group_box), list(grid.group_pixel_size_a), resolution_a)
     return (
         f"initial_model.mrc: beyond {2 * grid.pixel_size_a:.3g} Å from the particles reconstructed at their final poses on "
         f"{fine.box} px at {fine.pixel_size_a:.4g} Å/px (Nyquist {2 * fine.pixel_size_a:.3g} Å; --final-at-working-grid: none)"

@@ -141,22 +141,27 @@ def choose_working_grid(
 FINAL_GRID_FACTOR = 2.0
 
 
-def final_grid_max_resolution_a(grid: WorkingGrid) -> float | None:
-    """The max resolution (Å) whose grid (`choose_working_grid`) the final reconstruction uses, or None
-    when that grid would be the working grid: the input's finest pixel, at most FINAL_GRID_FACTOR
-    times finer than the working pixel and at most DEFAULT_MAX_BOX px across.
+def final_grid(grid: WorkingGrid) -> WorkingGrid | None:
+    """The grid of initial_model's final reconstruction, or None when it would be the working grid:
+    the input's finest pixel, at most FINAL_GRID_FACTOR times finer than the working pixel and at most
+    DEFAULT_MAX_BOX px across. `final_grid_max_resolution_a` is the max resolution that reads particles onto it.
 
     The final pass's poses were found on the working grid, so the data beyond its Nyquist frequency
     took no part in finding them: reconstructed at those poses, that data adds detail the alignment
     cannot have fitted to noise. Particles extracted finer than the working grid then give
     initial_model.mrc the detail their poses support instead of stopping at the working Nyquist.
     """
-    finest = min(grid.group_pixel_size_a)
-    target = max(finest, grid.pixel_size_a / FINAL_GRID_FACTOR)
-    fine = choose_working_grid(np.asarray(grid.group_box), np.asarray(grid.group_pixel_size_a), 2.0 * target)
-    if fine.box <= grid.box:
-        return None
-    return 2.0 * target
+    fine = choose_working_grid(np.asarray(grid.group_box), np.asarray(grid.group_pixel_size_a), _final_grid_resolution_a(grid))
+    return fine if fine.box > grid.box else None
+
+
+def final_grid_max_resolution_a(grid: WorkingGrid) -> float | None:
+    """The max resolution (Å) that puts particles on `final_grid(grid)`, or None when there is none."""
+    return None if final_grid(grid) is None else _final_grid_resolution_a(grid)
+
+
+def _final_grid_resolution_a(grid: WorkingGrid) -> float:
+    return 2.0 * max(min(grid.group_pixel_size_a), grid.pixel_size_a / FINAL_GRID_FACTOR)
 
 
 def _centre_slices(source: int, target: int) -> tuple[slice, slice]:

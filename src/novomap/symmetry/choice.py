@@ -70,13 +70,23 @@ def apply_point_group(
         alignment = align_to_symmetry(volume, pixel_size_a, group)
     if group.order == 1:
         return AppliedSymmetry(alignment.volume, group, alignment, detection)
+    final_map = symmetrise_on_axes(volume, pixel_size_a, group, alignment.rotation, alignment.shift_zyx_px, config)
+    return AppliedSymmetry(final_map, group, alignment, detection)
+
+
+def symmetrise_on_axes(
+    volume: torch.Tensor, pixel_size_a: float, group: PointGroup, rotation: torch.Tensor, shift_zyx_px: torch.Tensor, config
+) -> torch.Tensor:
+    """A map (N, N, N) moved by shift_zyx_px, rotated by `rotation` onto the group's standard axes and
+    symmetrised (an alignment's rotation and shift, in this map's pixels), then, with
+    config.flatten_solvent, multiplied by the soft particle mask -> (N, N, N). Group C1: moved and masked."""
     # rotation and symmetrisation composed: the map is interpolated once, not twice
-    centred = shift_volume(volume, alignment.shift_zyx_px)
-    final_map = symmetrise(centred, group, alignment.rotation)
+    centred = shift_volume(volume, shift_zyx_px)
+    final_map = symmetrise(centred, group, rotation) if group.order > 1 else centred
     if config.flatten_solvent:  # now the particle is centred: flatten the solvent as in the class maps
         n = volume.shape[-1]
         final_map = final_map * soft_edge_mask((n, n, n), config.particle_diameter_a / (2 * pixel_size_a), config.mask_edge_px)
-    return AppliedSymmetry(final_map, group, alignment, detection)
+    return final_map
 
 
 def reason(detection: DetectionResult) -> str:
