@@ -84,6 +84,24 @@ def test_last_iteration_extends_only_an_unsettled_run_and_stops_at_the_cap():
     assert _decide(_with(state, 30), config) == 40
 
 
+def test_a_map_seen_moving_must_pass_two_checks_in_a_row():
+    config = VdamConfig(n_iter=40, max_extra_iterations=60)
+    volume = _low_passed_noise(24, 6, seed=10)[None]
+    state = _state(volume, iteration=60, shell=6)
+    state.map_snapshots[40] = (volume + 0.05 * _low_passed_noise(24, 6, seed=11)[None]).float()
+    assert convergence.map_agreement(state, config) > 0.99
+    # it moved at the check before (iteration 50): one pass is not enough
+    state.history = [{"iteration": 40, "map_agreement": 0.6}, {"iteration": 50, "map_agreement": 0.9}, {"iteration": 60}]
+    assert _decide(state, config) == 70
+    # passed at the check before too: settled
+    state.history[1]["map_agreement"] = 0.97
+    assert _decide(state, config) == 60
+    # the same maps at the first check (n_iter, nothing before it): settled at once
+    state.iteration, state.history = 40, [{"iteration": 40}]
+    state.map_snapshots = {20: state.map_snapshots[40]}
+    assert _decide(state, config) == 40
+
+
 def _with(state: RunState, iteration: int) -> RunState:
     copy = dataclasses.replace(state, iteration=iteration)
     copy.map_snapshots = {iteration - 20: state.map_snapshots[40]}

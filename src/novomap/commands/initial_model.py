@@ -18,8 +18,12 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from novomap.errors import InputError, NovomapError
+
+if TYPE_CHECKING:  # the job's modules load lazily (a short --help)
+    from novomap.vdam.config import VdamConfig
 
 HELP = "Build a de novo 3D initial model from 2D particles (RELION's VDAM), then align and apply its point group."
 EXAMPLE = (
@@ -242,6 +246,16 @@ def _disk_message(error: OSError) -> str | None:
     return None
 
 
+def _still_moving_line(figures: dict, more: int, config: VdamConfig) -> str:
+    """run.out's line when the run goes on past --iter (vdam.convergence)."""
+    agreement, threshold = figures["map_agreement"], config.convergence_min_fsc
+    compared = f"agreement with iteration {figures['iteration'] - config.convergence_lag}: {agreement:.3f}"
+    plural = "s" if more > 1 else ""
+    if agreement is not None and agreement >= threshold:
+        return f"the map had moved at the last check and agrees now ({compared} >= {threshold}): {more} more iteration{plural} to confirm"
+    return f"the map is still changing ({compared} < {threshold}): {more} more iteration{plural}"
+
+
 def run(args: argparse.Namespace) -> int:
     from novomap.outputs.progress import RunLog
 
@@ -434,10 +448,7 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
             display.extend(figures["iteration"] + more)
         display.update(figures)
         if more:
-            display.message(
-                f"the map is still changing (agreement with iteration {figures['iteration'] - config.convergence_lag}: "
-                f"{figures['map_agreement']:.3f} < {config.convergence_min_fsc}): {more} more iteration{'s' if more > 1 else ''}"
-            )
+            display.message(_still_moving_line(figures, more, config))
         if abort_requested(out_dir):
             raise JobAborted(f"stopped after iteration {figures['iteration']}: RELION asked to abort (RELION_JOB_ABORT_NOW)")
         if figures["iteration"] >= config.n_iter and "more_iterations" in figures and not more:

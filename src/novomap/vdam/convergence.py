@@ -8,6 +8,12 @@ a wrong fold at 25.5 Å to 16.3 Å in 50 more iterations
 `check_every` iterations after it, the class maps are compared with those of `lag` iterations
 before; while they still differ at the run's own resolution, VDAM goes on with its final-phase
 settings (the schedules hold their final values past n_iter), up to config.extra_iterations_cap() more.
+
+A map seen moving must then be seen settled at two checks in a row. A slowly forming map can pass
+one check on its way: hb16_c1 seed 1 agreed 0.952 with iteration 110 at iteration 130 (cc 0.81 to
+the truth, wrong at FSC 0.5), then 0.91 and 0.83 at the next checks while it moved to the right
+structure (cc 0.94 by iteration 160), and settled for good at 0.956 and 0.975 (iterations 170, 180).
+A run that has settled by n_iter still stops there, at its first check.
 """
 
 from __future__ import annotations
@@ -54,18 +60,33 @@ def map_agreement(state: RunState, config: VdamConfig) -> float | None:
     return map_change(before.double(), state.maps.detach().cpu().double(), state.resolution_shell, state.class_fraction)
 
 
+def previous_agreement(state: RunState) -> float | None:
+    """The map agreement found at the check before this iteration (None: no earlier check)."""
+    for figures in reversed(state.history):
+        if figures.get("iteration", state.iteration) < state.iteration and figures.get("map_agreement") is not None:
+            return float(figures["map_agreement"])
+    return None
+
+
+def settled(state: RunState, config: VdamConfig, agreement: float) -> bool:
+    """Agreement at this check, and at the one before if there was one (a map seen moving is
+    trusted to have settled only when it passes twice in a row)."""
+    before = previous_agreement(state)
+    return agreement >= config.convergence_min_fsc and (before is None or before >= config.convergence_min_fsc)
+
+
 def last_iteration(state: RunState, config: VdamConfig, agreement: float | None) -> int:
     """The iteration the run should reach: n_iter, or 10 (check_every) more while the maps still move.
 
     Called at the current target with this iteration's map_agreement; returns the target unchanged
-    when the run has converged (agreement >= convergence_min_fsc), when no snapshot allowed the
-    comparison (agreement None), or at the cap."""
+    when the run has converged (settled: agreement >= convergence_min_fsc here and at the check
+    before, if any), when no snapshot allowed the comparison (agreement None), or at the cap."""
     target = max(config.n_iter, state.iteration)
     if config.convergence_check_every <= 0 or config.extra_iterations_cap() <= 0:
         return target
     cap = config.n_iter + config.extra_iterations_cap()
     if state.iteration < config.n_iter or state.iteration >= cap:
         return target
-    if agreement is None or agreement >= config.convergence_min_fsc:
+    if agreement is None or settled(state, config, agreement):
         return target
     return min(cap, state.iteration + config.convergence_check_every)
