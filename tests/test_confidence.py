@@ -96,6 +96,9 @@ def _evidence(**changes) -> Evidence:
         ({"map_agreement": 0.90, "map_agreement_min": 0.95}, True),  # still changing at the last iteration
         ({"map_agreement": 0.97, "map_agreement_min": 0.95}, False),
         ({"map_agreement": None, "map_agreement_min": 0.95}, False),  # not measured
+        # passed at the last check only, after moving at the one before (vdam.convergence.settled; the cap stopped it)
+        ({"map_agreement": 0.97, "map_agreement_min": 0.95, "map_settled": False}, True),
+        ({"map_agreement": 0.97, "map_agreement_min": 0.95, "map_settled": True}, False),
     ],
 )
 def test_each_threshold(changes, weak):
@@ -137,6 +140,9 @@ def test_the_line_says_when_the_run_went_on_past_iter():
     capped.warnings = warnings_for(capped)
     assert "100 iterations past --iter (the most allowed)" in capped.line() and "still changing" in capped.line()
     assert "past --iter" not in _evidence(map_agreement=0.99, map_agreement_min=0.95).line()
+    unconfirmed = _evidence(map_agreement=0.96, map_agreement_min=0.95, map_settled=False, extra_iterations=100)
+    unconfirmed.warnings = warnings_for(unconfirmed)
+    assert "(the most allowed)" in unconfirmed.line() and "not at the check before" in unconfirmed.line()
 
 
 def test_the_report_caption_gives_the_final_agreement(tmp_path):

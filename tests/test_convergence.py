@@ -198,3 +198,13 @@ def test_several_classes_stop_at_iter_unless_asked():
     assert VdamConfig(n_iter=100, n_classes=2).extra_iterations_cap() == 0
     assert VdamConfig(n_iter=100, n_classes=3, max_extra_iterations=30).extra_iterations_cap() == 30
     assert VdamConfig(n_iter=100, max_extra_iterations=0).extra_iterations_cap() == 0
+
+
+def test_run_out_says_whether_the_map_still_changes_or_is_being_confirmed():
+    from novomap.commands.initial_model import _still_moving_line
+
+    config = VdamConfig(n_iter=100)
+    moving = _still_moving_line({"iteration": 110, "map_agreement": 0.924}, 10, config)
+    assert moving == "the map is still changing (agreement with iteration 90: 0.924 < 0.95): 10 more iterations"
+    confirming = _still_moving_line({"iteration": 130, "map_agreement": 0.952}, 10, config)
+    assert "agreement with iteration 110: 0.952 >= 0.95" in confirming and confirming.endswith("10 more iterations to confirm")

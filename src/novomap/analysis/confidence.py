@@ -114,6 +114,9 @@ class Evidence:
     map_agreement: float | None = None
     map_agreement_min: float = 0.0
     extra_iterations: int = 0
+    # whether the run stopped settled (vdam.convergence.settled: also at the check before, when there
+    # was one); None: not judged (old evidence files): map_agreement >= map_agreement_min decides
+    map_settled: bool | None = None
     # the bar for agreement_cc: MIN_AGREEMENT_CC, or MIN_AGREEMENT_CC_IMPOSED when the group was imposed during the run
     agreement_min: float = MIN_AGREEMENT_CC
 
@@ -134,8 +137,15 @@ class Evidence:
         """'; N iterations past --iter until the map settled' when the run went on (vdam.convergence), else ''."""
         if not self.extra_iterations:
             return ""
-        settled = self.map_agreement is not None and self.map_agreement >= self.map_agreement_min
-        return f"; {self.extra_iterations} iterations past --iter " + ("until the map settled" if settled else "(the most allowed)")
+        return f"; {self.extra_iterations} iterations past --iter " + ("until the map settled" if self.settled() else "(the most allowed)")
+
+    def settled(self) -> bool:
+        """Whether the map had stopped changing at the last iteration (True when not measured)."""
+        if self.map_agreement is None:
+            return True
+        if self.map_settled is not None:
+            return self.map_settled
+        return self.map_agreement >= self.map_agreement_min
 
     def starts_phrase(self) -> str:
         """'; best of 5 starts (...)' when the run raced random starts, else ''."""
@@ -286,12 +296,13 @@ def warnings_for(evidence: Evidence) -> list[str]:
             f"a roundish map (radial share {evidence.radial_share:.2f}) with mean pmax {evidence.mean_pmax:.2f} "
             f"(outside {LOW_PMAX}-{HIGH_PMAX})"
         )
-    if evidence.map_agreement is not None and evidence.map_agreement < evidence.map_agreement_min:
+    if not evidence.settled():
         # a map still changing at the last iteration has not found its structure yet: a large asymmetric
         # particle went from a wrong fold to the right one in the 50 iterations after such a state
+        compared = "<" if evidence.map_agreement < evidence.map_agreement_min else ">=, but not at the check before:"
         reasons.append(
             f"the map was still changing at the last iteration (agreement {evidence.map_agreement:.2f} with the map of "
-            f"20 iterations before < {evidence.map_agreement_min}; more --iter or --max-extra-iter may help)"
+            f"20 iterations before {compared} {evidence.map_agreement_min}; more --iter or --max-extra-iter may help)"
         )
     return reasons
 
@@ -314,6 +325,9 @@ def assess_run(state, particles, half: torch.Tensor, class_index: int, final_map
     check = next((f for f in reversed(state.history) if "map_agreement" in f), None)
     if check is not None and check["map_agreement"] is not None:
         evidence.map_agreement, evidence.map_agreement_min = float(check["map_agreement"]), float(config.convergence_min_fsc)
+        from novomap.vdam.convergence import settled
+
+        evidence.map_settled = settled(state.history, int(check["iteration"]), evidence.map_agreement, config)
     evidence.extra_iterations = max(0, int(state.iteration) - int(config.n_iter))
     if state.symmetry_axes is not None:  # the group was imposed on the class maps during the run
         evidence.agreement_min = MIN_AGREEMENT_CC_IMPOSED

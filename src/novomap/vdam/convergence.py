@@ -60,18 +60,19 @@ def map_agreement(state: RunState, config: VdamConfig) -> float | None:
     return map_change(before.double(), state.maps.detach().cpu().double(), state.resolution_shell, state.class_fraction)
 
 
-def previous_agreement(state: RunState) -> float | None:
-    """The map agreement found at the check before this iteration (None: no earlier check)."""
-    for figures in reversed(state.history):
-        if figures.get("iteration", state.iteration) < state.iteration and figures.get("map_agreement") is not None:
+def previous_agreement(history: list[dict], iteration: int) -> float | None:
+    """The map agreement found at the check before `iteration` (None: no earlier check).
+    history: the run's per-iteration figures (RunState.history)."""
+    for figures in reversed(history):
+        if figures.get("iteration", iteration) < iteration and figures.get("map_agreement") is not None:
             return float(figures["map_agreement"])
     return None
 
 
-def settled(state: RunState, config: VdamConfig, agreement: float) -> bool:
-    """Agreement at this check, and at the one before if there was one (a map seen moving is
-    trusted to have settled only when it passes twice in a row)."""
-    before = previous_agreement(state)
+def settled(history: list[dict], iteration: int, agreement: float, config: VdamConfig) -> bool:
+    """Agreement at the check of `iteration`, and at the one before if there was one (a map seen
+    moving is trusted to have settled only when it passes twice in a row)."""
+    before = previous_agreement(history, iteration)
     return agreement >= config.convergence_min_fsc and (before is None or before >= config.convergence_min_fsc)
 
 
@@ -87,6 +88,6 @@ def last_iteration(state: RunState, config: VdamConfig, agreement: float | None)
     cap = config.n_iter + config.extra_iterations_cap()
     if state.iteration < config.n_iter or state.iteration >= cap:
         return target
-    if agreement is None or settled(state, config, agreement):
+    if agreement is None or settled(state.history, state.iteration, agreement, config):
         return target
     return min(cap, state.iteration + config.convergence_check_every)
