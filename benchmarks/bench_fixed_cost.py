@@ -54,7 +54,8 @@ import novomap.initial_model as job
 for name, module, attr in [
     ("job", job, "run_initial_model"), ("init", job, "initial_state"),
     ("iterations", job, "run_iteration"), ("final pass", job, "assign_all"),
-    ("final reconstruction", job, "final_reconstruction"), ("symmetry alignment", job, "align_to_symmetry"),
+    ("final reconstruction", job, "final_reconstruction"), ("symmetry alignment", job, "apply_point_group"),
+    ("evidence", job, "assess_run"), ("final map", job, "final_map"), ("fine final map", job, "fine_final_map"),
     ("outputs", command, "_finish_outputs"),
 ]:
     if hasattr(module, attr):
@@ -128,6 +129,8 @@ def run_job(data: Path, job: Path, iterations: int, threads: int, extra: list[st
         "final pass": spans.get("final pass", 0.0),
         "final reconstruction": spans.get("final reconstruction", 0.0),
         "symmetry alignment": spans.get("symmetry alignment", 0.0),
+        "evidence (half-set maps)": spans.get("evidence", 0.0),
+        "final map (with the VDAM maps)": spans.get("final map", 0.0) + spans.get("fine final map", 0.0),
         "outputs (run_it files, initial_model.mrc, nodes, view.cxc)": writes_after + spans.get("outputs", 0.0),
     }
     accounted_in_job = sum(v for k, v in phases.items() if not k.startswith(("start-up", "outputs"))) + writes_after

@@ -96,7 +96,7 @@ def test_a_map_seen_moving_must_pass_two_checks_in_a_row():
     # passed at the check before too: settled
     state.history[1]["map_agreement"] = 0.97
     assert _decide(state, config) == 60
-    # the same maps at the first check (n_iter, nothing before it): settled at once
+    # the same maps with no check before (a run continued from a checkpoint without one): settled at once
     state.iteration, state.history = 40, [{"iteration": 40}]
     state.map_snapshots = {20: state.map_snapshots[40]}
     assert _decide(state, config) == 40
@@ -128,8 +128,8 @@ def test_snapshots_fall_where_the_comparisons_need_them_and_old_ones_are_dropped
 
 
 def test_symmetry_is_imposed_except_where_convergence_compares_maps_or_the_run_may_stop():
-    config = VdamConfig(n_iter=100)  # initial phase 30, imposed every 5; comparisons 100 vs 80, 110 vs 90, ...
-    assert [i for i in range(30, 131) if imposing_due(i, config)] == [35, 40, 45, 50, 55, 60, 65, 70, 75, 85, 95, 105, 115, 125]
+    config = VdamConfig(n_iter=100)  # initial phase 30, imposed every 5; comparisons 90 vs 70, 100 vs 80, ...
+    assert [i for i in range(30, 131) if imposing_due(i, config)] == [35, 40, 45, 50, 55, 60, 65, 75, 85, 95, 105, 115, 125]
     without = dataclasses.replace(config, convergence_check_every=0)  # RELION's stop at n_iter: every 5 up to it
     assert [i for i in range(30, 131) if imposing_due(i, without)] == list(range(35, 100, 5))
 
@@ -159,6 +159,10 @@ def test_a_job_goes_on_past_iter_while_its_map_moves(small_dataset, tmp_path, mi
     assert [f["iteration"] for f in checks] == list(range(3, last + 1))
     assert checks[-1]["more_iterations"] == 0
     assert all(f["map_agreement"] is not None and 0.0 < f["map_agreement"] <= 1.0 for f in checks)
+    # the check before n_iter records its agreement and decides nothing; the one at n_iter is judged with it
+    early = seen[1]
+    assert early["iteration"] == 2 and 0.0 < early["map_agreement"] <= 1.0 and "more_iterations" not in early
+    assert checks[0]["map_agreement_before"] == early["map_agreement"]
 
 
 def test_the_command_says_why_it_goes_on_and_the_evidence_reports_it(small_dataset, tmp_path, monkeypatch):

@@ -176,7 +176,7 @@ def imposing_due(iteration: int, config: VdamConfig) -> bool:
     config.impose_symmetry_every iterations after VDAM's initial phase, which is also where the race
     of starts ends (a wrong start is not forced into a symmetric shape), never after the last one
     (the final map is symmetrised anyway). With vdam.convergence, nor where its comparisons fall
-    (n_iter - lag, ..., n_iter, n_iter + check_every, ...): each compares maps left free for the same
+    (n_iter - check_every - lag, every check_every iterations on): each compares maps left free for the same
     number of iterations, and the run may stop at any of them from n_iter on."""
     every = config.impose_symmetry_every
     first = schedules.phases(config.n_iter, config.initial_fraction, config.final_fraction).initial
@@ -239,8 +239,10 @@ def run_initial_model(
             if config.recentre_on_symmetry:
                 state.symmetry_axes = recentre_on_axes(state, state.symmetry_axes, particles.pixel_size_a, PAD)
         convergence.keep_snapshot(state, config)
-        if state.iteration >= last:
+        if state.iteration >= last or convergence.early_check(state.iteration, config):
             figures["map_agreement"] = convergence.map_agreement(state, config)
+        if state.iteration >= last:
+            figures["map_agreement_before"] = convergence.previous_agreement(state.history, state.iteration)
             last = convergence.last_iteration(state, config, figures["map_agreement"])
             figures["more_iterations"] = last - state.iteration
         if progress is not None:

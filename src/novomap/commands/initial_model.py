@@ -252,7 +252,12 @@ def _still_moving_line(figures: dict, more: int, config: VdamConfig) -> str:
     compared = f"agreement with iteration {figures['iteration'] - config.convergence_lag}: {agreement:.3f}"
     plural = "s" if more > 1 else ""
     if agreement is not None and agreement >= threshold:
-        return f"the map had moved at the last check and agrees now ({compared} >= {threshold}): {more} more iteration{plural} to confirm"
+        before = figures.get("map_agreement_before")
+        moved = f" ({before:.3f} at iteration {figures['iteration'] - config.convergence_check_every})" if before is not None else ""
+        return (
+            f"the map agrees now ({compared} >= {threshold}) but had moved at the check before{moved}: "
+            f"{more} more iteration{plural} to confirm"
+        )
     return f"the map is still changing ({compared} < {threshold}): {more} more iteration{plural}"
 
 
