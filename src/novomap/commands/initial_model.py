@@ -247,11 +247,12 @@ def _disk_message(error: OSError) -> str | None:
 
 
 def _still_moving_line(figures: dict, more: int, config: VdamConfig) -> str:
-    """run.out's line when the run goes on past --iter (vdam.convergence)."""
+    """run.out's line when the run goes on past --iter (vdam.convergence: a run goes on only after a
+    measured agreement, never None here)."""
     agreement, threshold = figures["map_agreement"], config.convergence_min_fsc
     compared = f"agreement with iteration {figures['iteration'] - config.convergence_lag}: {agreement:.3f}"
     plural = "s" if more > 1 else ""
-    if agreement is not None and agreement >= threshold:
+    if agreement >= threshold:
         before = figures.get("map_agreement_before")
         moved = f" ({before:.3f} at iteration {figures['iteration'] - config.convergence_check_every})" if before is not None else ""
         return (
