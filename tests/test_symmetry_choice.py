@@ -71,3 +71,28 @@ def test_the_decision_is_written_with_its_table(tmp_path):
     assert text.startswith("point group: D2") and "D4" in text and "noise fraction" in text
     explicit = symmetry_record("D2", applied.group, applied.alignment.score, None)
     assert "table" not in explicit and "as given" in summary_line(explicit)
+
+
+def test_alignment_near_earlier_axes_matches_the_global_search_and_falls_back_when_poor():
+    """The final map's alignment refined from the axes imposed during the run (symmetry.choice.align_near)
+    gives the map of the global search; a result scoring above max_score is refused (None)."""
+    from novomap.symmetry.align import align_to_symmetry
+    from novomap.symmetry.choice import align_near
+    from novomap.physics.euler import axis_angle_to_matrix, rotation_angle_deg
+
+    volume, pixel = load_demo_map()
+    group = point_group("D2")
+    c1 = _c1_map(volume.float(), pixel, seed=4)
+    config = VdamConfig(particle_diameter_a=0.9 * volume.shape[-1] * pixel)
+    found = align_to_symmetry(c1, pixel, group)
+    # axes from an earlier version of the map: a few degrees and a fraction of a pixel off
+    tilt = axis_angle_to_matrix(torch.tensor([0.3, -0.8, 0.5], dtype=torch.float64), torch.tensor(4.0, dtype=torch.float64))
+    earlier = (tilt.reshape(3, 3) @ found.rotation.double(), found.shift_zyx_px.double() + torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64))
+    near = align_near(c1, pixel, group, earlier)
+    assert near is not None
+    assert float(rotation_angle_deg(near.rotation.double(), found.rotation.double())) < 0.5  # the 4 degrees undone
+    assert float((near.shift_zyx_px - found.shift_zyx_px).norm()) < 0.15  # the centre refined too
+    by_near = apply_point_group(c1, pixel, group, config, near)
+    by_search = apply_point_group(c1, pixel, group, config)
+    assert correlation(by_near.volume, by_search.volume) > 0.99
+    assert align_near(c1, pixel, group, earlier, max_score=-1.0) is None

@@ -30,7 +30,7 @@ from novomap.maps.transform import shift_volume
 from novomap.physics.masks import soft_edge_mask
 from novomap.outputs.relion import state_path_for, write_iteration
 from novomap.reconstruct import Poses, reconstruct_with_poses
-from novomap.symmetry.choice import AppliedSymmetry, apply_point_group, requested_group, symmetrise_on_axes, symmetry_record, write_symmetry_file
+from novomap.symmetry.choice import AppliedSymmetry, align_near, apply_point_group, requested_group, symmetrise_on_axes, symmetry_record, write_symmetry_file
 from novomap.symmetry.impose import impose_group
 from novomap.vdam import convergence, schedules
 from novomap.vdam.config import VdamConfig
@@ -269,7 +269,11 @@ def run_initial_model(
     combined = final_map(state, volume, largest, config, particles.pixel_size_a, onto_vdam)
     # align to the group's axes and symmetrise (the particles' choice was aligned on the
     # reconstruction, in another frame by the combination's shift: the combined map is aligned afresh)
-    applied = apply_point_group(combined, particles.pixel_size_a, group, config)
+    alignment = None
+    if group.order > 1 and state.symmetry_axes and largest < len(state.symmetry_axes):
+        # the group was imposed on this class during the run: refine its axes there instead of searching
+        alignment = align_near(combined, particles.pixel_size_a, group, state.symmetry_axes[largest])
+    applied = apply_point_group(combined, particles.pixel_size_a, group, config, alignment)
     final, final_pixel_a = applied.volume, particles.pixel_size_a
     fine_resolution_a = final_grid_max_resolution_a(particles.grid) if config.final_fine_grid else None
     if fine_resolution_a is not None:

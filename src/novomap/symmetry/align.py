@@ -143,6 +143,7 @@ def align_to_symmetry(
     pixel_size_a: float,
     group: PointGroup | str,
     near: tuple[torch.Tensor, torch.Tensor] | None = None,
+    refine_near_centre: bool = False,
 ) -> SymmetryAlignment:
     """Align a map (N, N, N) to a point group's standard frame (RELION's conventions, spec 5.3).
 
@@ -151,7 +152,8 @@ def align_to_symmetry(
     Runs on the CPU (a GPU tensor is copied); the aligned map is a CPU float32 tensor.
     near: (rotation (3, 3), shift_zyx_px (3,)) of an earlier alignment of a map that has changed
     little since: the map is re-centred by that shift (already refined, so not again) and the rotation
-    refined locally instead of searched globally; ~10x cheaper (20x for I).
+    refined locally instead of searched globally; ~10x cheaper (20x for I). refine_near_centre: refine
+    the centre after a `near` alignment too (symmetry.centre; a global one always does).
     """
     del pixel_size_a  # the search is in pixels; kept for a uniform interface with the commands
     group = point_group(group) if isinstance(group, str) else group
@@ -171,7 +173,7 @@ def align_to_symmetry(
     rot, tilt, psi = (float(angle) for angle in matrix_to_euler(rotation))
     aligned = rotate_volume(maps.centred, rotation)
     shift_zyx_px = maps.shift_zyx_px
-    if REFINE_CENTRE and near is None:
+    if REFINE_CENTRE and (near is None or refine_near_centre):
         # the centre of mass need not lie on the axes (symmetry.centre): a shift d after the rotation
         # is the shift R^T d before it, so the map is still interpolated once
         d = refine_centre(aligned, group)

@@ -74,6 +74,31 @@ def apply_point_group(
     return AppliedSymmetry(final_map, group, alignment, detection)
 
 
+#: align_near's result stands when its score is at most this; above it, the global search runs. The final
+#: maps of finished runs score 0.002-0.037 at their best alignment (0.086 after only 12 iterations), a
+#: wrong fold ~0.45; a local refinement from stale axes that lost scored 18x the global search's
+#: (benchmarks/results/2026-12-02-final-alignment.md)
+NEAR_MAX_SCORE = 0.15
+
+
+def align_near(
+    volume: torch.Tensor, pixel_size_a: float, group: PointGroup, axes: tuple[torch.Tensor, torch.Tensor], max_score: float = NEAR_MAX_SCORE
+) -> SymmetryAlignment | None:
+    """The group's alignment of a map (N, N, N) refined locally from axes found on an earlier version of
+    it -> the alignment, or None when it scores above max_score (then search globally).
+
+    axes: (rotation (3, 3), shift_zyx_px (3,)) of symmetry.impose on the class map the final map was
+    made from. A global search costs 0.4-1.5 s on one core for C3-D7 maps of 64 px, 1.6-2.6 s for O
+    and T, 4.3 s for I; from the imposed axes, with the centre refined as after a global search,
+    0.2-0.5 s, 0.7-0.9 s and 2.6 s. On the final maps of 45 finished runs (C3 to I, real and
+    simulated) it scored as well as the global search (at most 0.0009 higher, lower on 24).
+    """
+    # the centre as well: the final map is a new reconstruction combined with VDAM maps, and a centre
+    # off by a third of a pixel doubles the score of a D2 map
+    alignment = align_to_symmetry(volume, pixel_size_a, group, near=axes, refine_near_centre=True)
+    return alignment if alignment.score <= max_score else None
+
+
 def symmetrise_on_axes(
     volume: torch.Tensor, pixel_size_a: float, group: PointGroup, rotation: torch.Tensor, shift_zyx_px: torch.Tensor, config
 ) -> torch.Tensor:
