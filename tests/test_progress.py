@@ -173,3 +173,28 @@ def test_the_race_line_says_which_round_scored_symmetrised_maps():
     assert line.endswith("continuing from start 0")
     del rounds[0]["scored_as"]  # histories written before the key existed: C1
     assert "iteration 10 (0: -480.0" in starts_line({"start_rounds": rounds, "chosen_start": 0})
+
+
+def test_run_out_says_before_the_race_that_it_goes_quiet(tmp_path):
+    """The race of starts runs inside one iteration (vdam.restarts); the line before it says so, once,
+    after the iteration before the race's first round, in the terminal and in run.out alike."""
+    terminal = io.StringIO()
+    log = RunLog(tmp_path, terminal=terminal, errors=io.StringIO())
+    config = VdamConfig(n_iter=100, n_starts=5)
+    with ProgressDisplay(log, n_iter=100, planned_batches=[100] * 100, config=config) as display:
+        for i in range(1, 11):
+            display.update(figures(i))
+    log.close()
+    lines = terminal.getvalue().splitlines()
+    notice = [k for k, line in enumerate(lines) if line.startswith("next: 5 random starts race")]
+    assert len(notice) == 1 and lines[notice[0] - 1].startswith("iter    9/100") and lines[notice[0] + 1].startswith("iter   10/100")
+    assert "the best 2 at iteration 10, the best 1 at iteration 30" in lines[notice[0]]
+    assert (tmp_path / "run.out").read_text().splitlines() == lines
+    # no race, no notice
+    (tmp_path / "one").mkdir()
+    quiet_log = RunLog(tmp_path / "one", terminal=io.StringIO(), errors=io.StringIO())
+    with ProgressDisplay(quiet_log, n_iter=100, config=VdamConfig(n_iter=100, n_starts=1)) as display:
+        for i in range(1, 11):
+            display.update(figures(i))
+    quiet_log.close()
+    assert "random starts race" not in (tmp_path / "one" / "run.out").read_text()

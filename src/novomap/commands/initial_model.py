@@ -423,7 +423,7 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
         log.info(fine_line)
     log.info(f"output: {out_dir}/ (progress in run.out, pictures in report.html, maps in view.cxc)")
 
-    display = ProgressDisplay(log, config.n_iter, batch_plan(config, n_particles), final_pass_particles=n_particles)
+    display = ProgressDisplay(log, config.n_iter, batch_plan(config, n_particles), final_pass_particles=n_particles, config=config)
     reported: set[int] = set()
     last_report = [started]
 

@@ -54,6 +54,20 @@ def with_race(plan: list[int], config: VdamConfig, n_particles: int) -> list[int
     return plan
 
 
+def race_notice(config: VdamConfig) -> tuple[int, str] | None:
+    """(iteration, line): what run.out says after the iteration before the race of random starts
+    (vdam.restarts), which then runs every start inside one iteration and prints nothing until it
+    has chosen; None without a race."""
+    rounds = competition_rounds(config)
+    if not rounds:
+        return None
+    steps = ", ".join(f"the best {survivors} at iteration {iteration}" for iteration, survivors in rounds)
+    return rounds[0][0] - 1, (
+        f"next: {config.starts()} random starts race ({steps} go on); "
+        f"nothing is printed until the race has chosen (the ETA includes it)"
+    )
+
+
 def format_duration(seconds: float) -> str:
     """12s, 3m05s, 1h02m; '?' when unknown."""
     if seconds is None or not math.isfinite(seconds) or seconds < 0:
@@ -205,8 +219,10 @@ class ProgressDisplay:
         planned_batches: list[int] | None = None,
         final_pass_particles: int = 0,
         mode: str = "auto",
+        config: VdamConfig | None = None,
     ) -> None:
         self.log = log
+        self.race_notice = race_notice(config) if config is not None else None
         self.n_iter = n_iter
         self.planned = planned_batches
         self.final_pass = final_pass_particles
@@ -324,6 +340,8 @@ class ProgressDisplay:
             if self.log.verbose:
                 self._print_above(iteration_line(figures, self.n_iter, eta, verbose=True))
             self._show(iteration, eta, info)
+        if self.race_notice is not None and iteration == self.race_notice[0]:
+            self.message(self.race_notice[1])
 
     def message(self, line: str) -> None:
         """A line for the terminal (above a live bar) and run.out."""
