@@ -5,8 +5,9 @@ Both maps are re-centred by their positive centre of mass and reduced to small s
 z = 0), every rotation of a ~15 deg SO(3) grid (plus the rotations that map a coordinate axis onto
 +-z) is scored on the coarse copy by the best normalised cross-correlation over translations (one
 batched FFT per rotation); the best distinct rotations of both hands are refined locally on the
-coarse copy, ranked on a finer copy, the best ones refined again there, and the translation is
-finally found with sub-pixel precision at full size.
+coarse copy, ranked on a finer copy, the best ones refined again there, the winner's rotation
+refined once more at the maps' own sampling, and the translation is finally found with sub-pixel
+precision at full size.
 
 Why the ranking on the finer copy and the axis rotations: maps compared here are often both in a
 point group's standard frame (an initial model against its truth or a reference), so the answer
@@ -34,6 +35,11 @@ GRID_SPACING_DEG = 15.0
 CANDIDATES_PER_HAND = 8  # distinct coarse minima refined per hand
 FINE_STARTS = 3  # of those (both hands), the best on the finer copy, refined again there, judged at full size
 COARSE_RANKED_STARTS = 2  # and the best on the coarse copy, likewise
+# the winner's rotation is refined last on a copy at the map's own sampling, up to this many px
+# across the particle, from REFINE_STEP_DEG down to REFINE_MIN_STEP_DEG
+FULL_SIZE = 96
+REFINE_STEP_DEG = 2.0
+REFINE_MIN_STEP_DEG = 0.1
 
 
 @dataclass
@@ -111,6 +117,22 @@ def best_translation(reference: torch.Tensor, moved: torch.Tensor, max_shift: fl
     return shift
 
 
+def subpixel_score_fn(reference: torch.Tensor, moving: torch.Tensor, max_shift: float) -> so3_search.ScoreFn:
+    """Score of rotations A (B, 3, 3): minus the Pearson correlation of the reference with A.moving
+    moved by its sub-pixel best_translation (B,). One rotation at a time: for the last refinement,
+    where an integer-lag score is too coarse to tell rotations a fraction of a degree apart."""
+
+    def score(rotations: torch.Tensor) -> torch.Tensor:
+        values = []
+        for rotation in rotations:
+            rotated = rotate_volume(moving, rotation.to(moving.dtype))
+            shifted = shift_volume(rotated, best_translation(reference, rotated, max_shift))
+            values.append(-_pearson(reference, shifted))
+        return torch.tensor(values, dtype=torch.float64)
+
+    return score
+
+
 def search_grid(spacing_deg: float) -> torch.Tensor:
     """The global search's rotations (M, 3, 3): an SO(3) grid, and every rotation (psi at the grid's
     step) that maps one of +-x, +-y, +-z onto +z, where maps in standard frames meet."""
@@ -174,7 +196,35 @@ def align_maps(
         finals.append(_finish(reference, ref_centred, ref_shift, hands[flipped], source_shift, bool(flipped), refined[0]))
     # the small copies can prefer a wrong basin by a few hundredths (a tight ring the other way up,
     # a degree off): the full-size correlation decides
-    return max(finals, key=lambda alignment: alignment.cc)
+    best = max(finals, key=lambda alignment: alignment.cc)
+    return _refine_at_full_size(reference, ref_centred, ref_shift, hands, mov_shift, crop, best)
+
+
+def _refine_at_full_size(
+    reference: torch.Tensor,
+    ref_centred: torch.Tensor,
+    ref_shift: torch.Tensor,
+    hands: list[torch.Tensor],
+    mov_shift: torch.Tensor,
+    crop: int,
+    best: MapAlignment,
+) -> MapAlignment:
+    """The best alignment's rotation refined on copies at the maps' own sampling (up to FULL_SIZE).
+
+    The finer copy resolves ~4 of its pixels, so its optimum can be a degree off, which costs the
+    FSC where the maps agree near Nyquist: a 120 kDa map at 2.7 Å/px scored 7.98 Å against its truth
+    (cc 0.904) where the rotation 1 deg away gives 7.49 Å (cc 0.926)
+    (benchmarks/results/2026-12-02-compare-precision.md). Kept only if the full-size correlation rises.
+    """
+    size = min(crop, FULL_SIZE)
+    flipped = int(best.hand_flipped)
+    ref_copy = so3_search.working_copy(ref_centred, crop, size, resolution_px=2.0)
+    moving_copy = so3_search.working_copy(hands[flipped], crop, size, resolution_px=2.0)
+    score_fn = subpixel_score_fn(ref_copy, moving_copy, size / 4)
+    refined, _ = so3_search.local_refine(score_fn, best.rotation[None].to(torch.float64), REFINE_STEP_DEG, REFINE_MIN_STEP_DEG)
+    source_shift = mov_shift * torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64) if flipped else mov_shift
+    candidate = _finish(reference, ref_centred, ref_shift, hands[flipped], source_shift, bool(flipped), refined[0])
+    return candidate if candidate.cc > best.cc else best
 
 
 def _finish(
