@@ -89,8 +89,9 @@ def test_last_refinement_mends_a_rotation_degrees_off(reference: torch.Tensor) -
     mov_centred, mov_shift = centring.centre_by_mass(moved)
     crop = max(centring.search_box(ref_centred), centring.search_box(mov_centred))
     off = axis_angle_to_matrix(torch.tensor([[0.6, 0.0, 0.8]], dtype=torch.float64), 4.0)[0] @ rotation.T
-    start = _finish(reference, ref_centred, ref_shift, mov_centred, mov_shift, False, off)
-    refined = _refine_at_full_size(reference, ref_centred, ref_shift, [mov_centred, mirror_volume(mov_centred)], mov_shift, crop, start)
+    hands = [mov_centred, mirror_volume(mov_centred)]
+    start = _finish(reference, ref_centred, ref_shift, hands, mov_shift, False, off)
+    refined = _refine_at_full_size(reference, ref_centred, ref_shift, hands, mov_shift, crop, start)
     assert float(rotation_angle_deg(start.rotation, rotation.T)) == pytest.approx(4.0, abs=0.01)
     assert float(rotation_angle_deg(refined.rotation, rotation.T)) < 0.3
     assert refined.cc > start.cc + 0.01

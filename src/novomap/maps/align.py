@@ -191,9 +191,7 @@ def align_maps(
         _, score, flipped, rotation, score_fn = starts[i]
         score = torch.tensor([score], dtype=torch.float64)
         refined, _ = so3_search.local_refine(score_fn, rotation[None], 1.5, 0.15, score)
-        # the mirror image of the centred map is the mirror image of the input centred by the mirrored shift
-        source_shift = mov_shift * torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64) if flipped else mov_shift
-        finals.append(_finish(reference, ref_centred, ref_shift, hands[flipped], source_shift, bool(flipped), refined[0]))
+        finals.append(_finish(reference, ref_centred, ref_shift, hands, mov_shift, bool(flipped), refined[0]))
     # the small copies can prefer a wrong basin by a few hundredths (a tight ring the other way up,
     # a degree off): the full-size correlation decides
     best = max(finals, key=lambda alignment: alignment.cc)
@@ -222,8 +220,7 @@ def _refine_at_full_size(
     moving_copy = so3_search.working_copy(hands[flipped], crop, size, resolution_px=2.0)
     score_fn = subpixel_score_fn(ref_copy, moving_copy, size / 4)
     refined, _ = so3_search.local_refine(score_fn, best.rotation[None].to(torch.float64), REFINE_STEP_DEG, REFINE_MIN_STEP_DEG)
-    source_shift = mov_shift * torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64) if flipped else mov_shift
-    candidate = _finish(reference, ref_centred, ref_shift, hands[flipped], source_shift, bool(flipped), refined[0])
+    candidate = _finish(reference, ref_centred, ref_shift, hands, mov_shift, bool(flipped), refined[0])
     return candidate if candidate.cc > best.cc else best
 
 
@@ -231,15 +228,16 @@ def _finish(
     reference: torch.Tensor,
     ref_centred: torch.Tensor,
     ref_shift: torch.Tensor,
-    hand_centred: torch.Tensor,
-    source_shift: torch.Tensor,
+    hands: list[torch.Tensor],
+    mov_shift: torch.Tensor,
     flipped: bool,
     rotation: torch.Tensor,
 ) -> MapAlignment:
-    """Full-size translation, aligned map, total shift and correlation for the chosen rotation.
-
-    hand_centred = shift_volume(M(moving), source_shift), M the mirror when flipped.
-    """
+    """Full-size translation, aligned map, total shift and correlation for the chosen rotation of
+    hands[flipped]: hands = [moving centred by mov_shift, its mirror image M(centred)]."""
+    hand_centred = hands[int(flipped)]
+    # the mirror image of the centred map is the mirror image of the input centred by the mirrored shift
+    source_shift = mov_shift * torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64) if flipped else mov_shift
     n = reference.shape[-1]
     rotated = rotate_volume(hand_centred, rotation.to(torch.float32))
     translation = best_translation(ref_centred, rotated, n / 4)
