@@ -341,3 +341,32 @@ def test_a_longer_run_recovers_the_structure(dataset, tmp_path):
     start = _best_correlation_with_truth(_map(out / "run_it000_class001.mrc").astype(np.float64), truth)
     assert final > 0.7, (final, start)
     assert final > start + 0.15, (final, start)
+
+
+def test_a_flagged_run_runs_again_and_keeps_the_better_attempt(dataset, tmp_path, monkeypatch):
+    """With every map flagged (the ring thresholds at -1, the settled-map condition off) the job runs a second attempt from new random
+    starts and keeps the one whose map fits the particles' ring spectra better: its files are DIR's, the
+    other attempt's are in DIR/attemptN, and run.out, evidence.json and RELION's node file describe the kept one."""
+    import json
+
+    import novomap.analysis.ring_spectra as rings
+
+    import novomap.initial_model as job
+
+    monkeypatch.setattr(rings, "MISFIT_FLAG", -1.0)
+    monkeypatch.setattr(rings, "FLOOR_FACTOR", -1.0)
+    # a 3-iteration run is too short for the convergence check, which a retry also needs (tests/test_attempts.py)
+    monkeypatch.setattr(job, "retry_due", lambda result, config: result.evidence.ring["flagged"])
+    out = tmp_path / "retry"
+    assert main(_job_args(dataset, out, "--retries", "1", "--no-report")) == 0
+    evidence = json.loads((out / "evidence.json").read_text())
+    records, kept = evidence["attempts"], evidence["kept_attempt"]
+    assert [r["seed"] for r in records] == [1, 1 + 1_000_003]
+    assert records[kept - 1]["ring_misfit"] == min(r["ring_misfit"] for r in records) == evidence["ring"]["misfit"]
+    assert records[kept - 1]["folder"] == "."
+    other = out / records[2 - kept]["folder"]
+    assert (other / "initial_model.mrc").is_file() and (other / "evidence.json").is_file() and list(other.glob("run_it003_*"))
+    assert json.loads((other / "evidence.json").read_text())["ring"]["misfit"] == records[2 - kept]["ring_misfit"]
+    assert (out / "initial_model.mrc").is_file() and "initial_model.mrc" in (out / "RELION_OUTPUT_NODES.star").read_text()
+    run_out = (out / "run.out").read_text()
+    assert "running again from new random starts" in run_out and f"attempt {kept} of 2 kept" in run_out

@@ -8,6 +8,7 @@ the group's standard axes and symmetrised).
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import sys
 import time
@@ -28,6 +29,7 @@ from novomap.maps.align import best_translation
 from novomap.maps.combine import equal_variance_sum, match_shell_amplitudes, splice_shells
 from novomap.maps.transform import shift_volume
 from novomap.physics.masks import soft_edge_mask
+from novomap.outputs.attempts import free_attempt_dir, move_attempt
 from novomap.outputs.relion import state_path_for, write_iteration
 from novomap.reconstruct import Poses, reconstruct_with_poses
 from novomap.symmetry.choice import AppliedSymmetry, align_near, apply_point_group, requested_group, symmetrise_on_axes, symmetry_record, write_symmetry_file
@@ -187,7 +189,7 @@ def imposing_due(iteration: int, config: VdamConfig) -> bool:
     return not convergence.compared_iteration(iteration, config)
 
 
-def run_initial_model(
+def _run_attempt(
     star_path: str | Path,
     out_dir: str | Path,
     config: VdamConfig,
@@ -289,3 +291,97 @@ def run_initial_model(
     write_evidence(out_dir, evidence, record)
     seconds = time.perf_counter() - started
     return JobResult(out_dir, initial_model, state, applied.alignment.score, seconds, applied.group.name, record, evidence)
+
+
+def run_initial_model(
+    star_path: str | Path,
+    out_dir: str | Path,
+    config: VdamConfig,
+    symmetry: str = "C1",
+    device: str | torch.device | list = "cpu",
+    preread: bool = False,
+    scratch_dir: str | Path | None = None,
+    continue_from: str | Path | None = None,
+    progress: Callable[[dict], None] | None = None,
+    on_write: Callable[[Path], None] | None = None,
+    max_resolution_a: float | None = None,
+    output_pixel_size_a: float | None = None,
+    fingerprint: dict | None = None,
+    cryosparc=None,
+    on_retry: Callable[[str], None] | None = None,
+) -> JobResult:
+    """Run the job into out_dir (see _run_attempt for the arguments), and again from new random starts
+    while the evidence flags a wrong fold, config.retries times at most (one-class runs only).
+
+    A flagged attempt's files move to the next free DIR/attemptN and the next attempt runs in DIR with
+    the seed retry_seed(seed, n); the attempt whose map fits the particles' ring spectra best
+    (analysis.ring_spectra) is the job's: its files end in DIR, every other attempt's in an attemptN
+    folder (outputs.attempts). on_retry(message) is called before each new attempt.
+    """
+    out_dir = Path(out_dir)
+    options = dict(
+        symmetry=symmetry, device=device, preread=preread, scratch_dir=scratch_dir, progress=progress, on_write=on_write,
+        max_resolution_a=max_resolution_a, output_pixel_size_a=output_pixel_size_a, fingerprint=fingerprint, cryosparc=cryosparc,
+    )  # fmt: skip
+    result = _run_attempt(star_path, out_dir, config, continue_from=continue_from, **options)
+    attempts = [_attempt_record(result, config.seed)]  # each attempt's seed, misfit and folder ("." = DIR: the kept one)
+    best = 0
+    for number in range(1, config.retries + 1):
+        if not retry_due(result, config):
+            break
+        archive = free_attempt_dir(out_dir)
+        move_attempt(out_dir, archive)
+        attempts[best]["folder"] = archive.name
+        seed = retry_seed(config.seed, number)
+        if on_retry is not None:
+            on_retry(
+                f"the map's projections lack angular structure the particles have (ring misfit {ring_misfit(result):.3f}): "
+                f"running again from new random starts (seed {seed}); the files of this attempt are in {archive}"
+            )
+        retry = _run_attempt(star_path, out_dir, dataclasses.replace(config, seed=seed), **options)
+        attempts.append(_attempt_record(retry, seed))
+        if ring_misfit(retry) < ring_misfit(result):
+            result, best = retry, len(attempts) - 1
+        else:  # the earlier attempt stays the job's: back into DIR
+            loser = free_attempt_dir(out_dir)
+            move_attempt(out_dir, loser)
+            attempts[-1]["folder"] = loser.name
+            move_attempt(archive, out_dir)
+            archive.rmdir()
+            attempts[best]["folder"] = "."
+    if len(attempts) > 1 and result.evidence is not None:
+        result.evidence.attempts = attempts
+        result.evidence.kept_attempt = best + 1
+        write_evidence(out_dir, result.evidence, result.symmetry_record)
+    return result
+
+
+# a new attempt's seed: far from the random starts' own (vdam.restarts.start_seed steps by 104729)
+RETRY_SEED_STEP = 1_000_003
+
+
+def retry_seed(seed: int, attempt: int) -> int:
+    """The seed of the attempt-th retry of a run with `seed`."""
+    return seed + RETRY_SEED_STEP * attempt
+
+
+def ring_misfit(result: JobResult) -> float:
+    """The kept map's ring misfit (analysis.ring_spectra); infinite when it was not measured."""
+    ring = result.evidence.ring if result.evidence is not None else None
+    return float(ring["misfit"]) if ring else float("inf")
+
+
+def retry_due(result: JobResult, config: VdamConfig) -> bool:
+    """Whether a new attempt could replace the run's map: the evidence flags it as a likely wrong fold,
+    the map had settled (vdam.convergence measured it: a map still changing needs more iterations, not
+    a new start, and a run too short to be measured is a test, not an initial model), and the run has
+    one class (with several, the check reads the largest class only)."""
+    evidence = result.evidence
+    if config.n_classes != 1 or evidence is None or not evidence.ring or not evidence.ring["flagged"]:
+        return False
+    return evidence.map_agreement is not None and evidence.settled()
+
+
+def _attempt_record(result: JobResult, seed: int) -> dict:
+    ring = result.evidence.ring if result.evidence is not None else None
+    return {"seed": int(seed), "ring_misfit": ring["misfit"] if ring else None, "flagged": bool(ring and ring["flagged"]), "folder": "."}

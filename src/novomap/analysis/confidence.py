@@ -17,6 +17,11 @@ FFTs: seconds) and written to DIR/evidence.json, run.out and the report:
   of mass) is a function of the radius alone. A ball scores near 1; real particles well below.
   With the mean pmax beside it: a ball with pmax near 0 found no orientation, a ball with pmax
   near 1 assigned particles confidently to a structure that has none (noise or junk driven).
+* ring misfit (analysis.ring_spectra): how far the VDAM map's projections at the final poses miss the
+  angular structure of the particles' Fourier rings (noise-free second moments, no in-plane angle
+  needed), read against its noise floor. A map averaged over a particle's near-symmetric poses is
+  rounder than the particles: the wrong folds of the suite's large C1 aggregate passed every other
+  test here and fail this one.
 
 Each threshold below is a named constant with the reason for its value. A weak run gets warnings;
 evidence.json keeps every figure for benchmarks.
@@ -32,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from novomap.analysis.ring_spectra import FLOOR_FACTOR, MISFIT_FLAG, ring_check
 from novomap.maps.align import best_translation
 from novomap.maps.fsc import fsc, resolution_at
 from novomap.maps.transform import center_of_mass, centred_coordinates, lowpass, shift_volume
@@ -119,6 +125,13 @@ class Evidence:
     map_settled: bool | None = None
     # the bar for agreement_cc: MIN_AGREEMENT_CC, or MIN_AGREEMENT_CC_IMPOSED when the group was imposed during the run
     agreement_min: float = MIN_AGREEMENT_CC
+    # analysis.ring_spectra: the particles' angular ring spectra against the VDAM map's projections
+    # (RingCheck.to_json(); None: not measured)
+    ring: dict | None = None
+    # the job's attempts when a flagged one was run again (initial_model.run_initial_model): per attempt its
+    # seed, ring misfit, whether it was flagged and its folder ("." for the kept one), and which (1-based) was kept
+    attempts: list[dict] = field(default_factory=list)
+    kept_attempt: int | None = None
 
     @property
     def weak(self) -> bool:
@@ -130,8 +143,25 @@ class Evidence:
         return (
             f"evidence: half-set FSC {_fmt_a(self.half_fsc05_a)} (0.5), {_fmt_a(self.half_fsc0143_a)} (0.143); "
             f"final vs last VDAM map cc {self.agreement_cc:.2f}; radial share {self.radial_share:.2f}, "
-            f"mean pmax {self.mean_pmax:.2f}{self.starts_phrase()}{self.convergence_phrase()} -> {verdict}"
+            f"mean pmax {self.mean_pmax:.2f}{self.ring_phrase()}{self.starts_phrase()}{self.convergence_phrase()}"
+            f"{self.attempts_phrase()} -> {verdict}"
         )
+
+    def attempts_phrase(self) -> str:
+        """'; attempt 2 of 2 kept (ring misfit 0.020; attempt 1: 0.061, in attempt1/)' when the run was repeated, else ''."""
+        if len(self.attempts) < 2 or self.kept_attempt is None:
+            return ""
+        others = ", ".join(
+            f"attempt {i + 1}: {a['ring_misfit']:.3f} in {a['folder']}/" for i, a in enumerate(self.attempts) if i + 1 != self.kept_attempt and a["ring_misfit"] is not None
+        )
+        kept = self.attempts[self.kept_attempt - 1]
+        return f"; attempt {self.kept_attempt} of {len(self.attempts)} kept (ring misfit {kept['ring_misfit']:.3f}; {others})"
+
+    def ring_phrase(self) -> str:
+        """'; ring misfit 0.016 (1.4x noise)' when the ring spectra were compared, else ''."""
+        if not self.ring:
+            return ""
+        return f"; ring misfit {self.ring['misfit']:.3f} ({self.ring['ratio']:.1f}x noise)"
 
     def convergence_phrase(self) -> str:
         """'; N iterations past --iter until the map settled' when the run went on (vdam.convergence), else ''."""
@@ -169,6 +199,8 @@ class Evidence:
             "roundish_share": ROUNDISH_SHARE,
             "low_pmax": LOW_PMAX,
             "high_pmax": HIGH_PMAX,
+            "ring_misfit": MISFIT_FLAG,
+            "ring_floor_factor": FLOOR_FACTOR,
         }
         return data
 
@@ -296,6 +328,13 @@ def warnings_for(evidence: Evidence) -> list[str]:
             f"a roundish map (radial share {evidence.radial_share:.2f}) with mean pmax {evidence.mean_pmax:.2f} "
             f"(outside {LOW_PMAX}-{HIGH_PMAX})"
         )
+    if evidence.ring and evidence.ring["flagged"]:
+        # a map averaged over a particle's near-symmetric poses is rounder than the particles (analysis.ring_spectra)
+        reasons.append(
+            f"the map's projections lack angular structure the particles have (ring misfit {evidence.ring['misfit']:.3f}, "
+            f"{evidence.ring['ratio']:.1f}x its noise floor; right maps stay below {MISFIT_FLAG} or {FLOOR_FACTOR}x): "
+            "possibly a wrong fold"
+        )
     if not evidence.settled():
         # a map still changing at the last iteration has not found its structure yet: a large asymmetric
         # particle went from a wrong fold to the right one in the 50 iterations after such a state
@@ -319,6 +358,8 @@ def assess_run(state, particles, half: torch.Tensor, class_index: int, final_map
     radius = config.particle_diameter_a / (2 * particles.pixel_size_a)
     evidence = assess(halves, final_map, state.maps[class_index], particles.pixel_size_a, radius, config.mask_edge_px, pmax, started)
     evidence.n_half = (int((half[members] == 0).sum()), int((half[members] == 1).sum()))
+    ring = ring_check(particles, members, poses, state.maps[class_index], seed=config.seed)
+    evidence.ring = ring.to_json() if ring is not None else None
     race = next((f for f in state.history if "start_rounds" in f), None)
     if race is not None:
         evidence.start_rounds, evidence.chosen_start = race["start_rounds"], race["chosen_start"]

@@ -68,6 +68,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(-1: as many as --iter with --K 1, none with several classes, whose maps move more between iterations; "
         "0: stop at --iter, as RELION; default: %(default)s)",
     )
+    opt.add_argument(
+        "--retries", type=int, default=1, metavar="N",
+        help="when the evidence flags the map as a likely wrong fold (its projections lack angular structure the "
+        "particles have: 'ring misfit' in run.out), run again from new random starts, at most N times, and keep the "
+        "attempt whose map fits the particles best; the others stay in DIR/attemptN (--K 1 only; 0: never; default: %(default)s)",
+    )
     opt.add_argument("--tau2-fudge", type=float, default=4.0, metavar="T", help="regularisation T reached after the initial phase (default: %(default)s)")
     sampling = parser.add_argument_group("sampling (RELION's Sampling tab)")
     sampling.add_argument("--sampling", type=float, default=15.0, metavar="DEG", help="initial angular sampling in degrees: 30, 15, 7.5 or 3.75 (the fine step; default: %(default)s)")
@@ -139,6 +145,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise NovomapError(f"--K must be >= 1, not {args.classes}")
     if args.starts < 1 and args.starts != -1:
         raise NovomapError(f"--starts must be >= 1, not {args.starts}")
+    if args.retries < 0:
+        raise NovomapError(f"--retries must be >= 0, not {args.retries}")
     if args.max_extra_iter < -1:
         raise NovomapError(f"--max-extra-iter must be >= 0 (or -1: as many as --iter), not {args.max_extra_iter}")
     if args.offset_step <= 0 or args.offset_range < 0:
@@ -407,6 +415,7 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
         pool=max(0, args.pool),
         n_starts=args.starts if args.starts > 0 else starts_for_classes(args.classes),
         max_extra_iterations=args.max_extra_iter,
+        retries=args.retries,
         final_fine_grid=args.final_fine_grid,
     )
     fingerprint = _fingerprint(args, config)
@@ -463,6 +472,10 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
                 then = ", then choosing the point group (the map proposes, the particles decide: up to a minute) and aligning its axes"
             display.stage(f"final pass: assigning all {n_particles} particles with the final map{then}")
 
+    def on_retry(line: str) -> None:
+        display.message(line)
+        display.restart()
+
     with display:
         result = run_initial_model(
             args.input,
@@ -479,6 +492,7 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
             output_pixel_size_a=args.output_pixel_size,
             fingerprint=fingerprint,
             cryosparc=cryosparc,
+            on_retry=on_retry,
         )
         _finish_outputs(args, out_dir, result, diameter, display)
 

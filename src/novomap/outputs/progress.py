@@ -225,6 +225,7 @@ class ProgressDisplay:
         self.race_notice = race_notice(config) if config is not None else None
         self.n_iter = n_iter
         self.planned = planned_batches
+        self._plan = (n_iter, planned_batches)  # for restart()
         self.final_pass = final_pass_particles
         if log.quiet:
             mode = "quiet"
@@ -320,6 +321,13 @@ class ProgressDisplay:
         self.n_iter = last_iteration
         if self._progress is not None:
             self._progress.update(self._task, total=last_iteration)
+
+    def restart(self) -> None:
+        """A new attempt of the run starts from iteration 0 (initial_model.run_initial_model): the plan as at the start."""
+        self.n_iter, self.planned = self._plan
+        if self._progress is not None:
+            self._progress.update(self._task, total=self.n_iter, completed=0, eta="?")
+            self._progress.status = "starting again"
 
     def update(self, figures: dict) -> None:
         """After each iteration: figures as passed to run_initial_model's progress callback."""

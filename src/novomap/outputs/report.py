@@ -470,6 +470,15 @@ def _evidence_caption(evidence: dict) -> str:
             f"{evidence['radial_share']:.2f} (1 = a featureless ball); mean pmax of the final pass {evidence['mean_pmax']:.2f}."
         )
     ]
+    ring = evidence.get("ring")
+    if ring:
+        parts.append(html.escape(
+            f" The particles' Fourier rings (to {ring['resolution_a']:.0f} Å, {ring['n_particles']} particles) turn like the map's "
+            f"projections at their poses up to a misfit of {ring['misfit']:.3f}, {ring['ratio']:.1f}x what their own noise "
+            f"gives (a wrong map averaged over near-symmetric poses is rounder than its particles: flagged above "
+            f"{evidence.get('thresholds', {}).get('ring_misfit', 0.035)} and "
+            f"{evidence.get('thresholds', {}).get('ring_floor_factor', 2.5)}x)."
+        ))
     rounds = evidence.get("start_rounds") or []
     if rounds:
         lines = [_race_round_line(r) for r in rounds]

@@ -109,6 +109,11 @@ class VdamConfig:
     # its share of a mini-batch and moves more between iterations: right maps of a two-complex mixture
     # agreed 0.66-0.85 and ran to the cap (benchmarks/results/2026-12-01-classes.md), so the check is
     # not applied to K > 1 unless asked for (--max-extra-iter N)
+    # when the evidence flags the map as a likely wrong fold (analysis.ring_spectra: its projections lack
+    # angular structure the particles have), a one-class run starts again from new random starts, at
+    # most this many times, and keeps the attempt whose map fits the particles best
+    # (initial_model.run_initial_model); 0: never
+    retries: int = 1
     convergence_check_every: int = 10
     convergence_lag: int = 20
     convergence_min_fsc: float = 0.95

@@ -1,0 +1,194 @@
+"""Do the map's projections turn like the particles do? Angular spectra of Fourier rings, data against map.
+
+On the ring of radius s (px) of a particle's centred transform X, the angular Fourier coefficients
+
+    a_n = sum_j X(k_j) exp(-i n phi_j),      j over the ring's pixels at angles phi_j,
+
+say how the image varies around its centre at that spatial frequency, and |a_n|^2 does not change
+when the image turns in its plane, so no in-plane angle is needed. Noise in distinct Fourier pixels is
+independent: it adds the same sum_j |noise(k_j)|^2 to every |a_n|^2 and nothing else on average.
+Subtracting each image's own diagonal sum_j |X(k_j)|^2 therefore leaves a noise-free estimate, over
+many particles, of the signal's |a_n|^2 - sum_j |S(k_j)|^2: its angular spectrum less its mean over
+all orders (Kam's idea: second moments between distinct pixels carry no noise).
+
+The map's projections at the particles' poses, times their CTFs and with the same centring, give the
+same quantity without noise. A right map matches the particles' spectra up to one scale per ring
+(the map's amplitudes are damped shell by shell: regularisation, pose errors); a wrong map that
+averages a particle over many of its near-symmetric poses is rounder than the particles, and its
+projections lack angular structure the images have. The misfit
+
+    misfit = sum_s ||d_s - alpha_s m_s||^2 / sum_s ||d_s||^2,   alpha_s the least-squares scale,
+
+over rings s of low resolution (where an initial model is expected to be right) measures that; the
+same misfit between two random halves of the particles, divided by 4 (each half has twice the
+estimation noise of the whole, and both halves are noisy), is the noise floor it is read against.
+
+Measured on 93 finished simulated runs (11 specimens, C1 to I, 64-120 px) and 11 runs on the real
+tutorial particles (benchmarks/results/2026-12-02-ring-spectra.md): right maps 0.0002-0.030,
+0.3-2.5x their floor (real beta-gal 0.015-0.024, 1.6-2.3x); the seven wrong hb16_c1 maps (a
+ribosome-sized C1 aggregate) 0.042-0.067, 3.3-4.9x; the wrong tight octahedral map 0.096, 17.6x.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from novomap.physics.euler import euler_to_matrix
+from novomap.physics.fourier import rfft_image
+from novomap.physics.projection import extract_slices, projector_transform
+from novomap.physics.window import FourierWindow, fourier_window, shift_phases
+
+# rings up to this resolution: domain scale, where an initial model that found its structure matches
+# the particles (right maps above stay within 2.5x their noise floor there), and at least
+# MIN_RINGS rings whatever the pixel size
+RESOLUTION_A = 30.0
+FIRST_RING = 2  # rings 0 and 1 hold one and a few pixels: no angular structure to compare
+MIN_RINGS = 4
+N_ORDERS = 16  # angular orders 0..16 (a 290 Å particle has structure beyond 16 at 30 Å; the low orders suffice)
+MAX_PARTICLES = 2000  # the figures settle long before; keeps the check to a second or two on a CPU
+CHUNK = 256  # particles projected and transformed together
+N_SPLITS = 8  # random half splits averaged for the noise floor (one split's floor varies by ~10 %)
+PAD = 2  # projections from a twice-oversampled transform, as the E-step's
+
+# A map is flagged when both hold: the misfit is above MISFIT_FLAG (right maps reached 0.030, the
+# wrong ones started at 0.042) and above FLOOR_FACTOR x its noise floor (right maps of misfit above
+# 0.01 reached 2.3x, wrong ones started at 3.3x). The misfit alone would flag a right map of a noisier
+# data set than any measured (its floor grows with the noise); the ratio alone flags right maps
+# of clean data (a beta-gal run whose poses were partly in a second mode: 0.025-0.030 at 6.7-14.5x).
+MISFIT_FLAG = 0.035
+FLOOR_FACTOR = 2.5
+
+
+@dataclass
+class RingCheck:
+    """The misfit between the particles' and the map's ring spectra, its noise floor and what was used."""
+
+    misfit: float
+    noise_floor: float
+    rings: tuple[int, int]  # first and last ring (px)
+    resolution_a: float  # of the last ring
+    n_particles: int
+
+    @property
+    def ratio(self) -> float:
+        return self.misfit / max(self.noise_floor, 1e-12)
+
+    @property
+    def flagged(self) -> bool:
+        return self.misfit > MISFIT_FLAG and self.ratio > FLOOR_FACTOR
+
+    def to_json(self) -> dict:
+        return {
+            "misfit": self.misfit,
+            "noise_floor": self.noise_floor,
+            "ratio": self.ratio,
+            "rings": list(self.rings),
+            "resolution_a": self.resolution_a,
+            "n_particles": self.n_particles,
+            "flagged": self.flagged,
+        }
+
+
+@dataclass
+class Rings:
+    """Ring s's pixels in a window (with their Hermitian mates, so each ring is whole) and exp(-i n phi)."""
+
+    first: int
+    half_pixels: list[torch.Tensor]  # per ring: indices into the window's pixels with kx > 0
+    axis_pixels: list[torch.Tensor]  # per ring: pixels on kx = 0 with ky > 0 (their mates at -ky are in the window too)
+    phases: list[torch.Tensor]  # per ring: (n_orders + 1, m) complex128, m the whole ring's pixels
+
+
+def ring_geometry(window: FourierWindow, first: int, last: int, n_orders: int = N_ORDERS) -> Rings:
+    """The rings first..last of a window (rfft half plane) made whole by conjugate symmetry."""
+    half, axis, phases = [], [], []
+    orders = torch.arange(n_orders + 1, dtype=torch.float64)
+    for s in range(first, last + 1):
+        on = window.shell == s
+        pos = torch.nonzero(on & (window.kx > 0)).squeeze(1)
+        ax = torch.nonzero(on & (window.kx == 0) & (window.ky > 0)).squeeze(1)
+        phi = torch.atan2(torch.cat([window.ky[pos], window.ky[ax]]), torch.cat([window.kx[pos], window.kx[ax]])).double()
+        phi = torch.cat([phi, phi + math.pi])  # X(-k) = conj X(k): the other half of the ring
+        half.append(pos)
+        axis.append(ax)
+        phases.append(torch.polar(torch.ones(orders.numel(), phi.numel(), dtype=torch.float64), -orders[:, None] * phi[None, :]))
+    return Rings(first, half, axis, phases)
+
+
+def angular_spectra(values: torch.Tensor, rings: Rings) -> torch.Tensor:
+    """Per image and ring, |a_n|^2 less the ring's diagonal: values (B, P) complex on the window -> (B, R, n_orders + 1)."""
+    out = []
+    for pos, ax, phases in zip(rings.half_pixels, rings.axis_pixels, rings.phases):
+        half = torch.cat([values[:, pos], values[:, ax]], 1).to(torch.complex128)
+        whole = torch.cat([half, half.conj()], 1)  # (B, m)
+        coefficients = whole @ phases.T  # (B, n_orders + 1)
+        diagonal = (whole.real.square() + whole.imag.square()).sum(1, keepdim=True)
+        out.append(coefficients.real.square() + coefficients.imag.square() - diagonal)
+    return torch.stack(out, 1)
+
+
+def misfit(data: torch.Tensor, model: torch.Tensor) -> float:
+    """sum_s ||d_s - alpha_s m_s||^2 / sum_s ||d_s||^2 with the least-squares alpha_s: data, model (R, L)."""
+    power = (model * model).sum(1)
+    alpha = torch.where(power > 0, (data * model).sum(1) / power.clamp(min=1e-300), torch.zeros_like(power))
+    residual = ((data - alpha[:, None] * model) ** 2).sum()
+    total = (data * data).sum()
+    return float(residual / total) if total > 0 else 0.0
+
+
+def noise_floor(spectra: torch.Tensor, generator: torch.Generator, n_splits: int = N_SPLITS) -> float:
+    """The misfit expected of a perfect map from the particles' estimation noise alone: per-image
+    spectra (B, R, L) split at random into halves, misfit(half 1, half 2) / 4, averaged over n_splits splits."""
+    values = []
+    for _ in range(n_splits):
+        order = torch.randperm(spectra.shape[0], generator=generator)
+        first, second = order[: order.numel() // 2], order[order.numel() // 2 :]
+        values.append(misfit(spectra[first].mean(0), spectra[second].mean(0)) / 4)
+    return sum(values) / len(values)
+
+
+def last_ring(box: int, pixel_size_a: float) -> int:
+    """The last ring compared: RESOLUTION_A, at least MIN_RINGS rings, at most 2 px short of Nyquist."""
+    ring = int(box * pixel_size_a / RESOLUTION_A)
+    return max(FIRST_RING + MIN_RINGS - 1, min(ring, box // 2 - 2))
+
+
+def ring_check(particles, members: torch.Tensor, poses, volume: torch.Tensor, seed: int = 0, max_particles: int = MAX_PARTICLES) -> RingCheck | None:
+    """The misfit of `volume` (N, N, N, the frame of the poses) against up to max_particles of `members`
+    (None with fewer than two members).
+
+    particles: io.particles.ParticleSet (images, CTFs on the same grid as volume); poses: reconstruct.Poses.
+    """
+    if members.numel() < 2:
+        return None
+    from novomap.reconstruct import particle_ctf
+
+    generator = torch.Generator().manual_seed(seed)
+    if members.numel() > max_particles:
+        members = members[torch.randperm(members.numel(), generator=generator)[:max_particles]].sort().values
+    n = particles.box_size
+    last = last_ring(n, particles.pixel_size_a)
+    window = fourier_window(n, 2 * (last + 1))
+    rings = ring_geometry(window, FIRST_RING, last)
+    transform = projector_transform(volume.double().cpu(), PAD)
+    data, model = [], []
+    for start in range(0, members.numel(), CHUNK):
+        rows = members[start : start + CHUNK]
+        spectra = window.take(rfft_image(particles.images(rows).double()))
+        origins_px = torch.stack([poses.origin_x_a[rows], poses.origin_y_a[rows]], -1).double() / particles.pixel_size_a
+        centred = spectra * shift_phases(window, origins_px)
+        rotations = euler_to_matrix(poses.rot_deg[rows], poses.tilt_deg[rows], poses.psi_deg[rows]).double()
+        predicted = extract_slices(transform, rotations, window.kx, window.ky, PAD) * particle_ctf(particles, rows, window)
+        data.append(angular_spectra(centred, rings))
+        model.append(angular_spectra(predicted, rings))
+    data_all, model_all = torch.cat(data), torch.cat(model)
+    return RingCheck(
+        misfit=misfit(data_all.mean(0), model_all.mean(0)),
+        noise_floor=noise_floor(data_all, generator),
+        rings=(FIRST_RING, last),
+        resolution_a=n * particles.pixel_size_a / last,
+        n_particles=int(members.numel()),
+    )

@@ -1,0 +1,108 @@
+"""Angular spectra of Fourier rings (novomap.analysis.ring_spectra): noise-free, turn-invariant, and they tell a
+right map from one rounder than its particles."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from novomap.analysis.ring_spectra import (
+    FLOOR_FACTOR,
+    MISFIT_FLAG,
+    angular_spectra,
+    last_ring,
+    misfit,
+    ring_check,
+    ring_geometry,
+)
+from novomap.maps.transform import centred_coordinates
+from novomap.physics.fourier import rfft_image
+from novomap.physics.window import fourier_window
+from novomap.reconstruct import Poses
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _spectra(images: torch.Tensor, first: int = 2, last: int = 10) -> torch.Tensor:
+    window = fourier_window(images.shape[-1], 2 * (last + 1))
+    return angular_spectra(window.take(rfft_image(images.double())), ring_geometry(window, first, last))
+
+
+def test_noise_adds_nothing_on_average():
+    """White noise alone: each |a_n|^2 less the diagonal averages to zero, against a diagonal of the ring's power."""
+    noise = torch.randn((4000, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    window = fourier_window(32, 22)
+    rings = ring_geometry(window, 2, 10)
+    values = window.take(rfft_image(noise))
+    spectra = angular_spectra(values, rings).mean(0)  # (R, L)
+    diagonal = torch.stack([torch.cat([values[:, p], values[:, a]], 1).abs().square().sum(1).mean() * 2 for p, a in zip(rings.half_pixels, rings.axis_pixels)])
+    relative = spectra.abs() / diagonal[:, None]
+    assert float(relative.max()) < 0.1  # ~1/sqrt(4000) x a few per ring and order
+    assert float(spectra.mean() / diagonal.mean()) == pytest.approx(0.0, abs=0.01)
+
+
+def test_spectra_do_not_change_when_the_image_turns_in_its_plane():
+    """A quarter turn about the centre pixel (N//2) maps the pixel grid onto itself: |a_n| of every ring is unchanged."""
+    images = torch.randn((3, 32, 32), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    # rot90 turns about (N - 1) / 2; one row's roll moves that onto N // 2
+    turned = torch.roll(torch.rot90(images, 1, dims=(-2, -1)), 1, dims=-2)
+    assert torch.allclose(_spectra(images), _spectra(turned), rtol=1e-9, atol=1e-12)
+
+
+def test_a_round_image_has_its_structure_in_order_zero_and_an_elongated_one_in_even_orders():
+    coords = centred_coordinates(32, torch.float64)[0, :, :, :2]  # (y, x) plane of (x, y) coordinates
+    r2 = coords.square().sum(-1)
+    round_image = torch.exp(-r2 / 20.0)
+    elongated = torch.exp(-(coords[..., 0].square() / 60.0 + coords[..., 1].square() / 8.0))
+    round_spectra = _spectra(round_image[None])[0]
+    long_spectra = _spectra(elongated[None])[0]
+    def anisotropy(spectra: torch.Tensor) -> torch.Tensor:  # spread over orders >= 1 against order 0's lead, per ring
+        others = spectra[:, 1:]
+        return (others.max(1).values - others.min(1).values) / (spectra[:, 0] - others.min(1).values)
+
+    # rings 4-7 (rows 2-5): the first rings' few pixels lie at quite different radii, which a square grid turns into orders 4, 8, ...
+    assert float(anisotropy(round_spectra)[2:6].max()) < 0.15
+    assert float(anisotropy(long_spectra)[2:6].min()) > 0.5
+    # an ellipse: order 2 stands above orders 1 and 3; a round image has nothing in orders 1-3
+    assert bool((long_spectra[:4, 2] > long_spectra[:4, 1]).all()) and bool((long_spectra[:4, 2] > long_spectra[:4, 3]).all())
+    assert torch.allclose(round_spectra[:, 1:4], round_spectra[:, 1:2].expand(-1, 3), rtol=1e-9, atol=1e-15)
+
+
+def test_misfit_is_zero_for_proportional_spectra_and_one_for_orthogonal_ones():
+    data = torch.tensor([[1.0, 2.0, -1.0], [0.5, 0.0, 3.0]], dtype=torch.float64)
+    assert misfit(data, 3.0 * data) == pytest.approx(0.0, abs=1e-15)
+    orthogonal = torch.tensor([[2.0, -1.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+    assert misfit(data, orthogonal) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_last_ring_is_about_thirty_angstrom_with_at_least_four_rings():
+    assert last_ring(64, 3.54) == 7
+    assert last_ring(64, 5.74) == 12
+    assert last_ring(64, 1.0) == 5  # 30 Å is ring 2: four rings at least
+    assert last_ring(16, 8.0) == 5
+
+
+def _true_poses(particles) -> Poses:
+    return Poses(particles.rot_deg, particles.tilt_deg, particles.psi_deg, particles.origin_x_a, particles.origin_y_a)
+
+
+def _radial_average(volume: torch.Tensor) -> torch.Tensor:
+    """The map's spherical average about the box centre: the same radial profile, no angular structure."""
+    n = volume.shape[-1]
+    radius = torch.round(centred_coordinates(n, torch.float64).norm(dim=-1)).long().flatten()
+    profile = torch.bincount(radius, weights=volume.double().flatten()) / torch.bincount(radius).clamp(min=1)
+    return profile[radius].reshape(volume.shape)
+
+
+def test_the_truth_passes_and_its_spherical_average_is_flagged(simulated):
+    """Ground truth: 300 simulated beta-gal particles at their true poses. The map they came from fits
+    their ring spectra to within the noise; its spherical average, a ball with the same radial profile
+    (what averaging a particle over all its poses gives), misses their angular structure."""
+    particles, truth = simulated
+    members = torch.arange(particles.n)
+    right = ring_check(particles, members, _true_poses(particles), truth, seed=1)
+    ball = ring_check(particles, members, _true_poses(particles), _radial_average(truth), seed=1)
+    assert not right.flagged and right.misfit < MISFIT_FLAG and right.ratio < FLOOR_FACTOR, right
+    assert ball.flagged and ball.misfit > 10 * right.misfit, (ball, right)
+    assert right.rings == (2, 7) and right.n_particles == particles.n
+    assert ring_check(particles, members[:1], _true_poses(particles), truth) is None
