@@ -332,7 +332,7 @@ def warnings_for(evidence: Evidence) -> list[str]:
         # a map averaged over a particle's near-symmetric poses is rounder than the particles (analysis.ring_spectra)
         reasons.append(
             f"the map's projections lack angular structure the particles have (ring misfit {evidence.ring['misfit']:.3f}, "
-            f"{evidence.ring['ratio']:.1f}x its noise floor; right maps stay below {MISFIT_FLAG} or {FLOOR_FACTOR}x): "
+            f"{evidence.ring['ratio']:.1f}x its noise floor; flagged above {MISFIT_FLAG} and {FLOOR_FACTOR}x): "
             "possibly a wrong fold"
         )
     if not evidence.settled():

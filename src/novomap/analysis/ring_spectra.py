@@ -24,9 +24,9 @@ same misfit between two random halves of the particles, divided by 4 (each half 
 estimation noise of the whole, and both halves are noisy), is the noise floor it is read against.
 
 Measured on 93 finished simulated runs (11 specimens, C1 to I, 64-120 px) and 11 runs on the real
-tutorial particles (benchmarks/results/2026-12-02-ring-spectra.md): right maps 0.0002-0.030,
-0.3-2.5x their floor (real beta-gal 0.015-0.024, 1.6-2.3x); the seven wrong hb16_c1 maps (a
-ribosome-sized C1 aggregate) 0.042-0.067, 3.3-4.9x; the wrong tight octahedral map 0.096, 17.6x.
+tutorial particles (benchmarks/results/2026-12-02-ring-spectra.md): right maps 0.0002-0.030 (real
+beta-gal 0.016-0.025); the seven wrong hb16_c1 maps (a ribosome-sized C1 aggregate, wrong folds that
+passed every other check of analysis.confidence) 0.041-0.067, the wrong tight octahedral map 0.097.
 """
 
 from __future__ import annotations
@@ -42,8 +42,7 @@ from novomap.physics.projection import extract_slices, projector_transform
 from novomap.physics.window import FourierWindow, fourier_window, shift_phases
 
 # rings up to this resolution: domain scale, where an initial model that found its structure matches
-# the particles (right maps above stay within 2.5x their noise floor there), and at least
-# MIN_RINGS rings whatever the pixel size
+# the particles (the measurements above), and at least MIN_RINGS rings whatever the pixel size
 RESOLUTION_A = 30.0
 FIRST_RING = 2  # rings 0 and 1 hold one and a few pixels: no angular structure to compare
 MIN_RINGS = 4
@@ -53,11 +52,11 @@ CHUNK = 256  # particles projected and transformed together
 N_SPLITS = 8  # random half splits averaged for the noise floor (one split's floor varies by ~10 %)
 PAD = 2  # projections from a twice-oversampled transform, as the E-step's
 
-# A map is flagged when both hold: the misfit is above MISFIT_FLAG (right maps reached 0.030, the
-# wrong ones started at 0.042) and above FLOOR_FACTOR x its noise floor (right maps of misfit above
-# 0.01 reached 2.3x, wrong ones started at 3.3x). The misfit alone would flag a right map of a noisier
-# data set than any measured (its floor grows with the noise); the ratio alone flags right maps
-# of clean data (a beta-gal run whose poses were partly in a second mode: 0.025-0.030 at 6.7-14.5x).
+# A map is flagged when both hold: the misfit is above MISFIT_FLAG (right maps reached 0.030, wrong
+# ones started at 0.041) and above FLOOR_FACTOR x its noise floor (wrong maps started at 3.2x). The
+# second guards against a misfit made of estimation noise (a right map of a data set noisier than any
+# measured: its floor grows with the noise); it does not separate on its own (right maps of misfit
+# above 0.015 were at 1.1-2.9x, a right beta-gal run whose poses were partly in a second mode at 14x).
 MISFIT_FLAG = 0.035
 FLOOR_FACTOR = 2.5
 
