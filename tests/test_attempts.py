@@ -29,7 +29,7 @@ def _fake_attempts(monkeypatch, misfits: dict[int, tuple[float, bool]]) -> list[
     """Replace the VDAM run by one that writes a few attempt files holding its seed; misfits: seed -> (misfit, flagged)."""
     seeds = []
 
-    def fake(star_path, out_dir, config, continue_from=None, **options):
+    def fake(star_path, out_dir, config, options, continue_from=None):
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         seeds.append(config.seed)

@@ -189,47 +189,45 @@ def imposing_due(iteration: int, config: VdamConfig) -> bool:
     return not convergence.compared_iteration(iteration, config)
 
 
-def _run_attempt(
-    star_path: str | Path,
-    out_dir: str | Path,
-    config: VdamConfig,
-    symmetry: str = "C1",
-    device: str | torch.device | list = "cpu",
-    preread: bool = False,
-    scratch_dir: str | Path | None = None,
-    continue_from: str | Path | None = None,
-    progress: Callable[[dict], None] | None = None,
-    on_write: Callable[[Path], None] | None = None,
-    max_resolution_a: float | None = None,
-    output_pixel_size_a: float | None = None,
-    fingerprint: dict | None = None,
-    cryosparc=None,
-) -> JobResult:
-    """Run the job into out_dir. progress(figures) is called after each iteration; on_write(optimiser_star)
-    after each set of run_itNNN_* files is written (iteration 0, every write_every, the last, the final pass).
-    fingerprint: stored in every checkpoint (what `novomap initial-model --continue` compares).
-    cryosparc: io.cryosparc.CryosparcOptions when star_path is a cryoSPARC `.cs` file (None: defaults)."""
+@dataclass
+class JobOptions:
+    """How a job reads its particles and reports (run_initial_model's arguments after the config)."""
+
+    symmetry: str = "C1"
+    device: str | torch.device | list = "cpu"
+    preread: bool = False
+    scratch_dir: str | Path | None = None
+    progress: Callable[[dict], None] | None = None
+    on_write: Callable[[Path], None] | None = None
+    max_resolution_a: float | None = None
+    output_pixel_size_a: float | None = None
+    fingerprint: dict | None = None
+    cryosparc: object = None
+
+
+def _run_attempt(star_path: str | Path, out_dir: str | Path, config: VdamConfig, options: JobOptions, continue_from: str | Path | None = None) -> JobResult:
+    """Run one attempt of the job into out_dir (the options as run_initial_model's arguments)."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    group = requested_group(symmetry)  # validate before any work; None for --sym auto (detected at the end)
-    device = as_devices(device)  # several GPUs split each mini-batch (estep.driver)
+    group = requested_group(options.symmetry)  # validate before any work; None for --sym auto (detected at the end)
+    device = as_devices(options.device)  # several GPUs split each mini-batch (estep.driver)
     particles = ParticleSet.from_star(
-        star_path, preread=preread, scratch_dir=scratch_dir, max_resolution_a=max_resolution_a, output_pixel_size_a=output_pixel_size_a,
-        cryosparc=cryosparc,
+        star_path, preread=options.preread, scratch_dir=options.scratch_dir, max_resolution_a=options.max_resolution_a, output_pixel_size_a=options.output_pixel_size_a,
+        cryosparc=options.cryosparc,
     )
     check_inputs(particles, config)
     command_line = shlex.join(["novomap", *sys.argv[1:]]) if sys.argv else "novomap"
     out_dir.mkdir(parents=True, exist_ok=True)
     if continue_from is not None:
         state = RunState.load(state_path_for(continue_from))
-        if fingerprint is not None:
-            state.fingerprint = dict(fingerprint)
+        if options.fingerprint is not None:
+            state.fingerprint = dict(options.fingerprint)
     else:
         state = initial_state(particles, config)
-        state.fingerprint = dict(fingerprint or {})
+        state.fingerprint = dict(options.fingerprint or {})
         written = write_iteration(out_dir, particles, state, config, particles.box_size, str(star_path), command_line)
-        if on_write is not None:
-            on_write(written)
+        if options.on_write is not None:
+            options.on_write(written)
     half = pseudo_halves(particles)
     last = config.n_iter
     if state.iteration >= config.n_iter:  # continued past n_iter: go on only if the map still moved there
@@ -247,18 +245,18 @@ def _run_attempt(
             figures["map_agreement_before"] = convergence.previous_agreement(state.history, state.iteration)
             last = convergence.last_iteration(state, config, figures["map_agreement"])
             figures["more_iterations"] = last - state.iteration
-        if progress is not None:
-            progress(figures)
+        if options.progress is not None:
+            options.progress(figures)
         if state.iteration % config.write_every == 0 or state.iteration == last:
             written = write_iteration(out_dir, particles, state, config, figures["current_size"], str(star_path), command_line)
-            if on_write is not None:
-                on_write(written)
+            if options.on_write is not None:
+                options.on_write(written)
 
     assign_all(state, particles, half, config, device)
     _, current_size, _ = search_setup(state, particles, config, advance=False)
     written = write_iteration(out_dir, particles, state, config, current_size, str(star_path), command_line)
-    if on_write is not None:
-        on_write(written)
+    if options.on_write is not None:
+        options.on_write(written)
 
     largest = int(torch.argmax(state.class_fraction))
     volume = final_reconstruction(state, particles, largest, config)
@@ -280,13 +278,13 @@ def _run_attempt(
     fine_resolution_a = final_grid_max_resolution_a(particles.grid) if config.final_fine_grid else None
     if fine_resolution_a is not None:
         fine_particles = ParticleSet.from_star(
-            star_path, validate=False, max_resolution_a=fine_resolution_a, output_pixel_size_a=output_pixel_size_a, cryosparc=cryosparc
+            star_path, validate=False, max_resolution_a=fine_resolution_a, output_pixel_size_a=options.output_pixel_size_a, cryosparc=options.cryosparc
         )
         final = fine_final_map(applied.volume, onto_vdam, state, particles, fine_particles, largest, config, applied)
         final_pixel_a = fine_particles.pixel_size_a
     initial_model = out_dir / "initial_model.mrc"
     write_map(initial_model, to_output_grid(final.float(), particles.grid, final_pixel_a), particles.grid.output_pixel_size_a)
-    record = symmetry_record(symmetry, applied.group, applied.alignment.score, applied.detection, by_particles)
+    record = symmetry_record(options.symmetry, applied.group, applied.alignment.score, applied.detection, by_particles)
     write_symmetry_file(out_dir, record)
     write_evidence(out_dir, evidence, record)
     seconds = time.perf_counter() - started
@@ -310,8 +308,13 @@ def run_initial_model(
     cryosparc=None,
     on_retry: Callable[[str], None] | None = None,
 ) -> JobResult:
-    """Run the job into out_dir (see _run_attempt for the arguments), and again from new random starts
-    while the evidence flags a wrong fold, config.retries times at most (one-class runs only).
+    """Run the job into out_dir, and again from new random starts while the evidence flags a wrong
+    fold, config.retries times at most (one-class runs only).
+
+    progress(figures) is called after each iteration; on_write(optimiser_star) after each set of
+    run_itNNN_* files is written (iteration 0, every write_every, the last, the final pass).
+    fingerprint: stored in every checkpoint (what `novomap initial-model --continue` compares).
+    cryosparc: io.cryosparc.CryosparcOptions when star_path is a cryoSPARC `.cs` file (None: defaults).
 
     A flagged attempt's files move to the next free DIR/attemptN and the next attempt runs in DIR with
     the seed retry_seed(seed, n); the attempt whose map fits the particles' ring spectra best
@@ -319,11 +322,8 @@ def run_initial_model(
     folder (outputs.attempts). on_retry(message) is called before each new attempt.
     """
     out_dir = Path(out_dir)
-    options = dict(
-        symmetry=symmetry, device=device, preread=preread, scratch_dir=scratch_dir, progress=progress, on_write=on_write,
-        max_resolution_a=max_resolution_a, output_pixel_size_a=output_pixel_size_a, fingerprint=fingerprint, cryosparc=cryosparc,
-    )  # fmt: skip
-    result = _run_attempt(star_path, out_dir, config, continue_from=continue_from, **options)
+    options = JobOptions(symmetry, device, preread, scratch_dir, progress, on_write, max_resolution_a, output_pixel_size_a, fingerprint, cryosparc)
+    result = _run_attempt(star_path, out_dir, config, options, continue_from)
     attempts = [_attempt_record(result, config.seed)]  # each attempt's seed, misfit and folder ("." = DIR: the kept one)
     best = 0
     for number in range(1, config.retries + 1):
@@ -338,7 +338,7 @@ def run_initial_model(
                 f"the map's projections lack angular structure the particles have (ring misfit {ring_misfit(result):.3f}): "
                 f"running again from new random starts (seed {seed}); the files of this attempt are in {archive}"
             )
-        retry = _run_attempt(star_path, out_dir, dataclasses.replace(config, seed=seed), **options)
+        retry = _run_attempt(star_path, out_dir, dataclasses.replace(config, seed=seed), options)
         attempts.append(_attempt_record(retry, seed))
         if ring_misfit(retry) < ring_misfit(result):
             result, best = retry, len(attempts) - 1
