@@ -147,6 +147,7 @@ def test_a_job_goes_on_past_iter_while_its_map_moves(small_dataset, tmp_path, mi
     config = VdamConfig(
         n_iter=3, particle_diameter_a=200.0, n_starts=1, seed=2, convergence_check_every=1, convergence_lag=1,
         convergence_min_fsc=min_agreement, max_extra_iterations=2,
+        retries=0,  # a 3-iteration map settles by these settings and is poor: flagged, it would be run again
     )  # fmt: skip
     seen: list[dict] = []
     result = run_initial_model(small_dataset, tmp_path / "job", config, symmetry="C1", progress=seen.append)
