@@ -72,6 +72,10 @@ def test_the_better_attempt_is_the_jobs_and_the_other_keeps_its_files(tmp_path, 
     assert [r["seed"] for r in records] == [1, retry]
     assert records[kept - 1]["folder"] == "." and records[2 - kept]["folder"] == folders[0].name
     assert "attempt" in result.evidence.line() and f"attempt {kept} of 2 kept" in result.evidence.line()
+    from novomap.outputs.report import _evidence_caption
+
+    caption = _evidence_caption(evidence)
+    assert f"this is attempt {kept} of 2 (seed {kept_seed})" in caption and f"its files in {folders[0].name}/" in caption
 
 
 def test_no_retry_when_asked_for_none_or_with_several_classes(tmp_path, monkeypatch):

@@ -479,6 +479,16 @@ def _evidence_caption(evidence: dict) -> str:
             f"{evidence.get('thresholds', {}).get('ring_misfit', 0.035)} and "
             f"{evidence.get('thresholds', {}).get('ring_floor_factor', 2.5)}x)."
         ))
+    attempts, kept = evidence.get("attempts") or [], evidence.get("kept_attempt")
+    if len(attempts) > 1 and kept:
+        others = "; ".join(
+            f"attempt {i + 1} (seed {a['seed']}): {a['ring_misfit']:.3f}, its files in {a['folder']}/"
+            for i, a in enumerate(attempts) if i + 1 != kept and a.get("ring_misfit") is not None
+        )
+        parts.append(html.escape(
+            f" A flagged map was run again from new random starts (--retries): this is attempt {kept} of {len(attempts)} "
+            f"(seed {attempts[kept - 1]['seed']}), kept for the lowest ring misfit ({others})."
+        ))
     rounds = evidence.get("start_rounds") or []
     if rounds:
         lines = [_race_round_line(r) for r in rounds]
