@@ -95,33 +95,31 @@ class RingCheck:
 class Rings:
     """Ring s's pixels in a window (with their Hermitian mates, so each ring is whole) and exp(-i n phi)."""
 
-    first: int
-    half_pixels: list[torch.Tensor]  # per ring: indices into the window's pixels with kx > 0
-    axis_pixels: list[torch.Tensor]  # per ring: pixels on kx = 0 with ky > 0 (their mates at -ky are in the window too)
-    phases: list[torch.Tensor]  # per ring: (n_orders + 1, m) complex128, m the whole ring's pixels
+    # per ring: indices into the window's pixels of one half of the ring: kx > 0, then kx = 0 with ky > 0
+    # (the mates at -ky of the latter are in the window too); the other half is their conjugates
+    pixels: list[torch.Tensor]
+    phases: list[torch.Tensor]  # per ring: (n_orders + 1, m) complex128, m the whole ring's pixels (2 x the half's)
 
 
 def ring_geometry(window: FourierWindow, first: int, last: int, n_orders: int = N_ORDERS) -> Rings:
     """The rings first..last of a window (rfft half plane) made whole by conjugate symmetry."""
-    half, axis, phases = [], [], []
+    pixels, phases = [], []
     orders = torch.arange(n_orders + 1, dtype=torch.float64)
     for s in range(first, last + 1):
         on = window.shell == s
-        pos = torch.nonzero(on & (window.kx > 0)).squeeze(1)
-        ax = torch.nonzero(on & (window.kx == 0) & (window.ky > 0)).squeeze(1)
-        phi = torch.atan2(torch.cat([window.ky[pos], window.ky[ax]]), torch.cat([window.kx[pos], window.kx[ax]])).double()
+        half = torch.cat([torch.nonzero(on & (window.kx > 0)).squeeze(1), torch.nonzero(on & (window.kx == 0) & (window.ky > 0)).squeeze(1)])
+        phi = torch.atan2(window.ky[half], window.kx[half]).double()
         phi = torch.cat([phi, phi + math.pi])  # X(-k) = conj X(k): the other half of the ring
-        half.append(pos)
-        axis.append(ax)
+        pixels.append(half)
         phases.append(torch.polar(torch.ones(orders.numel(), phi.numel(), dtype=torch.float64), -orders[:, None] * phi[None, :]))
-    return Rings(first, half, axis, phases)
+    return Rings(pixels, phases)
 
 
 def angular_spectra(values: torch.Tensor, rings: Rings) -> torch.Tensor:
     """Per image and ring, |a_n|^2 less the ring's diagonal: values (B, P) complex on the window -> (B, R, n_orders + 1)."""
     out = []
-    for pos, ax, phases in zip(rings.half_pixels, rings.axis_pixels, rings.phases):
-        half = torch.cat([values[:, pos], values[:, ax]], 1).to(torch.complex128)
+    for pixels, phases in zip(rings.pixels, rings.phases):
+        half = values[:, pixels].to(torch.complex128)
         whole = torch.cat([half, half.conj()], 1)  # (B, m)
         coefficients = whole @ phases.T  # (B, n_orders + 1)
         diagonal = (whole.real.square() + whole.imag.square()).sum(1, keepdim=True)
