@@ -365,9 +365,14 @@ def retry_seed(seed: int, attempt: int) -> int:
     return seed + RETRY_SEED_STEP * attempt
 
 
+def _ring(result: JobResult) -> dict | None:
+    """The run's ring check (analysis.ring_spectra.RingCheck.to_json()); None when it was not measured."""
+    return result.evidence.ring if result.evidence is not None else None
+
+
 def ring_misfit(result: JobResult) -> float:
     """The kept map's ring misfit (analysis.ring_spectra); infinite when it was not measured."""
-    ring = result.evidence.ring if result.evidence is not None else None
+    ring = _ring(result)
     return float(ring["misfit"]) if ring else float("inf")
 
 
@@ -376,12 +381,12 @@ def retry_due(result: JobResult, config: VdamConfig) -> bool:
     the map had settled (vdam.convergence measured it: a map still changing needs more iterations, not
     a new start, and a run too short to be measured is a test, not an initial model), and the run has
     one class (with several, the check reads the largest class only)."""
-    evidence = result.evidence
-    if config.n_classes != 1 or evidence is None or not evidence.ring or not evidence.ring["flagged"]:
+    ring = _ring(result)
+    if config.n_classes != 1 or not ring or not ring["flagged"]:
         return False
-    return evidence.map_agreement is not None and evidence.settled()
+    return result.evidence.map_agreement is not None and result.evidence.settled()
 
 
 def _attempt_record(result: JobResult, seed: int) -> dict:
-    ring = result.evidence.ring if result.evidence is not None else None
+    ring = _ring(result)
     return {"seed": int(seed), "ring_misfit": ring["misfit"] if ring else None, "flagged": bool(ring and ring["flagged"]), "folder": "."}
