@@ -20,14 +20,19 @@ class ProjectionCache:
     natural unit: one key per (class, coarse orientation), stored contiguously as (8, P).
     """
 
-    def __init__(self, references: torch.Tensor, rotations: torch.Tensor, window: FourierWindow, pad: int, budget_bytes: int = 1 << 30) -> None:
+    def __init__(
+        self, references: torch.Tensor, rotations: torch.Tensor, window: FourierWindow, pad: int, budget_bytes: int = 1 << 30, with_power: bool = True
+    ) -> None:
         """references (K, M, M, M) complex; rotations (n_coarse, 8, 3, 3): the iteration's fine orientations.
+
+        with_power: also keep |block|^2 (`powers()`), for the fine pass's batched products; its
+        compiled CPU loop forms the power from the values it reads and needs none.
 
         budget_bytes bounds the blocks kept: a lookup that would exceed it first empties the store.
         Local searches at fine orders share few blocks between chunks, so without a bound the store
         grew with the number of particles (the final pass's finest stage: 2.5 GB for 1,455 particles).
         """
-        self.max_blocks = max(1, int(budget_bytes // (8 * max(1, window.n_pixels) * 12)))  # complex64 + float32 power
+        self.max_blocks = max(1, int(budget_bytes // (8 * max(1, window.n_pixels) * (12 if with_power else 8))))  # complex64 (+ float32 power)
         self.references = references
         self.rotations = rotations.to(references.device)
         self.window = window.to(references.device)
@@ -39,7 +44,8 @@ class ProjectionCache:
         # allocator would reserve it all, so there the store grows by doubling instead
         n_blocks = self.slot.numel() if references.device.type == "cpu" else 0
         self.store = torch.empty((n_blocks, 8, window.n_pixels), dtype=torch.complex64, device=references.device)
-        self.power = torch.empty((n_blocks, 8, window.n_pixels), dtype=torch.float32, device=references.device)  # |store|^2
+        self.power = torch.empty((n_blocks if with_power else 0, 8, window.n_pixels), dtype=torch.float32, device=references.device)  # |store|^2
+        self.with_power = with_power
         self.count = 0
 
     def lookup(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,11 +67,18 @@ class ProjectionCache:
                 rotations = self.rotations[these % self.n_coarse].reshape(-1, 3, 3).to(self.references.real.dtype)
                 rows = slice(self.count, self.count + these.numel())
                 slices = extract_slices(self.references[k], rotations, self.window.kx, self.window.ky, self.pad, out=self.store[rows].view(-1, self.store.shape[-1]))
-                power = self.power[rows].view(-1, self.power.shape[-1])
-                torch.mul(slices.real, slices.real, out=power).addcmul_(slices.imag, slices.imag)
+                if self.with_power:
+                    power = self.power[rows].view(-1, self.power.shape[-1])
+                    torch.mul(slices.real, slices.real, out=power).addcmul_(slices.imag, slices.imag)
                 self.slot[these] = torch.arange(rows.start, rows.stop, device=keys.device)
                 self.count = rows.stop
         return self.store[: self.count], self.slot[keys]
+
+    def powers(self) -> torch.Tensor:
+        """|store|^2 of the stored blocks (n_stored, 8, P) float32; needs with_power."""
+        if not self.with_power:
+            raise ValueError("this projection cache keeps no powers (with_power=False)")
+        return self.power[: self.count]
 
     def _reserve(self, n_more: int) -> None:
         """Room for n_more blocks; capacity doubles so that chunk after chunk costs O(total) copying."""
@@ -74,9 +87,12 @@ class ProjectionCache:
             return
         capacity = min(max(needed, 2 * self.store.shape[0], 256), self.slot.numel())
         store = torch.empty((capacity, *self.store.shape[1:]), dtype=self.store.dtype, device=self.store.device)
-        power = torch.empty((capacity, *self.power.shape[1:]), dtype=self.power.dtype, device=self.power.device)
-        store[: self.count], power[: self.count] = self.store[: self.count], self.power[: self.count]
-        self.store, self.power = store, power
+        store[: self.count] = self.store[: self.count]
+        self.store = store
+        if self.with_power:
+            power = torch.empty((capacity, *self.power.shape[1:]), dtype=self.power.dtype, device=self.power.device)
+            power[: self.count] = self.power[: self.count]
+            self.power = power
 
 
 class SliceBuffer:

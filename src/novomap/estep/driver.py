@@ -28,6 +28,7 @@ from novomap.estep.search import (
     coarse_pass,
     coarse_references,
     fine_pass,
+    fine_pass_needs_powers,
     project_references,
 )
 from novomap.io.particles import ParticleSet
@@ -100,7 +101,7 @@ def _device_work(state: RunState, device: torch.device, grid: SearchGrid, box: i
         device=device,
         window=window,
         coarse=coarse,
-        projection_cache=ProjectionCache(references, grid.fine_rotations, window, PAD),
+        projection_cache=ProjectionCache(references, grid.fine_rotations, window, PAD, with_power=fine_pass_needs_powers(device)),
         log_prior=torch.log(state.direction_prior.clamp(min=1e-30)).to(device),
         sigma2=state.sigma2.to(device),
         sums=sums,

@@ -7,7 +7,7 @@ so the coarse cross terms are one real matrix product of [Re, Im] stacks (vdam-s
 and significance keeps, per particle, the best hypotheses holding 0.999 of the posterior mass.
 The fine pass takes each significant coarse hypothesis (b, t, o) as a unit: the 8 child
 orientations of o (one cached block of projections) against the 4 child translations of t,
-a (8 x P) x (P x 4) complex product, batched over all hypotheses of the chunk.
+a (8 x P) x (P x 4) complex product for each hypothesis of the chunk.
 """
 
 from __future__ import annotations
@@ -209,6 +209,36 @@ def sub_shift_phases(window: FourierWindow, grid: SearchGrid) -> torch.Tensor:
     return shift_phases(window, offsets.to(window.kx.device))
 
 
+def _compiled_fine_sums():
+    """estep.fine_cpu when numba is installed, else None (imported on first use, as numba is)."""
+    from novomap.estep import fine_cpu
+
+    return fine_cpu if fine_cpu.available() else None
+
+
+def fine_pass_needs_powers(device: torch.device) -> bool:
+    """Whether fine_pass on `device` reads the projection cache's powers (only its batched products do)."""
+    return torch.device(device).type != "cpu" or _compiled_fine_sums() is None
+
+
+def _batched_fine_sums(
+    blocks: torch.Tensor, powers: torch.Tensor, shifted: torch.Tensor, hit_block: torch.Tensor, hit_pair: torch.Tensor, hit_particle: torch.Tensor, ctf2q: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """estep.fine_cpu.fine_sums as batched tensor products (any device), in slices that bound the
+    copied blocks' memory: -> (cross (H, 8, 4), norms (H, 8)) float32."""
+    n_hits, n_pixels = hit_block.shape[0], blocks.shape[-1]
+    cross = torch.empty((n_hits, 8, 4), dtype=torch.float32, device=blocks.device)
+    norms = torch.empty((n_hits, 8), dtype=torch.float32, device=blocks.device)
+    step = max(1, _PAIR_PIXEL_BUDGET // (12 * max(1, n_pixels)))
+    for start in range(0, n_hits, step):
+        rows = slice(start, start + step)
+        # Re sum_p P_c(p) conj(Y_j(p)) for the 8 children c x 4 sub-translations j
+        cross[rows] = torch.bmm(blocks[hit_block[rows]], shifted[hit_pair[rows]].transpose(1, 2)).real
+        # sum_p c^2 q |P_c|^2 of the 8 children
+        norms[rows] = torch.bmm(powers[hit_block[rows]], ctf2q[hit_particle[rows], :, None]).squeeze(-1)
+    return cross, norms
+
+
 def fine_pass(
     batch: PreparedBatch,
     window: FourierWindow,
@@ -226,7 +256,8 @@ def fine_pass(
 
     With e_{t_c + delta_j} = e_{t_c} e_{delta_j}, a hit (particle b, coarse translation t, coarse
     orientation o) needs Y = X c q e_t e_delta (4, P) once per (b, t) and the 8 child projections
-    of o (8, P) once per o; its 32 cross terms are one small complex product Y P^H, batched over hits.
+    of o (8, P) once per o; its 32 cross terms are one small complex product Y P^H: on the CPU one
+    compiled loop over hits reads both in place (estep.fine_cpu), elsewhere batched products.
     """
     device = batch.masked.device
     n_batch = hits.n_significant.shape[0]
@@ -234,7 +265,6 @@ def fine_pass(
     n_trans = grid.n_coarse_translations
     n_hits = hits.particle.numel()
     blocks, hit_block = projection_cache.lookup(hits.orientation)  # (U, 8, P), (H,); keys are class * O + o already
-    powers = projection_cache.power[: blocks.shape[0]]  # (U, 8, P) |P|^2
     row_particle = hits.particle.repeat_interleave(8)
     row_translation = hits.translation.repeat_interleave(8)
     row_class = (hits.orientation // n_orient).repeat_interleave(8)
@@ -252,16 +282,10 @@ def fine_pass(
     # conjugated here, on the small array, so that Re sum P conj(Y) = Re sum conj(P) Y needs no conj of P
     shifted = ((weighted[pairs // n_trans] * coarse_phases[pairs % n_trans])[:, None, :] * sub[None]).conj().resolve_conj()  # (n_pairs, 4, P)
     ctf2q = (batch.ctf * batch.ctf * q).float()  # (B, P)
-    cross = torch.empty((n_hits, 8, 4), dtype=torch.float32, device=device)
-    norms = torch.empty((n_hits, 8), dtype=torch.float32, device=device)
-    step = max(1, _PAIR_PIXEL_BUDGET // (12 * max(1, window.n_pixels)))
-    for start in range(0, n_hits, step):
-        rows = slice(start, start + step)
-        hit_projections = blocks[hit_block[rows]]  # (h, 8, P)
-        # Re sum_p P_c(p) conj(Y_j(p)) for the 8 children c x 4 sub-translations j
-        cross[rows] = torch.bmm(hit_projections, shifted[hit_pair[rows]].transpose(1, 2)).real
-        # sum_p c^2 q |P_c|^2 of the 8 children
-        norms[rows] = torch.bmm(powers[hit_block[rows]], ctf2q[hits.particle[rows], :, None]).squeeze(-1)
+    if not fine_pass_needs_powers(device):
+        cross, norms = _compiled_fine_sums().fine_sums(blocks, shifted, hit_block, hit_pair, hits.particle, ctf2q)
+    else:
+        cross, norms = _batched_fine_sums(blocks, projection_cache.powers(), shifted, hit_block, hit_pair, hits.particle, ctf2q)
     # double from here on: cheap (hits x 32 values), and the weights, their per-particle cumulative
     # sums for the adaptive-fraction cut and the log-likelihood totals keep full precision; the
     # inputs carry the float32 products' rounding (~1e-4 in log-likelihood), far below what matters

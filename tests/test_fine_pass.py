@@ -1,0 +1,127 @@
+"""The fine pass (estep.search.fine_pass) against the Gaussian posterior written out one fine
+hypothesis at a time, on its compiled CPU loop (estep.fine_cpu) and on its batched tensor products."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from novomap.estep import fine_cpu, search
+from novomap.estep.cache import ProjectionCache
+from novomap.estep.prepare import PreparedBatch
+from novomap.estep.search import CoarseHits, SearchSettings, fine_pass
+from novomap.physics.projection import extract_slices
+from novomap.physics.window import fourier_window, shift_phases
+from novomap.sampling.grid import build_search_grid
+
+BOX = 16
+PAD = 2
+
+needs_numba = pytest.mark.skipif(not fine_cpu.available(), reason="numba is not installed")
+
+
+def _complex_noise(generator: torch.Generator, *shape: int) -> torch.Tensor:
+    return torch.complex(torch.randn(*shape, generator=generator), torch.randn(*shape, generator=generator))
+
+
+def _problem():
+    """A reference, a batch of 3 particles made from known fine projections in noise, and coarse
+    hits (several per particle, the true one among them, two sharing a block)."""
+    generator = torch.Generator().manual_seed(11)
+    window = fourier_window(BOX, BOX, "cpu")
+    grid = build_search_grid(0, 2, 1, perturbation=0.1)
+    m = BOX * PAD
+    references = _complex_noise(generator, 1, m, m, m)
+    fine = grid.fine_rotations.reshape(-1, 3, 3).to(torch.float32)
+    truth = torch.tensor([8 * 5 + 3, 8 * 30 + 6, 8 * 30 + 1])  # fine orientations
+    ctf = torch.rand(3, window.n_pixels, generator=generator) * 1.6 - 0.8
+    clean = extract_slices(references[0], fine[truth], window.kx, window.ky, PAD)
+    masked = 0.3 * ctf * clean + _complex_noise(generator, 3, window.n_pixels)
+    batch = PreparedBatch(
+        particle_index=torch.arange(3),
+        half=torch.zeros(3, dtype=torch.long),
+        optics_group=torch.zeros(3, dtype=torch.long),
+        origin_px=torch.tensor([[0.0, 0.0], [1.0, -1.0], [2.0, 0.0]], dtype=torch.float64),
+        masked=masked,
+        unmasked=masked,
+        ctf=ctf,
+        inv_sigma2=torch.rand(3, window.n_pixels, generator=generator) + 0.5,
+        masked_power=torch.zeros(3, BOX // 2 + 1, dtype=torch.float64),
+    )
+    hits = CoarseHits(
+        particle=torch.tensor([0, 0, 0, 1, 1, 2, 2, 2]),
+        translation=torch.tensor([4, 1, 4, 4, 7, 0, 4, 4]),
+        orientation=torch.tensor([5, 5, 17, 30, 30, 30, 30, 2]),
+        n_significant=torch.tensor([3, 2, 3]),
+    )
+    log_prior = torch.log(torch.rand(1, grid.n_directions, generator=generator, dtype=torch.float64) + 0.1)
+    settings = SearchSettings(adaptive_fraction=1.0, max_significant=20, pixel_size_a=2.0, sigma_offset_a=5.0)
+    return window, grid, references, batch, hits, log_prior, settings
+
+
+def _direct_log_posterior(window, grid, references, batch, hits, log_prior, settings) -> torch.Tensor:
+    """log of prior x likelihood of every (hit, child orientation, sub-translation) -> (H, 8, 4) float64."""
+    fine = grid.fine_rotations.reshape(-1, 3, 3)
+    out = torch.empty((hits.particle.numel(), 8, 4), dtype=torch.float64)
+    for h, (b, t, o) in enumerate(zip(hits.particle.tolist(), hits.translation.tolist(), hits.orientation.tolist())):
+        x, c, q = batch.masked[b].to(torch.complex128), batch.ctf[b].double(), 0.5 * batch.inv_sigma2[b].double()
+        for child in range(8):
+            projection = extract_slices(references[0].to(torch.complex128), fine[o * 8 + child][None], window.kx.double(), window.ky.double(), PAD)[0]
+            for j in range(4):
+                shift = grid.fine_translations[t, j]
+                phase = shift_phases(window, shift[None])[0].to(torch.complex128)
+                d2 = (q * (x * phase - c * projection).abs().square()).sum()
+                new_origin_a = (batch.origin_px[b] + shift) * settings.pixel_size_a
+                offset_prior = -new_origin_a.square().sum() / (2 * settings.sigma_offset_a**2)
+                out[h, child, j] = -d2 + log_prior[0, grid.coarse_direction[o]] + offset_prior
+    return out
+
+
+@pytest.mark.parametrize("compiled", [pytest.param(True, marks=needs_numba), False])
+def test_fine_weights_and_log_likelihood_are_the_direct_posterior(compiled, monkeypatch):
+    window, grid, references, batch, hits, log_prior, settings = _problem()
+    if not compiled:
+        monkeypatch.setattr(search, "_compiled_fine_sums", lambda: None)
+    cache = ProjectionCache(references, grid.fine_rotations, window, PAD, with_power=search.fine_pass_needs_powers(torch.device("cpu")))
+    result = fine_pass(batch, window, hits, cache, grid, log_prior, settings)
+
+    direct = _direct_log_posterior(window, grid, references, batch, hits, log_prior, settings)
+    for b in range(3):
+        rows = hits.particle == b
+        log_norm = torch.logsumexp(direct[rows].reshape(-1), 0)
+        expected = torch.exp(direct[rows] - log_norm).reshape(-1, 4)
+        got = result.weights[result.row_particle == b]
+        assert torch.allclose(got, expected, atol=2e-4), (b, (got - expected).abs().max())
+        # the marginal likelihood (up to the Gaussian's normalisation, which no hypothesis changes)
+        assert abs(float(result.log_likelihood[b]) - float(log_norm)) < 1e-4 * max(1.0, abs(float(log_norm)))
+        # the best pose is the direct posterior's mode
+        best_hit, best_child, _ = torch.unravel_index(torch.argmax(torch.where(rows[:, None, None], direct, -torch.inf)), direct.shape)
+        assert int(result.best_orientation[b]) == int(hits.orientation[best_hit]) * 8 + int(best_child)
+
+
+@needs_numba
+def test_compiled_sums_match_the_batched_products():
+    generator = torch.Generator().manual_seed(5)
+    blocks = _complex_noise(generator, 7, 8, 50)
+    shifted = _complex_noise(generator, 4, 4, 50)
+    hit_block = torch.tensor([0, 6, 6, 3, 1])
+    hit_pair = torch.tensor([3, 0, 2, 2, 1])
+    hit_particle = torch.tensor([1, 0, 1, 1, 0])
+    ctf2q = torch.rand(2, 50, generator=generator)
+    powers = blocks.real.square() + blocks.imag.square()
+    cross, norms = fine_cpu.fine_sums(blocks, shifted, hit_block, hit_pair, hit_particle, ctf2q)
+    # written out: Re sum_p P_c(p) S_j(p) and sum_p |P_c(p)|^2 w_b(p)
+    expected_cross = torch.einsum("hcp,hjp->hcj", blocks[hit_block].to(torch.complex128), shifted[hit_pair].to(torch.complex128)).real
+    expected_norms = torch.einsum("hcp,hp->hc", powers[hit_block].double(), ctf2q[hit_particle].double())
+    assert torch.allclose(cross.double(), expected_cross, atol=1e-4)
+    assert torch.allclose(norms.double(), expected_norms, atol=1e-4)
+    batched = search._batched_fine_sums(blocks, powers, shifted, hit_block, hit_pair, hit_particle, ctf2q)
+    assert torch.allclose(batched[0], cross, atol=1e-4) and torch.allclose(batched[1], norms, atol=1e-4)
+
+
+def test_a_cache_without_powers_refuses_to_give_them():
+    _, grid, references, _, _, _, _ = _problem()
+    cache = ProjectionCache(references, grid.fine_rotations, fourier_window(BOX, BOX, "cpu"), PAD, with_power=False)
+    cache.lookup(torch.tensor([3]))
+    with pytest.raises(ValueError, match="no powers"):
+        cache.powers()
