@@ -49,7 +49,12 @@ class Sums:
             getattr(self, name).add_(getattr(other, name).to(getattr(self, name).device))
 
     @staticmethod
-    def zeros(n_classes: int, grid_size: int, box: int, n_groups: int, n_directions: int, noise_pixels: torch.Tensor, n_fine: int, n_pixels: int, device) -> "Sums":
+    def zeros(
+        n_classes: int, grid_size: int, box: int, n_groups: int, n_directions: int, noise_pixels: torch.Tensor, n_fine: int, n_pixels: int, device,
+        operators: torch.Tensor | None = None,
+    ) -> "Sums":
+        """operators: a symmetric map's group in its own frame, whose equivalent orientations every
+        back-projected slice is also inserted at (estep.cache.SliceBuffer); None: none."""
         m = grid_size
         f64 = dict(dtype=torch.float64, device=device)
         return Sums(
@@ -61,7 +66,7 @@ class Sums:
             class_weight=torch.zeros(n_classes, **f64),
             direction_weight=torch.zeros((n_classes, n_directions), **f64),
             offset_sq_a2=torch.zeros((), **f64),
-            slices=SliceBuffer(2 * n_classes * n_fine, n_pixels, device),
+            slices=SliceBuffer(2 * n_classes * n_fine, n_pixels, device, operators=operators),
             log_likelihood=torch.zeros((), **f64),
             max_probability=torch.zeros((), **f64),
         )
@@ -73,7 +78,7 @@ def flush_slices(sums: Sums, grid: SearchGrid, window: FourierWindow, pad: int) 
 
 
 def _insert_now(sums: Sums, keys: torch.Tensor, data: torch.Tensor, weight: torch.Tensor, grid: SearchGrid, window: FourierWindow, pad: int) -> None:
-    buffer = SliceBuffer(sums.slices.slot.numel(), data.shape[1], data.device, max_slices=keys.numel())
+    buffer = SliceBuffer(sums.slices.slot.numel(), data.shape[1], data.device, max_slices=keys.numel(), operators=sums.slices.operators)
     buffer.add(keys, data, weight)
     buffer.flush(grid.fine_rotations.reshape(-1, 3, 3), sums.gradient.shape[1], window, pad, sums.gradient, sums.weight)
 

@@ -84,7 +84,9 @@ def chunk_size(grid: SearchGrid, n_classes: int, requested: int = 0, pool: int =
     return int(max(8, pool, min(512, 12_000_000 // per_particle)))
 
 
-def _device_work(state: RunState, device: torch.device, grid: SearchGrid, box: int, current_size: int, coarse_size: int, local: bool = False) -> DeviceWork:
+def _device_work(
+    state: RunState, device: torch.device, grid: SearchGrid, box: int, current_size: int, coarse_size: int, local: bool = False, operators: torch.Tensor | None = None
+) -> DeviceWork:
     window = fourier_window(box, current_size, device)
     # single precision for the search: projections feed float32 matrix products anyway
     references = projector_transforms(state.maps).to(device=device, dtype=torch.complex64)
@@ -96,7 +98,9 @@ def _device_work(state: RunState, device: torch.device, grid: SearchGrid, box: i
     else:
         coarse = coarse_references(references, grid, window, coarse_size, PAD)
     fine_rotations = grid.fine_rotations.reshape(-1, 3, 3)
-    sums = Sums.zeros(state.n_classes, box * PAD, box, state.sigma2.shape[0], grid.n_directions, pixels_per_shell(box), fine_rotations.shape[0], window.n_pixels, device)
+    sums = Sums.zeros(
+        state.n_classes, box * PAD, box, state.sigma2.shape[0], grid.n_directions, pixels_per_shell(box), fine_rotations.shape[0], window.n_pixels, device, operators
+    )
     return DeviceWork(
         device=device,
         window=window,
@@ -152,6 +156,7 @@ def run_estep(
     pool: int = 0,
     local: LocalCandidates | None = None,
     narrow: tuple[torch.Tensor, SearchGrid] | None = None,
+    symmetry_operators: torch.Tensor | None = None,
 ) -> tuple[Sums | None, dict]:
     """Search every particle of the batch; store each one's best pose in `state`.
 
@@ -159,11 +164,13 @@ def run_estep(
     searched only among its own candidates (rows aligned with batch_index).
     narrow: (rows (len(batch_index),) bool, a grid of the same orientations with fewer translations
     (sampling.grid.narrowed)): those particles are searched on it, in chunks of their own.
+    symmetry_operators: (G, 3, 3) the map's group in its own frame when `grid` covers one asymmetric
+    unit (sampling.asymmetric_unit): every back-projected slice also goes to its equivalent orientations.
     Returns the sums on devices[0] (None when with_sums is False: the final assignment pass)
     and the seconds spent per phase, added over devices.
     """
     box = particles.box_size
-    works = [_device_work(state, device, grid, box, current_size, coarse_size, local is not None) for device in devices]
+    works = [_device_work(state, device, grid, box, current_size, coarse_size, local is not None, symmetry_operators) for device in devices]
     fine_rotations = grid.fine_rotations.reshape(-1, 3, 3)
     if local is None:
         size = chunk_size(grid, state.n_classes, requested_chunk, pool)

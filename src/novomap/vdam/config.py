@@ -77,6 +77,10 @@ class VdamConfig:
     # orientations, where one class map is centred on its imposed symmetry (vdam.iterate.narrow_translations;
     # 0: the whole offset range, as RELION)
     narrow_offset_steps: float = 2.0
+    # after VDAM's initial phase, with one class whose map the imposed (proper) group is centred and
+    # imposed on, the mini-batch iterations search orientations of one asymmetric unit only and insert
+    # every slice at its equivalent orientations too (vdam.iterate.unit_operators); False: every orientation
+    search_asymmetric_unit: bool = True
     local_offset_range_px: float = 2.0
     local_offset_step_px: float = 1.0
     local_coarse_step_deg: float = 7.5  # the local coarse image resolves max(its angular step, this)

@@ -21,7 +21,8 @@ from novomap.physics.projection import hermitian_symmetrise
 from novomap.physics.window import fourier_window
 from novomap.reconstruct import particle_ctf
 from novomap.sampling.accuracy import expected_errors
-from novomap.sampling.grid import SearchGrid, build_search_grid, narrowed
+from novomap.sampling.asymmetric_unit import is_searchable, map_frame_operators, orbit_average_directions, orientations_in_unit
+from novomap.sampling.grid import SearchGrid, build_search_grid, narrowed, restricted
 from novomap.sampling.healpix import angular_step_deg
 from novomap.sampling.local import local_candidates
 from novomap.symmetry.groups import PointGroup
@@ -61,11 +62,14 @@ def expectation(
     devices: list[torch.device],
     timings: dict,
     with_sums: bool = True,
+    group: PointGroup | None = None,
 ) -> Sums | None:
     """The E-step of the batch (estep.driver), with this run's search settings; timings added to `timings`.
 
     When local searches are on (local_order > 0), the batch's sharp particles are searched around
     their previous poses (sampling.local) and the others globally on `grid`; the sums are added.
+    group: the point group the job imposes (None: none); where unit_operators allows, the global
+    search covers one asymmetric unit of it and the sums are made those of a full search.
     """
     settings = SearchSettings(
         adaptive_fraction=config.adaptive_fraction,
@@ -76,10 +80,18 @@ def expectation(
     )
     order = local_order(state, config, final=not with_sums)
     local_index, global_index = split_local(state, batch_index, config) if order > 0 else (batch_index[:0], batch_index)
+    operators = unit_operators(state, config, group, with_sums)
+    if operators is not None:
+        timings["n_grid_orientations"] = grid.n_coarse_orientations
+        grid = restricted(grid, orientations_in_unit(grid.coarse_rotations, operators, grid.healpix_order))
+        timings["n_unit_orientations"] = grid.n_coarse_orientations
     total = None
     if global_index.numel():
         narrow = narrow_translations(state, global_index, grid, config, with_sums)
-        total, spent = run_estep(state, particles, global_index, half, grid, current_size, coarse_size, settings, devices, with_sums, config.chunk_size, config.pool, narrow=narrow)
+        total, spent = run_estep(
+            state, particles, global_index, half, grid, current_size, coarse_size, settings, devices, with_sums, config.chunk_size, config.pool, narrow=narrow,
+            symmetry_operators=operators,
+        )
         _add_timings(timings, spent)
         timings["n_narrow"] = timings.get("n_narrow", 0) + (int(narrow[0].sum()) if narrow is not None else 0)
     if local_index.numel():
@@ -92,14 +104,46 @@ def expectation(
         # config.local_coarse_step_deg: finer orders lean on the prior and the full-size fine pass
         coarse_step = max(local.grid.coarse_step_deg, config.local_coarse_step_deg)
         _, local_coarse = image_sizes(state.resolution_shell, particles.box_size, coarse_step, config.particle_diameter_a, particles.pixel_size_a)
-        sums, spent = run_estep(state, particles, local_index, half, local.grid, current_size, local_coarse, settings, devices, with_sums, 0, config.pool, local=local)
+        sums, spent = run_estep(
+            state, particles, local_index, half, local.grid, current_size, local_coarse, settings, devices, with_sums, 0, config.pool, local=local, symmetry_operators=operators
+        )
         _add_timings(timings, {f"local_{name}": seconds for name, seconds in spent.items()})
         if total is None:
             total = sums
         elif sums is not None:
             total.add_(sums)
     timings["n_local"] = timings.get("n_local", 0) + int(local_index.numel())
+    if operators is not None and total is not None:
+        device = total.direction_weight.device
+        total.direction_weight = orbit_average_directions(total.direction_weight.cpu(), operators, state.healpix_order).to(device)
     return total
+
+
+# each back-projected slice is inserted at all |G| equivalent orientations, which no other slice
+# shares: on the tight octahedral specimen (O, 24) a late iteration's back-projection grew from 0.11
+# to 0.87 s while its search shrank from 0.93 to 0.19 s, no gain; on the real tutorial job (D2) the
+# iteration took 0.65-0.9x as long (benchmarks/results/2026-12-02-asymmetric-unit.md)
+UNIT_SEARCH_MAX_ORDER = 4
+
+
+def unit_operators(state: RunState, config: VdamConfig, group: PointGroup | None, with_sums: bool) -> torch.Tensor | None:
+    """The group's operators in the map's frame (G, 3, 3) when this mini-batch searches one asymmetric
+    unit of it (sampling.asymmetric_unit), else None.
+
+    Only in the mini-batch iterations after VDAM's initial phase (the race of starts has chosen and the
+    group is imposed), with one class whose map the group was imposed on and whose symmetry centre is
+    the box centre (vdam.recentre), so that its axes are known and it stays symmetric: each slice
+    then goes to its equivalent orientations as well, which keeps the VDAM update symmetric between
+    impositions. The final pass searches every orientation: the final reconstruction takes the poses
+    as they are. Only for groups of order <= UNIT_SEARCH_MAX_ORDER."""
+    if not with_sums or not config.search_asymmetric_unit or group is None or state.n_classes > 1:
+        return None
+    if not is_searchable(group.operators) or group.order > UNIT_SEARCH_MAX_ORDER or not centred_on_symmetry(state):
+        return None
+    if state.iteration < schedules.phases(config.n_iter, config.initial_fraction, config.final_fraction).initial:
+        return None
+    rotation, _ = state.symmetry_axes[0]
+    return map_frame_operators(group.operators, torch.as_tensor(rotation))
 
 
 def _add_timings(timings: dict, spent: dict) -> None:
@@ -363,10 +407,11 @@ def run_iteration(
     if config.auto_sampling and iteration > 1 and iteration % 10 == 0:
         refine_sampling(state, config)
     grid, current_size, coarse_size = search_setup(state, particles, config)
-    sums = expectation(state, particles, batch_index, half, grid, current_size, coarse_size, config, as_devices(device), timings)
+    sums = expectation(state, particles, batch_index, half, grid, current_size, coarse_size, config, as_devices(device), timings, group=group)
     state.last_batch = batch_index.clone()
     n_local = timings.pop("n_local", 0)
     n_narrow = timings.pop("n_narrow", 0)
+    unit_fraction = timings.pop("n_unit_orientations", 1) / timings.pop("n_grid_orientations", 1)
     t0 = time.perf_counter()
     maximization(state, sums, current_size, step, tau2_fudge, config, particles.pixel_size_a)
     timings["mstep"] = time.perf_counter() - t0
@@ -385,6 +430,7 @@ def run_iteration(
         "fine_step_deg": angular_step_deg(local_order(state, config) + 1) if local_order(state, config) else grid.fine_step_deg,
         "local_fraction": n_local / batch_size,
         "narrow_fraction": n_narrow / batch_size,
+        "unit_fraction": unit_fraction,
         "acc_rot_deg": state.acc_rot_deg,
         "acc_trans_a": state.acc_trans_px * particles.pixel_size_a,
         "log_likelihood": float(sums.log_likelihood) / batch_size,

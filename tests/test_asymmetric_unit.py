@@ -1,0 +1,121 @@
+"""sampling.asymmetric_unit: one asymmetric unit of a point group's orientations, and the sums that
+make a search over it that of a full search (estep.cache.SliceBuffer with operators)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from novomap.estep.cache import SliceBuffer
+from novomap.physics.projection import insert_slices
+from novomap.physics.window import fourier_window
+from novomap.sampling.asymmetric_unit import (
+    grid_spacing,
+    in_asymmetric_unit,
+    is_searchable,
+    map_frame_operators,
+    orbit_average_directions,
+    orientations_in_unit,
+    pixel_directions,
+)
+from novomap.sampling.grid import build_search_grid, restricted
+from novomap.symmetry.groups import point_group
+
+GROUPS = ("C2", "C4", "D2", "D7", "T", "O", "I")
+
+
+def _frame(seed: int) -> torch.Tensor:
+    """A random proper rotation: the map's axes, not the standard ones."""
+    q, _ = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+    return q if torch.det(q) > 0 else -q
+
+
+def _directions(n: int, seed: int) -> torch.Tensor:
+    return torch.nn.functional.normalize(torch.randn(n, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64), dim=1)
+
+
+@pytest.mark.parametrize("name", GROUPS)
+def test_each_orbit_has_exactly_one_direction_in_the_unit(name):
+    operators = map_frame_operators(point_group(name).operators, _frame(1))
+    directions = _directions(300, 2)
+    orbits = torch.einsum("gij,nj->ngi", operators, directions)  # (n, G, 3): every equivalent direction
+    kept = in_asymmetric_unit(orbits.reshape(-1, 3), operators).reshape(orbits.shape[:2])
+    assert (kept.sum(1) == 1).all()
+
+
+@pytest.mark.parametrize("name", GROUPS)
+def test_the_nearest_grid_direction_to_some_equivalent_is_searched(name):
+    """Whatever a particle's pose, the grid direction nearest to its equivalent in the unit is kept."""
+    operators = map_frame_operators(point_group(name).operators, _frame(3))
+    grid = build_search_grid(2, 2, 1, perturbation=0.3)
+    keep = orientations_in_unit(grid.coarse_rotations, operators, 2)
+    grid_directions = grid.coarse_rotations[:, 2, :]
+    poses = _directions(400, 4)
+    orbits = torch.einsum("gij,nj->ngi", operators, poses)
+    in_unit = in_asymmetric_unit(orbits.reshape(-1, 3), operators).reshape(orbits.shape[:2])
+    representative = orbits[in_unit]  # (n, 3): one per pose
+    nearest = torch.argmax(representative @ grid_directions.T, dim=1)
+    assert keep[nearest].all()
+    # and the unit is a real saving: near 1/|G| of the grid plus a band one spacing wide
+    assert float(keep.float().mean()) < min(0.75, 4.5 / operators.shape[0])
+
+
+def test_grid_spacing_bounds_the_distance_to_the_nearest_pixel():
+    for order in (1, 2, 3):
+        sample = _directions(5000, 5)
+        nearest = (sample @ pixel_directions(order).T).max(1).values
+        assert float(torch.sqrt(2 - 2 * nearest.clamp(max=1)).max()) <= grid_spacing(order)
+        assert grid_spacing(order) < 2 * math.radians(60 / 2**order)
+
+
+def test_restricted_grid_keeps_the_children_of_kept_orientations():
+    grid = build_search_grid(1, 2, 1)
+    keep = torch.arange(grid.n_coarse_orientations) % 3 == 0
+    small = restricted(grid, keep)
+    assert small.n_coarse_orientations == int(keep.sum())
+    assert torch.equal(small.fine_rotations, grid.fine_rotations[keep])
+    assert torch.equal(small.coarse_direction, grid.coarse_direction[keep])
+    assert torch.equal(small.coarse_translations, grid.coarse_translations)
+
+
+@pytest.mark.parametrize("name", ("D2", "C4"))
+def test_orbit_average_keeps_the_total_and_makes_equivalent_directions_equal(name):
+    operators = point_group(name).operators  # standard axes: the HEALPix grid maps onto itself under D2 and C4
+    weights = torch.rand(1, 48, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    averaged = orbit_average_directions(weights, operators, 1)
+    assert torch.allclose(averaged.sum(), weights.sum())
+    directions = pixel_directions(1)
+    for g in operators:
+        image = torch.argmax((directions @ g.T) @ directions.T, dim=1)
+        assert torch.allclose(averaged[0, image], averaged[0])
+
+
+def test_only_proper_groups_of_more_than_one_operator_are_searched_by_unit():
+    assert is_searchable(point_group("D2").operators)
+    assert not is_searchable(point_group("C1").operators)
+    assert not is_searchable(point_group("Cs").operators)
+
+
+def test_slices_with_operators_are_inserted_at_every_equivalent_orientation():
+    """Flushing with a group equals inserting each slice at A g for every g with 1/|G| of it."""
+    generator = torch.Generator().manual_seed(7)
+    window = fourier_window(16, 16, "cpu")
+    grid = build_search_grid(0, 1, 1)
+    rotations = grid.fine_rotations.reshape(-1, 3, 3)
+    operators = map_frame_operators(point_group("D2").operators, _frame(8))
+    keys = torch.tensor([3, 40, 77])
+    data = torch.complex(torch.randn(3, window.n_pixels, generator=generator), torch.randn(3, window.n_pixels, generator=generator))
+    weight = torch.rand(3, window.n_pixels, generator=generator)
+    m = 16
+    buffer = SliceBuffer(2 * rotations.shape[0], window.n_pixels, "cpu", operators=operators)
+    buffer.add(keys, data, weight)
+    grids = torch.zeros((2, 1, m, m, m), dtype=torch.complex128), torch.zeros((2, 1, m, m, m), dtype=torch.float64)
+    buffer.flush(rotations, 1, window, 1, *grids)
+    expected = torch.zeros((m, m, m), dtype=torch.complex128), torch.zeros((m, m, m), dtype=torch.float64)
+    for g in operators:
+        insert_slices(data / 4, weight / 4, (rotations[keys] @ g).float(), window.kx, window.ky, 1, *expected)
+    assert torch.allclose(grids[0][0, 0], expected[0], atol=1e-5)
+    assert torch.allclose(grids[1][0, 0], expected[1], atol=1e-5)
+    assert float(grids[1][0, 0].abs().sum()) > 0
