@@ -119,3 +119,56 @@ def test_slices_with_operators_are_inserted_at_every_equivalent_orientation():
     assert torch.allclose(grids[0][0, 0], expected[0], atol=1e-5)
     assert torch.allclose(grids[1][0, 0], expected[1], atol=1e-5)
     assert float(grids[1][0, 0].abs().sum()) > 0
+
+
+@pytest.fixture(scope="module")
+def d2_particles(tmp_path_factory):
+    from novomap.demo_data import load_demo_map
+    from novomap.simulate import SimulationOptions, simulate
+
+    volume, pixel = load_demo_map()
+    out = tmp_path_factory.mktemp("unit_sim")
+    return simulate(volume, out, SimulationOptions(n=80, snr=1.0, seed=3, box=64, pixel_size_a=pixel)).star_path
+
+
+def _asymmetry(volume: torch.Tensor, group, axes) -> float:
+    """Relative distance of a map from its own average over the group about its axes."""
+    from novomap.symmetry.symmetrise import symmetrise_in_place
+
+    rotation, shift = axes
+    symmetric = symmetrise_in_place(volume.float(), group, rotation, shift)
+    return float((volume.float() - symmetric).norm() / symmetric.norm())
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_unit_search_iteration_keeps_the_imposed_map_symmetric(d2_particles):
+    """After the group is imposed and centred, one mini-batch iteration searches a third of the
+    orientations and its VDAM update leaves the map symmetric; a full C1 search's update does not."""
+    import dataclasses
+
+    from novomap.io.particles import ParticleSet
+    from novomap.symmetry.symmetrise import symmetrise
+    from novomap.vdam import schedules
+    from novomap.vdam.config import VdamConfig
+    from novomap.vdam.iterate import pseudo_halves, run_iteration
+    from novomap.vdam.start import initial_state
+
+    particles = ParticleSet.from_star(d2_particles, preread=True)
+    config = VdamConfig(n_iter=10, particle_diameter_a=200.0, seed=2, n_starts=1, max_extra_iterations=0)
+    group = point_group("D2")
+    state = initial_state(particles, config)
+    # the random start averaged over the group about the box centre, as an imposition that recentred it leaves it
+    state.maps = symmetrise(state.maps[0], group)[None]
+    state.symmetry_axes = [(torch.eye(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64))]
+    state.iteration = schedules.phases(config.n_iter, config.initial_fraction, config.final_fraction).initial
+    half = pseudo_halves(particles)
+
+    asymmetry = {}
+    for unit in (True, False):
+        trial = state.scratch_copy()
+        figures = run_iteration(trial, particles, half, dataclasses.replace(config, search_asymmetric_unit=unit), "cpu", group)
+        assert (figures["unit_fraction"] < 0.6) if unit else figures["unit_fraction"] == 1.0
+        asymmetry[unit] = _asymmetry(trial.maps[0], group, trial.symmetry_axes[0])
+    before = _asymmetry(state.maps[0], group, state.symmetry_axes[0])
+    assert before < 0.02
+    assert asymmetry[True] < 0.5 * asymmetry[False], (before, asymmetry)
