@@ -172,3 +172,37 @@ def test_a_unit_search_iteration_keeps_the_imposed_map_symmetric(d2_particles):
     before = _asymmetry(state.maps[0], group, state.symmetry_axes[0])
     assert before < 0.02
     assert asymmetry[True] < 0.5 * asymmetry[False], (before, asymmetry)
+
+
+def test_final_poses_are_spread_over_their_equivalents_after_a_unit_search():
+    """Poses left in one unit are each replaced by an equivalent A g, the g drawn evenly; runs that
+    never searched by unit, and C1, keep theirs."""
+    from novomap.physics.euler import euler_to_matrix
+    from novomap.vdam.config import VdamConfig
+    from novomap.vdam.iterate import spread_equivalent_poses
+    from novomap.vdam.state import RunState
+
+    n = 400
+    generator = torch.Generator().manual_seed(9)
+    axes = _frame(10)
+    state = RunState.__new__(RunState)
+    state.rot_deg = (torch.rand(n, generator=generator, dtype=torch.float64) - 0.5) * 360
+    state.tilt_deg = torch.rand(n, generator=generator, dtype=torch.float64) * 180
+    state.psi_deg = (torch.rand(n, generator=generator, dtype=torch.float64) - 0.5) * 360
+    state.class_number = torch.ones(n, dtype=torch.long)
+    state.maps = torch.zeros(1, 4, 4, 4)
+    state.symmetry_axes = [(axes, torch.zeros(3, dtype=torch.float64))]
+    state.history = [{"unit_fraction": 1.0}]
+    group = point_group("D2")
+    before = euler_to_matrix(state.rot_deg, state.tilt_deg, state.psi_deg)
+    assert spread_equivalent_poses(state, group, VdamConfig()) == 0  # never searched by unit
+    state.history.append({"unit_fraction": 0.35})
+    assert spread_equivalent_poses(state, point_group("C1"), VdamConfig()) == 0
+    assert spread_equivalent_poses(state, group, VdamConfig()) == n
+    after = euler_to_matrix(state.rot_deg, state.tilt_deg, state.psi_deg)
+    relative = before.transpose(1, 2) @ after  # A^T (A g) = g
+    operators = map_frame_operators(group.operators, axes)
+    distance = (relative[:, None] - operators[None]).abs().amax(dim=(-1, -2))  # (n, G)
+    assert float(distance.min(dim=1).values.max()) < 1e-6  # each new pose is an equivalent one
+    counts = torch.bincount(distance.argmin(dim=1), minlength=4)
+    assert int(counts.min()) > 60  # all four operators drawn, about evenly (100 each expected)

@@ -36,7 +36,7 @@ from novomap.symmetry.choice import AppliedSymmetry, align_near, apply_point_gro
 from novomap.symmetry.impose import impose_group
 from novomap.vdam import convergence, schedules
 from novomap.vdam.config import VdamConfig
-from novomap.vdam.iterate import as_devices, assign_all, pseudo_halves, run_iteration, search_setup
+from novomap.vdam.iterate import as_devices, assign_all, pseudo_halves, run_iteration, search_setup, spread_equivalent_poses
 from novomap.vdam.recentre import recentre_on_axes
 from novomap.vdam.start import initial_state
 from novomap.vdam.state import RunState
@@ -253,6 +253,7 @@ def _run_attempt(star_path: str | Path, out_dir: str | Path, config: VdamConfig,
                 options.on_write(written)
 
     assign_all(state, particles, half, config, device)
+    spread_equivalent_poses(state, group, config)
     _, current_size, _ = search_setup(state, particles, config, advance=False)
     written = write_iteration(out_dir, particles, state, config, current_size, str(star_path), command_line)
     if options.on_write is not None:

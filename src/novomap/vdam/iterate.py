@@ -14,7 +14,7 @@ from novomap.estep.local import expected_prior_width
 from novomap.estep.search import SearchSettings
 from novomap.io.particles import ParticleSet
 from novomap.model.params import image_sizes, reference_power, resolution_shell, spectral_snr, update_sigma2, update_with_momentum
-from novomap.physics.euler import euler_to_matrix
+from novomap.physics.euler import euler_to_matrix, matrix_to_euler
 from novomap.physics.fourier import centred_ft_to_volume, centred_radius, volume_to_centred_ft
 from novomap.physics.masks import mask_volume_with_background, soft_edge_mask
 from novomap.physics.projection import hermitian_symmetrise
@@ -176,6 +176,30 @@ def local_order(state: RunState, config: VdamConfig, final: bool = False) -> int
     # (config.local_same_order): the same hypotheses, near the previous pose only
     same_order = config.local_same_order and not final and cap >= state.healpix_order
     return state.healpix_order if same_order and state.acc_rot_deg <= angular_step_deg(state.healpix_order + 1) else 0
+
+
+def spread_equivalent_poses(state: RunState, group: PointGroup | None, config: VdamConfig) -> int:
+    """After the final pass of a run whose iterations searched one asymmetric unit (unit_operators),
+    give each placed particle one of its |G| equivalent poses A g, drawn uniformly (seeded); returns
+    how many particles were given one (0 when the run never searched by unit).
+
+    Against the symmetric map every equivalent pose is as good, and a full search picks among them
+    as by chance; poses left in one unit instead cover the directions unevenly, so the final
+    reconstruction (CTF-weighted, one regularised division) would lose detail where its weights are
+    thin: the half-set FSC of the real tutorial job read 9.8 instead of 9.5 Å."""
+    if group is None or state.n_classes > 1 or state.symmetry_axes is None or not is_searchable(group.operators):
+        return 0
+    if not centred_on_symmetry(state) or not any(f.get("unit_fraction", 1.0) < 1.0 for f in state.history):
+        return 0
+    operators = map_frame_operators(group.operators, torch.as_tensor(state.symmetry_axes[0][0]))
+    placed = torch.nonzero(state.class_number > 0).squeeze(1)
+    draw = torch.randint(operators.shape[0], (placed.numel(),), generator=torch.Generator().manual_seed(config.seed + 31))
+    poses = euler_to_matrix(state.rot_deg[placed], state.tilt_deg[placed], state.psi_deg[placed])
+    rot, tilt, psi = matrix_to_euler(poses @ operators[draw].to(poses.dtype))
+    state.rot_deg[placed] = rot.to(state.rot_deg.dtype)
+    state.tilt_deg[placed] = tilt.to(state.tilt_deg.dtype)
+    state.psi_deg[placed] = psi.to(state.psi_deg.dtype)
+    return int(placed.numel())
 
 
 def narrow_translations(state: RunState, batch_index: torch.Tensor, grid: SearchGrid, config: VdamConfig, with_sums: bool) -> tuple[torch.Tensor, SearchGrid] | None:
