@@ -179,7 +179,7 @@ def test_final_poses_are_spread_over_their_equivalents_after_a_unit_search():
     never searched by unit, and C1, keep theirs."""
     from novomap.physics.euler import euler_to_matrix
     from novomap.vdam.config import VdamConfig
-    from novomap.vdam.iterate import spread_equivalent_poses
+    from novomap.vdam.unit_search import spread_equivalent_poses
     from novomap.vdam.state import RunState
 
     n = 400

@@ -36,10 +36,11 @@ from novomap.symmetry.choice import AppliedSymmetry, align_near, apply_point_gro
 from novomap.symmetry.impose import impose_group
 from novomap.vdam import convergence, schedules
 from novomap.vdam.config import VdamConfig
-from novomap.vdam.iterate import as_devices, assign_all, pseudo_halves, run_iteration, search_setup, spread_equivalent_poses
+from novomap.vdam.iterate import as_devices, assign_all, pseudo_halves, run_iteration, search_setup
 from novomap.vdam.recentre import recentre_on_axes
 from novomap.vdam.start import initial_state
 from novomap.vdam.state import RunState
+from novomap.vdam.unit_search import spread_equivalent_poses
 
 
 @dataclass

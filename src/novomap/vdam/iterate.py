@@ -14,14 +14,14 @@ from novomap.estep.local import expected_prior_width
 from novomap.estep.search import SearchSettings
 from novomap.io.particles import ParticleSet
 from novomap.model.params import image_sizes, reference_power, resolution_shell, spectral_snr, update_sigma2, update_with_momentum
-from novomap.physics.euler import euler_to_matrix, matrix_to_euler
+from novomap.physics.euler import euler_to_matrix
 from novomap.physics.fourier import centred_ft_to_volume, centred_radius, volume_to_centred_ft
 from novomap.physics.masks import mask_volume_with_background, soft_edge_mask
 from novomap.physics.projection import hermitian_symmetrise
 from novomap.physics.window import fourier_window
 from novomap.reconstruct import particle_ctf
 from novomap.sampling.accuracy import expected_errors
-from novomap.sampling.asymmetric_unit import is_searchable, map_frame_operators, orbit_average_directions, orientations_in_unit
+from novomap.sampling.asymmetric_unit import orbit_average_directions, orientations_in_unit
 from novomap.sampling.grid import SearchGrid, build_search_grid, narrowed, restricted
 from novomap.sampling.healpix import angular_step_deg
 from novomap.sampling.local import local_candidates
@@ -30,6 +30,7 @@ from novomap.vdam import schedules
 from novomap.vdam.config import VdamConfig
 from novomap.vdam.recentre import centred_on_symmetry
 from novomap.vdam.restarts import compete, competition_iteration
+from novomap.vdam.unit_search import unit_operators
 from novomap.vdam.state import RunState
 from novomap.vdam.update import vdam_update
 
@@ -119,33 +120,6 @@ def expectation(
     return total
 
 
-# each back-projected slice is inserted at all |G| equivalent orientations, which no other slice
-# shares: on the tight octahedral specimen (O, 24) a late iteration's back-projection grew from 0.11
-# to 0.87 s while its search shrank from 0.93 to 0.19 s, no gain; on the real tutorial job (D2) the
-# iteration took 0.65-0.9x as long (benchmarks/results/2026-12-02-asymmetric-unit.md)
-UNIT_SEARCH_MAX_ORDER = 4
-
-
-def unit_operators(state: RunState, config: VdamConfig, group: PointGroup | None, with_sums: bool) -> torch.Tensor | None:
-    """The group's operators in the map's frame (G, 3, 3) when this mini-batch searches one asymmetric
-    unit of it (sampling.asymmetric_unit), else None.
-
-    Only in the mini-batch iterations after VDAM's initial phase (the race of starts has chosen and the
-    group is imposed), with one class whose map the group was imposed on and whose symmetry centre is
-    the box centre (vdam.recentre), so that its axes are known and it stays symmetric: each slice
-    then goes to its equivalent orientations as well, which keeps the VDAM update symmetric between
-    impositions. The final pass searches every orientation: the final reconstruction takes the poses
-    as they are. Only for groups of order <= UNIT_SEARCH_MAX_ORDER."""
-    if not with_sums or not config.search_asymmetric_unit or group is None or state.n_classes > 1:
-        return None
-    if not is_searchable(group.operators) or group.order > UNIT_SEARCH_MAX_ORDER or not centred_on_symmetry(state):
-        return None
-    if state.iteration < schedules.phases(config.n_iter, config.initial_fraction, config.final_fraction).initial:
-        return None
-    rotation, _ = state.symmetry_axes[0]
-    return map_frame_operators(group.operators, torch.as_tensor(rotation))
-
-
 def _add_timings(timings: dict, spent: dict) -> None:
     for name, seconds in spent.items():
         timings[name] = timings.get(name, 0.0) + seconds
@@ -176,30 +150,6 @@ def local_order(state: RunState, config: VdamConfig, final: bool = False) -> int
     # (config.local_same_order): the same hypotheses, near the previous pose only
     same_order = config.local_same_order and not final and cap >= state.healpix_order
     return state.healpix_order if same_order and state.acc_rot_deg <= angular_step_deg(state.healpix_order + 1) else 0
-
-
-def spread_equivalent_poses(state: RunState, group: PointGroup | None, config: VdamConfig) -> int:
-    """After the final pass of a run whose iterations searched one asymmetric unit (unit_operators),
-    give each placed particle one of its |G| equivalent poses A g, drawn uniformly (seeded); returns
-    how many particles were given one (0 when the run never searched by unit).
-
-    Against the symmetric map every equivalent pose is as good, and a full search picks among them
-    as by chance; poses left in one unit instead cover the directions unevenly, so the final
-    reconstruction (CTF-weighted, one regularised division) would lose detail where its weights are
-    thin: the half-set FSC of the real tutorial job read 9.8 instead of 9.5 Å."""
-    if group is None or state.n_classes > 1 or state.symmetry_axes is None or not is_searchable(group.operators):
-        return 0
-    if not centred_on_symmetry(state) or not any(f.get("unit_fraction", 1.0) < 1.0 for f in state.history):
-        return 0
-    operators = map_frame_operators(group.operators, torch.as_tensor(state.symmetry_axes[0][0]))
-    placed = torch.nonzero(state.class_number > 0).squeeze(1)
-    draw = torch.randint(operators.shape[0], (placed.numel(),), generator=torch.Generator().manual_seed(config.seed + 31))
-    poses = euler_to_matrix(state.rot_deg[placed], state.tilt_deg[placed], state.psi_deg[placed])
-    rot, tilt, psi = matrix_to_euler(poses @ operators[draw].to(poses.dtype))
-    state.rot_deg[placed] = rot.to(state.rot_deg.dtype)
-    state.tilt_deg[placed] = tilt.to(state.tilt_deg.dtype)
-    state.psi_deg[placed] = psi.to(state.psi_deg.dtype)
-    return int(placed.numel())
 
 
 def narrow_translations(state: RunState, batch_index: torch.Tensor, grid: SearchGrid, config: VdamConfig, with_sums: bool) -> tuple[torch.Tensor, SearchGrid] | None:
