@@ -193,7 +193,8 @@ SPECIMENS: dict[str, Specimen] = {
 
 #: Held out: specimens no default was ever chosen on, run as a new user would (issue 10's "specimens
 #: the suite has never seen"): other boxes (72-128 px), other groups (C3, D3), a ~120 kDa C1 pair and
-#: a ~360 kDa C1 aggregate. Defined once (session 14) before any run; not to be tuned on.
+#: a ~360 kDa C1 aggregate. Defined once (session 14) before any run; not to be tuned on. Session 19 added
+#: a tight C2 dimer (hb_c2_tight) the same way, for the search over one asymmetric unit.
 HELD_OUT: dict[str, Specimen] = {
     s.name: s
     for s in [
@@ -218,6 +219,15 @@ HELD_OUT: dict[str, Specimen] = {
             symmetry="C3", source="assembly", model=str(HAEMOGLOBIN), box=128,
             particle_fraction=0.55, mask_fraction=0.75, snr=0.08, n_particles=1500, defocus_um=(1.0, 2.5),
             direction=(0.154, -0.987, -0.042), orientation_seed=1,  # specimens.py --search hb_c3
+        ),
+        _spec(
+            # added in session 19, before any run, for the search over one asymmetric unit (C2-D2):
+            # a dimer filling nearly its whole box, at low SNR
+            name="hb_c2_tight",
+            description="C2 dimer of haemoglobin tetramers (4HHB): about 130 kDa, 72 px, tight box",
+            symmetry="C2", source="assembly", model=str(HAEMOGLOBIN), box=72,
+            particle_fraction=0.88, mask_fraction=0.95, snr=0.06, n_particles=2000, defocus_um=(1.0, 2.5),
+            direction=(0.02, 0.956, 0.292), orientation_seed=0,  # specimens.py --search hb_c2_tight
         ),
         _spec(
             name="hb6_c1",
