@@ -14,8 +14,6 @@ from novomap.physics.window import fourier_window
 from novomap.sampling.asymmetric_unit import (
     grid_spacing,
     in_asymmetric_unit,
-    is_searchable,
-    map_frame_operators,
     orbit_average_directions,
     orientations_in_unit,
     pixel_directions,
@@ -38,7 +36,7 @@ def _directions(n: int, seed: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", GROUPS)
 def test_each_orbit_has_exactly_one_direction_in_the_unit(name):
-    operators = map_frame_operators(point_group(name).operators, _frame(1))
+    operators = point_group(name).in_frame(_frame(1)).operators
     directions = _directions(300, 2)
     orbits = torch.einsum("gij,nj->ngi", operators, directions)  # (n, G, 3): every equivalent direction
     kept = in_asymmetric_unit(orbits.reshape(-1, 3), operators).reshape(orbits.shape[:2])
@@ -48,7 +46,7 @@ def test_each_orbit_has_exactly_one_direction_in_the_unit(name):
 @pytest.mark.parametrize("name", GROUPS)
 def test_the_nearest_grid_direction_to_some_equivalent_is_searched(name):
     """Whatever a particle's pose, the grid direction nearest to its equivalent in the unit is kept."""
-    operators = map_frame_operators(point_group(name).operators, _frame(3))
+    operators = point_group(name).in_frame(_frame(3)).operators
     grid = build_search_grid(2, 2, 1, perturbation=0.3)
     keep = orientations_in_unit(grid.coarse_rotations, operators, 2)
     grid_directions = grid.coarse_rotations[:, 2, :]
@@ -93,9 +91,11 @@ def test_orbit_average_keeps_the_total_and_makes_equivalent_directions_equal(nam
 
 
 def test_only_proper_groups_of_more_than_one_operator_are_searched_by_unit():
-    assert is_searchable(point_group("D2").operators)
-    assert not is_searchable(point_group("C1").operators)
-    assert not is_searchable(point_group("Cs").operators)
+    from novomap.vdam.unit_search import searchable_by_unit
+
+    assert searchable_by_unit(point_group("D2"))
+    assert not searchable_by_unit(point_group("C1"))
+    assert not searchable_by_unit(point_group("Cs"))
 
 
 def test_slices_with_operators_are_inserted_at_every_equivalent_orientation():
@@ -104,7 +104,7 @@ def test_slices_with_operators_are_inserted_at_every_equivalent_orientation():
     window = fourier_window(16, 16, "cpu")
     grid = build_search_grid(0, 1, 1)
     rotations = grid.fine_rotations.reshape(-1, 3, 3)
-    operators = map_frame_operators(point_group("D2").operators, _frame(8))
+    operators = point_group("D2").in_frame(_frame(8)).operators
     keys = torch.tensor([3, 40, 77])
     data = torch.complex(torch.randn(3, window.n_pixels, generator=generator), torch.randn(3, window.n_pixels, generator=generator))
     weight = torch.rand(3, window.n_pixels, generator=generator)
@@ -201,7 +201,7 @@ def test_final_poses_are_spread_over_their_equivalents_after_a_unit_search():
     assert spread_equivalent_poses(state, group, VdamConfig()) == n
     after = euler_to_matrix(state.rot_deg, state.tilt_deg, state.psi_deg)
     relative = before.transpose(1, 2) @ after  # A^T (A g) = g
-    operators = map_frame_operators(group.operators, axes)
+    operators = group.in_frame(axes).operators
     distance = (relative[:, None] - operators[None]).abs().amax(dim=(-1, -2))  # (n, G)
     assert float(distance.min(dim=1).values.max()) < 1e-6  # each new pose is an equivalent one
     counts = torch.bincount(distance.argmin(dim=1), minlength=4)

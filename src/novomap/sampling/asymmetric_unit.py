@@ -29,13 +29,6 @@ from novomap.sampling.healpix import healpix_directions
 REFERENCE_DIRECTION = torch.nn.functional.normalize(torch.tensor([0.3141, 0.4728, 0.8237], dtype=torch.float64), dim=0)
 
 
-def map_frame_operators(operators: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
-    """A group's operators (G, 3, 3) about the standard axes, carried into a map whose axes an
-    alignment found (rotation: the map's axes onto the standard ones, as symmetry.symmetrise_in_place)."""
-    rotation = rotation.to(torch.float64)
-    return rotation.T @ operators.to(torch.float64) @ rotation
-
-
 def pixel_directions(healpix_order: int) -> torch.Tensor:
     """Unit beam directions of the HEALPix pixel centres of an order -> (12 * 4^order, 3) float64."""
     rot, tilt = healpix_directions(healpix_order)
@@ -88,8 +81,3 @@ def orbit_average_directions(weights: torch.Tensor, operators: torch.Tensor, hea
         out.index_add_(1, nearest[g], share)
     return out
 
-
-def is_searchable(operators: torch.Tensor) -> bool:
-    """Whether a group lets a search skip equivalent orientations: more than one operator, all proper
-    rotations (a mirror maps a projection onto the mirror image of another, not onto another projection)."""
-    return operators.shape[0] > 1 and bool((torch.linalg.det(operators.to(torch.float64)) > 0).all())

@@ -37,6 +37,12 @@ class PointGroup:
     def order(self) -> int:
         return int(self.operators.shape[0])
 
+    def in_frame(self, rotation: torch.Tensor) -> "PointGroup":
+        """The group about a map's own axes: rotation (3, 3) takes those axes onto the standard ones
+        (symmetry.align.SymmetryAlignment.rotation), so the operators become R^T g R."""
+        rotation = torch.as_tensor(rotation, dtype=torch.float64)
+        return PointGroup(self.name, rotation.T @ self.operators @ rotation, self.is_proper)
+
 
 def _rotation(axis: tuple[float, float, float], fold: int) -> torch.Tensor:
     return axis_angle_to_matrix(torch.tensor(axis, dtype=torch.float64), 360.0 / fold)

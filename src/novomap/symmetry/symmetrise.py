@@ -39,8 +39,7 @@ def symmetrise_in_place(volume: torch.Tensor, group: PointGroup, rotation: torch
     carried into the map's own frame (R^T g R) and the map is moved back after averaging, so
     particle poses found against the input stay valid against the result.
     """
-    rotation = rotation.to(torch.float64)
-    in_frame = PointGroup(group.name, rotation.T @ group.operators @ rotation, group.is_proper)
+    in_frame = group.in_frame(rotation)
     shift = torch.as_tensor(shift_zyx_px, dtype=torch.float64)
     centred = shift_volume(volume, shift)
     return shift_volume(symmetrise(centred, in_frame), -shift)

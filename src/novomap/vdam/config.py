@@ -79,7 +79,7 @@ class VdamConfig:
     narrow_offset_steps: float = 2.0
     # after VDAM's initial phase, with one class whose map the imposed (proper) group is centred and
     # imposed on, the mini-batch iterations search orientations of one asymmetric unit only and insert
-    # every slice at its equivalent orientations too (vdam.iterate.unit_operators); False: every orientation
+    # every slice at its equivalent orientations too (vdam.unit_search.unit_operators); False: every orientation
     search_asymmetric_unit: bool = True
     local_offset_range_px: float = 2.0
     local_offset_step_px: float = 1.0

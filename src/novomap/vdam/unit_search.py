@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 
 from novomap.physics.euler import euler_to_matrix, matrix_to_euler
-from novomap.sampling.asymmetric_unit import is_searchable, map_frame_operators
 from novomap.symmetry.groups import PointGroup
 from novomap.vdam import schedules
 from novomap.vdam.config import VdamConfig
@@ -20,6 +19,13 @@ from novomap.vdam.state import RunState
 UNIT_SEARCH_MAX_ORDER = 4
 
 
+def searchable_by_unit(group: PointGroup | None) -> bool:
+    """Whether a group lets the search skip equivalent orientations: more than one operator, all
+    proper rotations (a mirror maps a projection onto the mirror image of another, not onto another
+    projection), and few enough for the copies of every slice to pay (UNIT_SEARCH_MAX_ORDER)."""
+    return group is not None and group.is_proper and 1 < group.order <= UNIT_SEARCH_MAX_ORDER
+
+
 def unit_operators(state: RunState, config: VdamConfig, group: PointGroup | None, with_sums: bool) -> torch.Tensor | None:
     """The group's operators in the map's frame (G, 3, 3) when this mini-batch searches one asymmetric
     unit of it (sampling.asymmetric_unit), else None.
@@ -30,14 +36,14 @@ def unit_operators(state: RunState, config: VdamConfig, group: PointGroup | None
     then goes to its equivalent orientations as well, which keeps the VDAM update symmetric between
     impositions. The final pass searches every orientation: the final reconstruction takes the poses
     as they are. Only for groups of order <= UNIT_SEARCH_MAX_ORDER."""
-    if not with_sums or not config.search_asymmetric_unit or group is None or state.n_classes > 1:
+    if not with_sums or not config.search_asymmetric_unit or not searchable_by_unit(group) or state.n_classes > 1:
         return None
-    if not is_searchable(group.operators) or group.order > UNIT_SEARCH_MAX_ORDER or not centred_on_symmetry(state):
+    if not centred_on_symmetry(state):
         return None
     if state.iteration < schedules.phases(config.n_iter, config.initial_fraction, config.final_fraction).initial:
         return None
     rotation, _ = state.symmetry_axes[0]
-    return map_frame_operators(group.operators, torch.as_tensor(rotation))
+    return group.in_frame(rotation).operators
 
 
 def spread_equivalent_poses(state: RunState, group: PointGroup | None, config: VdamConfig) -> int:
@@ -49,11 +55,11 @@ def spread_equivalent_poses(state: RunState, group: PointGroup | None, config: V
     as by chance; poses left in one unit instead cover the directions unevenly, so the final
     reconstruction (CTF-weighted, one regularised division) would lose detail where its weights are
     thin: the half-set FSC of the real tutorial job read 9.8 instead of 9.5 Å."""
-    if group is None or state.n_classes > 1 or state.symmetry_axes is None or not is_searchable(group.operators):
+    if not searchable_by_unit(group) or state.n_classes > 1 or state.symmetry_axes is None:
         return 0
     if not centred_on_symmetry(state) or not any(f.get("unit_fraction", 1.0) < 1.0 for f in state.history):
         return 0
-    operators = map_frame_operators(group.operators, torch.as_tensor(state.symmetry_axes[0][0]))
+    operators = group.in_frame(state.symmetry_axes[0][0]).operators
     placed = torch.nonzero(state.class_number > 0).squeeze(1)
     draw = torch.randint(operators.shape[0], (placed.numel(),), generator=torch.Generator().manual_seed(config.seed + 31))
     poses = euler_to_matrix(state.rot_deg[placed], state.tilt_deg[placed], state.psi_deg[placed])
