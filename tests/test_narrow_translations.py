@@ -96,13 +96,22 @@ def test_a_batch_of_only_sharp_particles_is_searched(searched):
     assert float(sums.class_weight.sum()) == pytest.approx(particles.n, rel=1e-3)  # the retained 0.999 of each posterior
 
 
-def test_no_narrowing_with_several_classes(searched):
-    """Class maps sit in frames of their own: a particle changing class may need a far translation."""
+def test_several_classes_narrow_only_when_every_class_is_centred(searched):
+    """A particle's origin means the same in every class only when every class map was centred on its
+    own symmetry; otherwise a particle changing class may need a far translation."""
     particles, state, config = searched
     grid, _, _ = search_setup(state, particles, config, advance=False)
     two = copy.copy(state)
     two.maps = torch.cat([state.maps, state.maps])
-    assert narrow_translations(two, torch.arange(particles.n), grid, dataclasses.replace(config, n_classes=2), with_sums=True) is None
+    two_config = dataclasses.replace(config, n_classes=2)
+    centred = (torch.eye(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64))
+    two.symmetry_axes = [centred, centred]
+    rows, narrow_grid = narrow_translations(two, torch.arange(particles.n), grid, two_config, with_sums=True)
+    assert int(rows.sum()) == particles.n // 2 and narrow_grid.n_coarse_translations < grid.n_coarse_translations
+    two.symmetry_axes = [centred, (centred[0], torch.tensor([0.0, 3.0, 0.0], dtype=torch.float64))]
+    assert narrow_translations(two, torch.arange(particles.n), grid, two_config, with_sums=True) is None
+    two.symmetry_axes = [centred]  # the group imposed on one class only
+    assert narrow_translations(two, torch.arange(particles.n), grid, two_config, with_sums=True) is None
 
 
 def test_no_narrowing_where_no_symmetry_pins_the_frame(searched):

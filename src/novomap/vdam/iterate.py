@@ -159,15 +159,16 @@ def narrow_translations(state: RunState, batch_index: torch.Tensor, grid: Search
     around it (2: 13 of RELION's 29 translations) over every orientation, so that flips between
     distant orientations stay possible.
 
-    Only where the map's frame is pinned: one class whose symmetry centre was brought to the box
-    centre (vdam.recentre, at the group's imposition). There the origins move little: on real
-    beta-gal 90 % of the sharp particles by <= 1.5 px between visits, 97 % by <= 3 px (48 % by > 3 px
-    before the map was centred). A C1 map drifts (a large asymmetric particle: its centre of mass 1-2.5
-    px off, 18-21 % of its sharp particles moving > 3 px between visits, and two of three seeds ending
-    worse with narrowed translations); with several classes, each class map sits in its own frame."""
-    if not with_sums or config.narrow_offset_steps <= 0 or state.n_classes > 1:
+    Only where the maps' frames are pinned: every class's symmetry centre was brought to the box
+    centre (vdam.recentre, at the group's imposition), so that a particle's origin means the same
+    in every class. There the origins move little: on real beta-gal 90 % of the sharp particles by
+    <= 1.5 px between visits, 97 % by <= 3 px (48 % by > 3 px before the map was centred). A C1 map
+    drifts (a large asymmetric particle: its centre of mass 1-2.5 px off, 18-21 % of its sharp
+    particles moving > 3 px between visits, and two of three seeds ending worse with narrowed
+    translations); so do the class maps of a C1 run with several classes, each in its own frame."""
+    if not with_sums or config.narrow_offset_steps <= 0:
         return None
-    if not config.recentre_on_symmetry or not centred_on_symmetry(state):
+    if not config.recentre_on_symmetry or not centred_on_symmetry(state) or len(state.symmetry_axes) < state.n_classes:
         return None
     if state.iteration < schedules.phases(config.n_iter, config.initial_fraction, config.final_fraction).initial:
         return None
