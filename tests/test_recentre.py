@@ -138,3 +138,5 @@ def test_centred_on_symmetry_needs_imposed_axes_at_the_box_centre():
     assert centred_on_symmetry(state)
     state.symmetry_axes[1] = (eye, torch.tensor([0.0, 4.0, 0.0], dtype=torch.float64))  # a centre left alone
     assert not centred_on_symmetry(state)
+    state.symmetry_axes = state.symmetry_axes[:1]  # one class of two has axes
+    assert not centred_on_symmetry(state)

@@ -168,7 +168,7 @@ def narrow_translations(state: RunState, batch_index: torch.Tensor, grid: Search
     translations); so do the class maps of a C1 run with several classes, each in its own frame."""
     if not with_sums or config.narrow_offset_steps <= 0:
         return None
-    if not config.recentre_on_symmetry or not centred_on_symmetry(state) or len(state.symmetry_axes) < state.n_classes:
+    if not config.recentre_on_symmetry or not centred_on_symmetry(state):
         return None
     if state.iteration < schedules.phases(config.n_iter, config.initial_fraction, config.final_fraction).initial:
         return None

@@ -84,6 +84,6 @@ def recentre_on_axes(state: RunState, axes: list, pixel_size_a: float, pad: int,
 def centred_on_symmetry(state: RunState, tolerance_px: float = 0.5) -> bool:
     """Whether the group has been imposed and every class's symmetry centre sits at the box centre
     (recentre_on_axes moved it there, or it was within tolerance_px): the map's frame is pinned."""
-    if state.symmetry_axes is None:
+    if state.symmetry_axes is None or len(state.symmetry_axes) < state.n_classes:
         return False
     return all(float(torch.as_tensor(shift).norm()) <= tolerance_px for _, shift in state.symmetry_axes)
