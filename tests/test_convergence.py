@@ -118,6 +118,22 @@ def test_a_settled_run_or_one_without_the_earlier_snapshot_stops_at_n_iter():
     assert _decide(state, config) == 40
 
 
+def test_agreement_is_measured_over_the_shells_the_earlier_map_had_reached():
+    """A map that only gained shells past the earlier snapshot's resolution (its window grew) has
+    settled; one that changed below that resolution has not."""
+    config = VdamConfig(n_iter=40)
+    earlier = _low_passed_noise(24, 4.5, seed=8)[None]
+    finer = earlier + _low_passed_noise(24, 10, seed=9)[None] - _low_passed_noise(24, 4.5, seed=9)[None]
+    state = _state(finer, iteration=40, shell=10)
+    state.map_snapshots[20], state.snapshot_shells[20] = earlier.float(), 4
+    assert convergence.map_agreement(state, config) > 0.99
+    state.snapshot_shells.clear()  # a checkpoint from before snapshot_shells: the current shell
+    assert convergence.map_agreement(state, config) < 0.8
+    moved = _state(_low_passed_noise(24, 10, seed=10)[None], iteration=40, shell=10)
+    moved.map_snapshots[20], moved.snapshot_shells[20] = earlier.float(), 4
+    assert convergence.map_agreement(moved, config) < 0.3
+
+
 def test_snapshots_fall_where_the_comparisons_need_them_and_old_ones_are_dropped():
     config = VdamConfig(n_iter=55)  # not a multiple of 10: comparisons at 55, 65, ... against 35, 45, ...
     state = _state(torch.zeros((1, 8, 8, 8), dtype=torch.float64), iteration=0, shell=2)
@@ -125,6 +141,7 @@ def test_snapshots_fall_where_the_comparisons_need_them_and_old_ones_are_dropped
         state.iteration = iteration
         convergence.keep_snapshot(state, config)
     assert sorted(state.map_snapshots) == [55, 65, 75]
+    assert sorted(state.snapshot_shells) == [55, 65, 75]
 
 
 def test_symmetry_is_imposed_except_where_convergence_compares_maps_or_the_run_may_stop():

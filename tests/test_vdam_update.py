@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from novomap.model.params import image_sizes, resolution_shell, spectral_snr, update_sigma2, update_with_momentum
 from novomap.physics.fourier import centred_radius
-from novomap.vdam.update import vdam_update
+from novomap.vdam.update import map_memory_halves, vdam_update
 
 M = 10  # grid side; shells 0..8 in the corners
 CURRENT_SIZE = 8  # inside: |k| < 4
@@ -223,3 +224,36 @@ def test_update_with_momentum_and_ssnr():
     ssnr = spectral_snr(w, tau2, shells, 4.0, 1)
     assert torch.allclose(ssnr, 4.0 * 2.0 * tau2)  # pad^3 T <W_0> tau2
     assert torch.allclose(spectral_snr(w, tau2, shells, 4.0, 2), 8 * 4.0 * 2.0 * tau2)
+
+
+def test_map_memory_matches_the_variance_the_first_moments_keep():
+    """Drive vdam_update with independent unit-variance gradients: the first moments' variance at
+    steady state is 1 / (the mini-batches map_memory_halves counts per half), measured over voxels."""
+    shells, inside = _grid()
+    moment1, moment2 = _fresh_moments()
+    reference = torch.zeros((M, M, M), dtype=torch.complex128)
+    weight = torch.ones((2, M, M, M), dtype=torch.float64)
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(300):
+        gradient = torch.randn((2, M, M, M), generator=generator, dtype=torch.complex128)
+        vdam_update(reference, gradient, weight, moment1, moment2, shells, inside, 0.0, 4.0)
+    measured = float(moment1[:, inside].abs().square().mean())  # E|d|^2 = 1 for randn complex
+    batches_per_half = map_memory_halves(1000, 10**9) / 2
+    assert measured == pytest.approx(1.0 / batches_per_half, rel=0.08)
+
+
+def test_map_memory_never_exceeds_the_data_set():
+    assert map_memory_halves(1000, 10**9) == pytest.approx(2 * 19)
+    assert map_memory_halves(1000, 2000) == pytest.approx(4.0)  # the whole data set, both halves
+    assert map_memory_halves(1455, 1455) == pytest.approx(2.0)  # a mini-batch holding every particle
+
+
+def test_resolution_estimate_reads_the_map_memory_only_in_the_final_phase():
+    from novomap.vdam.config import VdamConfig
+    from novomap.vdam.iterate import map_information
+
+    config = VdamConfig(n_iter=100)  # final phase: iterations 81-100 (and any past n_iter)
+    assert map_information(30, 200, 2000, config) == 1.0
+    assert map_information(80, 1000, 2000, config) == 1.0
+    assert map_information(81, 1000, 2000, config) == pytest.approx(map_memory_halves(1000, 2000))
+    assert map_information(90, 1000, 2000, dataclasses.replace(config, accumulated_ssnr=False)) == 1.0

@@ -71,6 +71,9 @@ class VdamConfig:
     # poses that the global search makes, and real beta-gal seed 1 ended at 27.7 instead of 10.0 Å
     # (benchmarks/results/2026-11-30-local-same-order.md)
     local_same_order: bool = False
+    # in VDAM's final phase, the resolution estimate reads the SSNR the map has accumulated over
+    # its moments' memory, not one pseudo half mini-batch's (vdam.iterate.map_information)
+    accumulated_ssnr: bool = True
     local_min_pmax: float = 0.5
     # after VDAM's initial phase, sharp particles (pmax >= local_min_pmax) of the mini-batch iterations
     # search translations only this many offset steps around their previous origin, over all

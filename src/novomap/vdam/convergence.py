@@ -19,6 +19,12 @@ n_iter (0.950) after 0.947 at iteration 90, with a wrong map (cc 0.62), and reac
 stop at n_iter as before; a few go on for 10 iterations (real beta-gal seed 1: 0.934 at iteration 90,
 0.974 and 0.984 after; 1.02x the time, the same map)
 (benchmarks/results/2026-12-01-convergence-confirmed.md).
+
+The two maps are compared over the shells both had reached (the earlier one's resolution when
+the window has grown since): when the final phase's window grows at its first iteration
+(vdam.iterate.map_information), the shells it adds were empty 20 iterations before, and counting
+them held every run of the real tutorial particles 10 iterations past --iter for nothing
+(benchmarks/results/2026-12-03-accumulated-ssnr.md).
 """
 
 from __future__ import annotations
@@ -52,8 +58,10 @@ def keep_snapshot(state: RunState, config: VdamConfig) -> None:
     if not compared_iteration(state.iteration, config):
         return
     state.map_snapshots[state.iteration] = state.maps.detach().to("cpu", torch.float32).clone()
+    state.snapshot_shells[state.iteration] = state.resolution_shell
     for iteration in [i for i in state.map_snapshots if i < state.iteration - config.convergence_lag]:
         del state.map_snapshots[iteration]
+        state.snapshot_shells.pop(iteration, None)
 
 
 def map_change(before: torch.Tensor, after: torch.Tensor, shell: int, class_fraction: torch.Tensor) -> float:
@@ -68,11 +76,15 @@ def map_change(before: torch.Tensor, after: torch.Tensor, shell: int, class_frac
 
 def map_agreement(state: RunState, config: VdamConfig) -> float | None:
     """map_change between this iteration's maps and those of convergence_lag iterations ago (None
-    when that snapshot is missing, e.g. a run continued from a checkpoint written before it)."""
-    before = state.map_snapshots.get(state.iteration - config.convergence_lag)
+    when that snapshot is missing, e.g. a run continued from a checkpoint written before it), over
+    the shells both maps had reached: beyond the earlier one's resolution it held no information to
+    agree with (the window grows at the start of the final phase, vdam.iterate.map_information)."""
+    earlier = state.iteration - config.convergence_lag
+    before = state.map_snapshots.get(earlier)
     if before is None or before.shape != state.maps.shape:
         return None
-    return map_change(before.double(), state.maps.detach().cpu().double(), state.resolution_shell, state.class_fraction)
+    shell = min(state.resolution_shell, state.snapshot_shells.get(earlier, state.resolution_shell))
+    return map_change(before.double(), state.maps.detach().cpu().double(), shell, state.class_fraction)
 
 
 def previous_agreement(history: list[dict], iteration: int) -> float | None:

@@ -32,7 +32,7 @@ from novomap.vdam.recentre import centred_on_symmetry
 from novomap.vdam.restarts import compete, competition_iteration
 from novomap.vdam.unit_search import unit_operators
 from novomap.vdam.state import RunState
-from novomap.vdam.update import vdam_update
+from novomap.vdam.update import map_memory_halves, vdam_update
 
 def pseudo_halves(particles: ParticleSet) -> torch.Tensor:
     """Half-set 0/1 of each particle: parity of its position in the micrograph-sorted table."""
@@ -192,8 +192,14 @@ def split_local(state: RunState, batch_index: torch.Tensor, config: VdamConfig) 
     return batch_index[sharp], batch_index[~sharp]
 
 
-def maximization(state: RunState, sums: Sums, current_size: int, step: float, tau2_fudge: float, config: VdamConfig, pixel_size_a: float) -> None:
-    """The M-step: VDAM update of every class, then noise, class, direction and offset priors."""
+def maximization(
+    state: RunState, sums: Sums, current_size: int, step: float, tau2_fudge: float, config: VdamConfig, pixel_size_a: float, map_halves: float = 1.0
+) -> None:
+    """The M-step: VDAM update of every class, then noise, class, direction and offset priors.
+
+    map_halves: how many pseudo half mini-batches the map holds (update.map_memory_halves); the SSNR,
+    hence the resolution estimate that sets the next window, is the mini-batch half-set's times this.
+    """
     n = state.maps.shape[-1]
     m = n * PAD
     device = sums.gradient.device
@@ -212,7 +218,7 @@ def maximization(state: RunState, sums: Sums, current_size: int, step: float, ta
         gradient, weight = torch.stack(gradient), torch.stack(weight)
         tau2 = reference_power(projector[k], shells, n_shells)
         state.tau2[k] = tau2.cpu()
-        state.ssnr[k] = spectral_snr(weight[0], tau2, shells, tau2_fudge, PAD).cpu()
+        state.ssnr[k] = map_halves * spectral_snr(weight[0], tau2, shells, tau2_fudge, PAD).cpu()
         class_step = step * (1 - math.exp(-(3 * state.n_classes + 10) * float(state.class_fraction[k])))
         reference = volume_to_centred_ft(state.maps[k].to(device), PAD)
         moment1, moment2 = state.moment1[k].to(device), state.moment2[k].to(device)
@@ -236,6 +242,23 @@ def maximization(state: RunState, sums: Sums, current_size: int, step: float, ta
     new_shell = max(resolution_shell(state.ssnr[k]) for k in range(state.n_classes))
     state.iterations_without_gain = 0 if new_shell > state.resolution_shell else state.iterations_without_gain + 1
     state.resolution_shell = new_shell
+
+
+def map_information(iteration: int, batch_size: int, n_particles: int, config: VdamConfig) -> float:
+    """The SSNR multiplier of this iteration's resolution estimate (maximization's map_halves).
+
+    Before VDAM's final phase, as RELION, one pseudo half mini-batch: poses still move between
+    mini-batches and the batch size, step and T still change, so the map's memory does not add up.
+    In the final phase (config.accumulated_ssnr) the schedules hold still and the map holds what
+    update.map_memory_halves counts: a window set by one half mini-batch's SSNR stays behind what
+    the map resolves (hb_c2_tight's window held at 9.2 Å while its poses support ~6 Å).
+    """
+    if not config.accumulated_ssnr:
+        return 1.0
+    p = schedules.phases(config.n_iter, config.initial_fraction, config.final_fraction)
+    if iteration <= p.initial + p.in_between:
+        return 1.0
+    return map_memory_halves(batch_size, n_particles)
 
 
 def search_setup(state: RunState, particles: ParticleSet, config: VdamConfig, advance: bool = True) -> tuple[SearchGrid, int, int]:
@@ -388,7 +411,7 @@ def run_iteration(
     n_narrow = timings.pop("n_narrow", 0)
     unit_fraction = timings.pop("n_unit_orientations", 1) / timings.pop("n_grid_orientations", 1)
     t0 = time.perf_counter()
-    maximization(state, sums, current_size, step, tau2_fudge, config, particles.pixel_size_a)
+    maximization(state, sums, current_size, step, tau2_fudge, config, particles.pixel_size_a, map_information(iteration, batch_size, particles.n, config))
     timings["mstep"] = time.perf_counter() - t0
     state.iteration = iteration
     if iteration < 10:

@@ -55,6 +55,8 @@ class RunState:
     symmetry_axes: list | None = None
     # class maps (K, N, N, N) float32 of recent iterations, by iteration (vdam.convergence)
     map_snapshots: dict = field(default_factory=dict)
+    # the resolution shell (state.resolution_shell) at each snapshot's iteration, by iteration
+    snapshot_shells: dict = field(default_factory=dict)
 
     @property
     def n_classes(self) -> int:

@@ -16,6 +16,18 @@ BETA1 = 0.9
 BETA2 = 0.999
 
 
+def map_memory_halves(batch_size: int, n_particles: int) -> float:
+    """How many pseudo half mini-batches of independent particles the VDAM map holds, once poses are stable.
+
+    The map follows the first moments, exponential averages with weight (1 - BETA1) per mini-batch:
+    such an average of independent terms has (1 - BETA1) / (1 + BETA1) of one term's variance, so it
+    holds (1 + BETA1) / (1 - BETA1) = 19 mini-batches' worth, but never more particles than the data
+    set has (a particle seen again brings its same noise). The map averages both pseudo halves: x 2.
+    """
+    held = min(float(n_particles), (1 + BETA1) / (1 - BETA1) * batch_size)
+    return 2.0 * held / max(batch_size, 1)
+
+
 def vdam_update(
     reference: torch.Tensor,
     gradient: torch.Tensor,
