@@ -22,7 +22,7 @@ stop at n_iter as before; a few go on for 10 iterations (real beta-gal seed 1: 0
 
 The two maps are compared over the shells both had reached (the earlier one's resolution when
 the window has grown since): when the final phase's window grows at its first iteration
-(vdam.iterate.map_information), the shells it adds were empty 20 iterations before, and counting
+(vdam.iterate.map_information), the particles had not yet reached the shells it adds 20 iterations before, and counting
 them held every run of the real tutorial particles 10 iterations past --iter for nothing
 (benchmarks/results/2026-12-03-accumulated-ssnr.md).
 """
