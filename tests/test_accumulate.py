@@ -10,9 +10,12 @@ with e_{t,j} the phase of fine translation (t, j); the slices are then back-proj
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from novomap.estep.accumulate import Sums, accumulate, flush_slices
+from novomap.estep import accumulate as accumulate_module
+from novomap.estep import sparse_cpu
+from novomap.estep.accumulate import Sums, _sparse_product, accumulate, flush_slices
 from novomap.estep.prepare import PreparedBatch
 from novomap.estep.search import FineResult
 from novomap.physics.projection import insert_slices
@@ -90,7 +93,13 @@ def _direct(window, grid, batch: PreparedBatch, result: FineResult):
     return gradient, weight, noise
 
 
-def test_accumulated_sums_equal_their_row_by_row_definition():
+needs_numba = pytest.mark.skipif(not sparse_cpu.available(), reason="numba is not installed")
+
+
+@pytest.mark.parametrize("compiled", [pytest.param(True, marks=needs_numba), False])
+def test_accumulated_sums_equal_their_row_by_row_definition(compiled, monkeypatch):
+    if not compiled:  # torch.sparse.mm, as on a GPU
+        monkeypatch.setattr(accumulate_module, "_compiled_row_sums", lambda: None)
     generator = torch.Generator().manual_seed(7)
     window, grid, batch, result, sums = _random_inputs(generator)
     accumulate(sums, batch, result, window, grid, 1, pixel_size_a=2.0)
@@ -107,3 +116,25 @@ def test_accumulated_sums_equal_their_row_by_row_definition():
     totals = result.weights.sum(-1)
     expected_class = torch.zeros(N_CLASSES, dtype=torch.float64).index_add_(0, result.row_class, totals)
     assert torch.allclose(sums.class_weight, expected_class)
+
+
+@pytest.mark.parametrize("compiled", [pytest.param(True, marks=needs_numba), False])
+def test_sparse_product_sums_each_entry_into_its_row(compiled, monkeypatch):
+    if not compiled:
+        monkeypatch.setattr(accumulate_module, "_compiled_row_sums", lambda: None)
+    generator = torch.Generator().manual_seed(3)
+    dense = torch.complex(torch.randn(6, 40, generator=generator), torch.randn(6, 40, generator=generator))
+    # unsorted rows, a repeated (row, column) entry, and output rows 1 and 4 with no entry at all
+    rows = torch.tensor([3, 0, 3, 2, 0, 3, 5])
+    columns = torch.tensor([1, 5, 1, 0, 2, 4, 5])
+    values = torch.rand(7, generator=generator)
+    got = _sparse_product(rows, columns, values, 6, dense)
+    expected = torch.zeros((6, 40), dtype=torch.complex128)
+    for r, c, v in zip(rows.tolist(), columns.tolist(), values.tolist()):
+        expected[r] += v * dense[c].to(torch.complex128)
+    assert got.shape == (6, 40) and got.dtype == torch.complex64
+    assert torch.allclose(got.to(torch.complex128), expected, atol=1e-5)
+    assert float(got[1].abs().max()) == 0.0 and float(got[4].abs().max()) == 0.0
+    # a conjugated view is read as its values (accumulate passes projections.conj())
+    conj = _sparse_product(rows, columns, values, 6, dense.conj())
+    assert torch.allclose(conj.to(torch.complex128), expected.conj(), atol=1e-5)

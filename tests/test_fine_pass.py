@@ -125,3 +125,38 @@ def test_a_cache_without_powers_refuses_to_give_them():
     cache.lookup(torch.tensor([3]))
     with pytest.raises(ValueError, match="no powers"):
         cache.powers()
+
+
+def _retained_by_definition(weights: torch.Tensor, segment: torch.Tensor, n_segments: int, fraction: float) -> torch.Tensor:
+    """Per segment: sort its weights high to low, keep each while the sum of those before it is below
+    fraction x the segment's total (and it is positive), then keep every weight tied with a kept one."""
+    keep = torch.zeros_like(weights, dtype=torch.bool)
+    for s in range(n_segments):
+        rows = segment == s
+        values = sorted(weights[rows].reshape(-1).tolist(), reverse=True)
+        total, before, kept = sum(values), 0.0, []
+        for w in values:
+            if w <= 0 or before >= fraction * total:
+                break
+            kept.append(w)
+            before += w
+        if kept:
+            keep[rows] = (weights[rows] >= min(kept)) & (weights[rows] > 0)
+    return keep
+
+
+@pytest.mark.parametrize("compiled", [pytest.param(True, marks=needs_numba), False])
+def test_retained_mass_keeps_the_fewest_best_weights_per_particle(compiled, monkeypatch):
+    if not compiled:
+        monkeypatch.setattr(search, "_compiled_fine_sums", lambda: None)
+    generator = torch.Generator().manual_seed(11)
+    # segments out of order, one (3) without rows, one (4) with only zero weights, ties in segment 0
+    segment = torch.tensor([2, 0, 0, 2, 1, 0, 4, 2, 1, 0])
+    weights = torch.rand(10, 4, generator=generator, dtype=torch.float64) ** 4
+    weights[torch.rand(10, 4, generator=generator) < 0.2] = 0.0
+    weights[6] = 0.0
+    weights[1, 2] = weights[5, 0] = weights[2, 3]
+    for fraction in (0.5, 0.9, 0.999):
+        got = search._retain_mass(weights, segment, 5, fraction)
+        assert torch.equal(got, _retained_by_definition(weights, segment, 5, fraction)), fraction
+    assert not bool(got[6].any())

@@ -198,3 +198,14 @@ def test_run_out_says_before_the_race_that_it_goes_quiet(tmp_path):
             display.update(figures(i))
     quiet_log.close()
     assert "random starts race" not in (tmp_path / "one" / "run.out").read_text()
+
+
+def test_the_report_is_redrawn_mid_run_only_when_the_final_one_is_not_near():
+    from novomap.commands.initial_model import REPORT_INTERVAL_S, mid_run_report_due
+
+    # not before the interval has passed
+    assert not mid_run_report_due(REPORT_INTERVAL_S - 1, 500.0)
+    assert mid_run_report_due(REPORT_INTERVAL_S + 1, 500.0)
+    assert mid_run_report_due(REPORT_INTERVAL_S + 1, None)  # no estimate yet: by the clock alone
+    # the final report is due in seconds: no redraw however long ago the last one was
+    assert not mid_run_report_due(10 * REPORT_INTERVAL_S, 10.0)

@@ -363,6 +363,18 @@ def _last_checkpoint(out_dir: Path) -> Path | None:
 REPORT_INTERVAL_S = 90.0
 
 
+def mid_run_report_due(since_last_s: float, left_s: float | None) -> bool:
+    """Whether to redraw the report at a written iteration, since_last_s after the last drawing (or
+    the start), with left_s estimated to go (None: not known yet).
+
+    Drawing takes seconds of CPU: at most every REPORT_INTERVAL_S, so that it never costs a short job
+    a noticeable share of its time, and not when the final report is due within a third of that (the
+    real tutorial job drew one at iteration 90, ~10 s before the final one)."""
+    if left_s is not None and left_s < REPORT_INTERVAL_S / 3:
+        return False
+    return since_last_s >= REPORT_INTERVAL_S
+
+
 def _working_grid(table, args: argparse.Namespace):
     """(WorkingGrid, max resolution in Å) of the job: --max-resolution, else the automatic limit."""
     from novomap.io.particles import working_grid_of
@@ -450,9 +462,7 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
     def on_write(optimiser_star: Path) -> None:
         iteration = int(optimiser_star.name[len("run_it"):].split("_")[0])
         log.detail(f"wrote {optimiser_star.parent}/run_it{iteration:03d}_*")
-        # drawing the report takes seconds of CPU: during the run, refresh it at most every
-        # REPORT_INTERVAL_S so that it never costs a short job a noticeable share of its time
-        if iteration not in reported and time.perf_counter() - last_report[0] >= REPORT_INTERVAL_S:
+        if iteration not in reported and mid_run_report_due(time.perf_counter() - last_report[0], display.eta_seconds(iteration)):
             reported.add(iteration)
             report(final=False)
             last_report[0] = time.perf_counter()

@@ -89,15 +89,26 @@ def _dense_rows(row_to: torch.Tensor, col: torch.Tensor, value: torch.Tensor, n_
     return out.index_put_((row_to, col), value, accumulate=True)
 
 
+def _compiled_row_sums():
+    """estep.sparse_cpu when numba is installed, else None (imported on first use, as numba is)."""
+    from novomap.estep import sparse_cpu
+
+    return sparse_cpu if sparse_cpu.available() else None
+
+
 def _sparse_product(rows: torch.Tensor, columns: torch.Tensor, values: torch.Tensor, n_rows: int, dense: torch.Tensor) -> torch.Tensor:
     """M @ dense for the sparse M with `values` summed at (rows, columns): dense (C, P) complex64 -> (n_rows, P).
 
     A sparse-dense product is an order of magnitude faster than gathering the dense rows per
-    entry and adding them with index_add_, and never materialises one row per entry.
+    entry and adding them with index_add_, and never materialises one row per entry; on the CPU
+    a compiled loop over the entries (estep.sparse_cpu) skips building the sparse matrix.
     """
+    compiled = _compiled_row_sums() if dense.device.type == "cpu" else None
+    if compiled is not None:
+        return compiled.row_sums(rows, columns, values, n_rows, dense)
     shape = (n_rows, dense.shape[0])
     matrix = torch.sparse_coo_tensor(torch.stack([rows, columns]), values, shape, check_invariants=False).coalesce()
-    real = torch.view_as_real(dense.contiguous()).reshape(dense.shape[0], -1)  # (C, 2P), re/im interleaved
+    real = torch.view_as_real(dense.resolve_conj().contiguous()).reshape(dense.shape[0], -1)  # (C, 2P), re/im interleaved
     return torch.view_as_complex(torch.sparse.mm(matrix, real).reshape(n_rows, -1, 2))
 
 
@@ -169,7 +180,7 @@ def accumulate(
     projection_power = projections.real.square() + projections.imag.square()  # (n_proj, P)
     model_power = _dense_rows(b, proj_index, total.float(), n_batch, n_proj) @ projection_power  # (B, P)
     # sum_rows conj(P) A = sum_(t, j) e_{t+delta_j} sum_rows w_j conj(P), per (particle, translation) pair
-    pair_sums = _sparse_product(pair_column, proj_index.repeat_interleave(4), row_weights, n_columns, projections.conj().resolve_conj())
+    pair_sums = _sparse_product(pair_column, proj_index.repeat_interleave(4), row_weights, n_columns, projections.conj())
     pair_cross = (pair_sums.reshape(-1, 4, window.n_pixels) * pair_phases).sum(1)  # (n_pairs, P)
     cross = torch.zeros((n_batch, window.n_pixels), dtype=torch.complex64, device=device).index_add_(0, pairs // n_trans, pair_cross)
     x_power = x.real.square() + x.imag.square()

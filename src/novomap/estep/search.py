@@ -186,8 +186,13 @@ def _retain_mass(weights: torch.Tensor, segment: torch.Tensor, n_segments: int, 
     """Per segment, keep the largest weights until their sum reaches `fraction` (ties kept) -> bool (U, T).
 
     One sort on the key segment * 2 - weight (weights are in [0, 1]) groups the entries by
-    segment with descending weights inside each group.
+    segment with descending weights inside each group; on the CPU each segment is sorted on its
+    own, in parallel (estep.fine_cpu.mass_thresholds).
     """
+    compiled = _compiled_fine_sums() if weights.device.type == "cpu" else None
+    if compiled is not None:
+        threshold = compiled.mass_thresholds(weights, segment, n_segments, fraction)
+        return (weights >= threshold[segment, None]) & (weights > 0)
     flat = weights.reshape(-1)
     seg = segment[:, None].expand_as(weights).reshape(-1)
     order = torch.argsort(seg.to(flat.dtype) * 2 - flat)
