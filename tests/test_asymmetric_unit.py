@@ -98,8 +98,12 @@ def test_only_proper_groups_of_more_than_one_operator_are_searched_by_unit():
     assert not searchable_by_unit(point_group("Cs"))
 
 
-def test_slices_with_operators_are_inserted_at_every_equivalent_orientation():
-    """Flushing with a group equals inserting each slice at A g for every g with 1/|G| of it."""
+@pytest.mark.parametrize("compiled", [True, False])
+def test_slices_with_operators_are_inserted_at_every_equivalent_orientation(compiled, monkeypatch):
+    """Flushing with a group equals inserting each slice at A g for every g with 1/|G| of it, on the
+    CPU's compiled scatter (the operators applied inside it) and on grid_sample's (the slices repeated)."""
+    from novomap.physics import projection
+
     generator = torch.Generator().manual_seed(7)
     window = fourier_window(16, 16, "cpu")
     grid = build_search_grid(0, 1, 1)
@@ -112,7 +116,10 @@ def test_slices_with_operators_are_inserted_at_every_equivalent_orientation():
     buffer = SliceBuffer(2 * rotations.shape[0], window.n_pixels, "cpu", operators=operators)
     buffer.add(keys, data, weight)
     grids = torch.zeros((2, 1, m, m, m), dtype=torch.complex128), torch.zeros((2, 1, m, m, m), dtype=torch.float64)
+    if not compiled:
+        monkeypatch.setattr(projection, "_compiled_loops", lambda: None)
     buffer.flush(rotations, 1, window, 1, *grids)
+    monkeypatch.undo()
     expected = torch.zeros((m, m, m), dtype=torch.complex128), torch.zeros((m, m, m), dtype=torch.float64)
     for g in operators:
         insert_slices(data / 4, weight / 4, (rotations[keys] @ g).float(), window.kx, window.ky, 1, *expected)

@@ -156,29 +156,8 @@ class SliceBuffer:
             rows = torch.nonzero(grid_index == hk).squeeze(1)
             h, c = divmod(hk, n_classes)
             orientation = rotations[keys[rows] % n_fine].to(device=keys.device, dtype=torch.float32)
-            if self.operators is None:
-                insert_slices(self.data[rows], self.weight[rows], orientation, kx, ky, pad, gradient_grids[h, c], weight_grids[h, c])
-            else:
-                _insert_equivalents(self.data[rows], self.weight[rows], orientation, self.operators, kx, ky, pad, gradient_grids[h, c], weight_grids[h, c])
+            insert_slices(self.data[rows], self.weight[rows], orientation, kx, ky, pad, gradient_grids[h, c], weight_grids[h, c], self.operators)
         self.slot[keys] = -1
         self.data[: self.count] = 0
         self.weight[: self.count] = 0
         self.count = 0
-
-
-_EQUIVALENT_SLICES_PER_CALL = 8192  # bounds the repeated slices' memory (a few hundred MB at most)
-
-
-def _insert_equivalents(
-    data: torch.Tensor, weight: torch.Tensor, rotations: torch.Tensor, operators: torch.Tensor, kx, ky, pad: int, data_grid: torch.Tensor, weight_grid: torch.Tensor
-) -> None:
-    """Insert slices (S, P) at every A g (operators (G, 3, 3)) with 1/G of their values, in calls of
-    at most _EQUIVALENT_SLICES_PER_CALL slices."""
-    n_ops = operators.shape[0]
-    ops = operators.to(device=rotations.device, dtype=rotations.dtype)
-    data, weight = data / n_ops, weight / n_ops
-    per_call = max(1, _EQUIVALENT_SLICES_PER_CALL // max(1, data.shape[0]))
-    for start in range(0, n_ops, per_call):
-        chunk = ops[start : start + per_call]
-        equivalent = torch.einsum("sij,gjk->gsik", rotations, chunk).reshape(-1, 3, 3)  # operator-major
-        insert_slices(data.repeat(chunk.shape[0], 1), weight.repeat(chunk.shape[0], 1), equivalent, kx, ky, pad, data_grid, weight_grid)

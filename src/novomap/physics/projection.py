@@ -115,12 +115,15 @@ def insert_slices(
     pad: int,
     data_grid: torch.Tensor | None,
     weight_grid: torch.Tensor | None,
+    operators: torch.Tensor | None = None,
 ) -> None:
     """Back-project slices into centred grids in place (the exact adjoint of extract_slices).
 
     values (O, P) complex -> added into data_grid (M, M, M) complex; weights (O, P) real ->
     added into weight_grid (M, M, M) real. Either pair may be None. Only the half-plane of each
     image is inserted; call `hermitian_symmetrise` afterwards to add the conjugate half.
+    operators (G, 3, 3): each slice goes to every orientation A g instead, with 1/G of its values
+    and weights (a symmetric map's equivalent orientations).
     The adjoint of trilinear sampling: on the CPU the compiled scatter of `trilinear_cpu`, elsewhere
     grid_sample's input gradient, i.e. its scatter kernel.
     """
@@ -137,9 +140,11 @@ def insert_slices(
         return
     compiled = _compiled_loops() if grid_ref.device.type == "cpu" else None
     if compiled is not None:
-        adjoint = compiled.scatter_slices(parts, rotations, kx, ky, pad, m)
-    else:
+        adjoint = compiled.scatter_slices(parts, rotations, kx, ky, pad, m, operators)
+    elif operators is None:
         adjoint = _grid_sample_adjoint(parts, rotations, kx, ky, pad, m, dtype, grid_ref.device)
+    else:
+        adjoint = _grid_sample_adjoint_equivalents(parts, rotations, operators, kx, ky, pad, m, dtype, grid_ref.device)
     if values is not None and data_grid is not None:
         data_grid += torch.complex(adjoint[0], adjoint[1]).to(data_grid.dtype)
     if weights is not None and weight_grid is not None:
@@ -162,6 +167,28 @@ def _grid_sample_adjoint(parts: list[torch.Tensor], rotations: torch.Tensor, kx:
     shape_only = torch.empty((n_split, len(parts), m, m, m), dtype=dtype, device=device)
     adjoint, _ = torch.ops.aten.grid_sampler_3d_backward(stacked, shape_only, grid, 0, 0, True, [True, False])
     return adjoint.sum(0)
+
+
+_EQUIVALENT_SLICES_PER_CALL = 8192  # bounds the repeated slices' memory (a few hundred MB at most)
+
+
+def _grid_sample_adjoint_equivalents(
+    parts: list[torch.Tensor], rotations: torch.Tensor, operators: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor, pad: int, m: int, dtype: torch.dtype, device
+) -> torch.Tensor:
+    """_grid_sample_adjoint of the slices at every A g (operators (G, 3, 3)) with 1/G of their values,
+    the slices repeated in calls of at most _EQUIVALENT_SLICES_PER_CALL."""
+    n_ops = operators.shape[0]
+    ops = operators.to(device=rotations.device, dtype=rotations.dtype)
+    parts = [part / n_ops for part in parts]
+    per_call = max(1, _EQUIVALENT_SLICES_PER_CALL // max(1, rotations.shape[0]))
+    total = None
+    for start in range(0, n_ops, per_call):
+        chunk = ops[start : start + per_call]
+        equivalent = torch.einsum("sij,gjk->gsik", rotations, chunk).reshape(-1, 3, 3)  # operator-major
+        repeated = [part.repeat(chunk.shape[0], 1) for part in parts]
+        adjoint = _grid_sample_adjoint(repeated, equivalent, kx, ky, pad, m, dtype, device)
+        total = adjoint if total is None else total + adjoint
+    return total
 
 
 def hermitian_symmetrise(data_grid: torch.Tensor | None, weight_grid: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:

@@ -103,7 +103,7 @@ if numba is not None:
                     out[o, p, c] = total
 
     @njit(parallel=True, fastmath=True, cache=True)
-    def _scatter(values, rows, kx, ky, grids):  # pragma: no cover - compiled
+    def _scatter(values, rows, kx, ky, operators, scale, grids):  # pragma: no cover - compiled
         n_parts = grids.shape[0]
         m = grids.shape[1]
         centre = m // 2
@@ -114,15 +114,21 @@ if numba is not None:
             flat = grid.reshape(m * m * m, n_channels)
             index = np.empty(8, dtype=np.int64)
             weight = np.empty(8, dtype=np.float64)
-            for o in range(part * per_part, min(n_slices, (part + 1) * per_part)):
+            # the slice's rows at orientation A g: (A g)_ij = sum_k A_ik g_kj, first two rows
+            equivalent = np.empty((1, 2, 3), dtype=rows.dtype)
+            for slice_op in range(part * per_part * operators.shape[0], min(n_slices, (part + 1) * per_part) * operators.shape[0]):
+                o, g = divmod(slice_op, operators.shape[0])
+                for i in range(2):
+                    for j in range(3):
+                        equivalent[0, i, j] = rows[o, i, 0] * operators[g, 0, j] + rows[o, i, 1] * operators[g, 1, j] + rows[o, i, 2] * operators[g, 2, j]
                 for p in range(n_pixels):
-                    x0, y0, z0, fx, fy, fz = _slice_point(rows, o, kx[p], ky[p], centre)
+                    x0, y0, z0, fx, fy, fz = _slice_point(equivalent, 0, kx[p], ky[p], centre)
                     if x0 >= 0 and y0 >= 0 and z0 >= 0 and x0 < m - 1 and y0 < m - 1 and z0 < m - 1:
                         gx, gy, gz = 1 - fx, 1 - fy, 1 - fz
                         w000, w001, w010, w011 = gz * gy * gx, gz * gy * fx, gz * fy * gx, gz * fy * fx
                         w100, w101, w110, w111 = fz * gy * gx, fz * gy * fx, fz * fy * gx, fz * fy * fx
                         for c in range(n_channels):
-                            v = values[c, o, p]
+                            v = values[c, o, p] * scale
                             grid[z0, y0, x0, c] += w000 * v
                             grid[z0, y0, x0 + 1, c] += w001 * v
                             grid[z0, y0 + 1, x0, c] += w010 * v
@@ -135,7 +141,7 @@ if numba is not None:
                     n = _edge_neighbours(x0, y0, z0, fx, fy, fz, m, index, weight)
                     for i in range(n):
                         for c in range(n_channels):
-                            flat[index[i], c] += weight[i] * values[c, o, p]
+                            flat[index[i], c] += weight[i] * values[c, o, p] * scale
 
 
 @contextlib.contextmanager
@@ -167,14 +173,21 @@ def gather_slices(volume_ft: torch.Tensor, rotations: torch.Tensor, kx: torch.Te
         _gather(volume, *geometry, torch.view_as_real(out).numpy())
 
 
-def scatter_slices(channels: list[torch.Tensor], rotations: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor, pad: int, m: int) -> torch.Tensor:
+def scatter_slices(
+    channels: list[torch.Tensor], rotations: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor, pad: int, m: int, operators: torch.Tensor | None = None
+) -> torch.Tensor:
     """The adjoint of gather_slices for C real channels (each (O, P), one dtype) -> (C, M, M, M)
-    float64 sums. Needs numba (`available()`)."""
+    float64 sums. operators (G, 3, 3): each slice is inserted at every orientation A g instead, with
+    1/G of its values (estep.cache.SliceBuffer's symmetric maps), without copying the slices G times.
+    Needs numba (`available()`)."""
     values = torch.stack([c.detach() for c in channels]).contiguous().numpy()
-    geometry = _geometry(rotations, kx, ky, pad, channels[0].dtype)
+    rows, kx_values, ky_values = _geometry(rotations, kx, ky, pad, channels[0].dtype)
+    if operators is None:
+        operators = torch.eye(3)[None]
+    ops = operators.detach().to(channels[0].dtype).contiguous().numpy()
     with numba_threads() as n_threads:
         # one private grid per thread, within a memory budget (a 160^3 grid of 3 channels is 98 MB)
         n_parts = max(1, min(n_threads, _SCATTER_BUDGET_BYTES // (8 * len(channels) * m**3)))
         grids = np.zeros((n_parts, m, m, m, len(channels)), dtype=np.float64)
-        _scatter(values, *geometry, grids)
+        _scatter(values, rows, kx_values, ky_values, ops, 1.0 / ops.shape[0], grids)
     return torch.from_numpy(grids.sum(0)).permute(3, 0, 1, 2)
