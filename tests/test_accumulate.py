@@ -138,3 +138,14 @@ def test_sparse_product_sums_each_entry_into_its_row(compiled, monkeypatch):
     # a conjugated view is read as its values (accumulate passes projections.conj())
     conj = _sparse_product(rows, columns, values, 6, dense.conj())
     assert torch.allclose(conj.to(torch.complex128), expected.conj(), atol=1e-5)
+
+
+@needs_numba
+def test_grouped_order_is_a_stable_sort_by_row():
+    generator = torch.Generator().manual_seed(5)
+    rows = torch.randint(0, 7, (200,), generator=generator)
+    rows[rows == 4] = 5  # row 4 without entries
+    order, row_start = sparse_cpu.grouped_order(rows, 8)  # row 7 without entries too
+    assert torch.equal(order, torch.argsort(rows, stable=True))
+    assert torch.equal(row_start[1:] - row_start[:-1], torch.bincount(rows, minlength=8))
+    assert int(row_start[0]) == 0 and int(row_start[-1]) == rows.numel()

@@ -94,9 +94,9 @@ def mass_thresholds(weights: torch.Tensor, segment: torch.Tensor, n_segments: in
     weights (U, T) float64 >= 0, segment (U,) int64 -> (n_segments,) float64; search._retain_mass keeps
     the weights at or above it. Needs numba (`available()`).
     """
-    order = torch.argsort(segment, stable=True)
-    segment_start = torch.zeros(n_segments + 1, dtype=torch.long)
-    segment_start[1:] = torch.cumsum(torch.bincount(segment, minlength=n_segments), 0)
+    from novomap.estep.sparse_cpu import grouped_order
+
+    order, segment_start = grouped_order(segment, n_segments)
     out = np.full(n_segments, np.inf)
     with trilinear_cpu.numba_threads():
         _mass_thresholds(segment_start.numpy(), order.numpy(), weights.to(torch.float64).contiguous().numpy(), float(fraction), out)

@@ -27,6 +27,16 @@ def available() -> bool:
 
 if njit is not None:
 
+    @njit(cache=True)
+    def _group_by_row(rows, row_start, order):  # pragma: no cover - compiled
+        """A stable counting sort: order lists the entries of row 0, then row 1, ... in their given
+        order (row_start: each row's first position, from a cumulative count)."""
+        next_free = row_start[:-1].copy()
+        for e in range(rows.shape[0]):
+            r = rows[e]
+            order[next_free[r]] = e
+            next_free[r] += 1
+
     @njit(parallel=True, fastmath=True, cache=True)
     def _row_sums(row_start, columns, values, dense, out):  # pragma: no cover - compiled
         n_values = dense.shape[1]
@@ -38,16 +48,26 @@ if njit is not None:
                     out[r, q] += v * dense[c, q]
 
 
+def grouped_order(rows: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(order (E,), row_start (n_rows + 1,)): the entries of rows (E,) int64 grouped by row, each
+    group in the entries' given order, and where each group starts. A counting sort rather than
+    argsort: the two products of a global-search chunk (~600,000 entries each) spent 2 x 84 ms in a
+    stable argsort, twice their sums. Needs numba (`available()`)."""
+    row_start = torch.zeros(n_rows + 1, dtype=torch.long)
+    row_start[1:] = torch.cumsum(torch.bincount(rows, minlength=n_rows), 0)
+    order = torch.empty_like(rows)
+    _group_by_row(rows.contiguous().numpy(), row_start.numpy(), order.numpy())
+    return order, row_start
+
+
 def row_sums(rows: torch.Tensor, columns: torch.Tensor, values: torch.Tensor, n_rows: int, dense: torch.Tensor) -> torch.Tensor:
     """M @ dense for the sparse M with `values` summed at (rows, columns).
 
     rows, columns (E,) int64; values (E,) real; dense (C, P) complex64 -> (n_rows, P) complex64.
-    Entries of one output row are added in their given order (a stable sort), so the result does
+    Entries of one output row are added in their given order (a stable grouping), so the result does
     not depend on the number of threads. Needs numba (`available()`).
     """
-    order = torch.argsort(rows, stable=True)
-    row_start = torch.zeros(n_rows + 1, dtype=torch.long)
-    row_start[1:] = torch.cumsum(torch.bincount(rows, minlength=n_rows), 0)
+    order, row_start = grouped_order(rows, n_rows)
     real = torch.view_as_real(dense.resolve_conj().contiguous()).reshape(dense.shape[0], -1)  # (C, 2P), re/im interleaved
     out = torch.zeros((n_rows, real.shape[1]), dtype=torch.float32)
     with trilinear_cpu.numba_threads():
