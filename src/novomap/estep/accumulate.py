@@ -145,7 +145,8 @@ def accumulate(
     pairs, pair_of_row = torch.unique(b * n_trans + result.row_translation[keep], return_inverse=True)
     coarse_phases = shift_phases(window, grid.coarse_translations.to(device)).to(torch.complex64)
     sub = sub_shift_phases(window, grid).to(torch.complex64)
-    pair_phases = coarse_phases[pairs % n_trans][:, None, :] * sub[None]  # (n_pairs, 4, P)
+    # e_{t + delta_j} = e_t e_{delta_j}: the (n_pairs, 4, P) phases are never formed on their own
+    pair_coarse_phases = coarse_phases[pairs % n_trans]  # (n_pairs, P)
     pair_column = (pair_of_row[:, None] * 4 + torch.arange(4, device=device)).reshape(-1)  # (U*4,)
     row_weights = weights.float().reshape(-1)  # (U*4,)
     n_columns = pairs.numel() * 4
@@ -163,7 +164,7 @@ def accumulate(
     n_slices = keys.numel()
     slice_weight = _dense_rows(slice_of_row, b, total.float(), n_slices, n_batch) @ ctf2_inv_sigma2  # (S, P)
     slice_proj = torch.zeros(n_slices, dtype=torch.long, device=device).index_put_((slice_of_row,), proj_index)
-    image_pairs = (image_term[pairs // n_trans][:, None, :] * pair_phases).reshape(n_columns, -1)  # c X e_{t+delta} / sigma^2
+    image_pairs = ((image_term[pairs // n_trans] * pair_coarse_phases)[:, None, :] * sub[None]).reshape(n_columns, -1)  # c X e_{t+delta} / sigma^2
     slice_gradient = _sparse_product(slice_of_row.repeat_interleave(4), pair_column, row_weights, n_slices, image_pairs)
     slice_gradient -= projections[slice_proj] * slice_weight
     if not sums.slices.room_for(keys):
@@ -181,7 +182,7 @@ def accumulate(
     model_power = _dense_rows(b, proj_index, total.float(), n_batch, n_proj) @ projection_power  # (B, P)
     # sum_rows conj(P) A = sum_(t, j) e_{t+delta_j} sum_rows w_j conj(P), per (particle, translation) pair
     pair_sums = _sparse_product(pair_column, proj_index.repeat_interleave(4), row_weights, n_columns, projections.conj())
-    pair_cross = (pair_sums.reshape(-1, 4, window.n_pixels) * pair_phases).sum(1)  # (n_pairs, P)
+    pair_cross = (pair_sums.reshape(-1, 4, window.n_pixels) * sub[None]).sum(1) * pair_coarse_phases  # (n_pairs, P)
     cross = torch.zeros((n_batch, window.n_pixels), dtype=torch.complex64, device=device).index_add_(0, pairs // n_trans, pair_cross)
     x_power = x.real.square() + x.imag.square()
     diff2 = particle_total[:, None] * x_power - 2 * ctf * (x * cross).real + ctf * ctf * model_power
