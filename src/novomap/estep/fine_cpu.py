@@ -14,8 +14,10 @@ one loop per hypothesis, the same sums take ~11 ms (2 threads).
 The adaptive-fraction cut that follows (search._retain_mass) sorts every particle's fine weights; as
 one global argsort over the chunk's (hit x 32) weights it took ~185 ms for a chunk of 200 particles
 with 100 hits each (the global searches of the early iterations), sorted per particle in parallel
-~40 ms. Imported on first use on the CPU
-(estep.search.fine_pass), like physics.trilinear_cpu; on other devices the batched products stay.
+~40 ms.
+
+Imported on first use on the CPU (estep.search.fine_pass), like physics.trilinear_cpu; on other
+devices the batched products and the global sort stay.
 """
 
 from __future__ import annotations
