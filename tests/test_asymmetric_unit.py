@@ -18,7 +18,7 @@ from novomap.sampling.asymmetric_unit import (
     orientations_in_unit,
     pixel_directions,
 )
-from novomap.sampling.grid import build_search_grid, restricted
+from novomap.sampling.grid import build_search_grid
 from novomap.symmetry.groups import point_group
 
 GROUPS = ("C2", "C4", "D2", "D7", "T", "O", "I")
@@ -68,14 +68,20 @@ def test_grid_spacing_bounds_the_distance_to_the_nearest_pixel():
         assert grid_spacing(order) < 2 * math.radians(60 / 2**order)
 
 
-def test_restricted_grid_keeps_the_children_of_kept_orientations():
+def test_unit_columns_are_each_class_unit_in_its_own_frame():
+    """Two classes with different axes: each class's keys are its own unit's orientations, offset by class."""
+    from novomap.vdam.iterate import unit_columns
+
     grid = build_search_grid(1, 2, 1)
-    keep = torch.arange(grid.n_coarse_orientations) % 3 == 0
-    small = restricted(grid, keep)
-    assert small.n_coarse_orientations == int(keep.sum())
-    assert torch.equal(small.fine_rotations, grid.fine_rotations[keep])
-    assert torch.equal(small.coarse_direction, grid.coarse_direction[keep])
-    assert torch.equal(small.coarse_translations, grid.coarse_translations)
+    group = point_group("D2")
+    operators = torch.stack([group.in_frame(_frame(11)).operators, group.in_frame(_frame(12)).operators])
+    columns = unit_columns(grid, operators)
+    n = grid.n_coarse_orientations
+    assert torch.all(columns[1:] > columns[:-1])
+    for k in range(2):
+        mine = columns[columns // n == k] % n
+        assert torch.equal(mine, torch.nonzero(orientations_in_unit(grid.coarse_rotations, operators[k], 1)).squeeze(1))
+    assert not torch.equal(columns[columns // n == 0] % n, columns[columns // n == 1] % n)  # the frames differ
 
 
 @pytest.mark.parametrize("name", ("D2", "C4"))
@@ -113,7 +119,7 @@ def test_slices_with_operators_are_inserted_at_every_equivalent_orientation(comp
     data = torch.complex(torch.randn(3, window.n_pixels, generator=generator), torch.randn(3, window.n_pixels, generator=generator))
     weight = torch.rand(3, window.n_pixels, generator=generator)
     m = 16
-    buffer = SliceBuffer(2 * rotations.shape[0], window.n_pixels, "cpu", operators=operators)
+    buffer = SliceBuffer(2 * rotations.shape[0], window.n_pixels, "cpu", operators=operators[None])
     buffer.add(keys, data, weight)
     grids = torch.zeros((2, 1, m, m, m), dtype=torch.complex128), torch.zeros((2, 1, m, m, m), dtype=torch.float64)
     if not compiled:
@@ -181,6 +187,45 @@ def test_a_unit_search_iteration_keeps_the_imposed_map_symmetric(d2_particles):
     assert asymmetry[True] < 0.5 * asymmetry[False], (before, asymmetry)
 
 
+@pytest.mark.usefixtures("one_thread")
+def test_with_two_classes_each_map_is_searched_by_its_own_unit_and_stays_symmetric(d2_particles):
+    """Two classes whose group was imposed about different axes: one iteration searches about a third
+    of the (class, orientation) hypotheses, and each class's update stays symmetric about its own
+    axes, as much as a full search's does for the same data (the unit search adds no asymmetry)."""
+    import dataclasses
+
+    from novomap.io.particles import ParticleSet
+    from novomap.symmetry.symmetrise import symmetrise, symmetrise_in_place
+    from novomap.vdam import schedules
+    from novomap.vdam.config import VdamConfig
+    from novomap.vdam.iterate import pseudo_halves, run_iteration
+    from novomap.vdam.start import initial_state
+
+    particles = ParticleSet.from_star(d2_particles, preread=True)
+    config = VdamConfig(n_iter=10, n_classes=2, particle_diameter_a=200.0, seed=2, n_starts=1, max_extra_iterations=0)
+    group = point_group("D2")
+    state = initial_state(particles, config)
+    # D2 about z and the xy diagonals: its operators permute the grid, as the standard D2's do, so
+    # re-symmetrising is exact and any asymmetry measured is the update's own
+    c = math.sqrt(0.5)
+    tilted = torch.tensor([[c, -c, 0.0], [c, c, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    state.maps = torch.stack([symmetrise(state.maps[0], group), symmetrise_in_place(state.maps[1].float(), group, tilted, torch.zeros(3)).to(state.maps.dtype)])
+    state.symmetry_axes = [(torch.eye(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)), (tilted, torch.zeros(3, dtype=torch.float64))]
+    state.iteration = schedules.phases(config.n_iter, config.initial_fraction, config.final_fraction).initial
+    half = pseudo_halves(particles)
+    for k in range(2):
+        assert _asymmetry(state.maps[k], group, state.symmetry_axes[k]) < 0.02
+
+    asymmetry = {}
+    for unit in (True, False):
+        trial = state.scratch_copy()
+        figures = run_iteration(trial, particles, half, dataclasses.replace(config, search_asymmetric_unit=unit), "cpu", group)
+        assert (figures["unit_fraction"] < 0.6) if unit else figures["unit_fraction"] == 1.0
+        asymmetry[unit] = [_asymmetry(trial.maps[k], group, trial.symmetry_axes[k]) for k in range(2)]
+    for k in range(2):
+        assert asymmetry[True][k] < 0.5 * asymmetry[False][k], asymmetry
+
+
 def test_final_poses_are_spread_over_their_equivalents_after_a_unit_search():
     """Poses left in one unit are each replaced by an equivalent A g, the g drawn evenly; runs that
     never searched by unit, and C1, keep theirs."""
@@ -213,3 +258,35 @@ def test_final_poses_are_spread_over_their_equivalents_after_a_unit_search():
     assert float(distance.min(dim=1).values.max()) < 1e-6  # each new pose is an equivalent one
     counts = torch.bincount(distance.argmin(dim=1), minlength=4)
     assert int(counts.min()) > 60  # all four operators drawn, about evenly (100 each expected)
+
+
+def test_with_two_classes_each_pose_is_spread_over_its_own_class_equivalents():
+    from novomap.physics.euler import euler_to_matrix
+    from novomap.vdam.config import VdamConfig
+    from novomap.vdam.unit_search import spread_equivalent_poses
+    from novomap.vdam.state import RunState
+
+    n = 200
+    generator = torch.Generator().manual_seed(14)
+    frames = [_frame(15), _frame(16)]
+    state = RunState.__new__(RunState)
+    state.rot_deg = (torch.rand(n, generator=generator, dtype=torch.float64) - 0.5) * 360
+    state.tilt_deg = torch.rand(n, generator=generator, dtype=torch.float64) * 180
+    state.psi_deg = (torch.rand(n, generator=generator, dtype=torch.float64) - 0.5) * 360
+    state.class_number = 1 + torch.arange(n) % 2
+    state.maps = torch.zeros(2, 4, 4, 4)
+    state.symmetry_axes = [(f, torch.zeros(3, dtype=torch.float64)) for f in frames]
+    state.history = [{"unit_fraction": 0.35}]
+    group = point_group("D2")
+    before = euler_to_matrix(state.rot_deg, state.tilt_deg, state.psi_deg)
+    assert spread_equivalent_poses(state, group, VdamConfig()) == n
+    relative = before.transpose(1, 2) @ euler_to_matrix(state.rot_deg, state.tilt_deg, state.psi_deg)
+    for k in range(2):
+        rows = state.class_number == k + 1
+        own = group.in_frame(frames[k]).operators
+        other = group.in_frame(frames[1 - k]).operators
+        to_own = (relative[rows][:, None] - own[None]).abs().amax(dim=(-1, -2)).min(dim=1).values
+        to_other = (relative[rows][:, None] - other[None]).abs().amax(dim=(-1, -2)).min(dim=1).values
+        assert float(to_own.max()) < 1e-6
+        # only the identity is shared with the other class's group: about 1 pose in 4
+        assert float((to_other < 1e-6).float().mean()) < 0.45

@@ -123,3 +123,24 @@ def test_significant_matches_a_full_sort_for_sharp_broad_and_capped_rows():
                 assert mine.unique().numel() == needed
             else:
                 assert set(mine.tolist()) == set(order[:needed].tolist()), (fraction, cap, b)
+
+
+def test_a_coarse_pass_over_some_columns_is_the_full_posterior_restricted_to_them():
+    """Searching only some (class, orientation) columns (one asymmetric unit per class) gives the
+    significant hypotheses of the direct posterior renormalised over those columns, keyed as in a
+    full search (class * O + orientation)."""
+    window, grid, batch, projections, log_prior, settings = _inputs(sharpness=0.8)
+    n_orient = grid.n_coarse_orientations
+    columns = torch.nonzero(torch.arange(n_orient) % 3 != 1).squeeze(1)  # the truths 3, 10, 25, 40 are among them
+    power = projections.real.square() + projections.imag.square()
+    coarse = CoarseReferences(torch.arange(window.n_pixels), window, projections[columns], power[columns], columns)
+    hits = coarse_pass(batch, coarse, grid, log_prior, settings)
+    direct = _direct_log_posterior(window, grid, batch, projections, log_prior, settings)[:, :, columns]
+    weights = torch.softmax(direct.reshape(4, -1), -1)
+    for b in range(4):
+        ordered, index = torch.sort(weights[b], descending=True)
+        needed = min(int((torch.cumsum(ordered, 0) < settings.adaptive_fraction).sum()) + 1, settings.max_significant)
+        mine = hits.particle == b
+        assert int(hits.n_significant[b]) == needed
+        expected = {(int(i) // columns.numel(), int(columns[int(i) % columns.numel()])) for i in index[:needed]}
+        assert set(zip(hits.translation[mine].tolist(), hits.orientation[mine].tolist())) == expected

@@ -53,8 +53,9 @@ class Sums:
         n_classes: int, grid_size: int, box: int, n_groups: int, n_directions: int, noise_pixels: torch.Tensor, n_fine: int, n_pixels: int, device,
         operators: torch.Tensor | None = None,
     ) -> "Sums":
-        """operators: a symmetric map's group in its own frame, whose equivalent orientations every
-        back-projected slice is also inserted at (estep.cache.SliceBuffer); None: none."""
+        """operators: (K, G, 3, 3) each class map's group in its own frame, whose equivalent
+        orientations every back-projected slice of that class is also inserted at
+        (estep.cache.SliceBuffer); None: none."""
         m = grid_size
         f64 = dict(dtype=torch.float64, device=device)
         return Sums(

@@ -95,19 +95,37 @@ class CoarseReferences:
 
     pixels: torch.Tensor  # (Pc,) positions of the coarse window inside the batch's window
     window: FourierWindow  # the coarse window itself
-    projections: torch.Tensor  # (K*O, Pc) complex64, every class at every coarse orientation
-    power: torch.Tensor  # (K*O, Pc) |projections|^2
+    projections: torch.Tensor  # (C, Pc) complex64: the searched (class, coarse orientation) columns
+    power: torch.Tensor  # (C, Pc) |projections|^2
+    # (C,) int64 key class * O + orientation of each row, ascending; None: every class at every
+    # orientation in that order (C = K*O)
+    columns: torch.Tensor | None = None
 
 
-def coarse_references(references: torch.Tensor, grid: SearchGrid, window: FourierWindow, coarse_size: int, pad: int) -> CoarseReferences:
-    """Project references (K, M, M, M) at the grid's coarse orientations on the coarse window of `window`."""
-    coarse_window = fourier_window(window.box, coarse_size, references.device)
-    projections = project_references(references, grid.coarse_rotations.to(references.device), coarse_window, pad)
+def coarse_references(
+    references: torch.Tensor, grid: SearchGrid, window: FourierWindow, coarse_size: int, pad: int, columns: torch.Tensor | None = None
+) -> CoarseReferences:
+    """Project references (K, M, M, M) at the grid's coarse orientations on the coarse window of `window`.
+
+    columns: (C,) ascending keys class * O + orientation, the only hypotheses searched (each class's
+    map searched over its own asymmetric unit, vdam.unit_search); None: all of them.
+    """
+    device = references.device
+    coarse_window = fourier_window(window.box, coarse_size, device)
+    rotations = grid.coarse_rotations.to(device)
+    if columns is None:
+        projections = project_references(references, rotations, coarse_window, pad)
+    else:
+        columns = columns.to(device)
+        n_orient = grid.n_coarse_orientations
+        parts = [project_references(references[k : k + 1], rotations[columns[columns // n_orient == k] % n_orient], coarse_window, pad) for k in range(references.shape[0])]
+        projections = torch.cat(parts, 0)
     return CoarseReferences(
         pixels=torch.nonzero(window.shell < coarse_size // 2).squeeze(1),
         window=coarse_window,
         projections=projections,
         power=projections.real.square() + projections.imag.square(),
+        columns=columns,
     )
 
 
@@ -118,7 +136,7 @@ def coarse_log_weights(
     log_direction_prior: torch.Tensor,
     settings: SearchSettings,
 ) -> torch.Tensor:
-    """Unnormalised log posterior of every coarse hypothesis -> (B, T, K*O) float32.
+    """Unnormalised log posterior of every coarse hypothesis -> (B, T, C) float32 (C: coarse.columns, or K*O).
 
     Single precision on purpose: the cross terms come out of a float32 matrix product, so the
     log weights are only that accurate whatever they are stored in (~1e-4 for sums of ~1e3
@@ -132,6 +150,8 @@ def coarse_log_weights(
     log_w = _cross_terms(x * ctf * q, phases, coarse.projections).mul_(2)
     norm = (ctf * ctf * q).float() @ coarse.power.T  # (B, K*O)
     prior = log_direction_prior[:, grid.coarse_direction.to(x.device)].reshape(-1).float()  # (K*O,)
+    if coarse.columns is not None:
+        prior = prior[coarse.columns]
     log_w.sub_((norm - prior[None, :])[:, None, :])
     offset_prior = _offset_log_prior(batch.origin_px, grid.coarse_translations.to(x.device), settings)
     return log_w.add_(offset_prior.float()[:, :, None])
@@ -148,9 +168,11 @@ def coarse_pass(
     of the posterior mass, at most `max_significant` (vdam-spec 3.4). log_direction_prior: (K, n_dir).
     """
     log_w = coarse_log_weights(batch, coarse, grid, log_direction_prior, settings)
-    n_ko = log_w.shape[-1]
+    n_columns = log_w.shape[-1]
     particle, index, n_sig = significant(log_w, settings)
-    return CoarseHits(particle=particle, translation=index // n_ko, orientation=index % n_ko, n_significant=n_sig)
+    column = index % n_columns
+    orientation = column if coarse.columns is None else coarse.columns[column]
+    return CoarseHits(particle=particle, translation=index // n_columns, orientation=orientation, n_significant=n_sig)
 
 
 def significant(log_w: torch.Tensor, settings: SearchSettings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -114,14 +114,3 @@ def narrowed(grid: SearchGrid, offset_range_px: float) -> SearchGrid:
         coarse_translations=grid.coarse_translations[keep],
         fine_translations=grid.fine_translations[keep],
     )
-
-
-def restricted(grid: SearchGrid, keep: torch.Tensor) -> SearchGrid:
-    """The same grid with only the coarse orientations `keep` (O,) bool and their fine children
-    (sampling.asymmetric_unit: one asymmetric unit of a symmetric map); translations unchanged."""
-    return dataclasses.replace(
-        grid,
-        coarse_rotations=grid.coarse_rotations[keep],
-        coarse_direction=grid.coarse_direction[keep],
-        fine_rotations=grid.fine_rotations[keep],
-    )

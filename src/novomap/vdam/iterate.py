@@ -22,7 +22,7 @@ from novomap.physics.window import fourier_window
 from novomap.reconstruct import particle_ctf
 from novomap.sampling.accuracy import expected_errors
 from novomap.sampling.asymmetric_unit import orbit_average_directions, orientations_in_unit
-from novomap.sampling.grid import SearchGrid, build_search_grid, narrowed, restricted
+from novomap.sampling.grid import SearchGrid, build_search_grid, narrowed
 from novomap.sampling.healpix import angular_step_deg
 from novomap.sampling.local import local_candidates
 from novomap.symmetry.groups import PointGroup
@@ -70,7 +70,8 @@ def expectation(
     When local searches are on (local_order > 0), the batch's sharp particles are searched around
     their previous poses (sampling.local) and the others globally on `grid`; the sums are added.
     group: the point group the job imposes (None: none); where unit_operators allows, the global
-    search covers one asymmetric unit of it and the sums are made those of a full search.
+    search covers one asymmetric unit of each class's map (unit_columns) and the sums are made those
+    of a full search.
     """
     settings = SearchSettings(
         adaptive_fraction=config.adaptive_fraction,
@@ -82,16 +83,17 @@ def expectation(
     order = local_order(state, config, final=not with_sums)
     local_index, global_index = split_local(state, batch_index, config) if order > 0 else (batch_index[:0], batch_index)
     operators = unit_operators(state, config, group, with_sums)
+    columns = None
     if operators is not None:
-        timings["n_grid_orientations"] = grid.n_coarse_orientations
-        grid = restricted(grid, orientations_in_unit(grid.coarse_rotations, operators, grid.healpix_order))
-        timings["n_unit_orientations"] = grid.n_coarse_orientations
+        columns = unit_columns(grid, operators)
+        timings["n_grid_orientations"] = grid.n_coarse_orientations * state.n_classes
+        timings["n_unit_orientations"] = columns.numel()
     total = None
     if global_index.numel():
         narrow = narrow_translations(state, global_index, grid, config, with_sums)
         total, spent = run_estep(
             state, particles, global_index, half, grid, current_size, coarse_size, settings, devices, with_sums, config.chunk_size, config.pool, narrow=narrow,
-            symmetry_operators=operators,
+            symmetry_operators=operators, coarse_columns=columns,
         )
         _add_timings(timings, spent)
         timings["n_narrow"] = timings.get("n_narrow", 0) + (int(narrow[0].sum()) if narrow is not None else 0)
@@ -116,8 +118,18 @@ def expectation(
     timings["n_local"] = timings.get("n_local", 0) + int(local_index.numel())
     if operators is not None and total is not None:
         device = total.direction_weight.device
-        total.direction_weight = orbit_average_directions(total.direction_weight.cpu(), operators, state.healpix_order).to(device)
+        weights = total.direction_weight.cpu()
+        averaged = [orbit_average_directions(weights[k : k + 1], operators[k], state.healpix_order) for k in range(state.n_classes)]
+        total.direction_weight = torch.cat(averaged).to(device)
     return total
+
+
+def unit_columns(grid: SearchGrid, operators: torch.Tensor) -> torch.Tensor:
+    """The (class, coarse orientation) hypotheses of a search over one asymmetric unit per class:
+    operators (K, G, 3, 3), each class's group in its own frame -> (C,) ascending keys class * O + o."""
+    n_orient = grid.n_coarse_orientations
+    keys = [k * n_orient + torch.nonzero(orientations_in_unit(grid.coarse_rotations, ops, grid.healpix_order)).squeeze(1) for k, ops in enumerate(operators)]
+    return torch.cat(keys)
 
 
 def _add_timings(timings: dict, spent: dict) -> None:
