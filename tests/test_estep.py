@@ -147,3 +147,18 @@ def test_two_classes_particles_choose_the_true_map_with_the_true_pose(simulated,
     t, d = truth_class - 1, 2 - truth_class
     assert float(sums.class_weight[t]) > 0.9 * particles.n
     assert float(sums.weight[:, t].sum()) > 10 * float(sums.weight[:, d].sum())
+
+
+def test_chunks_are_sized_by_the_hypotheses_actually_searched():
+    """A search over one asymmetric unit per class holds as many coarse values per chunk as a full
+    search: about 1/3 of the (class, orientation) columns give about 3x the particles."""
+    from novomap.estep.driver import chunk_size
+    from novomap.sampling.grid import build_search_grid
+
+    grid = build_search_grid(2, 6, 2)
+    full = chunk_size(grid, 3)
+    third = chunk_size(grid, 3, n_columns=grid.n_coarse_orientations)
+    values_full = full * grid.n_coarse_translations * grid.n_coarse_orientations * 3
+    values_third = third * grid.n_coarse_translations * grid.n_coarse_orientations
+    assert third > 2.5 * full
+    assert abs(values_third - values_full) < 0.05 * values_full

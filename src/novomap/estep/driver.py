@@ -70,17 +70,19 @@ def pixels_per_shell(n: int) -> torch.Tensor:
     return torch.zeros(n // 2 + 1, dtype=torch.float64).index_add_(0, shells[keep], torch.ones(int(keep.sum()), dtype=torch.float64))
 
 
-def chunk_size(grid: SearchGrid, n_classes: int, requested: int = 0, pool: int = 0) -> int:
+def chunk_size(grid: SearchGrid, n_classes: int, requested: int = 0, pool: int = 0, n_columns: int = 0) -> int:
     """Particles per chunk (read from disk and searched together).
 
     requested > 0: exactly that many. Otherwise the most that keep the coarse
     (particle x translation x orientation) arrays near 50 MB (measured fastest on CPU: larger
     chunks fall out of cache), but at least `pool` (RELION's pooled particles; larger pools give
-    a GPU bigger kernels).
+    a GPU bigger kernels). n_columns > 0: the (class, orientation) hypotheses searched per
+    translation (one asymmetric unit per class), else every class at every orientation; sizing
+    by all of them made a unit search's chunks 2.8x smaller and its fine pass 25 % slower.
     """
     if requested > 0:
         return requested
-    per_particle = grid.n_coarse_translations * grid.n_coarse_orientations * n_classes
+    per_particle = grid.n_coarse_translations * (n_columns if n_columns > 0 else grid.n_coarse_orientations * n_classes)
     return int(max(8, pool, min(512, 12_000_000 // per_particle)))
 
 
@@ -178,7 +180,7 @@ def run_estep(
     works = [_device_work(state, device, grid, box, current_size, coarse_size, local is not None, symmetry_operators, coarse_columns) for device in devices]
     fine_rotations = grid.fine_rotations.reshape(-1, 3, 3)
     if local is None:
-        size = chunk_size(grid, state.n_classes, requested_chunk, pool)
+        size = chunk_size(grid, state.n_classes, requested_chunk, pool, 0 if coarse_columns is None else coarse_columns.numel())
     else:
         size = local_chunk_size(local.candidates.shape[1], state.n_classes, grid.n_coarse_translations, works[0].coarse.pixels.numel(), requested_chunk)
     everyone = torch.arange(batch_index.numel())
