@@ -74,7 +74,7 @@ def test_unit_columns_are_each_class_unit_in_its_own_frame():
 
     grid = build_search_grid(1, 2, 1)
     group = point_group("D2")
-    operators = torch.stack([group.in_frame(_frame(11)).operators, group.in_frame(_frame(12)).operators])
+    operators = [group.in_frame(_frame(11)).operators, group.in_frame(_frame(12)).operators, None]
     columns = unit_columns(grid, operators)
     n = grid.n_coarse_orientations
     assert torch.all(columns[1:] > columns[:-1])
@@ -82,6 +82,31 @@ def test_unit_columns_are_each_class_unit_in_its_own_frame():
         mine = columns[columns // n == k] % n
         assert torch.equal(mine, torch.nonzero(orientations_in_unit(grid.coarse_rotations, operators[k], 1)).squeeze(1))
     assert not torch.equal(columns[columns // n == 0] % n, columns[columns // n == 1] % n)  # the frames differ
+    assert torch.equal(columns[columns // n == 2] % n, torch.arange(n))  # a class without operators: every orientation
+
+
+def test_only_classes_centred_on_their_symmetry_are_searched_by_unit():
+    """A class whose symmetry centre stayed off the box centre (recentring refused the shift) is
+    searched whole; the others keep their units, each in its own frame."""
+    from novomap.vdam import schedules
+    from novomap.vdam.config import VdamConfig
+    from novomap.vdam.state import RunState
+    from novomap.vdam.unit_search import unit_operators
+
+    config = VdamConfig(n_iter=100)
+    group = point_group("D2")
+    state = RunState.__new__(RunState)
+    state.maps = torch.zeros(3, 4, 4, 4)
+    state.iteration = schedules.phases(config.n_iter, config.initial_fraction, config.final_fraction).initial
+    frames = [_frame(17), _frame(18), _frame(19)]
+    state.symmetry_axes = [(frames[0], torch.zeros(3)), (frames[1], torch.tensor([-7.9, -2.5, -0.7])), (frames[2], torch.tensor([0.2, 0.0, 0.1]))]
+    operators = unit_operators(state, config, group, with_sums=True)
+    assert operators[1] is None
+    for k in (0, 2):
+        assert torch.allclose(operators[k], group.in_frame(frames[k]).operators)
+    assert unit_operators(state, config, group, with_sums=False) is None  # the final pass searches everything
+    state.symmetry_axes = [(f, torch.tensor([3.0, 0.0, 0.0])) for f in frames]
+    assert unit_operators(state, config, group, with_sums=True) is None  # no class centred
 
 
 @pytest.mark.parametrize("name", ("D2", "C4"))
@@ -119,7 +144,7 @@ def test_slices_with_operators_are_inserted_at_every_equivalent_orientation(comp
     data = torch.complex(torch.randn(3, window.n_pixels, generator=generator), torch.randn(3, window.n_pixels, generator=generator))
     weight = torch.rand(3, window.n_pixels, generator=generator)
     m = 16
-    buffer = SliceBuffer(2 * rotations.shape[0], window.n_pixels, "cpu", operators=operators[None])
+    buffer = SliceBuffer(2 * rotations.shape[0], window.n_pixels, "cpu", operators=[operators])
     buffer.add(keys, data, weight)
     grids = torch.zeros((2, 1, m, m, m), dtype=torch.complex128), torch.zeros((2, 1, m, m, m), dtype=torch.float64)
     if not compiled:
@@ -273,14 +298,16 @@ def test_with_two_classes_each_pose_is_spread_over_its_own_class_equivalents():
     state.rot_deg = (torch.rand(n, generator=generator, dtype=torch.float64) - 0.5) * 360
     state.tilt_deg = torch.rand(n, generator=generator, dtype=torch.float64) * 180
     state.psi_deg = (torch.rand(n, generator=generator, dtype=torch.float64) - 0.5) * 360
-    state.class_number = 1 + torch.arange(n) % 2
-    state.maps = torch.zeros(2, 4, 4, 4)
-    state.symmetry_axes = [(f, torch.zeros(3, dtype=torch.float64)) for f in frames]
+    state.class_number = 1 + torch.arange(n) % 3
+    state.maps = torch.zeros(3, 4, 4, 4)
+    # class 3's centre stayed off the box centre: searched whole, its poses are kept
+    state.symmetry_axes = [(f, torch.zeros(3, dtype=torch.float64)) for f in frames] + [(_frame(20), torch.tensor([8.0, 0.0, 0.0]))]
     state.history = [{"unit_fraction": 0.35}]
     group = point_group("D2")
     before = euler_to_matrix(state.rot_deg, state.tilt_deg, state.psi_deg)
-    assert spread_equivalent_poses(state, group, VdamConfig()) == n
+    assert spread_equivalent_poses(state, group, VdamConfig()) == int((state.class_number < 3).sum())
     relative = before.transpose(1, 2) @ euler_to_matrix(state.rot_deg, state.tilt_deg, state.psi_deg)
+    assert torch.allclose(relative[state.class_number == 3], torch.eye(3, dtype=relative.dtype).expand(int((state.class_number == 3).sum()), 3, 3), atol=1e-9)
     for k in range(2):
         rows = state.class_number == k + 1
         own = group.in_frame(frames[k]).operators

@@ -51,11 +51,11 @@ class Sums:
     @staticmethod
     def zeros(
         n_classes: int, grid_size: int, box: int, n_groups: int, n_directions: int, noise_pixels: torch.Tensor, n_fine: int, n_pixels: int, device,
-        operators: torch.Tensor | None = None,
+        operators: list[torch.Tensor | None] | None = None,
     ) -> "Sums":
-        """operators: (K, G, 3, 3) each class map's group in its own frame, whose equivalent
-        orientations every back-projected slice of that class is also inserted at
-        (estep.cache.SliceBuffer); None: none."""
+        """operators: per class, its map's group in its own frame (G, 3, 3), whose equivalent
+        orientations every back-projected slice of that class is also inserted at, or None
+        (estep.cache.SliceBuffer); None: none for any class."""
         m = grid_size
         f64 = dict(dtype=torch.float64, device=device)
         return Sums(

@@ -104,13 +104,14 @@ class SliceBuffer:
     """
 
     def __init__(
-        self, n_keys: int, n_pixels: int, device, max_slices: int = 0, budget_bytes: int = 384 * 2**20, operators: torch.Tensor | None = None
+        self, n_keys: int, n_pixels: int, device, max_slices: int = 0, budget_bytes: int = 384 * 2**20,
+        operators: list[torch.Tensor | None] | None = None,
     ) -> None:
-        """operators (K, G, 3, 3): each class map's group in its own frame, or None. With a group
-        each slice of class k is inserted at all G equivalent orientations A g (g in operators[k])
-        with 1/G of its values and weights, which makes the sums of a search over one asymmetric
-        unit (sampling.asymmetric_unit) those of a full search whose posterior splits equally over
-        equivalent poses."""
+        """operators: per class, its map's group in its own frame (G, 3, 3) or None; None: none for
+        any class. With a group each slice of class k is inserted at all G equivalent orientations
+        A g (g in operators[k]) with 1/G of its values and weights, which makes the sums of a search
+        over one asymmetric unit (sampling.asymmetric_unit) those of a full search whose posterior
+        splits equally over equivalent poses."""
         self.operators = operators
         self.slot = torch.full((n_keys,), -1, dtype=torch.long, device=device)
         self.max_slices = max_slices if max_slices > 0 else int(min(n_keys, max(1024, budget_bytes // (12 * max(1, n_pixels)))))

@@ -87,7 +87,7 @@ def chunk_size(grid: SearchGrid, n_classes: int, requested: int = 0, pool: int =
 
 
 def _device_work(
-    state: RunState, device: torch.device, grid: SearchGrid, box: int, current_size: int, coarse_size: int, local: bool = False, operators: torch.Tensor | None = None,
+    state: RunState, device: torch.device, grid: SearchGrid, box: int, current_size: int, coarse_size: int, local: bool = False, operators: list[torch.Tensor | None] | None = None,
     coarse_columns: torch.Tensor | None = None,
 ) -> DeviceWork:
     window = fourier_window(box, current_size, device)
@@ -159,7 +159,7 @@ def run_estep(
     pool: int = 0,
     local: LocalCandidates | None = None,
     narrow: tuple[torch.Tensor, SearchGrid] | None = None,
-    symmetry_operators: torch.Tensor | None = None,
+    symmetry_operators: list[torch.Tensor | None] | None = None,
     coarse_columns: torch.Tensor | None = None,
 ) -> tuple[Sums | None, dict]:
     """Search every particle of the batch; store each one's best pose in `state`.
@@ -168,9 +168,9 @@ def run_estep(
     searched only among its own candidates (rows aligned with batch_index).
     narrow: (rows (len(batch_index),) bool, a grid of the same orientations with fewer translations
     (sampling.grid.narrowed)): those particles are searched on it, in chunks of their own.
-    symmetry_operators: (K, G, 3, 3) each class map's group in its own frame when the search covers one
-    asymmetric unit of it (sampling.asymmetric_unit): every back-projected slice of class k also goes
-    to its equivalent orientations under symmetry_operators[k].
+    symmetry_operators: per class, its map's group in its own frame (G, 3, 3) when the search covers one
+    asymmetric unit of it (sampling.asymmetric_unit), else None: every back-projected slice of class k
+    also goes to its equivalent orientations under symmetry_operators[k].
     coarse_columns: (C,) ascending keys class * O + orientation, the only (class, coarse orientation)
     hypotheses the global coarse pass searches (one asymmetric unit per class); None: all.
     Returns the sums on devices[0] (None when with_sums is False: the final assignment pass)

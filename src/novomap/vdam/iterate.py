@@ -119,16 +119,20 @@ def expectation(
     if operators is not None and total is not None:
         device = total.direction_weight.device
         weights = total.direction_weight.cpu()
-        averaged = [orbit_average_directions(weights[k : k + 1], operators[k], state.healpix_order) for k in range(state.n_classes)]
+        averaged = [weights[k : k + 1] if ops is None else orbit_average_directions(weights[k : k + 1], ops, state.healpix_order) for k, ops in enumerate(operators)]
         total.direction_weight = torch.cat(averaged).to(device)
     return total
 
 
-def unit_columns(grid: SearchGrid, operators: torch.Tensor) -> torch.Tensor:
+def unit_columns(grid: SearchGrid, operators: list[torch.Tensor | None]) -> torch.Tensor:
     """The (class, coarse orientation) hypotheses of a search over one asymmetric unit per class:
-    operators (K, G, 3, 3), each class's group in its own frame -> (C,) ascending keys class * O + o."""
+    operators per class, its group in its own frame (G, 3, 3) or None (the class searched whole)
+    -> (C,) ascending keys class * O + o."""
     n_orient = grid.n_coarse_orientations
-    keys = [k * n_orient + torch.nonzero(orientations_in_unit(grid.coarse_rotations, ops, grid.healpix_order)).squeeze(1) for k, ops in enumerate(operators)]
+    keys = []
+    for k, ops in enumerate(operators):
+        kept = torch.arange(n_orient) if ops is None else torch.nonzero(orientations_in_unit(grid.coarse_rotations, ops, grid.healpix_order)).squeeze(1)
+        keys.append(k * n_orient + kept)
     return torch.cat(keys)
 
 

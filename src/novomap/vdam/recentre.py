@@ -81,9 +81,14 @@ def recentre_on_axes(state: RunState, axes: list, pixel_size_a: float, pad: int,
     return moved_axes
 
 
-def centred_on_symmetry(state: RunState, tolerance_px: float = 0.5) -> bool:
-    """Whether the group has been imposed and every class's symmetry centre sits at the box centre
-    (recentre_on_axes moved it there, or it was within tolerance_px): the map's frame is pinned."""
+def centred_classes(state: RunState, tolerance_px: float = 0.5) -> list[bool]:
+    """Per class, whether the group has been imposed on it and its symmetry centre sits at the box
+    centre (recentre_on_axes moved it there, or it was within tolerance_px): its frame is pinned."""
     if state.symmetry_axes is None or len(state.symmetry_axes) < state.n_classes:
-        return False
-    return all(float(torch.as_tensor(shift).norm()) <= tolerance_px for _, shift in state.symmetry_axes)
+        return [False] * state.n_classes
+    return [float(torch.as_tensor(shift).norm()) <= tolerance_px for _, shift in state.symmetry_axes[: state.n_classes]]
+
+
+def centred_on_symmetry(state: RunState, tolerance_px: float = 0.5) -> bool:
+    """Whether every class's frame is pinned (centred_classes)."""
+    return all(centred_classes(state, tolerance_px))

@@ -9,7 +9,7 @@ from novomap.physics.euler import euler_to_matrix, matrix_to_euler
 from novomap.symmetry.groups import PointGroup
 from novomap.vdam import schedules
 from novomap.vdam.config import VdamConfig
-from novomap.vdam.recentre import centred_on_symmetry
+from novomap.vdam.recentre import centred_classes
 from novomap.vdam.state import RunState
 
 # each back-projected slice is inserted at all |G| equivalent orientations, which no other slice
@@ -26,42 +26,49 @@ def searchable_by_unit(group: PointGroup | None) -> bool:
     return group is not None and group.is_proper and 1 < group.order <= UNIT_SEARCH_MAX_ORDER
 
 
-def unit_operators(state: RunState, config: VdamConfig, group: PointGroup | None, with_sums: bool) -> torch.Tensor | None:
-    """Each class's group operators in its map's frame (K, G, 3, 3) when this mini-batch searches one
-    asymmetric unit of every class map (sampling.asymmetric_unit), else None.
+def unit_operators(state: RunState, config: VdamConfig, group: PointGroup | None, with_sums: bool) -> list[torch.Tensor | None] | None:
+    """Per class, the group's operators in that class map's frame (G, 3, 3) when this mini-batch
+    searches one asymmetric unit of it (sampling.asymmetric_unit), None for a class searched whole;
+    None when no class is searched by unit.
 
     Only in the mini-batch iterations after VDAM's initial phase (the race of starts has chosen and the
-    group is imposed), once every class map has had the group imposed about its own axes and its
-    symmetry centre is the box centre (vdam.recentre), so that its axes are known and it stays
-    symmetric: each slice then goes to its equivalent orientations as well, which keeps the VDAM
-    update symmetric between impositions. With several classes each map has its own axes, hence its
-    own unit (a K=3 run on real beta-gal searched 4x the orientations per class without it). The
-    final pass searches every orientation: the final reconstruction takes the poses as they are. Only
-    for groups of order <= UNIT_SEARCH_MAX_ORDER."""
+    group is imposed), and only for classes whose map has had the group imposed about its own axes
+    and whose symmetry centre is the box centre (vdam.recentre), so that the group's rotations about
+    the box centre are symmetries of the map: each slice then goes to its equivalent orientations as
+    well, which keeps the VDAM update symmetric between impositions. With several classes each map
+    has its own axes, hence its own unit (a K=3 run on real beta-gal searched 4x the orientations per
+    class without it), and a class whose centre could not be brought to the box centre (a junk class
+    8 px off) is searched whole while the others still search their units. The final pass searches
+    every orientation: the final reconstruction takes the poses as they are. Only for groups of order
+    <= UNIT_SEARCH_MAX_ORDER."""
     if not with_sums or not config.search_asymmetric_unit or not searchable_by_unit(group):
-        return None
-    if not centred_on_symmetry(state):
         return None
     if state.iteration < schedules.phases(config.n_iter, config.initial_fraction, config.final_fraction).initial:
         return None
-    return torch.stack([group.in_frame(rotation).operators for rotation, _ in state.symmetry_axes[: state.n_classes]])
+    centred = centred_classes(state)
+    if not any(centred):
+        return None
+    return [group.in_frame(rotation).operators if ok else None for (rotation, _), ok in zip(state.symmetry_axes, centred)]
 
 
 def spread_equivalent_poses(state: RunState, group: PointGroup | None, config: VdamConfig) -> int:
     """After the final pass of a run whose iterations searched one asymmetric unit (unit_operators),
-    give each placed particle one of its |G| equivalent poses A g (g of its class's map), drawn
-    uniformly (seeded); returns how many particles were given one (0 when the run never searched by unit).
+    give each particle placed in a class searched by unit one of its |G| equivalent poses A g (g of
+    its class map's group), drawn uniformly (seeded); returns how many particles were given one (0
+    when the run never searched by unit).
 
     Against the symmetric map every equivalent pose is as good, and a full search picks among them
     as by chance; poses left in one unit instead cover the directions unevenly, so the final
     reconstruction (CTF-weighted, one regularised division) would lose detail where its weights are
     thin: the half-set FSC of the real tutorial job read 9.8 instead of 9.5 Å."""
-    if not searchable_by_unit(group) or state.symmetry_axes is None or len(state.symmetry_axes) < state.n_classes:
+    if not searchable_by_unit(group) or not any(f.get("unit_fraction", 1.0) < 1.0 for f in state.history):
         return 0
-    if not centred_on_symmetry(state) or not any(f.get("unit_fraction", 1.0) < 1.0 for f in state.history):
+    centred = centred_classes(state)
+    if not any(centred):
         return 0
     operators = torch.stack([group.in_frame(rotation).operators for rotation, _ in state.symmetry_axes[: state.n_classes]])  # (K, G, 3, 3)
-    placed = torch.nonzero(state.class_number > 0).squeeze(1)
+    in_unit_class = torch.tensor(centred)[(state.class_number - 1).clamp(min=0)]
+    placed = torch.nonzero((state.class_number > 0) & in_unit_class).squeeze(1)
     draw = torch.randint(operators.shape[1], (placed.numel(),), generator=torch.Generator().manual_seed(config.seed + 31))
     poses = euler_to_matrix(state.rot_deg[placed], state.tilt_deg[placed], state.psi_deg[placed])
     chosen = operators[state.class_number[placed] - 1, draw]
