@@ -102,3 +102,19 @@ def test_scatter_within_its_memory_budget(monkeypatch):
     monkeypatch.setattr(trilinear_cpu, "_SCATTER_BUDGET_BYTES", 8 * 16**3)  # room for one grid
     single = trilinear_cpu.scatter_slices(channels, rotations, kx, ky, 1, 16)
     assert torch.allclose(full, single, atol=1e-9)
+
+
+def test_rim_holds_every_pixel_that_can_reach_the_grid_edge():
+    """The gather's second pass visits only the rim: every pixel with a neighbour outside the grid at
+    some slice must be in it, and the core pixels far from the edge must not."""
+    for pad in (1, 2):
+        m = 16 * pad
+        rotations, kx, ky = _geometry(16, 200, 400, torch.float32, seed=8)
+        rows, kx_values, ky_values = trilinear_cpu._geometry(rotations, kx, ky, pad, torch.float32)
+        rim = set(trilinear_cpu._rim_pixels(rows, kx_values, ky_values, m).tolist())
+        positions = torch.einsum("ojc,pj->opc", torch.from_numpy(rows), torch.stack([kx, ky], -1).float()) + m // 2
+        corner = torch.floor(positions)
+        reaches_edge = ((corner < 0) | (corner >= m - 1)).any(-1).any(0)  # (P,): at some slice
+        assert set(torch.nonzero(reaches_edge).squeeze(1).tolist()) <= rim
+        radius = torch.sqrt(kx.double() ** 2 + ky.double() ** 2) * pad
+        assert not (set(torch.nonzero(radius < m / 2 - 2).squeeze(1).tolist()) & rim)
