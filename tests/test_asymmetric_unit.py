@@ -1,5 +1,5 @@
 """sampling.asymmetric_unit: one asymmetric unit of a point group's orientations, and the sums that
-make a search over it that of a full search (estep.cache.SliceBuffer with operators)."""
+make a search over it that of a full search (estep.accumulate.symmetrise_sums)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 
-from novomap.estep.cache import SliceBuffer
 from novomap.physics.projection import insert_slices
 from novomap.physics.window import fourier_window
 from novomap.sampling.asymmetric_unit import (
@@ -125,38 +124,38 @@ def test_only_proper_groups_of_more_than_one_operator_are_searched_by_unit():
     from novomap.vdam.unit_search import searchable_by_unit
 
     assert searchable_by_unit(point_group("D2"))
+    assert searchable_by_unit(point_group("O")) and searchable_by_unit(point_group("I"))
     assert not searchable_by_unit(point_group("C1"))
     assert not searchable_by_unit(point_group("Cs"))
 
 
-@pytest.mark.parametrize("compiled", [True, False])
-def test_slices_with_operators_are_inserted_at_every_equivalent_orientation(compiled, monkeypatch):
-    """Flushing with a group equals inserting each slice at A g for every g with 1/|G| of it, on the
-    CPU's compiled scatter (the operators applied inside it) and on grid_sample's (the slices repeated)."""
-    from novomap.physics import projection
+def test_symmetrised_sums_are_those_of_slices_inserted_at_every_equivalent_orientation():
+    """symmetrise_sums makes a class's sums, both pseudo halves, those of its slices inserted at every
+    A g with 1/|G| of them (exactly, for a D2 whose operators permute the grid: about z and the xy
+    diagonals); a class without operators (searched whole) keeps its sums."""
+    from novomap.estep.accumulate import Sums, symmetrise_sums
 
     generator = torch.Generator().manual_seed(7)
-    window = fourier_window(16, 16, "cpu")
-    grid = build_search_grid(0, 1, 1)
-    rotations = grid.fine_rotations.reshape(-1, 3, 3)
-    operators = point_group("D2").in_frame(_frame(8)).operators
-    keys = torch.tensor([3, 40, 77])
+    m = 16
+    window = fourier_window(m, 12, "cpu")
+    rotations = build_search_grid(0, 1, 1).fine_rotations.reshape(-1, 3, 3)[torch.tensor([3, 40, 77])]
+    c = math.sqrt(0.5)
+    tilted = torch.tensor([[c, -c, 0.0], [c, c, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    operators = tilted.T @ point_group("D2").operators.to(torch.float64) @ tilted
     data = torch.complex(torch.randn(3, window.n_pixels, generator=generator), torch.randn(3, window.n_pixels, generator=generator))
     weight = torch.rand(3, window.n_pixels, generator=generator)
-    m = 16
-    buffer = SliceBuffer(2 * rotations.shape[0], window.n_pixels, "cpu", operators=[operators])
-    buffer.add(keys, data, weight)
-    grids = torch.zeros((2, 1, m, m, m), dtype=torch.complex128), torch.zeros((2, 1, m, m, m), dtype=torch.float64)
-    if not compiled:
-        monkeypatch.setattr(projection, "_compiled_loops", lambda: None)
-    buffer.flush(rotations, 1, window, 1, *grids)
-    monkeypatch.undo()
-    expected = torch.zeros((m, m, m), dtype=torch.complex128), torch.zeros((m, m, m), dtype=torch.float64)
-    for g in operators:
-        insert_slices(data / 4, weight / 4, (rotations[keys] @ g).float(), window.kx, window.ky, 1, *expected)
-    assert torch.allclose(grids[0][0, 0], expected[0], atol=1e-5)
-    assert torch.allclose(grids[1][0, 0], expected[1], atol=1e-5)
-    assert float(grids[1][0, 0].abs().sum()) > 0
+    sums = Sums.zeros(2, m, m, 1, 12, torch.ones(m // 2 + 1), rotations.shape[0], window.n_pixels, "cpu")
+    expected_gradient, expected_weight = torch.zeros_like(sums.gradient), torch.zeros_like(sums.weight)
+    for h in range(2):
+        for k in range(2):
+            insert_slices(data * (h + 1), weight * (k + 1), rotations.float(), window.kx, window.ky, 1, sums.gradient[h, k], sums.weight[h, k])
+            for g in operators if k == 0 else torch.eye(3, dtype=torch.float64)[None]:
+                share = 1 / 4 if k == 0 else 1.0
+                insert_slices(data * (h + 1) * share, weight * (k + 1) * share, (rotations.double() @ g).float(), window.kx, window.ky, 1, expected_gradient[h, k], expected_weight[h, k])
+    symmetrise_sums(sums, [operators.float(), None], radius=m / 2 + 2)
+    assert torch.allclose(sums.gradient, expected_gradient, atol=1e-5)
+    assert torch.allclose(sums.weight, expected_weight, atol=1e-5)
+    assert float(expected_weight[:, 0].abs().sum()) > 0
 
 
 @pytest.fixture(scope="module")

@@ -200,3 +200,94 @@ def test_gridding_correction(pad):
         assert float(g[n // 2, n // 2, n // 2 + r if r < n // 2 else 0]) == pytest.approx(_triangle_transform(r, pad, n), rel=1e-6)
     # radial (RELION's griddingCorrect uses |r|)
     assert float(g[n // 2 + 3, n // 2 + 4, n // 2]) == pytest.approx(_triangle_transform(5, pad, n), rel=1e-6)
+
+
+def _grid_permuting_groups() -> list[torch.Tensor]:
+    """Groups whose operators map the centred grid onto itself: D2 and C4 about the standard axes,
+    and D2 about z and the xy diagonals."""
+    from novomap.symmetry.groups import point_group
+
+    c = math.sqrt(0.5)
+    tilted = torch.tensor([[c, -c, 0.0], [c, c, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    d2 = point_group("D2").operators.to(torch.float64)
+    return [d2, point_group("C4").operators.to(torch.float64), tilted.T @ d2 @ tilted]
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("which", [0, 1, 2])
+def test_average_over_operators_is_inserting_at_every_equivalent_orientation(compiled, which, monkeypatch):
+    """For operators that permute the grid, slices inserted once and averaged over the group equal the
+    same slices inserted at every A g with 1/G of their values and weights (no interpolation involved)."""
+    from novomap.physics import projection
+
+    operators = _grid_permuting_groups()[which]
+    g = _gen(31)
+    m = 24
+    window = fourier_window(m, 18, "cpu")  # inside the grid: no equivalent point falls off its edge
+    rotations = euler_to_matrix(torch.rand(6, generator=g) * 360, torch.rand(6, generator=g) * 180, torch.rand(6, generator=g) * 360)
+    values = torch.complex(torch.randn(6, window.n_pixels, generator=g), torch.randn(6, window.n_pixels, generator=g))
+    weights = torch.rand(6, window.n_pixels, generator=g)
+    once = torch.zeros((m, m, m), dtype=torch.complex128), torch.zeros((m, m, m), dtype=torch.float64)
+    insert_slices(values, weights, rotations, window.kx, window.ky, 1, *once)
+    expected = torch.zeros((m, m, m), dtype=torch.complex128), torch.zeros((m, m, m), dtype=torch.float64)
+    for op in operators:
+        insert_slices(values / len(operators), weights / len(operators), (rotations.double() @ op).float(), window.kx, window.ky, 1, *expected)
+    if not compiled:
+        monkeypatch.setattr(projection, "_compiled_loops", lambda: None)
+    data, weight = projection.average_over_operators(*once, operators.float())
+    assert data.dtype == torch.complex128 and weight.dtype == torch.float64
+    assert torch.allclose(data, expected[0], atol=1e-5)
+    assert torch.allclose(weight, expected[1], atol=1e-5)
+    assert float(weight.abs().sum()) > 0
+
+
+def _gaussian_grid(m: int, centre_xyz: torch.Tensor, sigma: float) -> torch.Tensor:
+    axis = torch.arange(m, dtype=torch.float64) - m // 2
+    z, y, x = torch.meshgrid(axis, axis, axis, indexing="ij")
+    points = torch.stack([x, y, z], -1)
+    return torch.exp(-((points - centre_xyz) ** 2).sum(-1) / (2 * sigma**2))
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_average_over_operators_of_a_smooth_field_matches_the_analytic_average(compiled, monkeypatch):
+    """A Gaussian at c0 averaged over a C3 group about a tilted axis: the result at p is the mean of
+    the Gaussian at g p, i.e. of Gaussians centred at g^T c0, to within trilinear interpolation's error."""
+    from novomap.physics import projection
+    from novomap.symmetry.groups import point_group
+
+    m, sigma = 32, 2.5
+    frame = euler_to_matrix(torch.tensor([25.0]), torch.tensor([40.0]), torch.tensor([-70.0]))[0].double()
+    operators = frame.T @ point_group("C3").operators.double() @ frame
+    centre = torch.tensor([6.0, -4.0, 3.0], dtype=torch.float64)
+    field = _gaussian_grid(m, centre, sigma)
+    expected = sum(_gaussian_grid(m, op.T @ centre, sigma) for op in operators) / 3
+    if not compiled:
+        monkeypatch.setattr(projection, "_compiled_loops", lambda: None)
+    data, weight = projection.average_over_operators(field.to(torch.complex128) * (1 - 2j), field, operators)
+    assert float((weight - expected).abs().max()) < 0.02
+    assert float((data - expected * (1 - 2j)).abs().max()) < 0.05
+    # the unaveraged field is far from the answer: the test can tell
+    assert float((field - expected).abs().max()) > 0.5
+
+
+def test_average_over_operators_compiled_and_grid_sample_agree_and_radius_bounds_the_work():
+    from novomap.physics import projection, trilinear_cpu
+    from novomap.symmetry.groups import point_group
+
+    if not trilinear_cpu.available():
+        pytest.skip("numba is not installed")
+    g = _gen(5)
+    m = 20
+    frame = euler_to_matrix(torch.tensor([10.0]), torch.tensor([70.0]), torch.tensor([33.0]))[0].double()
+    operators = frame.T @ point_group("D3").operators.double() @ frame
+    operators[0] = torch.eye(3, dtype=torch.float64)  # the identity exactly, as a group in its standard frame has it
+    channels = torch.randn((m, m, m, 3), generator=g, dtype=torch.float64)
+    compiled = trilinear_cpu.operator_average(channels, operators, radius=m)
+    reference = projection._grid_sample_operator_average(channels, operators)
+    assert torch.allclose(compiled, reference, atol=1e-10)
+    inner = trilinear_cpu.operator_average(channels, operators, radius=6.0)
+    axis = torch.arange(m, dtype=torch.float64) - m // 2
+    z, y, x = torch.meshgrid(axis, axis, axis, indexing="ij")
+    within = (x**2 + y**2 + z**2) <= 36
+    assert torch.equal(inner[within], compiled[within])
+    assert float(inner[~within].abs().max()) == 0.0

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from novomap.physics import trilinear_cpu
-from novomap.physics.projection import _grid_sample_adjoint, _grid_sample_adjoint_equivalents, _grid_sample_slices, extract_slices, insert_slices
+from novomap.physics.projection import _grid_sample_adjoint, _grid_sample_slices, extract_slices, insert_slices
 
 pytestmark = pytest.mark.skipif(not trilinear_cpu.available(), reason="numba is not installed")
 
@@ -50,21 +50,6 @@ def test_scatter_matches_grid_sample_adjoint(pad):
     reference = _grid_sample_adjoint(channels, rotations, kx, ky, pad, m, torch.float64, torch.device("cpu"))
     assert compiled.shape == (3, m, m, m)
     assert torch.allclose(compiled, reference, atol=1e-10)
-
-
-def test_scatter_at_equivalent_orientations_matches_the_repeated_slices():
-    """With operators, each slice goes to A g for every g with 1/G of its values, as if repeated."""
-    m = 16
-    rotations, kx, ky = _geometry(16, 12, 150, torch.float64, seed=9)
-    operators, _ = torch.linalg.qr(torch.randn(3, 3, 3, generator=torch.Generator().manual_seed(10), dtype=torch.float64))
-    generator = torch.Generator().manual_seed(11)
-    channels = [torch.randn(12, 150, dtype=torch.float64, generator=generator) for _ in range(3)]
-    compiled = trilinear_cpu.scatter_slices(channels, rotations, kx, ky, 1, m, operators)
-    repeated = sum(trilinear_cpu.scatter_slices([c / 3 for c in channels], rotations @ g, kx, ky, 1, m) for g in operators)
-    assert float(compiled.abs().max()) > 0
-    assert torch.allclose(compiled, repeated, atol=1e-10)
-    on_gpu_path = _grid_sample_adjoint_equivalents(channels, rotations, operators, kx, ky, 1, m, torch.float64, torch.device("cpu"))
-    assert torch.allclose(on_gpu_path, repeated, atol=1e-10)
 
 
 def test_scatter_is_the_adjoint_of_gather():

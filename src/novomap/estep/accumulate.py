@@ -17,6 +17,7 @@ import torch
 from novomap.estep.cache import SliceBuffer
 from novomap.estep.prepare import PreparedBatch
 from novomap.estep.search import FineResult, sub_shift_phases
+from novomap.physics.projection import average_over_operators
 from novomap.physics.window import FourierWindow, shift_phases
 from novomap.sampling.grid import SearchGrid
 
@@ -51,11 +52,7 @@ class Sums:
     @staticmethod
     def zeros(
         n_classes: int, grid_size: int, box: int, n_groups: int, n_directions: int, noise_pixels: torch.Tensor, n_fine: int, n_pixels: int, device,
-        operators: list[torch.Tensor | None] | None = None,
     ) -> "Sums":
-        """operators: per class, its map's group in its own frame (G, 3, 3), whose equivalent
-        orientations every back-projected slice of that class is also inserted at, or None
-        (estep.cache.SliceBuffer); None: none for any class."""
         m = grid_size
         f64 = dict(dtype=torch.float64, device=device)
         return Sums(
@@ -67,7 +64,7 @@ class Sums:
             class_weight=torch.zeros(n_classes, **f64),
             direction_weight=torch.zeros((n_classes, n_directions), **f64),
             offset_sq_a2=torch.zeros((), **f64),
-            slices=SliceBuffer(2 * n_classes * n_fine, n_pixels, device, operators=operators),
+            slices=SliceBuffer(2 * n_classes * n_fine, n_pixels, device),
             log_likelihood=torch.zeros((), **f64),
             max_probability=torch.zeros((), **f64),
         )
@@ -79,9 +76,22 @@ def flush_slices(sums: Sums, grid: SearchGrid, window: FourierWindow, pad: int) 
 
 
 def _insert_now(sums: Sums, keys: torch.Tensor, data: torch.Tensor, weight: torch.Tensor, grid: SearchGrid, window: FourierWindow, pad: int) -> None:
-    buffer = SliceBuffer(sums.slices.slot.numel(), data.shape[1], data.device, max_slices=keys.numel(), operators=sums.slices.operators)
+    buffer = SliceBuffer(sums.slices.slot.numel(), data.shape[1], data.device, max_slices=keys.numel())
     buffer.add(keys, data, weight)
     buffer.flush(grid.fine_rotations.reshape(-1, 3, 3), sums.gradient.shape[1], window, pad, sums.gradient, sums.weight)
+
+
+def symmetrise_sums(sums: Sums, operators: list[torch.Tensor | None], radius: float | None = None) -> None:
+    """Make the gradient and weight sums of each class those of its symmetric map, in place:
+    operators per class, its group in its map's frame (G, 3, 3), or None (left as is). After a search
+    over one asymmetric unit (sampling.asymmetric_unit) the sums are then those of a full search whose
+    posterior splits equally over equivalent poses (physics.projection.average_over_operators).
+    radius: voxels from the centre beyond which the sums hold nothing (None: unknown)."""
+    for k, ops in enumerate(operators):
+        if ops is None or ops.shape[0] < 2:
+            continue
+        for h in range(sums.gradient.shape[0]):
+            sums.gradient[h, k], sums.weight[h, k] = average_over_operators(sums.gradient[h, k], sums.weight[h, k], ops.to(sums.weight.device), radius)
 
 
 def _dense_rows(row_to: torch.Tensor, col: torch.Tensor, value: torch.Tensor, n_rows: int, n_cols: int) -> torch.Tensor:

@@ -104,15 +104,8 @@ class SliceBuffer:
     """
 
     def __init__(
-        self, n_keys: int, n_pixels: int, device, max_slices: int = 0, budget_bytes: int = 384 * 2**20,
-        operators: list[torch.Tensor | None] | None = None,
+        self, n_keys: int, n_pixels: int, device, max_slices: int = 0, budget_bytes: int = 384 * 2**20
     ) -> None:
-        """operators: per class, its map's group in its own frame (G, 3, 3) or None; None: none for
-        any class. With a group each slice of class k is inserted at all G equivalent orientations
-        A g (g in operators[k]) with 1/G of its values and weights, which makes the sums of a search
-        over one asymmetric unit (sampling.asymmetric_unit) those of a full search whose posterior
-        splits equally over equivalent poses."""
-        self.operators = operators
         self.slot = torch.full((n_keys,), -1, dtype=torch.long, device=device)
         self.max_slices = max_slices if max_slices > 0 else int(min(n_keys, max(1024, budget_bytes // (12 * max(1, n_pixels)))))
         self.n_pixels = n_pixels
@@ -158,8 +151,7 @@ class SliceBuffer:
             rows = torch.nonzero(grid_index == hk).squeeze(1)
             h, c = divmod(hk, n_classes)
             orientation = rotations[keys[rows] % n_fine].to(device=keys.device, dtype=torch.float32)
-            operators = None if self.operators is None else self.operators[c]
-            insert_slices(self.data[rows], self.weight[rows], orientation, kx, ky, pad, gradient_grids[h, c], weight_grids[h, c], operators)
+            insert_slices(self.data[rows], self.weight[rows], orientation, kx, ky, pad, gradient_grids[h, c], weight_grids[h, c])
         self.slot[keys] = -1
         self.data[: self.count] = 0
         self.weight[: self.count] = 0

@@ -87,7 +87,7 @@ def chunk_size(grid: SearchGrid, n_classes: int, requested: int = 0, pool: int =
 
 
 def _device_work(
-    state: RunState, device: torch.device, grid: SearchGrid, box: int, current_size: int, coarse_size: int, local: bool = False, operators: list[torch.Tensor | None] | None = None,
+    state: RunState, device: torch.device, grid: SearchGrid, box: int, current_size: int, coarse_size: int, local: bool = False,
     coarse_columns: torch.Tensor | None = None,
 ) -> DeviceWork:
     window = fourier_window(box, current_size, device)
@@ -102,7 +102,7 @@ def _device_work(
         coarse = coarse_references(references, grid, window, coarse_size, PAD, coarse_columns)
     fine_rotations = grid.fine_rotations.reshape(-1, 3, 3)
     sums = Sums.zeros(
-        state.n_classes, box * PAD, box, state.sigma2.shape[0], grid.n_directions, pixels_per_shell(box), fine_rotations.shape[0], window.n_pixels, device, operators
+        state.n_classes, box * PAD, box, state.sigma2.shape[0], grid.n_directions, pixels_per_shell(box), fine_rotations.shape[0], window.n_pixels, device
     )
     return DeviceWork(
         device=device,
@@ -159,7 +159,6 @@ def run_estep(
     pool: int = 0,
     local: LocalCandidates | None = None,
     narrow: tuple[torch.Tensor, SearchGrid] | None = None,
-    symmetry_operators: list[torch.Tensor | None] | None = None,
     coarse_columns: torch.Tensor | None = None,
 ) -> tuple[Sums | None, dict]:
     """Search every particle of the batch; store each one's best pose in `state`.
@@ -168,16 +167,13 @@ def run_estep(
     searched only among its own candidates (rows aligned with batch_index).
     narrow: (rows (len(batch_index),) bool, a grid of the same orientations with fewer translations
     (sampling.grid.narrowed)): those particles are searched on it, in chunks of their own.
-    symmetry_operators: per class, its map's group in its own frame (G, 3, 3) when the search covers one
-    asymmetric unit of it (sampling.asymmetric_unit), else None: every back-projected slice of class k
-    also goes to its equivalent orientations under symmetry_operators[k].
     coarse_columns: (C,) ascending keys class * O + orientation, the only (class, coarse orientation)
     hypotheses the global coarse pass searches (one asymmetric unit per class); None: all.
     Returns the sums on devices[0] (None when with_sums is False: the final assignment pass)
     and the seconds spent per phase, added over devices.
     """
     box = particles.box_size
-    works = [_device_work(state, device, grid, box, current_size, coarse_size, local is not None, symmetry_operators, coarse_columns) for device in devices]
+    works = [_device_work(state, device, grid, box, current_size, coarse_size, local is not None, coarse_columns) for device in devices]
     fine_rotations = grid.fine_rotations.reshape(-1, 3, 3)
     if local is None:
         size = chunk_size(grid, state.n_classes, requested_chunk, pool, 0 if coarse_columns is None else coarse_columns.numel())

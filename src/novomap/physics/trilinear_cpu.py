@@ -112,7 +112,7 @@ if numba is not None:
                 out[o, p] = total
 
     @njit(parallel=True, fastmath=True, cache=True)
-    def _scatter(values, rows, kx, ky, operators, scale, grids):  # pragma: no cover - compiled
+    def _scatter(values, rows, kx, ky, grids):  # pragma: no cover - compiled
         n_parts = grids.shape[0]
         m = grids.shape[1]
         centre = m // 2
@@ -123,21 +123,15 @@ if numba is not None:
             flat = grid.reshape(m * m * m, n_channels)
             index = np.empty(8, dtype=np.int64)
             weight = np.empty(8, dtype=np.float64)
-            # the slice's rows at orientation A g: (A g)_ij = sum_k A_ik g_kj, first two rows
-            equivalent = np.empty((1, 2, 3), dtype=rows.dtype)
-            for slice_op in range(part * per_part * operators.shape[0], min(n_slices, (part + 1) * per_part) * operators.shape[0]):
-                o, g = divmod(slice_op, operators.shape[0])
-                for i in range(2):
-                    for j in range(3):
-                        equivalent[0, i, j] = rows[o, i, 0] * operators[g, 0, j] + rows[o, i, 1] * operators[g, 1, j] + rows[o, i, 2] * operators[g, 2, j]
+            for o in range(part * per_part, min(n_slices, (part + 1) * per_part)):
                 for p in range(n_pixels):
-                    x0, y0, z0, fx, fy, fz = _slice_point(equivalent, 0, kx[p], ky[p], centre)
+                    x0, y0, z0, fx, fy, fz = _slice_point(rows, o, kx[p], ky[p], centre)
                     if x0 >= 0 and y0 >= 0 and z0 >= 0 and x0 < m - 1 and y0 < m - 1 and z0 < m - 1:
                         gx, gy, gz = 1 - fx, 1 - fy, 1 - fz
                         w000, w001, w010, w011 = gz * gy * gx, gz * gy * fx, gz * fy * gx, gz * fy * fx
                         w100, w101, w110, w111 = fz * gy * gx, fz * gy * fx, fz * fy * gx, fz * fy * fx
                         for c in range(n_channels):
-                            v = values[c, o, p] * scale
+                            v = values[c, o, p]
                             grid[z0, y0, x0, c] += w000 * v
                             grid[z0, y0, x0 + 1, c] += w001 * v
                             grid[z0, y0 + 1, x0, c] += w010 * v
@@ -150,7 +144,49 @@ if numba is not None:
                     n = _edge_neighbours(x0, y0, z0, fx, fy, fz, m, index, weight)
                     for i in range(n):
                         for c in range(n_channels):
-                            flat[index[i], c] += weight[i] * values[c, o, p] * scale
+                            flat[index[i], c] += weight[i] * values[c, o, p]
+
+
+    @njit(parallel=True, fastmath=True, cache=True)
+    def _operator_average(grids, operators, scale, identity_share, radius, out):  # pragma: no cover - compiled
+        # out(p) = identity_share grids(p) + scale sum_g grids(g p) for every voxel p within `radius`
+        # of the centre (beyond it the caller knows the grids hold nothing); channels last, so one
+        # voxel's 8 neighbours serve every channel
+        m = grids.shape[0]
+        n_channels = grids.shape[3]
+        centre = m // 2
+        limit = radius * radius
+        flat = grids.reshape(m * m * m, n_channels)
+        for z in prange(m):
+            index = np.empty(8, dtype=np.int64)
+            weight = np.empty(8, dtype=np.float64)
+            pz = z - centre
+            for y in range(m):
+                py = y - centre
+                for x in range(m):
+                    px = x - centre
+                    if px * px + py * py + pz * pz > limit:
+                        continue
+                    for c in range(n_channels):
+                        out[z, y, x, c] = grids[z, y, x, c] * identity_share
+                    for g in range(operators.shape[0]):
+                        qx = operators[g, 0, 0] * px + operators[g, 0, 1] * py + operators[g, 0, 2] * pz + centre
+                        qy = operators[g, 1, 0] * px + operators[g, 1, 1] * py + operators[g, 1, 2] * pz + centre
+                        qz = operators[g, 2, 0] * px + operators[g, 2, 1] * py + operators[g, 2, 2] * pz + centre
+                        x0, y0, z0 = int(np.floor(qx)), int(np.floor(qy)), int(np.floor(qz))
+                        fx, fy, fz = qx - x0, qy - y0, qz - z0
+                        if x0 >= 0 and y0 >= 0 and z0 >= 0 and x0 < m - 1 and y0 < m - 1 and z0 < m - 1:
+                            gx, gy, gz = 1 - fx, 1 - fy, 1 - fz
+                            for c in range(n_channels):
+                                near = (grids[z0, y0, x0, c] * gx + grids[z0, y0, x0 + 1, c] * fx) * gy + (grids[z0, y0 + 1, x0, c] * gx + grids[z0, y0 + 1, x0 + 1, c] * fx) * fy
+                                far = (grids[z0 + 1, y0, x0, c] * gx + grids[z0 + 1, y0, x0 + 1, c] * fx) * gy + (grids[z0 + 1, y0 + 1, x0, c] * gx + grids[z0 + 1, y0 + 1, x0 + 1, c] * fx) * fy
+                                out[z, y, x, c] += (near * gz + far * fz) * scale
+                            continue
+                        n = _edge_neighbours(x0, y0, z0, fx, fy, fz, m, index, weight)
+                        for i in range(n):
+                            w = weight[i] * scale
+                            for c in range(n_channels):
+                                out[z, y, x, c] += flat[index[i], c] * w
 
 
 @contextlib.contextmanager
@@ -192,20 +228,29 @@ def gather_slices(volume_ft: torch.Tensor, rotations: torch.Tensor, kx: torch.Te
 
 
 def scatter_slices(
-    channels: list[torch.Tensor], rotations: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor, pad: int, m: int, operators: torch.Tensor | None = None
+    channels: list[torch.Tensor], rotations: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor, pad: int, m: int
 ) -> torch.Tensor:
     """The adjoint of gather_slices for C real channels (each (O, P), one dtype) -> (C, M, M, M)
-    float64 sums. operators (G, 3, 3): each slice is inserted at every orientation A g instead, with
-    1/G of its values (estep.cache.SliceBuffer's symmetric maps), without copying the slices G times.
-    Needs numba (`available()`)."""
+    float64 sums. Needs numba (`available()`)."""
     values = torch.stack([c.detach() for c in channels]).contiguous().numpy()
     rows, kx_values, ky_values = _geometry(rotations, kx, ky, pad, channels[0].dtype)
-    if operators is None:
-        operators = torch.eye(3)[None]
-    ops = operators.detach().to(channels[0].dtype).contiguous().numpy()
     with numba_threads() as n_threads:
         # one private grid per thread, within a memory budget (a 160^3 grid of 3 channels is 98 MB)
         n_parts = max(1, min(n_threads, _SCATTER_BUDGET_BYTES // (8 * len(channels) * m**3)))
         grids = np.zeros((n_parts, m, m, m, len(channels)), dtype=np.float64)
-        _scatter(values, rows, kx_values, ky_values, ops, 1.0 / ops.shape[0], grids)
+        _scatter(values, rows, kx_values, ky_values, grids)
     return torch.from_numpy(grids.sum(0)).permute(3, 0, 1, 2)
+
+
+def operator_average(grids: torch.Tensor, operators: torch.Tensor, radius: float) -> torch.Tensor:
+    """(1/G) sum_g V(g p) of C channels (M, M, M, C) float64, trilinear, zero outside the grid, for
+    operators (G, 3, 3) acting on (x, y, z) from the grid's centre M//2 -> (M, M, M, C) float64,
+    computed within `radius` voxels of the centre (zero beyond). Needs numba (`available()`)."""
+    source = grids.detach().to(torch.float64).contiguous().numpy()
+    ops = operators.detach().to(torch.float64)
+    # the identity's term is the grid itself: copied, not interpolated
+    identity = (ops - torch.eye(3, dtype=torch.float64)).abs().amax((1, 2)) < 1e-6
+    out = np.zeros_like(source)
+    with numba_threads():
+        _operator_average(source, ops[~identity].contiguous().numpy(), 1.0 / ops.shape[0], float(identity.sum()) / ops.shape[0], float(radius), out)
+    return torch.from_numpy(out)

@@ -10,9 +10,10 @@ too, so that the grid direction nearest to any pose's equivalent in the cell is 
 orientations kept twice, A and A g near the edge, split a particle's posterior between two
 equivalent poses).
 
-The sums of such a search are made those of a full search by inserting every slice at all |G|
-equivalent orientations with 1/|G| of its weight (estep.cache.SliceBuffer) and by averaging the
-direction weights over each orbit (orbit_average_directions).
+The sums of such a search are made those of a full search by averaging the back-projected sums
+over the group, as if every slice had been inserted at all |G| equivalent orientations with 1/|G| of
+its weight (estep.accumulate.symmetrise_sums), and the direction weights over each orbit
+(orbit_average_directions).
 """
 
 from __future__ import annotations

@@ -81,8 +81,8 @@ class VdamConfig:
     # 0: the whole offset range, as RELION)
     narrow_offset_steps: float = 2.0
     # after VDAM's initial phase, with one class whose map the imposed (proper) group is centred and
-    # imposed on, the mini-batch iterations search orientations of one asymmetric unit only and insert
-    # every slice at its equivalent orientations too (vdam.unit_search.unit_operators); False: every orientation
+    # imposed on, the mini-batch iterations search orientations of one asymmetric unit only, with the
+    # iteration's sums averaged over the group (vdam.unit_search.unit_operators); False: every orientation
     search_asymmetric_unit: bool = True
     local_offset_range_px: float = 2.0
     local_offset_step_px: float = 1.0

@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from novomap.estep.accumulate import Sums
+from novomap.estep.accumulate import Sums, symmetrise_sums
 from novomap.estep.driver import PAD, projector_transforms, run_estep
 from novomap.estep.local import expected_prior_width
 from novomap.estep.search import SearchSettings
@@ -93,7 +93,7 @@ def expectation(
         narrow = narrow_translations(state, global_index, grid, config, with_sums)
         total, spent = run_estep(
             state, particles, global_index, half, grid, current_size, coarse_size, settings, devices, with_sums, config.chunk_size, config.pool, narrow=narrow,
-            symmetry_operators=operators, coarse_columns=columns,
+            coarse_columns=columns,
         )
         _add_timings(timings, spent)
         timings["n_narrow"] = timings.get("n_narrow", 0) + (int(narrow[0].sum()) if narrow is not None else 0)
@@ -108,7 +108,7 @@ def expectation(
         coarse_step = max(local.grid.coarse_step_deg, config.local_coarse_step_deg)
         _, local_coarse = image_sizes(state.resolution_shell, particles.box_size, coarse_step, config.particle_diameter_a, particles.pixel_size_a)
         sums, spent = run_estep(
-            state, particles, local_index, half, local.grid, current_size, local_coarse, settings, devices, with_sums, 0, config.pool, local=local, symmetry_operators=operators
+            state, particles, local_index, half, local.grid, current_size, local_coarse, settings, devices, with_sums, 0, config.pool, local=local
         )
         _add_timings(timings, {f"local_{name}": seconds for name, seconds in spent.items()})
         if total is None:
@@ -117,6 +117,10 @@ def expectation(
             total.add_(sums)
     timings["n_local"] = timings.get("n_local", 0) + int(local_index.numel())
     if operators is not None and total is not None:
+        t0 = time.perf_counter()
+        # the window's slices reach current_size/2 (times the padding) and their interpolation ~sqrt(3) voxels further
+        symmetrise_sums(total, operators, current_size * PAD / 2 + 2)
+        timings["symmetrise"] = timings.get("symmetrise", 0.0) + time.perf_counter() - t0
         device = total.direction_weight.device
         weights = total.direction_weight.cpu()
         averaged = [weights[k : k + 1] if ops is None else orbit_average_directions(weights[k : k + 1], ops, state.healpix_order) for k, ops in enumerate(operators)]

@@ -12,18 +12,11 @@ from novomap.vdam.config import VdamConfig
 from novomap.vdam.recentre import centred_classes
 from novomap.vdam.state import RunState
 
-# each back-projected slice is inserted at all |G| equivalent orientations, which no other slice
-# shares: on the tight octahedral specimen (O, 24) a late iteration's back-projection grew from 0.11
-# to 0.87 s while its search shrank from 0.93 to 0.19 s, no gain; on the real tutorial job (D2) the
-# iteration took 0.65-0.9x as long (benchmarks/results/2026-12-02-asymmetric-unit.md)
-UNIT_SEARCH_MAX_ORDER = 4
-
-
 def searchable_by_unit(group: PointGroup | None) -> bool:
     """Whether a group lets the search skip equivalent orientations: more than one operator, all
     proper rotations (a mirror maps a projection onto the mirror image of another, not onto another
-    projection), and few enough for the copies of every slice to pay (UNIT_SEARCH_MAX_ORDER)."""
-    return group is not None and group.is_proper and 1 < group.order <= UNIT_SEARCH_MAX_ORDER
+    projection)."""
+    return group is not None and group.is_proper and group.order > 1
 
 
 def unit_operators(state: RunState, config: VdamConfig, group: PointGroup | None, with_sums: bool) -> list[torch.Tensor | None] | None:
@@ -34,13 +27,13 @@ def unit_operators(state: RunState, config: VdamConfig, group: PointGroup | None
     Only in the mini-batch iterations after VDAM's initial phase (the race of starts has chosen and the
     group is imposed), and only for classes whose map has had the group imposed about its own axes
     and whose symmetry centre is the box centre (vdam.recentre), so that the group's rotations about
-    the box centre are symmetries of the map: each slice then goes to its equivalent orientations as
+    the box centre are symmetries of the map: the iteration's sums are then averaged over the group
+    (estep.accumulate.symmetrise_sums), as if each slice had gone to its equivalent orientations as
     well, which keeps the VDAM update symmetric between impositions. With several classes each map
     has its own axes, hence its own unit (a K=3 run on real beta-gal searched 4x the orientations per
     class without it), and a class whose centre could not be brought to the box centre (a junk class
     8 px off) is searched whole while the others still search their units. The final pass searches
-    every orientation: the final reconstruction takes the poses as they are. Only for groups of order
-    <= UNIT_SEARCH_MAX_ORDER."""
+    every orientation: the final reconstruction takes the poses as they are."""
     if not with_sums or not config.search_asymmetric_unit or not searchable_by_unit(group):
         return None
     if state.iteration < schedules.phases(config.n_iter, config.initial_fraction, config.final_fraction).initial:
