@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from novomap.physics.fourier import shell_average
+from novomap.physics.fourier import power, shell_average
 
 MIN_RESOLUTION_SHELLS = 5  # RELION's minres_map
 INCREMENT_SHELLS = 10  # RELION's incr_size
@@ -16,7 +16,7 @@ INCREMENT_SHELLS = 10  # RELION's incr_size
 
 def reference_power(reference_ft: torch.Tensor, shells: torch.Tensor, n_shells: int) -> torch.Tensor:
     """tau^2: per-shell mean |F|^2 / 2 of a projector transform (M, M, M) -> (n_shells,)."""
-    return shell_average(reference_ft.abs().square() / 2, shells, n_shells)
+    return shell_average(power(reference_ft) / 2, shells, n_shells)
 
 
 def spectral_snr(weight_half0: torch.Tensor, tau2: torch.Tensor, shells: torch.Tensor, tau2_fudge: float, pad: int) -> torch.Tensor:

@@ -67,6 +67,14 @@ def hermitian_partner(grid: torch.Tensor) -> torch.Tensor:
     return torch.roll(torch.flip(grid, dims), shifts=(1, 1, 1), dims=dims)
 
 
+def power(values: torch.Tensor) -> torch.Tensor:
+    """|z|^2 of a complex tensor as re^2 + im^2 (no square root, unlike abs().square()); x^2 of a real one."""
+    if not values.is_complex():
+        return values.square()
+    pairs = torch.view_as_real(values)
+    return pairs[..., 0].square() + pairs[..., 1].square()
+
+
 def shell_average(values: torch.Tensor, shells: torch.Tensor, n_shells: int) -> torch.Tensor:
     """Mean of values (...,) per integer shell index (same shape), shells >= n_shells ignored -> (n_shells,)."""
     shells = shells.reshape(-1).long()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from novomap.physics.fourier import shell_average
+from novomap.physics.fourier import power, shell_average
 
 BETA1 = 0.9
 BETA2 = 0.999
@@ -47,19 +47,25 @@ def vdam_update(
     shells (M, M, M) int64: round(|k|/pad); inside (M, M, M) bool: |k| < current_size/2.
     step: eta for this class (schedule times class-size factor); tau2_fudge: T.
     """
-    d = gradient / weight.clamp(min=1.0)
-    first = not bool(moment1.abs().any())
-    m = torch.where(inside, d if first else BETA1 * moment1 + (1 - BETA1) * d, moment1)
-    moment1.copy_(m)
-    disagreement = (d[1] - d[0]).abs().square() / ((d[0] + d[1]) / 2).abs().square().add(1e-12)
-    moment2.copy_(torch.where(inside, BETA2 * moment2 + (1 - BETA2) * disagreement, moment2))
-    direction = (m[0] + m[1]) / 2 / (moment2.sqrt() + 1e-12)
+    # only the voxels inside the current window change: work on those alone (early in a run a few
+    # per cent of the grid), leaving the moments outside as they are and the update zero there
+    d = gradient[:, inside] / weight[:, inside].clamp(min=1.0)  # (2, V)
+    first = not bool(torch.view_as_real(moment1).any())
+    m = d if first else BETA1 * moment1[:, inside] + (1 - BETA1) * d
+    moment1[:, inside] = m
+    disagreement = power(d[1] - d[0]) / power((d[0] + d[1]) / 2).add(1e-12)
+    second = BETA2 * moment2[inside] + (1 - BETA2) * disagreement
+    moment2[inside] = second
+    direction = (m[0] + m[1]) / 2 / (second.sqrt() + 1e-12)
 
-    n_shells = int(shells[inside].max()) + 1
-    signal = shell_average(reference.abs()[inside], shells[inside], n_shells)
-    noise = shell_average((m[1] - m[0]).abs()[inside], shells[inside], n_shells)
+    inside_shells = shells[inside]
+    n_shells = int(inside_shells.max()) + 1
+    current = reference[inside]
+    signal = shell_average(current.abs(), inside_shells, n_shells)
+    noise = shell_average((m[1] - m[0]).abs(), inside_shells, n_shells)
     snr = 2 * tau2_fudge * signal / noise.clamp(min=1e-30)
-    f = (snr / (1 + snr)).clamp(max=1.0)[shells.clamp(max=n_shells - 1)]
+    f = (snr / (1 + snr)).clamp(max=1.0)[inside_shells]
 
-    updated = reference + step * (f * direction - (1 - f) * reference)
-    return torch.where(inside, updated, torch.zeros_like(updated))
+    updated = torch.zeros_like(reference)
+    updated[inside] = current + step * (f * direction - (1 - f) * current)
+    return updated
