@@ -146,7 +146,6 @@ if numba is not None:
                         for c in range(n_channels):
                             flat[index[i], c] += weight[i] * values[c, o, p]
 
-
     @njit(parallel=True, fastmath=True, cache=True)
     def _operator_average(grids, operators, scale, identity_share, radius, out):  # pragma: no cover - compiled
         # out(p) = identity_share grids(p) + scale sum_g grids(g p) for every voxel p within `radius`
