@@ -66,11 +66,14 @@ def mixture(tmp_path_factory):
 def test_two_classes_separate_a_mixture_of_two_particles(mixture):
     star, source = mixture
     particles = ParticleSet.from_star(star, preread=True)
-    # VDAM's whole schedule: after 20 mini-batches only 81-85 % were in their own class (2026-11-30)
-    config = VdamConfig(n_iter=100, n_classes=2, particle_diameter_a=200.0, n_starts=1, seed=3)
+    # VDAM's whole schedule: after 20 mini-batches only 81-85 % were in their own class (2026-11-30).
+    # With the race of random starts a K=2 job runs by default (2 starts): a single start of this small
+    # mixture ended with 52-57 % on this session's machine (the code of 21d55ef, which passed elsewhere,
+    # too), while the default run put 100 % in their own class on seeds 3 and 1 (session 25)
+    config = VdamConfig(n_iter=100, n_classes=2, particle_diameter_a=200.0, seed=3)
     state = initial_state(particles, config)
     half = pseudo_halves(particles)
-    for _ in range(config.n_iter):
+    while state.iteration < config.n_iter:  # the race (at iteration 10) advances the run to iteration 30
         run_iteration(state, particles, half, config, "cpu")
     assign_all(state, particles, half, config, "cpu")
     assigned = state.class_number - 1
