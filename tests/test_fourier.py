@@ -150,3 +150,12 @@ def test_power_spectrum_of_white_noise():
     rel = (mean_power[1 : n // 2] / expected - 1).abs()
     assert float(rel.max()) < 0.08, rel
     assert float(mean_power[1:].mean() / expected) == pytest.approx(1.0, abs=0.02)
+
+
+def test_power_is_the_squared_magnitude_of_complex_real_and_conjugated_tensors():
+    from novomap.physics.fourier import power
+
+    z = torch.tensor([3 + 4j, -1 - 2j, 0j], dtype=torch.complex64)
+    assert torch.equal(power(z), torch.tensor([25.0, 5.0, 0.0]))
+    assert torch.equal(power(z.conj()), power(z))  # a conjugate view: same squared magnitudes
+    assert torch.equal(power(torch.tensor([-2.0, 3.0])), torch.tensor([4.0, 9.0]))

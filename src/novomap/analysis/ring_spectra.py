@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from novomap.physics.euler import euler_to_matrix
-from novomap.physics.fourier import rfft_image
+from novomap.physics.fourier import power, rfft_image
 from novomap.physics.projection import extract_slices, projector_transform
 from novomap.physics.window import FourierWindow, fourier_window, shift_phases
 
@@ -122,8 +122,8 @@ def angular_spectra(values: torch.Tensor, rings: Rings) -> torch.Tensor:
         half = values[:, pixels].to(torch.complex128)
         whole = torch.cat([half, half.conj()], 1)  # (B, m)
         coefficients = whole @ phases.T  # (B, n_orders + 1)
-        diagonal = (whole.real.square() + whole.imag.square()).sum(1, keepdim=True)
-        out.append(coefficients.real.square() + coefficients.imag.square() - diagonal)
+        diagonal = power(whole).sum(1, keepdim=True)
+        out.append(power(coefficients) - diagonal)
     return torch.stack(out, 1)
 
 

@@ -46,6 +46,7 @@ from novomap.estep.prepare import prepare_batch
 from novomap.estep.search import project_references
 from novomap.io.particles import ParticleSet
 from novomap.physics.euler import euler_to_matrix
+from novomap.physics.fourier import power
 from novomap.physics.masks import soft_edge_mask
 from novomap.physics.window import fourier_window, shift_phases
 from novomap.reconstruct import Poses, particle_ctf
@@ -117,7 +118,7 @@ def explained_energy(
     projections = project_references(projector_transforms(volume[None].float()), rotations, window, PAD)  # (B, P)
     q = batch.inv_sigma2
     cross = (q * batch.ctf * (moved * projections.conj()).real).sum(0).double()
-    norm = (q * batch.ctf.square() * (projections.real.square() + projections.imag.square())).sum(0).double()
+    norm = (q * batch.ctf.square() * power(projections)).sum(0).double()
     n_shells = int(window.shell.max()) + 1
     numerator = torch.zeros(n_shells, dtype=torch.float64).index_add_(0, window.shell.cpu(), cross.cpu())
     denominator = torch.zeros(n_shells, dtype=torch.float64).index_add_(0, window.shell.cpu(), norm.cpu())

@@ -17,6 +17,7 @@ import torch
 from novomap.estep.cache import SliceBuffer
 from novomap.estep.prepare import PreparedBatch
 from novomap.estep.search import FineResult, sub_shift_phases
+from novomap.physics.fourier import power
 from novomap.physics.projection import average_over_operators
 from novomap.physics.window import FourierWindow, shift_phases
 from novomap.sampling.grid import SearchGrid
@@ -189,13 +190,13 @@ def accumulate(
     # sum_rows s|X|^2 - 2 Re(X c conj(sum_rows P A)) + c^2 sum_rows s |P|^2
     x = batch.masked.to(torch.complex64)
     particle_total = torch.zeros(n_batch, dtype=torch.float32, device=device).index_add_(0, b, total.float())
-    projection_power = projections.real.square() + projections.imag.square()  # (n_proj, P)
+    projection_power = power(projections)  # (n_proj, P)
     model_power = _dense_rows(b, proj_index, total.float(), n_batch, n_proj) @ projection_power  # (B, P)
     # sum_rows conj(P) A = sum_(t, j) e_{t+delta_j} sum_rows w_j conj(P), per (particle, translation) pair
     pair_sums = _sparse_product(pair_column, proj_index.repeat_interleave(4), row_weights, n_columns, projections.conj())
     pair_cross = (pair_sums.reshape(-1, 4, window.n_pixels) * sub[None]).sum(1) * pair_coarse_phases  # (n_pairs, P)
     cross = torch.zeros((n_batch, window.n_pixels), dtype=torch.complex64, device=device).index_add_(0, pairs // n_trans, pair_cross)
-    x_power = x.real.square() + x.imag.square()
+    x_power = power(x)
     diff2 = particle_total[:, None] * x_power - 2 * ctf * (x * cross).real + ctf * ctf * model_power
     n_shells = sums.noise.shape[1]
     in_window = torch.zeros((n_batch, n_shells), dtype=torch.float64, device=device).index_add_(1, window.shell.to(device), diff2.double())

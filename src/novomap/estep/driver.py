@@ -33,7 +33,7 @@ from novomap.estep.search import (
 )
 from novomap.io.particles import ParticleSet
 from novomap.physics.euler import matrix_to_euler
-from novomap.physics.fourier import rfft_shells
+from novomap.physics.fourier import power, rfft_shells
 from novomap.physics.projection import projector_transform
 from novomap.physics.window import FourierWindow, fourier_window
 from novomap.reconstruct import particle_ctf
@@ -125,7 +125,7 @@ def _chunk_coarse(work: DeviceWork, grid: SearchGrid, candidates: torch.Tensor) 
     renumbered[valid] = inverse
     references = work.projection_cache.references
     projections = project_references(references, grid.coarse_rotations.to(references.device)[used], work.coarse.window, PAD)
-    coarse = dataclasses.replace(work.coarse, projections=projections, power=projections.real.square() + projections.imag.square())
+    coarse = dataclasses.replace(work.coarse, projections=projections, power=power(projections))
     return coarse, used, renumbered
 
 

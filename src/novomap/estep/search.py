@@ -18,6 +18,7 @@ import torch
 
 from novomap.estep.cache import ProjectionCache
 from novomap.estep.prepare import PreparedBatch
+from novomap.physics.fourier import power
 from novomap.physics.projection import extract_slices
 from novomap.physics.window import FourierWindow, fourier_window, shift_phases
 from novomap.sampling.grid import SearchGrid
@@ -124,7 +125,7 @@ def coarse_references(
         pixels=torch.nonzero(window.shell < coarse_size // 2).squeeze(1),
         window=coarse_window,
         projections=projections,
-        power=projections.real.square() + projections.imag.square(),
+        power=power(projections),
         columns=columns,
     )
 
@@ -337,7 +338,7 @@ def fine_pass(
     first = torch.full((n_batch,), flat.numel(), dtype=torch.long, device=device)
     best_flat = first.scatter_reduce(0, seg[is_best], torch.nonzero(is_best).squeeze(1), reduce="amin")
     best_row, best_child = best_flat // 4, best_flat % 4
-    const = ((batch.masked.real.square() + batch.masked.imag.square()) * q).sum(-1).double()
+    const = (power(batch.masked) * q).sum(-1).double()
     return FineResult(
         row_particle=row_particle,
         row_class=row_class,

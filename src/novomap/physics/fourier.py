@@ -71,7 +71,7 @@ def power(values: torch.Tensor) -> torch.Tensor:
     """|z|^2 of a complex tensor as re^2 + im^2 (no square root, unlike abs().square()); x^2 of a real one."""
     if not values.is_complex():
         return values.square()
-    pairs = torch.view_as_real(values)
+    pairs = torch.view_as_real(values.resolve_conj())  # a conjugate view has no real view of its own
     return pairs[..., 0].square() + pairs[..., 1].square()
 
 
