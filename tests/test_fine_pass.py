@@ -82,7 +82,8 @@ def test_fine_weights_and_log_likelihood_are_the_direct_posterior(compiled, monk
     window, grid, references, batch, hits, log_prior, settings = _problem()
     if not compiled:
         monkeypatch.setattr(search, "_compiled_fine_sums", lambda: None)
-    cache = ProjectionCache(references, grid.fine_rotations, window, PAD, with_power=search.fine_pass_needs_powers(torch.device("cpu")))
+    batched = search.fine_pass_needs_powers(torch.device("cpu"))
+    cache = ProjectionCache(references, grid.fine_rotations, window, PAD, with_power=batched, with_planes=not batched)
     result = fine_pass(batch, window, hits, cache, grid, log_prior, settings)
 
     direct = _direct_log_posterior(window, grid, references, batch, hits, log_prior, settings)
@@ -109,7 +110,7 @@ def test_compiled_sums_match_the_batched_products():
     hit_particle = torch.tensor([1, 0, 1, 1, 0])
     ctf2q = torch.rand(2, 50, generator=generator)
     powers = blocks.real.square() + blocks.imag.square()
-    cross, norms = fine_cpu.fine_sums(blocks, shifted, hit_block, hit_pair, hit_particle, ctf2q)
+    cross, norms = fine_cpu.fine_sums(fine_cpu.planes_of(blocks), shifted, hit_block, hit_pair, hit_particle, ctf2q)
     # written out: Re sum_p P_c(p) S_j(p) and sum_p |P_c(p)|^2 w_b(p)
     expected_cross = torch.einsum("hcp,hjp->hcj", blocks[hit_block].to(torch.complex128), shifted[hit_pair].to(torch.complex128)).real
     expected_norms = torch.einsum("hcp,hp->hc", powers[hit_block].double(), ctf2q[hit_particle].double())

@@ -21,18 +21,28 @@ class ProjectionCache:
     """
 
     def __init__(
-        self, references: torch.Tensor, rotations: torch.Tensor, window: FourierWindow, pad: int, budget_bytes: int = 1 << 30, with_power: bool = True
+        self,
+        references: torch.Tensor,
+        rotations: torch.Tensor,
+        window: FourierWindow,
+        pad: int,
+        budget_bytes: int = 1 << 30,
+        with_power: bool = True,
+        with_planes: bool = False,
     ) -> None:
         """references (K, M, M, M) complex; rotations (n_coarse, 8, 3, 3): the iteration's fine orientations.
 
         with_power: also keep |block|^2 (`powers()`), for the fine pass's batched products; its
         compiled CPU loop forms the power from the values it reads and needs none.
+        with_planes: also keep each block's real and imaginary parts as planes (`planes()`), which
+        the compiled CPU loop reads (estep.fine_cpu.fine_sums).
 
         budget_bytes bounds the blocks kept: a lookup that would exceed it first empties the store.
         Local searches at fine orders share few blocks between chunks, so without a bound the store
         grew with the number of particles (the final pass's finest stage: 2.5 GB for 1,455 particles).
         """
-        self.max_blocks = max(1, int(budget_bytes // (8 * max(1, window.n_pixels) * (12 if with_power else 8))))  # complex64 (+ float32 power)
+        bytes_per_pixel = 8 + (4 if with_power else 0) + (8 if with_planes else 0)  # complex64 (+ float32 power, + float32 planes)
+        self.max_blocks = max(1, int(budget_bytes // (8 * max(1, window.n_pixels) * bytes_per_pixel)))
         self.references = references
         self.rotations = rotations.to(references.device)
         self.window = window.to(references.device)
@@ -46,6 +56,8 @@ class ProjectionCache:
         self.store = torch.empty((n_blocks, 8, window.n_pixels), dtype=torch.complex64, device=references.device)
         self.power = torch.empty((n_blocks if with_power else 0, 8, window.n_pixels), dtype=torch.float32, device=references.device)  # |store|^2
         self.with_power = with_power
+        self.plane_store = torch.empty((n_blocks if with_planes else 0, 8, 2, window.n_pixels), dtype=torch.float32, device=references.device)
+        self.with_planes = with_planes
         self.count = 0
 
     def lookup(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,6 +82,10 @@ class ProjectionCache:
                 if self.with_power:
                     power = self.power[rows].view(-1, self.power.shape[-1])
                     torch.mul(slices.real, slices.real, out=power).addcmul_(slices.imag, slices.imag)
+                if self.with_planes:
+                    planes = self.plane_store[rows].view(-1, 2, self.plane_store.shape[-1])
+                    planes[:, 0].copy_(slices.real)
+                    planes[:, 1].copy_(slices.imag)
                 self.slot[these] = torch.arange(rows.start, rows.stop, device=keys.device)
                 self.count = rows.stop
         return self.store[: self.count], self.slot[keys]
@@ -79,6 +95,12 @@ class ProjectionCache:
         if not self.with_power:
             raise ValueError("this projection cache keeps no powers (with_power=False)")
         return self.power[: self.count]
+
+    def planes(self) -> torch.Tensor:
+        """The stored blocks' real and imaginary parts (n_stored, 8, 2, P) float32; needs with_planes."""
+        if not self.with_planes:
+            raise ValueError("this projection cache keeps no planes (with_planes=False)")
+        return self.plane_store[: self.count]
 
     def _reserve(self, n_more: int) -> None:
         """Room for n_more blocks; capacity doubles so that chunk after chunk costs O(total) copying."""
@@ -93,6 +115,10 @@ class ProjectionCache:
             power = torch.empty((capacity, *self.power.shape[1:]), dtype=self.power.dtype, device=self.power.device)
             power[: self.count] = self.power[: self.count]
             self.power = power
+        if self.with_planes:
+            planes = torch.empty((capacity, *self.plane_store.shape[1:]), dtype=self.plane_store.dtype, device=self.plane_store.device)
+            planes[: self.count] = self.plane_store[: self.count]
+            self.plane_store = planes
 
 
 class SliceBuffer:

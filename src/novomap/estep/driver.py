@@ -108,7 +108,9 @@ def _device_work(
         device=device,
         window=window,
         coarse=coarse,
-        projection_cache=ProjectionCache(references, grid.fine_rotations, window, PAD, with_power=fine_pass_needs_powers(device)),
+        projection_cache=ProjectionCache(
+            references, grid.fine_rotations, window, PAD, with_power=fine_pass_needs_powers(device), with_planes=not fine_pass_needs_powers(device)
+        ),
         log_prior=torch.log(state.direction_prior.clamp(min=1e-30)).to(device),
         sigma2=state.sigma2.to(device),
         sums=sums,

@@ -311,7 +311,7 @@ def fine_pass(
     shifted = ((weighted[pairs // n_trans] * coarse_phases[pairs % n_trans])[:, None, :] * sub[None]).conj().resolve_conj()  # (n_pairs, 4, P)
     ctf2q = (batch.ctf * batch.ctf * q).float()  # (B, P)
     if not fine_pass_needs_powers(device):
-        cross, norms = _compiled_fine_sums().fine_sums(blocks, shifted, hit_block, hit_pair, hits.particle, ctf2q)
+        cross, norms = _compiled_fine_sums().fine_sums(projection_cache.planes(), shifted, hit_block, hit_pair, hits.particle, ctf2q)
     else:
         cross, norms = _batched_fine_sums(blocks, projection_cache.powers(), shifted, hit_block, hit_pair, hits.particle, ctf2q)
     # double from here on: cheap (hits x 32 values), and the weights, their per-particle cumulative
