@@ -39,23 +39,17 @@ def test_blocks_are_the_projections_of_their_keys_and_the_budget_bounds_the_stor
     assert unbounded.count == 6 and bounded.count == 1  # the last lookup found [41, 42, 43] only, and 5 gone
 
 
-def test_planes_hold_the_blocks_real_and_imaginary_parts_through_growth():
+def test_a_store_of_planes_holds_the_same_projections_as_the_complex_store():
     generator = torch.Generator().manual_seed(1)
     reference = torch.randn((2, 32, 32, 32), generator=generator, dtype=torch.complex64)
     grid = build_search_grid(1, 2.0, 2.0, 0.0)
     window = fourier_window(16, 12, "cpu")
-    cache = ProjectionCache(reference, grid.fine_rotations, window, 2, with_power=False, with_planes=True)
-    for keys in ([3, 70], [70, 4, 600], [5]):  # keys of both classes (576 coarse orientations each)
-        store, _ = cache.lookup(torch.tensor(keys))
-    planes = cache.planes()
-    assert planes.shape == (store.shape[0], 8, 2, window.n_pixels) and planes.dtype == torch.float32
-    assert torch.equal(planes[:, :, 0], store.real) and torch.equal(planes[:, :, 1], store.imag)
-    # a cache made without planes refuses to give them
+    planes = ProjectionCache(reference, grid.fine_rotations, window, 2, with_power=True, with_planes=True)
     plain = ProjectionCache(reference, grid.fine_rotations, window, 2)
-    plain.lookup(torch.tensor([3]))
-    try:
-        plain.planes()
-    except ValueError as error:
-        assert "no planes" in str(error)
-    else:
-        raise AssertionError("planes() of a cache without planes returned")
+    for keys in ([3, 700], [700, 4, 600], [5]):  # keys of both classes (576 coarse orientations each)
+        store, index = planes.lookup(torch.tensor(keys))
+        expected, expected_index = plain.lookup(torch.tensor(keys))
+    assert store.shape == (expected.shape[0], 8, 2, window.n_pixels) and store.dtype == torch.float32
+    assert torch.equal(index, expected_index)
+    assert torch.equal(store[:, :, 0], expected.real) and torch.equal(store[:, :, 1], expected.imag)
+    assert torch.allclose(planes.powers(), expected.abs().square(), rtol=1e-5, atol=1e-6)

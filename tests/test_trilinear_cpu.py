@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from novomap.physics import trilinear_cpu
-from novomap.physics.projection import _grid_sample_adjoint, _grid_sample_slices, extract_slices, insert_slices
+from novomap.physics.projection import _grid_sample_adjoint, _grid_sample_slices, extract_slice_planes, extract_slices, insert_slices
 
 pytestmark = pytest.mark.skipif(not trilinear_cpu.available(), reason="numba is not installed")
 
@@ -38,6 +38,15 @@ def test_gather_into_a_strided_output():
     out = torch.zeros((40, 5), dtype=torch.complex64).T  # not contiguous
     extract_slices(volume, rotations, kx, ky, 1, out=out)
     assert torch.allclose(out, extract_slices(volume, rotations, kx, ky, 1), atol=1e-6)
+
+
+def test_slices_as_planes_are_the_complex_slices_parts():
+    volume = torch.randn(16, 16, 16, dtype=torch.complex64, generator=torch.Generator().manual_seed(7))
+    rotations, kx, ky = _geometry(16, 40, 60, torch.float32, seed=8)  # 40 slices, pixels out beyond the grid's edge
+    planes = torch.full((40, 2, 60), float("nan"))
+    extract_slice_planes(volume, rotations, kx, ky, 1, planes)
+    expected = _grid_sample_slices(volume, rotations, kx, ky, 1, torch.empty((40, 60), dtype=torch.complex64))
+    assert torch.allclose(planes[:, 0], expected.real, atol=1e-5) and torch.allclose(planes[:, 1], expected.imag, atol=1e-5)
 
 
 @pytest.mark.parametrize("pad", [1, 2])

@@ -16,7 +16,7 @@ import torch
 
 from novomap.estep.cache import SliceBuffer
 from novomap.estep.prepare import PreparedBatch
-from novomap.estep.search import FineResult, sub_shift_phases
+from novomap.estep.search import FineResult, projection_rows, sub_shift_phases
 from novomap.physics.fourier import power
 from novomap.physics.projection import average_over_operators
 from novomap.physics.window import FourierWindow, shift_phases
@@ -146,7 +146,7 @@ def accumulate(
     k = result.row_class[keep]
     # the retained rows use only some of the stored projections: work on those alone
     used, proj_index = torch.unique(result.row_projection[keep], return_inverse=True)
-    projections = result.projections[used]
+    projections = projection_rows(result.projections, used)
     total = weights.sum(-1)  # s (U,)
     n_batch = batch.masked.shape[0]
     n_proj = used.numel()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from novomap.physics.projection import extract_slices, insert_slices
+from novomap.physics.projection import extract_slice_planes, extract_slices, insert_slices
 from novomap.physics.window import FourierWindow
 
 
@@ -17,7 +17,8 @@ class ProjectionCache:
     """Projections of the fine orientations, made in blocks of the 8 children of one coarse orientation.
 
     The fine pass needs all 8 children of every significant coarse hypothesis, so a block is the
-    natural unit: one key per (class, coarse orientation), stored contiguously as (8, P).
+    natural unit: one key per (class, coarse orientation), stored contiguously as (8, P) complex, or
+    as (8, 2, P) real and imaginary planes (with_planes).
     """
 
     def __init__(
@@ -34,15 +35,15 @@ class ProjectionCache:
 
         with_power: also keep |block|^2 (`powers()`), for the fine pass's batched products; its
         compiled CPU loop forms the power from the values it reads and needs none.
-        with_planes: also keep each block's real and imaginary parts as planes (`planes()`), which
-        the compiled CPU loop reads (estep.fine_cpu.fine_sums).
+        with_planes: store each block as its real and imaginary parts, in planes of their own
+        (8, 2, P), which the compiled CPU loop reads unit-stride (estep.fine_cpu.fine_sums); the
+        compiled gather writes them directly (physics.projection.extract_slice_planes).
 
         budget_bytes bounds the blocks kept: a lookup that would exceed it first empties the store.
         Local searches at fine orders share few blocks between chunks, so without a bound the store
         grew with the number of particles (the final pass's finest stage: 2.5 GB for 1,455 particles).
         """
-        bytes_per_pixel = 8 + (4 if with_power else 0) + (8 if with_planes else 0)  # complex64 (+ float32 power, + float32 planes)
-        self.max_blocks = max(1, int(budget_bytes // (8 * max(1, window.n_pixels) * bytes_per_pixel)))
+        self.max_blocks = max(1, int(budget_bytes // (8 * max(1, window.n_pixels) * (12 if with_power else 8))))  # complex64 (+ float32 power)
         self.references = references
         self.rotations = rotations.to(references.device)
         self.window = window.to(references.device)
@@ -53,15 +54,16 @@ class ProjectionCache:
         # so only the blocks an iteration needs cost memory and the store never moves; a GPU
         # allocator would reserve it all, so there the store grows by doubling instead
         n_blocks = self.slot.numel() if references.device.type == "cpu" else 0
-        self.store = torch.empty((n_blocks, 8, window.n_pixels), dtype=torch.complex64, device=references.device)
+        block_shape = (8, 2, window.n_pixels) if with_planes else (8, window.n_pixels)
+        self.store = torch.empty((n_blocks, *block_shape), dtype=torch.float32 if with_planes else torch.complex64, device=references.device)
         self.power = torch.empty((n_blocks if with_power else 0, 8, window.n_pixels), dtype=torch.float32, device=references.device)  # |store|^2
         self.with_power = with_power
-        self.plane_store = torch.empty((n_blocks if with_planes else 0, 8, 2, window.n_pixels), dtype=torch.float32, device=references.device)
         self.with_planes = with_planes
         self.count = 0
 
     def lookup(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """keys (R,) = class * n_coarse + coarse orientation -> (store (n_stored, 8, P) complex64, block index (R,)).
+        """keys (R,) = class * n_coarse + coarse orientation -> (store, block index (R,)); the store
+        (n_stored, 8, P) complex64, or (n_stored, 8, 2, P) float32 planes (with_planes).
 
         The store is returned as it is (no copy); rows not asked for may be in it.
         """
@@ -78,14 +80,16 @@ class ProjectionCache:
                 these = missing[missing // self.n_coarse == k]
                 rotations = self.rotations[these % self.n_coarse].reshape(-1, 3, 3).to(self.references.real.dtype)
                 rows = slice(self.count, self.count + these.numel())
-                slices = extract_slices(self.references[k], rotations, self.window.kx, self.window.ky, self.pad, out=self.store[rows].view(-1, self.store.shape[-1]))
+                out = self.store[rows].view(-1, *self.store.shape[2:])
+                if self.with_planes:
+                    extract_slice_planes(self.references[k], rotations, self.window.kx, self.window.ky, self.pad, out)
+                    real, imag = out[:, 0], out[:, 1]
+                else:
+                    slices = extract_slices(self.references[k], rotations, self.window.kx, self.window.ky, self.pad, out=out)
+                    real, imag = slices.real, slices.imag
                 if self.with_power:
                     power = self.power[rows].view(-1, self.power.shape[-1])
-                    torch.mul(slices.real, slices.real, out=power).addcmul_(slices.imag, slices.imag)
-                if self.with_planes:
-                    planes = self.plane_store[rows].view(-1, 2, self.plane_store.shape[-1])
-                    planes[:, 0].copy_(slices.real)
-                    planes[:, 1].copy_(slices.imag)
+                    torch.mul(real, real, out=power).addcmul_(imag, imag)
                 self.slot[these] = torch.arange(rows.start, rows.stop, device=keys.device)
                 self.count = rows.stop
         return self.store[: self.count], self.slot[keys]
@@ -95,12 +99,6 @@ class ProjectionCache:
         if not self.with_power:
             raise ValueError("this projection cache keeps no powers (with_power=False)")
         return self.power[: self.count]
-
-    def planes(self) -> torch.Tensor:
-        """The stored blocks' real and imaginary parts (n_stored, 8, 2, P) float32; needs with_planes."""
-        if not self.with_planes:
-            raise ValueError("this projection cache keeps no planes (with_planes=False)")
-        return self.plane_store[: self.count]
 
     def _reserve(self, n_more: int) -> None:
         """Room for n_more blocks; capacity doubles so that chunk after chunk costs O(total) copying."""
@@ -115,10 +113,6 @@ class ProjectionCache:
             power = torch.empty((capacity, *self.power.shape[1:]), dtype=self.power.dtype, device=self.power.device)
             power[: self.count] = self.power[: self.count]
             self.power = power
-        if self.with_planes:
-            planes = torch.empty((capacity, *self.plane_store.shape[1:]), dtype=self.plane_store.dtype, device=self.plane_store.device)
-            planes[: self.count] = self.plane_store[: self.count]
-            self.plane_store = planes
 
 
 class SliceBuffer:

@@ -120,7 +120,7 @@ def fine_sums(
     """Cross terms and norms of every hypothesis, read in place.
 
     planes (U, 8, 2, P) float32: the child projections' real and imaginary parts (planes_of; the
-    cache keeps them so, estep.cache.ProjectionCache(with_planes=True)): with real and imaginary
+    cache stores them so, estep.cache.ProjectionCache(with_planes=True)): with real and imaginary
     parts in rows of their own the pixel loop reads unit-stride and vectorises, 1.8-4.8x faster
     than on interleaved complex values, with the same sums (benchmarks/results/2026-12-03-s26-fine-planes.md);
     their power |.|^2 is formed here, from the values read for the cross terms, so the CPU needs no power store;

@@ -50,7 +50,9 @@ class FineResult:
     row_direction: torch.Tensor  # (H,) int64 coarse HEALPix direction
     row_translation: torch.Tensor  # (H,) int64 coarse translation index t_c
     row_projection: torch.Tensor  # (H,) int64 index into `projections`
-    projections: torch.Tensor  # (n_stored, P) complex64 reference projections (rows no hypothesis uses included)
+    # (n_stored, P) complex64 reference projections, or (n_stored, 2, P) float32 their real and imaginary
+    # planes (the CPU's projection cache); rows no hypothesis uses included. Rows as complex: projection_rows
+    projections: torch.Tensor
     weights: torch.Tensor  # (H, 4) float64, normalised per particle; 0 = not retained
     best_class: torch.Tensor  # (B,)
     best_orientation: torch.Tensor  # (B,) fine orientation index
@@ -70,6 +72,12 @@ def _offset_log_prior(origin_px: torch.Tensor, translations_px: torch.Tensor, se
     """Gaussian prior on the new origin (Å) around 0: origin (B, 2), translations (T, 2) -> (B, T)."""
     new_origin_a = (origin_px[:, None, :] + translations_px[None, :, :]) * settings.pixel_size_a
     return -new_origin_a.square().sum(-1) / (2 * settings.sigma_offset_a**2)
+
+
+def projection_rows(projections: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows `index` of FineResult.projections as complex64 (n, P), whichever layout they are stored in."""
+    rows = projections[index]
+    return rows if rows.is_complex() else torch.complex(rows[:, 0], rows[:, 1])
 
 
 def _cross_terms(weighted_images: torch.Tensor, phases: torch.Tensor, projections: torch.Tensor) -> torch.Tensor:
@@ -311,14 +319,14 @@ def fine_pass(
     shifted = ((weighted[pairs // n_trans] * coarse_phases[pairs % n_trans])[:, None, :] * sub[None]).conj().resolve_conj()  # (n_pairs, 4, P)
     ctf2q = (batch.ctf * batch.ctf * q).float()  # (B, P)
     if not fine_pass_needs_powers(device):
-        cross, norms = _compiled_fine_sums().fine_sums(projection_cache.planes(), shifted, hit_block, hit_pair, hits.particle, ctf2q)
+        cross, norms = _compiled_fine_sums().fine_sums(blocks, shifted, hit_block, hit_pair, hits.particle, ctf2q)
     else:
         cross, norms = _batched_fine_sums(blocks, projection_cache.powers(), shifted, hit_block, hit_pair, hits.particle, ctf2q)
     # double from here on: cheap (hits x 32 values), and the weights, their per-particle cumulative
     # sums for the adaptive-fraction cut and the log-likelihood totals keep full precision; the
     # inputs carry the float32 products' rounding (~1e-4 in log-likelihood), far below what matters
     d2 = norms.reshape(-1, 1).double() - 2 * cross.reshape(-1, 4).double()  # (H*8, 4)
-    projections = blocks.reshape(-1, window.n_pixels)
+    projections = blocks.reshape(-1, *blocks.shape[2:])  # (n_stored * 8, P) complex or (n_stored * 8, 2, P) planes
 
     fine_translations = grid.fine_translations.to(device)  # (T_c, 4, 2)
     offset_prior = _offset_log_prior(batch.origin_px, fine_translations.reshape(-1, 2), settings).reshape(n_batch, -1, 4)

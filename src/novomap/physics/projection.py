@@ -89,6 +89,19 @@ def extract_slices(
     return _grid_sample_slices(volume_ft, rotations, kx, ky, pad, out)
 
 
+def extract_slice_planes(volume_ft: torch.Tensor, rotations: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor, pad: int, out: torch.Tensor) -> torch.Tensor:
+    """extract_slices as real and imaginary planes: written into out (O, 2, P) real (contiguous), directly
+    by the compiled CPU gather (no complex intermediate), elsewhere from extract_slices' result."""
+    compiled = _compiled_loops() if volume_ft.device.type == "cpu" else None
+    if compiled is not None and out.is_contiguous():
+        compiled.gather_slices(volume_ft, rotations, kx, ky, pad, out)
+        return out
+    slices = extract_slices(volume_ft, rotations, kx, ky, pad)
+    out[:, 0].copy_(slices.real)
+    out[:, 1].copy_(slices.imag)
+    return out
+
+
 def _grid_sample_slices(volume_ft: torch.Tensor, rotations: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor, pad: int, out: torch.Tensor) -> torch.Tensor:
     """extract_slices by grid_sample, into out (O, P)."""
     n_slices = rotations.shape[0]
