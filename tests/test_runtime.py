@@ -43,3 +43,23 @@ def test_back_projection_unchanged_by_flushing(flushing):
     exact = back_project()
     assert torch.allclose(flushed[0], exact[0], atol=1e-6)
     assert torch.allclose(flushed[1], exact[1], atol=1e-6)
+
+
+def _spinning_in_fresh_interpreter(extra_env: dict) -> str:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    env.update(extra_env)
+    code = "import os; from novomap.runtime import limit_openmp_spinning; applied = limit_openmp_spinning(); import torch; print(applied, os.environ.get('GOMP_SPINCOUNT'))"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_openmp_spinning_is_limited_before_torch_loads_and_a_users_setting_kept():
+    from novomap.runtime import limit_openmp_spinning
+
+    assert _spinning_in_fresh_interpreter({}) == "True 10000"
+    assert _spinning_in_fresh_interpreter({"GOMP_SPINCOUNT": "5"}) == "False 5"
+    assert _spinning_in_fresh_interpreter({"OMP_WAIT_POLICY": "ACTIVE"}) == "False None"
+    assert limit_openmp_spinning() is False  # here torch is loaded already: too late to matter

@@ -4,12 +4,32 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
 _M_MMAP_THRESHOLD = -3
+
+
+def limit_openmp_spinning(spin_count: int = 10_000) -> bool:
+    """Let PyTorch's OpenMP threads (GNU libgomp) wait by spinning only briefly; True if set here.
+
+    After each parallel region libgomp's idle threads spin, by default for 300,000 rounds, before
+    they sleep. The compiled loops (numba's own thread pool: physics.trilinear_cpu, estep.fine_cpu)
+    usually start right after a PyTorch operation, and on a machine with as many cores as threads
+    the spinning threads take cores from them: a fine-pass loop ran in 14-18 ms after PyTorch work
+    against 10.5 ms back to back. With 10,000 rounds the real tutorial job's first 30 iterations
+    took 3-4 % less (benchmarks/results/2026-12-03-s26-fine-planes.md); not spinning at all
+    (OMP_WAIT_POLICY=PASSIVE) made PyTorch's own small operations wait for their threads to wake,
+    11 % more. libgomp reads the setting when it is loaded, so this must run before torch is
+    imported; a value the user set is kept.
+    """
+    if "torch" in sys.modules or "GOMP_SPINCOUNT" in os.environ or "OMP_WAIT_POLICY" in os.environ:
+        return False
+    os.environ["GOMP_SPINCOUNT"] = str(spin_count)
+    return True
 
 
 def tune_allocator() -> bool:

@@ -14,7 +14,7 @@ from types import ModuleType
 
 from novomap import __version__
 from novomap.errors import NovomapError
-from novomap.runtime import flush_denormals, tune_allocator
+from novomap.runtime import flush_denormals, limit_openmp_spinning, tune_allocator
 
 # subcommand name -> module under novomap.commands
 COMMANDS: dict[str, str] = {
@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    limit_openmp_spinning()  # before the commands' modules import torch
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
