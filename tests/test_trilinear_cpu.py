@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from novomap.physics import trilinear_cpu
-from novomap.physics.projection import _grid_sample_adjoint, _grid_sample_slices, extract_slice_planes, extract_slices, insert_slices
+from novomap.physics import projection, trilinear_cpu
+from novomap.physics.projection import _grid_sample_adjoint, _grid_sample_slices, extract_slice_planes, extract_slices, insert_slice_rows, insert_slices
 
 pytestmark = pytest.mark.skipif(not trilinear_cpu.available(), reason="numba is not installed")
 
@@ -47,6 +47,22 @@ def test_slices_as_planes_are_the_complex_slices_parts():
     extract_slice_planes(volume, rotations, kx, ky, 1, planes)
     expected = _grid_sample_slices(volume, rotations, kx, ky, 1, torch.empty((40, 60), dtype=torch.complex64))
     assert torch.allclose(planes[:, 0], expected.real, atol=1e-5) and torch.allclose(planes[:, 1], expected.imag, atol=1e-5)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_inserting_a_buffers_rows_in_place_equals_inserting_the_gathered_slices(compiled, monkeypatch):
+    if not compiled:  # the path of other devices: the rows gathered, then grid_sample's adjoint
+        monkeypatch.setattr(projection, "_compiled_loops", lambda: None)
+    generator = torch.Generator().manual_seed(9)
+    rotations, kx, ky = _geometry(16, 30, 70, torch.float32, seed=10)
+    channels = torch.randn(3, 50, 70, generator=generator)  # a buffer of 50 rows, 30 of them inserted
+    index = torch.randperm(50, generator=generator)[:30]
+    in_place = (torch.zeros(16, 16, 16, dtype=torch.complex128), torch.zeros(16, 16, 16, dtype=torch.float64))
+    gathered = (torch.zeros(16, 16, 16, dtype=torch.complex128), torch.zeros(16, 16, 16, dtype=torch.float64))
+    insert_slice_rows(channels, index, rotations, kx, ky, 1, *in_place)
+    insert_slices(torch.complex(channels[0, index], channels[1, index]), channels[2, index], rotations, kx, ky, 1, *gathered)
+    assert torch.equal(in_place[0], gathered[0]) and torch.equal(in_place[1], gathered[1])
+    assert float(in_place[1].abs().sum()) > 0
 
 
 @pytest.mark.parametrize("pad", [1, 2])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from novomap.physics.projection import extract_slice_planes, extract_slices, insert_slices
+from novomap.physics.projection import extract_slice_planes, extract_slices, insert_slice_rows
 from novomap.physics.window import FourierWindow
 
 
@@ -118,9 +118,11 @@ class ProjectionCache:
 class SliceBuffer:
     """Sums of 2D slices per key = (half * K + class) * n_fine + orientation, inserted on flush.
 
-    Single precision (each row sums at most a few thousand terms). Storage grows on demand up to
-    max_slices rows, by default as many as fit in `budget_bytes`: the larger the buffer, the fewer
-    orientations are inserted more than once per iteration. The owner flushes when it is full.
+    Single precision (each row sums at most a few thousand terms), kept as three channels (3, N, P):
+    the gradient slices' real and imaginary parts and their weights, the layout the compiled scatter
+    reads in place (physics.projection.insert_slice_rows). Storage grows on demand up to max_slices
+    rows, by default as many as fit in `budget_bytes`: the larger the buffer, the fewer orientations
+    are inserted more than once per iteration. The owner flushes when it is full.
     """
 
     def __init__(
@@ -130,8 +132,7 @@ class SliceBuffer:
         self.max_slices = max_slices if max_slices > 0 else int(min(n_keys, max(1024, budget_bytes // (12 * max(1, n_pixels)))))
         self.n_pixels = n_pixels
         self.keys = torch.empty(0, dtype=torch.long, device=device)
-        self.data = torch.zeros((0, n_pixels), dtype=torch.complex64, device=device)
-        self.weight = torch.zeros((0, n_pixels), dtype=torch.float32, device=device)
+        self.channels = torch.zeros((3, 0, n_pixels), dtype=torch.float32, device=device)
         self.count = 0
 
     def room_for(self, keys: torch.Tensor) -> bool:
@@ -141,10 +142,9 @@ class SliceBuffer:
         capacity = min(self.max_slices, max(needed, 2 * self.keys.numel(), 1024))
         device = self.keys.device
         keys = torch.empty(capacity, dtype=torch.long, device=device)
-        data = torch.zeros((capacity, self.n_pixels), dtype=torch.complex64, device=device)
-        weight = torch.zeros((capacity, self.n_pixels), dtype=torch.float32, device=device)
-        keys[: self.count], data[: self.count], weight[: self.count] = self.keys[: self.count], self.data[: self.count], self.weight[: self.count]
-        self.keys, self.data, self.weight = keys, data, weight
+        channels = torch.zeros((3, capacity, self.n_pixels), dtype=torch.float32, device=device)
+        keys[: self.count], channels[:, : self.count] = self.keys[: self.count], self.channels[:, : self.count]
+        self.keys, self.channels = keys, channels
 
     def add(self, keys: torch.Tensor, data: torch.Tensor, weight: torch.Tensor) -> None:
         """keys (S,) unique; data (S, P) complex; weight (S, P) real. Check room_for first."""
@@ -156,8 +156,9 @@ class SliceBuffer:
             self.keys[self.count : self.count + new.numel()] = new
             self.count += new.numel()
         rows = self.slot[keys]
-        self.data.index_add_(0, rows, data.to(self.data.dtype))
-        self.weight.index_add_(0, rows, weight.to(self.weight.dtype))
+        data = data.resolve_conj()
+        for channel, values in zip(self.channels, (data.real, data.imag, weight)):
+            channel.index_add_(0, rows, values.to(torch.float32))
 
     def flush(self, rotations: torch.Tensor, n_classes: int, window: FourierWindow, pad: int, gradient_grids: torch.Tensor, weight_grids: torch.Tensor) -> None:
         """Insert every buffered slice into gradient/weight grids (2, K, M, M, M) and empty the buffer."""
@@ -171,8 +172,7 @@ class SliceBuffer:
             rows = torch.nonzero(grid_index == hk).squeeze(1)
             h, c = divmod(hk, n_classes)
             orientation = rotations[keys[rows] % n_fine].to(device=keys.device, dtype=torch.float32)
-            insert_slices(self.data[rows], self.weight[rows], orientation, kx, ky, pad, gradient_grids[h, c], weight_grids[h, c])
+            insert_slice_rows(self.channels, rows, orientation, kx, ky, pad, gradient_grids[h, c], weight_grids[h, c])
         self.slot[keys] = -1
-        self.data[: self.count] = 0
-        self.weight[: self.count] = 0
+        self.channels[:, : self.count] = 0
         self.count = 0

@@ -153,9 +153,28 @@ def insert_slices(
         adjoint = compiled.scatter_slices(parts, rotations, kx, ky, pad, m)
     else:
         adjoint = _grid_sample_adjoint(parts, rotations, kx, ky, pad, m, dtype, grid_ref.device)
-    if values is not None and data_grid is not None:
+    _add_adjoint(adjoint, data_grid if values is not None else None, weight_grid if weights is not None else None)
+
+
+def insert_slice_rows(
+    channels: torch.Tensor, index: torch.Tensor, rotations: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor, pad: int, data_grid: torch.Tensor, weight_grid: torch.Tensor
+) -> None:
+    """insert_slices of rows `index` (O,) of a buffer channels (3, N, P) real (the slices' real parts,
+    imaginary parts and weights) at rotations (O, 3, 3), into data_grid (M, M, M) complex and
+    weight_grid (M, M, M) real, in place: on the CPU the compiled scatter reads the rows where they
+    are, with no gathered copy of them (estep.cache.SliceBuffer)."""
+    compiled = _compiled_loops() if data_grid.device.type == "cpu" else None
+    if compiled is None:
+        insert_slices(torch.complex(channels[0, index], channels[1, index]), channels[2, index], rotations, kx, ky, pad, data_grid, weight_grid)
+        return
+    _add_adjoint(compiled.scatter_slice_rows(channels, index, rotations, kx, ky, pad, data_grid.shape[-1]), data_grid, weight_grid)
+
+
+def _add_adjoint(adjoint: torch.Tensor, data_grid: torch.Tensor | None, weight_grid: torch.Tensor | None) -> None:
+    """Add a scatter's channels (real, imaginary, weight; either pair may be absent) into the grids."""
+    if data_grid is not None:
         data_grid += torch.complex(adjoint[0], adjoint[1]).to(data_grid.dtype)
-    if weights is not None and weight_grid is not None:
+    if weight_grid is not None:
         weight_grid += adjoint[-1].to(weight_grid.dtype)
 
 

@@ -153,11 +153,13 @@ if numba is not None:
                 out[o, 1, p] = value.imag
 
     @njit(parallel=True, fastmath=True, cache=True)
-    def _scatter(values, rows, kx, ky, grids):  # pragma: no cover - compiled
+    def _scatter(values, slice_rows, rows, kx, ky, grids):  # pragma: no cover - compiled
+        # slice o is row slice_rows[o] of values (C, N, P): a buffer's rows are inserted in place
         n_parts = grids.shape[0]
         m = grids.shape[1]
         centre = m // 2
-        n_channels, n_slices, n_pixels = values.shape
+        n_channels, n_pixels = values.shape[0], values.shape[2]
+        n_slices = slice_rows.shape[0]
         per_part = (n_slices + n_parts - 1) // n_parts
         for part in prange(n_parts):
             grid = grids[part]
@@ -172,7 +174,7 @@ if numba is not None:
                         w000, w001, w010, w011 = gz * gy * gx, gz * gy * fx, gz * fy * gx, gz * fy * fx
                         w100, w101, w110, w111 = fz * gy * gx, fz * gy * fx, fz * fy * gx, fz * fy * fx
                         for c in range(n_channels):
-                            v = values[c, o, p]
+                            v = values[c, slice_rows[o], p]
                             grid[z0, y0, x0, c] += w000 * v
                             grid[z0, y0, x0 + 1, c] += w001 * v
                             grid[z0, y0 + 1, x0, c] += w010 * v
@@ -185,7 +187,7 @@ if numba is not None:
                     n = _edge_neighbours(x0, y0, z0, fx, fy, fz, m, index, weight)
                     for i in range(n):
                         for c in range(n_channels):
-                            flat[index[i], c] += weight[i] * values[c, o, p]
+                            flat[index[i], c] += weight[i] * values[c, slice_rows[o], p]
 
     @njit(parallel=True, fastmath=True, cache=True)
     def _operator_average(grids, operators, scale, identity_share, radius, out):  # pragma: no cover - compiled
@@ -275,13 +277,23 @@ def scatter_slices(
 ) -> torch.Tensor:
     """The adjoint of gather_slices for C real channels (each (O, P), one dtype) -> (C, M, M, M)
     float64 sums. Needs numba (`available()`)."""
-    values = torch.stack([c.detach() for c in channels]).contiguous().numpy()
-    rows, kx_values, ky_values = _geometry(rotations, kx, ky, pad, channels[0].dtype)
+    values = torch.stack([c.detach() for c in channels])
+    return scatter_slice_rows(values, torch.arange(values.shape[1]), rotations, kx, ky, pad, m)
+
+
+def scatter_slice_rows(
+    values: torch.Tensor, slice_rows: torch.Tensor, rotations: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor, pad: int, m: int
+) -> torch.Tensor:
+    """scatter_slices of rows slice_rows (O,) of C channels values (C, N, P), read where they are (a
+    slice buffer's rows need no gathering or stacking first), at rotations (O, 3, 3) -> (C, M, M, M)
+    float64 sums. Needs numba (`available()`)."""
+    source = values.detach().contiguous().numpy()
+    rows, kx_values, ky_values = _geometry(rotations, kx, ky, pad, values.dtype)
     with numba_threads() as n_threads:
         # one private grid per thread, within a memory budget (a 160^3 grid of 3 channels is 98 MB)
-        n_parts = max(1, min(n_threads, _SCATTER_BUDGET_BYTES // (8 * len(channels) * m**3)))
-        grids = np.zeros((n_parts, m, m, m, len(channels)), dtype=np.float64)
-        _scatter(values, rows, kx_values, ky_values, grids)
+        n_parts = max(1, min(n_threads, _SCATTER_BUDGET_BYTES // (8 * values.shape[0] * m**3)))
+        grids = np.zeros((n_parts, m, m, m, values.shape[0]), dtype=np.float64)
+        _scatter(source, slice_rows.to(torch.int64).contiguous().numpy(), rows, kx_values, ky_values, grids)
     return torch.from_numpy(grids.sum(0)).permute(3, 0, 1, 2)
 
 
