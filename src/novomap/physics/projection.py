@@ -166,8 +166,10 @@ def insert_slice_rows(
     compiled = _compiled_loops() if data_grid.device.type == "cpu" else None
     if compiled is None:
         insert_slices(torch.complex(channels[0, index], channels[1, index]), channels[2, index], rotations, kx, ky, pad, data_grid, weight_grid)
-        return
-    _add_adjoint(compiled.scatter_slice_rows(channels, index, rotations, kx, ky, pad, data_grid.shape[-1]), data_grid, weight_grid)
+    elif data_grid.dtype == torch.complex128 and weight_grid.dtype == torch.float64 and data_grid.is_contiguous() and weight_grid.is_contiguous():
+        compiled.add_scattered_rows(channels, index, rotations, kx, ky, pad, data_grid, weight_grid)
+    else:
+        _add_adjoint(compiled.scatter_slice_rows(channels, index, rotations, kx, ky, pad, data_grid.shape[-1]), data_grid, weight_grid)
 
 
 def _add_adjoint(adjoint: torch.Tensor, data_grid: torch.Tensor | None, weight_grid: torch.Tensor | None) -> None:

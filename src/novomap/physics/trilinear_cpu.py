@@ -189,6 +189,25 @@ if numba is not None:
                         for c in range(n_channels):
                             flat[index[i], c] += weight[i] * values[c, slice_rows[o], p]
 
+    @njit(parallel=True, cache=True)
+    def _add_parts(grids, data, weight):  # pragma: no cover - compiled
+        # data (M, M, M, 2) += the parts' channels 0 and 1, weight (M, M, M) += channel 2: the private
+        # grids added part after part, as numpy's sum over them would, in one pass
+        n_parts, m = grids.shape[0], grids.shape[1]
+        for z in prange(m):
+            for y in range(m):
+                for x in range(m):
+                    re = grids[0, z, y, x, 0]
+                    im = grids[0, z, y, x, 1]
+                    w = grids[0, z, y, x, 2]
+                    for part in range(1, n_parts):
+                        re += grids[part, z, y, x, 0]
+                        im += grids[part, z, y, x, 1]
+                        w += grids[part, z, y, x, 2]
+                    data[z, y, x, 0] += re
+                    data[z, y, x, 1] += im
+                    weight[z, y, x] += w
+
     @njit(parallel=True, fastmath=True, cache=True)
     def _operator_average(grids, operators, scale, identity_share, radius, out):  # pragma: no cover - compiled
         # out(p) = identity_share grids(p) + scale sum_g grids(g p) for every voxel p within `radius`
@@ -287,6 +306,26 @@ def scatter_slice_rows(
     """scatter_slices of rows slice_rows (O,) of C channels values (C, N, P), read where they are (a
     slice buffer's rows need no gathering or stacking first), at rotations (O, 3, 3) -> (C, M, M, M)
     float64 sums. Needs numba (`available()`)."""
+    return torch.from_numpy(_scattered_parts(values, slice_rows, rotations, kx, ky, pad, m).sum(0)).permute(3, 0, 1, 2)
+
+
+def add_scattered_rows(
+    values: torch.Tensor, slice_rows: torch.Tensor, rotations: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor, pad: int,
+    data_grid: torch.Tensor, weight_grid: torch.Tensor,
+) -> None:
+    """scatter_slice_rows of 3 channels (real, imaginary, weight) added into data_grid (M, M, M)
+    complex128 and weight_grid (M, M, M) float64, both contiguous, in place: the threads' private
+    grids summed straight into them, with no (3, M, M, M) sum and complex copy in between (the same
+    values). Needs numba (`available()`)."""
+    parts = _scattered_parts(values, slice_rows, rotations, kx, ky, pad, data_grid.shape[-1])
+    with numba_threads():
+        _add_parts(parts, torch.view_as_real(data_grid).numpy(), weight_grid.numpy())
+
+
+def _scattered_parts(
+    values: torch.Tensor, slice_rows: torch.Tensor, rotations: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor, pad: int, m: int
+) -> np.ndarray:
+    """The scatter of values' rows slice_rows into one private (M, M, M, C) float64 grid per thread -> (n_parts, M, M, M, C)."""
     source = values.detach().contiguous().numpy()
     rows, kx_values, ky_values = _geometry(rotations, kx, ky, pad, values.dtype)
     with numba_threads() as n_threads:
@@ -294,7 +333,7 @@ def scatter_slice_rows(
         n_parts = max(1, min(n_threads, _SCATTER_BUDGET_BYTES // (8 * values.shape[0] * m**3)))
         grids = np.zeros((n_parts, m, m, m, values.shape[0]), dtype=np.float64)
         _scatter(source, slice_rows.to(torch.int64).contiguous().numpy(), rows, kx_values, ky_values, grids)
-    return torch.from_numpy(grids.sum(0)).permute(3, 0, 1, 2)
+    return grids
 
 
 def operator_average(grids: torch.Tensor, operators: torch.Tensor, radius: float) -> torch.Tensor:
