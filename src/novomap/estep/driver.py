@@ -104,13 +104,13 @@ def _device_work(
     sums = Sums.zeros(
         state.n_classes, box * PAD, box, state.sigma2.shape[0], grid.n_directions, pixels_per_shell(box), fine_rotations.shape[0], window.n_pixels, device
     )
+    batched_fine = fine_pass_needs_powers(device)
     return DeviceWork(
         device=device,
         window=window,
         coarse=coarse,
-        projection_cache=ProjectionCache(
-            references, grid.fine_rotations, window, PAD, with_power=fine_pass_needs_powers(device), with_planes=not fine_pass_needs_powers(device)
-        ),
+        # the batched fine sums read powers, the compiled CPU loop planes
+        projection_cache=ProjectionCache(references, grid.fine_rotations, window, PAD, with_power=batched_fine, with_planes=not batched_fine),
         log_prior=torch.log(state.direction_prior.clamp(min=1e-30)).to(device),
         sigma2=state.sigma2.to(device),
         sums=sums,

@@ -160,16 +160,15 @@ def insert_slice_rows(
     channels: torch.Tensor, index: torch.Tensor, rotations: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor, pad: int, data_grid: torch.Tensor, weight_grid: torch.Tensor
 ) -> None:
     """insert_slices of rows `index` (O,) of a buffer channels (3, N, P) real (the slices' real parts,
-    imaginary parts and weights) at rotations (O, 3, 3), into data_grid (M, M, M) complex and
-    weight_grid (M, M, M) real, in place: on the CPU the compiled scatter reads the rows where they
-    are, with no gathered copy of them (estep.cache.SliceBuffer)."""
+    imaginary parts and weights) at rotations (O, 3, 3), into data_grid (M, M, M) complex128 and
+    weight_grid (M, M, M) float64 (the E-step's double-precision sums), in place: on the CPU the
+    compiled scatter reads the rows where they are, with no gathered copy of them, and adds its
+    per-thread sums straight into the grids (estep.cache.SliceBuffer)."""
     compiled = _compiled_loops() if data_grid.device.type == "cpu" else None
     if compiled is None:
         insert_slices(torch.complex(channels[0, index], channels[1, index]), channels[2, index], rotations, kx, ky, pad, data_grid, weight_grid)
-    elif data_grid.dtype == torch.complex128 and weight_grid.dtype == torch.float64 and data_grid.is_contiguous() and weight_grid.is_contiguous():
-        compiled.add_scattered_rows(channels, index, rotations, kx, ky, pad, data_grid, weight_grid)
     else:
-        _add_adjoint(compiled.scatter_slice_rows(channels, index, rotations, kx, ky, pad, data_grid.shape[-1]), data_grid, weight_grid)
+        compiled.add_scattered_rows(channels, index, rotations, kx, ky, pad, data_grid, weight_grid)
 
 
 def _add_adjoint(adjoint: torch.Tensor, data_grid: torch.Tensor | None, weight_grid: torch.Tensor | None) -> None:

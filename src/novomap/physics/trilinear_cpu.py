@@ -297,26 +297,18 @@ def scatter_slices(
     """The adjoint of gather_slices for C real channels (each (O, P), one dtype) -> (C, M, M, M)
     float64 sums. Needs numba (`available()`)."""
     values = torch.stack([c.detach() for c in channels])
-    return scatter_slice_rows(values, torch.arange(values.shape[1]), rotations, kx, ky, pad, m)
-
-
-def scatter_slice_rows(
-    values: torch.Tensor, slice_rows: torch.Tensor, rotations: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor, pad: int, m: int
-) -> torch.Tensor:
-    """scatter_slices of rows slice_rows (O,) of C channels values (C, N, P), read where they are (a
-    slice buffer's rows need no gathering or stacking first), at rotations (O, 3, 3) -> (C, M, M, M)
-    float64 sums. Needs numba (`available()`)."""
-    return torch.from_numpy(_scattered_parts(values, slice_rows, rotations, kx, ky, pad, m).sum(0)).permute(3, 0, 1, 2)
+    return torch.from_numpy(_scattered_parts(values, torch.arange(values.shape[1]), rotations, kx, ky, pad, m).sum(0)).permute(3, 0, 1, 2)
 
 
 def add_scattered_rows(
     values: torch.Tensor, slice_rows: torch.Tensor, rotations: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor, pad: int,
     data_grid: torch.Tensor, weight_grid: torch.Tensor,
 ) -> None:
-    """scatter_slice_rows of 3 channels (real, imaginary, weight) added into data_grid (M, M, M)
-    complex128 and weight_grid (M, M, M) float64, both contiguous, in place: the threads' private
-    grids summed straight into them, with no (3, M, M, M) sum and complex copy in between (the same
-    values). Needs numba (`available()`)."""
+    """scatter_slices of rows slice_rows (O,) of 3 channels values (3, N, P) (real, imaginary, weight),
+    read where they are (a slice buffer's rows need no gathering or stacking first), at rotations
+    (O, 3, 3), added into data_grid (M, M, M) complex128 and weight_grid (M, M, M) float64 in place:
+    the threads' private grids summed straight into them, with no (3, M, M, M) sum and complex copy
+    in between (the same values as scatter_slices and adding its result). Needs numba (`available()`)."""
     parts = _scattered_parts(values, slice_rows, rotations, kx, ky, pad, data_grid.shape[-1])
     with numba_threads():
         _add_parts(parts, torch.view_as_real(data_grid).numpy(), weight_grid.numpy())
