@@ -121,6 +121,8 @@ def choice(record: dict, r1: int, r2: int) -> int | None:
     from novomap.vdam.restarts import ranked_starts
 
     c1 = {int(k): v for k, v in record["c1_scores"].items()}
+    if r1 not in c1:
+        return None
     pair = tuple(ranked_starts(c1[r1])[:2])
     scores = record["pair_scores"].get(f"{r2}:{pair[0]},{pair[1]}")
     if scores is None:
