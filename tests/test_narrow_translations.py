@@ -96,9 +96,10 @@ def test_a_batch_of_only_sharp_particles_is_searched(searched):
     assert float(sums.class_weight.sum()) == pytest.approx(particles.n, rel=1e-3)  # the retained 0.999 of each posterior
 
 
-def test_several_classes_narrow_only_when_every_class_is_centred(searched):
-    """A particle's origin means the same in every class only when every class map was centred on its
-    own symmetry; otherwise a particle changing class may need a far translation."""
+def test_several_classes_narrow_only_particles_of_centred_classes(searched):
+    """A particle's origin means the same in every class whose map was centred on its own symmetry;
+    particles placed in a class left uncentred keep every translation, and with
+    narrow_in_centred_classes off one uncentred class stops all narrowing."""
     particles, state, config = searched
     grid, _, _ = search_setup(state, particles, config, advance=False)
     two = copy.copy(state)
@@ -109,7 +110,13 @@ def test_several_classes_narrow_only_when_every_class_is_centred(searched):
     rows, narrow_grid = narrow_translations(two, torch.arange(particles.n), grid, two_config, with_sums=True)
     assert int(rows.sum()) == particles.n // 2 and narrow_grid.n_coarse_translations < grid.n_coarse_translations
     two.symmetry_axes = [centred, (centred[0], torch.tensor([0.0, 3.0, 0.0], dtype=torch.float64))]
-    assert narrow_translations(two, torch.arange(particles.n), grid, two_config, with_sums=True) is None
+    two.class_number = torch.where(torch.arange(particles.n) % 4 == 0, 2, 1).to(state.class_number.dtype)
+    rows, _ = narrow_translations(two, torch.arange(particles.n), grid, two_config, with_sums=True)
+    sharp = two.max_probability >= two_config.local_min_pmax
+    assert torch.equal(rows, sharp & (two.class_number == 1))  # class 2 is off its centre
+    assert bool((sharp & (two.class_number == 2)).any())  # so the rule above excluded someone
+    only_all = dataclasses.replace(two_config, narrow_in_centred_classes=False)
+    assert narrow_translations(two, torch.arange(particles.n), grid, only_all, with_sums=True) is None
     two.symmetry_axes = [centred]  # the group imposed on one class only
     assert narrow_translations(two, torch.arange(particles.n), grid, two_config, with_sums=True) is None
 

@@ -74,6 +74,13 @@ class VdamConfig:
     # in VDAM's final phase, the resolution estimate reads the SSNR the map has accumulated over
     # its moments' memory, not one pseudo half mini-batch's (vdam.iterate.map_information)
     accumulated_ssnr: bool = True
+    # with several classes of which only some could be centred on their symmetry (a junk class's
+    # centre far off), sharp particles of the centred classes still search narrowed translations: their
+    # origins mean the same in every centred class (an uncentred class is searched from them too, but it
+    # is one whose axes recentring did not trust). False: no narrowing unless every class is centred.
+    # Real K=3 seed 2 (one class uncentred): 267 -> 239 s, the same classes and map
+    # (benchmarks/results/2026-12-03-s27-classes.md)
+    narrow_in_centred_classes: bool = True
     local_min_pmax: float = 0.5
     # after VDAM's initial phase, sharp particles (pmax >= local_min_pmax) of the mini-batch iterations
     # search translations only this many offset steps around their previous origin, over all

@@ -28,7 +28,7 @@ from novomap.sampling.local import local_candidates
 from novomap.symmetry.groups import PointGroup
 from novomap.vdam import schedules
 from novomap.vdam.config import VdamConfig
-from novomap.vdam.recentre import centred_on_symmetry
+from novomap.vdam.recentre import centred_classes
 from novomap.vdam.restarts import compete, competition_iteration
 from novomap.vdam.unit_search import unit_operators
 from novomap.vdam.state import RunState
@@ -179,16 +179,20 @@ def narrow_translations(state: RunState, batch_index: torch.Tensor, grid: Search
     around it (2: 13 of RELION's 29 translations) over every orientation, so that flips between
     distant orientations stay possible.
 
-    Only where the maps' frames are pinned: every class's symmetry centre was brought to the box
+    Only where the maps' frames are pinned: the class's symmetry centre was brought to the box
     centre (vdam.recentre, at the group's imposition), so that a particle's origin means the same
-    in every class. There the origins move little: on real beta-gal 90 % of the sharp particles by
+    in every such class; with several classes, only particles placed in a centred class, and only
+    when every class is centred unless config.narrow_in_centred_classes. There the origins move little: on real beta-gal 90 % of the sharp particles by
     <= 1.5 px between visits, 97 % by <= 3 px (48 % by > 3 px before the map was centred). A C1 map
     drifts (a large asymmetric particle: its centre of mass 1-2.5 px off, 18-21 % of its sharp
     particles moving > 3 px between visits, and two of three seeds ending worse with narrowed
     translations); so do the class maps of a C1 run with several classes, each in its own frame."""
     if not with_sums or config.narrow_offset_steps <= 0:
         return None
-    if not config.recentre_on_symmetry or not centred_on_symmetry(state):
+    if not config.recentre_on_symmetry:
+        return None
+    centred = torch.tensor(centred_classes(state), dtype=torch.bool)
+    if not bool(centred.all()) and not (config.narrow_in_centred_classes and bool(centred.any())):
         return None
     if state.iteration < schedules.phases(config.n_iter, config.initial_fraction, config.final_fraction).initial:
         return None
@@ -196,6 +200,8 @@ def narrow_translations(state: RunState, batch_index: torch.Tensor, grid: Search
     if narrow_grid is grid:
         return None
     sharp = sharp_particles(state, batch_index, config)
+    # a particle placed in a centred class keeps its origin's meaning there
+    sharp &= centred[(state.class_number[batch_index] - 1).clamp(min=0)]
     return (sharp, narrow_grid) if bool(sharp.any()) else None
 
 
