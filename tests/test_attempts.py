@@ -78,11 +78,16 @@ def test_the_better_attempt_is_the_jobs_and_the_other_keeps_its_files(tmp_path, 
     assert f"this is attempt {kept} of 2 (seed {kept_seed})" in caption and f"its files in {folders[0].name}/" in caption
 
 
-def test_no_retry_when_asked_for_none_or_with_several_classes(tmp_path, monkeypatch):
+def test_no_retry_when_asked_for_none(tmp_path, monkeypatch):
     seeds = _fake_attempts(monkeypatch, {1: (0.06, True)})
     job.run_initial_model("p.star", tmp_path / "a", VdamConfig(seed=1, retries=0))
+    assert seeds == [1]
+
+
+def test_several_classes_retry_when_the_largest_class_is_flagged(tmp_path, monkeypatch):
+    seeds = _fake_attempts(monkeypatch, {1: (0.06, True), job.retry_seed(1, 1): (0.02, False)})
     job.run_initial_model("p.star", tmp_path / "b", VdamConfig(seed=1, n_classes=2))
-    assert seeds == [1, 1]
+    assert seeds == [1, job.retry_seed(1, 1)]
 
 
 def test_attempt_folders_never_overwrite_each_other(tmp_path):
@@ -109,5 +114,5 @@ def test_a_retry_needs_a_flagged_and_settled_map(changes, due):
         setattr(evidence, name, value)
     result = job.JobResult(Path("."), Path("initial_model.mrc"), None, 0.0, 1.0, evidence=evidence)
     assert job.retry_due(result, VdamConfig()) is due
-    assert not job.retry_due(result, VdamConfig(n_classes=2))
+    assert job.retry_due(result, VdamConfig(n_classes=2)) is due  # the largest class's map is judged alike
     assert not job.retry_due(job.JobResult(Path("."), Path("x"), None, 0.0, 1.0, evidence=_evidence(0.01, False)), VdamConfig())

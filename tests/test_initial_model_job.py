@@ -355,7 +355,8 @@ def test_a_longer_run_recovers_the_structure_or_says_it_did_not(dataset, tmp_pat
     assert any(recovered)
 
 
-def test_a_flagged_run_runs_again_and_keeps_the_better_attempt(dataset, tmp_path, monkeypatch):
+@pytest.mark.parametrize("classes", [1, 2])
+def test_a_flagged_run_runs_again_and_keeps_the_better_attempt(dataset, tmp_path, monkeypatch, classes):
     """With every map flagged (the ring thresholds at -1, the settled-map condition off) the job runs a second attempt from new random
     starts and keeps the one whose map fits the particles' ring spectra better: its files are DIR's, the
     other attempt's are in DIR/attemptN, and run.out, evidence.json and RELION's node file describe the kept one."""
@@ -370,7 +371,7 @@ def test_a_flagged_run_runs_again_and_keeps_the_better_attempt(dataset, tmp_path
     # a 3-iteration run is too short for the convergence check, which a retry also needs (tests/test_attempts.py)
     monkeypatch.setattr(job, "retry_due", lambda result, config: result.evidence.ring["flagged"])
     out = tmp_path / "retry"
-    assert main(_job_args(dataset, out, "--retries", "1", "--no-report")) == 0
+    assert main(_job_args(dataset, out, "--retries", "1", "--K", str(classes), "--no-report")) == 0
     evidence = json.loads((out / "evidence.json").read_text())
     records, kept = evidence["attempts"], evidence["kept_attempt"]
     assert [r["seed"] for r in records] == [1, 1 + 1_000_003]
@@ -378,6 +379,8 @@ def test_a_flagged_run_runs_again_and_keeps_the_better_attempt(dataset, tmp_path
     assert records[kept - 1]["folder"] == "."
     other = out / records[2 - kept]["folder"]
     assert (other / "initial_model.mrc").is_file() and (other / "evidence.json").is_file() and list(other.glob("run_it003_*"))
+    for k in range(1, classes + 1):  # every class's maps moved with their attempt, and the kept ones in DIR
+        assert (other / f"run_it003_class{k:03d}.mrc").is_file() and (out / f"run_it003_class{k:03d}.mrc").is_file()
     assert json.loads((other / "evidence.json").read_text())["ring"]["misfit"] == records[2 - kept]["ring_misfit"]
     assert (out / "initial_model.mrc").is_file() and "initial_model.mrc" in (out / "RELION_OUTPUT_NODES.star").read_text()
     run_out = (out / "run.out").read_text()

@@ -72,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--retries", type=int, default=1, metavar="N",
         help="when the evidence flags the map as a likely wrong fold (its projections lack angular structure the "
         "particles have: 'ring misfit' in run.out), run again from new random starts, at most N times, and keep the "
-        "attempt whose map fits the particles best; the others stay in DIR/attemptN (--K 1 only; 0: never; default: %(default)s)",
+        "attempt whose map fits the particles best; the others stay in DIR/attemptN (with several classes, the largest class's map is judged; 0: never; default: %(default)s)",
     )
     opt.add_argument("--tau2-fudge", type=float, default=4.0, metavar="T", help="regularisation T reached after the initial phase (default: %(default)s)")
     sampling = parser.add_argument_group("sampling (RELION's Sampling tab)")
