@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -84,13 +85,15 @@ def main() -> None:
     parser.add_argument("--second", default="adk_d7", help="the other complex (a name of benchmarks/specimens.py)")
     parser.add_argument("--sym", default="C1", help="point group imposed on every class (one both complexes have)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/novomap_bench_mixture"))
+    parser.add_argument("--extra-args", default="", help='passed on to initial-model, e.g. "--maxsig 100"')
     args = parser.parse_args()
     star = simulate_sets(args.out, args.n, args.second)
     jobs, started = {}, time.perf_counter()
     for k in args.ks:
-        job = args.out / (f"K{k}_seed{args.seed}" + ("" if args.sym == "C1" else f"_{args.sym}"))
+        tag = "".join(part.strip("-") for part in shlex.split(args.extra_args))
+        job = args.out / (f"K{k}_seed{args.seed}" + ("" if args.sym == "C1" else f"_{args.sym}") + (f"_{tag}" if tag else ""))
         command = [sys.executable, "-m", "novomap", "initial-model", "--i", str(star), "--o", str(job), "--iter", str(args.iter), "--K", str(k),
-                   "--sym", args.sym, "--particle-diameter", "200", "--preread", "--j", str(args.j), "--seed", str(args.seed), "--quiet", "--no-report"]
+                   "--sym", args.sym, "--particle-diameter", "200", "--preread", "--j", str(args.j), "--seed", str(args.seed), "--quiet", "--no-report", *shlex.split(args.extra_args)]
         jobs[k] = (job, subprocess.Popen(command, stdout=subprocess.DEVNULL))
     wall = {}
     while len(wall) < len(jobs):

@@ -284,6 +284,30 @@ def test_no_random_start_is_a_usage_error(dataset, tmp_path, capsys):
     _expect_usage_error(capsys, _job_args(dataset, tmp_path / "out", "--starts", "0"), "--starts", "0")
 
 
+def test_maxsig_of_zero_is_a_usage_error(dataset, tmp_path, capsys):
+    _expect_usage_error(capsys, _job_args(dataset, tmp_path / "out", "--maxsig", "0"), "--maxsig", "0")
+
+
+def test_maxsig_reaches_the_search_and_the_optimiser_star(dataset, tmp_path, monkeypatch):
+    """--maxsig N caps the significant coarse hypotheses the E-step takes on (and is written as RELION's
+    rlnMaximumSignificantPoses); -1 is RELION's 100 x K."""
+    import novomap.vdam.iterate as iterate
+
+    caps = []
+    original = iterate.SearchSettings
+
+    def recording(*args, **kwargs):
+        caps.append(kwargs["max_significant"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(iterate, "SearchSettings", recording)
+    out = tmp_path / "capped"
+    assert main(_job_args(dataset, out, "--maxsig", "7", "--iter", "1", "--starts", "1", "--no-report")) == 0
+    assert caps and set(caps) == {7}
+    general = starfile.read(out / "run_it001_optimiser.star", always_dict=True)["optimiser_general"]
+    assert int(general["rlnMaximumSignificantPoses"]) == 7
+
+
 # ---------------------------------------------------------------------------------------------
 # slow: full reruns
 

@@ -79,6 +79,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sampling.add_argument("--sampling", type=float, default=15.0, metavar="DEG", help="initial angular sampling in degrees: 30, 15, 7.5 or 3.75 (the fine step; default: %(default)s)")
     sampling.add_argument("--offset-range", type=float, default=6.0, metavar="PX", help="translational search range in pixels of the input images (default: %(default)s)")
     sampling.add_argument("--offset-step", type=float, default=2.0, metavar="PX", help="translational search step in pixels of the input images (default: %(default)s)")
+    sampling.add_argument(
+        "--maxsig", type=int, default=-1, metavar="N",
+        help="most coarse hypotheses (class, orientation, translation) per particle taken on to the fine pass (RELION's --maxsig; "
+        "-1: 100 x K, as RELION; a smaller cap makes runs with several classes faster: benchmarks/results/2026-12-03-s27-classes.md; default: %(default)s)",
+    )
     sampling.add_argument("--no-auto-sampling", dest="auto_sampling", action="store_false", help="keep the initial angular sampling throughout")
     sampling.add_argument(
         "--finest-sampling", type=float, default=7.5, metavar="DEG",
@@ -145,6 +150,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise NovomapError(f"--K must be >= 1, not {args.classes}")
     if args.starts < 1 and args.starts != -1:
         raise NovomapError(f"--starts must be >= 1, not {args.starts}")
+    if args.maxsig < 1 and args.maxsig != -1:
+        raise NovomapError(f"--maxsig must be >= 1 (or -1: 100 x K), not {args.maxsig}")
     if args.retries < 0:
         raise NovomapError(f"--retries must be >= 0, not {args.retries}")
     if args.max_extra_iter < -1:
@@ -429,6 +436,7 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
         max_extra_iterations=args.max_extra_iter,
         retries=args.retries,
         final_fine_grid=args.final_fine_grid,
+        max_significant=args.maxsig,
     )
     fingerprint = _fingerprint(args, config)
     if args.continue_from is not None:

@@ -32,6 +32,7 @@ OPTION_OF_FIELD = {
     "max_healpix_order": "--finest-sampling",
     "seed": "--seed",
     "n_starts": "--starts",
+    "max_significant": "--maxsig",
     "max_resolution": "--max-resolution",
     "output_pixel_size": "--output-pixel-size",
 }
