@@ -25,7 +25,6 @@ contenders' trajectories do not depend on each other, so running them all longer
 from __future__ import annotations
 
 import argparse
-import copy
 import itertools
 import json
 import os
@@ -62,19 +61,14 @@ def record_race(args_after: list[str], truth_path: str | None, truth_at: tuple[i
 
             truth = truth_on_grid(truth_path, particles)
 
-        def own_config(start: int):
-            import dataclasses
-
-            return dataclasses.replace(config, seed=restarts.start_seed(config, start), n_starts=1)
-
-        contenders = [state] + [initial_state(particles, own_config(s)) for s in range(1, config.starts())]
+        contenders = [state] + [initial_state(particles, restarts.start_config(config, s)) for s in range(1, config.starts())]
         seconds = [[] for _ in contenders]
         c1_scores, pair_scores, to_truth_rows = {}, {}, {}
         for checkpoint in sorted(set(FIRST_ROUND + LAST_ROUND)):
             for s, contender in enumerate(contenders):
                 while contender.iteration < checkpoint:
                     t0 = time.perf_counter()
-                    run_iteration(contender, particles, half, own_config(s), device)
+                    run_iteration(contender, particles, half, restarts.start_config(config, s), device)
                     seconds[s].append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             c1_scores[checkpoint] = restarts.score_starts(contenders, particles, half, config, device)

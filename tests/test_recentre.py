@@ -128,8 +128,11 @@ def test_imposing_then_recentring_puts_the_symmetry_centre_at_the_box_centre():
     assert float(align_to_symmetry(state.maps[0].float(), 3.0, "D2").shift_zyx_px.norm()) < 0.3
 
 
-def test_centred_on_symmetry_needs_imposed_axes_at_the_box_centre():
-    from novomap.vdam.recentre import centred_on_symmetry
+def test_centred_classes_need_imposed_axes_at_the_box_centre():
+    from novomap.vdam.recentre import centred_classes
+
+    def centred_on_symmetry(state) -> bool:
+        return all(centred_classes(state))
 
     state = _state()
     assert not centred_on_symmetry(state)  # no group imposed yet

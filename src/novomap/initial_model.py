@@ -380,17 +380,17 @@ def ring_misfit(result: JobResult) -> float:
 
 def retry_due(result: JobResult, config: VdamConfig) -> bool:
     """Whether a new attempt could replace the run's map: the evidence flags it as a likely wrong fold,
-    the map had settled (vdam.convergence measured it: a map still changing needs more iterations, not
-    a new start, and a run too short to be measured is a test, not an initial model; with several
-    classes, settled or not). With several classes the check reads the largest class, whose map is initial_model.mrc: a K=3 run on the real
-    tutorial's 2,374 particles (seed 3) ended with it a wrong fold (35 Å to betaGal.mrc, ring misfit
-    8.8x its floor) while seeds 1-2 were right and not flagged (benchmarks/results/2026-12-03-s27-classes.md)."""
+    vdam.convergence measured the map (a run too short for that is a test, not an initial model), and
+    it had settled (a map still changing needs more iterations, not a new start), which a run with
+    several classes is not required to have: it is never extended until its class maps settle.
+
+    With several classes the check reads the largest class, whose map is initial_model.mrc: K=3 runs on
+    the real tutorial's 2,374 particles ended in wrong folds flagged so (seed 3: 35 Å to betaGal.mrc,
+    settled; seed 4: 51 Å, agreement 0.94 < 0.95), while seeds 1-2 were right and not flagged
+    (benchmarks/results/2026-12-03-s27-classes.md)."""
     ring = _ring(result)
     if not ring or not ring["flagged"] or result.evidence.map_agreement is None:
         return False
-    # class maps move more between iterations, and a run with several classes is not extended until
-    # they settle (vdam.convergence): there a flagged map is run again, settled or not (real K=3 seed 4:
-    # 51 Å to betaGal.mrc, flagged, agreement 0.94 < 0.95)
     return config.n_classes > 1 or result.evidence.settled()
 
 

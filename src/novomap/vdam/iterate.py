@@ -179,11 +179,12 @@ def narrow_translations(state: RunState, batch_index: torch.Tensor, grid: Search
     around it (2: 13 of RELION's 29 translations) over every orientation, so that flips between
     distant orientations stay possible.
 
-    Only where the maps' frames are pinned: the class's symmetry centre was brought to the box
-    centre (vdam.recentre, at the group's imposition), so that a particle's origin means the same
-    in every such class; with several classes, only particles placed in a centred class, and only
-    when every class is centred unless config.narrow_in_centred_classes. There the origins move little: on real beta-gal 90 % of the sharp particles by
-    <= 1.5 px between visits, 97 % by <= 3 px (48 % by > 3 px before the map was centred). A C1 map
+    Only where the maps' frames are pinned: a class whose symmetry centre was brought to the box
+    centre (vdam.recentre, at the group's imposition), where a particle's origin means the same as in
+    every other such class. So only particles placed in a centred class, and, unless
+    config.narrow_in_centred_classes, only when every class is centred. There the origins move
+    little: on real beta-gal 90 % of the sharp particles by <= 1.5 px between visits, 97 % by <= 3 px
+    (48 % by > 3 px before the map was centred). A C1 map
     drifts (a large asymmetric particle: its centre of mass 1-2.5 px off, 18-21 % of its sharp
     particles moving > 3 px between visits, and two of three seeds ending worse with narrowed
     translations); so do the class maps of a C1 run with several classes, each in its own frame."""

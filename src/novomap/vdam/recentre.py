@@ -88,7 +88,3 @@ def centred_classes(state: RunState, tolerance_px: float = 0.5) -> list[bool]:
         return [False] * state.n_classes
     return [float(torch.as_tensor(shift).norm()) <= tolerance_px for _, shift in state.symmetry_axes[: state.n_classes]]
 
-
-def centred_on_symmetry(state: RunState, tolerance_px: float = 0.5) -> bool:
-    """Whether every class's frame is pinned (centred_classes)."""
-    return all(centred_classes(state, tolerance_px))

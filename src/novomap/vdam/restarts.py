@@ -65,6 +65,11 @@ def start_seed(config: VdamConfig, start: int) -> int:
     return config.seed + 104_729 * start
 
 
+def start_config(config: VdamConfig, start: int) -> VdamConfig:
+    """The config start `start` runs with: its own seed (initial map and mini-batch order), one start."""
+    return dataclasses.replace(config, seed=start_seed(config, start), n_starts=1)
+
+
 def score_sample(n_particles: int, config: VdamConfig) -> torch.Tensor:
     """The particles every start is scored on: a fixed random sample of up to config.start_score_particles."""
     order = torch.randperm(n_particles, generator=torch.Generator().manual_seed(config.seed + 17))
@@ -124,15 +129,12 @@ def compete(
     from novomap.vdam.iterate import run_iteration
     from novomap.vdam.start import initial_state
 
-    def own_config(start: int) -> VdamConfig:
-        return dataclasses.replace(config, seed=start_seed(config, start), n_starts=1)
-
-    contenders = [(0, state)] + [(s, initial_state(particles, own_config(s))) for s in range(1, config.starts())]
+    contenders = [(0, state)] + [(s, initial_state(particles, start_config(config, s))) for s in range(1, config.starts())]
     rounds = []
     for iteration, survivors in competition_rounds(config):
         for start, contender in contenders:
             while contender.iteration < iteration:
-                run_iteration(contender, particles, half, own_config(start), device)
+                run_iteration(contender, particles, half, start_config(config, start), device)
         symmetrised = group if survivors == 1 and config.start_score_symmetrised else None
         scores = score_starts([c for _, c in contenders], particles, half, config, device, symmetrised)
         scored_as = symmetrised.name if symmetrised is not None else "C1"
