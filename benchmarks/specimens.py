@@ -236,6 +236,23 @@ HELD_OUT: dict[str, Specimen] = {
             particle_fraction=0.75, mask_fraction=0.9, snr=0.06, n_particles=1500, defocus_um=(1.0, 2.5),
             cluster_copies=6, orientation_seed=6,
         ),
+        # added in session 28, before any run: a group no specimen had (D5, C6) and an input box larger
+        # than any before (160 px: the job works on a binned grid and writes at the input's)
+        _spec(
+            name="adk_d5",
+            description="D5 decamer of 4AKE chain A: about 220 kDa, 160 px, loose box, low SNR",
+            symmetry="D5", source="assembly", model=str(ADK_CHAIN), box=160,
+            particle_fraction=0.6, mask_fraction=0.8, snr=0.05, n_particles=1500, defocus_um=(1.0, 2.5),
+            # specimens.py --search adk_d5: the second most compact (the first is adk_d7's placement)
+            direction=(-0.884, 0.096, 0.458), orientation_seed=3,
+        ),
+        _spec(
+            name="hb_c6",
+            description="C6 ring of haemoglobin tetramers (4HHB): about 360 kDa, 96 px",
+            symmetry="C6", source="assembly", model=str(HAEMOGLOBIN), box=96,
+            particle_fraction=0.8, mask_fraction=0.9, snr=0.07, n_particles=1500, defocus_um=(1.0, 2.5),
+            direction=(0.99, 0.066, 0.125), orientation_seed=0,  # specimens.py --search hb_c6
+        ),
     ]
 }
 
