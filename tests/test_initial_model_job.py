@@ -7,6 +7,7 @@ its reproducibility from the seed, and --continue from its checkpoints giving th
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from pathlib import Path
 
@@ -306,6 +307,20 @@ def test_maxsig_reaches_the_search_and_the_optimiser_star(dataset, tmp_path, mon
     assert caps and set(caps) == {7}
     general = starfile.read(out / "run_it001_optimiser.star", always_dict=True)["optimiser_general"]
     assert int(general["rlnMaximumSignificantPoses"]) == 7
+
+
+def test_subset_size_below_one_is_a_usage_error(dataset, tmp_path, capsys):
+    _expect_usage_error(capsys, _job_args(dataset, tmp_path / "out", "--grad-fin-subset", "0"), "--grad-fin-subset", "0")
+
+
+def test_grad_subsets_set_the_mini_batch_sizes(dataset, tmp_path):
+    """RELION's --grad_ini_subset / --grad_fin_subset (either spelling) set the first and last mini-batch
+    sizes, which history.json records per iteration."""
+    out = tmp_path / "subsets"
+    args = _job_args(dataset, out, "--grad_ini_subset", "30", "--grad-fin-subset", "70", "--iter", "10", "--starts", "1", "--no-report")
+    assert main(args) == 0
+    sizes = [figures["batch_size"] for figures in json.loads((out / "history.json").read_text())]
+    assert sizes[0] == 30 and sizes[-1] == 70 and sizes == sorted(sizes)
 
 
 # ---------------------------------------------------------------------------------------------

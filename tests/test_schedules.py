@@ -122,6 +122,26 @@ def test_subset_capped_at_the_data_set():
     assert schedules.subset_size(90, p, 200, 1000, 5000) == 1000
 
 
+@pytest.mark.parametrize(
+    "n, fraction, expected",
+    [
+        (1_455, 0.0, (200, 1000)),  # no cap: RELION's sizes
+        (1_455, 1 / 3, (200, 485)),  # the tutorial's good classes: a third of the data
+        (900, 1 / 3, (200, 300)),
+        (450, 1 / 3, (200, 200)),  # never below the initial size
+        (3_000, 1 / 3, (200, 1000)),  # RELION's 1,000 is already a third
+        (100_000, 1 / 3, (500, 10_000)),  # large data sets: RELION's 10 %
+    ],
+)
+def test_final_subset_capped_at_a_fraction_of_the_data(n, fraction, expected):
+    assert schedules.subset_sizes(n, final_max_fraction=fraction) == expected
+
+
+def test_explicit_subset_sizes_win_over_the_automatic_ones():
+    assert schedules.subset_sizes(1_455, initial=100, final=1200, final_max_fraction=1 / 3) == (100, 1200)
+    assert schedules.subset_sizes(1_455, initial=-1, final=700, final_max_fraction=1 / 3) == (200, 700)
+
+
 def test_sigmoid_is_finite_for_extreme_iterations():
     p = schedules.phases(10_000)
     assert math.isfinite(schedules.step_size(1, p)) and math.isfinite(schedules.step_size(10_000, p))

@@ -33,6 +33,8 @@ OPTION_OF_FIELD = {
     "seed": "--seed",
     "n_starts": "--starts",
     "max_significant": "--maxsig",
+    "initial_subset": "--grad-ini-subset",
+    "final_subset": "--grad-fin-subset",
     "max_resolution": "--max-resolution",
     "output_pixel_size": "--output-pixel-size",
 }

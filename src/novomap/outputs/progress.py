@@ -32,9 +32,7 @@ _SMOOTHING = 0.3
 def batch_plan(config: VdamConfig, n_particles: int) -> list[int]:
     """Mini-batch size of iterations 1..n_iter (as vdam.iterate.run_iteration chooses them)."""
     phases = schedules.phases(config.n_iter, config.initial_fraction, config.final_fraction)
-    initial, final = schedules.default_subset_sizes(n_particles)
-    initial = config.initial_subset if config.initial_subset > 0 else initial
-    final = config.final_subset if config.final_subset > 0 else final
+    initial, final = schedules.subset_sizes(n_particles, config.initial_subset, config.final_subset, config.final_subset_max_fraction)
     plan = [schedules.subset_size(i, phases, initial, final, n_particles) for i in range(1, config.n_iter + 1)]
     return with_race(plan, config, n_particles)
 

@@ -32,6 +32,10 @@ class VdamConfig:
     final_fraction: float = 0.2
     initial_subset: int = -1  # -1: RELION's automatic size
     final_subset: int = -1
+    # RELION's automatic final mini-batch (10 % of the particles, at least 1,000) is capped at this
+    # fraction of the data set (never below the initial size; 0: no cap, as RELION). Small data sets
+    # otherwise pass most of their particles through every late iteration (1,000 of the tutorial's 1,455)
+    final_subset_max_fraction: float = 1 / 3
     mu: float = 0.9
     max_significant: int = -1  # -1: 100 * K
     adaptive_fraction: float = 0.999

@@ -412,9 +412,7 @@ def run_iteration(
     phases = schedules.phases(config.n_iter, config.initial_fraction, config.final_fraction)
     step = schedules.step_size(iteration, phases, config.step_size)
     tau2_fudge = schedules.tau2_fudge(iteration, phases, config.tau2_fudge)
-    initial_subset, final_subset = schedules.default_subset_sizes(particles.n)
-    initial_subset = config.initial_subset if config.initial_subset > 0 else initial_subset
-    final_subset = config.final_subset if config.final_subset > 0 else final_subset
+    initial_subset, final_subset = schedules.subset_sizes(particles.n, config.initial_subset, config.final_subset, config.final_subset_max_fraction)
     batch_size = schedules.subset_size(iteration, phases, initial_subset, final_subset, particles.n)
     order = torch.randperm(particles.n, generator=torch.Generator().manual_seed(config.seed + iteration))
     batch_index = order[:batch_size]

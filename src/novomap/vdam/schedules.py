@@ -34,6 +34,16 @@ def default_subset_sizes(n_particles: int) -> tuple[int, int]:
     return initial, final
 
 
+def subset_sizes(n_particles: int, initial: int = -1, final: int = -1, final_max_fraction: float = 0.0) -> tuple[int, int]:
+    """(initial, final) mini-batch sizes of a run: RELION's automatic sizes, the final one capped at
+    final_max_fraction of the data set (never below the initial size; 0: no cap), and sizes given
+    explicitly (initial, final > 0) used as they are."""
+    auto_initial, auto_final = default_subset_sizes(n_particles)
+    if final_max_fraction > 0:
+        auto_final = min(auto_final, max(auto_initial, round(final_max_fraction * n_particles)))
+    return (initial if initial > 0 else auto_initial, final if final > 0 else auto_final)
+
+
 def subset_size(iteration: int, p: Phases, initial_size: int, final_size: int, n_particles: int) -> int:
     """Mini-batch size at an iteration: constant, then linear growth, then constant; capped at the data."""
     if iteration < p.initial:
