@@ -159,11 +159,13 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise NovomapError(f"--K must be >= 1, not {args.classes}")
     if args.starts < 1 and args.starts != -1:
         raise NovomapError(f"--starts must be >= 1, not {args.starts}")
-    if args.maxsig < 1 and args.maxsig != -1:
-        raise NovomapError(f"--maxsig must be >= 1 (or -1: 100 x K), not {args.maxsig}")
-    for name in ("ini", "fin"):
-        if getattr(args, f"grad_{name}_subset") < 1 and getattr(args, f"grad_{name}_subset") != -1:
-            raise NovomapError(f"--grad-{name}-subset must be >= 1 (or -1: automatic), not {getattr(args, f'grad_{name}_subset')}")
+    for option, value, automatic in (
+        ("--maxsig", args.maxsig, "100 x K"),
+        ("--grad-ini-subset", args.grad_ini_subset, "automatic"),
+        ("--grad-fin-subset", args.grad_fin_subset, "automatic"),
+    ):
+        if value < 1 and value != -1:
+            raise NovomapError(f"{option} must be >= 1 (or -1: {automatic}), not {value}")
     if args.retries < 0:
         raise NovomapError(f"--retries must be >= 0, not {args.retries}")
     if args.max_extra_iter < -1:
