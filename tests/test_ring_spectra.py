@@ -9,7 +9,9 @@ import torch
 from novomap.analysis.ring_spectra import (
     FLOOR_FACTOR,
     MISFIT_FLAG,
+    RingCheck,
     angular_spectra,
+    flag_rule,
     last_ring,
     misfit,
     ring_check,
@@ -106,3 +108,30 @@ def test_the_truth_passes_and_its_spherical_average_is_flagged(simulated):
     assert ball.flagged and ball.misfit > 10 * right.misfit, (ball, right)
     assert right.rings == (2, 7) and right.n_particles == particles.n
     assert ring_check(particles, members[:1], _true_poses(particles), truth) is None
+
+
+@pytest.mark.parametrize(
+    "misfit, ratio, flagged, run",
+    [
+        (0.0966, 15.0, True, "adk_o seed 1 of session 12: wrong fold"),
+        (0.0412, 3.2, True, "hb16_c1 seed 10: wrong fold, the lowest wrong figures of session 18"),
+        (0.050, 9.6, True, "real beta-gal, all 2,374 particles, seed 1: wrong fold"),
+        (0.027, 5.3, True, "real, all particles, seed 1,000,006 (session 28): half the particles ~30 deg from the rest"),
+        (0.022, 3.8, True, "the same seed, session 29"),
+        (0.022, 4.0, True, "real, all particles, seed 5: split likewise"),
+        (0.0246, 2.8, False, "real beta-gal, 1,455 good particles: right"),
+        (0.0169, 2.9, False, "real, 1,455: right, the highest ratio measured there"),
+        (0.012, 2.3, False, "real, all particles, seed 2: right"),
+        (0.0247, 1.8, False, "hb16_c1 seed 3: right"),
+        (0.0076, 4.0, False, "hb_i seed 1: right, a small misfit far above a small floor"),
+    ],
+)
+def test_the_flag_separates_measured_wrong_and_split_runs_from_right_ones(misfit, ratio, flagged, run):
+    """The two bars (ring_spectra's comment) against the figures of finished runs whose outcome is known
+    from the truth or the published map (benchmarks/results/2026-12-02-ring-spectra.md, -s29-split-runs.md)."""
+    check = RingCheck(misfit=misfit, noise_floor=misfit / ratio, rings=(2, 7), resolution_a=30.0, n_particles=2000)
+    assert check.flagged is flagged, run
+
+
+def test_flag_rule_names_both_bars():
+    assert flag_rule() == "above 0.035 and 2.5x, or 0.02 and 3.5x"

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from novomap.analysis.ring_spectra import FLOOR_FACTOR, MISFIT_FLAG, ring_check
+from novomap.analysis.ring_spectra import FLOOR_FACTOR, MISFIT_FLAG, MODERATE_FLOOR_FACTOR, MODERATE_MISFIT_FLAG, flag_rule, ring_check
 from novomap.maps.align import best_translation
 from novomap.maps.fsc import fsc, resolution_at
 from novomap.maps.transform import center_of_mass, centred_coordinates, lowpass, shift_volume
@@ -201,6 +201,8 @@ class Evidence:
             "high_pmax": HIGH_PMAX,
             "ring_misfit": MISFIT_FLAG,
             "ring_floor_factor": FLOOR_FACTOR,
+            "ring_misfit_moderate": MODERATE_MISFIT_FLAG,
+            "ring_floor_factor_moderate": MODERATE_FLOOR_FACTOR,
         }
         return data
 
@@ -332,7 +334,7 @@ def warnings_for(evidence: Evidence) -> list[str]:
         # a map averaged over a particle's near-symmetric poses is rounder than the particles (analysis.ring_spectra)
         reasons.append(
             f"the map's projections lack angular structure the particles have (ring misfit {evidence.ring['misfit']:.3f}, "
-            f"{evidence.ring['ratio']:.1f}x its noise floor; flagged above {MISFIT_FLAG} and {FLOOR_FACTOR}x): "
+            f"{evidence.ring['ratio']:.1f}x its noise floor; flagged {flag_rule()}): "
             "possibly a wrong fold"
         )
     if not evidence.settled():

@@ -52,13 +52,27 @@ CHUNK = 256  # particles projected and transformed together
 N_SPLITS = 8  # random half splits averaged for the noise floor (one split's floor varies by ~10 %)
 PAD = 2  # projections from a twice-oversampled transform, as the E-step's
 
-# A map is flagged when both hold: the misfit is above MISFIT_FLAG (right maps reached 0.030, wrong
-# ones started at 0.041) and above FLOOR_FACTOR x its noise floor (wrong maps started at 3.2x). The
-# second guards against a misfit made of estimation noise (a right map of a data set noisier than any
-# measured: its floor grows with the noise); it does not separate on its own (right maps of misfit
-# above 0.015 were at 1.1-2.9x, a right beta-gal run whose poses were partly in a second mode at 14x).
+# A map is flagged when its misfit clears either of two bars, each a misfit and a multiple of its noise
+# floor. The first: above MISFIT_FLAG (right maps reached 0.030, wrong ones started at 0.041) and above
+# FLOOR_FACTOR x the floor (wrong maps started at 3.2x). The floor guards against a misfit made of
+# estimation noise (a right map of a data set noisier than any measured: its floor grows with the
+# noise); it does not separate on its own (right maps of misfit above 0.015 were at 1.1-2.9x; two
+# session-11 beta-gal runs whose poses were partly in a second mode at 8.5x and 14x). The second bar
+# catches a settled split of the particles between two poses: real beta-gal runs on all 2,374 particles
+# (39 % junk) with half of them ~30 degrees from the rest (FSC 0.5 24-40 A to the published map) ended
+# at 0.022-0.027 and 3.8-5.3x, while right runs of the same particles were at 0.012 and 2.1-2.3x, right
+# runs of the 1,455 good ones at <= 2.9x, right hb16_c1 runs at <= 1.8x
+# (benchmarks/results/2026-12-03-s29-split-runs.md). A right map flagged costs a retry, not the map:
+# the attempt that fits better is kept (initial_model.run_initial_model).
 MISFIT_FLAG = 0.035
 FLOOR_FACTOR = 2.5
+MODERATE_MISFIT_FLAG = 0.020
+MODERATE_FLOOR_FACTOR = 3.5
+
+
+def flag_rule() -> str:
+    """The two bars as a phrase for logs and reports."""
+    return f"above {MISFIT_FLAG} and {FLOOR_FACTOR}x, or {MODERATE_MISFIT_FLAG} and {MODERATE_FLOOR_FACTOR}x"
 
 
 @dataclass
@@ -77,7 +91,9 @@ class RingCheck:
 
     @property
     def flagged(self) -> bool:
-        return self.misfit > MISFIT_FLAG and self.ratio > FLOOR_FACTOR
+        return (self.misfit > MISFIT_FLAG and self.ratio > FLOOR_FACTOR) or (
+            self.misfit > MODERATE_MISFIT_FLAG and self.ratio > MODERATE_FLOOR_FACTOR
+        )
 
     def to_json(self) -> dict:
         return {

@@ -455,6 +455,14 @@ def _race_round_line(round_: dict) -> str:
     return f"iteration {round_['iteration']}{symmetrised}: {scores}"
 
 
+def _ring_bars(thresholds: dict) -> str:
+    """The ring check's bars as evidence.json recorded them (older jobs: the first bar only)."""
+    first = f"{thresholds.get('ring_misfit', 0.035)} and {thresholds.get('ring_floor_factor', 2.5)}x"
+    if "ring_misfit_moderate" not in thresholds:
+        return first
+    return f"{first}, or {thresholds['ring_misfit_moderate']} and {thresholds.get('ring_floor_factor_moderate', 3.5)}x"
+
+
 def _evidence_caption(evidence: dict) -> str:
     """The figures in words (HTML): the verdict, each reason to doubt, the point group and why."""
     def res(value) -> str:
@@ -476,8 +484,7 @@ def _evidence_caption(evidence: dict) -> str:
             f" The particles' Fourier rings (to {ring['resolution_a']:.0f} Å, {ring['n_particles']} particles) turn like the map's "
             f"projections at their poses up to a misfit of {ring['misfit']:.3f}, {ring['ratio']:.1f}x what their own noise "
             f"gives (a wrong map averaged over near-symmetric poses is rounder than its particles: flagged above "
-            f"{evidence.get('thresholds', {}).get('ring_misfit', 0.035)} and "
-            f"{evidence.get('thresholds', {}).get('ring_floor_factor', 2.5)}x)."
+            f"{_ring_bars(evidence.get('thresholds', {}))})."
         ))
     attempts, kept = evidence.get("attempts") or [], evidence.get("kept_attempt")
     if len(attempts) > 1 and kept:
