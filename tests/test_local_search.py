@@ -259,7 +259,7 @@ def test_only_the_last_round_of_the_race_scores_with_the_group(monkeypatch, simu
                         initial_subset=40, local_searches=False)
     seen = []
 
-    def record(states, particles, half, config, device, group=None):
+    def record(states, particles, half, config, device, group=None, per_particle=None):
         seen.append(None if group is None else group.name)
         return [0.0] * len(states)
 
@@ -320,3 +320,47 @@ def test_default_starts_keep_the_race_to_five_class_maps():
     assert VdamConfig(n_classes=3, n_starts=4).starts() == 4  # asked for: honoured
     assert restarts.competition_rounds(VdamConfig(n_iter=100, n_classes=3)) == []  # the classes race instead
     assert restarts.competition_rounds(VdamConfig(n_iter=100, n_classes=2)) == [(30, 1)]
+
+
+def test_a_start_the_sample_cannot_tell_from_the_second_goes_on_too():
+    """Round 1 keeps the best two, and a third whose per-particle deficit to the second is within
+    tie_z standard errors; a clear deficit, no per-particle values or tie_z 0 keep two."""
+    generator = torch.Generator().manual_seed(3)
+    n = 400
+    base = -300.0 + torch.randn(n, generator=generator, dtype=torch.float64)
+    def noise() -> torch.Tensor:  # zero mean, unit spread
+        values = torch.randn(n, generator=generator, dtype=torch.float64)
+        return values - values.mean()
+
+    best, second = base + 5.0, base + noise()
+    tied = second - 0.01 + noise()  # mean deficit 0.01 against a standard error of about 0.05
+    behind = second - 3.0 + noise()  # about 60 standard errors behind
+    per_particle = [behind, tied, best, second]
+    scores = [float(v.mean()) for v in per_particle]
+    assert restarts.ranked_starts(scores)[:2] == [2, 3]
+    assert restarts.survivors_with_ties(scores, per_particle, 2, 1.0) == [2, 3, 1]
+    assert restarts.survivors_with_ties(scores, per_particle, 2, 0.0) == [2, 3]
+    assert restarts.survivors_with_ties(scores, [], 2, 1.0) == [2, 3]
+    clear = [behind, second - 0.5 + 0.01 * noise(), best, second]  # 0.5 behind with a standard error of ~0.05
+    assert restarts.survivors_with_ties([float(v.mean()) for v in clear], clear, 2, 1.0) == [2, 3]
+
+
+def test_compete_carries_a_tied_start_into_the_last_round(monkeypatch, simulated):
+    """Start 0 ties with the second of round 1 (start 1): all three reach round 2, which picks start 0."""
+    particles, _ = simulated
+    config = VdamConfig(seed=1, n_iter=100, n_starts=3, start_survivors=2, start_iterations=1, start_final_iterations=2,
+                        initial_subset=40, local_searches=False)
+    ones = torch.ones(50, dtype=torch.float64)
+    wiggle = torch.linspace(-1, 1, 50, dtype=torch.float64)
+    rounds = iter([[ones * -2.01 + wiggle, ones * -2.0, ones * 0.0], [ones * 1.0, ones * 0.0, ones * 5.0]])
+
+    def scores(states, particles, half, config, device, group=None, per_particle=None):
+        values = next(rounds)[: len(states)]
+        if per_particle is not None:
+            per_particle.extend(values)
+        return [float(v.mean()) for v in values]
+
+    monkeypatch.setattr(restarts, "score_starts", scores)
+    outcome = restarts.compete(initial_state(particles, config), particles, pseudo_halves(particles), config, "cpu")
+    assert [r["starts"] for r in outcome["start_rounds"]] == [[0, 1, 2], [2, 1, 0]]
+    assert outcome["chosen_start"] == 0

@@ -57,8 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     opt.add_argument("--sym", default="C1", help="point group: imposed on the class maps every 5 iterations once the race of starts has chosen (RELION's job runs in C1 throughout), and applied to the final map; e.g. C1, C4, D2, T, O, I, or auto (the run stays C1): the final C1 map proposes groups, its particles choose one, and it is applied (DIR/symmetry.txt says which and why) (default: %(default)s)")
     opt.add_argument(
         "--starts", type=int, default=-1, metavar="N",
-        help="random starts raced at the beginning: the best two go on after a tenth of the iterations, the best "
-        "one after three tenths, by the likelihood of the same particles (1: a single start, as RELION; default: 5 for "
+        help="random starts raced at the beginning: the best two (and any start the particles cannot tell from the "
+        "second) go on after a tenth of the iterations, the best one after three tenths, by the likelihood of the same particles (1: a single start, as RELION; default: 5 for "
         "--K 1, 2 for --K 2, 1 from --K 3 on, where the classes are themselves random starts)",
     )
     opt.add_argument(

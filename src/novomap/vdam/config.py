@@ -105,6 +105,9 @@ class VdamConfig:
     # (1: one start, as RELION; -1: starts_for_classes). Measured: benchmarks/results/2026-11-30-starts.md
     n_starts: int = -1
     start_survivors: int = 2
+    # a start that trails the last survivor of a round that keeps several by less than this many standard
+    # errors of the per-particle score differences goes on too (vdam.restarts.survivors_with_ties; 0: never)
+    start_tie_z: float = 1.0
     start_iterations: int = 10
     start_final_iterations: int = 30
     start_score_particles: int = 300
