@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
@@ -27,12 +28,13 @@ def _evidence(misfit: float, flagged: bool) -> Evidence:
 
 def _fake_attempts(monkeypatch, misfits: dict[int, tuple[float, bool]]) -> list[int]:
     """Replace the VDAM run by one that writes a few attempt files holding its seed; misfits: seed -> (misfit, flagged)."""
-    seeds = []
+    seeds, classes = [], []
 
     def fake(star_path, out_dir, config, options, continue_from=None):
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         seeds.append(config.seed)
+        classes.append(config.n_classes)
         assert not attempt_files(out_dir), "an attempt must start in an empty job folder"
         for name in ("run_it000_optimiser.star", "run_it003_class001.mrc", "initial_model.mrc", "history.json"):
             (out_dir / name).write_text(str(config.seed))
@@ -42,6 +44,7 @@ def _fake_attempts(monkeypatch, misfits: dict[int, tuple[float, bool]]) -> list[
         return result
 
     monkeypatch.setattr(job, "_run_attempt", fake)
+    _fake_attempts.classes = classes
     return seeds
 
 
@@ -56,8 +59,9 @@ def test_the_better_attempt_is_the_jobs_and_the_other_keeps_its_files(tmp_path, 
     retry = job.retry_seed(1, 1)
     seeds = _fake_attempts(monkeypatch, {1: (0.06, True), retry: second})
     messages = []
-    result = job.run_initial_model("p.star", tmp_path, VdamConfig(seed=1, retries=1), on_retry=messages.append)
-    assert seeds == [1, retry] and len(messages) == 1 and "ring misfit 0.060" in messages[0]
+    result = job.run_initial_model("p.star", tmp_path, VdamConfig(seed=1, retries=1), on_retry=lambda line, config: messages.append((line, config.seed, config.n_classes)))
+    assert seeds == [1, retry] and len(messages) == 1 and "ring misfit 0.060" in messages[0][0]
+    assert messages[0][1:] == (retry, 2) and "with 2 classes" in messages[0][0]
     kept_seed, other_seed = (retry, 1) if kept == 2 else (1, retry)
     # DIR holds the kept attempt's files only, the other attempt's are all in one attemptN folder
     assert (tmp_path / "initial_model.mrc").read_text() == str(kept_seed)
@@ -75,7 +79,8 @@ def test_the_better_attempt_is_the_jobs_and_the_other_keeps_its_files(tmp_path, 
     from novomap.outputs.report import _evidence_caption
 
     caption = _evidence_caption(evidence)
-    assert f"this is attempt {kept} of 2 (seed {kept_seed})" in caption and f"its files in {folders[0].name}/" in caption
+    assert f"this is attempt {kept} of 2 (seed {kept_seed}" in caption
+    assert ("2 classes: a one-class run's retries add a class" in html.unescape(caption)) == (kept == 2) and f"its files in {folders[0].name}/" in caption
 
 
 def test_no_retry_when_asked_for_none(tmp_path, monkeypatch):
@@ -117,3 +122,28 @@ def test_a_retry_needs_a_flagged_and_settled_map(changes, due):
     # the largest class's map is judged alike, settled or not: runs with several classes are not extended
     assert job.retry_due(result, VdamConfig(n_classes=2)) is (due or changes == {"map_settled": False})
     assert not job.retry_due(job.JobResult(Path("."), Path("x"), None, 0.0, 1.0, evidence=_evidence(0.01, False)), VdamConfig())
+
+
+@pytest.mark.parametrize("first, retry_classes, expected", [(1, 2, [1, 2, 2]), (1, 1, [1, 1, 1]), (3, 2, [3, 3, 3])])
+def test_a_one_class_run_retries_with_a_class_for_junk(tmp_path, monkeypatch, first, retry_classes, expected):
+    """Retries of a --K 1 run run with config.retry_classes classes (recorded per attempt and said in the
+    evidence line when the kept attempt has them); runs of several classes keep theirs."""
+    retries = [job.retry_seed(1, n) for n in (1, 2)]
+    seeds = _fake_attempts(monkeypatch, {1: (0.06, True), retries[0]: (0.05, True), retries[1]: (0.02, False)})
+    result = job.run_initial_model("p.star", tmp_path, VdamConfig(seed=1, n_classes=first, retries=2, retry_classes=retry_classes))
+    assert seeds == [1, *retries] and _fake_attempts.classes == expected
+    assert [a["classes"] for a in result.evidence.attempts] == expected and result.evidence.kept_attempt == 3
+    assert ("2 classes, ring misfit" in result.evidence.line()) == (expected[-1] != expected[0])
+
+
+def test_a_retry_with_more_classes_races_as_many_starts_as_they_do_by_default():
+    """The command line resolves --starts' default (5 for one class); a two-class retry races the two-class
+    default (2), while a number the user chose stays."""
+    from novomap.vdam.config import starts_for_classes
+
+    config = job.retry_attempt_config(VdamConfig(seed=1, n_classes=1, n_starts=starts_for_classes(1)), 1)
+    assert (config.seed, config.n_classes, config.n_starts) == (job.retry_seed(1, 1), 2, starts_for_classes(2))
+    assert job.retry_attempt_config(VdamConfig(seed=1, n_starts=-1), 2).starts() == starts_for_classes(2)
+    assert job.retry_attempt_config(VdamConfig(seed=1, n_starts=8), 1).n_starts == 8
+    assert job.retry_attempt_config(VdamConfig(seed=1, n_starts=5, retry_classes=1), 1).n_starts == 5
+    assert job.retry_attempt_config(VdamConfig(seed=1, n_classes=3, n_starts=1), 1).n_classes == 3

@@ -424,3 +424,22 @@ def test_a_flagged_run_runs_again_and_keeps_the_better_attempt(dataset, tmp_path
     assert (out / "initial_model.mrc").is_file() and "initial_model.mrc" in (out / "RELION_OUTPUT_NODES.star").read_text()
     run_out = (out / "run.out").read_text()
     assert "running again from new random starts" in run_out and f"attempt {kept} of 2 kept" in run_out
+
+
+def test_a_one_class_job_killed_in_its_two_class_retry_continues_with_two_classes(dataset, tmp_path):
+    """A --K 1 job's retries run with a class for junk (initial_model.retry_classes): continuing such an
+    attempt's checkpoint with the job's one-class settings goes on with the checkpoint's two classes."""
+    from novomap.device import select_device
+    from novomap.initial_model import run_initial_model
+
+    select_device(None, 1)
+    two = tmp_path / "two"
+    run_initial_model(dataset, two, VdamConfig(n_iter=2, n_classes=2, particle_diameter_a=200.0, seed=5, write_every=1, retries=0), symmetry="D2")
+    out = tmp_path / "continued"
+    one = VdamConfig(n_iter=3, n_classes=1, particle_diameter_a=200.0, seed=5, write_every=1, retries=0)
+    run_initial_model(dataset, out, one, symmetry="D2", continue_from=two / "run_it001_optimiser.star")
+    assert (out / "run_it003_class002.mrc").is_file() and (out / "initial_model.mrc").is_file()
+    assert set(starfile.read(out / "run_it003_data.star", always_dict=True)["particles"]["rlnClassNumber"]) <= {1, 2}
+    # the run's settings are those of two classes (RELION's --maxsig default is 100 per class)
+    optimiser = starfile.read(out / "run_it003_optimiser.star", always_dict=True)
+    assert int(next(iter(optimiser.values()))["rlnMaximumSignificantPoses"]) == 200

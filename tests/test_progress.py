@@ -204,6 +204,22 @@ def test_run_out_says_before_the_race_that_it_goes_quiet(tmp_path):
     assert "random starts race" not in (tmp_path / "one" / "run.out").read_text()
 
 
+def test_a_retry_with_two_classes_announces_its_own_race(tmp_path):
+    """A --K 1 job's retry runs with two classes (initial_model.retry_classes), which race 2 starts in one
+    round: after restart(config) the notice and the plan are the retry's."""
+    terminal = io.StringIO()
+    log = RunLog(tmp_path, terminal=terminal, errors=io.StringIO())
+    one = VdamConfig(n_iter=100)
+    with ProgressDisplay(log, n_iter=100, planned_batches=batch_plan(one, 2000), config=one) as display:
+        display.restart(VdamConfig(n_iter=100, n_classes=2, seed=1_000_004), 2000)
+        assert display.planned == batch_plan(VdamConfig(n_iter=100, n_classes=2), 2000) != batch_plan(one, 2000)
+        for i in range(1, 30):
+            display.update(figures(i))
+    log.close()
+    notices = [line for line in terminal.getvalue().splitlines() if line.startswith("next:")]
+    assert notices == ["next: 2 random starts race (the best 1 at iteration 30 go on); nothing is printed until the race has chosen (the ETA includes it)"]
+
+
 def test_the_report_is_redrawn_mid_run_only_when_the_final_one_is_not_near():
     from novomap.commands.initial_model import REPORT_INTERVAL_S, mid_run_report_due
 

@@ -35,7 +35,7 @@ from novomap.reconstruct import Poses, reconstruct_with_poses
 from novomap.symmetry.choice import AppliedSymmetry, align_near, apply_point_group, requested_group, symmetrise_on_axes, symmetry_record, write_symmetry_file
 from novomap.symmetry.impose import impose_group
 from novomap.vdam import convergence, schedules
-from novomap.vdam.config import VdamConfig
+from novomap.vdam.config import VdamConfig, starts_for_classes
 from novomap.vdam.iterate import as_devices, assign_all, pseudo_halves, run_iteration, search_setup
 from novomap.vdam.recentre import recentre_on_axes
 from novomap.vdam.start import initial_state
@@ -221,6 +221,8 @@ def _run_attempt(star_path: str | Path, out_dir: str | Path, config: VdamConfig,
     out_dir.mkdir(parents=True, exist_ok=True)
     if continue_from is not None:
         state = RunState.load(state_path_for(continue_from))
+        if state.n_classes != config.n_classes:  # a --K 1 job killed in a retry with a class for junk (retry_classes)
+            config = dataclasses.replace(config, n_classes=state.n_classes)
         if options.fingerprint is not None:
             state.fingerprint = dict(options.fingerprint)
     else:
@@ -308,7 +310,7 @@ def run_initial_model(
     output_pixel_size_a: float | None = None,
     fingerprint: dict | None = None,
     cryosparc=None,
-    on_retry: Callable[[str], None] | None = None,
+    on_retry: Callable[[str, VdamConfig], None] | None = None,
 ) -> JobResult:
     """Run the job into out_dir, and again from new random starts while the evidence flags a wrong
     fold, config.retries times at most (with several classes, as the largest class's map is judged).
@@ -321,29 +323,32 @@ def run_initial_model(
     A flagged attempt's files move to the next free DIR/attemptN and the next attempt runs in DIR with
     the seed retry_seed(seed, n); the attempt whose map fits the particles' ring spectra best
     (analysis.ring_spectra) is the job's: its files end in DIR, every other attempt's in an attemptN
-    folder (outputs.attempts). on_retry(message) is called before each new attempt.
+    folder (outputs.attempts). on_retry(message, config) is called before each new attempt, with the
+    attempt's config (its seed, and for a one-class run retry_classes classes).
     """
     out_dir = Path(out_dir)
     options = JobOptions(symmetry, device, preread, scratch_dir, progress, on_write, max_resolution_a, output_pixel_size_a, fingerprint, cryosparc)
     result = _run_attempt(star_path, out_dir, config, options, continue_from)
-    attempts = [_attempt_record(result, config.seed)]  # each attempt's seed, misfit and folder ("." = DIR: the kept one)
-    best = 0
+    attempts = [_attempt_record(result, config.seed, config.n_classes)]  # each attempt's seed, misfit and folder ("." = DIR: the kept one)
+    best, result_config = 0, config
     for number in range(1, config.retries + 1):
-        if not retry_due(result, config):
+        if not retry_due(result, result_config):
             break
         archive = free_attempt_dir(out_dir)
         move_attempt(out_dir, archive)
         attempts[best]["folder"] = archive.name
-        seed = retry_seed(config.seed, number)
+        retry_config = retry_attempt_config(config, number)
         if on_retry is not None:
+            classes = f" with {retry_config.n_classes} classes, one for particles the map cannot explain," if retry_config.n_classes != config.n_classes else ""
             on_retry(
                 f"the map's projections lack angular structure the particles have (ring misfit {ring_misfit(result):.3f}): "
-                f"running again from new random starts (seed {seed}); the files of this attempt are in {archive}"
+                f"running again from new random starts{classes} (seed {retry_config.seed}); the files of this attempt are in {archive}",
+                retry_config,
             )
-        retry = _run_attempt(star_path, out_dir, dataclasses.replace(config, seed=seed), options)
-        attempts.append(_attempt_record(retry, seed))
+        retry = _run_attempt(star_path, out_dir, retry_config, options)
+        attempts.append(_attempt_record(retry, retry_config.seed, retry_config.n_classes))
         if ring_misfit(retry) < ring_misfit(result):
-            result, best = retry, len(attempts) - 1
+            result, best, result_config = retry, len(attempts) - 1, retry_config
         else:  # the earlier attempt stays the job's: back into DIR
             loser = free_attempt_dir(out_dir)
             move_attempt(out_dir, loser)
@@ -394,6 +399,29 @@ def retry_due(result: JobResult, config: VdamConfig) -> bool:
     return config.n_classes > 1 or result.evidence.settled()
 
 
-def _attempt_record(result: JobResult, seed: int) -> dict:
+def _attempt_record(result: JobResult, seed: int, n_classes: int) -> dict:
     ring = _ring(result)
-    return {"seed": int(seed), "ring_misfit": ring["misfit"] if ring else None, "flagged": bool(ring and ring["flagged"]), "folder": "."}
+    return {"seed": int(seed), "classes": int(n_classes), "ring_misfit": ring["misfit"] if ring else None, "flagged": bool(ring and ring["flagged"]), "folder": "."}
+
+
+def retry_attempt_config(config: VdamConfig, attempt: int) -> VdamConfig:
+    """The config of the attempt-th retry: its own seed, retry_classes classes, and as many random starts
+    as that many classes race by default (starts_for_classes) unless the job asked for another number."""
+    n_classes = retry_classes(config)
+    n_starts = config.n_starts
+    if n_classes != config.n_classes and config.n_starts in (-1, starts_for_classes(config.n_classes)):
+        n_starts = starts_for_classes(n_classes)
+    return dataclasses.replace(config, seed=retry_seed(config.seed, attempt), n_classes=n_classes, n_starts=n_starts)
+
+
+def retry_classes(config: VdamConfig) -> int:
+    """Classes of a retry: a one-class run's retries run with config.retry_classes, where junk can take a
+    class of its own; runs of several classes keep theirs.
+
+    On data with junk a one-class map that fails the ring check is mostly a blend of the particle and
+    what the junk pulls it towards, and a new one-class start tends to blend again: all 2,374 real
+    tutorial particles (39 % outside the good 2D classes), seed 3, failed twice with one class, while
+    two classes gave 9.2 Å to betaGal.mrc on seeds 3 and 5 (benchmarks/results/2026-12-04-s30-race-ties.md)."""
+    if config.n_classes == 1 and config.retry_classes > 1:
+        return config.retry_classes
+    return config.n_classes

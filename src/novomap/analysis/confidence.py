@@ -155,7 +155,8 @@ class Evidence:
             f"attempt {i + 1}: {a['ring_misfit']:.3f} in {a['folder']}/" for i, a in enumerate(self.attempts) if i + 1 != self.kept_attempt and a["ring_misfit"] is not None
         )
         kept = self.attempts[self.kept_attempt - 1]
-        return f"; attempt {self.kept_attempt} of {len(self.attempts)} kept (ring misfit {kept['ring_misfit']:.3f}; {others})"
+        classes = f"{kept['classes']} classes, " if kept.get("classes", 1) != self.attempts[0].get("classes", 1) else ""
+        return f"; attempt {self.kept_attempt} of {len(self.attempts)} kept ({classes}ring misfit {kept['ring_misfit']:.3f}; {others})"
 
     def ring_phrase(self) -> str:
         """'; ring misfit 0.016 (1.4x noise)' when the ring spectra were compared, else ''."""

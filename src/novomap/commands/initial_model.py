@@ -72,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--retries", type=int, default=1, metavar="N",
         help="when the evidence flags the map as a likely wrong fold (its projections lack angular structure the "
         "particles have: 'ring misfit' in run.out), run again from new random starts, at most N times, and keep the "
-        "attempt whose map fits the particles best; the others stay in DIR/attemptN (with several classes, the largest class's map is judged; 0: never; default: %(default)s)",
+        "attempt whose map fits the particles best (a --K 1 run's retries run with 2 classes, so that junk can take one); the others stay in DIR/attemptN (with several classes, the largest class's map is judged; 0: never; default: %(default)s)",
     )
     for name, which, auto in (
         ("ini", "first", "0.5 %% of the particles, 200 to 5,000"),
@@ -506,9 +506,9 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
                 then = ", then choosing the point group (the map proposes, the particles decide: up to a minute) and aligning its axes"
             display.stage(f"final pass: assigning all {n_particles} particles with the final map{then}")
 
-    def on_retry(line: str) -> None:
+    def on_retry(line: str, attempt_config: VdamConfig) -> None:
         display.message(line)
-        display.restart()
+        display.restart(attempt_config, n_particles)
 
     with display:
         result = run_initial_model(

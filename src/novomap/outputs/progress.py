@@ -320,9 +320,13 @@ class ProgressDisplay:
         if self._progress is not None:
             self._progress.update(self._task, total=last_iteration)
 
-    def restart(self) -> None:
-        """A new attempt of the run starts from iteration 0 (initial_model.run_initial_model): the plan as at the start."""
+    def restart(self, config: VdamConfig | None = None, n_particles: int = 0) -> None:
+        """A new attempt of the run starts from iteration 0 (initial_model.run_initial_model): the plan as
+        at the start, or that of the attempt's config (another class count races other starts)."""
         self.n_iter, self.planned = self._plan
+        if config is not None and n_particles > 0:
+            self.n_iter, self.planned = config.n_iter, batch_plan(config, n_particles)
+            self.race_notice = race_notice(config)
         if self._progress is not None:
             self._progress.update(self._task, total=self.n_iter, completed=0, eta="?")
             self._progress.status = "starting again"

@@ -492,9 +492,11 @@ def _evidence_caption(evidence: dict) -> str:
             f"attempt {i + 1} (seed {a['seed']}): {a['ring_misfit']:.3f}, its files in {a['folder']}/"
             for i, a in enumerate(attempts) if i + 1 != kept and a.get("ring_misfit") is not None
         )
+        classes = attempts[kept - 1].get("classes", 1)
+        with_classes = f", {classes} classes: a one-class run's retries add a class for particles the map cannot explain" if classes != attempts[0].get("classes", 1) else ""
         parts.append(html.escape(
             f" A flagged map was run again from new random starts (--retries): this is attempt {kept} of {len(attempts)} "
-            f"(seed {attempts[kept - 1]['seed']}), kept for the lowest ring misfit ({others})."
+            f"(seed {attempts[kept - 1]['seed']}{with_classes}), kept for the lowest ring misfit ({others})."
         ))
     rounds = evidence.get("start_rounds") or []
     if rounds:

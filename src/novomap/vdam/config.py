@@ -136,6 +136,9 @@ class VdamConfig:
     # most this many times, and keeps the attempt whose map fits the particles best
     # (initial_model.run_initial_model); 0: never
     retries: int = 1
+    # a one-class run's retries run with this many classes, so that junk can take a class of its own
+    # (initial_model.retry_classes; 1: one class again)
+    retry_classes: int = 2
     convergence_check_every: int = 10
     convergence_lag: int = 20
     convergence_min_fsc: float = 0.95
