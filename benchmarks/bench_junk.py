@@ -63,6 +63,8 @@ def simulate_data(out: Path, n_good: int, n_junk: int, n_objects: int) -> Path:
     merged_path = out / "junk.star"
     if merged_path.is_file():
         return merged_path
+    from bench_mixture import folder_particles
+
     from novomap.io.mrc import write_map
 
     out.mkdir(parents=True, exist_ok=True)
@@ -80,11 +82,8 @@ def simulate_data(out: Path, n_good: int, n_junk: int, n_objects: int) -> Path:
             continue
         subprocess.run([sys.executable, "-m", "novomap", "simulate", *source, "--o", str(out / name), "--n", str(n), "--seed", str(seed), *common],
                        check=True, stdout=subprocess.DEVNULL)
-        read = starfile.read(out / name / "particles.star", always_dict=True)
+        read, table = folder_particles(out, name)
         blocks = blocks or read
-        table = read["particles"].copy()
-        table["rlnImageName"] = [f"{e.split('@')[0]}@{name}/{e.split('@')[1]}" for e in table["rlnImageName"]]
-        table["rlnMicrographName"] = [f"{name}_{m}" for m in table["rlnMicrographName"]]
         tables.append(table)
     merged = dict(blocks)
     # interleaved, as junk comes from the same micrographs as the particles

@@ -34,6 +34,16 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 
+
+def folder_particles(out: Path, name: str) -> tuple[dict, pd.DataFrame]:
+    """(blocks, particle table) of out/name/particles.star, its image paths made relative to `out` and its
+    micrograph names prefixed with `name`, so that tables of several folders merge into one STAR file in `out`."""
+    read = starfile.read(out / name / "particles.star", always_dict=True)
+    table = read["particles"].copy()
+    table["rlnImageName"] = [f"{e.split('@')[0]}@{name}/{e.split('@')[1]}" for e in table["rlnImageName"]]
+    table["rlnMicrographName"] = [f"{name}_{m}" for m in table["rlnMicrographName"]]
+    return read, table
+
 def simulate_sets(out: Path, n: int, second: str) -> Path:
     """The merged mixture.star (cached): n particles of beta-gal and n of `second`."""
     mixture = out / "mixture.star"
@@ -52,11 +62,8 @@ def simulate_sets(out: Path, n: int, second: str) -> Path:
                        check=True, stdout=subprocess.DEVNULL)
     tables, blocks = [], None
     for name in ("betagal", second):
-        read = starfile.read(out / name / "particles.star", always_dict=True)
+        read, table = folder_particles(out, name)
         blocks = blocks or read
-        table = read["particles"].copy()
-        table["rlnImageName"] = [f"{e.split('@')[0]}@{name}/{e.split('@')[1]}" for e in table["rlnImageName"]]
-        table["rlnMicrographName"] = [f"{name}_{m}" for m in table["rlnMicrographName"]]
         tables.append(table)
     merged = dict(blocks)
     merged["particles"] = pd.concat(tables, ignore_index=True)

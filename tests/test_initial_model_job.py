@@ -313,6 +313,25 @@ def test_subset_size_below_one_is_a_usage_error(dataset, tmp_path, capsys):
     _expect_usage_error(capsys, _job_args(dataset, tmp_path / "out", "--grad-fin-subset", "0"), "--grad-fin-subset", "0")
 
 
+def test_retry_classes_below_one_is_a_usage_error(dataset, tmp_path, capsys):
+    _expect_usage_error(capsys, _job_args(dataset, tmp_path / "out", "--retry-classes", "0"), "--retry-classes", "0")
+
+
+def test_retry_classes_one_retries_with_one_class(dataset, tmp_path, monkeypatch):
+    """--retry-classes 1: a flagged --K 1 run's retry has one class again (its files: class001 only)."""
+    import novomap.analysis.ring_spectra as rings
+    import novomap.initial_model as job
+
+    monkeypatch.setattr(rings, "MISFIT_FLAG", -1.0)
+    monkeypatch.setattr(rings, "FLOOR_FACTOR", -1.0)
+    monkeypatch.setattr(job, "retry_due", lambda result, config: result.evidence.ring["flagged"])
+    out = tmp_path / "one"
+    assert main(_job_args(dataset, out, "--retries", "1", "--retry-classes", "1", "--no-report")) == 0
+    records = json.loads((out / "evidence.json").read_text())["attempts"]
+    assert [r["classes"] for r in records] == [1, 1]
+    assert not list(out.rglob("run_it003_class002.mrc"))
+
+
 def test_grad_subsets_set_the_mini_batch_sizes(dataset, tmp_path):
     """RELION's --grad_ini_subset / --grad_fin_subset (either spelling) set the first and last mini-batch
     sizes, which history.json records per iteration."""
@@ -414,6 +433,7 @@ def test_a_flagged_run_runs_again_and_keeps_the_better_attempt(dataset, tmp_path
     evidence = json.loads((out / "evidence.json").read_text())
     records, kept = evidence["attempts"], evidence["kept_attempt"]
     assert [r["seed"] for r in records] == [1, 1 + 1_000_003]
+    assert [r["classes"] for r in records] == [classes, max(classes, 2)]  # a --K 1 job retries with a class for junk
     assert records[kept - 1]["ring_misfit"] == min(r["ring_misfit"] for r in records) == evidence["ring"]["misfit"]
     assert records[kept - 1]["folder"] == "."
     other = out / records[2 - kept]["folder"]

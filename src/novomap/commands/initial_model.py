@@ -72,7 +72,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--retries", type=int, default=1, metavar="N",
         help="when the evidence flags the map as a likely wrong fold (its projections lack angular structure the "
         "particles have: 'ring misfit' in run.out), run again from new random starts, at most N times, and keep the "
-        "attempt whose map fits the particles best (a --K 1 run's retries run with 2 classes, so that junk can take one); the others stay in DIR/attemptN (with several classes, the largest class's map is judged; 0: never; default: %(default)s)",
+        "attempt whose map fits the particles best (a --K 1 run's retries run with --retry-classes classes, so that junk can take one); the others stay in DIR/attemptN (with several classes, the largest class's map is judged; 0: never; default: %(default)s)",
+    )
+    opt.add_argument(
+        "--retry-classes", type=int, default=2, metavar="N",
+        help="classes of a --K 1 run's retries (--retries): with 2, particles the map cannot explain (junk) can take a class of their own, "
+        "which turned real runs that blended junk into the map right; on clean particles the classes share the particles and the larger "
+        "class's map is a little coarser (1: one class again; default: %(default)s)",
     )
     for name, which, auto in (
         ("ini", "first", "0.5 %% of the particles, 200 to 5,000"),
@@ -168,6 +174,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
             raise NovomapError(f"{option} must be >= 1 (or -1: {automatic}), not {value}")
     if args.retries < 0:
         raise NovomapError(f"--retries must be >= 0, not {args.retries}")
+    if args.retry_classes < 1:
+        raise NovomapError(f"--retry-classes must be >= 1, not {args.retry_classes}")
     if args.max_extra_iter < -1:
         raise NovomapError(f"--max-extra-iter must be >= 0 (or -1: as many as --iter), not {args.max_extra_iter}")
     if args.offset_step <= 0 or args.offset_range < 0:
@@ -449,6 +457,7 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
         n_starts=args.starts if args.starts > 0 else starts_for_classes(args.classes),
         max_extra_iterations=args.max_extra_iter,
         retries=args.retries,
+        retry_classes=args.retry_classes,
         final_fine_grid=args.final_fine_grid,
         max_significant=args.maxsig,
         initial_subset=args.grad_ini_subset,

@@ -18,7 +18,7 @@ from novomap.sampling.healpix import angular_step_deg
 
 #: Settings that may change when a run is continued (RELION too lets --iter grow); every other
 #: VdamConfig field, and the working grid's options, must be those the run was started with.
-CONTINUE_MAY_CHANGE = frozenset({"n_iter", "pool", "chunk_size", "write_every", "max_extra_iterations", "final_fine_grid", "retries"})
+CONTINUE_MAY_CHANGE = frozenset({"n_iter", "pool", "chunk_size", "write_every", "max_extra_iterations", "final_fine_grid", "retries", "retry_classes"})
 #: Config field -> the option that sets it, for the message when a continuation finds it changed.
 OPTION_OF_FIELD = {
     "n_classes": "--K",
