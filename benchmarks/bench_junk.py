@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import subprocess
 import sys
 import time
@@ -159,8 +160,6 @@ def main() -> None:
     parser.add_argument("--extra-args", default="", help='passed on to initial-model, e.g. "--retries 0"')
     parser.add_argument("--tag", default="", help="suffix of the job folders (K{K}_seed{S}{tag}), to keep runs of other settings apart")
     args = parser.parse_args()
-    import shlex
-
     import bench_suite
 
     star = simulate_data(args.out, args.n, args.n_junk, args.junk_objects)

@@ -34,7 +34,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 
-
 def folder_particles(out: Path, name: str) -> tuple[dict, pd.DataFrame]:
     """(blocks, particle table) of out/name/particles.star, its image paths made relative to `out` and its
     micrograph names prefixed with `name`, so that tables of several folders merge into one STAR file in `out`."""
@@ -43,6 +42,7 @@ def folder_particles(out: Path, name: str) -> tuple[dict, pd.DataFrame]:
     table["rlnImageName"] = [f"{e.split('@')[0]}@{name}/{e.split('@')[1]}" for e in table["rlnImageName"]]
     table["rlnMicrographName"] = [f"{name}_{m}" for m in table["rlnMicrographName"]]
     return read, table
+
 
 def simulate_sets(out: Path, n: int, second: str) -> Path:
     """The merged mixture.star (cached): n particles of beta-gal and n of `second`."""

@@ -328,6 +328,7 @@ def test_a_start_the_sample_cannot_tell_from_the_second_goes_on_too():
     generator = torch.Generator().manual_seed(3)
     n = 400
     base = -300.0 + torch.randn(n, generator=generator, dtype=torch.float64)
+
     def noise() -> torch.Tensor:  # zero mean, unit spread
         values = torch.randn(n, generator=generator, dtype=torch.float64)
         return values - values.mean()

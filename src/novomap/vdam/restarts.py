@@ -140,7 +140,7 @@ def survivors_with_ties(scores: list[float], per_particle: list[torch.Tensor], s
     last = per_particle[kept[-1]]
     for other in ranked[survivors:]:
         deficit = last - per_particle[other]
-        standard_error = float(deficit.std()) / max(1, deficit.numel()) ** 0.5 if deficit.numel() > 1 else 0.0
+        standard_error = float(deficit.std()) / deficit.numel() ** 0.5 if deficit.numel() > 1 else 0.0
         if float(deficit.mean()) <= tie_z * standard_error:
             kept.append(other)
     return kept
