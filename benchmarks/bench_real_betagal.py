@@ -5,7 +5,7 @@ folder with --evaluate DIR), then reports wall time, peak memory, the FSC of ini
 against betaGal.mrc (64^3 centre crop, aligned, either hand), and the median angle between
 novomap's final orientations and RELION's refined ones for the particles in both STAR files.
 
-    python benchmarks/bench_real_betagal.py --seed 1 [--iter 100] [--out /tmp/bench_real]
+    python benchmarks/bench_real_betagal.py --seed 1 [--iter 100] [--out /tmp/bench_real] [--gpu 0]
     python benchmarks/bench_real_betagal.py --evaluate /tmp/bench_real/seed1
 """
 
@@ -30,7 +30,7 @@ PARTICLES = DATA / "betagal_relion5_tutorial_particles"
 REFERENCE = DATA / "betagal_relion_tutorial_map" / "betaGal.mrc"
 
 
-def run_job(out: Path, seed: int, n_iter: int, threads: int) -> dict:
+def run_job(out: Path, seed: int, n_iter: int, threads: int, gpu: str | None = None) -> dict:
     command = [
         sys.executable, "-m", "novomap", "initial-model",
         "--i", "particles_ctf_from_relion31_tutorial_goodclasses.star",
@@ -38,6 +38,7 @@ def run_job(out: Path, seed: int, n_iter: int, threads: int) -> dict:
         "--sampling", "15", "--offset-range", "6", "--offset-step", "2", "--preread",
         "--j", str(threads), "--seed", str(seed), "--quiet",
     ]
+    command += ["--gpu", gpu] if gpu is not None else []
     started = time.perf_counter()
     subprocess.run(command, cwd=PARTICLES, check=True)
     seconds = time.perf_counter() - started
@@ -85,6 +86,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--iter", type=int, default=100)
     parser.add_argument("--j", type=int, default=2)
+    parser.add_argument("--gpu", default=None, metavar="IDS", help='run the job on these CUDA GPUs ("0"; default: CPU)')
     parser.add_argument("--out", type=Path, default=Path("/tmp/novomap_bench_real"))
     parser.add_argument("--evaluate", type=Path, default=None, help="score an existing output folder instead of running")
     args = parser.parse_args()
@@ -93,9 +95,9 @@ def main() -> None:
         out, figures = args.evaluate, {}
     else:
         out = args.out / f"seed{args.seed}"
-        figures = run_job(out, args.seed, args.iter, args.j)
+        figures = run_job(out, args.seed, args.iter, args.j, args.gpu)
     figures.update(evaluate(out))
-    figures.update({"benchmark": "real beta-gal good classes (1,455 particles)", "seed": args.seed, "threads": args.j, "date": str(date.today()), "host_cpus": os.cpu_count()})
+    figures.update({"benchmark": "real beta-gal good classes (1,455 particles)", "seed": args.seed, "threads": args.j, "gpu": args.gpu, "date": str(date.today()), "host_cpus": os.cpu_count()})
     print(json.dumps(figures))
 
 

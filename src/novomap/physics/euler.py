@@ -68,12 +68,12 @@ def axis_angle_to_matrix(axis: torch.Tensor, angle_deg: torch.Tensor | float) ->
     """
     axis = torch.as_tensor(axis, dtype=torch.float64)
     axis = axis / axis.norm(dim=-1, keepdim=True)
-    theta = torch.deg2rad(torch.as_tensor(angle_deg, dtype=axis.dtype))
+    theta = torch.deg2rad(torch.as_tensor(angle_deg, dtype=axis.dtype, device=axis.device))
     x, y, z = axis[..., 0], axis[..., 1], axis[..., 2]
     zero = torch.zeros_like(x)
     k = torch.stack(
         [torch.stack([zero, -z, y], -1), torch.stack([z, zero, -x], -1), torch.stack([-y, x, zero], -1)], -2
     )
-    eye = torch.eye(3, dtype=axis.dtype).expand_as(k)
+    eye = torch.eye(3, dtype=axis.dtype, device=axis.device).expand_as(k)
     s, c = theta.sin()[..., None, None], theta.cos()[..., None, None]
     return eye + s * k + (1 - c) * (k @ k)

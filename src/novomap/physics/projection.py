@@ -55,9 +55,13 @@ def _split_batches(grid: torch.Tensor, n_split: int) -> tuple[torch.Tensor, int]
     return grid.reshape(n_split, per_split, *grid.shape[2:]), extra
 
 
-def _n_split(n_slices: int, limit: int) -> int:
-    """grid_sample runs in parallel over its batch only (on CPU): one batch entry per thread."""
-    return max(1, min(torch.get_num_threads(), limit, n_slices))
+def _n_split(n_slices: int, limit: int, device: torch.device) -> int:
+    """grid_sample runs in parallel over its batch only on the CPU: one batch entry per thread there,
+    one batch on a GPU. Every batch entry holds at least one slice."""
+    if device.type != "cpu":
+        return 1
+    n_split = max(1, min(torch.get_num_threads(), limit, n_slices))
+    return -(-n_slices // -(-n_slices // n_split))  # ceil(O / S) slices per entry leaves no entry empty
 
 
 def _as_channels(volume_ft: torch.Tensor) -> torch.Tensor:
@@ -107,7 +111,7 @@ def _grid_sample_slices(volume_ft: torch.Tensor, rotations: torch.Tensor, kx: to
     n_slices = rotations.shape[0]
     m = volume_ft.shape[-1]
     channels = _as_channels(volume_ft)
-    n_split = _n_split(n_slices, 16)
+    n_split = _n_split(n_slices, 16, volume_ft.device)
     grid, _ = _split_batches(_sampling_grid(rotations, kx, ky, pad, m, channels.dtype), n_split)
     # the volume is shared by every batch entry (stride 0, no copy)
     sampled = F.grid_sample(channels.expand(n_split, -1, -1, -1, -1), grid, mode="bilinear", padding_mode="zeros", align_corners=True)  # (S, 2, O/S, P, 1)
@@ -184,7 +188,7 @@ def _grid_sample_adjoint(parts: list[torch.Tensor], rotations: torch.Tensor, kx:
     grid = _sampling_grid(rotations, kx, ky, pad, m, dtype)  # (1, O, P, 1, 3)
     stacked = torch.stack(parts)[:, :, :, None]  # (C, O, P, 1)
     # split the slices over a batch of grids: grid_sample's scatter runs in parallel over the batch
-    n_split = _n_split(rotations.shape[0], 4)
+    n_split = _n_split(rotations.shape[0], 4, torch.device(device))
     grid, extra = _split_batches(grid, n_split)
     if extra:
         stacked = torch.cat([stacked, stacked.new_zeros((stacked.shape[0], extra, *stacked.shape[2:]))], 1)
