@@ -291,3 +291,30 @@ def test_average_over_operators_compiled_and_grid_sample_agree_and_radius_bounds
     within = (x**2 + y**2 + z**2) <= 36
     assert torch.equal(inner[within], compiled[within])
     assert float(inner[~within].abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("threads", [3, 16])
+def test_grid_sample_slices_with_more_threads_than_even_batches_match_the_compiled_gather(threads):
+    """35 slices over 16 threads: ceil(35/16) = 3 slices per batch entry leaves entries 12-15 empty
+    unless the split shrinks to 12 entries (the GPU machine's 16 threads crashed there)."""
+    from novomap.physics import projection, trilinear_cpu
+
+    g = _gen(11)
+    m, box = 24, 12
+    volume_ft = torch.randn((m, m, m), generator=g, dtype=torch.float64).to(torch.complex128)
+    rotations = euler_to_matrix(*(torch.rand(35, generator=g, dtype=torch.float64) * 180 for _ in range(3)))
+    window = fourier_window(box, box)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = torch.empty((35, window.n_pixels), dtype=torch.complex128)
+        sampled = projection._grid_sample_slices(volume_ft, rotations, window.kx, window.ky, 2, out)
+    finally:
+        torch.set_num_threads(before)
+    if trilinear_cpu.available():
+        reference = torch.empty_like(out)
+        trilinear_cpu.gather_slices(volume_ft, rotations, window.kx, window.ky, 2, reference)
+    else:  # one slice at a time: no split at all
+        reference = torch.cat([projection._grid_sample_slices(volume_ft, r[None], window.kx, window.ky, 2, torch.empty_like(out[:1])) for r in rotations])
+    assert torch.allclose(sampled, reference, atol=1e-10)
+    assert float(reference.abs().max()) > 0.1
