@@ -14,6 +14,7 @@ cost = the time to the exit marker minus the iterations. It also prints the slow
 (`python -X importtime`) and the FSC of initial_model.mrc to the truth (`novomap compare --align`).
 
     python benchmarks/bench_fixed_cost.py [--n 1000] [--iter 12] [--j 2] [--repeat 1] [--write]
+    python benchmarks/bench_fixed_cost.py --star ../shared/data/betagal_relion5_tutorial_particles/particles_ctf_from_relion31_tutorial_goodclasses.star --iter 100 -- --preread
 
 --write appends the figures to benchmarks/results/<today>-fixed-cost.md.
 """
@@ -95,14 +96,15 @@ def simulate(data: Path, n: int) -> None:
                    check=True, stdout=subprocess.DEVNULL)
 
 
-def run_job(data: Path, job: Path, iterations: int, threads: int, extra: list[str]) -> dict:
+def run_job(star: Path, job: Path, iterations: int, threads: int, extra: list[str]) -> dict:
     """One job in a child process -> seconds per phase."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
         events_path = handle.name
-    argv = ["initial-model", "--i", str(data / "particles.star"), "--o", str(job), "--iter", str(iterations), "--sym", "D2",
+    argv = ["initial-model", "--i", str(star), "--o", str(job), "--iter", str(iterations), "--sym", "D2",
             "--j", str(threads), "--particle-diameter", "200", "--seed", "1", "--quiet", *extra]
     spawn = time.time()
-    subprocess.run([sys.executable, "-c", CHILD, str(spawn), events_path, *argv], check=True, stdout=subprocess.DEVNULL)
+    # from the STAR file's folder: RELION's image paths are relative to the project folder
+    subprocess.run([sys.executable, "-c", CHILD, str(spawn), events_path, *argv], check=True, stdout=subprocess.DEVNULL, cwd=star.parent)
     ended = time.time()
     record = json.loads(Path(events_path).read_text())
     os.unlink(events_path)
@@ -175,32 +177,38 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/novomap_bench_fixed"))
     parser.add_argument("--label", default="", help="a name for this code version in the results")
     parser.add_argument("--write", action="store_true", help="append to benchmarks/results/<today>-fixed-cost.md")
+    parser.add_argument("--star", type=Path, default=None, help="time a job on these particles instead of simulated ones (no FSC to a truth)")
     parser.add_argument("extra", nargs="*", help="more initial-model options, after --")
     args = parser.parse_args()
     data = args.out / f"data_n{args.n}"
-    simulate(data, args.n)
+    if args.star is None:
+        simulate(data, args.n)
+    star = (data / "particles.star") if args.star is None else args.star.resolve()
     import_wall, packages = slowest_imports()
     runs = []
     for r in range(args.repeat):
         job = args.out / f"job_{r}"
-        runs.append((run_job(data, job, args.iter, args.j, args.extra), quality(data, job)))
-    lines = [f"## {args.label or 'run'} ({date.today()}, {args.n} particles, {args.iter} iterations, --j {args.j}, {os.cpu_count()} CPUs)", ""]
+        runs.append((run_job(star, job.resolve(), args.iter, args.j, args.extra), quality(data, job) if args.star is None else None))
+    what = f"{args.n} particles" if args.star is None else args.star.name
+    lines = [f"## {args.label or 'run'} ({date.today()}, {what}, {args.iter} iterations, --j {args.j}, {os.cpu_count()} CPUs)", ""]
     lines.append("| phase | " + " | ".join(f"run {r + 1} (s)" for r in range(len(runs))) + " |")
     lines.append("|---|" + "---|" * len(runs))
     for name in runs[0][0]["phases"]:
         lines.append(f"| {name} | " + " | ".join(f"{run['phases'][name]:.2f}" for run, _ in runs) + " |")
     for key, title in (("to_exit_marker", "**wall to the exit marker**"), ("process", "wall to the end of the process"), ("fixed_cost", "**fixed cost** (exit marker - iterations)")):
         lines.append(f"| {title} | " + " | ".join(f"{run[key]:.2f}" for run, _ in runs) + " |")
-    lines.append("| FSC 0.5 / 0.143 to the truth (Å), cc | " + " | ".join(
-        f"{q['fsc05_a']:.1f} / {q['fsc0143_a']:.1f}, {q['cc']:.3f}"
-        for _, q in runs) + " |")
+    if args.star is None:
+        lines.append("| FSC 0.5 / 0.143 to the truth (Å), cc | " + " | ".join(
+            f"{q['fsc05_a']:.1f} / {q['fsc0143_a']:.1f}, {q['cc']:.3f}"
+            for _, q in runs) + " |")
     lines.append("")
     lines.append(f"`novomap initial-model --help` (all imports): {import_wall:.2f} s; largest top-level imports: "
                  + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in packages))
     lines.append("")
     text = "\n".join(lines)
     print(text)
-    print(json.dumps([q for _, q in runs]))
+    if args.star is None:
+        print(json.dumps([q for _, q in runs]))
     if args.write:
         result = REPO / "benchmarks" / "results" / f"{date.today()}-fixed-cost.md"
         with result.open("a") as handle:

@@ -10,6 +10,7 @@ Noise: sum w |X_t - c P|^2 per shell on the masked image, plus the image power b
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,10 @@ from novomap.physics.fourier import power
 from novomap.physics.projection import average_over_operators
 from novomap.physics.window import FourierWindow, shift_phases
 from novomap.sampling.grid import SearchGrid
+
+# torch warns on the first unchecked sparse tensor even when the check is turned off explicitly
+# (check_invariants=False below: the indices are built in range); a GPU run printed it to stderr
+warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
 
 
 @dataclass
