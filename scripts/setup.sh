@@ -14,4 +14,6 @@ if ! python -c "import torch" >/dev/null 2>&1; then
   python -m pip install -q "torch==2.13.0"
 fi
 python -m pip install -q -e ".[test]"
+# compile the CPU kernels now (~15 s once; a few seconds when already cached) rather than in the first job
+python -m novomap.warmup || echo "note: the kernels were not compiled ahead; the first job will compile them"
 python -c "import torch, novomap; print(f'novomap {novomap.__version__} with torch {torch.__version__} ready in .venv')"
