@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from novomap.analysis.confidence import MAX_SHIFT_PX, Evidence, assess_run, write_evidence
+from novomap.analysis.pool_classes import PooledClass, pool_same_structure
 from novomap.analysis.symmetry_by_particles import choose_group_by_particles
 from novomap.errors import NovomapError
 from novomap.estep.driver import PAD
@@ -53,6 +54,7 @@ class JobResult:
     symmetry: str = "C1"  # the group applied (the detected one for --sym auto)
     symmetry_record: dict | None = None  # novomap.symmetry.choice.symmetry_record: the decision and, for auto, the table
     evidence: Evidence | None = None  # novomap.analysis.confidence: how sure the run is
+    pooled: list[PooledClass] = dataclasses.field(default_factory=list)  # classes whose particles joined the largest
 
 
 def check_inputs(particles: ParticleSet, config: VdamConfig) -> None:
@@ -263,6 +265,7 @@ def _run_attempt(star_path: str | Path, out_dir: str | Path, config: VdamConfig,
         options.on_write(written)
 
     largest = int(torch.argmax(state.class_fraction))
+    pooled = pool_same_structure(state, largest, particles.pixel_size_a, config)  # after the last run_it files
     volume = final_reconstruction(state, particles, largest, config)
     evidence = assess_run(state, particles, half, largest, volume, config)  # half-set FSC, agreement with VDAM
     by_particles = None
@@ -292,7 +295,7 @@ def _run_attempt(star_path: str | Path, out_dir: str | Path, config: VdamConfig,
     write_symmetry_file(out_dir, record)
     write_evidence(out_dir, evidence, record)
     seconds = time.perf_counter() - started
-    return JobResult(out_dir, initial_model, state, applied.alignment.score, seconds, applied.group.name, record, evidence)
+    return JobResult(out_dir, initial_model, state, applied.alignment.score, seconds, applied.group.name, record, evidence, pooled)
 
 
 def run_initial_model(

@@ -51,6 +51,11 @@ class VdamConfig:
     chunk_size: int = 0  # particles per E-step chunk; 0: chosen from memory
     pool: int = 0  # at least this many particles per chunk (RELION's --pool)
     final_reconstruction_max: int = 50_000  # particles in initial_model's reconstruction (a random subset beyond)
+    # K > 1: a class whose map superposes on the largest class's with at least this correlation (either
+    # hand) and that holds at least pool_min_particles joins it for initial_model (analysis.pool_classes);
+    # above 1: never
+    pool_min_cc: float = 0.9
+    pool_min_particles: int = 50
     # particles finer than the working grid: initial_model's detail beyond the working Nyquist comes from a
     # reconstruction at the final poses on a finer grid (io.working_grid.final_grid_max_resolution_a)
     final_fine_grid: bool = True
