@@ -661,7 +661,7 @@ def build_report(
     map_pictures: list[Picture] = []
     maps: list[tuple[str, Path, str]] = []
     if files.initial_model is not None:
-        maps.append(("initial_model", files.initial_model, "initial_model.mrc: the largest class, aligned to its point group's axes and symmetrised"))
+        maps.append(("initial_model", files.initial_model, "initial_model.mrc: the largest class (with any class of the same structure pooled into it: run.out), aligned to its point group's axes and symmetrised"))
     for path in files.class_maps:
         match = _CLASS_RE.search(path.name)
         k = int(match.group(1)) if match else len(maps)
