@@ -71,3 +71,20 @@ def test_the_mirrored_class_joins_and_another_structure_does_not(simulated):
     assert int((state.class_number == 3).sum()) == particles.n // 3  # the decoy's particles stay
     assert not torch.allclose(state.rot_deg[mirrored_rows], before)  # their poses were carried over
     assert pool_same_structure(state, 0, particles.pixel_size_a, VdamConfig(n_classes=3, pool_min_cc=1.5)) == []
+
+
+def test_a_class_that_resolves_much_less_is_not_pooled(simulated):
+    """A class of poor particles can superpose on the structure as a blurred copy of it."""
+    particles, volume = simulated
+    config = VdamConfig(n_iter=10, seed=1, n_classes=2)
+    state = initial_state(particles, config)
+    state.maps = torch.stack([volume, _moved(volume, False)])
+    state.class_number = torch.arange(particles.n) % 2 + 1
+    n_shells = state.ssnr.shape[1]
+    state.ssnr = torch.zeros_like(state.ssnr)
+    state.ssnr[0, :20] = 10.0  # resolves to shell 19
+    state.ssnr[1, :12] = 10.0  # to shell 11: 1.7x coarser
+    assert n_shells > 20
+    assert pool_same_structure(state, 0, particles.pixel_size_a, config) == []
+    state.ssnr[1, :17] = 10.0  # to shell 16: 1.19x coarser
+    assert [p.class_number for p in pool_same_structure(state, 0, particles.pixel_size_a, config)] == [2]

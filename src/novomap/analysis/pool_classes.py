@@ -4,7 +4,8 @@ With K > 1 on data without much junk, the classes often share out one structure 
 --K 2: 61/39), and initial_model.mrc, reconstructed from the largest class alone, loses the rest of
 the particles (1.30x the true-pose bound instead of 1.13-1.25x with one class; session 30). Where
 another class's map superposes on the largest class's map as the same structure (correlation at
-least config.pool_min_cc after alignment, either hand), its particles' poses are carried into the
+least config.pool_min_cc after alignment, either hand, and a resolution estimate within
+config.pool_max_resolution_ratio of the largest class's), its particles' poses are carried into the
 largest class's frame and they join it for the final reconstruction. The class maps and the
 run_it files keep the classes apart.
 
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from novomap.maps.align import align_maps
+from novomap.model.params import resolution_shell
 from novomap.physics.euler import euler_to_matrix, matrix_to_euler
 from novomap.vdam.config import VdamConfig
 from novomap.vdam.state import RunState
@@ -69,6 +71,10 @@ def pool_same_structure(state: RunState, largest: int, pixel_size_a: float, conf
     for k in range(state.n_classes):
         members = torch.nonzero(state.class_number == k + 1).squeeze(1)
         if k == largest or members.numel() < config.pool_min_particles:
+            continue
+        # a class of poor particles can look like a blurred copy of the structure: its map must resolve
+        # about as far (junk classes of real beta-gal: 22-25 Å against 9.9 Å)
+        if resolution_shell(state.ssnr[k]) * config.pool_max_resolution_ratio < resolution_shell(state.ssnr[largest]):
             continue
         alignment = align_maps(state.maps[largest].float(), state.maps[k].float(), pixel_size_a)
         if alignment.cc < config.pool_min_cc:

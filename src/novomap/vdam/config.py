@@ -56,6 +56,7 @@ class VdamConfig:
     # above 1: never
     pool_min_cc: float = 0.9
     pool_min_particles: int = 50
+    pool_max_resolution_ratio: float = 1.25  # and whose estimated resolution (Å) is at most this times the largest class's
     # particles finer than the working grid: initial_model's detail beyond the working Nyquist comes from a
     # reconstruction at the final poses on a finer grid (io.working_grid.final_grid_max_resolution_a)
     final_fine_grid: bool = True
