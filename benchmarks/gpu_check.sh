@@ -39,7 +39,7 @@ timeout 100 python3 benchmarks/bench_fixed_cost.py --star ../shared/data/betagal
     --iter 100 --j "$cores" --out /tmp/gpu_fixed -- --preread --gpu 0 2>&1 | tee "$out/gpu_fixed.md"
 
 echo "== real job, $cores CPU cores"
-timeout 100 python3 benchmarks/bench_real_betagal.py --seed "$seed" --j "$cores" --out /tmp/cpu_job 2>&1 | tee "$out/cpu_job.json"
+timeout 150 python3 benchmarks/bench_real_betagal.py --seed "$seed" --j "$cores" --out /tmp/cpu_job 2>&1 | tee "$out/cpu_job.json"
 python3 benchmarks/phase_times.py /tmp/cpu_job/seed"$seed" 2>&1 | tee "$out/cpu_phases.txt"
 
 echo "== novomap demo on GPU 0 (the README's first command)"
