@@ -88,3 +88,19 @@ def test_a_class_that_resolves_much_less_is_not_pooled(simulated):
     assert pool_same_structure(state, 0, particles.pixel_size_a, config) == []
     state.ssnr[1, :17] = 10.0  # to shell 16: 1.19x coarser
     assert [p.class_number for p in pool_same_structure(state, 0, particles.pixel_size_a, config)] == [2]
+
+
+def test_evidence_json_lists_the_pooled_classes(tmp_path):
+    import json
+    from dataclasses import asdict
+
+    from novomap.analysis.confidence import write_evidence
+    from novomap.analysis.pool_classes import PooledClass
+
+    class _Evidence:
+        def to_json(self) -> dict:
+            return {"weak": False}
+
+    path = write_evidence(tmp_path, _Evidence(), None, [asdict(PooledClass(2, 835, 0.968, True))])
+    assert json.loads(path.read_text())["pooled_classes"] == [{"class_number": 2, "n_particles": 835, "cc": 0.968, "hand_flipped": True}]
+    assert "pooled_classes" not in json.loads(write_evidence(tmp_path, _Evidence(), None, []).read_text())
