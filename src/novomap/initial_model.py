@@ -2,8 +2,8 @@
 
 run_initial_model is what `novomap initial-model` calls; it reads like the job:
 initialise (or continue) -> iterate -> write every `write_every` -> assign all particles ->
-initial_model.mrc (the largest class reconstructed from its particles at their final poses, aligned to
-the group's standard axes and symmetrised).
+initial_model.mrc (the largest class, with any class of the same structure pooled into it, reconstructed
+from its particles at their final poses, aligned to the group's standard axes and symmetrised).
 """
 
 from __future__ import annotations
