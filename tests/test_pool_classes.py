@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _synthetic_maps import correlation
 
 from novomap.analysis.pool_classes import pool_same_structure, poses_onto_aligned_map
 from novomap.demo_data import load_demo_map
@@ -28,11 +29,6 @@ def simulated(tmp_path_factory) -> tuple[ParticleSet, torch.Tensor]:
     return ParticleSet.from_star(out / "particles.star", preread=True), volume.double()
 
 
-def _cc(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    return float((a * b).sum() / (a.norm() * b.norm()))
-
-
 def _moved(volume: torch.Tensor, mirrored: bool) -> torch.Tensor:
     return shift_volume(rotate_volume(mirror_volume(volume) if mirrored else volume, ROTATION), SHIFT_ZYX_PX)
 
@@ -48,8 +44,8 @@ def test_carried_poses_reconstruct_the_moved_map(simulated, mirrored):
             particles.rot_deg, particles.tilt_deg, particles.psi_deg, particles.origin_x_a, particles.origin_y_a,
             ROTATION, SHIFT_ZYX_PX, particles.pixel_size_a, flip,
         )  # fmt: skip
-        scores[flip] = _cc(reconstruct_with_poses(particles, index, Poses(*poses)), target)
-    at_true_poses = _cc(reconstruct_with_poses(particles, index, Poses(particles.rot_deg, particles.tilt_deg, particles.psi_deg, particles.origin_x_a, particles.origin_y_a)), volume)
+        scores[flip] = correlation(reconstruct_with_poses(particles, index, Poses(*poses)), target)
+    at_true_poses = correlation(reconstruct_with_poses(particles, index, Poses(particles.rot_deg, particles.tilt_deg, particles.psi_deg, particles.origin_x_a, particles.origin_y_a)), volume)
     assert scores[mirrored] > at_true_poses - 0.01  # as good as the unmoved map from the true poses (0.97)
     assert scores[not mirrored] < 0.8  # the other hand's carry does not fit: the test can tell
 
@@ -92,7 +88,6 @@ def test_a_class_that_resolves_much_less_is_not_pooled(simulated):
 
 def test_evidence_json_lists_the_pooled_classes(tmp_path):
     import json
-    from dataclasses import asdict
 
     from novomap.analysis.confidence import write_evidence
     from novomap.analysis.pool_classes import PooledClass
@@ -101,6 +96,6 @@ def test_evidence_json_lists_the_pooled_classes(tmp_path):
         def to_json(self) -> dict:
             return {"weak": False}
 
-    path = write_evidence(tmp_path, _Evidence(), None, [asdict(PooledClass(2, 835, 0.968, True))])
+    path = write_evidence(tmp_path, _Evidence(), None, [PooledClass(2, 835, 0.968, True)])
     assert json.loads(path.read_text())["pooled_classes"] == [{"class_number": 2, "n_particles": 835, "cc": 0.968, "hand_flipped": True}]
     assert "pooled_classes" not in json.loads(write_evidence(tmp_path, _Evidence(), None, []).read_text())

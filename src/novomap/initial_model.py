@@ -293,7 +293,7 @@ def _run_attempt(star_path: str | Path, out_dir: str | Path, config: VdamConfig,
     write_map(initial_model, to_output_grid(final.float(), particles.grid, final_pixel_a), particles.grid.output_pixel_size_a)
     record = symmetry_record(options.symmetry, applied.group, applied.alignment.score, applied.detection, by_particles)
     write_symmetry_file(out_dir, record)
-    write_evidence(out_dir, evidence, record, [dataclasses.asdict(p) for p in pooled])
+    write_evidence(out_dir, evidence, record, pooled)
     seconds = time.perf_counter() - started
     return JobResult(out_dir, initial_model, state, applied.alignment.score, seconds, applied.group.name, record, evidence, pooled)
 
@@ -362,7 +362,7 @@ def run_initial_model(
     if len(attempts) > 1 and result.evidence is not None:
         result.evidence.attempts = attempts
         result.evidence.kept_attempt = best + 1
-        write_evidence(out_dir, result.evidence, result.symmetry_record, [dataclasses.asdict(p) for p in result.pooled])
+        write_evidence(out_dir, result.evidence, result.symmetry_record, result.pooled)
     return result
 
 

@@ -379,16 +379,16 @@ def assess_run(state, particles, half: torch.Tensor, class_index: int, final_map
     return evidence
 
 
-def write_evidence(out_dir: str | Path, evidence: Evidence, symmetry: dict | None = None, pooled: list[dict] | None = None) -> Path:
+def write_evidence(out_dir: str | Path, evidence: Evidence, symmetry: dict | None = None, pooled: list | None = None) -> Path:
     """DIR/evidence.json: every figure (and the symmetry decision and the classes pooled into the
-    largest one, when given) for the report and benchmarks."""
+    largest one, analysis.pool_classes.PooledClass, when given) for the report and benchmarks."""
     from novomap.io.atomic import write_text_atomic
 
     data = evidence.to_json()
     if symmetry is not None:
         data["symmetry"] = symmetry
     if pooled:
-        data["pooled_classes"] = pooled
+        data["pooled_classes"] = [asdict(p) for p in pooled]
     path = Path(out_dir) / EVIDENCE_JSON
     write_text_atomic(path, json.dumps(data, indent=1))
     return path

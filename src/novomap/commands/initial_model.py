@@ -580,7 +580,7 @@ def _summarise_confidence(log, result) -> None:
         log.summary(summary_line(result.symmetry_record))
         for line in table_lines(result.symmetry_record):
             log.to_file(f"  {line}")
-    for pooled in getattr(result, "pooled", []):
+    for pooled in result.pooled:
         log.summary(
             f"pooled: class {pooled.class_number}'s {pooled.n_particles} particles joined class {int(result.state.class_fraction.argmax()) + 1} "
             f"for initial_model.mrc (the same structure{', mirrored' if pooled.hand_flipped else ''}: map correlation {pooled.cc:.2f} after alignment)"

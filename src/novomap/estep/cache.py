@@ -168,11 +168,11 @@ class SliceBuffer:
         n_fine = rotations.shape[0]
         grid_index = keys // n_fine
         kx, ky = window.kx.to(keys.device), window.ky.to(keys.device)
-        rotations = rotations.to(device=keys.device, dtype=torch.float32)  # the grid's rotations live on the CPU
         for hk in torch.unique(grid_index).tolist():
             rows = torch.nonzero(grid_index == hk).squeeze(1)
             h, c = divmod(hk, n_classes)
-            orientation = rotations[keys[rows] % n_fine]
+            # the grid's rotations live on the CPU: index them there, move only the rows
+            orientation = rotations[(keys[rows] % n_fine).to(rotations.device)].to(device=keys.device, dtype=torch.float32)
             insert_slice_rows(self.channels, rows, orientation, kx, ky, pad, gradient_grids[h, c], weight_grids[h, c])
         self.slot[keys] = -1
         self.channels[:, : self.count] = 0
