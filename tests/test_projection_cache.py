@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from novomap.estep.cache import ProjectionCache
+from novomap.estep.cache import ProjectionCache, SliceBuffer
 from novomap.physics.projection import extract_slices
 from novomap.physics.window import fourier_window
 from novomap.sampling.grid import build_search_grid
@@ -53,3 +53,50 @@ def test_a_store_of_planes_holds_the_same_projections_as_the_complex_store():
     assert torch.equal(index, expected_index)
     assert torch.equal(store[:, :, 0], expected.real) and torch.equal(store[:, :, 1], expected.imag)
     assert torch.allclose(planes.powers(), expected.abs().square(), rtol=1e-5, atol=1e-6)
+
+
+def _flushed_grids(buffer: SliceBuffer, rotations: torch.Tensor, window, n_classes: int, m: int):
+    gradient = torch.zeros((2, n_classes, m, m, m), dtype=torch.complex128)
+    weight = torch.zeros((2, n_classes, m, m, m), dtype=torch.float64)
+    buffer.flush(rotations, n_classes, window, 1, gradient, weight)
+    return gradient, weight
+
+
+def test_slice_buffer_sums_repeated_keys_and_forgets_flushed_rows():
+    """Slices added under the same key across adds are summed; after a flush the buffer starts
+    from nothing (its reused rows are overwritten, never added to), so a second round of adds
+    back-projects exactly what a fresh buffer would."""
+    box, n_classes = 12, 2
+    window = fourier_window(box, box, "cpu")
+    p = window.n_pixels
+    rotations = build_search_grid(1, 2.0, 2.0, 0.0).fine_rotations.reshape(-1, 3, 3)[:6]
+    n_keys = 2 * n_classes * rotations.shape[0]
+    m = box + 3
+
+    def round_of_adds(buffer: SliceBuffer, seed: int) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        g = torch.Generator().manual_seed(seed)
+        expected: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for keys in (torch.tensor([1, 4, 9]), torch.tensor([4, 20, 1, 13]), torch.tensor([13])):
+            data = torch.complex(torch.randn(len(keys), p, generator=g), torch.randn(len(keys), p, generator=g))
+            weight = torch.rand(len(keys), p, generator=g)
+            buffer.add(keys, data, weight)
+            for key, d, w in zip(keys.tolist(), data, weight):
+                old = expected.get(key, (0, 0))
+                expected[key] = (old[0] + d, old[1] + w)
+        return expected
+
+    reused = SliceBuffer(n_keys, p, "cpu", max_slices=8)
+    round_of_adds(reused, seed=10)
+    _flushed_grids(reused, rotations, window, n_classes, m)
+    expected = round_of_adds(reused, seed=11)
+    for key, (data, weight) in expected.items():
+        row = int(reused.slot[key])
+        assert torch.allclose(torch.complex(reused.channels[0, row], reused.channels[1, row]), data, atol=1e-5)
+        assert torch.allclose(reused.channels[2, row], weight, atol=1e-5)
+
+    fresh = SliceBuffer(n_keys, p, "cpu", max_slices=8)
+    round_of_adds(fresh, seed=11)
+    for got, want in zip(_flushed_grids(reused, rotations, window, n_classes, m), _flushed_grids(fresh, rotations, window, n_classes, m)):
+        assert got.abs().max() > 0
+        assert torch.allclose(got, want, atol=1e-6)
+    assert reused.count == 0 and bool((reused.slot < 0).all())

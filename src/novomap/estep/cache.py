@@ -142,13 +142,15 @@ class SliceBuffer:
         capacity = min(self.max_slices, max(needed, 2 * self.keys.numel(), 1024))
         device = self.keys.device
         keys = torch.empty(capacity, dtype=torch.long, device=device)
-        channels = torch.zeros((3, capacity, self.n_pixels), dtype=torch.float32, device=device)
+        # rows past count are written (not added to) when their key first arrives: no zero fill
+        channels = torch.empty((3, capacity, self.n_pixels), dtype=torch.float32, device=device)
         keys[: self.count], channels[:, : self.count] = self.keys[: self.count], self.channels[:, : self.count]
         self.keys, self.channels = keys, channels
 
     def add(self, keys: torch.Tensor, data: torch.Tensor, weight: torch.Tensor) -> None:
         """keys (S,) unique; data (S, P) complex; weight (S, P) real. Check room_for first."""
-        new = keys[self.slot[keys] < 0]
+        is_new = self.slot[keys] < 0
+        new = keys[is_new]
         if new.numel():
             if self.count + new.numel() > self.keys.numel():
                 self._grow(self.count + new.numel())
@@ -157,8 +159,18 @@ class SliceBuffer:
             self.count += new.numel()
         rows = self.slot[keys]
         data = data.resolve_conj()
+        # a new key's row is copied in (it holds stale values from an earlier flush or none at all);
+        # keys are unique, so each new row is written once
+        fresh, seen = torch.nonzero(is_new).squeeze(1), torch.nonzero(~is_new).squeeze(1)
         for channel, values in zip(self.channels, (data.real, data.imag, weight)):
-            channel.index_add_(0, rows, values.to(torch.float32))
+            values = values.to(torch.float32)
+            if fresh.numel() == keys.numel():
+                channel.index_copy_(0, rows, values)
+                continue
+            if fresh.numel():
+                channel.index_copy_(0, rows[fresh], values[fresh])
+            if seen.numel():
+                channel.index_add_(0, rows[seen], values[seen])
 
     def flush(self, rotations: torch.Tensor, n_classes: int, window: FourierWindow, pad: int, gradient_grids: torch.Tensor, weight_grids: torch.Tensor) -> None:
         """Insert every buffered slice into gradient/weight grids (2, K, M, M, M) and empty the buffer."""
@@ -175,5 +187,4 @@ class SliceBuffer:
             orientation = rotations[(keys[rows] % n_fine).to(rotations.device)].to(device=keys.device, dtype=torch.float32)
             insert_slice_rows(self.channels, rows, orientation, kx, ky, pad, gradient_grids[h, c], weight_grids[h, c])
         self.slot[keys] = -1
-        self.channels[:, : self.count] = 0
         self.count = 0
