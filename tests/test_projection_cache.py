@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from novomap.estep import cache as cache_module
+from novomap.estep import sparse_cpu
 from novomap.estep.cache import ProjectionCache, SliceBuffer
 from novomap.physics.projection import extract_slices
 from novomap.physics.window import fourier_window
@@ -55,6 +58,9 @@ def test_a_store_of_planes_holds_the_same_projections_as_the_complex_store():
     assert torch.allclose(planes.powers(), expected.abs().square(), rtol=1e-5, atol=1e-6)
 
 
+needs_numba = pytest.mark.skipif(not sparse_cpu.available(), reason="numba is not installed")
+
+
 def _flushed_grids(buffer: SliceBuffer, rotations: torch.Tensor, window, n_classes: int, m: int):
     gradient = torch.zeros((2, n_classes, m, m, m), dtype=torch.complex128)
     weight = torch.zeros((2, n_classes, m, m, m), dtype=torch.float64)
@@ -62,10 +68,15 @@ def _flushed_grids(buffer: SliceBuffer, rotations: torch.Tensor, window, n_class
     return gradient, weight
 
 
-def test_slice_buffer_sums_repeated_keys_and_forgets_flushed_rows():
-    """Slices added under the same key across adds are summed; after a flush the buffer starts
-    from nothing (its reused rows are overwritten, never added to), so a second round of adds
-    back-projects exactly what a fresh buffer would."""
+@pytest.mark.parametrize("compiled", [pytest.param(True, marks=needs_numba), False])
+def test_slice_buffer_sums_repeated_keys_and_forgets_flushed_rows(compiled, monkeypatch):
+    """Slices added under the same key across adds are summed, each less its reference row times its
+    weight where one is given; after a flush the buffer starts from nothing (its reused rows are
+    overwritten, never added to), so a second round of adds back-projects exactly what a fresh buffer
+    would. compiled: estep.sparse_cpu's loop; else the tensor path of other devices."""
+    if not compiled:
+        monkeypatch.setattr(cache_module, "_compiled_buffer", lambda: None)
+    monkeypatch.setattr(cache_module, "_SPARE_STORAGE", {})  # no spare left by other tests
     box, n_classes = 12, 2
     window = fourier_window(box, box, "cpu")
     p = window.n_pixels
@@ -76,17 +87,24 @@ def test_slice_buffer_sums_repeated_keys_and_forgets_flushed_rows():
     def round_of_adds(buffer: SliceBuffer, seed: int) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         g = torch.Generator().manual_seed(seed)
         expected: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        reference = torch.complex(torch.randn(3, p, generator=g), torch.randn(3, p, generator=g))
         for keys in (torch.tensor([1, 4, 9]), torch.tensor([4, 20, 1, 13]), torch.tensor([13])):
             data = torch.complex(torch.randn(len(keys), p, generator=g), torch.randn(len(keys), p, generator=g))
             weight = torch.rand(len(keys), p, generator=g)
-            buffer.add(keys, data, weight)
-            for key, d, w in zip(keys.tolist(), data, weight):
+            reference_rows = torch.randint(0, 3, (len(keys),), generator=g)
+            with_reference = len(keys) == 4  # the second add subtracts the reference term
+            if with_reference:
+                buffer.add(keys, data, weight, reference, reference_rows)
+            else:
+                buffer.add(keys, data, weight)
+            for key, d, w, j in zip(keys.tolist(), data, weight, reference_rows.tolist()):
                 old = expected.get(key, (0, 0))
-                expected[key] = (old[0] + d, old[1] + w)
+                expected[key] = (old[0] + d - (reference[j] * w if with_reference else 0), old[1] + w)
         return expected
 
     reused = SliceBuffer(n_keys, p, "cpu", max_slices=8)
     round_of_adds(reused, seed=10)
+    storage_pointer = reused._storage.data_ptr()
     _flushed_grids(reused, rotations, window, n_classes, m)
     expected = round_of_adds(reused, seed=11)
     for key, (data, weight) in expected.items():
@@ -96,7 +114,16 @@ def test_slice_buffer_sums_repeated_keys_and_forgets_flushed_rows():
 
     fresh = SliceBuffer(n_keys, p, "cpu", max_slices=8)
     round_of_adds(fresh, seed=11)
-    for got, want in zip(_flushed_grids(reused, rotations, window, n_classes, m), _flushed_grids(fresh, rotations, window, n_classes, m)):
+    fresh_grids = _flushed_grids(fresh, rotations, window, n_classes, m)
+    for got, want in zip(_flushed_grids(reused, rotations, window, n_classes, m), fresh_grids):
         assert got.abs().max() > 0
         assert torch.allclose(got, want, atol=1e-6)
     assert reused.count == 0 and bool((reused.slot < 0).all())
+
+    # a released buffer's storage (stale values in it) serves the next buffer on the device
+    reused.release()
+    recycled = SliceBuffer(n_keys, p, "cpu", max_slices=8)
+    round_of_adds(recycled, seed=11)
+    assert recycled._storage is not None and recycled._storage.data_ptr() == storage_pointer
+    for got, want in zip(_flushed_grids(recycled, rotations, window, n_classes, m), fresh_grids):
+        assert torch.allclose(got, want, atol=1e-6)

@@ -183,13 +183,13 @@ def accumulate(
     slice_proj = torch.zeros(n_slices, dtype=torch.long, device=device).index_put_((slice_of_row,), proj_index)
     image_pairs = ((image_term[pairs // n_trans] * pair_coarse_phases)[:, None, :] * sub[None]).reshape(n_columns, -1)  # c X e_{t+delta} / sigma^2
     slice_gradient = _sparse_product(slice_of_row.repeat_interleave(4), pair_column, row_weights, n_slices, image_pairs)
-    slice_gradient -= projections[slice_proj] * slice_weight
+    # the slices added are slice_gradient - projections[slice_proj] * slice_weight
     if not sums.slices.room_for(keys):
         flush_slices(sums, grid, window, pad)
     if sums.slices.room_for(keys):
-        sums.slices.add(keys, slice_gradient, slice_weight)
+        sums.slices.add(keys, slice_gradient, slice_weight, projections, slice_proj)
     else:  # more distinct slices in one chunk than the buffer holds: insert them directly
-        _insert_now(sums, keys, slice_gradient, slice_weight, grid, window, pad)
+        _insert_now(sums, keys, slice_gradient - projections[slice_proj] * slice_weight, slice_weight, grid, window, pad)
 
     # noise per particle and pixel on the masked image:
     # sum_rows s|X|^2 - 2 Re(X c conj(sum_rows P A)) + c^2 sum_rows s |P|^2

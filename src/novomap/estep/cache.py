@@ -7,6 +7,8 @@ orientation) across chunks and inserted into the 3D grids once, when the buffer 
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from novomap.physics.projection import extract_slice_planes, extract_slices, insert_slice_rows
@@ -115,6 +117,37 @@ class ProjectionCache:
             self.power = power
 
 
+# the storage of a released SliceBuffer, per device, for the next one (vdam iterations make one per E-step):
+# a fresh allocation of a few hundred MB is paid again in page faults on first touch, which was half the
+# time of adding an early iteration's slices (benchmarks/results/2026-12-04-s32-slice-buffer.md)
+_SPARE_STORAGE: dict[str, torch.Tensor] = {}
+_SPARE_LOCK = threading.Lock()
+
+
+def _take_storage(device: torch.device, n_values: int) -> torch.Tensor | None:
+    """The spare flat float32 storage of `device` if it holds at least n_values (it is then no longer spare)."""
+    with _SPARE_LOCK:
+        spare = _SPARE_STORAGE.get(str(device))
+        if spare is None or spare.numel() < n_values:
+            return None
+        return _SPARE_STORAGE.pop(str(device))
+
+
+def _give_storage(storage: torch.Tensor) -> None:
+    """Keep `storage` as its device's spare, unless the spare there is already as large."""
+    with _SPARE_LOCK:
+        spare = _SPARE_STORAGE.get(str(storage.device))
+        if spare is None or spare.numel() < storage.numel():
+            _SPARE_STORAGE[str(storage.device)] = storage
+
+
+def _compiled_buffer():
+    """estep.sparse_cpu when numba is installed, else None (imported on first use, as numba is)."""
+    from novomap.estep import sparse_cpu
+
+    return sparse_cpu if sparse_cpu.available() else None
+
+
 class SliceBuffer:
     """Sums of 2D slices per key = (half * K + class) * n_fine + orientation, inserted on flush.
 
@@ -133,6 +166,7 @@ class SliceBuffer:
         self.n_pixels = n_pixels
         self.keys = torch.empty(0, dtype=torch.long, device=device)
         self.channels = torch.zeros((3, 0, n_pixels), dtype=torch.float32, device=device)
+        self._storage: torch.Tensor | None = None  # flat float32 storage behind channels
         self.count = 0
 
     def room_for(self, keys: torch.Tensor) -> bool:
@@ -141,14 +175,35 @@ class SliceBuffer:
     def _grow(self, needed: int) -> None:
         capacity = min(self.max_slices, max(needed, 2 * self.keys.numel(), 1024))
         device = self.keys.device
+        row_values = 3 * self.n_pixels
+        storage = _take_storage(device, capacity * row_values)
+        if storage is None:
+            storage = torch.empty(capacity * row_values, dtype=torch.float32, device=device)
+        else:  # use all of it: fewer grows later
+            capacity = min(self.max_slices, storage.numel() // row_values)
         keys = torch.empty(capacity, dtype=torch.long, device=device)
         # rows past count are written (not added to) when their key first arrives: no zero fill
-        channels = torch.empty((3, capacity, self.n_pixels), dtype=torch.float32, device=device)
+        channels = storage[: capacity * row_values].view(3, capacity, self.n_pixels)
         keys[: self.count], channels[:, : self.count] = self.keys[: self.count], self.channels[:, : self.count]
-        self.keys, self.channels = keys, channels
+        if self._storage is not None:
+            _give_storage(self._storage)
+        self.keys, self.channels, self._storage = keys, channels, storage
 
-    def add(self, keys: torch.Tensor, data: torch.Tensor, weight: torch.Tensor) -> None:
-        """keys (S,) unique; data (S, P) complex; weight (S, P) real. Check room_for first."""
+    def release(self) -> None:
+        """Hand this buffer's storage to the next SliceBuffer on its device (call when flushed and done)."""
+        if self._storage is not None:
+            _give_storage(self._storage)
+        self._storage = None
+        self.keys = torch.empty(0, dtype=torch.long, device=self.keys.device)
+        self.channels = torch.zeros((3, 0, self.n_pixels), dtype=torch.float32, device=self.keys.device)
+        self.count = 0
+
+    def add(
+        self, keys: torch.Tensor, data: torch.Tensor, weight: torch.Tensor, reference: torch.Tensor | None = None, reference_rows: torch.Tensor | None = None,
+    ) -> None:
+        """keys (S,) unique; data (S, P) complex; weight (S, P) real. Check room_for first.
+        With reference (R, P) complex and reference_rows (S,): the slices added are data -
+        reference[reference_rows] * weight (the gradient's model term, estep.accumulate)."""
         is_new = self.slot[keys] < 0
         new = keys[is_new]
         if new.numel():
@@ -158,6 +213,14 @@ class SliceBuffer:
             self.keys[self.count : self.count + new.numel()] = new
             self.count += new.numel()
         rows = self.slot[keys]
+        compiled = _compiled_buffer() if self.channels.device.type == "cpu" else None
+        if compiled is not None:
+            if reference is None:
+                reference, reference_rows = torch.zeros((1, data.shape[1]), dtype=torch.complex64), torch.zeros(keys.numel(), dtype=torch.long)
+            compiled.buffer_slices(self.channels, rows, is_new, data, reference, reference_rows, weight)
+            return
+        if reference is not None:
+            data = data - reference[reference_rows] * weight
         data = data.resolve_conj()
         # a new key's row is copied in (it holds stale values from an earlier flush or none at all);
         # keys are unique, so each new row is written once

@@ -234,6 +234,7 @@ def run_estep(
         if with_sums:
             t0 = time.perf_counter()
             flush_slices(work.sums, grid, work.window, PAD)
+            work.sums.slices.release()
             _add_time(work.timings, "backproject", time.perf_counter() - t0)
 
     if len(works) == 1:
