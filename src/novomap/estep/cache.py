@@ -155,7 +155,8 @@ class SliceBuffer:
     the gradient slices' real and imaginary parts and their weights, the layout the compiled scatter
     reads in place (physics.projection.insert_slice_rows). Storage grows on demand up to max_slices
     rows, by default as many as fit in `budget_bytes`: the larger the buffer, the fewer orientations
-    are inserted more than once per iteration. The owner flushes when it is full.
+    are inserted more than once per iteration. The owner flushes when it is full, and releases the
+    buffer when done: its storage then serves the next buffer on the device.
     """
 
     def __init__(
