@@ -26,12 +26,12 @@ from novomap.vdam.iterate import as_devices, expectation, pseudo_halves, search_
 from novomap.vdam.state import RunState
 
 
-def scores(state: RunState, maps: torch.Tensor, particles: ParticleSet, sample: torch.Tensor, config: VdamConfig) -> torch.Tensor:
+def scores(state: RunState, maps: torch.Tensor, particles: ParticleSet, half: torch.Tensor, sample: torch.Tensor, config: VdamConfig) -> torch.Tensor:
     """Log marginal likelihood (n_sample,) float64 of the sample under `maps` (K, N, N, N) in the state's place."""
     trial = state.scratch_copy()
     trial.maps = maps
     grid, current_size, coarse_size = search_setup(trial, particles, config, advance=False)
-    expectation(trial, particles, sample, pseudo_halves(particles), grid, current_size, coarse_size, config, as_devices("cpu"), {}, with_sums=False)
+    expectation(trial, particles, sample, half, grid, current_size, coarse_size, config, as_devices("cpu"), {}, with_sums=False)
     return trial.log_likelihood[sample].double()
 
 
@@ -54,11 +54,12 @@ def main() -> None:
     members = torch.nonzero(state.class_number == other + 1).squeeze(1)
     order = torch.randperm(members.numel(), generator=torch.Generator().manual_seed(3))
     sample = members[order[: args.n]].sort().values
-    own = scores(state, state.maps, particles, sample, config)
+    half = pseudo_halves(particles)
+    own = scores(state, state.maps, particles, half, sample, config)
     alignment = align_maps(state.maps[other], state.maps[largest], particles.pixel_size_a)
     moved = state.maps.clone()
     moved[other] = alignment.volume.double()
-    difference = scores(state, moved, particles, sample, config) - own
+    difference = scores(state, moved, particles, half, sample, config) - own
     print(
         f"class {other + 1} ({members.numel()} particles, {sample.numel()} scored) against class {largest + 1}'s map moved onto it "
         f"(cc {float(alignment.cc):.3f}, hand flipped: {alignment.hand_flipped}): log L per particle {float(difference.mean()):+.2f} "

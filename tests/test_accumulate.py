@@ -14,8 +14,10 @@ import pytest
 import torch
 
 from novomap.estep import accumulate as accumulate_module
+from novomap.estep import cache as cache_module
 from novomap.estep import sparse_cpu
 from novomap.estep.accumulate import Sums, _sparse_product, accumulate, flush_slices
+from novomap.estep.cache import SliceBuffer
 from novomap.estep.prepare import PreparedBatch
 from novomap.estep.search import FineResult
 from novomap.physics.projection import insert_slices
@@ -96,12 +98,17 @@ def _direct(window, grid, batch: PreparedBatch, result: FineResult):
 needs_numba = pytest.mark.skipif(not sparse_cpu.available(), reason="numba is not installed")
 
 
+@pytest.mark.parametrize("overflow", [False, True])
 @pytest.mark.parametrize("compiled", [pytest.param(True, marks=needs_numba), False])
-def test_accumulated_sums_equal_their_row_by_row_definition(compiled, monkeypatch):
+def test_accumulated_sums_equal_their_row_by_row_definition(compiled, overflow, monkeypatch):
+    """overflow: a slice buffer with room for fewer slices than the chunk has, so they are inserted directly."""
     if not compiled:  # torch.sparse.mm, as on a GPU
         monkeypatch.setattr(accumulate_module, "_compiled_row_sums", lambda: None)
+        monkeypatch.setattr(cache_module, "compiled_sparse_cpu", lambda: None)
     generator = torch.Generator().manual_seed(7)
     window, grid, batch, result, sums = _random_inputs(generator)
+    if overflow:
+        sums.slices = SliceBuffer(sums.slices.slot.numel(), window.n_pixels, "cpu", max_slices=2)
     accumulate(sums, batch, result, window, grid, 1, pixel_size_a=2.0)
     flush_slices(sums, grid, window, 1)
     gradient, weight, noise = _direct(window, grid, batch, result)

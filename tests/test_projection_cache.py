@@ -75,7 +75,7 @@ def test_slice_buffer_sums_repeated_keys_and_forgets_flushed_rows(compiled, monk
     overwritten, never added to), so a second round of adds back-projects exactly what a fresh buffer
     would. compiled: estep.sparse_cpu's loop; else the tensor path of other devices."""
     if not compiled:
-        monkeypatch.setattr(cache_module, "_compiled_buffer", lambda: None)
+        monkeypatch.setattr(cache_module, "compiled_sparse_cpu", lambda: None)
     monkeypatch.setattr(cache_module, "_SPARE_STORAGE", {})  # no spare left by other tests
     box, n_classes = 12, 2
     window = fourier_window(box, box, "cpu")

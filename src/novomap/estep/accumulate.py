@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from novomap.estep.cache import SliceBuffer
+from novomap.estep.cache import SliceBuffer, compiled_sparse_cpu
 from novomap.estep.prepare import PreparedBatch
 from novomap.estep.search import FineResult, projection_rows, sub_shift_phases
 from novomap.physics.fourier import power
@@ -81,9 +81,12 @@ def flush_slices(sums: Sums, grid: SearchGrid, window: FourierWindow, pad: int) 
     sums.slices.flush(grid.fine_rotations.reshape(-1, 3, 3), sums.gradient.shape[1], window, pad, sums.gradient, sums.weight)
 
 
-def _insert_now(sums: Sums, keys: torch.Tensor, data: torch.Tensor, weight: torch.Tensor, grid: SearchGrid, window: FourierWindow, pad: int) -> None:
+def _insert_now(
+    sums: Sums, keys: torch.Tensor, data: torch.Tensor, weight: torch.Tensor, reference: torch.Tensor, reference_rows: torch.Tensor,
+    grid: SearchGrid, window: FourierWindow, pad: int,
+) -> None:
     buffer = SliceBuffer(sums.slices.slot.numel(), data.shape[1], data.device, max_slices=keys.numel())
-    buffer.add(keys, data, weight)
+    buffer.add(keys, data, weight, reference, reference_rows)
     buffer.flush(grid.fine_rotations.reshape(-1, 3, 3), sums.gradient.shape[1], window, pad, sums.gradient, sums.weight)
 
 
@@ -106,11 +109,7 @@ def _dense_rows(row_to: torch.Tensor, col: torch.Tensor, value: torch.Tensor, n_
     return out.index_put_((row_to, col), value, accumulate=True)
 
 
-def _compiled_row_sums():
-    """estep.sparse_cpu when numba is installed, else None (imported on first use, as numba is)."""
-    from novomap.estep import sparse_cpu
-
-    return sparse_cpu if sparse_cpu.available() else None
+_compiled_row_sums = compiled_sparse_cpu  # a module attribute: tests switch the compiled path off here
 
 
 def _sparse_product(rows: torch.Tensor, columns: torch.Tensor, values: torch.Tensor, n_rows: int, dense: torch.Tensor) -> torch.Tensor:
@@ -189,7 +188,7 @@ def accumulate(
     if sums.slices.room_for(keys):
         sums.slices.add(keys, slice_gradient, slice_weight, projections, slice_proj)
     else:  # more distinct slices in one chunk than the buffer holds: insert them directly
-        _insert_now(sums, keys, slice_gradient - projections[slice_proj] * slice_weight, slice_weight, grid, window, pad)
+        _insert_now(sums, keys, slice_gradient, slice_weight, projections, slice_proj, grid, window, pad)
 
     # noise per particle and pixel on the masked image:
     # sum_rows s|X|^2 - 2 Re(X c conj(sum_rows P A)) + c^2 sum_rows s |P|^2

@@ -141,8 +141,9 @@ def _give_storage(storage: torch.Tensor) -> None:
             _SPARE_STORAGE[str(storage.device)] = storage
 
 
-def _compiled_buffer():
-    """estep.sparse_cpu when numba is installed, else None (imported on first use, as numba is)."""
+def compiled_sparse_cpu():
+    """estep.sparse_cpu when numba is installed, else None (imported on first use, as numba is); the
+    slice buffer's adds and estep.accumulate's sparse products use it on the CPU."""
     from novomap.estep import sparse_cpu
 
     return sparse_cpu if sparse_cpu.available() else None
@@ -214,7 +215,7 @@ class SliceBuffer:
             self.keys[self.count : self.count + new.numel()] = new
             self.count += new.numel()
         rows = self.slot[keys]
-        compiled = _compiled_buffer() if self.channels.device.type == "cpu" else None
+        compiled = compiled_sparse_cpu() if self.channels.device.type == "cpu" else None
         if compiled is not None:
             if reference is None:
                 reference, reference_rows = torch.zeros((1, data.shape[1]), dtype=torch.complex64), torch.zeros(keys.numel(), dtype=torch.long)
