@@ -16,7 +16,7 @@ from _synthetic_maps import correlation
 
 from novomap.commands.main import main
 from novomap.demo_data import load_demo_map
-from novomap.estep import fine_cpu, sparse_cpu
+from novomap.estep import fine_cpu, select_cpu, sparse_cpu
 from novomap.physics import trilinear_cpu
 from novomap.simulate import SimulationOptions, simulate
 
@@ -48,7 +48,7 @@ def test_job_on_the_torch_paths_matches_the_compiled_paths(dataset, compiled_map
     off, on 5 threads so that grid_sample's batches split unevenly: the same map."""
     if not trilinear_cpu.available():
         pytest.skip("numba is not installed: every run already takes the torch paths")
-    for module in (trilinear_cpu, sparse_cpu, fine_cpu):
+    for module in (trilinear_cpu, sparse_cpu, fine_cpu, select_cpu):
         monkeypatch.setattr(module, "available", lambda: False)
     torch_map = _run(dataset, tmp_path / "job", "--j", "5")
     assert correlation(torch.from_numpy(torch_map), torch.from_numpy(compiled_map)) > 0.97  # 0.999 measured

@@ -161,3 +161,19 @@ def test_retained_mass_keeps_the_fewest_best_weights_per_particle(compiled, monk
         got = search._retain_mass(weights, segment, 5, fraction)
         assert torch.equal(got, _retained_by_definition(weights, segment, 5, fraction)), fraction
     assert not bool(got[6].any())
+
+
+@needs_numba
+def test_retained_mass_is_exact_when_most_weights_are_negligible():
+    """Posterior-like segments, where most weights are far below (1 - fraction) / n of the total:
+    the compiled cut sorts only the others and must still find the definition's threshold."""
+    generator = torch.Generator().manual_seed(4)
+    segment = torch.randint(0, 6, (400,), generator=generator)
+    log_w = torch.randn(400, 32, generator=generator, dtype=torch.float64) * 6
+    weights = torch.exp(log_w - log_w.max())
+    weights[weights < 1e-30] = 0.0
+    for fraction in (0.9, 0.999, 0.99999):
+        floor = 0.5 * (1 - fraction) * weights.sum() / weights.numel()
+        assert float((weights < floor).double().mean()) > 0.5 or fraction > 0.999  # the cut matters here
+        got = search._retain_mass(weights, segment, 6, fraction)
+        assert torch.equal(got, _retained_by_definition(weights, segment, 6, fraction)), fraction

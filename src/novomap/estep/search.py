@@ -191,7 +191,8 @@ def significant(log_w: torch.Tensor, settings: SearchSettings) -> tuple[torch.Te
     flat = log_w.view(n_batch, -1)
     # only the largest max_significant weights can be significant: a partial sort suffices
     cap = min(settings.max_significant, flat.shape[-1])
-    top, top_index = torch.topk(flat, cap, dim=-1, sorted=True)
+    selection = _compiled_selection() if flat.device.type == "cpu" else None
+    top, top_index = selection.largest(flat, cap) if selection is not None else torch.topk(flat, cap, dim=-1, sorted=True)
     # mass relative to the best (log_w is spent here); the clamp keeps exp off its slow path for
     # very negative arguments (and out of denormals) at a cost below 1e-20 of the mass
     mass = flat.sub_(top[:, :1]).clamp_(min=-60.0).exp_().sum(-1)
@@ -243,6 +244,13 @@ def sub_shift_phases(window: FourierWindow, grid: SearchGrid) -> torch.Tensor:
     """Phases of the 4 child offsets of a coarse translation (identical for every parent) -> (4, P)."""
     offsets = grid.fine_translations[0] - grid.coarse_translations[0]
     return shift_phases(window, offsets.to(window.kx.device))
+
+
+def _compiled_selection():
+    """estep.select_cpu when numba is installed, else None (imported on first use, as numba is)."""
+    from novomap.estep import select_cpu
+
+    return select_cpu if select_cpu.available() else None
 
 
 def _compiled_fine_sums():
