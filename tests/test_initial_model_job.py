@@ -463,3 +463,34 @@ def test_a_one_class_job_killed_in_its_two_class_retry_continues_with_two_classe
     # the run's settings are those of two classes (RELION's --maxsig default is 100 per class)
     optimiser = starfile.read(out / "run_it003_optimiser.star", always_dict=True)
     assert int(next(iter(optimiser.values()))["rlnMaximumSignificantPoses"]) == 200
+
+
+def test_ctf_premultiplied_particles_are_refused(dataset, tmp_path, capsys):
+    blocks = starfile.read(dataset, always_dict=True)
+    blocks["optics"]["rlnCtfDataAreCtfPremultiplied"] = 1
+    flagged = dataset.parent / "premultiplied.star"
+    starfile.write(blocks, flagged)
+    _expect_usage_error(capsys, _job_args(flagged, tmp_path / "out"), "rlnCtfDataAreCtfPremultiplied", "premultipl")
+    assert not (tmp_path / "out" / "run_it000_class001.mrc").exists()
+
+
+def test_particles_scaled_by_1000_give_the_same_map_scaled_and_a_warning(dataset, run_a, tmp_path, capsys):
+    """Un-normalised particles (x1000, as an int16 stack or a float one without RELION's normalisation)
+    run as the normalised ones do (vdam.update.fisher_weight_floor): the same map, 1000 times brighter."""
+    blocks = starfile.read(dataset, always_dict=True)
+    stack = dataset.parent / blocks["particles"]["rlnImageName"].iloc[0].split("@")[1]
+    with mrcfile.open(stack, permissive=True) as mrc:
+        images, voxel = np.array(mrc.data, dtype=np.float32), mrc.voxel_size.x
+    scaled_stack = tmp_path / "scaled.mrcs"
+    with mrcfile.new(scaled_stack) as mrc:
+        mrc.set_data(images * 1000.0)
+        mrc.voxel_size = voxel
+    blocks["particles"]["rlnImageName"] = [f"{name.split('@')[0]}@{scaled_stack}" for name in blocks["particles"]["rlnImageName"]]
+    scaled_star = tmp_path / "scaled.star"
+    starfile.write(blocks, scaled_star)
+    out = tmp_path / "job"
+    assert main(_job_args(scaled_star, out)) == 0
+    assert "not normalised (background std 99" in capsys.readouterr().err  # ~998: the corners of normalised images are ~1
+    scaled, reference = _map(out / "initial_model.mrc"), _map(run_a / "initial_model.mrc")
+    assert np.corrcoef(scaled.ravel(), reference.ravel())[0, 1] > 0.99
+    assert np.std(scaled) / np.std(reference) == pytest.approx(1000.0, rel=0.05)

@@ -255,3 +255,21 @@ def test_preread_and_scratch_match_lazy_and_leave_inputs_alone(tmp_path):
     assert not any(p.is_file() for p in scratch.rglob("*"))
     assert torch.equal(copied.images(everything), lazy)
     assert _snapshot(inputs) == before
+
+
+def test_background_std_reads_the_scale_of_the_input_images(tmp_path):
+    """The corners' std of each image on the input grid, median over the sampled particles: 1 for
+    unit noise whatever the mean, s for images scaled by s, and the same from a preread set."""
+    box = 32
+    rng = np.random.default_rng(3)
+    noise = rng.standard_normal((40, box, box)).astype(np.float32) + 5.0  # any mean
+    axis = np.arange(box) - box // 2
+    inside = np.hypot(axis[:, None], axis[None, :]) <= box / 2
+    noise[:, inside] *= 3.0  # a "particle": only the corners count
+    for scale in (1.0, 1000.0):
+        folder = tmp_path / f"x{scale:g}"
+        write_images(folder / "stack.mrcs", noise * scale)
+        star = write_star(folder / "p.star", optics_columns(rlnImageSize=[box]), particle_columns(40))
+        for preread in (False, True):
+            std = ParticleSet.from_star(star, preread=preread).background_std(max_images=25)
+            assert std == pytest.approx(scale, rel=0.03), (scale, preread)

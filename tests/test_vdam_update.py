@@ -10,7 +10,7 @@ import torch
 
 from novomap.model.params import image_sizes, resolution_shell, spectral_snr, update_sigma2, update_with_momentum
 from novomap.physics.fourier import centred_radius
-from novomap.vdam.update import map_memory_halves, vdam_update
+from novomap.vdam.update import fisher_weight_floor, map_memory_halves, vdam_update
 
 M = 10  # grid side; shells 0..8 in the corners
 CURRENT_SIZE = 8  # inside: |k| < 4
@@ -257,3 +257,32 @@ def test_resolution_estimate_reads_the_map_memory_only_in_the_final_phase():
     assert map_information(80, 1000, 2000, config) == 1.0
     assert map_information(81, 1000, 2000, config) == pytest.approx(map_memory_halves(1000, 2000))
     assert map_information(90, 1000, 2000, dataclasses.replace(config, accumulated_ssnr=False)) == 1.0
+
+
+def test_weight_floor_is_one_for_normalised_images_and_follows_their_scale_otherwise():
+    for std in (0.5, 0.97, 1.0, 1.3, 2.0, float("nan"), 0.0):
+        assert fisher_weight_floor(std) == 1.0
+    assert fisher_weight_floor(1000.0) == pytest.approx(1e-6)
+    assert fisher_weight_floor(0.1) == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("scale", [1000.0, 0.01])
+def test_the_update_of_scaled_images_is_the_scaled_update(scale):
+    """Images x s make the reference s F, gradients g / s and weights W / s^2 (sigma^2 grows by s^2);
+    with the floor 1 / s^2 the update is s times the update of the unscaled images, including the
+    voxels whose weight is under the floor. With the floor left at 1 it is not."""
+    shells, inside = _grid()
+    gen = torch.Generator().manual_seed(7)
+    reference = 2.0 * _phase(8)
+    target = torch.randn((M, M, M), generator=gen, dtype=torch.complex128)
+    weight = 3.0 * torch.rand((2, M, M, M), generator=gen, dtype=torch.float64)  # a third under 1
+    gradient = weight * (target - reference) + 0.3 * torch.randn((2, M, M, M), generator=gen, dtype=torch.complex128)
+    results = []
+    for s, floor in ((1.0, 1.0), (scale, fisher_weight_floor(scale)), (scale, 1.0)):
+        m1, v = _fresh_moments()
+        first = vdam_update(s * reference, gradient / s, weight / s**2, m1, v, shells, inside, 0.7, 1.0, floor)
+        second = vdam_update(first, gradient / s, weight / s**2, m1, v, shells, inside, 0.7, 1.0, floor)
+        results.append(second / s)
+    assert torch.allclose(results[1], results[0], rtol=1e-9, atol=1e-9)
+    if scale > 1:  # smaller images only raise the weights, further above a floor of 1
+        assert not torch.allclose(results[2], results[0], rtol=1e-3, atol=1e-3)

@@ -21,10 +21,11 @@ import torch
 from novomap.analysis.confidence import MAX_SHIFT_PX, Evidence, assess_run, write_evidence
 from novomap.analysis.pool_classes import PooledClass, pool_same_structure
 from novomap.analysis.symmetry_by_particles import choose_group_by_particles
-from novomap.errors import NovomapError
+from novomap.errors import InputError, NovomapError
 from novomap.estep.driver import PAD
 from novomap.io.mrc import write_map
 from novomap.io.particles import ParticleSet
+from novomap.io.star import PREMULTIPLIED_LABEL
 from novomap.io.working_grid import final_grid_max_resolution_a, to_output_grid
 from novomap.maps.align import best_translation
 from novomap.maps.combine import equal_variance_sum, match_shell_amplitudes, splice_shells
@@ -42,6 +43,7 @@ from novomap.vdam.recentre import recentre_on_axes
 from novomap.vdam.start import initial_state
 from novomap.vdam.state import RunState
 from novomap.vdam.unit_search import spread_equivalent_poses
+from novomap.vdam.update import fisher_weight_floor
 
 
 @dataclass
@@ -70,6 +72,28 @@ def check_inputs(particles: ParticleSet, config: VdamConfig) -> None:
         raise NovomapError(f"{particles.n} particles are too few for {config.n_classes} classes")
     if config.n_iter < 1:
         raise NovomapError("--iter must be at least 1")
+    premultiplied = torch.nonzero(particles.ctf_premultiplied).flatten()
+    if premultiplied.numel():
+        group = int(premultiplied[0])
+        raise InputError(
+            f"optics group {group + 1} holds CTF-premultiplied particles; initial-model needs particles as extracted "
+            "(the likelihood compares them with CTF-modulated projections): re-extract them without premultiplying",
+            particles.table.path, group + 1, PREMULTIPLIED_LABEL,
+        )
+
+
+def _weight_floor(particles: ParticleSet, notify: Callable[[str], None] | None) -> float:
+    """The VDAM update's Fisher-weight floor for these images (vdam.update.fisher_weight_floor), with a
+    warning when they are not RELION-normalised."""
+    background_std = particles.background_std()
+    floor = fisher_weight_floor(background_std)
+    if floor != 1.0 and notify is not None:
+        notify(
+            f"warning: the particles are not normalised (background std {background_std:.3g}, RELION's is 1); "
+            "novomap adapts to their scale, but RELION's Class3D and Refine3D expect normalised particles "
+            "(RELION's Extract job: Normalize particles? Yes)"
+        )
+    return floor
 
 
 def final_reconstruction(state: RunState, particles: ParticleSet, class_index: int, config: VdamConfig) -> torch.Tensor:
@@ -206,6 +230,7 @@ class JobOptions:
     output_pixel_size_a: float | None = None
     fingerprint: dict | None = None
     cryosparc: object = None
+    notify: Callable[[str], None] | None = None  # a warning about the input, for the user
 
 
 def _run_attempt(star_path: str | Path, out_dir: str | Path, config: VdamConfig, options: JobOptions, continue_from: str | Path | None = None) -> JobResult:
@@ -219,6 +244,7 @@ def _run_attempt(star_path: str | Path, out_dir: str | Path, config: VdamConfig,
         cryosparc=options.cryosparc,
     )
     check_inputs(particles, config)
+    config = dataclasses.replace(config, weight_floor=_weight_floor(particles, options.notify))
     command_line = shlex.join(["novomap", *sys.argv[1:]]) if sys.argv else "novomap"
     out_dir.mkdir(parents=True, exist_ok=True)
     if continue_from is not None:
@@ -314,6 +340,7 @@ def run_initial_model(
     fingerprint: dict | None = None,
     cryosparc=None,
     on_retry: Callable[[str, VdamConfig], None] | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> JobResult:
     """Run the job into out_dir, and again from new random starts while the evidence flags a wrong
     fold, config.retries times at most (with several classes, as the largest class's map is judged).
@@ -327,11 +354,13 @@ def run_initial_model(
     the seed retry_seed(seed, n); the attempt whose map fits the particles' ring spectra best
     (analysis.ring_spectra) is the job's: its files end in DIR, every other attempt's in an attemptN
     folder (outputs.attempts). on_retry(message, config) is called before each new attempt, with the
-    attempt's config (its seed, and for a one-class run retry_classes classes).
+    attempt's config (its seed, and for a one-class run retry_classes classes). notify(line) is
+    called with warnings about the input (once, in the first attempt).
     """
     out_dir = Path(out_dir)
-    options = JobOptions(symmetry, device, preread, scratch_dir, progress, on_write, max_resolution_a, output_pixel_size_a, fingerprint, cryosparc)
+    options = JobOptions(symmetry, device, preread, scratch_dir, progress, on_write, max_resolution_a, output_pixel_size_a, fingerprint, cryosparc, notify)
     result = _run_attempt(star_path, out_dir, config, options, continue_from)
+    options.notify = None
     attempts = [_attempt_record(result, config.seed, config.n_classes)]  # each attempt's seed, misfit and folder ("." = DIR: the kept one)
     best, result_config = 0, config
     for number in range(1, config.retries + 1):

@@ -515,6 +515,10 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
                 then = ", then choosing the point group (the map proposes, the particles decide: up to a minute) and aligning its axes"
             display.stage(f"final pass: assigning all {n_particles} particles with the final map{then}")
 
+    def warn(line: str) -> None:  # run.out and run.err, and the terminal even with --quiet
+        display.message(line)
+        log.error(line, to_stderr=display.mode == "quiet")
+
     def on_retry(line: str, attempt_config: VdamConfig) -> None:
         display.message(line)
         display.restart(attempt_config, n_particles)
@@ -536,6 +540,7 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
             fingerprint=fingerprint,
             cryosparc=cryosparc,
             on_retry=on_retry,
+            notify=warn,
         )
         _finish_outputs(args, out_dir, result, diameter, display)
 

@@ -209,6 +209,22 @@ class ParticleSet:
         """(n_optics_groups,) bool: rlnCtfDataAreCtfPremultiplied of each optics-table row."""
         return self._ctf_premultiplied
 
+    def background_std(self, max_images: int = 256) -> float:
+        """How the images are scaled: the median, over up to max_images particles spread through the
+        set, of each image's standard deviation in its corners (outside the inscribed circle), on the
+        input grid. ~1 for RELION-normalised particles (mean 0, std 1 outside the particle)."""
+        rows = np.unique(np.linspace(0, self.n - 1, min(self.n, max(1, max_images))).round().astype(np.int64))
+        stds = []
+        for row in rows.tolist():
+            stack = int(self._stack_of[row])
+            self._check_in_stack(stack, np.array([row]), self._stack_array(stack).shape[0])
+            image = np.asarray(self._stack_array(stack)[self._index_in_stack[row]], dtype=np.float64)
+            size = image.shape[-1]
+            axis = np.arange(size) - size // 2
+            corners = image[np.hypot(axis[:, None], axis[None, :]) > size / 2]
+            stds.append(float(corners.std() if corners.size >= 16 else image.std()))
+        return float(np.median(stds))
+
     @property
     def stack_paths(self) -> list[Path]:
         """Absolute paths of the stacks images are read from (scratch copies when in use)."""

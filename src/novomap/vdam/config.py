@@ -39,6 +39,9 @@ class VdamConfig:
     final_subset_max_fraction: float = 0.0
     mu: float = 0.9
     max_significant: int = -1  # -1: 100 * K
+    # the VDAM update's floor on the Fisher weight (vdam.update.fisher_weight_floor): 1 for
+    # RELION-normalised images; the job sets it from the images' background std
+    weight_floor: float = 1.0
     adaptive_fraction: float = 0.999
     perturb: float = 0.5
     sigma_offset_a: float = 10.0

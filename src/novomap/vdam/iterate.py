@@ -249,7 +249,7 @@ def maximization(
         class_step = step * (1 - math.exp(-(3 * state.n_classes + 10) * float(state.class_fraction[k])))
         reference = volume_to_centred_ft(state.maps[k].to(device), PAD)
         moment1, moment2 = state.moment1[k].to(device), state.moment2[k].to(device)
-        updated = vdam_update(reference, gradient, weight, moment1, moment2, shells, inside, class_step, tau2_fudge)
+        updated = vdam_update(reference, gradient, weight, moment1, moment2, shells, inside, class_step, tau2_fudge, config.weight_floor)
         state.moment1[k], state.moment2[k] = moment1.cpu(), moment2.cpu()
         new_map = mask_volume_with_background(centred_ft_to_volume(updated, n), n / 2, 3.0)
         new_maps.append(new_map.cpu())

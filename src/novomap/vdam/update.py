@@ -8,6 +8,8 @@ shell-wise f = SNR/(1+SNR) from the half-set disagreement weighs the step agains
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from novomap.physics.fourier import power, shell_average
@@ -28,6 +30,21 @@ def map_memory_halves(batch_size: int, n_particles: int) -> float:
     return 2.0 * held / max(batch_size, 1)
 
 
+def fisher_weight_floor(background_std: float) -> float:
+    """The accumulated Fisher weight below which a voxel's gradient is not enlarged (d = g / max(floor, W)).
+
+    RELION divides by max(1, W) (vdam-spec 4.2), which assumes RELION-normalised images (background
+    std 1): one particle then gives a voxel a weight of ~N^2 (transforms are scaled by 1/N^2), far
+    above 1. Images scaled by s give weights 1/s^2 as large and gradients 1/s: with the floor kept at
+    1, images x1000 took steps ~1000 times too short and a run stalled at 45 Å where the same
+    particles at x1 reach 17 Å. A floor of 1/s^2 makes the update the same in the data's units.
+    Within a factor of 2 of normalised the floor stays 1, RELION's behaviour to the bit.
+    """
+    if not math.isfinite(background_std) or background_std <= 0 or 0.5 <= background_std <= 2.0:
+        return 1.0
+    return 1.0 / background_std**2
+
+
 def vdam_update(
     reference: torch.Tensor,
     gradient: torch.Tensor,
@@ -38,6 +55,7 @@ def vdam_update(
     inside: torch.Tensor,
     step: float,
     tau2_fudge: float,
+    weight_floor: float = 1.0,
 ) -> torch.Tensor:
     """One update; returns the new reference and updates the moments in place.
 
@@ -46,10 +64,11 @@ def vdam_update(
     moment1 (2, M, M, M) complex and moment2 (M, M, M) real (initialised to 0 and 1).
     shells (M, M, M) int64: round(|k|/pad); inside (M, M, M) bool: |k| < current_size/2.
     step: eta for this class (schedule times class-size factor); tau2_fudge: T.
+    weight_floor: fisher_weight_floor of the images (1 for RELION-normalised ones).
     """
     # only the voxels inside the current window change: work on those alone (early in a run a few
     # per cent of the grid), leaving the moments outside as they are and the update zero there
-    d = gradient[:, inside] / weight[:, inside].clamp(min=1.0)  # (2, V)
+    d = gradient[:, inside] / weight[:, inside].clamp(min=weight_floor)  # (2, V)
     first = not bool(torch.view_as_real(moment1).any())
     m = d if first else BETA1 * moment1[:, inside] + (1 - BETA1) * d
     moment1[:, inside] = m
