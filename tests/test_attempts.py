@@ -11,7 +11,7 @@ import pytest
 
 import novomap.initial_model as job
 from novomap.analysis.confidence import Evidence
-from novomap.outputs.attempts import attempt_files, free_attempt_dir, move_attempt
+from novomap.outputs.attempts import attempt_files, free_attempt_dir, move_attempt, set_aside_earlier_run
 from novomap.vdam.config import VdamConfig
 
 
@@ -102,6 +102,19 @@ def test_attempt_folders_never_overwrite_each_other(tmp_path):
     (tmp_path / "run.out").write_text("log")  # the job's log is not an attempt's
     move_attempt(tmp_path, tmp_path / "attempt2")
     assert (tmp_path / "attempt2" / "run_it001_data.star").is_file() and (tmp_path / "run.out").is_file()
+
+
+def test_an_earlier_runs_files_are_set_aside_not_deleted(tmp_path):
+    assert set_aside_earlier_run(tmp_path) is None  # nothing to move: no folder made
+    assert not (tmp_path / "previous1").exists()
+    for name in ("run_it070_class001.mrc", "initial_model.mrc", "history.json", "run.out", "note.txt"):
+        (tmp_path / name).write_text(name)
+    (tmp_path / "previous1").mkdir()
+    moved = set_aside_earlier_run(tmp_path)
+    assert moved == tmp_path / "previous2"
+    assert sorted(p.name for p in moved.iterdir()) == ["history.json", "initial_model.mrc", "run_it070_class001.mrc"]
+    assert (tmp_path / "run.out").is_file() and (tmp_path / "note.txt").is_file()  # the job's log and RELION's note stay
+    assert attempt_files(tmp_path) == []
 
 
 @pytest.mark.parametrize(

@@ -93,7 +93,7 @@ def test_maps_have_the_particles_box_and_pixel_size(run_a):
             assert np.all(np.isfinite(mrc.data)) and float(np.abs(mrc.data).max()) > 0
 
 
-def test_data_star_has_one_finite_row_per_particle(run_a, dataset, monkeypatch):
+def test_data_star_has_one_finite_row_per_particle(run_a, dataset):
     path = run_a / "run_it003_data.star"
     blocks = starfile.read(path, always_dict=True)
     assert set(blocks) >= {"optics", "particles"}
@@ -114,16 +114,19 @@ def test_data_star_has_one_finite_row_per_particle(run_a, dataset, monkeypatch):
     # within the translational search: |new origin| <= old (rounded) origin + range + fine offsets
     shift_px = np.hypot(table["rlnOriginXAngst"], table["rlnOriginYAngst"]) / PIXEL
     assert float(shift_px.max()) < 4 * (6 + 2)
-    # same particles, same order as the input
+    # same particles, same order as the input; the names lead from the folder the job ran in (RELION's
+    # project folder) to the same images: these stacks lie beside the input STAR file, outside it, so
+    # they are named by absolute paths
     original = read_particle_star(dataset).particles
-    assert list(table["rlnImageName"]) == list(original["rlnImageName"])
+    for written, given in zip(table["rlnImageName"], original["rlnImageName"]):
+        (number, stack), (given_number, given_stack) = written.split("@", 1), given.split("@", 1)
+        assert number == given_number and Path(stack).is_absolute()
+        assert Path(stack).samefile(dataset.parent / given_stack)
     # novomap's own reader accepts it
     again = read_particle_star(path)
     assert len(again.particles) == N_PARTICLES
     assert np.allclose(again.particles["rlnAngleRot"].to_numpy(dtype=float), table["rlnAngleRot"].to_numpy(dtype=float))
-    # image names are kept as given, i.e. relative to the project folder (RELION's convention): from there
-    # the particles with their new poses load as a ParticleSet
-    monkeypatch.chdir(dataset.parent)
+    # from the folder the job ran in, the particles with their new poses load as a ParticleSet
     particles = ParticleSet.from_star(path)
     assert particles.n == N_PARTICLES
     assert np.allclose(particles.rot_deg.numpy(), table["rlnAngleRot"].to_numpy(dtype=float))
@@ -494,3 +497,16 @@ def test_particles_scaled_by_1000_give_the_same_map_scaled_and_a_warning(dataset
     scaled, reference = _map(out / "initial_model.mrc"), _map(run_a / "initial_model.mrc")
     assert np.corrcoef(scaled.ravel(), reference.ravel())[0, 1] > 0.99
     assert np.std(scaled) / np.std(reference) == pytest.approx(1000.0, rel=0.05)
+
+
+def test_a_new_run_in_an_earlier_runs_folder_sets_its_files_aside(run_a, dataset, tmp_path):
+    """A shorter run into a folder holding a longer one: afterwards the folder holds the new run's
+    files alone (the report and --continue read them), the earlier ones are in previous1/."""
+    import shutil
+
+    out = tmp_path / "job"
+    shutil.copytree(run_a, out)
+    assert main(_job_args(dataset, out, "--no-report", iters=2)) == 0
+    assert not list(out.glob("run_it003_*")) and (out / "run_it002_optimiser.star").is_file()
+    assert (out / "previous1" / "run_it003_optimiser.star").is_file()
+    assert "moved to" in (out / "run.out").read_text()

@@ -273,3 +273,26 @@ def test_background_std_reads_the_scale_of_the_input_images(tmp_path):
         for preread in (False, True):
             std = ParticleSet.from_star(star, preread=preread).background_std(max_images=25)
             assert std == pytest.approx(scale, rel=0.03), (scale, preread)
+
+
+def test_output_names_lead_from_the_current_directory_to_the_same_images(tmp_path, monkeypatch):
+    """Names that resolve from the current directory are kept; a stack found only beside the STAR
+    file is renamed by its path from here, so that a STAR file written elsewhere reads the same images."""
+    project = tmp_path / "project"
+    data = project / "data"
+    images = random_images(4)
+    write_images(data / "stack.mrcs", images)
+    write_images(project / "kept.mrcs", images[::-1].copy())
+    columns = particle_columns(4)
+    columns["rlnImageName"] = ["1@stack.mrcs", "000002@stack.mrcs", "1@kept.mrcs", "2@kept.mrcs"]
+    star = write_star(data / "p.star", optics_columns(), columns)
+    monkeypatch.chdir(project)
+    particles = ParticleSet.from_star(star)
+    names = particles.output_image_names()
+    assert names == ["1@data/stack.mrcs", "000002@data/stack.mrcs", "1@kept.mrcs", "2@kept.mrcs"]  # under the project: relative
+    columns["rlnImageName"] = names
+    elsewhere = write_star(project / "out" / "run_data.star", optics_columns(), columns)
+    assert torch.equal(ParticleSet.from_star(elsewhere).images(np.arange(4)), particles.images(np.arange(4)))
+    monkeypatch.chdir(data)  # from the STAR file's folder every name resolves as it is (kept.mrcs is not there)
+    write_images(data / "kept.mrcs", images[::-1].copy())
+    assert ParticleSet.from_star(star).output_image_names() == ["1@stack.mrcs", "000002@stack.mrcs", "1@kept.mrcs", "2@kept.mrcs"]

@@ -422,6 +422,7 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
     from novomap.initial_model import run_initial_model
     from novomap.io.cryosparc import CryosparcOptions
     from novomap.io.star import check_plausible, read_particle_star
+    from novomap.outputs.attempts import set_aside_earlier_run
     from novomap.outputs.pipeline import JobAborted, abort_requested, finish_job
     from novomap.outputs.progress import ProgressDisplay, batch_plan, format_duration
     from novomap.vdam.config import VdamConfig, starts_for_classes
@@ -466,6 +467,10 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
     fingerprint = _fingerprint(args, config)
     if args.continue_from is not None:
         _check_continue(args, fingerprint)
+    else:
+        earlier = set_aside_earlier_run(out_dir)
+        if earlier is not None:
+            log.info(f"an earlier run's files in {out_dir} were moved to {earlier}/, so that this run's outputs stand alone")
     inputs = ", ".join(sorted({f"{b} px at {p:g} Å/px" for b, p in zip(grid.group_box, grid.group_pixel_size_a)}))
     log.info(
         f"novomap initial-model: {n_particles} particles of {inputs}, mask {diameter:.0f} Å, "

@@ -89,8 +89,10 @@ class ParticleSet:
         self._stack_of = codes.astype(np.int64)  # (n,) which stack holds each particle
         self._index_in_stack = numbers - 1  # (n,) 0-based position inside that stack
         self._first_row_of_stack = np.unique(self._stack_of, return_index=True)[1]
-        self._stack_paths = self._resolve_stacks(list(unique_names))
+        self._stack_names = list(unique_names)  # as written in the STAR file
+        self._stack_paths = self._resolve_stacks(self._stack_names)
         self._source_paths = tuple(self._stack_paths)
+        self._output_names: list[str] | None = None
 
         if validate or preread:
             self.validate_images()
@@ -208,6 +210,24 @@ class ParticleSet:
     def ctf_premultiplied(self) -> torch.Tensor:
         """(n_optics_groups,) bool: rlnCtfDataAreCtfPremultiplied of each optics-table row."""
         return self._ctf_premultiplied
+
+    def output_image_names(self) -> list[str]:
+        """rlnImageName of each particle for the STAR files a job writes, which RELION (and novomap)
+        read from the current directory, the project directory.
+
+        A stack found there keeps its name. One found only beside the input STAR file (novomap's
+        fallback) is named by its path from the current directory (relative below it, else
+        absolute); kept as given, the output would name an image that neither RELION nor novomap
+        finds from here.
+        """
+        if self._output_names is None:
+            names = self.table.particles["rlnImageName"].astype(str).tolist()
+            renamed = [_name_from_cwd(name, source) for name, source in zip(self._stack_names, self._source_paths)]
+            self._output_names = [
+                names[row] if renamed[stack] == self._stack_names[stack] else f"{names[row].split('@', 1)[0]}@{renamed[stack]}"
+                for row, stack in enumerate(self._stack_of.tolist())
+            ]
+        return list(self._output_names)
 
     def background_std(self, max_images: int = 256) -> float:
         """How the images are scaled: the median, over up to max_images particles spread through the
@@ -414,6 +434,25 @@ def working_grid_of(table: ParticleTable, max_resolution_a: float | None, output
         if not pixel_sizes[row] > 0:
             raise InputError(f"pixel size must be positive, not {pixel_sizes[row]:g} Å", path, row + 1, "rlnImagePixelSize")
     return choose_working_grid(sizes.astype(np.int64), pixel_sizes, max_resolution_a, output_pixel_size_a=output_pixel_size_a)
+
+
+def _name_from_cwd(name: str, source: Path) -> str:
+    """A stack's name as given if it leads from the current directory to `source`, else a path that
+    does: relative for a stack under the current directory (RELION's convention), else absolute."""
+    stripped = name.strip()
+    as_given = Path(stripped)
+    if not as_given.is_absolute():
+        as_given = Path.cwd() / as_given
+    try:
+        if as_given.is_file() and as_given.samefile(source):
+            return name
+    except OSError:
+        pass
+    try:
+        relative = os.path.relpath(source, Path.cwd())
+    except ValueError:  # another drive (Windows)
+        return str(source)
+    return str(source) if relative.startswith("..") else relative
 
 
 def _as_rows(indices: IndexLike, n: int) -> np.ndarray:

@@ -16,12 +16,13 @@ from pathlib import Path
 ATTEMPT_FILES = ("run_it*", "history.json", "initial_model.mrc", "evidence.json", "symmetry.txt")
 
 
-def free_attempt_dir(out_dir: str | Path) -> Path:
-    """The first DIR/attemptN (N = 1, 2, ...) that does not exist yet: an attempt's files never overwrite another's."""
+def free_attempt_dir(out_dir: str | Path, prefix: str = "attempt") -> Path:
+    """The first DIR/attemptN (N = 1, 2, ...; or another prefix) that does not exist yet: an attempt's
+    files never overwrite another's."""
     number = 1
-    while (Path(out_dir) / f"attempt{number}").exists():
+    while (Path(out_dir) / f"{prefix}{number}").exists():
         number += 1
-    return Path(out_dir) / f"attempt{number}"
+    return Path(out_dir) / f"{prefix}{number}"
 
 
 def attempt_files(folder: str | Path) -> list[Path]:
@@ -36,3 +37,18 @@ def move_attempt(source: str | Path, destination: str | Path) -> None:
     destination.mkdir(parents=True, exist_ok=True)
     for path in attempt_files(source):
         path.replace(destination / path.name)
+
+
+def set_aside_earlier_run(out_dir: str | Path) -> Path | None:
+    """Move the files of an earlier run in out_dir (ATTEMPT_FILES) into the first free DIR/previousN
+    before a new run starts there -> that folder, or None when there were none.
+
+    A new run overwrites only the iterations it writes: an earlier, longer run's run_it070_* would
+    stay beside the new run_it006_*, and the report and `--continue` would take them for the new
+    run's. Moved, not deleted: nothing is lost.
+    """
+    if not attempt_files(out_dir):
+        return None
+    destination = free_attempt_dir(out_dir, "previous")
+    move_attempt(out_dir, destination)
+    return destination

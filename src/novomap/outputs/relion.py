@@ -49,6 +49,7 @@ def _write_star(path: Path, blocks: dict, header: str | None = None) -> None:
 def write_data_star(path: Path, particles: ParticleSet, state: RunState) -> None:
     """The particles with their latest pose, class and statistics (input order kept)."""
     table = particles.table.particles.copy()
+    table["rlnImageName"] = particles.output_image_names()
     table["rlnAngleRot"] = state.rot_deg.numpy()
     table["rlnAngleTilt"] = state.tilt_deg.numpy()
     table["rlnAnglePsi"] = state.psi_deg.numpy()
