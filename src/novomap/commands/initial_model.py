@@ -555,7 +555,7 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
     )
     _summarise_confidence(log, result)
     if args.report:
-        log.summary(f"report: {out_dir / 'report.html'}   view: chimerax {out_dir / 'view.cxc'}")
+        log.summary(f"report: {out_dir / 'report.html'}   view: chimerax {shlex.quote(str(out_dir / 'view.cxc'))}")
     finish_job(out_dir, "success")
     # the final report is drawn after the exit marker: RELION and scripts waiting for the marker need not
     # wait for the pictures (1-2 s, up to a minute with --reference), and no error or interrupt while

@@ -61,7 +61,7 @@ import torch
 
 from novomap.errors import InputError
 from novomap.io.mrc import open_stack, stack_array
-from novomap.io.star import ParticleTable
+from novomap.io.star import ParticleTable, shown_value
 from novomap.physics.euler import matrix_to_euler
 
 SUFFIX = ".cs"
@@ -314,7 +314,7 @@ class _Fields:
         bad = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))
         if bad.size:
             i = int(bad[0])
-            raise self.error(f"not a finite number ({raw[i]!r})", i, name)
+            raise self.error(f"not a finite number ({shown_value(raw[i])})", i, name)
         return values
 
     def positive(self, name: str) -> np.ndarray:

@@ -205,7 +205,7 @@ def numeric_column(table: pd.DataFrame, label: str, path: str | os.PathLike, whe
     bad = np.flatnonzero(~np.isfinite(values))
     if bad.size:
         i = int(bad[0])
-        raise InputError(f"not a finite number ({raw.iloc[i]!r}){where}", path, i + 1, label)
+        raise InputError(f"not a finite number ({shown_value(raw.iloc[i])}){where}", path, i + 1, label)
     return values
 
 
@@ -243,6 +243,11 @@ def parse_image_names(names: pd.Series, path: str | os.PathLike) -> tuple[np.nda
     return numbers.astype(np.int64), parts[1].to_numpy(dtype=object)
 
 
+def shown_value(value) -> str:
+    """A table value for an error message: text quoted, a number as written (nan, not np.float64(nan))."""
+    return repr(value) if isinstance(value, str) else str(value)
+
+
 def stack_candidates(stack: str, star_path: str | os.PathLike) -> list[Path]:
     """Where a stack named in a STAR file may be, in RELION's order of preference.
 
@@ -266,7 +271,7 @@ def resolve_stack_path(stack: str, star_path: str | os.PathLike) -> Path | None:
 
 def missing_stack_error(stack: str, star_path: str | os.PathLike, row: int) -> InputError:
     """The error for a particle whose stack exists nowhere we looked."""
-    tried = " or ".join(str(p) for p in stack_candidates(stack, star_path))
+    tried = " or ".join(dict.fromkeys(str(p) for p in stack_candidates(stack, star_path)))  # once each (the STAR file may sit in the current directory)
     return InputError(f"image stack {stack!r} not found (looked for {tried})", star_path, row, "rlnImageName")
 
 
