@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from novomap.io.particles import ParticleSet
     from novomap.io.star import PREMULTIPLIED_LABEL, read_particle_star
     from novomap.reconstruct import reconstruct_particles
+    from novomap.io.working_grid import to_output_grid
 
     _check_options(args)
     if args.threads is not None:
@@ -102,7 +103,10 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
         volume = reconstruct_particles(particles, pad=args.pad, regulariser=args.regulariser, batch_size=args.batch_size)
-        pixel_size_a = particles.pixel_size_a
-    write_map(args.output, volume.float(), pixel_size_a)
+        # the working grid has an even box: an odd input box (75 px) is worked at 74 px; the map is
+        # written back on the input's grid, as the help says
+        volume = to_output_grid(volume.float(), particles.grid, particles.pixel_size_a)
+        pixel_size_a = particles.grid.output_pixel_size_a
+    write_map(args.output, volume, pixel_size_a)
     print(f"wrote {args.output} ({time.monotonic() - start:.1f} s)")
     return 0
