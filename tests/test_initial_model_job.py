@@ -510,3 +510,8 @@ def test_a_new_run_in_an_earlier_runs_folder_sets_its_files_aside(run_a, dataset
     assert not list(out.glob("run_it003_*")) and (out / "run_it002_optimiser.star").is_file()
     assert (out / "previous1" / "run_it003_optimiser.star").is_file()
     assert "moved to" in (out / "run.out").read_text()
+
+
+def test_run_out_names_the_resolution_limit_that_binds(run_a):
+    """64 px at 3.54 Å/px stop at their Nyquist, 7.08 Å, before the default --max-resolution of 7 Å."""
+    assert "resolution limit 7.08 Å (the particles' Nyquist; --max-resolution 7 Å)" in (run_a / "run.out").read_text()

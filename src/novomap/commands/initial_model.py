@@ -476,7 +476,11 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
         f"novomap initial-model: {n_particles} particles of {inputs}, mask {diameter:.0f} Å, "
         f"{config.n_iter} iterations, K = {config.n_classes}, symmetry {args.sym} at the end, on {device}"
     )
-    log.info(f"{grid.describe()}; resolution limit {max_resolution_a:.3g} Å (--max-resolution)")
+    nyquist_a = 2 * min(grid.group_pixel_size_a)
+    if max_resolution_a < nyquist_a:  # the data stop first
+        log.info(f"{grid.describe()}; resolution limit {nyquist_a:.3g} Å (the particles' Nyquist; --max-resolution {max_resolution_a:.3g} Å)")
+    else:
+        log.info(f"{grid.describe()}; resolution limit {max_resolution_a:.3g} Å (--max-resolution)")
     fine_line = final_grid_line(grid) if config.final_fine_grid else None
     if fine_line:
         log.info(fine_line)
