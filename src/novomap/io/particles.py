@@ -448,11 +448,17 @@ def _name_from_cwd(name: str, source: Path) -> str:
             return name
     except OSError:
         pass
+    tidy = os.path.normpath(source)  # "work/../data" -> "data", where that is still the same file (no symlink in between)
     try:
-        relative = os.path.relpath(source, Path.cwd())
+        if not Path(tidy).samefile(source):
+            tidy = str(source)
+    except OSError:
+        tidy = str(source)
+    try:
+        relative = os.path.relpath(tidy, Path.cwd())
     except ValueError:  # another drive (Windows)
-        return str(source)
-    return str(source) if relative.startswith("..") else relative
+        return tidy
+    return tidy if relative.startswith("..") else relative
 
 
 def _as_rows(indices: IndexLike, n: int) -> np.ndarray:
