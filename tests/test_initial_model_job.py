@@ -515,3 +515,7 @@ def test_a_new_run_in_an_earlier_runs_folder_sets_its_files_aside(run_a, dataset
 def test_run_out_names_the_resolution_limit_that_binds(run_a):
     """64 px at 3.54 Å/px stop at their Nyquist, 7.08 Å, before the default --max-resolution of 7 Å."""
     assert "resolution limit 7.08 Å (the particles' Nyquist; --max-resolution 7 Å)" in (run_a / "run.out").read_text()
+
+
+def test_a_seed_too_large_for_the_generators_is_a_usage_error(dataset, tmp_path, capsys):
+    _expect_usage_error(capsys, _job_args(dataset, tmp_path / "out", seed=2**64), "--seed")

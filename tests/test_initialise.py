@@ -227,6 +227,9 @@ def test_initial_window_cuts_at_a_radius_of_round_007n_over_2():
         inside = [(ky, kx) for ky in range(-n // 2, n // 2) for kx in range(0, n // 2 + 1) if ky * ky + kx * kx < (round(0.07 * n) / 2) ** 2 and not (kx == 0 and ky < 0)]
         assert window.n_pixels == len(inside), n
         assert 1 in window.shell.tolist(), n  # never the DC term alone (a constant map would scale the blobs to zero)
+    for n in (16, 24, 32, 35):  # small boxes keep |k| < 1.5 (round(0.07 N) = 1 or 2 would keep the DC term alone)
+        window = initial_window(n)
+        assert window.size == 3 and 1 in window.shell.tolist(), n
 
 
 def test_first_iteration_uses_ini_high(start):

@@ -19,6 +19,7 @@ from _star_fixtures import (
     write_star,
 )
 
+from novomap.errors import NovomapError
 from novomap.io.particles import ParticleSet
 
 BETAGAL = "betagal_relion5_tutorial_particles"
@@ -296,3 +297,12 @@ def test_output_names_lead_from_the_current_directory_to_the_same_images(tmp_pat
     monkeypatch.chdir(data)  # from the STAR file's folder every name resolves as it is (kept.mrcs is not there)
     write_images(data / "kept.mrcs", images[::-1].copy())
     assert ParticleSet.from_star(star).output_image_names() == ["1@stack.mrcs", "000002@stack.mrcs", "1@kept.mrcs", "2@kept.mrcs"]
+
+
+def test_an_unusable_scratch_dir_is_a_clear_error(tmp_path):
+    star, _ = make_dataset(tmp_path / "data")
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    for scratch in (a_file, a_file / "below"):
+        with pytest.raises(NovomapError, match="--scratch-dir"):
+            ParticleSet.from_star(star, scratch_dir=scratch)

@@ -129,7 +129,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     compute.add_argument("--scratch-dir", metavar="DIR", help="copy the particle stacks to this fast local folder first")
     compute.add_argument("--j", dest="threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
     compute.add_argument("--gpu", nargs="?", const="", default=None, metavar="IDS", help='use CUDA GPUs, RELION syntax "0,1"; empty means all visible')
-    compute.add_argument("--seed", type=int, default=1, help="random seed; the same seed on the same device gives the same result (default: %(default)s)")
+    compute.add_argument("--seed", type=int, default=1, help="random seed; the same seed on the same device gives the same result, to the bit when nothing else runs on the machine (default: %(default)s)")
     compute.add_argument("--quiet", action="store_true", help="print only the final summary (DIR/run.out still gets every line)")
     output = parser.add_argument_group("report and viewing")
     output.add_argument(
@@ -178,6 +178,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise NovomapError(f"--retry-classes must be >= 1, not {args.retry_classes}")
     if args.max_extra_iter < -1:
         raise NovomapError(f"--max-extra-iter must be >= 0 (or -1: as many as --iter), not {args.max_extra_iter}")
+    if abs(args.seed) >= 2**62:  # the random generators take 64-bit seeds, and retries add to it
+        raise NovomapError(f"--seed must be smaller than 2^62 in size, not {args.seed}")
     if args.offset_step <= 0 or args.offset_range < 0:
         raise NovomapError("--offset-step must be > 0 and --offset-range >= 0 (pixels)")
     if args.particle_diameter is not None and not args.particle_diameter > 0:

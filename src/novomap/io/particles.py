@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from novomap.errors import InputError
+from novomap.errors import InputError, NovomapError
 from novomap.io.mrc import open_stack, stack_array
 from novomap.io.working_grid import WorkingGrid, choose_working_grid, to_working_grid
 from novomap.io.star import (
@@ -385,13 +385,20 @@ class ParticleSet:
 
         Names get a running number, since stacks from different folders may share a name.
         """
-        scratch_dir.mkdir(parents=True, exist_ok=True)
-        folder = Path(tempfile.mkdtemp(prefix="novomap_stacks_", dir=scratch_dir))
+        try:
+            scratch_dir.mkdir(parents=True, exist_ok=True)
+            folder = Path(tempfile.mkdtemp(prefix="novomap_stacks_", dir=scratch_dir))
+        except OSError as error:
+            raise NovomapError(f"--scratch-dir {scratch_dir}: cannot make a folder there ({error.strerror}); give a writable folder") from None
         self._scratch_cleanup = weakref.finalize(self, shutil.rmtree, folder, ignore_errors=True)
         copies = []
         for number, source in enumerate(self._stack_paths):
             target = folder / f"{number:06d}_{source.name}"
-            shutil.copyfile(source, target)
+            try:
+                shutil.copyfile(source, target)
+            except OSError as error:  # a full or vanished scratch disk: the copies made so far go too
+                self._scratch_cleanup()
+                raise NovomapError(f"--scratch-dir {scratch_dir}: cannot copy {source.name} there ({error.strerror}); free space or give another folder") from None
             copies.append(target)
         while self._open:  # handles on the originals are no longer wanted
             self._open.popitem()[1].close()

@@ -38,8 +38,10 @@ def initial_window(box: int) -> FourierWindow:
     for N = 64; the blobs, not this reconstruction, carry the start's structure.
     The cut is on |k| itself, not on round(|k|) < size // 2: for an odd size (N = 43..49 gives 3)
     the latter would keep the DC term alone, a constant map, and blobs scaled to its zero std.
+    At least 3 (|k| < 1.5, the DC term and its 8 neighbours), or boxes under 36 px (size 2: |k| < 1)
+    would keep the DC term alone too, and start from a blank map.
     """
-    size = max(2, round(0.07 * box))
+    size = max(3, round(0.07 * box))
     full = fourier_window(box, box)
     keep = torch.sqrt(full.kx**2 + full.ky**2) < size / 2
     return FourierWindow(box, size, full.flat_index[keep], full.kx[keep], full.ky[keep], full.shell[keep])
