@@ -240,3 +240,12 @@ def test_command_errors(tmp_path: Path) -> None:
     write_model_star(star, ["missing.mrc"], [1.0])
     with pytest.raises(InputError, match="not found"):
         run_command(["--i", str(star), "--o", str(tmp_path / "o.mrc"), "--sym", "C2"])
+
+
+def test_a_map_with_a_nan_voxel_is_refused_with_its_position(tmp_path):
+    volume = blob_map("C2", size=32).numpy()
+    volume[5, 4, 3] = np.nan
+    write_map(tmp_path / "nan.mrc", volume, PIXEL_SIZE_A)
+    with pytest.raises(InputError, match=r"1 NaN or infinite voxel\(s\), the first at \(x, y, z\) = \(3, 4, 5\)"):
+        run_command(["--i", str(tmp_path / "nan.mrc"), "--o", str(tmp_path / "out.mrc"), "--sym", "C2"])
+    assert not (tmp_path / "out.mrc").exists()

@@ -127,6 +127,11 @@ def test_noise_gives_low_resolution(tmp_path: Path, reference: torch.Tensor, cap
     a, b = write(tmp_path / "a.mrc", reference), write(tmp_path / "noise.mrc", noise)
     report = json.loads(run_compare([a, b, "--json"], capsys))
     assert report["fsc05_a"] is None or report["fsc05_a"] > 20 * PIXEL_SIZE_A
+    # never coarser than the box: two independent noise maps cross 0.5 before shell 1, which is no resolution
+    other = write(tmp_path / "other.mrc", torch.randn(reference.shape, generator=torch.Generator().manual_seed(9)))
+    box_a = reference.shape[-1] * PIXEL_SIZE_A
+    report = json.loads(run_compare([b, other, "--json"], capsys))  # crossings interpolated to 384 and 224 Å
+    assert report["fsc05_a"] is None and report["fsc0143_a"] is None, (box_a, report)
 
 
 def test_different_boxes_and_pixel_sizes_are_matched(

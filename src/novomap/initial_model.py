@@ -69,7 +69,7 @@ def check_inputs(particles: ParticleSet, config: VdamConfig) -> None:
             f"--particle-diameter {config.particle_diameter_a:g} Å is larger than the box ({particles.box_size} px x {particles.pixel_size_a:g} Å = {box_a:g} Å); use at most {box_a:g}"
         )
     if particles.n < 2 * config.n_classes:
-        raise NovomapError(f"{particles.n} particles are too few for {config.n_classes} classes")
+        raise NovomapError(f"{particles.n} particle(s) are too few for {config.n_classes} class(es): at least {2 * config.n_classes} are needed")
     if config.n_iter < 1:
         raise NovomapError("--iter must be at least 1")
     premultiplied = torch.nonzero(particles.ctf_premultiplied).flatten()

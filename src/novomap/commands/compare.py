@@ -68,8 +68,9 @@ def match_maps(
     return a, b, pixel, notes
 
 
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
+def _finite(value: float, box_a: float = math.inf) -> float | None:
+    """A resolution, or None where there is none: infinite, or coarser than the box itself."""
+    return value if math.isfinite(value) and value <= box_a * (1 + 1e-9) else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,8 +89,10 @@ def run(args: argparse.Namespace) -> int:
             shift_zyx_px=alignment.shift_zyx_px.tolist(),
         )
     curve = fsc(a, b)
-    report["fsc05_a"] = _finite(resolution_at(curve, 0.5, a.shape[-1], pixel))
-    report["fsc0143_a"] = _finite(resolution_at(curve, 0.143, a.shape[-1], pixel))
+    # a crossing before shell 1 (interpolated beyond the box) is no resolution at all: reported as None
+    box_a = a.shape[-1] * pixel
+    report["fsc05_a"] = _finite(resolution_at(curve, 0.5, a.shape[-1], pixel), box_a)
+    report["fsc0143_a"] = _finite(resolution_at(curve, 0.143, a.shape[-1], pixel), box_a)
     report["notes"] = notes
     if args.json:
         print(json.dumps(report))

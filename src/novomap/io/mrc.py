@@ -54,6 +54,10 @@ def read_map(path: str | os.PathLike) -> tuple[np.ndarray, float]:
         pixel_size_a = read_pixel_size_a(mrc)
     if data.ndim != 3:
         raise InputError(f"expected a 3D map, found an array of shape {data.shape}", path)
+    bad = ~np.isfinite(data)
+    if bad.any():  # every use (FSC, alignment, symmetry) would give NaN or a meaningless answer
+        z, y, x = (int(i) for i in np.argwhere(bad)[0])
+        raise InputError(f"the map has {int(bad.sum())} NaN or infinite voxel(s), the first at (x, y, z) = ({x}, {y}, {z})", path)
     return data.copy(), pixel_size_a
 
 
