@@ -242,6 +242,7 @@ def test_command_errors(tmp_path: Path) -> None:
         run_command(["--i", str(star), "--o", str(tmp_path / "o.mrc"), "--sym", "C2"])
 
 
+@pytest.mark.filterwarnings("ignore:Data array contains NaN values")  # mrcfile's, on writing the bad map
 def test_a_map_with_a_nan_voxel_is_refused_with_its_position(tmp_path):
     volume = blob_map("C2", size=32).numpy()
     volume[5, 4, 3] = np.nan
