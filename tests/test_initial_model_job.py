@@ -519,3 +519,14 @@ def test_run_out_names_the_resolution_limit_that_binds(run_a):
 
 def test_a_seed_too_large_for_the_generators_is_a_usage_error(dataset, tmp_path, capsys):
     _expect_usage_error(capsys, _job_args(dataset, tmp_path / "out", seed=2**64), "--seed")
+
+
+def test_more_threads_than_cores_is_warned_about(dataset, tmp_path, capsys, monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    argv = _job_args(dataset, tmp_path / "out", "--no-report", iters=1)
+    argv[argv.index("--j") + 1] = "3"
+    assert main(argv) == 0
+    assert "--j 3 asks for more threads than the 2 core(s)" in capsys.readouterr().err

@@ -433,6 +433,13 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
     log.to_file(f"# {shlex.join(['novomap', *sys.argv[1:]])}")
     log.to_file(f"# started {time.strftime('%Y-%m-%d %H:%M:%S')} in {os.getcwd()}")
     device = select_devices(args.gpu, args.threads)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if args.threads is not None and args.threads > cores:
+        log.error(
+            f"warning: --j {args.threads} asks for more threads than the {cores} core(s) this job may use; "
+            f"they compete for the cores and the job runs slower (--j {cores} suits this machine)",
+            to_stderr=True,
+        )
     _check_files(args)
     cryosparc = CryosparcOptions.from_args(args)  # a .cs input's passthrough and project folder
     table = read_particle_star(args.input, cryosparc)
