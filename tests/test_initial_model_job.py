@@ -528,5 +528,9 @@ def test_more_threads_than_cores_is_warned_about(dataset, tmp_path, capsys, monk
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     argv = _job_args(dataset, tmp_path / "out", "--no-report", iters=1)
     argv[argv.index("--j") + 1] = "3"
-    assert main(argv) == 0
+    before = torch.get_num_threads()
+    try:
+        assert main(argv) == 0
+    finally:
+        torch.set_num_threads(before)  # the job set 3 for this process
     assert "--j 3 asks for more threads than the 2 core(s)" in capsys.readouterr().err
