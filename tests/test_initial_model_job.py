@@ -534,3 +534,12 @@ def test_more_threads_than_cores_is_warned_about(dataset, tmp_path, capsys, monk
     finally:
         torch.set_num_threads(before)  # the job set 3 for this process
     assert "--j 3 asks for more threads than the 2 core(s)" in capsys.readouterr().err
+
+
+def test_continue_without_i_reads_the_particles_from_the_checkpoint(run_a, dataset, tmp_path):
+    """As RELION's --continue: the particles file comes from the checkpoint when --i is not given."""
+    out = tmp_path / "D"
+    argv = _job_args(dataset, out, "--continue", str(run_a / "run_it000_optimiser.star"), "--no-report")
+    del argv[argv.index("--i") : argv.index("--i") + 2]
+    assert main(argv) == 0
+    assert np.array_equal(_map(out / "initial_model.mrc"), _map(run_a / "initial_model.mrc"))

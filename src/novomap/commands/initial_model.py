@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     add_cryosparc_arguments(io)  # --passthrough, --cs-project-dir: for a cryoSPARC .cs given as --i
     io.add_argument("--o", dest="output", required=True, metavar="DIR", help="output folder (created); RELION-style run_itNNN_* files and initial_model.mrc")
-    io.add_argument("--continue", dest="continue_from", metavar="OPTIMISER_STAR", help="resume from DIR/run_itNNN_optimiser.star of an earlier run")
+    io.add_argument("--continue", dest="continue_from", metavar="OPTIMISER_STAR", help="resume from DIR/run_itNNN_optimiser.star of an earlier run (without --i: the particles it was started with)")
     io.add_argument(
         "--relion-version", choices=["4", "5", "auto"], default="auto",
         help="RELION whose node type labels RELION_OUTPUT_NODES.star uses; auto: from ./default_pipeline.star, "
@@ -157,6 +157,8 @@ def _healpix_order(sampling_deg: float) -> int:
 
 def _check_arguments(args: argparse.Namespace) -> None:
     """Checks that need no file: a bad value is reported before anything is read or written."""
+    if not args.input and args.continue_from is not None:
+        args.input = _input_of_checkpoint(args.continue_from)
     if not args.input:
         raise NovomapError("--i particles.star is required")
     if args.iter < 1:
@@ -191,6 +193,21 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise NovomapError(f"--max-resolution must be a positive number of Å, not {args.max_resolution:g}")
     if args.output_pixel_size is not None and not args.output_pixel_size > 0:
         raise NovomapError(f"--output-pixel-size must be a positive number of Å, not {args.output_pixel_size:g}")
+
+
+def _input_of_checkpoint(optimiser_star: str) -> str | None:
+    """The particles file a checkpoint's run was started with, if it is still there (as RELION's
+    --continue reads it from the optimiser file); None otherwise."""
+    import torch
+
+    from novomap.outputs.relion import state_path_for
+
+    try:
+        stored = torch.load(state_path_for(optimiser_star), map_location="cpu", weights_only=False).get("fingerprint") or {}
+    except Exception:  # noqa: BLE001 - a missing or foreign checkpoint is reported later, with its own message
+        return None
+    particles_file = stored.get("particles_file")
+    return particles_file if particles_file and Path(particles_file).is_file() else None
 
 
 def _prepare_folder(out_dir: Path) -> None:
