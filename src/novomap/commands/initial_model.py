@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import math
 import os
 import shlex
@@ -195,18 +196,35 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise NovomapError(f"--output-pixel-size must be a positive number of Å, not {args.output_pixel_size:g}")
 
 
+def _stored_fingerprint(optimiser_star: str) -> dict:
+    """The fingerprint in the checkpoint beside DIR/run_itNNN_optimiser.star (outputs.continuation)."""
+    from novomap.outputs.relion import state_path_for
+
+    state_file = state_path_for(optimiser_star)
+    try:
+        stat = state_file.stat()
+        return _read_fingerprint(str(state_file), stat.st_mtime_ns, stat.st_size)
+    except Exception as error:  # noqa: BLE001 - a truncated or foreign file is the user's to replace
+        raise InputError(f"cannot read the checkpoint {state_file.name} beside it ({type(error).__name__}); continue from an earlier iteration", optimiser_star) from None
+
+
+@functools.lru_cache(maxsize=4)
+def _read_fingerprint(state_file: str, mtime_ns: int, size: int) -> dict:
+    """Read once per version of the file (keyed by its time and size): the state file also holds the
+    maps and moments (16 MB for the real tutorial job), and --continue without --i reads it early."""
+    import torch
+
+    del mtime_ns, size
+    return torch.load(state_file, map_location="cpu", weights_only=False).get("fingerprint") or {}
+
+
 def _input_of_checkpoint(optimiser_star: str) -> str | None:
     """The particles file a checkpoint's run was started with, if it is still there (as RELION's
     --continue reads it from the optimiser file); None otherwise."""
-    import torch
-
-    from novomap.outputs.relion import state_path_for
-
     try:
-        stored = torch.load(state_path_for(optimiser_star), map_location="cpu", weights_only=False).get("fingerprint") or {}
-    except Exception:  # noqa: BLE001 - a missing or foreign checkpoint is reported later, with its own message
+        particles_file = _stored_fingerprint(optimiser_star).get("particles_file")
+    except InputError:  # a missing or foreign checkpoint is reported later, with its own message
         return None
-    particles_file = stored.get("particles_file")
     return particles_file if particles_file and Path(particles_file).is_file() else None
 
 
@@ -257,17 +275,9 @@ def _fingerprint(args: argparse.Namespace, config) -> dict:
 
 def _check_continue(args: argparse.Namespace, fingerprint: dict) -> None:
     """Refuse --continue from a run made from other particles or with other settings (one line)."""
-    import torch
-
     from novomap.outputs.continuation import check_continuation
-    from novomap.outputs.relion import state_path_for
 
-    state_file = state_path_for(args.continue_from)
-    try:
-        stored = torch.load(state_file, map_location="cpu", weights_only=False).get("fingerprint") or {}
-    except Exception as error:  # noqa: BLE001 - a truncated or foreign file is the user's to replace
-        raise InputError(f"cannot read the checkpoint {state_file.name} beside it ({type(error).__name__}); continue from an earlier iteration", args.continue_from) from None
-    check_continuation(stored, fingerprint, args.input, args.continue_from)
+    check_continuation(_stored_fingerprint(args.continue_from), fingerprint, args.input, args.continue_from)
 
 
 def _is_out_of_memory(error: BaseException) -> bool:

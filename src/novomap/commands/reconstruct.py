@@ -78,8 +78,8 @@ def run(args: argparse.Namespace) -> int:
     from novomap.io.mrc import write_map
     from novomap.io.particles import ParticleSet
     from novomap.io.star import PREMULTIPLIED_LABEL, read_particle_star
-    from novomap.reconstruct import reconstruct_particles
     from novomap.io.working_grid import to_output_grid
+    from novomap.reconstruct import reconstruct_particles
 
     _check_options(args)
     if args.threads is not None:
