@@ -389,3 +389,20 @@ def test_an_odd_box_is_written_on_the_particles_grid(tmp_path):
     assert written.shape == (75, 75, 75) and written_pixel == pytest.approx(2.83, abs=1e-4)
     assert truth.shape == written.shape
     assert np.corrcoef(written.ravel(), truth.ravel())[0, 1] > 0.8
+
+
+def test_ctf_premultiplied_particles_are_refused_with_group_and_label(tmp_path, capsys):
+    from novomap.commands.main import main
+    from novomap.demo_data import load_demo_map
+    from novomap.simulate import SimulationOptions, simulate
+
+    volume, pixel = load_demo_map()
+    result = simulate(volume, tmp_path / "sim", SimulationOptions(n=20, snr=1.0, seed=1, box=volume.shape[-1], pixel_size_a=pixel))
+    blocks = starfile.read(result.star_path, always_dict=True)
+    blocks["optics"]["rlnCtfDataAreCtfPremultiplied"] = 1
+    flagged = tmp_path / "premultiplied.star"
+    starfile.write(blocks, flagged)
+    assert main(["reconstruct", "--i", str(flagged), "--o", str(tmp_path / "map.mrc")]) == 2
+    err = capsys.readouterr().err
+    assert "row 1, rlnCtfDataAreCtfPremultiplied" in err and "premultiplied" in err
+    assert not (tmp_path / "map.mrc").exists()

@@ -21,11 +21,11 @@ import torch
 from novomap.analysis.confidence import MAX_SHIFT_PX, Evidence, assess_run, write_evidence
 from novomap.analysis.pool_classes import PooledClass, pool_same_structure
 from novomap.analysis.symmetry_by_particles import choose_group_by_particles
-from novomap.errors import InputError, NovomapError
+from novomap.errors import NovomapError
 from novomap.estep.driver import PAD
 from novomap.io.mrc import write_map
 from novomap.io.particles import ParticleSet
-from novomap.io.star import PREMULTIPLIED_LABEL
+from novomap.io.star import refuse_ctf_premultiplied
 from novomap.io.working_grid import final_grid_max_resolution_a, to_output_grid
 from novomap.maps.align import best_translation
 from novomap.maps.combine import equal_variance_sum, match_shell_amplitudes, splice_shells
@@ -72,14 +72,7 @@ def check_inputs(particles: ParticleSet, config: VdamConfig) -> None:
         raise NovomapError(f"{particles.n} particle(s) are too few for {config.n_classes} class(es): at least {2 * config.n_classes} are needed")
     if config.n_iter < 1:
         raise NovomapError("--iter must be at least 1")
-    premultiplied = torch.nonzero(particles.ctf_premultiplied).flatten()
-    if premultiplied.numel():
-        group = int(premultiplied[0])
-        raise InputError(
-            f"optics group {group + 1} holds CTF-premultiplied particles; initial-model needs particles as extracted "
-            "(the likelihood compares them with CTF-modulated projections): re-extract them without premultiplying",
-            particles.table.path, group + 1, PREMULTIPLIED_LABEL,
-        )
+    refuse_ctf_premultiplied(particles.table, "initial-model compares particles as extracted with CTF-modulated projections")
 
 
 def _weight_floor(particles: ParticleSet, notify: Callable[[str], None] | None) -> float:

@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     # imported here so that `novomap --help` stays fast
     from novomap.io.mrc import write_map
     from novomap.io.particles import ParticleSet
-    from novomap.io.star import PREMULTIPLIED_LABEL, read_particle_star
+    from novomap.io.star import read_particle_star, refuse_ctf_premultiplied
     from novomap.io.working_grid import to_output_grid
     from novomap.reconstruct import reconstruct_particles
 
@@ -93,8 +93,7 @@ def run(args: argparse.Namespace) -> int:
             f"{args.input}: the particles have no poses ({', '.join(missing)} missing); "
             "reconstruct needs refined angles, e.g. a Refine3D or InitialModel run_data.star"
         )
-    if PREMULTIPLIED_LABEL in table.optics.columns and (table.optics[PREMULTIPLIED_LABEL].astype(float) != 0).any():
-        raise NovomapError(f"{args.input}: CTF-premultiplied particles ({PREMULTIPLIED_LABEL} = 1) are not supported")
+    refuse_ctf_premultiplied(table, "reconstruct weights particles as extracted by their CTF")
 
     with ParticleSet(table, preread=args.preread, scratch_dir=args.scratch_dir) as particles:
         print(

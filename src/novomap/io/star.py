@@ -243,6 +243,20 @@ def parse_image_names(names: pd.Series, path: str | os.PathLike) -> tuple[np.nda
     return numbers.astype(np.int64), parts[1].to_numpy(dtype=object)
 
 
+def refuse_ctf_premultiplied(table: ParticleTable, needs: str) -> None:
+    """Raise InputError (file, optics-table row, label) when an optics group holds CTF-premultiplied
+    particles, which a command that `needs` particles as extracted cannot use."""
+    if PREMULTIPLIED_LABEL not in table.optics.columns:
+        return
+    flags = numeric_column(table.optics, PREMULTIPLIED_LABEL, table.path, " in data_optics") != 0
+    if flags.any():
+        group = int(np.flatnonzero(flags)[0])
+        raise InputError(
+            f"optics group {group + 1} holds CTF-premultiplied particles; {needs}: re-extract them without premultiplying",
+            table.path, group + 1, PREMULTIPLIED_LABEL,
+        )
+
+
 def shown_value(value) -> str:
     """A table value for an error message: text quoted, a number as written (nan, not np.float64(nan))."""
     return repr(value) if isinstance(value, str) else str(value)
