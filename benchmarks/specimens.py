@@ -253,6 +253,29 @@ HELD_OUT: dict[str, Specimen] = {
             particle_fraction=0.8, mask_fraction=0.9, snr=0.07, n_particles=1500, defocus_um=(1.0, 2.5),
             direction=(0.99, 0.066, 0.125), orientation_seed=0,  # specimens.py --search hb_c6
         ),
+        # added in session 34, before any run: boxes smaller than any before (particles binned hard
+        # for 2D classification, as users bring them); the working grid is then the input's own
+        _spec(
+            name="betagal_d2_40",
+            description="beta-galactosidase (5A1A) in RELION's D2 frame at 40 px (~6.5 Å/px), mid SNR",
+            symmetry="D2", source="betagal", model=str(BETAGAL), box=40,
+            particle_fraction=0.8, mask_fraction=0.9, snr=0.08, n_particles=1500, defocus_um=(0.8, 2.0),
+        ),
+        _spec(
+            name="hb_c1_36",
+            description="haemoglobin 4HHB run in C1 at 36 px (~3.6 Å/px): a small particle in a small box",
+            symmetry="C1", source="model", model=str(HAEMOGLOBIN), box=36,
+            particle_fraction=0.55, mask_fraction=0.75, snr=0.08, n_particles=1500, defocus_um=(1.0, 2.5),
+        ),
+        # added after hb_c1_36's first run (1.90x): haemoglobin alone is pseudo-D2, the suite's known
+        # unsolved case (README), so a small C1 particle without a pseudo-symmetry, in a small box
+        _spec(
+            name="hb2_c1_40",
+            description="two haemoglobin tetramers (4HHB) packed without symmetry: about 120 kDa, C1, 40 px",
+            symmetry="C1", source="cluster", model=str(HAEMOGLOBIN), box=40,
+            particle_fraction=0.65, mask_fraction=0.85, snr=0.08, n_particles=1500, defocus_um=(1.0, 2.5),
+            cluster_copies=2, orientation_seed=21,
+        ),
     ]
 }
 

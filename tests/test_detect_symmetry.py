@@ -161,3 +161,16 @@ def test_de_novo_d4_map_is_not_called_polyhedral(seed: int) -> None:
     result = detect_point_group(de_novo_like(blob_map("D4"), 15.0, seed=seed), PIXEL_SIZE_A, max_order=8, de_novo=True)
     assert result.point_group == "D4"
     assert not row(result, "T").accepted and not row(result, "O").accepted
+
+
+@pytest.mark.parametrize("de_novo", [False, True])
+def test_maps_without_signal_are_c1(de_novo: bool) -> None:
+    """Pure noise passes every group's noise threshold (all its power is the noise estimate), and a
+    constant map scores 0 everywhere: neither shows a symmetry, so neither may be called I."""
+    noise = torch.randn((48, 48, 48), generator=torch.Generator().manual_seed(5))
+    for volume, words in ((noise, "mostly noise"), (torch.full((48, 48, 48), 0.25), "constant")):
+        result = detect_point_group(volume, PIXEL_SIZE_A, max_order=6, de_novo=de_novo)
+        assert result.point_group == "C1"
+        assert words in result.note
+    signal = detect_point_group(add_noise(lowpass(blob_map("D2"), PIXEL_SIZE_A, 20.0), 2.0, 3), PIXEL_SIZE_A, max_order=6, de_novo=de_novo)
+    assert signal.point_group == "D2" and signal.note == ""

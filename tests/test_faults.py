@@ -3,7 +3,7 @@
 Each bad input (or fault) below must give: exit code 2, exactly one line on stderr naming the file,
 the row and the label (or the option), no traceback, RELION_JOB_EXIT_FAILURE, and no half-written
 output (no temporary file; nothing of run_itNNN_* when the fault is found before the first
-iteration). Interruptions (SIGTERM, SIGINT) exit 130 and leave a checkpoint that --continue takes.
+iteration). Interruptions (SIGTERM, SIGINT) exit 143 and 130 and leave a checkpoint that --continue takes.
 tests/test_bad_input.py checks the same errors one level down (read_particle_star, ParticleSet).
 """
 
@@ -360,7 +360,9 @@ def test_signal_leaves_failure_marker_and_a_checkpoint_to_continue_from(tmp_path
     before = signal.getsignal(signal.SIGTERM)
     rc = run_job(out_dir, "--i", str(star), "--iter", "3")
     err = capsys.readouterr().err
-    assert rc == 130 and err.strip().splitlines() == ["novomap initial-model: interrupted"]
+    # 128 + the signal's number, as a shell reports a process the signal ended
+    expected = (143, "terminated (SIGTERM)") if signum == signal.SIGTERM else (130, "interrupted")
+    assert (rc, err.strip().splitlines()) == (expected[0], [f"novomap initial-model: {expected[1]}"])
     assert signal.getsignal(signal.SIGTERM) is before
     assert (out_dir / pipeline.EXIT_FAILURE).is_file() and not (out_dir / pipeline.EXIT_SUCCESS).exists()
     checkpoint = out_dir / "run_it000_optimiser.star"
@@ -432,3 +434,19 @@ def test_continue_from_a_damaged_checkpoint_is_refused(finished_run, tmp_path, c
     checkpoint = copy / "run_it002_optimiser.star"
     rc = run_job(tmp_path / "again", "--i", str(star), "--particle-diameter", "12", "--continue", str(checkpoint), "--iter", "3")
     assert_one_line(capsys, rc, tmp_path / "again", where(checkpoint), "cannot read the checkpoint run_it002_state.pt")
+
+
+def test_refused_run_keeps_a_finished_runs_markers(finished_run, tmp_path, capsys):
+    """A --continue refused in the folder of a finished run (or any run refused before it starts there)
+    leaves that run as RELION's pipeliner knows it: its SUCCESS marker and its output nodes stay."""
+    star, job = finished_run
+    copy = tmp_path / "job"
+    shutil.copytree(job, copy)
+    nodes = (copy / pipeline.OUTPUT_NODES).read_text()
+    checkpoint = copy / "run_it002_optimiser.star"
+    rc = run_job(copy, "--i", str(star), "--particle-diameter", "14", "--continue", str(checkpoint), "--iter", "3")
+    assert rc == 2 and "--particle-diameter 12, not --particle-diameter 14" in capsys.readouterr().err
+    assert rc == run_job(copy, "--i", str(tmp_path / "missing.star"))
+    assert (copy / pipeline.EXIT_SUCCESS).is_file() and not (copy / pipeline.EXIT_FAILURE).exists()
+    assert (copy / pipeline.OUTPUT_NODES).read_text() == nodes
+    assert "not --particle-diameter 14" in (copy / "run.err").read_text()  # the refusal is on record

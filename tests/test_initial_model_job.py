@@ -521,6 +521,10 @@ def test_a_seed_too_large_for_the_generators_is_a_usage_error(dataset, tmp_path,
     _expect_usage_error(capsys, _job_args(dataset, tmp_path / "out", seed=2**64), "--seed")
 
 
+def test_a_negative_pool_is_a_usage_error(dataset, tmp_path, capsys):
+    _expect_usage_error(capsys, [*_job_args(dataset, tmp_path / "out"), "--pool", "-5"], "--pool must be >= 1 (or 0")
+
+
 def test_more_threads_than_cores_is_warned_about(dataset, tmp_path, capsys, monkeypatch):
     import os
 

@@ -311,7 +311,7 @@ def test_sigterm_ends_the_job_with_relion_failure_marker(tmp_path, capsys, monke
     out_dir = tmp_path / "job"
     before = signal.getsignal(signal.SIGTERM)
     rc = main(["initial-model", "--i", str(star), "--o", str(out_dir), "--particle-diameter", "12"])
-    assert rc == 130 and "interrupted" in capsys.readouterr().err
+    assert rc == 143 and "terminated (SIGTERM)" in capsys.readouterr().err
     assert (out_dir / pipeline.EXIT_FAILURE).is_file()
     assert "SIGTERM" in (out_dir / "run.err").read_text()
     assert signal.getsignal(signal.SIGTERM) is before

@@ -34,3 +34,10 @@ class InputError(NovomapError):
             where.append(label)
         prefix = ", ".join(where)
         super().__init__(f"{prefix}: {message}" if prefix else message)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a queue's time limit, `kill`): ends a job as Ctrl-C does, but exits 143 (128 + 15), as
+    shells and queue systems expect of a terminated process (130 is Ctrl-C's)."""
+
+    exit_code = 143

@@ -26,6 +26,8 @@ def format_table(result: DetectionResult) -> list[str]:
             f"{'yes' if row.refined else 'no':<7}  {'yes' if row.accepted else 'no'}"
         )
     lines.append(f"noise fraction {result.noise_fraction:.4f}, resampling floor {result.resampling_floor:.5f}")
+    if result.note:
+        lines.append(result.note)
     return lines
 
 

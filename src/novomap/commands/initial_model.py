@@ -18,10 +18,11 @@ import signal
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from novomap.errors import InputError, NovomapError
+from novomap.errors import InputError, NovomapError, Terminated
 
 if TYPE_CHECKING:  # the job's modules load lazily (a short --help)
     from novomap.vdam.config import VdamConfig
@@ -123,7 +124,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     compute = parser.add_argument_group("compute (RELION's Compute and Running tabs)")
     compute.add_argument(
         "--pool", type=int, default=0, metavar="N",
-        help="read and search at least N particles together (RELION's pooled particles); by default, and when "
+        help="read and search at least N particles together (RELION's pooled particles); by default (0), and when "
         "N is smaller, as many as keep the E-step's arrays near 50 MB (usually 10-500)",
     )
     compute.add_argument("--preread", action="store_true", help="read all particles into RAM first")
@@ -177,6 +178,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
             raise NovomapError(f"{option} must be >= 1 (or -1: {automatic}), not {value}")
     if args.retries < 0:
         raise NovomapError(f"--retries must be >= 0, not {args.retries}")
+    if args.pool < 0:
+        raise NovomapError(f"--pool must be >= 1 (or 0: chosen from memory), not {args.pool}")
     if args.retry_classes < 1:
         raise NovomapError(f"--retry-classes must be >= 1, not {args.retry_classes}")
     if args.max_extra_iter < -1:
@@ -229,8 +232,8 @@ def _input_of_checkpoint(optimiser_star: str) -> str | None:
 
 
 def _prepare_folder(out_dir: Path) -> None:
-    from novomap.outputs.pipeline import start_job
-
+    """Create the output folder (checked writable). Its earlier run's exit marker and nodes stay until
+    the job is accepted (_run_job calls pipeline.start_job): a refused run leaves them as they were."""
     if out_dir.exists() and not out_dir.is_dir():
         raise NovomapError(f"--o {out_dir} is a file; give a folder (it is created if needed)")
     try:
@@ -239,7 +242,6 @@ def _prepare_folder(out_dir: Path) -> None:
         raise NovomapError(f"cannot create the output folder {out_dir}: {error.strerror}; choose another --o") from None
     if not os.access(out_dir, os.W_OK):
         raise NovomapError(f"cannot write into {out_dir}; choose another --o")
-    start_job(out_dir)
 
 
 def _check_files(args: argparse.Namespace) -> None:
@@ -333,14 +335,15 @@ def run(args: argparse.Namespace) -> int:
 
     out_dir = Path(args.output)
     log: RunLog | None = None
+    stage = _JobStage()
     previous_handler = _catch_termination()
     try:
         _check_arguments(args)
         _prepare_folder(out_dir)
         log = RunLog(out_dir, quiet=args.quiet, verbose=args.verbose)
-        return _run_job(args, out_dir, log)
+        return _run_job(args, out_dir, log, stage)
     except BaseException as error:  # noqa: BLE001 - every way out is recorded for RELION, then re-raised
-        replacement = _record_failure(error, args, out_dir, log)
+        replacement = _record_failure(error, args, out_dir, log, stage)
         if replacement is not None:
             raise replacement from error
         raise
@@ -351,11 +354,19 @@ def run(args: argparse.Namespace) -> int:
             _close_quietly(log)
 
 
+@dataclass
+class _JobStage:
+    """started: the job was accepted (arguments, inputs and any --continue checked) and owns the folder's
+    exit marker; before that, a refusal leaves an earlier run's marker as it was."""
+
+    started: bool = False
+
+
 def _catch_termination():
     """SIGTERM (a queue's time limit, `kill`) ends the job like Ctrl-C, so RELION_JOB_EXIT_FAILURE is written."""
 
     def terminate(signum, frame):
-        raise KeyboardInterrupt("terminated (SIGTERM)")
+        raise Terminated("terminated (SIGTERM)")
 
     try:
         return signal.signal(signal.SIGTERM, terminate)
@@ -363,8 +374,12 @@ def _catch_termination():
         return None
 
 
-def _record_failure(error: BaseException, args: argparse.Namespace, out_dir: Path, log) -> NovomapError | None:
-    """Write run.err and the RELION exit marker (when the folder exists); the user-facing error, if it changes."""
+def _record_failure(error: BaseException, args: argparse.Namespace, out_dir: Path, log, stage: _JobStage) -> NovomapError | None:
+    """Write run.err and the RELION exit marker (when the folder exists; before the job started, only where
+    no earlier run left a marker: a refused --continue keeps a finished run's SUCCESS); the user-facing
+    error, if it changes."""
+    from novomap.outputs.pipeline import EXIT_MARKERS
+
     from novomap.outputs.pipeline import JobAborted, finish_job
     from novomap.outputs.progress import RunLog
 
@@ -385,12 +400,13 @@ def _record_failure(error: BaseException, args: argparse.Namespace, out_dir: Pat
         if isinstance(error, KeyboardInterrupt):
             checkpoint = _last_checkpoint(out_dir)
             then = f"; continue with --continue {checkpoint}" if checkpoint is not None else ""
-            log.error(f"novomap initial-model: {error or 'interrupted'}{then}")
+            log.error(f"novomap initial-model: {str(error) or 'interrupted'}{then}")
         elif isinstance(error, NovomapError) or replacement is not None:
             log.error(f"novomap initial-model: error: {replacement or error}")
         else:  # a bug: keep the whole story
             log.error("".join(traceback.format_exception(type(error), error, error.__traceback__)))
-        finish_job(out_dir, "aborted" if isinstance(error, JobAborted) else "failure")
+        if stage.started or not any((out_dir / name).is_file() for name in EXIT_MARKERS):
+            finish_job(out_dir, "aborted" if isinstance(error, JobAborted) else "failure")
     except OSError:  # a full or vanished disk: the terminal still gets the one line
         pass
     finally:
@@ -446,13 +462,13 @@ def _working_grid(table, args: argparse.Namespace):
     return working_grid_of(table, max_resolution_a, args.output_pixel_size), max_resolution_a
 
 
-def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
+def _run_job(args: argparse.Namespace, out_dir: Path, log, stage: _JobStage) -> int:
     from novomap.device import select_devices
     from novomap.initial_model import run_initial_model
     from novomap.io.cryosparc import CryosparcOptions
     from novomap.io.star import check_plausible, read_particle_star
     from novomap.outputs.attempts import set_aside_earlier_run
-    from novomap.outputs.pipeline import JobAborted, abort_requested, finish_job
+    from novomap.outputs.pipeline import JobAborted, abort_requested, finish_job, start_job
     from novomap.outputs.progress import ProgressDisplay, batch_plan, format_duration
     from novomap.vdam.config import VdamConfig, starts_for_classes
 
@@ -490,7 +506,7 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
         auto_sampling=args.auto_sampling,
         max_healpix_order=max(_healpix_order(args.sampling), _healpix_order(args.finest_sampling)),
         seed=args.seed,
-        pool=max(0, args.pool),
+        pool=args.pool,
         n_starts=args.starts if args.starts > 0 else starts_for_classes(args.classes),
         max_extra_iterations=args.max_extra_iter,
         retries=args.retries,
@@ -507,6 +523,8 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log) -> int:
         earlier = set_aside_earlier_run(out_dir)
         if earlier is not None:
             log.info(f"an earlier run's files in {out_dir} were moved to {earlier}/, so that this run's outputs stand alone")
+    start_job(out_dir)  # the earlier run's exit marker and nodes go only now: the job is accepted
+    stage.started = True
     inputs = ", ".join(sorted({f"{b} px at {p:g} Å/px" for b, p in zip(grid.group_box, grid.group_pixel_size_a)}))
     log.info(
         f"novomap initial-model: {n_particles} particles of {inputs}, mask {diameter:.0f} Å, "

@@ -72,9 +72,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"novomap {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"novomap {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        print(f"novomap {args.command}: {str(interrupt) or 'interrupted'}", file=sys.stderr)
+        return getattr(interrupt, "exit_code", 130)
 
 
 if __name__ == "__main__":

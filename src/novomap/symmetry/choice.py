@@ -118,7 +118,9 @@ def reason(detection: DetectionResult) -> str:
     """Why the detected group was chosen, in one phrase: its score, and the larger groups turned down."""
     chosen = next(row for row in detection.table if row.group == detection.point_group)
     rejected = sorted((row for row in detection.table if row.order > chosen.order and row.refined), key=lambda row: row.score / max(row.threshold, 1e-12))
-    if chosen.order == 1:
+    if detection.note:
+        text = detection.note
+    elif chosen.order == 1:
         text = "no group of order > 1 scored within its threshold"
     else:
         text = f"score {chosen.score:.4f} <= threshold {chosen.threshold:.4f}, the largest group accepted"

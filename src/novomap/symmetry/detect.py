@@ -65,6 +65,9 @@ DIHEDRAL_STEP_DEG = 2.0
 LOCAL_STEP_DEG = 1.0
 _NOISE_SEED = 20240611
 EMPTY_SHELL = 1e-6  # shells with less mean power than this fraction of the strongest are empty
+# beyond this noise fraction (1 / (1 + NOISE_TOLERANCE)) every group's threshold exceeds the score of any map
+# (a group the map lacks scores at most 1 - 1/|G|): the test could turn nothing down, so only C1 is named
+NO_SIGNAL_FRACTION = 1.0 / (1.0 + NOISE_TOLERANCE)
 # de novo mode (module doc); calibrated on reconstructions at 3-8 deg pose errors and VDAM runs
 # s_G / nu_G (null score: G in random orientations): the middle of the gap between true groups (<= 0.28 in the
 # calibration) and absent ones (>= 0.5); a real beta-gal VDAM map scored D2 at 0.36 (results/2026-11-30-suite-starts.md)
@@ -104,6 +107,7 @@ class DetectionResult:
     noise_fraction: float
     resampling_floor: float
     rotation: torch.Tensor
+    note: str = ""  # why no group was scored (a map without signal), else empty
 
 
 @dataclass(frozen=True)
@@ -408,6 +412,15 @@ def _de_novo_rows(rows: dict[str, GroupScore], terms: dict[str, DeNovoTerms]) ->
     return updated
 
 
+def _no_signal(maps: align.WorkingMaps, model: NoiseModel) -> str:
+    """Why the map cannot show any symmetry (constant, or as bright as its own noise), or ""."""
+    if not float(maps.fine.abs().max()) > 0:
+        return "the map is constant: no symmetry can be told"
+    if model.fraction >= NO_SIGNAL_FRACTION:
+        return f"the map is mostly noise ({model.fraction:.0%} of its power): no symmetry can be told"
+    return ""
+
+
 def detect_point_group(
     volume: torch.Tensor, pixel_size_a: float, max_order: int = 24, de_novo: bool = False
 ) -> DetectionResult:
@@ -424,6 +437,9 @@ def detect_point_group(
     del pixel_size_a
     maps = align.prepare(torch.as_tensor(volume, dtype=torch.float32).cpu(), fine_size=FINE_SIZE)
     model = noise_model(maps)
+    blank = _no_signal(maps, model)
+    if blank:
+        return DetectionResult("C1", [GroupScore("C1", 1, 0.0, 0.0, True, True)], model.fraction, model.floor, torch.eye(3, dtype=torch.float64), blank)
     if de_novo:
         model = replace(model, scan_floor=DE_NOVO_SCAN_GATE)
     starts = _candidate_starts(maps, model, max_order)
