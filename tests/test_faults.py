@@ -450,3 +450,19 @@ def test_refused_run_keeps_a_finished_runs_markers(finished_run, tmp_path, capsy
     assert (copy / pipeline.EXIT_SUCCESS).is_file() and not (copy / pipeline.EXIT_FAILURE).exists()
     assert (copy / pipeline.OUTPUT_NODES).read_text() == nodes
     assert "not --particle-diameter 14" in (copy / "run.err").read_text()  # the refusal is on record
+
+
+def test_continue_takes_left_out_options_from_the_checkpoint(finished_run, tmp_path, capsys):
+    """As RELION's --continue: options left off the command line are the run's own (its particles file,
+    --particle-diameter 12 here, its iterations), so `--continue CKPT --o DIR` alone resumes it; an
+    option given explicitly must still match (test_continue_with_other_options_is_refused)."""
+    star, job = finished_run
+    copy = tmp_path / "job"
+    shutil.copytree(job, copy)
+    for path in copy.glob("run_it002_*"):
+        path.unlink()
+    rc = main(["initial-model", "--o", str(copy), "--continue", str(copy / "run_it000_optimiser.star"), "--j", "1", "--no-report", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    assert (copy / "run_it002_optimiser.star").is_file() and not (copy / "run_it003_optimiser.star").exists()
+    line = next(line for line in (copy / "run.out").read_text().splitlines() if "taken from the run's checkpoint" in line)
+    assert "--particle-diameter 12" in line and "--iter 2" in line and "--seed" not in line  # the seed was the default

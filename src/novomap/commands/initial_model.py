@@ -157,10 +157,27 @@ def _healpix_order(sampling_deg: float) -> int:
     raise NovomapError(f"--sampling must be one of 30, 15, 7.5 or 3.75 degrees, not {sampling_deg:g}")
 
 
+#: Options that --continue takes from the checkpoint's run where the command line leaves them out (as
+#: RELION's --continue reads them from the optimiser file), with the flag that sets each; the compute
+#: options (--j, --gpu, --pool, --preread, --scratch-dir), --o and the messages' are the new command line's.
+RUN_OPTIONS = {
+    "iter": "--iter", "classes": "--K", "particle_diameter": "--particle-diameter", "flatten_solvent": "--flatten-solvent",
+    "sym": "--sym", "starts": "--starts", "max_extra_iter": "--max-extra-iter", "retries": "--retries",
+    "retry_classes": "--retry-classes", "grad_ini_subset": "--grad-ini-subset", "grad_fin_subset": "--grad-fin-subset",
+    "tau2_fudge": "--tau2-fudge", "sampling": "--sampling", "offset_range": "--offset-range", "offset_step": "--offset-step",
+    "maxsig": "--maxsig", "auto_sampling": "--auto-sampling", "finest_sampling": "--finest-sampling",
+    "max_resolution": "--max-resolution", "final_fine_grid": "--final-fine-grid", "output_pixel_size": "--output-pixel-size",
+    "seed": "--seed", "reference": "--reference", "reference_pixel_size": "--reference-pixel-size", "mass_kda": "--mass-kda",
+    "cs_passthrough": "--passthrough", "cs_project_dir": "--cs-project-dir",
+}  # fmt: skip
+
+
 def _check_arguments(args: argparse.Namespace) -> None:
     """Checks that need no file: a bad value is reported before anything is read or written."""
-    if not args.input and args.continue_from is not None:
-        args.input = _input_of_checkpoint(args.continue_from)
+    if args.continue_from is not None:
+        if not args.input:
+            args.input = _input_of_checkpoint(args.continue_from)
+        args.restored_options = _restore_run_options(args)
     if not args.input:
         raise NovomapError("--i particles.star is required")
     if args.iter < 1:
@@ -221,6 +238,26 @@ def _read_fingerprint(state_file: str, mtime_ns: int, size: int) -> dict:
     return torch.load(state_file, map_location="cpu", weights_only=False).get("fingerprint") or {}
 
 
+def _restore_run_options(args: argparse.Namespace) -> list[str]:
+    """Set the RUN_OPTIONS that the command line left out to the checkpoint's run's values -> the
+    restored ones as flags with values, for run.out. Only where the command line is known
+    (args.given_options, set by novomap.commands.main) and the checkpoint recorded its arguments
+    (runs since session 34; older ones: every option as given, checked against the run's settings)."""
+    given = getattr(args, "given_options", None)
+    if given is None:
+        return []
+    try:
+        stored = _stored_fingerprint(args.continue_from).get("arguments") or {}
+    except InputError:  # a missing or foreign checkpoint is reported later, with its own message
+        return []
+    restored = []
+    for name, value in stored.items():
+        if name in RUN_OPTIONS and name not in given and getattr(args, name, None) != value:
+            setattr(args, name, value)
+            restored.append(f"{RUN_OPTIONS[name]} {value:g}" if isinstance(value, float) else f"{RUN_OPTIONS[name]} {value}")
+    return restored
+
+
 def _input_of_checkpoint(optimiser_star: str) -> str | None:
     """The particles file a checkpoint's run was started with, if it is still there (as RELION's
     --continue reads it from the optimiser file); None otherwise."""
@@ -272,7 +309,9 @@ def _fingerprint(args: argparse.Namespace, config) -> dict:
     """What a run's checkpoints record of its particles and settings (outputs.continuation)."""
     from novomap.outputs.continuation import run_fingerprint
 
-    return run_fingerprint(args.input, config, {name: getattr(args, name, None) for name in ("max_resolution", "output_pixel_size")})
+    fingerprint = run_fingerprint(args.input, config, {name: getattr(args, name, None) for name in ("max_resolution", "output_pixel_size")})
+    fingerprint["arguments"] = {name: getattr(args, name, None) for name in RUN_OPTIONS}  # what a --continue restores
+    return fingerprint
 
 
 def _check_continue(args: argparse.Namespace, fingerprint: dict) -> None:
@@ -519,6 +558,8 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log, stage: _JobStage) -> 
     fingerprint = _fingerprint(args, config)
     if args.continue_from is not None:
         _check_continue(args, fingerprint)
+        if getattr(args, "restored_options", None):
+            log.info(f"--continue: options left out taken from the run's checkpoint: {', '.join(args.restored_options)}")
     else:
         earlier = set_aside_earlier_run(out_dir)
         if earlier is not None:

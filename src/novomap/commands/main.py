@@ -56,6 +56,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def given_options(argv: list[str] | None) -> set[str]:
+    """The destinations the command line sets itself, not left at their defaults (what `initial-model
+    --continue` leaves to the checkpoint's run): argv parsed again with every default suppressed."""
+    parser = build_parser()
+    parsers = [parser]
+    while parsers:
+        for action in parsers.pop()._actions:
+            action.default = argparse.SUPPRESS
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+    return set(vars(parser.parse_args(argv)))
+
+
 def main(argv: list[str] | None = None) -> int:
     limit_openmp_spinning()  # before the commands' modules import torch
     parser = build_parser()
@@ -63,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 1
+    args.given_options = given_options(argv)
     tune_allocator()
     flush_denormals()
     try:
