@@ -75,3 +75,38 @@ def test_no_reuse_when_the_final_pass_refines_locally(after_two_iterations):
     local = VdamConfig(**{**config.__dict__, "local_searches": True})
     assert recently_assigned(state, particles.n, config).any()
     assert not recently_assigned(state, particles.n, local).any()
+
+
+def test_large_one_class_sets_give_final_poses_to_a_subset(after_two_iterations, monkeypatch):
+    """Beyond final_pass_max particles (one class) the final pass searches the last mini-batch's
+    particles and a seeded random sample of the rest, final_pass_max in all; the others are left
+    unassigned (class 0), so the final reconstruction reads none of their stale poses."""
+    from novomap.vdam.iterate import final_pass_size, final_pass_subset
+
+    particles, config, state, half = after_two_iterations
+    state = state.__class__(**{name: getattr(state, name) for name in state.__dataclass_fields__})
+    state.class_number = state.class_number.clone()
+    state.max_probability = state.max_probability.clone()
+    state.max_probability[:] = 0.9
+    small = VdamConfig(**{**config.__dict__, "final_pass_max": 80})
+    fresh = recently_assigned(state, particles.n, small)
+    assert int(fresh.sum()) == 50
+    chosen = final_pass_subset(fresh, small)
+    assert int(chosen.sum()) == 80 and bool(chosen[fresh].all())
+    assert torch.equal(chosen, final_pass_subset(fresh, small))  # fixed by the seed
+    assert final_pass_subset(fresh, config) is None and final_pass_size(particles.n, small) == 80
+    assert final_pass_subset(fresh, VdamConfig(**{**small.__dict__, "n_classes": 2})) is None  # every particle's class counts
+
+    searched = []
+    original = iterate.expectation
+
+    def spy(state_, particles_, batch_index, *args, **kwargs):
+        searched.append(batch_index.clone())
+        return original(state_, particles_, batch_index, *args, **kwargs)
+
+    monkeypatch.setattr(iterate, "expectation", spy)
+    timings = assign_all(state, particles, half, small, "cpu")
+    assert torch.equal(torch.sort(searched[0]).values, torch.nonzero(chosen & ~fresh).squeeze(1))
+    assert bool((state.class_number[~chosen] == 0).all()) and bool((state.class_number[chosen] > 0).all())
+    assert timings["assigned_fraction"] == pytest.approx(80 / particles.n)
+    assert timings["reused_fraction"] == pytest.approx(50 / particles.n)

@@ -510,6 +510,7 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log, stage: _JobStage) -> 
     from novomap.outputs.pipeline import JobAborted, abort_requested, finish_job, start_job
     from novomap.outputs.progress import ProgressDisplay, batch_plan, format_duration
     from novomap.vdam.config import VdamConfig, starts_for_classes
+    from novomap.vdam.iterate import final_pass_size
 
     started = time.perf_counter()
     log.to_file(f"# {shlex.join(['novomap', *sys.argv[1:]])}")
@@ -581,7 +582,8 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log, stage: _JobStage) -> 
         log.info(fine_line)
     log.info(f"output: {out_dir}/ (progress in run.out, pictures in report.html, maps in view.cxc)")
 
-    display = ProgressDisplay(log, config.n_iter, batch_plan(config, n_particles), final_pass_particles=n_particles, config=config)
+    final_pass_particles = final_pass_size(n_particles, config)
+    display = ProgressDisplay(log, config.n_iter, batch_plan(config, n_particles), final_pass_particles=final_pass_particles, config=config)
     reported: set[int] = set()
     last_report = [started]
 
@@ -617,7 +619,8 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log, stage: _JobStage) -> 
             then = "" if args.sym.upper() == "C1" else f", then aligning the {args.sym} symmetry axes"
             if args.sym.strip().lower() == "auto":
                 then = ", then choosing the point group (the map proposes, the particles decide: up to a minute) and aligning its axes"
-            display.stage(f"final pass: assigning all {n_particles} particles with the final map{then}")
+            which = f"all {n_particles} particles" if final_pass_particles == n_particles else f"{final_pass_particles} of the {n_particles} particles (a random sample and the last mini-batch's)"
+            display.stage(f"final pass: assigning {which} with the final map{then}")
 
     def warn(line: str) -> None:  # run.out and run.err, and the terminal even with --quiet
         display.message(line)

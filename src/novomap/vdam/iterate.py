@@ -310,7 +310,8 @@ def as_devices(device: torch.device | str | list) -> list[torch.device]:
 
 
 def assign_all(state: RunState, particles: ParticleSet, half: torch.Tensor, config: VdamConfig, device: torch.device | list) -> dict:
-    """One E-step over every particle with the final maps: fresh poses for the whole data set.
+    """One E-step over every particle with the final maps: fresh poses for the whole data set (with one
+    class, for at most config.final_pass_max particles: final_pass_subset).
 
     RELION leaves stale values for particles the last mini-batches did not visit; this pass
     gives every row of data.star an assignment from the final model. Particles of the last
@@ -320,8 +321,14 @@ def assign_all(state: RunState, particles: ParticleSet, half: torch.Tensor, conf
     """
     grid, current_size, coarse_size = search_setup(state, particles, config, advance=False)
     timings: dict = {}
-    todo = torch.nonzero(~recently_assigned(state, particles.n, config)).squeeze(1)
-    timings["reused_fraction"] = 1.0 - todo.numel() / max(1, particles.n)
+    fresh = recently_assigned(state, particles.n, config)
+    chosen = final_pass_subset(fresh, config)
+    if chosen is not None:  # the rest stay unassigned: nothing downstream reads their stale poses
+        state.class_number[~chosen] = 0
+        timings["assigned_fraction"] = float(chosen.float().mean())
+        fresh = fresh & chosen
+    todo = torch.nonzero(~fresh if chosen is None else chosen & ~fresh).squeeze(1)
+    timings["reused_fraction"] = float(fresh.sum()) / max(1, particles.n)
     if todo.numel():
         expectation(state, particles, todo, half, grid, current_size, coarse_size, config, as_devices(device), timings, with_sums=False)
     timings["local_fraction"] = timings.pop("n_local", 0) / max(1, particles.n)
@@ -348,6 +355,27 @@ def polish_config(config: VdamConfig) -> VdamConfig:
         local_offset_step_px=config.local_offset_step_px / 2,
         local_min_pmax=0.0,
     )
+
+
+def final_pass_size(n_particles: int, config: VdamConfig) -> int:
+    """How many particles the final pass gives poses to (final_pass_subset)."""
+    return n_particles if config.n_classes > 1 else min(n_particles, config.final_pass_max)
+
+
+def final_pass_subset(fresh: torch.Tensor, config: VdamConfig) -> torch.Tensor | None:
+    """(n,) bool: the particles the final pass gives poses to, or None for all of them. With one class
+    and more than config.final_pass_max particles: every recently assigned one (`fresh`) and a random
+    sample of the others (fixed by the seed), config.final_pass_max in all."""
+    n = fresh.numel()
+    if final_pass_size(n, config) == n:
+        return None
+    generator = torch.Generator().manual_seed(config.seed)
+    order = torch.randperm(n, generator=generator)
+    # the recently assigned first (in random order), then the others: the first final_pass_max are kept
+    order = order[torch.argsort((~fresh[order]).to(torch.int8), stable=True)]
+    chosen = torch.zeros(n, dtype=torch.bool)
+    chosen[order[: config.final_pass_max]] = True
+    return chosen
 
 
 def recently_assigned(state: RunState, n_particles: int, config: VdamConfig) -> torch.Tensor:
