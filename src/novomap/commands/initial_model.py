@@ -165,11 +165,15 @@ RUN_OPTIONS = {
     "sym": "--sym", "starts": "--starts", "max_extra_iter": "--max-extra-iter", "retries": "--retries",
     "retry_classes": "--retry-classes", "grad_ini_subset": "--grad-ini-subset", "grad_fin_subset": "--grad-fin-subset",
     "tau2_fudge": "--tau2-fudge", "sampling": "--sampling", "offset_range": "--offset-range", "offset_step": "--offset-step",
-    "maxsig": "--maxsig", "auto_sampling": "--auto-sampling", "finest_sampling": "--finest-sampling",
-    "max_resolution": "--max-resolution", "final_fine_grid": "--final-fine-grid", "output_pixel_size": "--output-pixel-size",
+    "maxsig": "--maxsig", "auto_sampling": "--no-auto-sampling", "finest_sampling": "--finest-sampling",
+    "max_resolution": "--max-resolution", "final_fine_grid": "--final-at-working-grid", "output_pixel_size": "--output-pixel-size",
     "seed": "--seed", "reference": "--reference", "reference_pixel_size": "--reference-pixel-size", "mass_kda": "--mass-kda",
     "cs_passthrough": "--passthrough", "cs_project_dir": "--cs-project-dir",
 }  # fmt: skip
+#: the switches among them: the value each flag sets (the other value is the default)
+_SWITCHES = {"flatten_solvent": ("--flatten-solvent", "--no-flatten-solvent"), "auto_sampling": ("(auto-sampling)", "--no-auto-sampling"),
+             "final_fine_grid": ("(final fine grid)", "--final-at-working-grid")}  # fmt: skip
+_PATHS = ("reference", "cs_passthrough", "cs_project_dir")  # restored only where they still exist
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
@@ -252,8 +256,14 @@ def _restore_run_options(args: argparse.Namespace) -> list[str]:
         return []
     restored = []
     for name, value in stored.items():
-        if name in RUN_OPTIONS and name not in given and getattr(args, name, None) != value:
-            setattr(args, name, value)
+        if name not in RUN_OPTIONS or name in given or getattr(args, name, None) == value:
+            continue
+        if name in _PATHS and value is not None and not Path(value).exists():
+            continue  # given relative to another folder, or gone: the option as this command line has it
+        setattr(args, name, value)
+        if name in _SWITCHES:
+            restored.append(_SWITCHES[name][0 if value else 1])
+        else:
             restored.append(f"{RUN_OPTIONS[name]} {value:g}" if isinstance(value, float) else f"{RUN_OPTIONS[name]} {value}")
     return restored
 
