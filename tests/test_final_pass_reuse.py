@@ -31,6 +31,19 @@ def after_two_iterations(tmp_path_factory):
     return particles, config, state, half
 
 
+def spy_on_expectation(monkeypatch) -> list[torch.Tensor]:
+    """The batch_index of every E-step the final pass runs, recorded as it runs."""
+    searched = []
+    original = iterate.expectation
+
+    def spy(state_, particles_, batch_index, *args, **kwargs):
+        searched.append(batch_index.clone())
+        return original(state_, particles_, batch_index, *args, **kwargs)
+
+    monkeypatch.setattr(iterate, "expectation", spy)
+    return searched
+
+
 def test_last_batch_is_recorded_and_only_its_sharp_particles_are_reused(after_two_iterations, monkeypatch):
     particles, config, state, half = after_two_iterations
     state = state.__class__(**{name: getattr(state, name) for name in state.__dataclass_fields__})
@@ -46,14 +59,7 @@ def test_last_batch_is_recorded_and_only_its_sharp_particles_are_reused(after_tw
     expected[last[1::2]] = True
     assert torch.equal(fresh, expected)
 
-    searched = []
-    original = iterate.expectation
-
-    def spy(state_, particles_, batch_index, *args, **kwargs):
-        searched.append(batch_index.clone())
-        return original(state_, particles_, batch_index, *args, **kwargs)
-
-    monkeypatch.setattr(iterate, "expectation", spy)
+    searched = spy_on_expectation(monkeypatch)
     kept = state.rot_deg[last[1::2]].clone()
     timings = assign_all(state, particles, half, config, "cpu")
     assert len(searched) == 1
@@ -97,14 +103,7 @@ def test_large_one_class_sets_give_final_poses_to_a_subset(after_two_iterations,
     assert final_pass_subset(fresh, config) is None and final_pass_size(particles.n, small) == 80
     assert final_pass_subset(fresh, VdamConfig(**{**small.__dict__, "n_classes": 2})) is None  # every particle's class counts
 
-    searched = []
-    original = iterate.expectation
-
-    def spy(state_, particles_, batch_index, *args, **kwargs):
-        searched.append(batch_index.clone())
-        return original(state_, particles_, batch_index, *args, **kwargs)
-
-    monkeypatch.setattr(iterate, "expectation", spy)
+    searched = spy_on_expectation(monkeypatch)
     timings = assign_all(state, particles, half, small, "cpu")
     assert torch.equal(torch.sort(searched[0]).values, torch.nonzero(chosen & ~fresh).squeeze(1))
     assert bool((state.class_number[~chosen] == 0).all()) and bool((state.class_number[chosen] > 0).all())
