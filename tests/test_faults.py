@@ -466,3 +466,18 @@ def test_continue_takes_left_out_options_from_the_checkpoint(finished_run, tmp_p
     assert (copy / "run_it002_optimiser.star").is_file() and not (copy / "run_it003_optimiser.star").exists()
     line = next(line for line in (copy / "run.out").read_text().splitlines() if "taken from the run's checkpoint" in line)
     assert "--particle-diameter 12" in line and "--iter 2" in line and "--seed" not in line  # the seed was the default
+
+
+def test_continue_from_another_folder_finds_the_particles(tmp_path, capsys, monkeypatch):
+    """A run started with a relative --i (from its project folder) is continued from elsewhere with
+    `--continue CKPT --o DIR` alone: the checkpoint records the particles file's absolute path."""
+    star, _ = make_dataset(tmp_path / "project", N)
+    monkeypatch.chdir(star.parent)
+    assert run_job(tmp_path / "job", "--i", star.name, "--particle-diameter", "12") == 0
+    for path in (tmp_path / "job").glob("run_it002_*"):
+        path.unlink()
+    monkeypatch.chdir(tmp_path)
+    checkpoint = tmp_path / "job" / "run_it000_optimiser.star"
+    rc = main(["initial-model", "--o", str(tmp_path / "job"), "--continue", str(checkpoint), "--j", "1", "--no-report", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    assert (tmp_path / "job" / "run_it002_optimiser.star").is_file()

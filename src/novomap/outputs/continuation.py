@@ -54,7 +54,8 @@ def run_fingerprint(particles_file: str | Path, config, extra_options: dict) -> 
     continuation must keep (config fields outside CONTINUE_MAY_CHANGE, plus extra_options)."""
     options = {name: value for name, value in dataclasses.asdict(config).items() if name not in CONTINUE_MAY_CHANGE}
     options.update(extra_options)
-    return {"particles_sha256": file_sha256(particles_file), "particles_file": str(particles_file), "options": options}
+    # the absolute path: a --continue run from another folder finds the file (RELION's projects run from one)
+    return {"particles_sha256": file_sha256(particles_file), "particles_file": str(Path(particles_file).resolve()), "options": options}
 
 
 def _same(then, now) -> bool:
