@@ -7,7 +7,7 @@ import io
 import pytest
 from test_pipeline import N_ITER, N_PARTICLES, small_job
 
-from novomap.outputs.progress import ProgressDisplay, RunLog, batch_plan, format_duration, iteration_line
+from novomap.outputs.progress import FINAL_PASS_COST, ProgressDisplay, RunLog, batch_plan, format_duration, iteration_line
 from novomap.vdam import schedules
 from novomap.vdam.config import VdamConfig
 
@@ -51,7 +51,7 @@ def test_plain_lines_on_a_pipe_and_in_run_out(tmp_path):
     lines = terminal.getvalue().splitlines()
     assert len(lines) == 3
     assert lines[0].startswith("iter    1/4 | res  25.5 Å | batch   100 | step 0.90 | T 1.00 | sampling 15.00°")
-    assert lines[1].endswith("ETA 6s")  # (1 iteration + 400-particle final pass) x 0.01 s per particle
+    assert lines[1].endswith("ETA 14s")  # (1 iteration + 400-particle final pass x FINAL_PASS_COST 3) x 0.01 s per particle
     assert (tmp_path / "run.out").read_text().splitlines() == lines
 
 
@@ -95,7 +95,7 @@ def test_eta_counts_particles_not_iterations(tmp_path):
     log = RunLog(None, terminal=io.StringIO(), errors=io.StringIO())
     display = ProgressDisplay(log, n_iter=4, planned_batches=[100, 100, 200, 200], final_pass_particles=1000, mode="plain")
     display.update(figures(1, batch=100, seconds=1.0))  # 0.01 s per particle
-    assert display.eta_seconds(1) == pytest.approx((100 + 200 + 200 + 1000) * 0.01)
+    assert display.eta_seconds(1) == pytest.approx((100 + 200 + 200 + FINAL_PASS_COST * 1000) * 0.01)
     display = ProgressDisplay(log, n_iter=4, mode="plain")  # no plan: seconds per iteration
     display.update(figures(1, seconds=2.0))
     assert display.eta_seconds(1) == pytest.approx(6.0)
@@ -107,10 +107,10 @@ def test_a_run_going_on_past_iter_extends_the_plan_and_the_eta():
     log = RunLog(None, terminal=terminal, errors=io.StringIO())
     display = ProgressDisplay(log, n_iter=4, planned_batches=[100, 100, 200, 200], final_pass_particles=1000, mode="plain")
     display.update(figures(4, batch=200, seconds=2.0))  # 0.01 s per particle
-    assert display.eta_seconds(4) == pytest.approx(1000 * 0.01)
+    assert display.eta_seconds(4) == pytest.approx(FINAL_PASS_COST * 1000 * 0.01)
     display.extend(6)
     assert display.planned == [100, 100, 200, 200, 200, 200]
-    assert display.eta_seconds(4) == pytest.approx((200 + 200 + 1000) * 0.01)
+    assert display.eta_seconds(4) == pytest.approx((200 + 200 + FINAL_PASS_COST * 1000) * 0.01)
     display.update(figures(5, batch=200, seconds=2.0))
     assert "iter    5/6" in terminal.getvalue()
     display.extend(5)  # never shortens the run

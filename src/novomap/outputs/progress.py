@@ -27,6 +27,12 @@ from novomap.vdam.restarts import competition_rounds
 
 #: Weight of the newest iteration in the smoothed time per particle.
 _SMOOTHING = 0.3
+# seconds per particle of the final pass (a global search of the particles the last mini-batches missed,
+# the polish of every pose, then the final reconstruction and the evidence) over those of the late
+# iterations, whose narrowed searches of sharp particles the ETA learns: ~2.6 on the real tutorial job,
+# ~4 at 20,000 and 40,000 simulated particles (benchmarks/results/2026-12-04-s34-new-user-data.md);
+# with 1, the ETA showed 10 s where 40 s followed
+FINAL_PASS_COST = 3.0
 
 
 def batch_plan(config: VdamConfig, n_particles: int) -> list[int]:
@@ -305,7 +311,7 @@ class ProgressDisplay:
         if self.seconds_per_particle is None:
             return None
         if self.planned is not None and len(self.planned) >= self.n_iter:
-            particles = sum(self.planned[iteration:self.n_iter]) + self.final_pass
+            particles = sum(self.planned[iteration:self.n_iter]) + FINAL_PASS_COST * self.final_pass
             return particles * self.seconds_per_particle
         return (self.n_iter - iteration) * self.seconds_per_iteration
 
