@@ -250,12 +250,8 @@ def _restore_run_options(args: argparse.Namespace) -> list[str]:
     given = getattr(args, "given_options", None)
     if given is None:
         return []
-    try:
-        stored = _stored_fingerprint(args.continue_from).get("arguments") or {}
-    except InputError:  # a missing or foreign checkpoint is reported later, with its own message
-        return []
     restored = []
-    for name, value in stored.items():
+    for name, value in (_early_fingerprint(args.continue_from).get("arguments") or {}).items():
         if name not in RUN_OPTIONS or name in given or getattr(args, name, None) == value:
             continue
         if name in _PATHS and value is not None and not Path(value).exists():
@@ -271,11 +267,17 @@ def _restore_run_options(args: argparse.Namespace) -> list[str]:
 def _input_of_checkpoint(optimiser_star: str) -> str | None:
     """The particles file a checkpoint's run was started with, if it is still there (as RELION's
     --continue reads it from the optimiser file); None otherwise."""
-    try:
-        particles_file = _stored_fingerprint(optimiser_star).get("particles_file")
-    except InputError:  # a missing or foreign checkpoint is reported later, with its own message
-        return None
+    particles_file = _early_fingerprint(optimiser_star).get("particles_file")
     return particles_file if particles_file and Path(particles_file).is_file() else None
+
+
+def _early_fingerprint(optimiser_star: str) -> dict:
+    """_stored_fingerprint for the argument checks, {} where the checkpoint is missing or foreign: that is
+    reported later (_check_files, _check_continue), with its own message."""
+    try:
+        return _stored_fingerprint(optimiser_star)
+    except InputError:
+        return {}
 
 
 def _prepare_folder(out_dir: Path) -> None:
@@ -427,9 +429,7 @@ def _record_failure(error: BaseException, args: argparse.Namespace, out_dir: Pat
     """Write run.err and the RELION exit marker (when the folder exists; before the job started, only where
     no earlier run left a marker: a refused --continue keeps a finished run's SUCCESS); the user-facing
     error, if it changes."""
-    from novomap.outputs.pipeline import EXIT_MARKERS
-
-    from novomap.outputs.pipeline import JobAborted, finish_job
+    from novomap.outputs.pipeline import EXIT_MARKERS, JobAborted, finish_job
     from novomap.outputs.progress import RunLog
 
     replacement: NovomapError | None = None
