@@ -318,3 +318,40 @@ def test_grid_sample_slices_with_more_threads_than_even_batches_match_the_compil
         reference = torch.cat([projection._grid_sample_slices(volume_ft, r[None], window.kx, window.ky, 2, torch.empty_like(out[:1])) for r in rotations])
     assert torch.allclose(sampled, reference, atol=1e-10)
     assert float(reference.abs().max()) > 0.1
+
+
+@pytest.mark.parametrize("window_size", [10, 30])
+def test_compiled_scatter_into_the_reached_cube_is_the_whole_grid_scatter_to_the_bit(window_size, monkeypatch):
+    """Slices of a small window reach a cube of the padded grid: the private grids are cropped to it
+    (trilinear_cpu.reached_cube), and the sums must be those of the whole grid exactly, for the buffer's
+    rows (add_scattered_rows) and for scatter_slices; a window reaching the grid's edge keeps the whole grid."""
+    from novomap.physics import trilinear_cpu
+
+    if not trilinear_cpu.available():
+        pytest.skip("numba is not installed")
+    g = _gen(12)
+    m, pad = 64, 2
+    window = fourier_window(32, window_size)
+    rotations = euler_to_matrix(*(torch.rand(50, generator=g, dtype=torch.float64) * 360 for _ in range(3))).float()
+    channels = torch.randn((3, 60, window.n_pixels), generator=g, dtype=torch.float32)
+    rows = torch.arange(5, 55)
+
+    def both_sums():
+        data = torch.zeros((m, m, m), dtype=torch.complex128)
+        weight = torch.zeros((m, m, m), dtype=torch.float64)
+        trilinear_cpu.add_scattered_rows(channels, rows, rotations, window.kx.float(), window.ky.float(), pad, data, weight)
+        scattered = trilinear_cpu.scatter_slices(list(channels[:, rows]), rotations, window.kx.float(), window.ky.float(), pad, m)
+        return data, weight, scattered
+
+    cropped = both_sums()
+    geometry = trilinear_cpu._geometry(rotations, window.kx, window.ky, pad, torch.float32)
+    offset, size = trilinear_cpu.reached_cube(*geometry, m)
+    if window_size == 10:
+        assert 0 < offset and size < m // 2  # the crop is taken
+    else:
+        assert (offset, size) == (0, m)  # slices reaching the edge: the whole grid
+    monkeypatch.setattr(trilinear_cpu, "reached_cube", lambda rows, kx, ky, m: (0, m))
+    whole = both_sums()
+    for a, b in zip(cropped, whole):
+        assert torch.equal(a, b)
+    assert float(whole[1].sum()) == pytest.approx(float(channels[2, rows].double().sum()), rel=1e-6)  # nothing lost
