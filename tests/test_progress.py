@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import pytest
@@ -126,7 +127,8 @@ def test_batch_plan_follows_the_schedule():
     capped = VdamConfig(n_iter=100, n_starts=1, final_subset_max_fraction=1 / 3)
     small = batch_plan(capped, 1_455)  # the final size capped at a third of a small data set, as run_iteration does
     assert small[0] == 200 and small[-1] == 485
-    assert batch_plan(config, 1_455)[-1] == 1000  # by default RELION's
+    assert batch_plan(config, 1_455)[-1] == 728  # by default at most half the data set (RELION's 1,000 otherwise)
+    assert batch_plan(dataclasses.replace(config, final_subset_max_fraction=0.0), 1_455)[-1] == 1000  # no cap: RELION's
 
 
 def test_batch_plan_counts_the_race_of_starts_at_its_first_round():

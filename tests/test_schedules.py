@@ -145,3 +145,22 @@ def test_explicit_subset_sizes_win_over_the_automatic_ones():
 def test_sigmoid_is_finite_for_extreme_iterations():
     p = schedules.phases(10_000)
     assert math.isfinite(schedules.step_size(1, p)) and math.isfinite(schedules.step_size(10_000, p))
+
+
+@pytest.mark.parametrize(
+    "n, expected_final",
+    [
+        (1_000, 500),  # RELION's floor of 1,000 would be the whole data set in every late mini-batch
+        (1_455, 728),  # the tutorial's good classes
+        (2_000, 1000),  # from 2,000 particles on RELION's sizes stand
+        (50_000, 5000),
+    ],
+)
+def test_the_default_job_caps_the_final_mini_batch_at_half_the_data(n, expected_final):
+    from novomap.vdam.config import VdamConfig
+
+    config = VdamConfig()
+    sizes = schedules.subset_sizes(n, config.initial_subset, config.final_subset, config.final_subset_max_fraction)
+    assert sizes == (schedules.default_subset_sizes(n)[0], expected_final)
+    phases = schedules.phases(config.n_iter, config.initial_fraction, config.final_fraction)
+    assert schedules.subset_size(config.n_iter, phases, *sizes, n) == expected_final < n

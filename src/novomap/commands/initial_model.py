@@ -84,8 +84,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     for name, which, auto in (
         ("ini", "first", "0.5 %% of the particles, 200 to 5,000"),
-        ("fin", "last", "10 %% of the particles, 1,000 to 50,000; on a small data set a smaller one is faster: 485 of the "
-         "tutorial's 1,455 particles gave the same map in 0.72-0.84x the time, but a large asymmetric particle lost detail"),
+        ("fin", "last", "10 %% of the particles, 1,000 to 50,000, and at most half of them (RELION: no cap): with all of a small "
+         "data set in every late mini-batch the run loses the batches' randomness"),
     ):
         opt.add_argument(
             f"--grad-{name}-subset", f"--grad_{name}_subset", dest=f"grad_{name}_subset", type=int, default=-1, metavar="N",

@@ -33,10 +33,14 @@ class VdamConfig:
     initial_subset: int = -1  # -1: RELION's automatic size
     final_subset: int = -1
     # RELION's automatic final mini-batch (10 % of the particles, at least 1,000) capped at this fraction
-    # of the data set (never below the initial size; 0: no cap, as RELION). A third made the real job
-    # 0.72-0.84x as long with the same map, but the large C1 aggregate hb16_c1 ended at 1.14x its bound
-    # instead of 1.02x (benchmarks/results/2026-12-03-s28-final-subset.md): off
-    final_subset_max_fraction: float = 0.0
+    # of the data set (never below the initial size; 0: no cap, as RELION). It binds below 2,000
+    # particles, where RELION's floor of 1,000 makes the late mini-batches most or all of the data: the
+    # update then loses the mini-batches' randomness, and a large C1 particle from 1,000 images settled
+    # in a wrong fold (seeds 1 and 2); with half the data per batch seed 1 found the right one (1.14x its
+    # bound), the 1,500-particle aggregate stayed at 1.02-1.03x (a third had cost it 1.14x), symmetric
+    # specimens and real beta-gal kept their maps, and the real job's iterations after the race took
+    # 0.76-0.89x as long (benchmarks/results/2026-12-04-s35-final-batch-half.md)
+    final_subset_max_fraction: float = 0.5
     mu: float = 0.9
     max_significant: int = -1  # -1: 100 * K
     # the VDAM update's floor on the Fisher weight (vdam.update.fisher_weight_floor): 1 for
