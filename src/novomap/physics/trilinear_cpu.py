@@ -274,13 +274,17 @@ def _geometry(rotations: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor, pad: 
     )
 
 
+def _pixel_reach(rows: np.ndarray, kx: np.ndarray, ky: np.ndarray) -> np.ndarray:
+    """(P,) float64: how far from the grid's centre each pixel can land at any slice, |k| times the
+    rows' largest norm (rows (O, 2, 3) as _geometry gives them)."""
+    norm = float(np.sqrt((rows.astype(np.float64) ** 2).sum(-1)).max()) if rows.size else 1.0
+    return np.sqrt(kx.astype(np.float64) ** 2 + ky.astype(np.float64) ** 2) * norm
+
+
 def _rim_pixels(rows: np.ndarray, kx: np.ndarray, ky: np.ndarray, m: int) -> np.ndarray:
     """Indices of the pixels that may have a neighbour outside the (M, M, M) grid at some slice:
-    a pixel at (kx, ky) lands within |k| times the rows' largest norm of the centre, and one closer
-    than M/2 - 1 (less a margin for rounding) has all 8 neighbours inside."""
-    norm = float(np.sqrt((rows.astype(np.float64) ** 2).sum(-1)).max()) if rows.size else 1.0
-    radius = np.sqrt(kx.astype(np.float64) ** 2 + ky.astype(np.float64) ** 2) * norm
-    return np.nonzero(radius >= m / 2 - 1.01)[0].astype(np.int64)
+    one closer to the centre than M/2 - 1 (less a margin for rounding) has all 8 neighbours inside."""
+    return np.nonzero(_pixel_reach(rows, kx, ky) >= m / 2 - 1.01)[0].astype(np.int64)
 
 
 def gather_slices(volume_ft: torch.Tensor, rotations: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor, pad: int, out: torch.Tensor) -> None:
@@ -326,13 +330,12 @@ def reached_cube(rows: np.ndarray, kx: np.ndarray, ky: np.ndarray, m: int) -> tu
     """(offset, size): the cube of the (M, M, M) grid, from voxel `offset` on along each axis, that holds
     all 8 neighbours of every slice pixel, or (0, M) where that is the whole grid.
 
-    A pixel at (kx, ky) lies within |k| times the rows' largest norm of the centre M//2. Early in a run
+    A pixel lies within _pixel_reach of the centre M//2. Early in a run
     the slices reach a small sphere (current_size 30: a 37-voxel cube, 2 % of a 128-voxel grid), and
     private grids of the whole box cost more to clear, fill and add than the scatter itself: 8,000
     such slices into a 128-voxel grid took 135 ms, into their cube 52 ms (2 cores; on the 64-voxel grid
     of the real tutorial job the gain is ~7 % of the scatter, 0.15 s in 30 iterations)."""
-    norm = float(np.sqrt((rows.astype(np.float64) ** 2).sum(-1)).max()) if rows.size else 0.0
-    extent = float(np.sqrt(kx.astype(np.float64) ** 2 + ky.astype(np.float64) ** 2).max()) * norm if kx.size else 0.0
+    extent = float(_pixel_reach(rows, kx, ky).max()) if kx.size else 0.0
     half = int(np.ceil(extent)) + 3  # the upper neighbour and a margin for rounding
     centre = m // 2
     if centre - half < 0 or centre + half > m - 1:
