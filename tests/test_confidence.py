@@ -67,6 +67,27 @@ def test_random_poses_give_a_warning(simulated):
     assert evidence.radial_share > 0.85
 
 
+def test_the_ring_check_reads_the_final_reconstruction_not_the_last_vdam_map(simulated):
+    """The ring misfit is measured on the map rebuilt from the particles at their final poses: with the
+    true poses and a last VDAM map that is only the truth's spherical average (a ball), the particles'
+    own reconstruction fits their ring spectra and nothing is flagged; the ball itself would be
+    (tests/test_ring_spectra.py). A VDAM map's own errors are not the poses' (session 36: a right
+    icosahedral run flagged on its VDAM map, its reconstruction at the noise floor)."""
+    particles, truth = simulated
+    config = VdamConfig(particle_diameter_a=200.0)
+    state = _run_state(particles, truth, config)
+    n = truth.shape[-1]
+    radius = torch.round(torch.linalg.vector_norm(torch.stack(torch.meshgrid(*[torch.arange(n) - n // 2] * 3, indexing="ij")).double(), dim=0)).long()
+    profile = torch.bincount(radius.flatten(), weights=truth.double().flatten()) / torch.bincount(radius.flatten()).clamp(min=1)
+    state.maps[0] = profile[radius].to(truth.dtype)
+    from novomap.initial_model import final_reconstruction
+
+    final = final_reconstruction(state, particles, 0, config)
+    evidence = assess_run(state, particles, pseudo_halves(particles), 0, final, config)
+    assert evidence.ring is not None and not evidence.ring["flagged"], evidence.ring
+    assert evidence.ring["ratio"] < 1.5, evidence.ring
+
+
 def _evidence(**changes) -> Evidence:
     figures = dict(
         pixel_size_a=3.54, box=64, n_half=(700, 700), half_fsc=[1.0] * 33, half_fsc05_a=12.0, half_fsc0143_a=9.0,
