@@ -168,3 +168,16 @@ def test_report_in_a_headless_browser(job, tmp_path):
     subprocess.run([*common, "--window-size=1200,1600", f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120)
     image = decode_png(shot.read_bytes())
     assert np.asarray(image.convert("L")).std() > 10  # something was drawn
+
+
+def test_report_names_the_map_the_ring_check_read(job):
+    """The ring check reads the final reconstruction (analysis.confidence.assess_run), and evidence.json and
+    the report say so; a report of an older job, whose evidence has no "map", names the last VDAM map."""
+    evidence = json.loads((Path(job["dir"]) / "evidence.json").read_text())
+    assert evidence["ring"]["map"] == "final reconstruction"
+    page = (Path(job["dir"]) / "report.html").read_text(encoding="utf-8")
+    assert "turn like the final reconstruction&#x27;s projections" in page or "turn like the final reconstruction's projections" in page
+    from novomap.outputs.report import _evidence_caption
+
+    older = {**evidence, "nyquist_a": 7.0, "ring": {k: v for k, v in evidence["ring"].items() if k != "map"}}
+    assert "turn like the last VDAM map&#x27;s projections" in _evidence_caption(older)

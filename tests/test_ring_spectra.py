@@ -127,11 +127,22 @@ def test_the_truth_passes_and_its_spherical_average_is_flagged(simulated):
         (0.0076, 4.0, False, "hb_i seed 1: right, a small misfit far above a small floor"),
         (0.018, 2.93, False, "real, 1,455, seed 1 (session 34): right"),
         (0.005, 1.14, False, "adk_c4 from 500 particles, seed 1 (session 34): right"),
+        # the final reconstruction's figures, which the job reads since session 36 (the rows above: the VDAM map's)
+        (0.0618, 3.2, True, "reconstruction: hb16_c1 from 1,000 particles, seed 2: wrong fold"),
+        (0.0498, 2.4, True, "reconstruction: hb16_c1 from 1,000 particles, seed 3: wrong fold"),
+        (0.1130, 16.7, True, "reconstruction: adk_o seed 1 with one start: wrong fold"),
+        (0.0519, 9.4, True, "reconstruction: real, all particles, seed 1: wrong fold"),
+        (0.0243, 4.3, True, "reconstruction: real, all particles, seed 5: split"),
+        (0.0176, 2.9, False, "reconstruction: real, 1,455, seed 1: right"),
+        (0.0123, 2.2, False, "reconstruction: real, all particles, seed 2: right"),
+        (0.0015, 0.8, False, "reconstruction: hb_i seed 1, whose VDAM map was flagged at 0.0200, 10.8x: right"),
+        (0.0108, 0.8, False, "reconstruction: hb16_c1 from 1,500 particles, seed 2: right"),
     ],
 )
 def test_the_flag_separates_measured_wrong_and_split_runs_from_right_ones(misfit, ratio, flagged, run):
     """The two bars (ring_spectra's comment) against the figures of finished runs whose outcome is known
-    from the truth or the published map (benchmarks/results/2026-12-02-ring-spectra.md, -s29-split-runs.md)."""
+    from the truth or the published map (benchmarks/results/2026-12-02-ring-spectra.md, -s29-split-runs.md,
+    2026-12-04-s36-ring-reconstruction.md)."""
     check = RingCheck(misfit=misfit, noise_floor=misfit / ratio, rings=(2, 7), resolution_a=30.0, n_particles=2000)
     assert check.flagged is flagged, run
 

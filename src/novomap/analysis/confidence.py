@@ -366,7 +366,7 @@ def assess_run(state, particles, half: torch.Tensor, class_index: int, final_map
     evidence = assess(halves, final_map, state.maps[class_index], particles.pixel_size_a, radius, config.mask_edge_px, pmax, started)
     evidence.n_half = (int((half[members] == 0).sum()), int((half[members] == 1).sum()))
     ring = ring_check(particles, members, poses, final_map, seed=config.seed)
-    evidence.ring = ring.to_json() if ring is not None else None
+    evidence.ring = {**ring.to_json(), "map": "final reconstruction"} if ring is not None else None
     race = next((f for f in state.history if "start_rounds" in f), None)
     if race is not None:
         evidence.start_rounds, evidence.chosen_start = race["start_rounds"], race["chosen_start"]

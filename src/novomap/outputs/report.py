@@ -481,7 +481,8 @@ def _evidence_caption(evidence: dict) -> str:
     ring = evidence.get("ring")
     if ring:
         parts.append(html.escape(
-            f" The particles' Fourier rings (to {ring['resolution_a']:.0f} Å, {ring['n_particles']} particles) turn like the map's "
+            f" The particles' Fourier rings (to {ring['resolution_a']:.0f} Å, {ring['n_particles']} particles) turn like the "
+            f"{ring.get('map', 'last VDAM map')}'s "
             f"projections at their poses up to a misfit of {ring['misfit']:.3f}, {ring['ratio']:.1f}x what their own noise "
             f"gives (a wrong map averaged over near-symmetric poses is rounder than its particles: flagged above "
             f"{_ring_bars(evidence.get('thresholds', {}))})."
