@@ -20,6 +20,7 @@ from novomap.io.particles import ParticleSet
 from novomap.vdam.config import VdamConfig
 from novomap.vdam.iterate import pseudo_halves
 from novomap.vdam.start import initial_state
+from test_ring_spectra import _radial_average
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -76,10 +77,7 @@ def test_the_ring_check_reads_the_final_reconstruction_not_the_last_vdam_map(sim
     particles, truth = simulated
     config = VdamConfig(particle_diameter_a=200.0)
     state = _run_state(particles, truth, config)
-    n = truth.shape[-1]
-    radius = torch.round(torch.linalg.vector_norm(torch.stack(torch.meshgrid(*[torch.arange(n) - n // 2] * 3, indexing="ij")).double(), dim=0)).long()
-    profile = torch.bincount(radius.flatten(), weights=truth.double().flatten()) / torch.bincount(radius.flatten()).clamp(min=1)
-    state.maps[0] = profile[radius].to(truth.dtype)
+    state.maps[0] = _radial_average(truth).to(truth.dtype)
     from novomap.initial_model import final_reconstruction
 
     final = final_reconstruction(state, particles, 0, config)
