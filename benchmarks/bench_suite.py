@@ -173,10 +173,28 @@ def recorded_wall_s(job: Path) -> float | None:
     return None
 
 
+def evidence_figures(job: Path) -> dict:
+    """What the job said about its own map (DIR/evidence.json): ring misfit and its multiple of the noise
+    floor, how many attempts ran (a flagged map is run again: a false flag costs a whole run), and
+    whether the evidence was called weak. Empty when the job wrote none."""
+    try:
+        evidence = json.loads((job / "evidence.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    ring = evidence.get("ring") or {}
+    return {
+        "ring_misfit": ring.get("misfit"),
+        "ring_ratio": ring.get("ratio"),
+        "attempts": len(evidence.get("attempts") or []) or 1,
+        "weak": bool(evidence.get("warnings")),
+    }
+
+
 def score_existing(job: Path, truth: Path, seed: int) -> dict:
     row = {"seed": seed, "wall_s": recorded_wall_s(job), "job": str(job), "reused": True}
     figures = compare(truth, job / "initial_model.mrc")
     row.update({k: figures.get(k) for k in ("fsc05_a", "fsc0143_a", "cc", "hand_flipped")})
+    row.update(evidence_figures(job))
     if "error" in figures:
         row["error"] = figures["error"]
     return row
@@ -204,6 +222,7 @@ def run_seed(star: Path, cwd: Path, job: Path, truth: Path, symmetry: str, mask_
         return row
     figures = compare(truth, job / "initial_model.mrc")
     row.update({k: figures.get(k) for k in ("fsc05_a", "fsc0143_a", "cc", "hand_flipped")})
+    row.update(evidence_figures(job))
     if "error" in figures:
         row["error"] = figures["error"]
     return row
@@ -307,7 +326,11 @@ def markdown(report: dict) -> str:
             f"{_f(e['particle_fraction'], 2)} | {_f(e['mask_diameter_a'], 0)} ({_f(e['mask_fraction'], 2)}) | {_f(e.get('snr'), 2)} | "
             f"{e['n_particles']} | {e['defocus_um'][0]}-{e['defocus_um'][1]} | {_f(e.get('bound_fsc05_a'))} |"
         )
-    lines += ["", "## Runs", "", "| specimen | seed | FSC 0.5 Å | ratio | cc | hand | wrong fold | wall s |", "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "", "## Runs", "",
+        "| specimen | seed | FSC 0.5 Å | ratio | cc | hand | wrong fold | ring misfit (x floor) | attempts | evidence | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for e in report["specimens"]:
         for r in e["runs"]:
             hand = "-" if r.get("hand_flipped") is None else ("mirror" if r["hand_flipped"] else "same")
@@ -315,8 +338,11 @@ def markdown(report: dict) -> str:
             if "error" in r:
                 wrong += " (error: " + r["error"].splitlines()[-1][:120].replace("|", "/") + ")"
             wall = _f(r["wall_s"], 0) + (" (earlier run)" if r.get("reused") else "")
+            ring = "-" if r.get("ring_misfit") is None else f"{r['ring_misfit']:.4f} ({_f(r.get('ring_ratio'), 1)})"
+            verdict = "-" if "weak" not in r else ("WEAK" if r["weak"] else "consistent")
             lines.append(
-                f"| {e['name']} | {r['seed']} | {_f(r.get('fsc05_a'))} | {_f(r.get('ratio'), 2)} | {_f(r.get('cc'), 3)} | {hand} | {wrong} | {wall} |"
+                f"| {e['name']} | {r['seed']} | {_f(r.get('fsc05_a'))} | {_f(r.get('ratio'), 2)} | {_f(r.get('cc'), 3)} | {hand} | {wrong} | "
+                f"{ring} | {r.get('attempts', '-')} | {verdict} | {wall} |"
             )
     lines += ["", "## Summary", "", "| specimen | bound Å | median FSC 0.5 Å | worst Å | wrong folds | median wall s |", "|---|---|---|---|---|---|"]
     for e in report["specimens"]:
