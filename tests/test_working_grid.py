@@ -213,6 +213,33 @@ def test_job_on_large_boxes_writes_maps_at_the_input_grid(tmp_path):
     data = starfile.read(out / "run_it002_data.star", always_dict=True)
     assert int(data["optics"]["rlnImageSize"].iloc[0]) == 96  # the images as they are on disk
     assert "rlnOriginXAngst" in data["particles"].columns
+    # the model STAR file describes the maps it names: the output grid's box, pixel size and shells
+    model = starfile.read(out / "run_it002_model.star", always_dict=True)
+    assert int(model["model_general"]["rlnOriginalImageSize"]) == 96
+    assert float(model["model_general"]["rlnPixelSize"]) == pytest.approx(pixel * 64 / 96, rel=1e-4)
+    shells = model["model_class_1"]
+    assert len(shells) == 49 and len(model["model_optics_group_1"]) == 49
+    assert float(shells["rlnAngstromResolution"].iloc[32]) == pytest.approx(2 * pixel, rel=1e-3)  # the working Nyquist
+    ssnr = shells["rlnSsnrMap"].to_numpy()
+    assert ssnr[1] > 0 and (ssnr[33:] == 0).all()  # nothing beyond the working grid
     sampling = starfile.read(out / "run_it002_sampling.star", always_dict=True)["sampling_general"]
     # 9 px of the input (2.36 Å) = 6 working px (3.54 Å) = 21.2 Å
     assert float(sampling["rlnOffsetRange"]) == pytest.approx(9 * pixel * 64 / 96, rel=1e-3)
+
+
+def test_spectra_move_to_the_output_shells_by_frequency():
+    """A working-grid spectrum taken at the output grid's shells: shell j of a field twice as wide is the
+    frequency of working shell j / 2 (linear between shells), and nothing lies beyond the working Nyquist."""
+    import numpy as np
+
+    from novomap.outputs.relion import on_output_shells
+
+    working = np.arange(33, dtype=np.float64) ** 2  # 64 px: shells 0..32
+    same = on_output_shells(working, 226.6, 226.6, 64)
+    assert np.array_equal(same, working)  # same field of view, same box: unchanged
+    wider = on_output_shells(working, 226.6, 453.2, 128)  # the output field twice as wide, 128 px
+    assert wider.shape == (65,)
+    assert wider[20] == pytest.approx(working[10]) and wider[21] == pytest.approx((working[10] + working[11]) / 2)
+    assert wider[64] == pytest.approx(working[32])
+    finer = on_output_shells(working, 226.6, 226.6, 96)  # the same field on 96 px: shells 33..48 beyond
+    assert np.array_equal(finer[:33], working) and (finer[33:] == 0).all()

@@ -64,25 +64,46 @@ def write_data_star(path: Path, particles: ParticleSet, state: RunState) -> None
     write_particle_star(path, particles.table.optics, table)
 
 
+def on_output_shells(values: np.ndarray, working_field_a: float, output_field_a: float, n_output: int) -> np.ndarray:
+    """A per-shell spectrum of the working grid (n//2 + 1,) at the shells of the output grid (n_output//2 + 1,):
+    output shell j is the frequency j / output_field_a, working shell i the frequency i / working_field_a
+    (fields of view in Å); linear between working shells, 0 beyond the working grid's Nyquist."""
+    working_shells = np.arange(values.shape[0], dtype=np.float64)
+    at = np.arange(n_output // 2 + 1) * (working_field_a / output_field_a)
+    return np.interp(at, working_shells, np.asarray(values, dtype=np.float64), right=0.0)
+
+
 def write_model_star(path: Path, out_dir: Path, particles: ParticleSet, state: RunState, config: VdamConfig, current_size: int) -> None:
+    """run_itNNN_model.star on the grid of the class maps it names (the input's, io.working_grid), as RELION
+    would have written it for these particles: box, pixel size and per-shell tables at the output grid's
+    shells (the working grid's spectra taken at the same frequencies, 0 beyond its Nyquist; the noise
+    spectra keep the working grid's scale). Resolutions in Å do not depend on the grid."""
     n, pixel = particles.box_size, particles.pixel_size_a
-    shells = np.arange(n // 2 + 1)
-    resolution = shells / (n * pixel)
-    angstrom = np.where(shells > 0, n * pixel / np.maximum(shells, 1), 999.0)
+    out_n, out_pixel = particles.grid.output_box, particles.grid.output_pixel_size_a
+    working_field_a, output_field_a = n * pixel, out_n * out_pixel
+
+    def spectrum(values) -> np.ndarray:
+        return on_output_shells(np.asarray(values, dtype=np.float64), working_field_a, output_field_a, out_n)
+
+    shells = np.arange(out_n // 2 + 1)
+    resolution = shells / output_field_a
+    angstrom = np.where(shells > 0, output_field_a / np.maximum(shells, 1), 999.0)
     current_resolution_a = n * pixel / max(state.resolution_shell, 1)
+    # the searched window's diameter in output pixels (even, as RELION's current_size)
+    current_size_output = min(out_n, 2 * int(round(current_size * output_field_a / working_field_a / 2)))
     last = state.history[-1] if state.history else {}
     blocks: dict = {
         "model_general": {
             "rlnReferenceDimensionality": 3,
             "rlnDataDimensionality": 2,
-            "rlnOriginalImageSize": n,
+            "rlnOriginalImageSize": out_n,
             "rlnCurrentResolution": current_resolution_a,
-            "rlnCurrentImageSize": current_size,
+            "rlnCurrentImageSize": current_size_output,
             "rlnPaddingFactor": float(PAD),
             "rlnIsHelix": 0,
             "rlnFourierSpaceInterpolator": 1,
             "rlnMinRadiusNnInterpolation": 10,
-            "rlnPixelSize": pixel,
+            "rlnPixelSize": out_pixel,
             "rlnNrClasses": state.n_classes,
             "rlnNrBodies": 1,
             "rlnNrGroups": len(particles.table.optics),
@@ -115,12 +136,12 @@ def write_model_star(path: Path, out_dir: Path, particles: ParticleSet, state: R
                 "rlnSpectralIndex": shells,
                 "rlnResolution": resolution,
                 "rlnAngstromResolution": angstrom,
-                "rlnSsnrMap": state.ssnr[k].numpy(),
-                "rlnGoldStandardFsc": np.zeros(n // 2 + 1),
-                "rlnFourierCompleteness": (state.ssnr[k].numpy() >= 1).astype(float),
-                "rlnReferenceSigma2": state.sigma2[0].numpy(),
-                "rlnReferenceTau2": state.tau2[k].numpy(),
-                "rlnSpectralOrientabilityContribution": np.zeros(n // 2 + 1),
+                "rlnSsnrMap": spectrum(state.ssnr[k].numpy()),
+                "rlnGoldStandardFsc": np.zeros(out_n // 2 + 1),
+                "rlnFourierCompleteness": (spectrum(state.ssnr[k].numpy()) >= 1).astype(float),
+                "rlnReferenceSigma2": spectrum(state.sigma2[0].numpy()),
+                "rlnReferenceTau2": spectrum(state.tau2[k].numpy()),
+                "rlnSpectralOrientabilityContribution": np.zeros(out_n // 2 + 1),
             }
         )
     optics = particles.table.optics
@@ -135,7 +156,7 @@ def write_model_star(path: Path, out_dir: Path, particles: ParticleSet, state: R
     )
     for g in range(len(optics)):
         blocks[f"model_optics_group_{g + 1}"] = pd.DataFrame(
-            {"rlnSpectralIndex": shells, "rlnResolution": resolution, "rlnSigma2Noise": state.sigma2[g].numpy()}
+            {"rlnSpectralIndex": shells, "rlnResolution": resolution, "rlnSigma2Noise": spectrum(state.sigma2[g].numpy())}
         )
     for k in range(state.n_classes):
         blocks[f"model_pdf_orient_class_{k + 1}"] = pd.DataFrame({"rlnOrientationDistribution": state.direction_prior[k].numpy()})
