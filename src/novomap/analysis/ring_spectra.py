@@ -68,11 +68,12 @@ PAD = 2  # projections from a twice-oversampled transform, as the E-step's
 # the attempt that fits better is kept (initial_model.run_initial_model).
 # Those figures were the last VDAM map's. Since session 36 the job measures the final reconstruction
 # at the final poses (analysis.confidence.assess_run), and the bars stand: its misfit is the VDAM map's
-# (+-15 %) for the wrong folds (hb16_c1 from 1,000: 0.050-0.062 at 2.4-3.2x; adk_o with one start: 0.113,
-# 16.7x; real, all particles, seed 1: 0.052, 9.4x), the split run (real seed 5: 0.024, 4.3x) and the real right runs (0.011-0.018 at
-# 2.0-2.9x), while right simulated runs fall to their noise floor (0.0002-0.011 at 0.3-1.0x; the right
-# icosahedral hb_i run that the VDAM map's own errors put at 0.020 and 10.8x, over the second bar, is
-# at 0.0015 and 0.8x; benchmarks/results/2026-12-04-s36-ring-reconstruction.md).
+# (+-15 %) for the wrong folds (hb16_c1 from 1,000: 0.050-0.062 at 2.4-3.2x; adk_o with one start:
+# 0.113, 16.7x; real, all particles, seed 1: 0.052, 9.4x), the split run (real seed 5: 0.024, 4.3x)
+# and the real right runs (0.011-0.018 at 2.0-2.9x), while right simulated runs fall to their noise
+# floor (0.0002-0.011 at 0.3-1.0x; the right icosahedral hb_i run that the VDAM map's own errors put at
+# 0.020 and 10.8x, over the second bar, is at 0.0015 and 0.8x;
+# benchmarks/results/2026-12-04-s36-ring-reconstruction.md).
 MISFIT_FLAG = 0.035
 FLOOR_FACTOR = 2.0
 MODERATE_MISFIT_FLAG = 0.020
