@@ -243,3 +243,24 @@ def test_spectra_move_to_the_output_shells_by_frequency():
     assert wider[64] == pytest.approx(working[32])
     finer = on_output_shells(working, 226.6, 226.6, 96)  # the same field on 96 px: shells 33..48 beyond
     assert np.array_equal(finer[:33], working) and (finer[33:] == 0).all()
+
+
+@pytest.mark.parametrize(
+    "boxes, pixels, max_resolution_a, cause",
+    [
+        ((32,), (7.08,), 7.0, "the particles' own pixel size"),  # s33's 32 px particles: Nyquist 14.2 Å
+        ((256,), (0.885,), 30.0, "--max-resolution 30"),  # asked for a 14 px grid
+        ((300,), (3.0,), 7.0, "capped at 128 px, here across a 900 Å field"),  # a virus-sized field
+        ((64,), (3.54,), 7.0, None),  # the tutorial's particles: no warning
+        ((40,), (5.83,), 7.0, None),  # 11.7 Å: at the bar, still fine (betagal_d2_40 reached its bound)
+    ],
+)
+def test_a_coarse_working_grid_is_warned_about_with_its_cause(boxes, pixels, max_resolution_a, cause):
+    from novomap.commands.initial_model import coarse_grid_warning
+
+    grid = choose_working_grid(np.array(boxes), np.array(pixels), max_resolution_a)
+    warning = coarse_grid_warning(grid, max_resolution_a)
+    if cause is None:
+        assert warning is None
+    else:
+        assert warning is not None and warning.startswith("warning: the working grid") and cause in warning, warning

@@ -176,6 +176,32 @@ _SWITCHES = {"flatten_solvent": ("--flatten-solvent", "--no-flatten-solvent"), "
 _PATHS = ("reference", "cs_passthrough", "cs_project_dir")  # restored only where they still exist
 
 
+#: a working grid whose Nyquist is coarser than this (Å) gets a warning: an initial model is wanted at
+#: 7-10 Å, and 32 px particles at 7.08 Å/px (Nyquist 14.2 Å) gave 47.7 Å from 300 particles
+#: (benchmarks/results/2026-12-04-s33-new-user.md), while 40 px at 5.83 Å/px (11.7 Å) reached its bound
+COARSE_GRID_A = 12.0
+
+
+def coarse_grid_warning(grid, max_resolution_a: float) -> str | None:
+    """A warning when the working grid cannot carry an initial model's detail, naming the cause (None: fine)."""
+    from novomap.io.working_grid import DEFAULT_MAX_BOX
+
+    nyquist_a = 2 * grid.pixel_size_a
+    if nyquist_a <= COARSE_GRID_A:
+        return None
+    field_a = grid.box * grid.pixel_size_a
+    if grid.pixel_size_a <= min(grid.group_pixel_size_a) * (1 + 1e-6):
+        cause = "the particles' own pixel size sets it (binned particles: extract them at a finer pixel size for this job)"
+    elif grid.box >= DEFAULT_MAX_BOX:
+        cause = f"the working box is capped at {DEFAULT_MAX_BOX} px, here across a {field_a:.0f} Å field of view (a smaller extraction box helps)"
+    else:
+        cause = f"--max-resolution {max_resolution_a:g} Å sets it ({COARSE_GRID_A:g} Å or finer keeps the detail 3D classification starts from)"
+    return (
+        f"warning: the working grid ({grid.box} px at {grid.pixel_size_a:.3g} Å/px) stops at {nyquist_a:.3g} Å, coarser than "
+        f"an initial model is usually made ({COARSE_GRID_A:g} Å); {cause}"
+    )
+
+
 def _check_arguments(args: argparse.Namespace) -> None:
     """Checks that need no file: a bad value is reported before anything is read or written."""
     if args.continue_from is not None:
@@ -587,6 +613,9 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log, stage: _JobStage) -> 
         log.info(f"{grid.describe()}; resolution limit {nyquist_a:.3g} Å (the particles' Nyquist; --max-resolution {max_resolution_a:.3g} Å)")
     else:
         log.info(f"{grid.describe()}; resolution limit {max_resolution_a:.3g} Å (--max-resolution)")
+    coarse = coarse_grid_warning(grid, max_resolution_a)
+    if coarse:
+        log.error(coarse, to_stderr=True)
     fine_line = final_grid_line(grid) if config.final_fine_grid else None
     if fine_line:
         log.info(fine_line)
