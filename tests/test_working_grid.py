@@ -230,8 +230,6 @@ def test_job_on_large_boxes_writes_maps_at_the_input_grid(tmp_path):
 def test_spectra_move_to_the_output_shells_by_frequency():
     """A working-grid spectrum taken at the output grid's shells: shell j of a field twice as wide is the
     frequency of working shell j / 2 (linear between shells), and nothing lies beyond the working Nyquist."""
-    import numpy as np
-
     from novomap.outputs.relion import on_output_shells
 
     working = np.arange(33, dtype=np.float64) ** 2  # 64 px: shells 0..32

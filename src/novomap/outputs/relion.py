@@ -83,7 +83,7 @@ def write_model_star(path: Path, out_dir: Path, particles: ParticleSet, state: R
     working_field_a, output_field_a = n * pixel, out_n * out_pixel
 
     def spectrum(values) -> np.ndarray:
-        return on_output_shells(np.asarray(values, dtype=np.float64), working_field_a, output_field_a, out_n)
+        return on_output_shells(values, working_field_a, output_field_a, out_n)
 
     shells = np.arange(out_n // 2 + 1)
     resolution = shells / output_field_a
@@ -131,14 +131,15 @@ def write_model_star(path: Path, out_dir: Path, particles: ParticleSet, state: R
         ),
     }
     for k in range(state.n_classes):
+        ssnr = spectrum(state.ssnr[k].numpy())
         blocks[f"model_class_{k + 1}"] = pd.DataFrame(
             {
                 "rlnSpectralIndex": shells,
                 "rlnResolution": resolution,
                 "rlnAngstromResolution": angstrom,
-                "rlnSsnrMap": spectrum(state.ssnr[k].numpy()),
+                "rlnSsnrMap": ssnr,
                 "rlnGoldStandardFsc": np.zeros(out_n // 2 + 1),
-                "rlnFourierCompleteness": (spectrum(state.ssnr[k].numpy()) >= 1).astype(float),
+                "rlnFourierCompleteness": (ssnr >= 1).astype(float),
                 "rlnReferenceSigma2": spectrum(state.sigma2[0].numpy()),
                 "rlnReferenceTau2": spectrum(state.tau2[k].numpy()),
                 "rlnSpectralOrientabilityContribution": np.zeros(out_n // 2 + 1),
