@@ -52,6 +52,26 @@ def test_a_later_call_refines_from_the_previous_axes():
     assert correlation(again[0], maps[0]) > 0.999
 
 
+def test_a_centre_too_far_off_is_replaced_by_the_box_centre():
+    """max_shift_px: a map whose D2 centre lies 6 px off gets the group imposed about the box centre
+    (shift 0, symmetric there), where a looser bound keeps its own centre."""
+    symmetric = blob_map("D2", seed=3)
+    far = shift_volume(symmetric, (0.0, 6.0, 0.0))
+    group = point_group("D2")
+    kept, kept_axes = impose_group(far[None].double(), group, 3.0, max_shift_px=8.0)
+    assert float(kept_axes[0][1].norm()) > 5.0
+    assert correlation(kept[0].float(), far) > 0.98
+    pinned, pinned_axes = impose_group(far[None].double(), group, 3.0, max_shift_px=4.0)
+    assert torch.equal(pinned_axes[0][1], torch.zeros(3, dtype=torch.float64))
+    centred = pinned[0].float()
+    # symmetric about the box centre: its own centre found there, and a C4 turn about it leaves it
+    assert float(torch.as_tensor(align_to_symmetry(centred, 3.0, group).shift_zyx_px).norm()) < 1.0
+    assert correlation(symmetrise(centred, group.in_frame(pinned_axes[0][0])), centred) > 0.999
+    # a later call keeps the box centre
+    _, again = impose_group(pinned, group, 3.0, pinned_axes, max_shift_px=4.0)
+    assert torch.equal(again[0][1], torch.zeros(3, dtype=torch.float64))
+
+
 def test_near_gives_the_global_answer():
     volume = rotate_volume(blob_map("D2", seed=1), random_rotation(8).float())
     found = align_to_symmetry(volume, 3.0, "D2")

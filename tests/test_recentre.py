@@ -143,3 +143,26 @@ def test_centred_classes_need_imposed_axes_at_the_box_centre():
     assert not centred_on_symmetry(state)
     state.symmetry_axes = state.symmetry_axes[:1]  # one class of two has axes
     assert not centred_on_symmetry(state)
+
+
+def test_several_classes_impose_a_far_centre_at_the_box_centre():
+    """With two classes, a class map whose D2 centre lies beyond a tenth of the box is made symmetric
+    about the box centre (symmetry.impose max_shift_px), so it counts as centred and is searched by
+    unit; one class keeps its far centre (untrusted_shift_px None)."""
+    from novomap.symmetry.groups import point_group
+    from novomap.symmetry.impose import impose_group
+    from novomap.vdam.config import VdamConfig
+    from novomap.vdam.recentre import centred_classes, untrusted_shift_px
+
+    state = _state()
+    far = torch.tensor([0.0, 4.5, 0.0], dtype=torch.float64)  # 32-px box: 3.2 px is a tenth
+    state.maps = torch.stack([blob_map("D2", size=32, seed=3).double(), shift_volume(blob_map("D2", size=32, seed=4).double(), far)])
+    config = VdamConfig(n_classes=2)
+    assert untrusted_shift_px(state, config) == 3.2
+    assert untrusted_shift_px(state, VdamConfig(n_classes=2, centre_untrusted_classes=False)) is None
+    state.maps, axes = impose_group(state.maps, point_group("D2"), 3.0, None, untrusted_shift_px(state, config))
+    state.symmetry_axes = recentre_on_axes(state, axes, 3.0, 1)
+    assert centred_classes(state) == [True, True]
+    one = _state()
+    one.maps = state.maps[1:].clone()
+    assert one.n_classes == 1 and untrusted_shift_px(one, VdamConfig(n_classes=1)) is None

@@ -99,7 +99,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sampling.add_argument(
         "--maxsig", type=int, default=-1, metavar="N",
         help="most coarse hypotheses (class, orientation, translation) per particle taken on to the fine pass (RELION's --maxsig; "
-        "-1: 100 x K, as RELION; a smaller cap makes runs with several classes faster: benchmarks/results/2026-12-03-s27-classes.md; default: %(default)s)",
+        "-1: 100 whatever the number of classes, where RELION's is 100 x K: the same separation of junk in less time, "
+        "benchmarks/results/2026-12-05-s37-classes.md; default: %(default)s)",
     )
     sampling.add_argument("--no-auto-sampling", dest="auto_sampling", action="store_false", help="keep the initial angular sampling throughout")
     sampling.add_argument(
@@ -217,7 +218,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
     if args.starts < 1 and args.starts != -1:
         raise NovomapError(f"--starts must be >= 1, not {args.starts}")
     for option, value, automatic in (
-        ("--maxsig", args.maxsig, "100 x K"),
+        ("--maxsig", args.maxsig, "100"),
         ("--grad-ini-subset", args.grad_ini_subset, "automatic"),
         ("--grad-fin-subset", args.grad_fin_subset, "automatic"),
     ):

@@ -19,18 +19,26 @@ from novomap.symmetry.symmetrise import symmetrise_in_place
 
 
 def impose_group(
-    maps: torch.Tensor, group: PointGroup, pixel_size_a: float, axes: list | None = None
+    maps: torch.Tensor, group: PointGroup, pixel_size_a: float, axes: list | None = None, max_shift_px: float | None = None
 ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
     """Each class map (K, N, N, N) averaged over the group about its own axes -> (maps, axes).
 
     axes: per class, the (rotation (3, 3), shift_zyx_px (3,)) of an earlier call: the centre is kept
     and the rotation refined locally from there (None: searched globally, centre refined). The
     returned axes go to the next call.
+    max_shift_px: a class whose symmetry centre lies further than this from the box centre has the
+    group imposed about the box centre instead (its rotation refined there; shift 0 in the returned
+    axes, kept by later calls). Such a centre is not trusted (vdam.recentre): with several classes it
+    is a junk class's, whose map loses nothing real by being made symmetric about the centre, and
+    which can then be searched over one asymmetric unit like the others (vdam.unit_search).
     """
     imposed, found = [], []
     for k in range(maps.shape[0]):
         near = axes[k] if axes is not None and k < len(axes) else None
         alignment = align_to_symmetry(maps[k].float(), pixel_size_a, group, near=near)
+        if max_shift_px is not None and float(torch.as_tensor(alignment.shift_zyx_px).norm()) > max_shift_px:
+            at_centre = (alignment.rotation, torch.zeros(3, dtype=torch.float64))
+            alignment = align_to_symmetry(maps[k].float(), pixel_size_a, group, near=at_centre)
         imposed.append(symmetrise_in_place(maps[k].float(), group, alignment.rotation, alignment.shift_zyx_px).to(maps.dtype))
         found.append((alignment.rotation, torch.as_tensor(alignment.shift_zyx_px, dtype=torch.float64)))
     return torch.stack(imposed), found

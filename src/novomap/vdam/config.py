@@ -42,7 +42,11 @@ class VdamConfig:
     # 0.76-0.89x as long (benchmarks/results/2026-12-04-s35-final-batch-half.md)
     final_subset_max_fraction: float = 0.5
     mu: float = 0.9
-    max_significant: int = -1  # -1: 100 * K
+    # the coarse significance cap per particle (RELION's --maxsig); -1: 100 whatever K, where RELION's
+    # default is 100 K: with junk in the data and several classes the junk particles' posteriors stay
+    # broad and fill the cap; at 100 real K=3 jobs ran in 0.69-0.91x the time with the same separation
+    # (benchmarks/results/2026-12-03-s27-classes.md, 2026-12-05-s37-classes.md)
+    max_significant: int = -1
     # the VDAM update's floor on the Fisher weight (vdam.update.fisher_weight_floor): 1 for
     # RELION-normalised images; the job sets it from the images' background std
     weight_floor: float = 1.0
@@ -141,6 +145,11 @@ class VdamConfig:
     # moments and its particles' origins (vdam.recentre): the solvent mask and the origin prior are
     # centred on the box
     recentre_on_symmetry: bool = True
+    # with several classes, a class whose symmetry centre lies too far from the box centre to be trusted
+    # (vdam.recentre.MAX_SHIFT_BOX_FRACTION: a junk class) gets the group imposed about the box centre
+    # instead (symmetry.impose), so that it too is searched over one asymmetric unit; False: about its
+    # own far centre, searched over every orientation. Real K=3 (benchmarks/results/2026-12-05-s37-classes.md)
+    centre_untrusted_classes: bool = True
     # convergence (vdam.convergence): from n_iter on, every convergence_check_every iterations, the
     # class maps are compared with those of convergence_lag iterations before (mean FSC over the
     # shells up to the run's resolution); below convergence_min_fsc the run goes on in its
@@ -173,4 +182,4 @@ class VdamConfig:
         return self.n_starts if self.n_starts > 0 else starts_for_classes(self.n_classes)
 
     def significant_cap(self) -> int:
-        return self.max_significant if self.max_significant > 0 else 100 * self.n_classes
+        return self.max_significant if self.max_significant > 0 else 100

@@ -21,6 +21,7 @@ import torch
 
 from novomap.maps.transform import shift_volume
 from novomap.physics.euler import euler_to_matrix
+from novomap.vdam.config import VdamConfig
 from novomap.vdam.state import RunState
 
 
@@ -79,6 +80,16 @@ def recentre_on_axes(state: RunState, axes: list, pixel_size_a: float, pad: int,
             shift = torch.zeros(3, dtype=torch.float64)
         moved_axes.append((rotation, shift))
     return moved_axes
+
+
+def untrusted_shift_px(state: RunState, config: VdamConfig) -> float | None:
+    """The symmetry-centre distance (px) beyond which symmetry.impose_group imposes a class's group
+    about the box centre instead (config.centre_untrusted_classes, several classes only), or None.
+
+    With one class the map is the particle, and a far centre is left alone (recentre_on_axes)."""
+    if state.n_classes < 2 or not config.recentre_on_symmetry or not config.centre_untrusted_classes:
+        return None
+    return MAX_SHIFT_BOX_FRACTION * state.maps.shape[-1]
 
 
 def centred_classes(state: RunState, tolerance_px: float = 0.5) -> list[bool]:

@@ -31,8 +31,9 @@ def unit_operators(state: RunState, config: VdamConfig, group: PointGroup | None
     (estep.accumulate.symmetrise_sums), as if each slice had gone to its equivalent orientations as
     well, which keeps the VDAM update symmetric between impositions. With several classes each map
     has its own axes, hence its own unit (a K=3 run on real beta-gal searched 4x the orientations per
-    class without it), and a class whose centre could not be brought to the box centre (a junk class
-    8 px off) is searched whole while the others still search their units. The final pass searches
+    class without it). A class whose centre could not be brought to the box centre is searched whole
+    while the others still search their units; with several classes that no longer happens by default
+    (a junk class's far centre is replaced by the box centre: vdam.recentre.untrusted_shift_px). The final pass searches
     every orientation: the final reconstruction takes the poses as they are."""
     if not with_sums or not config.search_asymmetric_unit or not searchable_by_unit(group):
         return None
