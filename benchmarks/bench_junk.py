@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pandas as pd
 import starfile
 import torch
 
@@ -93,6 +94,14 @@ def simulate_data(out: Path, n_good: int, n_junk: int, n_objects: int) -> Path:
     return merged_path
 
 
+def last_particles(job: Path) -> pd.DataFrame:
+    """The job's last particle table, image names relative to the data folder: the job writes them
+    absolute when it found the images beside the STAR file rather than from the working directory."""
+    table = starfile.read(sorted(job.glob("run_it*_data.star"))[-1])["particles"]
+    table["rlnImageName"] = table["rlnImageName"].str.replace(f"@{job.parent.resolve()}/", "@", regex=False)
+    return table
+
+
 def orientation_figures(job: Path, out: Path) -> dict:
     """Good particles: median angle (deg) to their true poses after the best global rotation (D2, either
     hand) and the share within 10 degrees."""
@@ -100,7 +109,7 @@ def orientation_figures(job: Path, out: Path) -> dict:
     from novomap.physics.euler import euler_to_matrix
     from novomap.symmetry.groups import point_group
 
-    ours = starfile.read(sorted(job.glob("run_it*_data.star"))[-1])["particles"]
+    ours = last_particles(job)
     ours = ours[ours["rlnImageName"].str.contains("@betagal/")].copy()
     ours["key"] = ours["rlnImageName"].str.split("@betagal/").str[0] + "@" + ours["rlnImageName"].str.split("@betagal/").str[1]
     truth = starfile.read(out / "betagal" / "particles.star")["particles"]
@@ -119,7 +128,7 @@ def orientation_figures(job: Path, out: Path) -> dict:
 
 def junk_outside_best_class(job: Path) -> float:
     """K >= 2: share of the junk particles outside the class holding most beta-gal particles."""
-    table = starfile.read(sorted(job.glob("run_it*_data.star"))[-1])["particles"]
+    table = last_particles(job)
     good = table["rlnImageName"].str.contains("@betagal/")
     best = table.loc[good, "rlnClassNumber"].value_counts().idxmax()
     junk = table[~good]

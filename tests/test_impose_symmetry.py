@@ -11,7 +11,7 @@ from novomap.symmetry.align import align_to_symmetry
 from novomap.symmetry.groups import point_group
 from novomap.symmetry.impose import impose_group
 from novomap.symmetry.score import symmetry_score
-from novomap.symmetry.symmetrise import symmetrise
+from novomap.symmetry.symmetrise import symmetrise, symmetrise_in_place
 from novomap.vdam.config import VdamConfig
 
 
@@ -89,3 +89,19 @@ def test_the_schedule_starts_after_the_initial_phase_and_skips_the_last_iteratio
     assert [i for i in range(1, 101) if imposing_due(i, config)] == [i for i in range(35, 100, 5) if i not in (70, 80, 90)]
     assert not any(imposing_due(i, VdamConfig(n_iter=100, impose_symmetry_every=0)) for i in range(1, 101))
     assert [i for i in range(1, 13) if imposing_due(i, VdamConfig(n_iter=12))] == [8]
+
+
+def test_kept_axes_are_imposed_as_they_are():
+    """keep_axes: the map is made symmetric about the given axes, which come back unchanged (no
+    refinement), whereas a refining call moves axes given a few degrees off."""
+    volume = rotate_volume(blob_map("D2", seed=1), random_rotation(8).float())
+    group = point_group("D2")
+    found = align_to_symmetry(volume, 3.0, group)
+    nudge = random_rotation(9)
+    off = torch.linalg.matrix_exp(0.05 * (nudge - nudge.T) / 2) @ found.rotation  # ~2 degrees off
+    axes = [(off, found.shift_zyx_px)]
+    kept, kept_axes = impose_group(volume[None].double(), group, 3.0, axes, keep_axes=[True])
+    assert torch.equal(kept_axes[0][0], off)
+    assert torch.allclose(kept[0].float(), symmetrise_in_place(volume, group, off, found.shift_zyx_px), atol=1e-5)
+    _, refined_axes = impose_group(volume[None].double(), group, 3.0, axes, keep_axes=[False])
+    assert not torch.allclose(refined_axes[0][0], off, atol=1e-3)

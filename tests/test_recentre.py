@@ -166,3 +166,23 @@ def test_several_classes_impose_a_far_centre_at_the_box_centre():
     one = _state()
     one.maps = state.maps[1:].clone()
     assert one.n_classes == 1 and untrusted_shift_px(one, VdamConfig(n_classes=1)) is None
+
+
+def test_axes_settle_after_two_intervals_searched_by_unit():
+    """vdam.unit_search.settled_axes: a centred class keeps its axes once the last 2 x every iterations
+    all searched by unit; an uncentred class, a shorter or interrupted record, or the option off do not."""
+    from novomap.vdam.config import VdamConfig
+    from novomap.vdam.unit_search import settled_axes
+
+    state = _state()
+    eye = torch.eye(3, dtype=torch.float64)
+    state.symmetry_axes = [(eye, torch.zeros(3, dtype=torch.float64)), (eye, torch.tensor([2.0, 0.0, 0.0], dtype=torch.float64))]
+    config = VdamConfig(n_classes=2, impose_symmetry_every=5)
+    state.history = [{"unit_fraction": 1.0}] * 5 + [{"unit_fraction": 0.4}] * 10
+    assert settled_axes(state, config) == [True, False]
+    state.history = [{"unit_fraction": 0.4}] * 9
+    assert settled_axes(state, config) == [False, False]
+    state.history = [{"unit_fraction": 0.4}] * 5 + [{"unit_fraction": 1.0}] + [{"unit_fraction": 0.4}] * 4
+    assert settled_axes(state, config) == [False, False]
+    state.history = [{"unit_fraction": 0.4}] * 10
+    assert settled_axes(state, VdamConfig(n_classes=2, impose_symmetry_every=5, keep_settled_axes=False)) == [False, False]

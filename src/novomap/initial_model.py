@@ -42,7 +42,7 @@ from novomap.vdam.iterate import as_devices, assign_all, pseudo_halves, run_iter
 from novomap.vdam.recentre import recentre_on_axes, untrusted_shift_px
 from novomap.vdam.start import initial_state
 from novomap.vdam.state import RunState
-from novomap.vdam.unit_search import spread_equivalent_poses
+from novomap.vdam.unit_search import settled_axes, spread_equivalent_poses
 from novomap.vdam.update import fisher_weight_floor
 
 
@@ -259,7 +259,9 @@ def _run_attempt(star_path: str | Path, out_dir: str | Path, config: VdamConfig,
     while state.iteration < last:  # the race of starts (vdam.restarts) may advance it by several
         figures = run_iteration(state, particles, half, config, device, group)
         if group is not None and group.order > 1 and imposing_due(state.iteration, config):
-            state.maps, state.symmetry_axes = impose_group(state.maps, group, particles.pixel_size_a, state.symmetry_axes, untrusted_shift_px(state, config))
+            state.maps, state.symmetry_axes = impose_group(
+                state.maps, group, particles.pixel_size_a, state.symmetry_axes, untrusted_shift_px(state, config), settled_axes(state, config)
+            )
             if config.recentre_on_symmetry:
                 state.symmetry_axes = recentre_on_axes(state, state.symmetry_axes, particles.pixel_size_a, PAD)
         convergence.keep_snapshot(state, config)

@@ -19,7 +19,8 @@ from novomap.symmetry.symmetrise import symmetrise_in_place
 
 
 def impose_group(
-    maps: torch.Tensor, group: PointGroup, pixel_size_a: float, axes: list | None = None, max_shift_px: float | None = None
+    maps: torch.Tensor, group: PointGroup, pixel_size_a: float, axes: list | None = None, max_shift_px: float | None = None,
+    keep_axes: list[bool] | None = None,
 ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
     """Each class map (K, N, N, N) averaged over the group about its own axes -> (maps, axes).
 
@@ -31,10 +32,17 @@ def impose_group(
     axes, kept by later calls). Such a centre is not trusted (vdam.recentre): with several classes it
     is a junk class's, whose map loses nothing real by being made symmetric about the centre, and
     which can then be searched over one asymmetric unit like the others (vdam.unit_search).
+    keep_axes: per class, True to impose about its axes in `axes` as they are, without refining them
+    (vdam.unit_search.settled_axes: a map kept symmetric about them since, whose axes do not move).
     """
     imposed, found = [], []
     for k in range(maps.shape[0]):
         near = axes[k] if axes is not None and k < len(axes) else None
+        if near is not None and keep_axes is not None and keep_axes[k]:
+            rotation, shift = near
+            imposed.append(symmetrise_in_place(maps[k].float(), group, rotation, shift).to(maps.dtype))
+            found.append((rotation, torch.as_tensor(shift, dtype=torch.float64)))
+            continue
         alignment = align_to_symmetry(maps[k].float(), pixel_size_a, group, near=near)
         if max_shift_px is not None and float(torch.as_tensor(alignment.shift_zyx_px).norm()) > max_shift_px:
             at_centre = (alignment.rotation, torch.zeros(3, dtype=torch.float64))

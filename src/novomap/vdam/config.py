@@ -150,6 +150,9 @@ class VdamConfig:
     # instead (symmetry.impose), so that it too is searched over one asymmetric unit; False: about its
     # own far centre, searched over every orientation. Real K=3 (benchmarks/results/2026-12-05-s37-classes.md)
     centre_untrusted_classes: bool = True
+    # an imposition keeps a class's axes without refining them once its map has been searched by unit
+    # since they were last refined (vdam.unit_search.settled_axes); False: refined at every imposition
+    keep_settled_axes: bool = True
     # convergence (vdam.convergence): from n_iter on, every convergence_check_every iterations, the
     # class maps are compared with those of convergence_lag iterations before (mean FSC over the
     # shells up to the run's resolution); below convergence_min_fsc the run goes on in its

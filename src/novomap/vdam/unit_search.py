@@ -45,6 +45,20 @@ def unit_operators(state: RunState, config: VdamConfig, group: PointGroup | None
     return [group.in_frame(rotation).operators if ok else None for (rotation, _), ok in zip(state.symmetry_axes, centred)]
 
 
+def settled_axes(state: RunState, config: VdamConfig) -> list[bool]:
+    """Per class, whether the next imposition may keep its axes as they are (symmetry.impose_group
+    keep_axes): the class is centred and every iteration of the last two imposition intervals searched
+    by unit, so its map has been updated with sums averaged over the group about those axes ever since
+    they were last refined, and stays symmetric about them. Refining them again moved them by
+    0.01-0.06 degrees per 10 iterations on real beta-gal (K=1 and K=3) and cost 0.19 s per class each
+    time (benchmarks/results/2026-12-05-s37-classes.md)."""
+    if not config.keep_settled_axes:
+        return [False] * state.n_classes
+    recent = state.history[-2 * config.impose_symmetry_every :]
+    by_unit = len(recent) == 2 * config.impose_symmetry_every and all(f.get("unit_fraction", 1.0) < 1.0 for f in recent)
+    return [by_unit and centred for centred in centred_classes(state)]
+
+
 def spread_equivalent_poses(state: RunState, group: PointGroup | None, config: VdamConfig) -> int:
     """After the final pass of a run whose iterations searched one asymmetric unit (unit_operators),
     give each particle placed in a class searched by unit one of its |G| equivalent poses A g (g of
