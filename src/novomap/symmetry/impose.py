@@ -37,16 +37,21 @@ def impose_group(
     """
     imposed, found = [], []
     for k in range(maps.shape[0]):
+        volume = maps[k].float()
         near = axes[k] if axes is not None and k < len(axes) else None
         if near is not None and keep_axes is not None and keep_axes[k]:
             rotation, shift = near
-            imposed.append(symmetrise_in_place(maps[k].float(), group, rotation, shift).to(maps.dtype))
-            found.append((rotation, torch.as_tensor(shift, dtype=torch.float64)))
-            continue
-        alignment = align_to_symmetry(maps[k].float(), pixel_size_a, group, near=near)
-        if max_shift_px is not None and float(torch.as_tensor(alignment.shift_zyx_px).norm()) > max_shift_px:
-            at_centre = (alignment.rotation, torch.zeros(3, dtype=torch.float64))
-            alignment = align_to_symmetry(maps[k].float(), pixel_size_a, group, near=at_centre)
-        imposed.append(symmetrise_in_place(maps[k].float(), group, alignment.rotation, alignment.shift_zyx_px).to(maps.dtype))
-        found.append((alignment.rotation, torch.as_tensor(alignment.shift_zyx_px, dtype=torch.float64)))
+        else:
+            rotation, shift = _found_axes(volume, group, pixel_size_a, near, max_shift_px)
+        imposed.append(symmetrise_in_place(volume, group, rotation, shift).to(maps.dtype))
+        found.append((rotation, torch.as_tensor(shift, dtype=torch.float64)))
     return torch.stack(imposed), found
+
+
+def _found_axes(volume: torch.Tensor, group: PointGroup, pixel_size_a: float, near, max_shift_px: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (rotation, shift_zyx_px) of the group's axes in volume (N, N, N), refined from `near`; a centre
+    further than max_shift_px from the box centre is replaced by the box centre (impose_group)."""
+    alignment = align_to_symmetry(volume, pixel_size_a, group, near=near)
+    if max_shift_px is not None and float(torch.as_tensor(alignment.shift_zyx_px).norm()) > max_shift_px:
+        alignment = align_to_symmetry(volume, pixel_size_a, group, near=(alignment.rotation, torch.zeros(3, dtype=torch.float64)))
+    return alignment.rotation, alignment.shift_zyx_px
