@@ -186,7 +186,7 @@ def evidence_figures(job: Path) -> dict:
         "ring_misfit": ring.get("misfit"),
         "ring_ratio": ring.get("ratio"),
         "attempts": len(evidence.get("attempts") or []) or 1,
-        "weak": bool(evidence.get("warnings")),
+        "weak": bool(evidence.get("weak")),
     }
 
 
