@@ -148,6 +148,32 @@ def test_the_final_pass_polishes_every_pose_one_order_finer(simulated, one_threa
     assert float(origin_after.median()) <= float(origin_before.median())
 
 
+def test_with_several_classes_the_polish_searches_each_particle_in_its_own_class(simulated, one_thread):
+    """polish_config's local searches evaluate only the class the first stage chose (polish_in_own_class):
+    particles placed in a worse class (the map's mirror) stay there, where searching every class moves
+    them to the right map."""
+    particles, volume = simulated
+    classes = {}
+    for own_class in (True, False):
+        config = VdamConfig(seed=1, max_healpix_order=2, n_classes=2, polish_in_own_class=own_class)
+        state, _ = _state_near_truth(particles, volume, config, offset_deg=2.0, acc_rot_deg=1.2)
+        state.maps = torch.stack([volume, torch.flip(volume, (0,))])
+        n_dir = state.direction_prior.shape[1]
+        state.direction_prior = torch.full((2, n_dir), 1.0 / (2 * n_dir), dtype=torch.float64)
+        state.class_fraction = torch.tensor([0.5, 0.5], dtype=torch.float64)
+        state.class_number[1::2] = 2
+        polish = polish_config(config)
+        assert local_order(state, polish, final=True) > 0
+        grid, current_size, coarse_size = search_setup(state, particles, polish, advance=False)
+        everyone = torch.arange(particles.n)
+        expectation(state, particles, everyone, pseudo_halves(particles), grid, current_size, coarse_size, polish, [torch.device("cpu")], {}, with_sums=False)
+        classes[own_class] = state.class_number.clone()
+    assert torch.equal(classes[True][0::2], torch.ones(particles.n // 2, dtype=classes[True].dtype))
+    assert torch.equal(classes[True][1::2], torch.full((particles.n // 2,), 2, dtype=classes[True].dtype))
+    # searched over both classes, the particles placed in the mirror move to the right map
+    assert float((classes[False] == 1).float().mean()) > 0.9
+
+
 def test_uncertain_particles_keep_the_global_search(simulated):
     particles, volume = simulated
     config = VdamConfig(seed=1, max_healpix_order=2, local_min_pmax=0.5, max_local_order_iterations=3)

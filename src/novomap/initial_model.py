@@ -278,7 +278,7 @@ def _run_attempt(star_path: str | Path, out_dir: str | Path, config: VdamConfig,
             if options.on_write is not None:
                 options.on_write(written)
 
-    assign_all(state, particles, half, config, device)
+    assign_all(state, particles, half, config, device, group)
     spread_equivalent_poses(state, group, config)
     _, current_size, _ = search_setup(state, particles, config, advance=False)
     written = write_iteration(out_dir, particles, state, config, current_size, str(star_path), command_line)

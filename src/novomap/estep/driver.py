@@ -180,7 +180,7 @@ def run_estep(
     if local is None:
         size = chunk_size(grid, state.n_classes, requested_chunk, pool, 0 if coarse_columns is None else coarse_columns.numel())
     else:
-        size = local_chunk_size(local.candidates.shape[1], state.n_classes, grid.n_coarse_translations, works[0].coarse.pixels.numel(), requested_chunk)
+        size = local_chunk_size(local.candidates.shape[1], state.n_classes if local.classes is None else 1, grid.n_coarse_translations, works[0].coarse.pixels.numel(), requested_chunk)
     everyone = torch.arange(batch_index.numel())
     if narrow is None:
         chunks = [(position, grid) for position in torch.split(everyone, size)]
@@ -215,7 +215,8 @@ def run_estep(
         else:
             prior = LocalPrior(local.previous[position].to(work.device), local.sigma_deg)
             chunk_coarse, used, candidates = _chunk_coarse(work, grid, local.candidates[position].to(work.device))
-            hits = local_coarse_pass(batch, chunk_coarse, grid, candidates, used, prior, work.log_prior, settings)
+            classes = None if local.classes is None else local.classes[position].to(work.device)
+            hits = local_coarse_pass(batch, chunk_coarse, grid, candidates, used, prior, work.log_prior, settings, classes)
         t2 = time.perf_counter()
         result = fine_pass(batch, work.window, hits, work.projection_cache, grid, work.log_prior, settings, prior)
         t3 = time.perf_counter()

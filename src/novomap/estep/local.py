@@ -44,12 +44,13 @@ def local_coarse_pass(
     prior: LocalPrior,
     log_direction_prior: torch.Tensor,
     settings: SearchSettings,
+    classes: torch.Tensor | None = None,
 ) -> CoarseHits:
     """Significant hypotheses among each particle's candidates.
 
     used (u,): the grid's coarse orientations this chunk needs; coarse.projections (K*u, Pc) are
     every class at those; candidates (B, L) index into `used` (-1 = empty slot). Every class is
-    searched at every candidate orientation.
+    searched at every candidate orientation, or with classes (B,) (0-based) only each particle's own.
     """
     device = batch.masked.device
     n_batch, n_slots = candidates.shape
@@ -58,11 +59,13 @@ def local_coarse_pass(
     valid = candidates >= 0
     local_index = candidates.clamp(min=0)
     orientation = used[local_index]  # (B, L) index into the grid
+    searched = torch.arange(n_classes, device=device)[None, :].expand(n_batch, -1) if classes is None else classes.to(device)[:, None]  # (B, C)
+    n_searched = searched.shape[1]
     # rows of coarse.projections, class * u + local index, slots ordered (class, slot)
-    class_offset = torch.arange(n_classes, device=device)[None, :, None]
-    keys = (class_offset * n_used + local_index[:, None, :]).reshape(n_batch, -1)
-    grid_keys = (class_offset * grid.n_coarse_orientations + orientation[:, None, :]).reshape(n_batch, -1)
-    valid = valid[:, None, :].expand(n_batch, n_classes, n_slots).reshape(n_batch, -1)
+    class_index = searched[:, :, None].expand(n_batch, n_searched, n_slots)
+    keys = (class_index * n_used + local_index[:, None, :]).reshape(n_batch, -1)
+    grid_keys = (class_index * grid.n_coarse_orientations + orientation[:, None, :]).reshape(n_batch, -1)
+    valid = valid[:, None, :].expand(n_batch, n_searched, n_slots).reshape(n_batch, -1)
 
     x = batch.masked[:, coarse.pixels]
     ctf = batch.ctf[:, coarse.pixels]
@@ -75,11 +78,10 @@ def local_coarse_pass(
     log_w = torch.bmm(images, refs.transpose(1, 2)).mul_(2)  # (B, T, KL)
     norm = torch.bmm(coarse.power[keys], (ctf * ctf * q).float()[:, :, None]).squeeze(-1)  # (B, KL)
     direction = grid.coarse_direction.to(device)[orientation]  # (B, L)
-    class_index = torch.arange(n_classes, device=device)[None, :, None].expand(n_batch, n_classes, n_slots)
     direction_prior = log_direction_prior[class_index, direction[:, None, :].expand_as(class_index)].reshape(n_batch, -1)
     rotations = grid.coarse_rotations.to(device)[orientation.reshape(-1)]
     angle_prior = prior(rotations, torch.arange(n_batch, device=device).repeat_interleave(n_slots)).reshape(n_batch, 1, n_slots)
-    per_slot = direction_prior.float() - norm + angle_prior.expand(n_batch, n_classes, n_slots).reshape(n_batch, -1).float()
+    per_slot = direction_prior.float() - norm + angle_prior.expand(n_batch, n_searched, n_slots).reshape(n_batch, -1).float()
     per_slot = torch.where(valid, per_slot, torch.full_like(per_slot, _EXCLUDED))
     log_w.add_(per_slot[:, None, :])
     log_w.add_(_offset_log_prior(batch.origin_px, grid.coarse_translations.to(device), settings).float()[:, :, None])

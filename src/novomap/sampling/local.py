@@ -39,6 +39,8 @@ class LocalCandidates:
     previous: torch.Tensor  # (B, 3, 3) float64 previous rotations (centres of the windows)
     sigma_deg: float  # width of the Gaussian prior on the angle to the previous pose
     radius_deg: float
+    # (B,) int64 0-based: the one class each particle is searched in; None: every class
+    classes: torch.Tensor | None = None
 
 
 def coarse_orientations(order: int, perturbation: float = 0.0) -> torch.Tensor:

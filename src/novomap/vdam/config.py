@@ -89,6 +89,12 @@ class VdamConfig:
     # (up to max_local_order + 1) and with translations at half the local step over half the range
     # (vdam.iterate.polish_config; FSC 0.5 to the truth 0.6-12 % finer on 10 finished runs of 9 specimens)
     final_polish: bool = True
+    # with several classes the polish searches each particle in its own class only (the first stage chose
+    # it); False: every class, as the first stage. Real K=3: ... (benchmarks/results/...)
+    polish_in_own_class: bool = True
+    # local searches evaluate only each particle's current class (polish_config sets it from
+    # polish_in_own_class; the mini-batch iterations search every class)
+    local_in_own_class: bool = False
     max_local_order: int = 4  # the final pass (poses only)
     # mini-batch iterations (3: 3.75 deg). Default 0 (final pass only): local searches in the iterations
     # locked the tight octahedral particle (seed 1) in a wrong solution (benchmarks/results/2026-11-30-local-refinement.md)
@@ -119,6 +125,12 @@ class VdamConfig:
     # imposed on, the mini-batch iterations search orientations of one asymmetric unit only, with the
     # iteration's sums averaged over the group (vdam.unit_search.unit_operators); False: every orientation
     search_asymmetric_unit: bool = True
+    # with several classes the final pass too: its particles searched globally (pmax < local_min_pmax, with
+    # junk in the data a third to a half of them) search one asymmetric unit of each class searched by
+    # unit, and their poses are spread over the equivalents afterwards
+    # (vdam.unit_search.spread_equivalent_poses); False: every orientation. One class: always every
+    # orientation (few particles are searched globally there; no time to gain)
+    final_unit_search: bool = True
     local_offset_range_px: float = 2.0
     local_offset_step_px: float = 1.0
     local_coarse_step_deg: float = 7.5  # the local coarse image resolves max(its angular step, this)

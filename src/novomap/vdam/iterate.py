@@ -102,6 +102,8 @@ def expectation(
         sigma = expected_prior_width(state.acc_rot_deg, angular_step_deg(order))
         t0 = time.perf_counter()
         local = local_candidates(previous, order, state.healpix_order, config.local_offset_range_px, config.local_offset_step_px, state.perturbation, sigma)
+        if config.local_in_own_class and state.n_classes > 1:
+            local = dataclasses.replace(local, classes=state.class_number[local_index] - 1)
         timings["local_setup"] = timings.get("local_setup", 0.0) + time.perf_counter() - t0
         # the coarse image resolves the local coarse step, but is never larger than one resolving
         # config.local_coarse_step_deg: finer orders lean on the prior and the full-size fine pass
@@ -309,9 +311,15 @@ def as_devices(device: torch.device | str | list) -> list[torch.device]:
     return [torch.device(d) for d in device] if isinstance(device, (list, tuple)) else [torch.device(device)]
 
 
-def assign_all(state: RunState, particles: ParticleSet, half: torch.Tensor, config: VdamConfig, device: torch.device | list) -> dict:
+def assign_all(
+    state: RunState, particles: ParticleSet, half: torch.Tensor, config: VdamConfig, device: torch.device | list, group: PointGroup | None = None
+) -> dict:
     """One E-step over every particle with the final maps: fresh poses for the whole data set (with one
     class, for at most config.final_pass_max particles: final_pass_subset).
+
+    group: the point group the job imposes (None: none); with config.final_unit_search the particles
+    searched globally search one asymmetric unit of each class the iterations searched by unit
+    (unit_search.unit_operators), and unit_search.spread_equivalent_poses spreads the poses afterwards.
 
     RELION leaves stale values for particles the last mini-batches did not visit; this pass
     gives every row of data.star an assignment from the final model. Particles of the last
@@ -330,7 +338,7 @@ def assign_all(state: RunState, particles: ParticleSet, half: torch.Tensor, conf
     todo = torch.nonzero(~fresh if chosen is None else chosen & ~fresh).squeeze(1)
     timings["reused_fraction"] = float(fresh.sum()) / max(1, particles.n)
     if todo.numel():
-        expectation(state, particles, todo, half, grid, current_size, coarse_size, config, as_devices(device), timings, with_sums=False)
+        expectation(state, particles, todo, half, grid, current_size, coarse_size, config, as_devices(device), timings, with_sums=False, group=group)
     timings["local_fraction"] = timings.pop("n_local", 0) / max(1, particles.n)
     timings.pop("n_narrow", None)
     if config.final_polish and local_order(state, config, final=True) > 0:
@@ -346,7 +354,8 @@ def polish_config(config: VdamConfig) -> VdamConfig:
     (pmax no longer matters: the first stage's finer sampling spreads it), one HEALPix order finer
     than the first stage could go, where the expected angular error allows (local_order), and with
     translations at half the local step over half the range (the first stage placed each particle
-    within half a step). A repeat of the first stage's own settings gains about a quarter as much; a
+    within half a step). With several classes each particle is searched in the class the first stage chose
+    (config.polish_in_own_class): this stage refines poses, and the class's map is the one its pose serves. A repeat of the first stage's own settings gains about a quarter as much; a
     particle searched globally in the first stage would lose its pose again in a global repeat."""
     return dataclasses.replace(
         config,
@@ -354,6 +363,7 @@ def polish_config(config: VdamConfig) -> VdamConfig:
         local_offset_range_px=config.local_offset_range_px / 2,
         local_offset_step_px=config.local_offset_step_px / 2,
         local_min_pmax=0.0,
+        local_in_own_class=config.polish_in_own_class,
     )
 
 

@@ -67,24 +67,28 @@ def vdam_update(
     weight_floor: fisher_weight_floor of the images (1 for RELION-normalised ones).
     """
     # only the voxels inside the current window change: work on those alone (early in a run a few
-    # per cent of the grid), leaving the moments outside as they are and the update zero there
-    d = gradient[:, inside] / weight[:, inside].clamp(min=weight_floor)  # (2, V)
-    first = not bool(torch.view_as_real(moment1).any())
-    m = d if first else BETA1 * moment1[:, inside] + (1 - BETA1) * d
-    moment1[:, inside] = m
-    disagreement = power(d[1] - d[0]) / power((d[0] + d[1]) / 2).add(1e-12)
-    second = BETA2 * moment2[inside] + (1 - BETA2) * disagreement
-    moment2[inside] = second
-    direction = (m[0] + m[1]) / 2 / (second.sqrt() + 1e-12)
+    # per cent of the grid), leaving the moments outside as they are and the update zero there. One
+    # flat index for every tensor: boolean indexing would find the voxels again for each of them
+    index = torch.nonzero(inside.reshape(-1)).squeeze(1)  # (V,)
+    moment1_flat, moment2_flat = moment1.view(2, -1), moment2.view(-1)  # in place: contiguous
+    d = gradient.reshape(2, -1).index_select(1, index) / weight.reshape(2, -1).index_select(1, index).clamp_(min=weight_floor)  # (2, V)
+    previous = moment1_flat.index_select(1, index)
+    # the moments start at 0: the first update takes d itself (the voxels inside were updated before, if any were)
+    m = d if not bool(torch.view_as_real(previous).any()) else previous.mul_(BETA1).add_(d, alpha=1 - BETA1)
+    moment1_flat.index_copy_(1, index, m)
+    disagreement = power(d[1] - d[0]).div_(power((d[0] + d[1]) / 2).add_(1e-12))
+    second = moment2_flat.index_select(0, index).mul_(BETA2).add_(disagreement, alpha=1 - BETA2)
+    moment2_flat.index_copy_(0, index, second)
+    direction = ((m[0] + m[1]) / 2).div_(second.sqrt().add_(1e-12))
 
-    inside_shells = shells[inside]
+    inside_shells = shells.reshape(-1).index_select(0, index)
     n_shells = int(inside_shells.max()) + 1
-    current = reference[inside]
+    current = reference.reshape(-1).index_select(0, index)
     signal = shell_average(current.abs(), inside_shells, n_shells)
     noise = shell_average((m[1] - m[0]).abs(), inside_shells, n_shells)
     snr = 2 * tau2_fudge * signal / noise.clamp(min=1e-30)
     f = (snr / (1 + snr)).clamp(max=1.0)[inside_shells]
 
     updated = torch.zeros_like(reference)
-    updated[inside] = current + step * (f * direction - (1 - f) * current)
+    updated.view(-1).index_copy_(0, index, current + step * (f * direction - (1 - f) * current))
     return updated
