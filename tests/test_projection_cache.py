@@ -58,6 +58,38 @@ def test_a_store_of_planes_holds_the_same_projections_as_the_complex_store():
     assert torch.allclose(planes.powers(), expected.abs().square(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("with_planes", [False, True])
+def test_a_released_store_serves_the_next_cache_with_its_own_projections(monkeypatch, with_planes):
+    """ProjectionCache.release hands the CPU store's storage on: the next cache (another map, same
+    device) writes its blocks into the same memory, stale values and all, and reads back its own
+    projections, within the budget that sizes the store."""
+    monkeypatch.setattr(cache_module, "_SPARE_STORAGE", {})  # no spare left by other tests
+    generator = torch.Generator().manual_seed(2)
+    grid = build_search_grid(1, 2.0, 2.0, 0.0)
+    window = fourier_window(16, 12, "cpu")
+    budget = 20 * 8 * window.n_pixels * 12  # twenty blocks: the store is sized to the budget, not to every key
+    first_reference = torch.randn((1, 32, 32, 32), generator=generator, dtype=torch.complex64)
+    first = ProjectionCache(first_reference, grid.fine_rotations, window, 2, budget, with_planes=with_planes)
+    assert first.store.shape[0] == first.max_blocks < first.slot.numel()
+    first.lookup(torch.tensor([3, 7, 11]))
+    pointer = first.store.data_ptr()
+    first.release()
+    assert first.count == 0 and bool((first.slot < 0).all())
+
+    second_reference = torch.randn((1, 32, 32, 32), generator=generator, dtype=torch.complex64)
+    second = ProjectionCache(second_reference, grid.fine_rotations, window, 2, budget, with_planes=with_planes)
+    assert second.store.data_ptr() == pointer
+    keys = torch.tensor([7, 3, 500])
+    store, index = second.lookup(keys)
+    for key, block in zip(keys.tolist(), index.tolist()):
+        expected = _expected(second_reference, grid.fine_rotations, window, key)
+        got = torch.complex(store[block, :, 0], store[block, :, 1]) if with_planes else store[block]
+        assert torch.allclose(got, expected, atol=1e-5)
+    # a cache made while the storage is in use gets memory of its own
+    third = ProjectionCache(second_reference, grid.fine_rotations, window, 2, budget, with_planes=with_planes)
+    assert third.store.data_ptr() != pointer
+
+
 needs_numba = pytest.mark.skipif(not sparse_cpu.available(), reason="numba is not installed")
 
 

@@ -7,6 +7,7 @@ orientation) across chunks and inserted into the 3D grids once, when the buffer 
 
 from __future__ import annotations
 
+import math
 import threading
 
 import torch
@@ -52,15 +53,40 @@ class ProjectionCache:
         self.pad = pad
         self.n_coarse = rotations.shape[0]
         self.slot = torch.full((references.shape[0] * self.n_coarse,), -1, dtype=torch.long, device=references.device)
-        # on CPU, room for every block at once: torch.empty commits no memory until rows are written,
-        # so only the blocks an iteration needs cost memory and the store never moves; a GPU
-        # allocator would reserve it all, so there the store grows by doubling instead
-        n_blocks = self.slot.numel() if references.device.type == "cpu" else 0
+        # on CPU, room for every block the budget allows at once: untouched memory commits nothing, so only
+        # the blocks an iteration needs cost memory and the store never moves; its storage is handed on to
+        # the next cache (release), whose rows then need no page faults. A GPU allocator would reserve it
+        # all, so there the store grows by doubling instead
+        n_blocks = min(self.slot.numel(), self.max_blocks) if references.device.type == "cpu" else 0
         block_shape = (8, 2, window.n_pixels) if with_planes else (8, window.n_pixels)
-        self.store = torch.empty((n_blocks, *block_shape), dtype=torch.float32 if with_planes else torch.complex64, device=references.device)
+        self._storage: torch.Tensor | None = None  # flat float32 storage behind a CPU store
+        if n_blocks:
+            self.store = self._store_from_pool(n_blocks, block_shape, torch.float32 if with_planes else torch.complex64)
+        else:
+            self.store = torch.empty((0, *block_shape), dtype=torch.float32 if with_planes else torch.complex64, device=references.device)
         self.power = torch.empty((n_blocks if with_power else 0, 8, window.n_pixels), dtype=torch.float32, device=references.device)  # |store|^2
         self.with_power = with_power
         self.with_planes = with_planes
+        self.count = 0
+
+    def _store_from_pool(self, n_blocks: int, block_shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """An uninitialised (n_blocks, *block_shape) store on the spare projection storage of the device, or a new one."""
+        n_floats = n_blocks * math.prod(block_shape) * (2 if dtype.is_complex else 1)
+        device = self.references.device
+        storage = _take_storage(device, n_floats, kind="projections")
+        if storage is None:
+            storage = torch.empty(n_floats, dtype=torch.float32, device=device)
+        self._storage = storage
+        flat = storage[:n_floats]
+        return (flat.view(torch.complex64) if dtype.is_complex else flat).view(n_blocks, *block_shape)
+
+    def release(self) -> None:
+        """Hand the store's storage to the next ProjectionCache on its device (call when done with this one)."""
+        if self._storage is not None:
+            _give_storage(self._storage, kind="projections")
+        self._storage = None
+        self.store = self.store[:0]
+        self.slot.fill_(-1)
         self.count = 0
 
     def lookup(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,28 +143,30 @@ class ProjectionCache:
             self.power = power
 
 
-# the storage of a released SliceBuffer, per device, for the next one (vdam iterations make one per E-step):
-# a fresh allocation of a few hundred MB is paid again in page faults on first touch, which was half the
-# time of adding an early iteration's slices (benchmarks/results/2026-12-04-s32-slice-buffer.md)
-_SPARE_STORAGE: dict[str, torch.Tensor] = {}
+# the storage of a released SliceBuffer or ProjectionCache, per kind and device, for the next one (vdam
+# iterations make one of each per E-step): a fresh allocation of a few hundred MB is paid again in page
+# faults on first touch, which was half the time of adding an early iteration's slices
+# (benchmarks/results/2026-12-04-s32-slice-buffer.md), and 0.2-1.2 s of system time per late iteration
+# of a three-class run writing its projections (benchmarks/results/2026-12-05-s38-k-classes.md)
+_SPARE_STORAGE: dict[tuple[str, str], torch.Tensor] = {}
 _SPARE_LOCK = threading.Lock()
 
 
-def _take_storage(device: torch.device, n_values: int) -> torch.Tensor | None:
-    """The spare flat float32 storage of `device` if it holds at least n_values (it is then no longer spare)."""
+def _take_storage(device: torch.device, n_values: int, kind: str = "slices") -> torch.Tensor | None:
+    """The spare flat float32 storage of `kind` on `device` if it holds at least n_values (it is then no longer spare)."""
     with _SPARE_LOCK:
-        spare = _SPARE_STORAGE.get(str(device))
+        spare = _SPARE_STORAGE.get((kind, str(device)))
         if spare is None or spare.numel() < n_values:
             return None
-        return _SPARE_STORAGE.pop(str(device))
+        return _SPARE_STORAGE.pop((kind, str(device)))
 
 
-def _give_storage(storage: torch.Tensor) -> None:
-    """Keep `storage` as its device's spare, unless the spare there is already as large."""
+def _give_storage(storage: torch.Tensor, kind: str = "slices") -> None:
+    """Keep `storage` as the spare of `kind` on its device, unless the spare there is already as large."""
     with _SPARE_LOCK:
-        spare = _SPARE_STORAGE.get(str(storage.device))
+        spare = _SPARE_STORAGE.get((kind, str(storage.device)))
         if spare is None or spare.numel() < storage.numel():
-            _SPARE_STORAGE[str(storage.device)] = storage
+            _SPARE_STORAGE[(kind, str(storage.device))] = storage
 
 
 def compiled_sparse_cpu():

@@ -232,6 +232,7 @@ def run_estep(
         work = works[d]
         for position, chunk_grid in chunks[d :: len(works)]:
             process(work, position, chunk_grid)
+        work.projection_cache.release()
         if with_sums:
             t0 = time.perf_counter()
             flush_slices(work.sums, grid, work.window, PAD)
