@@ -90,7 +90,8 @@ class VdamConfig:
     # (vdam.iterate.polish_config; FSC 0.5 to the truth 0.6-12 % finer on 10 finished runs of 9 specimens)
     final_polish: bool = True
     # with several classes the polish searches each particle in its own class only (the first stage chose
-    # it); False: every class, as the first stage. Real K=3: ... (benchmarks/results/...)
+    # it); False: every class, as the first stage. Real K=3: the polish's coarse pass 1.85 -> 1.45 s
+    # (benchmarks/results/2026-12-05-s38-k-classes.md)
     polish_in_own_class: bool = True
     # local searches evaluate only each particle's current class (polish_config sets it from
     # polish_in_own_class; the mini-batch iterations search every class)
