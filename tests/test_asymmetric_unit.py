@@ -104,14 +104,15 @@ def test_only_classes_centred_on_their_symmetry_are_searched_by_unit():
     assert operators[1] is None
     for k in (0, 2):
         assert torch.allclose(operators[k], group.in_frame(frames[k]).operators)
-    # with several classes the final pass searches the same units (its poses spread afterwards), unless asked not to
-    final = unit_operators(state, config, group, with_sums=False)
-    assert final[1] is None and all(torch.allclose(final[k], operators[k]) for k in (0, 2))
-    assert unit_operators(state, dataclasses.replace(config, final_unit_search=False), group, with_sums=False) is None
-    # one class: the final pass searches everything
-    state.maps, state.symmetry_axes = state.maps[:1], state.symmetry_axes[:1]
-    assert unit_operators(state, config, group, with_sums=True) is not None
+    # the final pass searches everything by default; asked to, with several classes it searches the same units
     assert unit_operators(state, config, group, with_sums=False) is None
+    by_unit = dataclasses.replace(config, final_unit_search=True)
+    final = unit_operators(state, by_unit, group, with_sums=False)
+    assert final[1] is None and all(torch.allclose(final[k], operators[k]) for k in (0, 2))
+    # one class: the final pass searches everything even then
+    state.maps, state.symmetry_axes = state.maps[:1], state.symmetry_axes[:1]
+    assert unit_operators(state, by_unit, group, with_sums=True) is not None
+    assert unit_operators(state, by_unit, group, with_sums=False) is None
     state.symmetry_axes = [(f, torch.tensor([3.0, 0.0, 0.0])) for f in frames]
     assert unit_operators(state, config, group, with_sums=True) is None  # no class centred
 

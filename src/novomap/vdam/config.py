@@ -129,9 +129,11 @@ class VdamConfig:
     # with several classes the final pass too: its particles searched globally (pmax < local_min_pmax, with
     # junk in the data a third to a half of them) search one asymmetric unit of each class searched by
     # unit, and their poses are spread over the equivalents afterwards
-    # (vdam.unit_search.spread_equivalent_poses); False: every orientation. One class: always every
-    # orientation (few particles are searched globally there; no time to gain)
-    final_unit_search: bool = True
+    # (vdam.unit_search.spread_equivalent_poses). One class: always every orientation. Off: real K=3
+    # kept its map and saved 2.5 s of the final stage, but the tight C2 dimer with --K 2 lost 1.18 ->
+    # 1.24x its bound (a full search meets each pose at G placings of the grid, one unit at one;
+    # session 25 saw the same on adk_o); benchmarks/results/2026-12-05-s38-k-classes.md
+    final_unit_search: bool = False
     local_offset_range_px: float = 2.0
     local_offset_step_px: float = 1.0
     local_coarse_step_deg: float = 7.5  # the local coarse image resolves max(its angular step, this)

@@ -33,10 +33,9 @@ def unit_operators(state: RunState, config: VdamConfig, group: PointGroup | None
     has its own axes, hence its own unit (a K=3 run on real beta-gal searched 4x the orientations per
     class without it). A class whose centre could not be brought to the box centre is searched whole
     while the others still search their units; with several classes that no longer happens by default
-    (a junk class's far centre is replaced by the box centre: vdam.recentre.untrusted_shift_px). With several
-    classes the final pass (with_sums False) searches one unit too (config.final_unit_search): its poses
-    are spread over their equivalents afterwards (spread_equivalent_poses), as a full search would have
-    picked among them."""
+    (a junk class's far centre is replaced by the box centre: vdam.recentre.untrusted_shift_px). The final pass
+    (with_sums False) searches every orientation, unless config.final_unit_search (several classes only):
+    then one unit too, its poses spread over their equivalents afterwards (spread_equivalent_poses)."""
     if not with_sums and not (config.final_unit_search and state.n_classes > 1):
         return None
     if not config.search_asymmetric_unit or not searchable_by_unit(group):
