@@ -59,11 +59,12 @@ class ProjectionCache:
         # all, so there the store grows by doubling instead
         n_blocks = min(self.slot.numel(), self.max_blocks) if references.device.type == "cpu" else 0
         block_shape = (8, 2, window.n_pixels) if with_planes else (8, window.n_pixels)
+        dtype = torch.float32 if with_planes else torch.complex64
         self._storage: torch.Tensor | None = None  # flat float32 storage behind a CPU store
         if n_blocks:
-            self.store = self._store_from_pool(n_blocks, block_shape, torch.float32 if with_planes else torch.complex64)
+            self.store = self._store_from_pool(n_blocks, block_shape, dtype)
         else:
-            self.store = torch.empty((0, *block_shape), dtype=torch.float32 if with_planes else torch.complex64, device=references.device)
+            self.store = torch.empty((0, *block_shape), dtype=dtype, device=references.device)
         self.power = torch.empty((n_blocks if with_power else 0, 8, window.n_pixels), dtype=torch.float32, device=references.device)  # |store|^2
         self.with_power = with_power
         self.with_planes = with_planes
@@ -152,7 +153,7 @@ _SPARE_STORAGE: dict[tuple[str, str], torch.Tensor] = {}
 _SPARE_LOCK = threading.Lock()
 
 
-def _take_storage(device: torch.device, n_values: int, kind: str = "slices") -> torch.Tensor | None:
+def _take_storage(device: torch.device, n_values: int, kind: str) -> torch.Tensor | None:
     """The spare flat float32 storage of `kind` on `device` if it holds at least n_values (it is then no longer spare)."""
     with _SPARE_LOCK:
         spare = _SPARE_STORAGE.get((kind, str(device)))
@@ -161,7 +162,7 @@ def _take_storage(device: torch.device, n_values: int, kind: str = "slices") -> 
         return _SPARE_STORAGE.pop((kind, str(device)))
 
 
-def _give_storage(storage: torch.Tensor, kind: str = "slices") -> None:
+def _give_storage(storage: torch.Tensor, kind: str) -> None:
     """Keep `storage` as the spare of `kind` on its device, unless the spare there is already as large."""
     with _SPARE_LOCK:
         spare = _SPARE_STORAGE.get((kind, str(storage.device)))
@@ -206,7 +207,7 @@ class SliceBuffer:
         capacity = min(self.max_slices, max(needed, 2 * self.keys.numel(), 1024))
         device = self.keys.device
         row_values = 3 * self.n_pixels
-        storage = _take_storage(device, capacity * row_values)
+        storage = _take_storage(device, capacity * row_values, kind="slices")
         if storage is None:
             storage = torch.empty(capacity * row_values, dtype=torch.float32, device=device)
         else:  # use all of it: fewer grows later
@@ -216,13 +217,13 @@ class SliceBuffer:
         channels = storage[: capacity * row_values].view(3, capacity, self.n_pixels)
         keys[: self.count], channels[:, : self.count] = self.keys[: self.count], self.channels[:, : self.count]
         if self._storage is not None:
-            _give_storage(self._storage)
+            _give_storage(self._storage, kind="slices")
         self.keys, self.channels, self._storage = keys, channels, storage
 
     def release(self) -> None:
         """Hand this buffer's storage to the next SliceBuffer on its device (call when flushed and done)."""
         if self._storage is not None:
-            _give_storage(self._storage)
+            _give_storage(self._storage, kind="slices")
         self._storage = None
         self.keys = torch.empty(0, dtype=torch.long, device=self.keys.device)
         self.channels = torch.zeros((3, 0, self.n_pixels), dtype=torch.float32, device=self.keys.device)

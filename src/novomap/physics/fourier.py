@@ -87,7 +87,7 @@ def power(values: torch.Tensor) -> torch.Tensor:
 
 
 def shell_average(values: torch.Tensor, shells: torch.Tensor, n_shells: int) -> torch.Tensor:
-    """Mean of values (...,) per integer shell index (same shape), shells >= n_shells ignored -> (n_shells,)."""
+    """Mean of real values (...,) per integer shell index (same shape), shells outside [0, n_shells) ignored -> (n_shells,)."""
     shells = shells.reshape(-1).long()
     values = values.reshape(-1)
     # shells outside [0, n_shells) go to one extra bin, dropped: bincount takes no negative index, and

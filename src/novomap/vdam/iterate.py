@@ -354,9 +354,10 @@ def polish_config(config: VdamConfig) -> VdamConfig:
     (pmax no longer matters: the first stage's finer sampling spreads it), one HEALPix order finer
     than the first stage could go, where the expected angular error allows (local_order), and with
     translations at half the local step over half the range (the first stage placed each particle
-    within half a step). With several classes each particle is searched in the class the first stage chose
-    (config.polish_in_own_class): this stage refines poses, and the class's map is the one its pose serves. A repeat of the first stage's own settings gains about a quarter as much; a
-    particle searched globally in the first stage would lose its pose again in a global repeat."""
+    within half a step). A repeat of the first stage's own settings gains about a quarter as much; a
+    particle searched globally in the first stage would lose its pose again in a global repeat. With
+    several classes each particle is searched in the class the first stage chose
+    (config.polish_in_own_class): this stage refines poses, the class is chosen."""
     return dataclasses.replace(
         config,
         max_local_order=config.max_local_order + 1,
