@@ -110,7 +110,7 @@ def test_compiled_sums_match_the_batched_products():
     hit_particle = torch.tensor([1, 0, 1, 1, 0])
     ctf2q = torch.rand(2, 50, generator=generator)
     powers = blocks.real.square() + blocks.imag.square()
-    cross, norms = fine_cpu.fine_sums(fine_cpu.planes_of(blocks), shifted, hit_block, hit_pair, hit_particle, ctf2q)
+    cross, norms = fine_cpu.fine_sums(fine_cpu.planes_of(blocks), shifted.real, shifted.imag, hit_block, hit_pair, hit_particle, ctf2q)
     # written out: Re sum_p P_c(p) S_j(p) and sum_p |P_c(p)|^2 w_b(p)
     expected_cross = torch.einsum("hcp,hjp->hcj", blocks[hit_block].to(torch.complex128), shifted[hit_pair].to(torch.complex128)).real
     expected_norms = torch.einsum("hcp,hp->hc", powers[hit_block].double(), ctf2q[hit_particle].double())
@@ -118,6 +118,20 @@ def test_compiled_sums_match_the_batched_products():
     assert torch.allclose(norms.double(), expected_norms, atol=1e-4)
     batched = search._batched_fine_sums(blocks, powers, shifted, hit_block, hit_pair, hit_particle, ctf2q)
     assert torch.allclose(batched[0], cross, atol=1e-4) and torch.allclose(batched[1], norms, atol=1e-4)
+
+
+@needs_numba
+def test_conjugated_shifts_are_the_conjugated_products_as_planes():
+    generator = torch.Generator().manual_seed(9)
+    images = _complex_noise(generator, 5, 37)
+    phases = torch.polar(torch.ones(4, 37), torch.rand(4, 37, generator=generator) * 6.3)
+    shifted_re, shifted_im = fine_cpu.conjugated_shifts(images, phases)
+    expected = (images[:, None, :] * phases[None]).conj()
+    assert shifted_re.shape == shifted_im.shape == (5, 4, 37)
+    assert torch.allclose(shifted_re, expected.real, atol=1e-6) and torch.allclose(shifted_im, expected.imag, atol=1e-6)
+    # a conjugated view as input is read as its values
+    flipped_re, flipped_im = fine_cpu.conjugated_shifts(images.conj(), phases)
+    assert torch.allclose(flipped_re + 1j * flipped_im, (images.conj()[:, None, :] * phases[None]).conj(), atol=1e-6)
 
 
 def test_a_cache_without_powers_refuses_to_give_them():

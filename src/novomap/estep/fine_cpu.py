@@ -65,6 +65,20 @@ if njit is not None:
                 norms[h, c] = norm
 
     @njit(parallel=True, cache=True)
+    def _conjugated_shifts(images, phases, out_re, out_im):  # pragma: no cover - compiled
+        # out[s, j] = conj(images[s] * phases[j]) as real and imaginary planes, in one pass over the
+        # output; images, phases interleaved (re, im). No fastmath: the float32 products and sums of
+        # a complex multiplication, as torch forms them
+        n_pixels = out_re.shape[2]
+        for s in prange(out_re.shape[0]):
+            for j in range(out_re.shape[1]):
+                for p in range(n_pixels):
+                    ar, ai = images[s, 2 * p], images[s, 2 * p + 1]
+                    br, bi = phases[j, 2 * p], phases[j, 2 * p + 1]
+                    out_re[s, j, p] = ar * br - ai * bi
+                    out_im[s, j, p] = -(ar * bi + ai * br)
+
+    @njit(parallel=True, cache=True)
     def _mass_thresholds(segment_start, order, weights, fraction, out):  # pragma: no cover - compiled
         n_columns = weights.shape[1]
         for s in prange(out.shape[0]):
@@ -120,9 +134,30 @@ def planes_of(blocks: torch.Tensor) -> torch.Tensor:
     return torch.stack([blocks.real, blocks.imag], dim=2).to(torch.float32)
 
 
+def conjugated_shifts(images: torch.Tensor, phases: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The conjugated products conj(images[s] * phases[j]) as the planes fine_sums reads.
+
+    images (S, P), phases (J, P) complex64 -> (real (S, J, P), imaginary (S, J, P)) float32. Formed
+    straight into the planes: as a complex (S, J, P) product, conjugated and split, the same values
+    took four passes over the largest array of the fine pass. Needs numba (`available()`).
+    """
+    n_images, n_phases, n_pixels = images.shape[0], phases.shape[0], images.shape[1]
+    out_re = torch.empty((n_images, n_phases, n_pixels), dtype=torch.float32)
+    out_im = torch.empty((n_images, n_phases, n_pixels), dtype=torch.float32)
+    with trilinear_cpu.numba_threads():
+        _conjugated_shifts(
+            torch.view_as_real(images.resolve_conj().to(torch.complex64).contiguous()).reshape(n_images, -1).numpy(),
+            torch.view_as_real(phases.resolve_conj().to(torch.complex64).contiguous()).reshape(n_phases, -1).numpy(),
+            out_re.numpy(),
+            out_im.numpy(),
+        )
+    return out_re, out_im
+
+
 def fine_sums(
     planes: torch.Tensor,
-    shifted: torch.Tensor,
+    shifted_re: torch.Tensor,
+    shifted_im: torch.Tensor,
     hit_block: torch.Tensor,
     hit_pair: torch.Tensor,
     hit_particle: torch.Tensor,
@@ -135,19 +170,19 @@ def fine_sums(
     parts in rows of their own the pixel loop reads unit-stride and vectorises, 1.8-4.8x faster
     than on interleaved complex values, with the same sums (benchmarks/results/2026-12-03-s26-fine-planes.md);
     their power |.|^2 is formed here, from the values read for the cross terms, so the CPU needs no power store;
-    shifted (n_pairs, 4, P) complex64 conjugated weighted images at the 4 sub-translations;
+    shifted_re, shifted_im (n_pairs, 4, P) float32: the conjugated weighted images at the 4
+    sub-translations, as planes (conjugated_shifts);
     hit_block, hit_pair, hit_particle (H,) int64 rows of planes, shifted and ctf2q;
     ctf2q (B, P) float32 -> (cross (H, 8, 4), norms (H, 8)) float32. Needs numba (`available()`).
     """
     n_hits = hit_block.shape[0]
     cross = np.empty((n_hits, 8, 4), dtype=np.float32)
     norms = np.empty((n_hits, 8), dtype=np.float32)
-    shifted = shifted.resolve_conj()
     with trilinear_cpu.numba_threads():
         _fine_sums(
             planes.contiguous().numpy(),
-            shifted.real.contiguous().numpy(),
-            shifted.imag.contiguous().numpy(),
+            shifted_re.to(torch.float32).contiguous().numpy(),
+            shifted_im.to(torch.float32).contiguous().numpy(),
             hit_block.contiguous().numpy(),
             hit_pair.contiguous().numpy(),
             hit_particle.contiguous().numpy(),

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from novomap.physics.fourier import rfft_image, rfft_shells
+from novomap.physics.fourier import power, rfft_image, rfft_shells
 from novomap.physics.masks import mask_images_with_background
 from novomap.physics.window import FourierWindow
 
@@ -46,9 +46,9 @@ def shift_images_integer(images: torch.Tensor, shift_px: torch.Tensor) -> torch.
 def shell_power(spectra: torch.Tensor, shells: torch.Tensor, n_shells: int) -> torch.Tensor:
     """Per-shell sums of |F|^2: spectra (B, N, N//2+1), shells (N, N//2+1) with -1 = skip -> (B, n_shells)."""
     keep = (shells >= 0) & (shells < n_shells)
-    power = spectra.abs().square()[:, keep].double()
+    values = power(spectra)[:, keep].double()  # re^2 + im^2: no square root taken and undone
     out = torch.zeros((spectra.shape[0], n_shells), dtype=torch.float64, device=spectra.device)
-    return out.index_add_(1, shells[keep], power)
+    return out.index_add_(1, shells[keep], values)
 
 
 def prepare_batch(

@@ -323,12 +323,15 @@ def fine_pass(
     pairs, hit_pair = torch.unique(hits.particle * n_trans + hits.translation, return_inverse=True)
     coarse_phases = shift_phases(window, grid.coarse_translations.to(device)).to(torch.complex64)  # (T_c, P)
     sub = sub_shift_phases(window, grid).to(torch.complex64)  # (4, P)
-    # conjugated here, on the small array, so that Re sum P conj(Y) = Re sum conj(P) Y needs no conj of P
-    shifted = ((weighted[pairs // n_trans] * coarse_phases[pairs % n_trans])[:, None, :] * sub[None]).conj().resolve_conj()  # (n_pairs, 4, P)
+    pair_images = weighted[pairs // n_trans] * coarse_phases[pairs % n_trans]  # (n_pairs, P)
     ctf2q = (batch.ctf * batch.ctf * q).float()  # (B, P)
+    # the images conjugated, not the projections: Re sum P conj(Y) = Re sum conj(P) Y
     if not fine_pass_needs_powers(device):
-        cross, norms = _compiled_fine_sums().fine_sums(blocks, shifted, hit_block, hit_pair, hits.particle, ctf2q)
+        compiled = _compiled_fine_sums()
+        shifted_re, shifted_im = compiled.conjugated_shifts(pair_images, sub)  # (n_pairs, 4, P) each
+        cross, norms = compiled.fine_sums(blocks, shifted_re, shifted_im, hit_block, hit_pair, hits.particle, ctf2q)
     else:
+        shifted = (pair_images[:, None, :] * sub[None]).conj().resolve_conj()  # (n_pairs, 4, P)
         cross, norms = _batched_fine_sums(blocks, projection_cache.powers(), shifted, hit_block, hit_pair, hits.particle, ctf2q)
     # double from here on: cheap (hits x 32 values), and the weights, their per-particle cumulative
     # sums for the adaptive-fraction cut and the log-likelihood totals keep full precision; the

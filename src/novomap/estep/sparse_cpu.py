@@ -41,6 +41,9 @@ if njit is not None:
     def _row_sums(row_start, columns, values, dense, out):  # pragma: no cover - compiled
         n_values = dense.shape[1]
         for r in prange(out.shape[0]):
+            # zeroed here, by the thread that adds into the row (no separate pass over out)
+            for q in range(n_values):
+                out[r, q] = 0.0
             for e in range(row_start[r], row_start[r + 1]):
                 c = columns[e]
                 v = values[e]
@@ -92,7 +95,7 @@ def row_sums(rows: torch.Tensor, columns: torch.Tensor, values: torch.Tensor, n_
     """
     order, row_start = grouped_order(rows, n_rows)
     real = torch.view_as_real(dense.resolve_conj().contiguous()).reshape(dense.shape[0], -1)  # (C, 2P), re/im interleaved
-    out = torch.zeros((n_rows, real.shape[1]), dtype=torch.float32)
+    out = torch.empty((n_rows, real.shape[1]), dtype=torch.float32)  # zeroed by _row_sums
     with trilinear_cpu.numba_threads():
         _row_sums(
             row_start.numpy(),

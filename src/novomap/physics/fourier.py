@@ -15,6 +15,8 @@ from functools import lru_cache
 
 import torch
 
+from novomap.physics.grid_cache import cached_grid
+
 
 def rfft_image(images: torch.Tensor) -> torch.Tensor:
     """Real images (..., N, N), centre at N//2 -> RELION-normalised half transforms (..., N, N//2+1)."""
@@ -56,8 +58,9 @@ def centred_ft_to_volume(spectrum: torch.Tensor, n: int) -> torch.Tensor:
     return padded[start : start + n, start : start + n, start : start + n].contiguous()
 
 
+@cached_grid
 def centred_radius(m: int, pad: int = 1, device: torch.device | str | None = None) -> torch.Tensor:
-    """|k| in pixels of the unpadded box for every voxel of a centred (M, M, M) grid."""
+    """|k| in pixels of the unpadded box for every voxel of a centred (M, M, M) grid (shared: read-only)."""
     k = (torch.arange(m, device=device, dtype=torch.float64) - m // 2) / pad
     kz, ky, kx = torch.meshgrid(k, k, k, indexing="ij")
     return torch.sqrt(kx * kx + ky * ky + kz * kz)

@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from novomap.physics.grid_cache import cached_grid
+
 
 def _radius_grid(shape: tuple[int, ...], device, dtype=torch.float64) -> torch.Tensor:
     axes = [torch.arange(n, device=device, dtype=dtype) - n // 2 for n in shape]
@@ -13,8 +15,10 @@ def _radius_grid(shape: tuple[int, ...], device, dtype=torch.float64) -> torch.T
     return torch.sqrt(sum(g * g for g in grids))
 
 
+@cached_grid
 def soft_edge_mask(shape: tuple[int, ...], radius_px: float, edge_px: float, device=None) -> torch.Tensor:
-    """1 inside radius, raised cosine to 0 over edge_px, 0 beyond; centred at n//2 on each axis."""
+    """1 inside radius, raised cosine to 0 over edge_px, 0 beyond; centred at n//2 on each axis
+    (float64; shared: read-only)."""
     r = _radius_grid(shape, device)
     if edge_px <= 0:
         return (r <= radius_px).double()

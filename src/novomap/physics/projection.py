@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from novomap.physics.fourier import centred_radius, hermitian_partner, volume_to_centred_ft
+from novomap.physics.grid_cache import cached_grid
 
 
 def _compiled_loops():
@@ -251,8 +252,10 @@ def hermitian_symmetrise(data_grid: torch.Tensor | None, weight_grid: torch.Tens
     return data, weight
 
 
+@cached_grid
 def gridding_correction(n: int, pad: int, device=None, dtype=torch.float64) -> torch.Tensor:
-    """sinc^2(|r| / (pad N)) on an (N, N, N) real-space grid: trilinear interpolation's attenuation.
+    """sinc^2(|r| / (pad N)) on an (N, N, N) real-space grid: trilinear interpolation's attenuation
+    (shared: read-only).
 
     Divide a map by it before computing the projector transform (RELION's griddingCorrect), or
     after a trilinear back-projection reconstruction.
