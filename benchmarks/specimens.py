@@ -81,17 +81,25 @@ class Specimen:
     direction: tuple[float, float, float] = (1.0, 0.0, 0.0)  # off-axis direction of the subunit's centre
     orientation_seed: int = 0  # seeds the subunit's fixed random orientation (each copy's, for "cluster")
     cluster_copies: int = 0  # source "cluster": copies of the subunit, packed without symmetry
+    # source "cluster": "compact" (each copy docks where the aggregate stays roundest) or "chain" (each
+    # docks on the last one, about along x: an elongated particle)
+    cluster_shape: str = "compact"
 
     def key(self) -> str:
         """Hash of everything that shapes the map (not the simulation settings)."""
         shaping = {
             k: v
             for k, v in asdict(self).items()
-            if k in ("symmetry", "source", "box", "particle_fraction", "bfactor_a2", "model", "chains", "direction", "orientation_seed", "cluster_copies")
+            if k in (
+                "symmetry", "source", "box", "particle_fraction", "bfactor_a2", "model", "chains", "direction", "orientation_seed", "cluster_copies",
+                "cluster_shape",
+            )
         }
         shaping["version"] = BUILD_VERSION
         if not shaping["cluster_copies"]:
             del shaping["cluster_copies"]  # keeps the keys (cached maps, data sets) of the older specimens
+        if shaping["cluster_shape"] == "compact":
+            del shaping["cluster_shape"]  # likewise
         if shaping["model"]:
             shaping["model"] = Path(shaping["model"]).name
         return hashlib.sha1(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:10]
@@ -269,6 +277,14 @@ HELD_OUT: dict[str, Specimen] = {
         ),
         # added after hb_c1_36's first run (1.90x): haemoglobin alone is pseudo-D2, the suite's known
         # unsolved case (README), so a small C1 particle without a pseudo-symmetry, in a small box
+        # added in session 39, before any run: an elongated particle (~3:1), which no specimen was, C1
+        _spec(
+            name="hb4_rod",
+            description="four haemoglobin tetramers (4HHB) docked end to end without symmetry: about 240 kDa, a ~3:1 rod (240 x 86 Å), C1, 96 px",
+            symmetry="C1", source="cluster", model=str(HAEMOGLOBIN), box=96,
+            particle_fraction=0.8, mask_fraction=0.9, snr=0.07, n_particles=1500, defocus_um=(1.0, 2.5),
+            cluster_copies=4, orientation_seed=39, cluster_shape="chain",
+        ),
         _spec(
             name="hb2_c1_40",
             description="two haemoglobin tetramers (4HHB) packed without symmetry: about 120 kDa, C1, 40 px",
@@ -458,7 +474,7 @@ def copies_structure(name: str, subunit_model, transforms: list[tuple[np.ndarray
 
 
 def pack_cluster(
-    points: np.ndarray, ca: np.ndarray, copies: int, seed: int, directions_per_copy: int = 8
+    points: np.ndarray, ca: np.ndarray, copies: int, seed: int, directions_per_copy: int = 8, chain: bool = False
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """A compact asymmetric aggregate: (rotation, shift) of each of `copies` copies of `points`
     (P, 3), centred at 0, each turned by its own seeded random rotation.
@@ -467,6 +483,8 @@ def pack_cluster(
     directions from the current aggregate's centre, at the smallest radius where it clears every
     copy already placed (`touching_radius`), and the smallest of those radii is kept: the copy docks where the aggregate
     stays most compact (one direction each gives a loose, branched aggregate, unlike a complex).
+    chain: each copy docks instead on the last one placed, along a seeded direction within ~17 degrees
+    of +x, so the copies form an elongated rod.
     """
     from scipy.spatial import cKDTree
 
@@ -479,8 +497,11 @@ def pack_cluster(
         units /= np.linalg.norm(units, axis=1, keepdims=True)
         moved, moved_ca = points @ rotation.T, ca @ rotation.T
         shift = np.zeros(3)
+        if chain:
+            units = np.array([1.0, 0.0, 0.0]) + 0.3 * rng.standard_normal((1, 3))
+            units /= np.linalg.norm(units, axis=1, keepdims=True)
         if len(atoms):
-            tree, centre = cKDTree(atoms), atoms.mean(0)
+            tree, centre = cKDTree(atoms), (placed[-1][1] if chain else atoms.mean(0))
 
             def clearance(moved_points: np.ndarray) -> float:
                 return float(tree.query(moved_points + centre, k=1)[0].min())
@@ -501,7 +522,9 @@ def cluster_structure(specimen: Specimen):
     subunit = _read_structure(specimen.model, specimen.chains)
     centre = np.array(subunit[0].calculate_center_of_mass().tolist())
     points = _positions(subunit[0]) - centre
-    placements = pack_cluster(points, points[_ca_mask(subunit[0])], specimen.cluster_copies, specimen.orientation_seed)
+    placements = pack_cluster(
+        points, points[_ca_mask(subunit[0])], specimen.cluster_copies, specimen.orientation_seed, chain=specimen.cluster_shape == "chain"
+    )
     # atom p -> R (p - c) + s
     transforms = [(rotation, shift - rotation @ centre) for rotation, shift in placements]
     return copies_structure(specimen.name, subunit[0], transforms)

@@ -7,6 +7,7 @@ the loaded 2-core machine), so that test is marked slow.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -76,3 +77,33 @@ def test_pack_cluster_copies_touch_without_clashing_and_are_reproducible():
     rotations = [rotation for rotation, _ in placements]
     assert all(abs(np.linalg.det(r) - 1) < 1e-9 for r in rotations)
     assert not any(np.allclose(rotations[0], r) for r in rotations[1:])
+
+
+@pytest.mark.skipif(not specimens.ADK_CHAIN.is_file(), reason="shared atomic models not found")
+def test_a_chain_cluster_is_an_elongated_rod_of_docked_copies():
+    from scipy.spatial import cKDTree
+
+    subunit = specimens._read_structure(str(specimens.ADK_CHAIN))
+    points = specimens._positions(subunit[0])
+    points = points - points.mean(0)
+    ca = points[specimens._ca_mask(subunit[0])]
+    placements = specimens.pack_cluster(points, ca, copies=4, seed=5, chain=True)
+    copies = [points @ rotation.T + shift for rotation, shift in placements]
+    atoms = np.concatenate(copies)
+    # elongated: the longest principal axis is well over twice the others
+    spread = np.sqrt(np.linalg.eigvalsh(np.cov((atoms - atoms.mean(0)).T)))
+    assert spread[2] > 2.0 * spread[1]
+    # each copy docks on the one before it, and no two copies clash
+    for index in range(1, len(copies)):
+        closest = cKDTree(copies[index - 1]).query(copies[index], k=1)[0].min()
+        assert specimens.MIN_CONTACT_A <= closest < specimens.MIN_CONTACT_A + 0.6
+        others = np.concatenate([c for j, c in enumerate(copies) if j != index])
+        assert cKDTree(others).query(copies[index], k=1)[0].min() >= specimens.MIN_CONTACT_A
+
+
+def test_the_compact_default_keeps_the_cached_maps_keys():
+    # the keys name cached maps and simulated data sets: a new field at its default must not change them
+    assert specimens.SPECIMENS["hb16_c1"].key() == "da60967a9c"
+    assert specimens.HELD_OUT["hb6_c1"].key() == "2d9c2a6e12"
+    rod = specimens.HELD_OUT["hb4_rod"]
+    assert rod.key() != dataclasses.replace(rod, cluster_shape="compact").key()
