@@ -55,14 +55,19 @@ def test_specimen_map_builds_is_symmetric_and_fits_its_mask(name, one_thread):
     assert specimens.fraction_outside(built.volume, built.diameter_a / built.pixel_size_a) < 0.02
 
 
+def _adk_subunit() -> tuple[np.ndarray, np.ndarray]:
+    """The adenylate kinase chain's heavy atoms, centred, and its C-alpha atoms (Å)."""
+    subunit = specimens._read_structure(str(specimens.ADK_CHAIN))
+    points = specimens._positions(subunit[0])
+    points = points - points.mean(0)
+    return points, points[specimens._ca_mask(subunit[0])]
+
+
 @pytest.mark.skipif(not specimens.ADK_CHAIN.is_file(), reason="shared atomic models not found")
 def test_pack_cluster_copies_touch_without_clashing_and_are_reproducible():
     from scipy.spatial import cKDTree
 
-    subunit = specimens._read_structure(str(specimens.ADK_CHAIN))
-    points = specimens._positions(subunit[0])
-    points = points - points.mean(0)
-    ca = points[specimens._ca_mask(subunit[0])]
+    points, ca = _adk_subunit()
     placements = specimens.pack_cluster(points, ca, copies=5, seed=3)
     again = specimens.pack_cluster(points, ca, copies=5, seed=3)
     assert all((a[0] == b[0]).all() and (a[1] == b[1]).all() for a, b in zip(placements, again))
@@ -83,10 +88,7 @@ def test_pack_cluster_copies_touch_without_clashing_and_are_reproducible():
 def test_a_chain_cluster_is_an_elongated_rod_of_docked_copies():
     from scipy.spatial import cKDTree
 
-    subunit = specimens._read_structure(str(specimens.ADK_CHAIN))
-    points = specimens._positions(subunit[0])
-    points = points - points.mean(0)
-    ca = points[specimens._ca_mask(subunit[0])]
+    points, ca = _adk_subunit()
     placements = specimens.pack_cluster(points, ca, copies=4, seed=5, chain=True)
     copies = [points @ rotation.T + shift for rotation, shift in placements]
     atoms = np.concatenate(copies)
