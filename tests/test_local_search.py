@@ -148,6 +148,24 @@ def test_the_final_pass_polishes_every_pose_one_order_finer(simulated, one_threa
     assert float(origin_after.median()) <= float(origin_before.median())
 
 
+def _mirror_classes_state(particles, volume, config: VdamConfig):
+    """A two-class state near the true poses: class 1 the map, class 2 its mirror, every other particle
+    placed in the mirror."""
+    state, _ = _state_near_truth(particles, volume, config, offset_deg=2.0, acc_rot_deg=1.2)
+    state.maps = torch.stack([volume, torch.flip(volume, (0,))])
+    n_dir = state.direction_prior.shape[1]
+    state.direction_prior = torch.full((2, n_dir), 1.0 / (2 * n_dir), dtype=torch.float64)
+    state.class_fraction = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    state.class_number[1::2] = 2
+    return state
+
+
+def _polish_everyone(state, particles, polish: VdamConfig) -> None:
+    grid, current_size, coarse_size = search_setup(state, particles, polish, advance=False)
+    everyone = torch.arange(particles.n)
+    expectation(state, particles, everyone, pseudo_halves(particles), grid, current_size, coarse_size, polish, [torch.device("cpu")], {}, with_sums=False)
+
+
 def test_with_several_classes_the_polish_searches_each_particle_in_its_own_class(simulated, one_thread):
     """polish_config's local searches evaluate only the class the first stage chose (polish_in_own_class):
     particles placed in a worse class (the map's mirror) stay there, where searching every class moves
@@ -156,22 +174,46 @@ def test_with_several_classes_the_polish_searches_each_particle_in_its_own_class
     classes = {}
     for own_class in (True, False):
         config = VdamConfig(seed=1, max_healpix_order=2, n_classes=2, polish_in_own_class=own_class)
-        state, _ = _state_near_truth(particles, volume, config, offset_deg=2.0, acc_rot_deg=1.2)
-        state.maps = torch.stack([volume, torch.flip(volume, (0,))])
-        n_dir = state.direction_prior.shape[1]
-        state.direction_prior = torch.full((2, n_dir), 1.0 / (2 * n_dir), dtype=torch.float64)
-        state.class_fraction = torch.tensor([0.5, 0.5], dtype=torch.float64)
-        state.class_number[1::2] = 2
+        state = _mirror_classes_state(particles, volume, config)
         polish = polish_config(config)
         assert local_order(state, polish, final=True) > 0
-        grid, current_size, coarse_size = search_setup(state, particles, polish, advance=False)
-        everyone = torch.arange(particles.n)
-        expectation(state, particles, everyone, pseudo_halves(particles), grid, current_size, coarse_size, polish, [torch.device("cpu")], {}, with_sums=False)
+        _polish_everyone(state, particles, polish)
         classes[own_class] = state.class_number.clone()
     assert torch.equal(classes[True][0::2], torch.ones(particles.n // 2, dtype=classes[True].dtype))
     assert torch.equal(classes[True][1::2], torch.full((particles.n // 2,), 2, dtype=classes[True].dtype))
     # searched over both classes, the particles placed in the mirror move to the right map
     assert float((classes[False] == 1).float().mean()) > 0.9
+
+
+def test_the_polish_in_own_class_projects_only_its_classes_orientations_with_the_same_result(simulated, one_thread, monkeypatch):
+    """With each particle searched in its own class, a chunk projects class k only where its own
+    particles' candidates lie (driver._chunk_coarse): the poses and likelihoods are those of projecting
+    every class at every candidate."""
+    from novomap.estep import driver
+
+    particles, volume = simulated
+    config = VdamConfig(seed=1, max_healpix_order=2, n_classes=2, polish_in_own_class=True)
+    full_chunk_coarse = driver._chunk_coarse
+    projected = {}
+    results = {}
+    for restricted in (True, False):
+        if not restricted:
+            monkeypatch.setattr(driver, "_chunk_coarse", lambda work, grid, candidates, classes=None: full_chunk_coarse(work, grid, candidates))
+        else:
+            def counting(work, grid, candidates, classes=None):
+                coarse, used, renumbered = full_chunk_coarse(work, grid, candidates, classes)
+                projected["nonzero rows"] = projected.get("nonzero rows", 0) + int((coarse.power.sum(-1) > 0).sum())
+                projected["rows"] = projected.get("rows", 0) + coarse.power.shape[0]
+                return coarse, used, renumbered
+            monkeypatch.setattr(driver, "_chunk_coarse", counting)
+        state = _mirror_classes_state(particles, volume, config)
+        polish = polish_config(config)
+        _polish_everyone(state, particles, polish)
+        results[restricted] = (state.rot_deg.clone(), state.tilt_deg.clone(), state.psi_deg.clone(), state.log_likelihood.clone(), state.class_number.clone())
+    for restricted_value, full_value in zip(results[True], results[False]):
+        assert torch.allclose(restricted_value.double(), full_value.double(), atol=1e-4)
+    # fewer rows projected than every class at every candidate
+    assert 0 < projected["nonzero rows"] < projected["rows"]
 
 
 def test_uncertain_particles_keep_the_global_search(simulated):

@@ -132,17 +132,36 @@ def _device_work(
     )
 
 
-def _chunk_coarse(work: DeviceWork, grid: SearchGrid, candidates: torch.Tensor) -> tuple[CoarseReferences, torch.Tensor, torch.Tensor]:
-    """The coarse projections a local chunk needs: (references of every class at `used`, used (u,),
-    candidates (B, L) renumbered into used)."""
+def _chunk_coarse(
+    work: DeviceWork, grid: SearchGrid, candidates: torch.Tensor, classes: torch.Tensor | None = None
+) -> tuple[CoarseReferences, torch.Tensor, torch.Tensor]:
+    """The coarse projections a local chunk needs: (references of every class at `used` (K*u rows,
+    class-major), used (u,), candidates (B, L) renumbered into used).
+
+    classes (B,): each particle is searched in its own class only (local_coarse_pass), so class k's
+    rows are projected only at the orientations of its own particles' candidates; the other rows are
+    never read and stay zero (with three classes the final pass's polish projected three times the
+    orientations it searched)."""
     valid = candidates >= 0
     used, inverse = torch.unique(candidates[valid], return_inverse=True)
     renumbered = torch.full_like(candidates, -1)
     renumbered[valid] = inverse
     references = work.projection_cache.references
-    projections = project_references(references, grid.coarse_rotations.to(references.device)[used], work.coarse.window, PAD)
-    coarse = dataclasses.replace(work.coarse, projections=projections, power=power(projections))
-    return coarse, used, renumbered
+    rotations = grid.coarse_rotations.to(references.device)[used]
+    if classes is None or references.shape[0] == 1:
+        projections = project_references(references, rotations, work.coarse.window, PAD)
+        return dataclasses.replace(work.coarse, projections=projections, power=power(projections)), used, renumbered
+    n_used = used.numel()
+    projections = torch.zeros((references.shape[0] * n_used, work.coarse.window.n_pixels), dtype=torch.complex64, device=references.device)
+    powers = torch.zeros(projections.shape, dtype=torch.float32, device=references.device)
+    for k in torch.unique(classes).tolist():
+        slots = renumbered[classes == k]
+        rows = torch.unique(slots[slots >= 0])
+        if rows.numel():
+            own = project_references(references[k : k + 1], rotations[rows], work.coarse.window, PAD)
+            projections[k * n_used + rows] = own
+            powers[k * n_used + rows] = power(own)
+    return dataclasses.replace(work.coarse, projections=projections, power=powers), used, renumbered
 
 
 def _store_assignments(state: RunState, chunk: torch.Tensor, origin_px: torch.Tensor, result: FineResult, fine_rotations: torch.Tensor, pixel_size_a: float) -> None:
@@ -228,8 +247,8 @@ def run_estep(
             hits = coarse_pass(batch, work.coarse, grid, work.log_prior, settings)
         else:
             prior = LocalPrior(local.previous[position].to(work.device), local.sigma_deg)
-            chunk_coarse, used, candidates = _chunk_coarse(work, grid, local.candidates[position].to(work.device))
             classes = None if local.classes is None else local.classes[position].to(work.device)
+            chunk_coarse, used, candidates = _chunk_coarse(work, grid, local.candidates[position].to(work.device), classes)
             hits = local_coarse_pass(batch, chunk_coarse, grid, candidates, used, prior, work.log_prior, settings, classes)
         t2 = time.perf_counter()
         result = fine_pass(batch, work.window, hits, work.projection_cache, grid, work.log_prior, settings, prior)
