@@ -42,5 +42,4 @@ def cached_grid(function: F) -> F:
                     store.popitem(last=False)
         return result
 
-    call.cache_clear = store.clear  # type: ignore[attr-defined]
     return call  # type: ignore[return-value]
