@@ -48,9 +48,9 @@ def job_group(job: Path) -> str:
     return "C1"
 
 
-def load_job(job: Path) -> tuple[RunState, ParticleSet, VdamConfig]:
-    """The job's last checkpoint (written after the final pass), its particles and its settings."""
-    state_path = sorted(job.glob("run_it*_state.pt"))[-1]
+def load_job(job: Path, iteration: int | None = None) -> tuple[RunState, ParticleSet, VdamConfig]:
+    """The job's last checkpoint (written after the final pass), or that of `iteration`, its particles and its settings."""
+    state_path = sorted(job.glob("run_it*_state.pt"))[-1] if iteration is None else job / f"run_it{iteration:03d}_state.pt"
     state = RunState.load(state_path)
     options = dict(state.fingerprint["options"])
     star = Path(state.fingerprint["particles_file"])
@@ -99,9 +99,10 @@ def detect_on_job(job: Path, cache: Path | None = None) -> dict:
     return {"job": job.name, "applied": job_group(job), "auto": group.name, "seconds": round(time.perf_counter() - started, 1), "table": rows}
 
 
-def choose_on_job(job: Path) -> dict:
-    """The group `--sym auto` names now: the detection's plausible groups scored by the particles."""
-    state, particles, config = load_job(job)
+def choose_on_job(job: Path, iteration: int | None = None) -> dict:
+    """The group `--sym auto` names now: the detection's plausible groups scored by the particles
+    (at the job's end, or on the checkpoint of `iteration`)."""
+    state, particles, config = load_job(job, iteration)
     largest = int(torch.argmax(state.class_fraction))
     volume = final_reconstruction(state, particles, largest, config)
     choice = choose_group_by_particles(volume, state, particles, pseudo_halves(particles), largest, config)
@@ -114,13 +115,14 @@ def main() -> None:
     parser.add_argument("jobs", nargs="+", type=Path)
     parser.add_argument("--cache", type=Path, default=None, help="folder for the rebuilt C1 reconstructions (written once, then read)")
     parser.add_argument("--particles", action="store_true", help="choose as initial-model does: the detection's plausible groups scored by the particles")
+    parser.add_argument("--iteration", type=int, default=None, help="with --particles: choose on this iteration's checkpoint (default: the job's last)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default: 1)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for job in args.jobs:
         if not (job / "initial_model.mrc").exists():
             continue
-        row = choose_on_job(job) if args.particles else detect_on_job(job, args.cache)
+        row = choose_on_job(job, args.iteration) if args.particles else detect_on_job(job, args.cache)
         row["same"] = row["auto"].upper() == row["applied"].upper()
         print(json.dumps(row), flush=True)
 

@@ -230,3 +230,60 @@ def test_run_out_says_whether_the_map_still_changes_or_is_being_confirmed():
     assert moving == "the map is still changing (agreement with iteration 90: 0.924 < 0.95): 10 more iterations"
     confirming = _still_moving_line({"iteration": 130, "map_agreement": 0.952}, 10, config)
     assert "agreement with iteration 110: 0.952 >= 0.95" in confirming and confirming.endswith("10 more iterations to confirm")
+
+
+def test_a_regime_change_restarts_the_settling_test():
+    """`--sym auto` imposing its group mid-run (initial_model.group_mid_run): the checks before it compared
+    C1 maps, so they neither confirm nor veto the next one, and the first new check comes a lag later."""
+    config = VdamConfig(n_iter=40, max_extra_iterations=60)
+    volume = _low_passed_noise(24, 6, seed=12)[None]
+    state = _state(volume, iteration=40, shell=6)
+    for iteration in (20, 30, 40):
+        state.map_snapshots[iteration], state.snapshot_shells[iteration] = volume.float(), 6
+    figures = {"iteration": 40, "map_agreement": 0.6}
+    state.history = [{"iteration": 30, "map_agreement": 0.7}, figures]
+    assert convergence.restart_settling(state, config, figures) == 60  # lag 20 on
+    assert sorted(state.map_snapshots) == [40] and sorted(state.snapshot_shells) == [40]
+    assert convergence.previous_agreement(state.history, 60) is None  # the failing 0.6 and 0.7 no longer count
+    state.history.append({"iteration": 50, "map_agreement": 0.9})
+    assert convergence.previous_agreement(state.history, 60) == 0.9  # checks after the restart do
+    near_cap = VdamConfig(n_iter=40, max_extra_iterations=10)
+    assert convergence.restart_settling(state, near_cap, {"iteration": 40}) == 50
+
+
+def test_sym_auto_imposes_a_group_chosen_mid_run_and_keeps_it(small_dataset, tmp_path, monkeypatch):
+    """A `--sym auto` run that a check sends on past --iter: the particles choose at that check (here made
+    to choose D2), the group is imposed from there, the settling test starts again, the group is not
+    chosen again at the end, and symmetry.txt and a continued run keep the decision."""
+    import novomap.initial_model
+    from novomap.symmetry.groups import point_group
+
+    real_choice = novomap.initial_model.choose_group_by_particles
+    calls: list[int] = []
+
+    def choose_d2(volume, state, *args, **kwargs):
+        calls.append(state.iteration)
+        choice = real_choice(volume, state, *args, **kwargs)
+        return dataclasses.replace(choice, group=point_group("D2"), scores=[("D2", 1.0), ("C1", 0.0)], alignment=None)
+
+    monkeypatch.setattr(novomap.initial_model, "choose_group_by_particles", choose_d2)
+    config = VdamConfig(
+        n_iter=3, particle_diameter_a=200.0, n_starts=1, seed=2, convergence_check_every=1, convergence_lag=1,
+        convergence_min_fsc=1.01, max_extra_iterations=3, retries=0,
+    )  # fmt: skip
+    seen: list[dict] = []
+    result = run_initial_model(small_dataset, tmp_path / "job", config, symmetry="auto", progress=seen.append)
+    assert calls == [3] and result.symmetry == "D2"
+    decided = next(f for f in seen if f["iteration"] == 3)
+    assert decided["auto_symmetry"] == "D2" and decided["settling_restarted"] and decided["more_iterations"] == 1
+    assert result.state.iteration == 6  # never settled (a bar no map meets): to the cap
+    assert result.symmetry_record["chosen_at_iteration"] == 3 and result.symmetry_record["applied"] == "D2"
+    text = (tmp_path / "job" / "symmetry.txt").read_text()
+    assert "D2 detected (--sym auto) at iteration 3, imposed from there" in text and "poses of iteration 3" in text
+    assert RunState.load(tmp_path / "job" / "run_it006_state.pt").auto_symmetry["applied"] == "D2"
+
+    again = run_initial_model(
+        small_dataset, tmp_path / "continued", dataclasses.replace(config, max_extra_iterations=4), symmetry="auto",
+        continue_from=tmp_path / "job" / "run_it006_optimiser.star",
+    )  # fmt: skip
+    assert calls == [3] and again.symmetry == "D2" and again.symmetry_record["chosen_at_iteration"] == 3

@@ -106,3 +106,33 @@ def test_a_class_without_particles_falls_back_to_the_map(simulated):
     from novomap.symmetry.choice import particle_reason
 
     assert "too few particles" in particle_reason(choice)
+
+
+def test_sym_auto_mid_run_imposes_the_chosen_group_and_restarts_settling(simulated):
+    """initial_model.group_mid_run on a run of beta-gal (D2) particles at their true poses, its class map
+    noisy and its last checks failing: the particles choose D2, the map is made D2-symmetric about the
+    axes it keeps for later impositions, the decision is stored in the state (for --continue and
+    symmetry.txt), and the run must settle afresh, a lag later."""
+    from novomap.initial_model import group_mid_run
+    from novomap.symmetry.align import align_to_symmetry as align
+
+    particles, truth = simulated
+    config = VdamConfig(particle_diameter_a=200.0, n_iter=100)
+    state = _finished_run(particles, truth, config)
+    state.maps[0] = add_noise(truth, 0.5, seed=3)
+    state.iteration = 100
+    state.map_snapshots = {80: state.maps.float(), 90: state.maps.float(), 100: state.maps.float()}
+    state.snapshot_shells = {80: 16, 90: 16, 100: 16}
+    figures = {"iteration": 100, "map_agreement": 0.8}
+    state.history = [{"iteration": 90, "map_agreement": 0.7}, figures]
+    noisy_score = align(state.maps[0].float(), PIXEL_SIZE_A, point_group("D2")).score
+
+    group, last = group_mid_run(state, particles, pseudo_halves(particles), config, "cpu", figures, 110)
+    assert group is not None and group.name == "D2"
+    assert last == 120 and figures["settling_restarted"] and figures["auto_symmetry"] == "D2"
+    assert sorted(state.map_snapshots) == [100]
+    assert torch.equal(state.map_snapshots[100][0], state.maps[0].float())  # the snapshot is of the imposed map
+    assert align(state.maps[0].float(), PIXEL_SIZE_A, point_group("D2")).score < 0.5 * noisy_score
+    assert state.symmetry_axes is not None and len(state.symmetry_axes) == 1
+    record = state.auto_symmetry
+    assert record["applied"] == "D2" and record["chosen_at_iteration"] == 100 and record["particle_scores"][0]["group"] == "D2"

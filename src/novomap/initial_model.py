@@ -34,7 +34,8 @@ from novomap.physics.masks import soft_edge_mask
 from novomap.outputs.attempts import free_attempt_dir, move_attempt
 from novomap.outputs.relion import state_path_for, write_iteration
 from novomap.reconstruct import Poses, reconstruct_with_poses
-from novomap.symmetry.choice import AppliedSymmetry, align_near, apply_point_group, requested_group, symmetrise_on_axes, symmetry_record, write_symmetry_file
+from novomap.symmetry.choice import AUTO, AppliedSymmetry, align_near, apply_point_group, requested_group, symmetrise_on_axes, symmetry_record, write_symmetry_file
+from novomap.symmetry.groups import PointGroup, point_group
 from novomap.symmetry.impose import impose_group
 from novomap.vdam import convergence, schedules
 from novomap.vdam.config import VdamConfig, starts_for_classes
@@ -226,6 +227,34 @@ class JobOptions:
     notify: Callable[[str], None] | None = None  # a warning about the input, for the user
 
 
+def group_mid_run(
+    state: RunState, particles: ParticleSet, half: torch.Tensor, config: VdamConfig, device, figures: dict, last: int
+) -> tuple[PointGroup | None, int]:
+    """`--sym auto` in a run that a convergence check sends on past n_iter: the particles choose the
+    group now, as they would at the end (analysis.symmetry_by_particles, on the largest class's
+    reconstruction at the current poses), and a group > C1 is imposed from here as an explicit one is.
+    The settling test starts again (the maps compared so far were C1's) -> (the group, None for C1,
+    and the iteration to reach).
+
+    Why: a C1 run of a symmetric particle settles slowly, its posteriors split over symmetry mates (the
+    real tutorial particles: still changing at the cap, twice n_iter; benchmarks/results/2026-12-05-s40-sym-auto-mid-run.md).
+    At iteration 100 its particles already choose the right group; at 30-70 not always (C1 or a wrong
+    subgroup), so the decision waits for the first check that finds the run unsettled. Runs that
+    settle in C1 decide at the end, as before."""
+    largest = int(torch.argmax(state.class_fraction))
+    volume = final_reconstruction(state, particles, largest, config)
+    choice = choose_group_by_particles(volume, state, particles, half, largest, config, device)
+    score = choice.alignment.score if choice.alignment is not None else 0.0
+    state.auto_symmetry = {**symmetry_record(AUTO, choice.group, score, None, choice), "chosen_at_iteration": state.iteration}
+    figures["auto_symmetry"] = choice.group.name
+    if choice.group.order == 1:
+        return None, last
+    state.maps, state.symmetry_axes = impose_group(state.maps, choice.group, particles.pixel_size_a, state.symmetry_axes, untrusted_shift_px(state, config))
+    if config.recentre_on_symmetry:
+        state.symmetry_axes = recentre_on_axes(state, state.symmetry_axes, particles.pixel_size_a, PAD)
+    return choice.group, max(last, convergence.restart_settling(state, config, figures))
+
+
 def _run_attempt(star_path: str | Path, out_dir: str | Path, config: VdamConfig, options: JobOptions, continue_from: str | Path | None = None) -> JobResult:
     """Run one attempt of the job into out_dir (the options as run_initial_model's arguments)."""
     started = time.perf_counter()
@@ -252,6 +281,9 @@ def _run_attempt(star_path: str | Path, out_dir: str | Path, config: VdamConfig,
         written = write_iteration(out_dir, particles, state, config, particles.box_size, str(star_path), command_line)
         if options.on_write is not None:
             options.on_write(written)
+    auto = group is None
+    if auto and state.auto_symmetry is not None and state.auto_symmetry["applied"] != "C1":  # decided before the checkpoint
+        group = point_group(state.auto_symmetry["applied"])
     half = pseudo_halves(particles)
     last = config.n_iter
     if state.iteration >= config.n_iter:  # continued past n_iter: go on only if the map still moved there
@@ -270,6 +302,8 @@ def _run_attempt(star_path: str | Path, out_dir: str | Path, config: VdamConfig,
         if state.iteration >= last:
             figures["map_agreement_before"] = convergence.previous_agreement(state.history, state.iteration)
             last = convergence.last_iteration(state, config, figures["map_agreement"])
+            if auto and state.auto_symmetry is None and last > state.iteration and config.auto_symmetry_mid_run:
+                group, last = group_mid_run(state, particles, half, config, device[0], figures, last)
             figures["more_iterations"] = last - state.iteration
         if options.progress is not None:
             options.progress(figures)
@@ -312,7 +346,10 @@ def _run_attempt(star_path: str | Path, out_dir: str | Path, config: VdamConfig,
         final_pixel_a = fine_particles.pixel_size_a
     initial_model = out_dir / "initial_model.mrc"
     write_map(initial_model, to_output_grid(final.float(), particles.grid, final_pixel_a), particles.grid.output_pixel_size_a)
-    record = symmetry_record(options.symmetry, applied.group, applied.alignment.score, applied.detection, by_particles)
+    if auto and by_particles is None:  # imposed since group_mid_run chose it
+        record = {**state.auto_symmetry, "alignment_score": float(applied.alignment.score)}
+    else:
+        record = symmetry_record(options.symmetry, applied.group, applied.alignment.score, applied.detection, by_particles)
     write_symmetry_file(out_dir, record)
     write_evidence(out_dir, evidence, record, pooled)
     seconds = time.perf_counter() - started

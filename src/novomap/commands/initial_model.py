@@ -408,6 +408,26 @@ def _still_moving_line(figures: dict, more: int, config: VdamConfig) -> str:
     return f"the map is still changing ({compared} < {threshold}): {more} more iteration{plural}"
 
 
+def _symmetry_phrase(sym: str) -> str:
+    """How the job treats the group, for run.out's first line."""
+    if sym.strip().lower() == "auto":
+        return "symmetry auto (chosen by the particles: during the run if the C1 map is slow to settle, else at the end)"
+    if sym.strip().upper() == "C1":
+        return "symmetry C1"
+    return f"symmetry {sym} (imposed once the race of random starts has chosen, and on the final map)"
+
+
+def _auto_symmetry_line(figures: dict) -> str:
+    """run.out's line when `--sym auto` chose its group during the run (initial_model.group_mid_run)."""
+    group = figures["auto_symmetry"]
+    if group == "C1":
+        return f"--sym auto: at iteration {figures['iteration']} the particles keep C1; the group is chosen again at the end"
+    return (
+        f"--sym auto: at iteration {figures['iteration']} the particles chose {group} (symmetry.txt in the job folder says why); "
+        f"{group} is imposed from here and the map must settle in it"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from novomap.outputs.progress import RunLog
 
@@ -607,7 +627,7 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log, stage: _JobStage) -> 
     inputs = ", ".join(sorted({f"{b} px at {p:g} Å/px" for b, p in zip(grid.group_box, grid.group_pixel_size_a)}))
     log.info(
         f"novomap initial-model: {n_particles} particles of {inputs}, mask {diameter:.0f} Å, "
-        f"{config.n_iter} iterations, K = {config.n_classes}, symmetry {args.sym} at the end, on {device}"
+        f"{config.n_iter} iterations, K = {config.n_classes}, {_symmetry_phrase(args.sym)}, on {device}"
     )
     nyquist_a = 2 * min(grid.group_pixel_size_a)
     if max_resolution_a < nyquist_a:  # the data stop first
@@ -646,6 +666,8 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log, stage: _JobStage) -> 
             report(final=False)
             last_report[0] = time.perf_counter()
 
+    chosen_mid_run: list[str] = []  # --sym auto: the group the particles chose during the run (initial_model.group_mid_run)
+
     def progress(figures: dict) -> None:
         more = figures.get("more_iterations", 0)
         if more:
@@ -653,11 +675,16 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log, stage: _JobStage) -> 
         display.update(figures)
         if more:
             display.message(_still_moving_line(figures, more, config))
+        if figures.get("auto_symmetry"):
+            chosen_mid_run.append(figures["auto_symmetry"])
+            display.message(_auto_symmetry_line(figures))
         if abort_requested(out_dir):
             raise JobAborted(f"stopped after iteration {figures['iteration']}: RELION asked to abort (RELION_JOB_ABORT_NOW)")
         if figures["iteration"] >= config.n_iter and "more_iterations" in figures and not more:
             then = "" if args.sym.upper() == "C1" else f", then aligning the {args.sym} symmetry axes"
-            if args.sym.strip().lower() == "auto":
+            if args.sym.strip().lower() == "auto" and chosen_mid_run and chosen_mid_run[-1] != "C1":
+                then = f", then aligning the {chosen_mid_run[-1]} symmetry axes"
+            elif args.sym.strip().lower() == "auto":
                 then = ", then choosing the point group (the map proposes, the particles decide: up to a minute) and aligning its axes"
             which = f"all {n_particles} particles" if final_pass_particles == n_particles else f"{final_pass_particles} of the {n_particles} particles (a random sample and the last mini-batch's)"
             display.stage(f"final pass: assigning {which} with the final map{then}")

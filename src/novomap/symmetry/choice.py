@@ -168,7 +168,10 @@ def symmetry_record(requested: str, group: PointGroup, alignment_score: float, d
 def summary_line(record: dict) -> str:
     """One line for run.out and the terminal."""
     if "table" in record:
-        return f"symmetry: {record['applied']} detected (--sym auto): {record['reason']}"
+        when = ""
+        if record.get("chosen_at_iteration") is not None:
+            when = f" at iteration {record['chosen_at_iteration']}, imposed from there"
+        return f"symmetry: {record['applied']} detected (--sym auto){when}: {record['reason']}"
     return f"symmetry: {record['applied']} as given (--sym), alignment score {record['alignment_score']:.3f}"
 
 
@@ -202,7 +205,10 @@ def write_symmetry_file(out_dir: str | Path, record: dict) -> Path:
     if table:
         header = "detection on the C1 final reconstruction (score <= threshold: accepted; the largest accepted group wins)"
         if "particle_scores" in record:
-            header = "map-only detection on the C1 final reconstruction (score <= threshold: accepted); its plausible groups then went to the particles"
+            where = "the C1 final reconstruction"
+            if record.get("chosen_at_iteration") is not None:
+                where = f"the C1 reconstruction at the poses of iteration {record['chosen_at_iteration']}"
+            header = f"map-only detection on {where} (score <= threshold: accepted); its plausible groups then went to the particles"
         lines += ["", header + ":", *table]
     path = Path(out_dir) / SYMMETRY_TXT
     write_text_atomic(path, "\n".join(lines) + "\n")

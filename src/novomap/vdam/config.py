@@ -165,6 +165,10 @@ class VdamConfig:
     # instead (symmetry.impose), so that it too is searched over one asymmetric unit; False: about its
     # own far centre, searched over every orientation. Real K=3 (benchmarks/results/2026-12-05-s37-classes.md)
     centre_untrusted_classes: bool = True
+    # --sym auto: when a convergence check sends the C1 run on past n_iter, the particles choose the group
+    # then and a group > C1 is imposed for the rest of the run (initial_model.group_mid_run); False: the
+    # run stays C1 and the group is chosen at the end only
+    auto_symmetry_mid_run: bool = True
     # an imposition keeps a class's axes without refining them once its map has been searched by unit
     # since they were last refined (vdam.unit_search.settled_axes); False: refined at every imposition
     keep_settled_axes: bool = True

@@ -88,12 +88,30 @@ def map_agreement(state: RunState, config: VdamConfig) -> float | None:
 
 
 def previous_agreement(history: list[dict], iteration: int) -> float | None:
-    """The map agreement found at the check before `iteration` (None: no earlier check).
+    """The map agreement found at the check before `iteration` (None: no earlier check, or none since
+    the settling test restarted: an iteration whose figures hold "settling_restarted", where the maps
+    changed regime, e.g. `--sym auto` imposed its group; checks from before it compared other maps).
     history: the run's per-iteration figures (RunState.history)."""
     for figures in reversed(history):
-        if figures.get("iteration", iteration) < iteration and figures.get("map_agreement") is not None:
+        if figures.get("iteration", iteration) >= iteration:
+            continue
+        if figures.get("settling_restarted"):
+            return None
+        if figures.get("map_agreement") is not None:
             return float(figures["map_agreement"])
     return None
+
+
+def restart_settling(state: RunState, config: VdamConfig, figures: dict) -> int:
+    """Start the settling test afresh at this iteration, whose maps have just changed regime (an imposed
+    group): the snapshots of earlier maps go, this iteration's maps are kept (when compared), and its
+    figures mark the restart (previous_agreement). -> the first iteration that can be checked again,
+    convergence_lag on (capped at the run's extension limit)."""
+    state.map_snapshots.clear()
+    state.snapshot_shells.clear()
+    keep_snapshot(state, config)
+    figures["settling_restarted"] = True
+    return min(config.n_iter + config.extra_iterations_cap(), state.iteration + config.convergence_lag)
 
 
 def settled(history: list[dict], iteration: int, agreement: float, config: VdamConfig) -> bool:

@@ -57,6 +57,9 @@ class RunState:
     map_snapshots: dict = field(default_factory=dict)
     # the resolution shell (state.resolution_shell) at each snapshot's iteration, by iteration
     snapshot_shells: dict = field(default_factory=dict)
+    # `--sym auto` decided during the run (initial_model.group_mid_run): the decision as
+    # symmetry.choice.symmetry_record gives it, with "chosen_at_iteration"; None: not decided yet
+    auto_symmetry: dict | None = None
 
     @property
     def n_classes(self) -> int:
