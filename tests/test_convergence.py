@@ -276,6 +276,7 @@ def test_sym_auto_imposes_a_group_chosen_mid_run_and_keeps_it(small_dataset, tmp
     assert calls == [3] and result.symmetry == "D2"
     decided = next(f for f in seen if f["iteration"] == 3)
     assert decided["auto_symmetry"] == "D2" and decided["settling_restarted"] and decided["more_iterations"] == 1
+    assert decided["timings"]["auto_symmetry"] > 0  # the choice's seconds, beside the iteration's phases
     assert result.state.iteration == 6  # never settled (a bar no map meets): to the cap
     assert result.symmetry_record["chosen_at_iteration"] == 3 and result.symmetry_record["applied"] == "D2"
     text = (tmp_path / "job" / "symmetry.txt").read_text()

@@ -241,12 +241,14 @@ def group_mid_run(
     At iteration 100 its particles already choose the right group; at 30-70 not always (C1 or a wrong
     subgroup), so the decision waits for the first check that finds the run unsettled. Runs that
     settle in C1 decide at the end, as before."""
+    started = time.perf_counter()
     largest = int(torch.argmax(state.class_fraction))
     volume = final_reconstruction(state, particles, largest, config)
     choice = choose_group_by_particles(volume, state, particles, half, largest, config, device)
     score = choice.alignment.score if choice.alignment is not None else 0.0
     state.auto_symmetry = {**symmetry_record(AUTO, choice.group, score, None, choice), "chosen_at_iteration": state.iteration}
     figures["auto_symmetry"] = choice.group.name
+    figures["timings"] = {**figures.get("timings", {}), "auto_symmetry": time.perf_counter() - started}
     if choice.group.order == 1:
         return None, last
     state.maps, state.symmetry_axes = impose_group(state.maps, choice.group, particles.pixel_size_a, state.symmetry_axes, untrusted_shift_px(state, config))
