@@ -108,6 +108,23 @@ def test_a_class_without_particles_falls_back_to_the_map(simulated):
     assert "too few particles" in particle_reason(choice)
 
 
+def test_only_c1_plausible_is_chosen_without_scoring(simulated, monkeypatch):
+    """When the map-only detection finds no group but C1 plausible, there is nothing for the particles to
+    choose between: C1 without the cross-validated searches (they cost ~5 s a candidate), and the reason says so."""
+    import novomap.analysis.symmetry_by_particles as by_particles
+    from novomap.symmetry.choice import particle_reason
+
+    particles, truth = simulated
+    config = VdamConfig(particle_diameter_a=200.0)
+    state = _finished_run(particles, truth, config)
+    table = [_row("C1", None), _row("C2", 0.9), _row("D2", 0.95), _row("T", 1.0)]
+    monkeypatch.setattr(by_particles, "detect_point_group", lambda *a, **k: DetectionResult("C1", table, 0.1, 0.001, torch.eye(3, dtype=torch.float64)))
+    monkeypatch.setattr(by_particles, "score_groups", lambda *a, **k: pytest.fail("scored a single candidate"))
+    choice = by_particles.choose_group_by_particles(truth.float(), state, particles, pseudo_halves(particles), 0, config)
+    assert choice.group.name == "C1" and choice.scores == [("C1", 0.0)]
+    assert "no other group plausible" in particle_reason(choice)
+
+
 def test_sym_auto_mid_run_imposes_the_chosen_group_and_restarts_settling(simulated):
     """initial_model.group_mid_run on a run of beta-gal (D2) particles at their true poses, its class map
     noisy and its last checks failing: the particles choose D2, the map is made D2-symmetric about the

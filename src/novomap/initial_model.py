@@ -227,6 +227,17 @@ class JobOptions:
     notify: Callable[[str], None] | None = None  # a warning about the input, for the user
 
 
+def impose_on_class_maps(state: RunState, group: PointGroup, pixel_size_a: float, config: VdamConfig) -> None:
+    """The group imposed on every class map about its own axes (symmetry.impose; axes kept where
+    vdam.unit_search.settled_axes allows), each map then moved so that its symmetry centre is the box
+    centre (config.recentre_on_symmetry)."""
+    state.maps, state.symmetry_axes = impose_group(
+        state.maps, group, pixel_size_a, state.symmetry_axes, untrusted_shift_px(state, config), settled_axes(state, config)
+    )
+    if config.recentre_on_symmetry:
+        state.symmetry_axes = recentre_on_axes(state, state.symmetry_axes, pixel_size_a, PAD)
+
+
 def group_mid_run(
     state: RunState, particles: ParticleSet, half: torch.Tensor, config: VdamConfig, device, figures: dict, last: int
 ) -> tuple[PointGroup | None, int]:
@@ -251,9 +262,7 @@ def group_mid_run(
     figures["timings"] = {**figures.get("timings", {}), "auto_symmetry": time.perf_counter() - started}
     if choice.group.order == 1:
         return None, last
-    state.maps, state.symmetry_axes = impose_group(state.maps, choice.group, particles.pixel_size_a, state.symmetry_axes, untrusted_shift_px(state, config))
-    if config.recentre_on_symmetry:
-        state.symmetry_axes = recentre_on_axes(state, state.symmetry_axes, particles.pixel_size_a, PAD)
+    impose_on_class_maps(state, choice.group, particles.pixel_size_a, config)
     return choice.group, max(last, convergence.restart_settling(state, config, figures))
 
 
@@ -293,11 +302,7 @@ def _run_attempt(star_path: str | Path, out_dir: str | Path, config: VdamConfig,
     while state.iteration < last:  # the race of starts (vdam.restarts) may advance it by several
         figures = run_iteration(state, particles, half, config, device, group)
         if group is not None and group.order > 1 and imposing_due(state.iteration, config):
-            state.maps, state.symmetry_axes = impose_group(
-                state.maps, group, particles.pixel_size_a, state.symmetry_axes, untrusted_shift_px(state, config), settled_axes(state, config)
-            )
-            if config.recentre_on_symmetry:
-                state.symmetry_axes = recentre_on_axes(state, state.symmetry_axes, particles.pixel_size_a, PAD)
+            impose_on_class_maps(state, group, particles.pixel_size_a, config)
         convergence.keep_snapshot(state, config)
         if state.iteration >= last or convergence.early_check(state.iteration, config):
             figures["map_agreement"] = convergence.map_agreement(state, config)

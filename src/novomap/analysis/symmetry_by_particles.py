@@ -80,6 +80,7 @@ class GroupByParticles:
     detection: DetectionResult
     seconds: float
     alignment: SymmetryAlignment | None = None  # the chosen group's alignment of the map (None for C1), for apply_point_group
+    unjudged: str = ""  # why the particles did not score the candidates (the map-only detection decided), if they did not
 
     def margins(self) -> list[tuple[str, float]]:
         """Each candidate's score minus the best one (0 for the chosen group)."""
@@ -209,7 +210,12 @@ def choose_group_by_particles(
     members = evidence_members(state.class_number, class_index, config.seed)
     if min(int((half[members] == h).sum()) for h in (0, 1)) < MIN_PER_HALF:  # too few particles to judge: the map decides
         group = point_group(detection.point_group)
-        return GroupByParticles(group, [(group.name, 0.0)], detection, time.perf_counter() - started)
-    scores = score_groups(volume, candidate_groups(detection), state, particles, half, class_index, config, device)
+        return GroupByParticles(group, [(group.name, 0.0)], detection, time.perf_counter() - started, unjudged="too few particles to judge by")
+    candidates = candidate_groups(detection)
+    if len(candidates) == 1:  # no group but C1 is plausible: nothing to choose between
+        return GroupByParticles(
+            candidates[0], [(candidates[0].name, 0.0)], detection, time.perf_counter() - started, unjudged="no other group plausible enough to put to the particles"
+        )
+    scores = score_groups(volume, candidates, state, particles, half, class_index, config, device)
     chosen, _, alignment = scores[0]
     return GroupByParticles(chosen, [(group.name, score) for group, score, _ in scores], detection, time.perf_counter() - started, alignment)
