@@ -164,6 +164,16 @@ def test_the_line_says_when_the_run_went_on_past_iter():
     assert "(the most allowed)" in unconfirmed.line() and "not at the check before" in unconfirmed.line()
 
 
+def test_a_c1_run_still_changing_whose_map_looks_symmetric_gets_a_hint():
+    """The still-changing warning of a C1 run names the group its map looks to have and the way out;
+    a settled run has no warning, whatever its map looks like."""
+    moving = _evidence(map_agreement=0.88, map_agreement_min=0.95, extra_iterations=100, c1_map_looks="D2")
+    (reason,) = warnings_for(moving)
+    assert "still changing" in reason and "looks D2-symmetric" in reason and "--sym D2 or --sym auto" in reason
+    assert "looks" not in warnings_for(_evidence(map_agreement=0.88, map_agreement_min=0.95))[0]
+    assert not warnings_for(_evidence(map_agreement=0.97, map_agreement_min=0.95, c1_map_looks="D2"))
+
+
 def test_the_report_caption_gives_the_final_agreement(tmp_path):
     from novomap.outputs.report import _evidence_caption
 

@@ -288,3 +288,20 @@ def test_sym_auto_imposes_a_group_chosen_mid_run_and_keeps_it(small_dataset, tmp
         continue_from=tmp_path / "job" / "run_it006_optimiser.star",
     )  # fmt: skip
     assert calls == [3] and again.symmetry == "D2" and again.symmetry_record["chosen_at_iteration"] == 3
+
+
+@pytest.mark.parametrize("min_agreement, hinted", [(1.01, True), (0.0, False)])
+def test_a_c1_run_that_did_not_settle_is_told_what_its_map_looks_like(small_dataset, tmp_path, monkeypatch, min_agreement, hinted):
+    """Only a C1 run still changing at its end runs the map-only detection (here made to find D2), and its
+    evidence warning then suggests the group; a settled run does not pay for the detection."""
+    import novomap.initial_model
+
+    looked: list[int] = []
+    monkeypatch.setattr(novomap.initial_model, "c1_map_looks", lambda volume, pixel_size_a: looked.append(1) or "D2")
+    config = VdamConfig(
+        n_iter=3, particle_diameter_a=200.0, n_starts=1, seed=2, convergence_check_every=1, convergence_lag=1,
+        convergence_min_fsc=min_agreement, max_extra_iterations=1, retries=0,
+    )  # fmt: skip
+    result = run_initial_model(small_dataset, tmp_path / "job", config, symmetry="C1")
+    assert bool(looked) == hinted and result.evidence.c1_map_looks == ("D2" if hinted else None)
+    assert any("looks D2-symmetric" in reason for reason in result.evidence.warnings) == hinted

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from novomap.analysis.confidence import MAX_SHIFT_PX, Evidence, assess_run, write_evidence
+from novomap.analysis.confidence import MAX_SHIFT_PX, Evidence, assess_run, warnings_for, write_evidence
 from novomap.analysis.pool_classes import PooledClass, pool_same_structure
 from novomap.analysis.symmetry_by_particles import choose_group_by_particles
 from novomap.errors import NovomapError
@@ -35,6 +35,7 @@ from novomap.outputs.attempts import free_attempt_dir, move_attempt
 from novomap.outputs.relion import state_path_for, write_iteration
 from novomap.reconstruct import Poses, reconstruct_with_poses
 from novomap.symmetry.choice import AUTO, AppliedSymmetry, align_near, apply_point_group, requested_group, symmetrise_on_axes, symmetry_record, write_symmetry_file
+from novomap.symmetry.detect import detect_point_group
 from novomap.symmetry.groups import PointGroup, point_group
 from novomap.symmetry.impose import impose_group
 from novomap.vdam import convergence, schedules
@@ -227,6 +228,14 @@ class JobOptions:
     notify: Callable[[str], None] | None = None  # a warning about the input, for the user
 
 
+def c1_map_looks(volume: torch.Tensor, pixel_size_a: float) -> str | None:
+    """The point group the map-only detection (de novo) finds on a C1 run's final reconstruction
+    (N, N, N), or None for C1: a hint for a run asked in C1 that did not settle. On the suite's C1
+    aggregates (hb16_c1, hb6_c1, hb4_rod) it finds C1, on the real tutorial particles run in C1 D2."""
+    found = detect_point_group(volume, pixel_size_a, de_novo=True).point_group
+    return None if found == "C1" else found
+
+
 def impose_on_class_maps(state: RunState, group: PointGroup, pixel_size_a: float, config: VdamConfig) -> None:
     """The group imposed on every class map about its own axes (symmetry.impose; axes kept where
     vdam.unit_search.settled_axes allows), each map then moved so that its symmetry centre is the box
@@ -330,6 +339,9 @@ def _run_attempt(star_path: str | Path, out_dir: str | Path, config: VdamConfig,
     pooled = pool_same_structure(state, largest, particles.pixel_size_a, config)  # after the last run_it files
     volume = final_reconstruction(state, particles, largest, config)
     evidence = assess_run(state, particles, half, largest, volume, config)  # half-set FSC, agreement with VDAM
+    if group is not None and group.order == 1 and not evidence.settled():
+        evidence.c1_map_looks = c1_map_looks(volume, particles.pixel_size_a)
+        evidence.warnings = warnings_for(evidence)
     by_particles = None
     if group is None:  # --sym auto: the groups this C1 map makes plausible, judged by the particles
         by_particles = choose_group_by_particles(volume, state, particles, half, largest, config, device[0])

@@ -136,6 +136,9 @@ class Evidence:
     # seed, ring misfit, whether it was flagged and its folder ("." for the kept one), and which (1-based) was kept
     attempts: list[dict] = field(default_factory=list)
     kept_attempt: int | None = None
+    # a run in C1 that was still changing: the group the map-only detection finds on its final
+    # reconstruction when it is not C1 (a symmetric particle run in C1 settles slowly), else None
+    c1_map_looks: str | None = None
 
     @property
     def weak(self) -> bool:
@@ -350,6 +353,11 @@ def warnings_for(evidence: Evidence) -> list[str]:
             f"the map was still changing at the last iteration (agreement {evidence.map_agreement:.2f} with the map of "
             f"20 iterations before {compared} {evidence.map_agreement_min}; more --iter or --max-extra-iter may help)"
         )
+        if evidence.c1_map_looks:  # spread over symmetry mates, a symmetric particle's C1 map settles slowly
+            reasons[-1] += (
+                f"; the C1 map looks {evidence.c1_map_looks}-symmetric (the map alone): if the particle is, "
+                f"--sym {evidence.c1_map_looks} or --sym auto gives its map in less time"
+            )
     return reasons
 
 
