@@ -6,6 +6,7 @@ its reproducibility from the seed, and --continue from its checkpoints giving th
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -553,3 +554,14 @@ def test_continue_without_i_reads_the_particles_from_the_checkpoint(run_a, datas
     del argv[argv.index("--i") : argv.index("--i") + 2]
     assert main(argv) == 0
     assert np.array_equal(_map(out / "initial_model.mrc"), _map(run_a / "initial_model.mrc"))
+
+
+def test_run_out_says_when_the_group_acts():
+    """The job's first line: an explicit group is imposed after the initial phase (not only at the end), auto
+    may choose during the run, C1 is C1."""
+    from novomap.commands.initial_model import _symmetry_phrase
+
+    config = VdamConfig(n_iter=100)
+    assert _symmetry_phrase("D2", config) == "symmetry D2 (imposed on the class maps after iteration 30 and applied to the final map)"
+    assert _symmetry_phrase("D2", dataclasses.replace(config, impose_symmetry_every=0)) == "symmetry D2 (applied to the final map)"
+    assert "during the run" in _symmetry_phrase("auto", config) and _symmetry_phrase("C1", config) == "symmetry C1"

@@ -408,13 +408,18 @@ def _still_moving_line(figures: dict, more: int, config: VdamConfig) -> str:
     return f"the map is still changing ({compared} < {threshold}): {more} more iteration{plural}"
 
 
-def _symmetry_phrase(sym: str) -> str:
+def _symmetry_phrase(sym: str, config: VdamConfig) -> str:
     """How the job treats the group, for run.out's first line."""
     if sym.strip().lower() == "auto":
         return "symmetry auto (chosen by the particles: during the run if the C1 map is slow to settle, else at the end)"
     if sym.strip().upper() == "C1":
         return "symmetry C1"
-    return f"symmetry {sym} (imposed once the race of random starts has chosen, and on the final map)"
+    if config.impose_symmetry_every <= 0:
+        return f"symmetry {sym} (applied to the final map)"
+    from novomap.vdam import schedules
+
+    first = schedules.phases(config.n_iter, config.initial_fraction, config.final_fraction).initial
+    return f"symmetry {sym} (imposed on the class maps after iteration {first} and applied to the final map)"
 
 
 def _auto_symmetry_line(figures: dict) -> str:
@@ -627,7 +632,7 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log, stage: _JobStage) -> 
     inputs = ", ".join(sorted({f"{b} px at {p:g} Å/px" for b, p in zip(grid.group_box, grid.group_pixel_size_a)}))
     log.info(
         f"novomap initial-model: {n_particles} particles of {inputs}, mask {diameter:.0f} Å, "
-        f"{config.n_iter} iterations, K = {config.n_classes}, {_symmetry_phrase(args.sym)}, on {device}"
+        f"{config.n_iter} iterations, K = {config.n_classes}, {_symmetry_phrase(args.sym, config)}, on {device}"
     )
     nyquist_a = 2 * min(grid.group_pixel_size_a)
     if max_resolution_a < nyquist_a:  # the data stop first
