@@ -275,8 +275,6 @@ HELD_OUT: dict[str, Specimen] = {
             symmetry="C1", source="model", model=str(HAEMOGLOBIN), box=36,
             particle_fraction=0.55, mask_fraction=0.75, snr=0.08, n_particles=1500, defocus_um=(1.0, 2.5),
         ),
-        # added after hb_c1_36's first run (1.90x): haemoglobin alone is pseudo-D2, the suite's known
-        # unsolved case (README), so a small C1 particle without a pseudo-symmetry, in a small box
         # added in session 39, before any run: an elongated particle (~3:1), which no specimen was, C1
         _spec(
             name="hb4_rod",
@@ -285,6 +283,8 @@ HELD_OUT: dict[str, Specimen] = {
             particle_fraction=0.8, mask_fraction=0.9, snr=0.07, n_particles=1500, defocus_um=(1.0, 2.5),
             cluster_copies=4, orientation_seed=39, cluster_shape="chain",
         ),
+        # added after hb_c1_36's first run (1.90x): haemoglobin alone is pseudo-D2, the suite's known
+        # unsolved case (README), so a small C1 particle without a pseudo-symmetry, in a small box
         _spec(
             name="hb2_c1_40",
             description="two haemoglobin tetramers (4HHB) packed without symmetry: about 120 kDa, C1, 40 px",
