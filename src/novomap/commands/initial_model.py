@@ -410,7 +410,9 @@ def _still_moving_line(figures: dict, more: int, config: VdamConfig) -> str:
 
 def _symmetry_phrase(sym: str, config: VdamConfig) -> str:
     """How the job treats the group, for run.out's first line."""
-    if sym.strip().lower() == "auto":
+    from novomap.symmetry.choice import is_auto
+
+    if is_auto(sym):
         return "symmetry auto (chosen by the particles: during the run if the C1 map is slow to settle, else at the end)"
     if sym.strip().upper() == "C1":
         return "symmetry C1"
@@ -571,6 +573,7 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log, stage: _JobStage) -> 
     from novomap.outputs.attempts import set_aside_earlier_run
     from novomap.outputs.pipeline import JobAborted, abort_requested, finish_job, start_job
     from novomap.outputs.progress import ProgressDisplay, batch_plan, format_duration
+    from novomap.symmetry.choice import is_auto
     from novomap.vdam.config import VdamConfig, starts_for_classes
     from novomap.vdam.iterate import final_pass_size
 
@@ -686,10 +689,10 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log, stage: _JobStage) -> 
         if abort_requested(out_dir):
             raise JobAborted(f"stopped after iteration {figures['iteration']}: RELION asked to abort (RELION_JOB_ABORT_NOW)")
         if figures["iteration"] >= config.n_iter and "more_iterations" in figures and not more:
-            then = "" if args.sym.upper() == "C1" else f", then aligning the {args.sym} symmetry axes"
-            if args.sym.strip().lower() == "auto" and chosen_mid_run and chosen_mid_run[-1] != "C1":
-                then = f", then aligning the {chosen_mid_run[-1]} symmetry axes"
-            elif args.sym.strip().lower() == "auto":
+            # the group as far as it is known: --sym's, or the one --sym auto chose during the run
+            group = chosen_mid_run[-1] if chosen_mid_run and chosen_mid_run[-1] != "C1" else args.sym
+            then = "" if group.upper() == "C1" else f", then aligning the {group} symmetry axes"
+            if is_auto(group):
                 then = ", then choosing the point group (the map proposes, the particles decide: up to a minute) and aligning its axes"
             which = f"all {n_particles} particles" if final_pass_particles == n_particles else f"{final_pass_particles} of the {n_particles} particles (a random sample and the last mini-batch's)"
             display.stage(f"final pass: assigning {which} with the final map{then}")
