@@ -96,3 +96,11 @@ def test_alignment_near_earlier_axes_matches_the_global_search_and_falls_back_wh
     by_search = apply_point_group(c1, pixel, group, config)
     assert correlation(by_near.volume, by_search.volume) > 0.99
     assert align_near(c1, pixel, group, earlier, max_score=-1.0) is None
+
+
+def test_c1_map_looks_names_the_group_of_a_symmetric_map_and_nothing_for_an_asymmetric_one():
+    """initial_model.c1_map_looks, the hint for C1 runs that did not settle: the de novo detection's group."""
+    from novomap.initial_model import c1_map_looks
+
+    assert c1_map_looks(add_noise(rotate_volume(blob_map("D2"), random_rotation(5)), 0.1, seed=1), PIXEL_SIZE_A) == "D2"
+    assert c1_map_looks(add_noise(blob_map("C1"), 0.1, seed=1), PIXEL_SIZE_A) is None

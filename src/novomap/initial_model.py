@@ -34,8 +34,7 @@ from novomap.physics.masks import soft_edge_mask
 from novomap.outputs.attempts import free_attempt_dir, move_attempt
 from novomap.outputs.relion import state_path_for, write_iteration
 from novomap.reconstruct import Poses, reconstruct_with_poses
-from novomap.symmetry.choice import AUTO, AppliedSymmetry, align_near, apply_point_group, requested_group, symmetrise_on_axes, symmetry_record, write_symmetry_file
-from novomap.symmetry.detect import detect_point_group
+from novomap.symmetry.choice import AUTO, AppliedSymmetry, align_near, apply_point_group, choose_group, requested_group, symmetrise_on_axes, symmetry_record, write_symmetry_file
 from novomap.symmetry.groups import PointGroup, point_group
 from novomap.symmetry.impose import impose_group
 from novomap.vdam import convergence, schedules
@@ -232,8 +231,8 @@ def c1_map_looks(volume: torch.Tensor, pixel_size_a: float) -> str | None:
     """The point group the map-only detection (de novo) finds on a C1 run's final reconstruction
     (N, N, N), or None for C1: a hint for a run asked in C1 that did not settle. On the suite's C1
     aggregates (hb16_c1, hb6_c1, hb4_rod) it finds C1, on the real tutorial particles run in C1 D2."""
-    found = detect_point_group(volume, pixel_size_a, de_novo=True).point_group
-    return None if found == "C1" else found
+    found, _ = choose_group(volume, pixel_size_a, None)
+    return None if found.order == 1 else found.name
 
 
 def impose_on_class_maps(state: RunState, group: PointGroup, pixel_size_a: float, config: VdamConfig) -> None:
