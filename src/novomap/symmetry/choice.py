@@ -132,8 +132,8 @@ def reason(detection: DetectionResult) -> str:
 
 def particle_reason(by_particles) -> str:
     """Why the particles chose their group, in one phrase (by_particles: analysis.symmetry_by_particles.GroupByParticles)."""
-    if len(by_particles.scores) < 2:  # the map-only detection decided (too few particles, or only C1 plausible)
-        return reason(by_particles.detection) + f" ({by_particles.unjudged or 'too few particles to judge by'})"
+    if by_particles.unjudged:  # the map-only detection decided (too few particles, or only C1 plausible)
+        return reason(by_particles.detection) + f" ({by_particles.unjudged})"
     chosen = by_particles.group.name
     others = ", ".join(f"{name} {margin:+.2f}" for name, margin in by_particles.margins()[1:])
     text = (f"chosen by the particles: {chosen}'s symmetrised half maps explain the other half's images best "
