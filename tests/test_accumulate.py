@@ -16,7 +16,7 @@ import torch
 from novomap.estep import accumulate as accumulate_module
 from novomap.estep import cache as cache_module
 from novomap.estep import sparse_cpu
-from novomap.estep.accumulate import Sums, _sparse_product, accumulate, flush_slices
+from novomap.estep.accumulate import Sums, _child_sums, _sparse_product, accumulate, flush_slices
 from novomap.estep.cache import SliceBuffer
 from novomap.estep.prepare import PreparedBatch
 from novomap.estep.search import FineResult
@@ -125,10 +125,7 @@ def test_accumulated_sums_equal_their_row_by_row_definition(compiled, overflow, 
     assert torch.allclose(sums.class_weight, expected_class)
 
 
-@pytest.mark.parametrize("compiled", [pytest.param(True, marks=needs_numba), False])
-def test_sparse_product_sums_each_entry_into_its_row(compiled, monkeypatch):
-    if not compiled:
-        monkeypatch.setattr(accumulate_module, "_compiled_row_sums", lambda: None)
+def test_sparse_product_sums_each_entry_into_its_row():
     generator = torch.Generator().manual_seed(3)
     dense = torch.complex(torch.randn(6, 40, generator=generator), torch.randn(6, 40, generator=generator))
     # unsorted rows, a repeated (row, column) entry, and output rows 1 and 4 with no entry at all
@@ -148,6 +145,33 @@ def test_sparse_product_sums_each_entry_into_its_row(compiled, monkeypatch):
     # a conjugated view is read as its values (accumulate passes projections.conj())
     conj = _sparse_product(rows, columns, values, 6, dense.conj())
     assert torch.allclose(conj.to(torch.complex128), expected.conj(), atol=1e-5)
+
+
+@pytest.mark.parametrize("compiled", [pytest.param(True, marks=needs_numba), False])
+def test_child_sums_mix_each_rows_children_before_the_product(compiled, monkeypatch):
+    """out[r] = sum over entries e of row r of dense[c_e] * sum_j w_ej children[j], checked entry by entry;
+    the compiled pass (4 children) and the sparse product of the products (any device) alike."""
+    if not compiled:
+        monkeypatch.setattr(accumulate_module, "_compiled_row_sums", lambda: None)
+    generator = torch.Generator().manual_seed(11)
+
+    def complex_noise(*shape):
+        return torch.complex(torch.randn(*shape, generator=generator), torch.randn(*shape, generator=generator))
+
+    dense, children = complex_noise(5, 37), complex_noise(4, 37)
+    # unsorted rows, a repeated (row, column) entry, output row 2 with no entry
+    rows = torch.tensor([4, 0, 4, 1, 0, 3, 4, 1])
+    columns = torch.tensor([2, 0, 2, 4, 3, 1, 0, 2])
+    weights = torch.rand(8, 4, generator=generator, dtype=torch.float64)
+    weights[3, 2] = 0.0
+    got = _child_sums(rows, columns, weights, children, 5, dense.conj())
+    expected = torch.zeros((5, 37), dtype=torch.complex128)
+    for e, (r, c) in enumerate(zip(rows.tolist(), columns.tolist())):
+        for j in range(4):
+            expected[r] += float(weights[e, j]) * dense[c].conj().to(torch.complex128) * children[j].to(torch.complex128)
+    assert got.shape == (5, 37) and got.dtype == torch.complex64
+    assert torch.allclose(got.to(torch.complex128), expected, atol=1e-5 * float(expected.abs().max()))
+    assert float(got[2].abs().max()) == 0.0
 
 
 @needs_numba

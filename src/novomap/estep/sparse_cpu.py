@@ -1,16 +1,18 @@
-"""The accumulation's sparse x dense products on the CPU, compiled with numba.
+"""The accumulation's sparse sums on the CPU, compiled with numba.
 
 estep.accumulate sums rows of a dense complex array into output rows, weighted by the retained
-hypotheses' weights: out[r] = sum over entries (r, c, v) of v * dense[c], a sparse (a few thousand
-entries) times dense (rows of P pixels) product. torch.sparse.mm first builds and coalesces a COO
-matrix; on the real tutorial's late iterations its two products per chunk took ~2 and ~11 ms (the
-second has many output rows of one or two entries each). One pass over the entries grouped by
-output row, in parallel over rows, takes ~1 ms for each (2 threads, measured on dumped chunks).
+hypotheses' weights of their 4 child translations: out[r] = sum over entries (r, c, w) of
+dense[c] * (sum_j w_j e_delta_j), a sparse (up to ~10^5 entries per chunk) times dense (rows of P
+pixels) product. torch.sparse.mm builds and coalesces a COO matrix first, with one entry per child;
+on the real tutorial's late iterations its two products per chunk took ~2 and ~11 ms. One pass over
+the entries grouped by output row, in parallel over rows, mixing each entry's children once, takes
+~1 ms for each late and ~17 ms early (2 threads, measured on dumped chunks).
 Imported on first use on the CPU, like estep.fine_cpu; on other devices torch.sparse.mm stays.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 try:
@@ -38,18 +40,29 @@ if njit is not None:
             next_free[r] += 1
 
     @njit(parallel=True, fastmath=True, cache=True)
-    def _row_sums(row_start, columns, values, dense, out):  # pragma: no cover - compiled
-        n_values = dense.shape[1]
-        for r in prange(out.shape[0]):
-            # zeroed here, by the thread that adds into the row (no separate pass over out)
-            for q in range(n_values):
-                out[r, q] = 0.0
-            for e in range(row_start[r], row_start[r + 1]):
-                c = columns[e]
-                v = values[e]
+    def _child_row_sums(row_start, entries, columns, weights, children, dense, out):  # pragma: no cover - compiled
+        # out[:, r] = sum over the entries e of row r of dense[:, columns[e]] * (sum_j weights[e, j] children[j])
+        # for 4 children, spelled out: with a loop over them inside the pixel loop it did not vectorise
+        # (7x slower); complex values as planes (re, im) of their own, for the same reason. Rows are split
+        # into more blocks than threads, as the entries per row vary widely
+        n_values = dense.shape[2]
+        n_rows = out.shape[1]
+        n_blocks = min(n_rows, 256)
+        per_block = (n_rows + n_blocks - 1) // max(1, n_blocks)
+        for block in prange(n_blocks):
+            for r in range(block * per_block, min(n_rows, (block + 1) * per_block)):
                 for q in range(n_values):
-                    out[r, q] += v * dense[c, q]
-
+                    out[0, r, q] = 0.0
+                    out[1, r, q] = 0.0
+                for i in range(row_start[r], row_start[r + 1]):
+                    e = entries[i]
+                    c = columns[e]
+                    w0, w1, w2, w3 = weights[e, 0], weights[e, 1], weights[e, 2], weights[e, 3]
+                    for q in range(n_values):
+                        mixed_re = w0 * children[0, 0, q] + w1 * children[1, 0, q] + w2 * children[2, 0, q] + w3 * children[3, 0, q]
+                        mixed_im = w0 * children[0, 1, q] + w1 * children[1, 1, q] + w2 * children[2, 1, q] + w3 * children[3, 1, q]
+                        out[0, r, q] += mixed_re * dense[0, c, q] - mixed_im * dense[1, c, q]
+                        out[1, r, q] += mixed_re * dense[1, c, q] + mixed_im * dense[0, c, q]
 
     @njit(parallel=True, cache=True)
     def _buffer_slices(rows, fresh, data, reference, reference_rows, weight, channels):  # pragma: no cover - compiled
@@ -86,25 +99,35 @@ def grouped_order(rows: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.
     return order, row_start
 
 
-def row_sums(rows: torch.Tensor, columns: torch.Tensor, values: torch.Tensor, n_rows: int, dense: torch.Tensor) -> torch.Tensor:
-    """M @ dense for the sparse M with `values` summed at (rows, columns).
+def child_row_sums(rows: torch.Tensor, columns: torch.Tensor, weights: torch.Tensor, children: torch.Tensor, n_rows: int, dense: torch.Tensor) -> torch.Tensor:
+    """out[r] = sum over the entries e with rows[e] = r of dense[columns[e]] * (weights[e] @ children).
 
-    rows, columns (E,) int64; values (E,) real; dense (C, P) complex64 -> (n_rows, P) complex64.
-    Entries of one output row are added in their given order (a stable grouping), so the result does
-    not depend on the number of threads. Needs numba (`available()`).
-    """
+    rows, columns (E,) int64; weights (E, 4) real; children (4, P) and dense (C, P) complex64 ->
+    (n_rows, P) complex64. The sparse product of the E * 4 entries (r, 4 * columns[e] + j, weights[e, j])
+    with the products dense[c] * children[j]: the accumulation's sums over the 4 child
+    translations of each retained row, whose phases factor as e_t * e_delta_j (vdam-spec 3.5), without
+    the (C * 4, P) array of the products and with one read of dense[c] per entry instead of 4.
+    Entries of a row are added in their given order (independent of the number of threads).
+    Needs numba (`available()`)."""
     order, row_start = grouped_order(rows, n_rows)
-    real = torch.view_as_real(dense.resolve_conj().contiguous()).reshape(dense.shape[0], -1)  # (C, 2P), re/im interleaved
-    out = torch.empty((n_rows, real.shape[1]), dtype=torch.float32)  # zeroed by _row_sums
+    out = torch.empty((2, n_rows, dense.shape[1]), dtype=torch.float32)  # zeroed by _child_row_sums
     with trilinear_cpu.numba_threads():
-        _row_sums(
+        _child_row_sums(
             row_start.numpy(),
-            columns[order].contiguous().numpy(),
-            values[order].to(torch.float32).contiguous().numpy(),
-            real.to(torch.float32).numpy(),
+            order.numpy(),
+            columns.contiguous().numpy(),
+            weights.to(torch.float32).contiguous().numpy(),
+            _planes(children).transpose(0, 1).contiguous().numpy(),  # (4, 2, P)
+            _planes(dense).numpy(),
             out.numpy(),
         )
-    return torch.view_as_complex(out.reshape(n_rows, -1, 2))
+    return torch.complex(out[0], out[1])
+
+
+def _planes(values: torch.Tensor) -> torch.Tensor:
+    """(..., P) complex -> (2, ..., P) float32: real and imaginary parts, each contiguous."""
+    values = values.resolve_conj()
+    return torch.stack([values.real, values.imag]).to(torch.float32).contiguous()
 
 
 def buffer_slices(
