@@ -41,19 +41,23 @@ if njit is not None:
 
     @njit(parallel=True, fastmath=True, cache=True)
     def _child_row_sums(row_start, entries, columns, weights, children, dense, out):  # pragma: no cover - compiled
-        # out[:, r] = sum over the entries e of row r of dense[:, columns[e]] * (sum_j weights[e, j] children[j])
+        # out[r] = sum over the entries e of row r of dense[:, columns[e]] * (sum_j weights[e, j] children[j]),
         # for 4 children, spelled out: with a loop over them inside the pixel loop it did not vectorise
-        # (7x slower); complex values as planes (re, im) of their own, for the same reason. Rows are split
-        # into more blocks than threads, as the entries per row vary widely
+        # (7x slower); the inputs as planes (re, im) of their own, for the same reason. Each row is summed
+        # in planes of its own (L1-resident) and written out once as interleaved (re, im) pairs, which a
+        # complex tensor views without a copy. Rows are split into more blocks than threads, as the
+        # entries per row vary widely
         n_values = dense.shape[2]
-        n_rows = out.shape[1]
+        n_rows = out.shape[0]
         n_blocks = min(n_rows, 256)
         per_block = (n_rows + n_blocks - 1) // max(1, n_blocks)
         for block in prange(n_blocks):
+            row_re = np.empty(n_values, dtype=np.float32)
+            row_im = np.empty(n_values, dtype=np.float32)
             for r in range(block * per_block, min(n_rows, (block + 1) * per_block)):
                 for q in range(n_values):
-                    out[0, r, q] = 0.0
-                    out[1, r, q] = 0.0
+                    row_re[q] = 0.0
+                    row_im[q] = 0.0
                 for i in range(row_start[r], row_start[r + 1]):
                     e = entries[i]
                     c = columns[e]
@@ -61,8 +65,11 @@ if njit is not None:
                     for q in range(n_values):
                         mixed_re = w0 * children[0, 0, q] + w1 * children[1, 0, q] + w2 * children[2, 0, q] + w3 * children[3, 0, q]
                         mixed_im = w0 * children[0, 1, q] + w1 * children[1, 1, q] + w2 * children[2, 1, q] + w3 * children[3, 1, q]
-                        out[0, r, q] += mixed_re * dense[0, c, q] - mixed_im * dense[1, c, q]
-                        out[1, r, q] += mixed_re * dense[1, c, q] + mixed_im * dense[0, c, q]
+                        row_re[q] += mixed_re * dense[0, c, q] - mixed_im * dense[1, c, q]
+                        row_im[q] += mixed_re * dense[1, c, q] + mixed_im * dense[0, c, q]
+                for q in range(n_values):
+                    out[r, 2 * q] = row_re[q]
+                    out[r, 2 * q + 1] = row_im[q]
 
     @njit(parallel=True, cache=True)
     def _buffer_slices(rows, fresh, data, reference, reference_rows, weight, channels):  # pragma: no cover - compiled
@@ -110,7 +117,7 @@ def child_row_sums(rows: torch.Tensor, columns: torch.Tensor, weights: torch.Ten
     Entries of a row are added in their given order (independent of the number of threads).
     Needs numba (`available()`)."""
     order, row_start = grouped_order(rows, n_rows)
-    out = torch.empty((2, n_rows, dense.shape[1]), dtype=torch.float32)  # zeroed by _child_row_sums
+    out = torch.empty((n_rows, 2 * dense.shape[1]), dtype=torch.float32)  # (re, im) pairs, all written by _child_row_sums
     with trilinear_cpu.numba_threads():
         _child_row_sums(
             row_start.numpy(),
@@ -121,7 +128,7 @@ def child_row_sums(rows: torch.Tensor, columns: torch.Tensor, weights: torch.Ten
             _planes(dense).numpy(),
             out.numpy(),
         )
-    return torch.complex(out[0], out[1])
+    return torch.view_as_complex(out.view(n_rows, -1, 2))
 
 
 def _planes(values: torch.Tensor) -> torch.Tensor:
