@@ -123,6 +123,14 @@ def test_accumulated_sums_equal_their_row_by_row_definition(compiled, overflow, 
     totals = result.weights.sum(-1)
     expected_class = torch.zeros(N_CLASSES, dtype=torch.float64).index_add_(0, result.row_class, totals)
     assert torch.allclose(sums.class_weight, expected_class)
+    # sum w |new origin (Å)|^2: each child's translation added to its particle's origin, at 2 Å/px
+    expected_offset = 0.0
+    for r in range(result.weights.shape[0]):
+        b, t = int(result.row_particle[r]), int(result.row_translation[r])
+        for j in range(4):
+            origin_a = (batch.origin_px[b] + grid.fine_translations[t, j].double()) * 2.0
+            expected_offset += float(result.weights[r, j]) * float(origin_a.square().sum())
+    assert float(sums.offset_sq_a2) == pytest.approx(expected_offset, rel=1e-9)
 
 
 def test_sparse_product_sums_each_entry_into_its_row():
