@@ -103,7 +103,7 @@ needs_numba = pytest.mark.skipif(not sparse_cpu.available(), reason="numba is no
 def test_accumulated_sums_equal_their_row_by_row_definition(compiled, overflow, monkeypatch):
     """overflow: a slice buffer with room for fewer slices than the chunk has, so they are inserted directly."""
     if not compiled:  # torch.sparse.mm, as on a GPU
-        monkeypatch.setattr(accumulate_module, "_compiled_row_sums", lambda: None)
+        monkeypatch.setattr(accumulate_module, "_compiled_child_sums", lambda: None)
         monkeypatch.setattr(cache_module, "compiled_sparse_cpu", lambda: None)
     generator = torch.Generator().manual_seed(7)
     window, grid, batch, result, sums = _random_inputs(generator)
@@ -160,7 +160,7 @@ def test_child_sums_mix_each_rows_children_before_the_product(compiled, monkeypa
     """out[r] = sum over entries e of row r of dense[c_e] * sum_j w_ej children[j], checked entry by entry;
     the compiled pass (4 children) and the sparse product of the products (any device) alike."""
     if not compiled:
-        monkeypatch.setattr(accumulate_module, "_compiled_row_sums", lambda: None)
+        monkeypatch.setattr(accumulate_module, "_compiled_child_sums", lambda: None)
     generator = torch.Generator().manual_seed(11)
 
     def complex_noise(*shape):

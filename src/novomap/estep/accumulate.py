@@ -119,7 +119,7 @@ def add_at(flat: torch.Tensor, index: torch.Tensor, value: torch.Tensor) -> torc
     return flat.index_add_(0, index, value)
 
 
-_compiled_row_sums = compiled_sparse_cpu  # a module attribute: tests switch the compiled path off here
+_compiled_child_sums = compiled_sparse_cpu  # a module attribute: tests switch the compiled path off here
 
 
 def _sparse_product(rows: torch.Tensor, columns: torch.Tensor, values: torch.Tensor, n_rows: int, dense: torch.Tensor) -> torch.Tensor:
@@ -143,9 +143,9 @@ def _child_sums(rows: torch.Tensor, columns: torch.Tensor, weights: torch.Tensor
     read once per retained row rather than once per child, and the (C * J, P) products are never
     formed; memory traffic bounded the two products of the sparse form in the early iterations (real
     tutorial, 2 threads: a chunk of ~140,000 retained rows at 333 pixels accumulated in 150 ms, now
-    105). Elsewhere (or for J other than 4) the sparse product of the U * J entries with dense[c] * children[j].
+    ~95). Elsewhere (or for J other than 4) the sparse product of the U * J entries with dense[c] * children[j].
     """
-    compiled = _compiled_row_sums() if dense.device.type == "cpu" and children.shape[0] == 4 else None
+    compiled = _compiled_child_sums() if dense.device.type == "cpu" and children.shape[0] == 4 else None
     if compiled is not None:
         return compiled.child_row_sums(rows, columns, weights, children, n_rows, dense)
     n_children = children.shape[0]

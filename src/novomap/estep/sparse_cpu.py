@@ -6,7 +6,7 @@ dense[c] * (sum_j w_j e_delta_j), a sparse (up to ~10^5 entries per chunk) times
 pixels) product. torch.sparse.mm builds and coalesces a COO matrix first, with one entry per child;
 on the real tutorial's late iterations its two products per chunk took ~2 and ~11 ms. One pass over
 the entries grouped by output row, in parallel over rows, mixing each entry's children once, takes
-~1 ms for each late and ~17 ms early (2 threads, measured on dumped chunks).
+~1 ms for each late and ~13 ms early (2 threads, measured on dumped chunks).
 Imported on first use on the CPU, like estep.fine_cpu; on other devices torch.sparse.mm stays.
 """
 
