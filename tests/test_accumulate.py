@@ -180,6 +180,11 @@ def test_child_sums_mix_each_rows_children_before_the_product(compiled, monkeypa
     assert got.shape == (5, 37) and got.dtype == torch.complex64
     assert torch.allclose(got.to(torch.complex128), expected, atol=1e-5 * float(expected.abs().max()))
     assert float(got[2].abs().max()) == 0.0
+    # no entries at all (a chunk whose rows all went elsewhere): zero rows, or no rows
+    none = torch.zeros(0, dtype=torch.long)
+    empty = _child_sums(none, none, torch.zeros((0, 4), dtype=torch.float64), children, 3, dense)
+    assert empty.shape == (3, 37) and float(empty.abs().max()) == 0.0
+    assert _child_sums(none, none, torch.zeros((0, 4), dtype=torch.float64), children, 0, dense).shape == (0, 37)
 
 
 @needs_numba

@@ -131,7 +131,7 @@ def _sparse_product(rows: torch.Tensor, columns: torch.Tensor, values: torch.Ten
     shape = (n_rows, dense.shape[0])
     matrix = torch.sparse_coo_tensor(torch.stack([rows, columns]), values, shape, check_invariants=False).coalesce()
     real = torch.view_as_real(dense.resolve_conj().contiguous()).reshape(dense.shape[0], -1)  # (C, 2P), re/im interleaved
-    return torch.view_as_complex(torch.sparse.mm(matrix, real).reshape(n_rows, -1, 2))
+    return torch.view_as_complex(torch.sparse.mm(matrix, real).reshape(n_rows, dense.shape[1], 2))
 
 
 def _child_sums(rows: torch.Tensor, columns: torch.Tensor, weights: torch.Tensor, children: torch.Tensor, n_rows: int, dense: torch.Tensor) -> torch.Tensor:

@@ -128,7 +128,7 @@ def child_row_sums(rows: torch.Tensor, columns: torch.Tensor, weights: torch.Ten
             _planes(dense).numpy(),
             out.numpy(),
         )
-    return torch.view_as_complex(out.view(n_rows, -1, 2))
+    return torch.view_as_complex(out.view(n_rows, dense.shape[1], 2))
 
 
 def _planes(values: torch.Tensor) -> torch.Tensor:
