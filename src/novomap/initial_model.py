@@ -194,6 +194,12 @@ def fine_final_map(
     return splice_shells(upsampled, moved, FINE_FADE_FROM * working_nyquist, FINE_FADE_TO * working_nyquist)
 
 
+def imposition_starts_after(config: VdamConfig) -> int:
+    """The iteration after which a requested group is imposed on the class maps (imposing_due): the end
+    of VDAM's initial phase."""
+    return schedules.phases(config.n_iter, config.initial_fraction, config.final_fraction).initial
+
+
 def imposing_due(iteration: int, config: VdamConfig) -> bool:
     """Whether the requested group is imposed on the class maps after this iteration: every
     config.impose_symmetry_every iterations after VDAM's initial phase, which is also where the race
@@ -202,7 +208,7 @@ def imposing_due(iteration: int, config: VdamConfig) -> bool:
     (n_iter - check_every - lag, every check_every iterations on): each compares maps left free for the same
     number of iterations, and the run may stop at any of them from n_iter on."""
     every = config.impose_symmetry_every
-    first = schedules.phases(config.n_iter, config.initial_fraction, config.final_fraction).initial
+    first = imposition_starts_after(config)
     if every <= 0 or iteration <= first or (iteration - first) % every:
         return False
     if config.convergence_check_every <= 0:

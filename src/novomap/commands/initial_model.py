@@ -418,10 +418,9 @@ def _symmetry_phrase(sym: str, config: VdamConfig) -> str:
         return "symmetry C1"
     if config.impose_symmetry_every <= 0:
         return f"symmetry {sym} (applied to the final map)"
-    from novomap.vdam import schedules
+    from novomap.initial_model import imposition_starts_after
 
-    first = schedules.phases(config.n_iter, config.initial_fraction, config.final_fraction).initial
-    return f"symmetry {sym} (imposed on the class maps after iteration {first} and applied to the final map)"
+    return f"symmetry {sym} (imposed on the class maps after iteration {imposition_starts_after(config)} and applied to the final map)"
 
 
 def _auto_symmetry_line(figures: dict) -> str:
