@@ -185,6 +185,9 @@ def test_child_sums_mix_each_rows_children_before_the_product(compiled, monkeypa
     empty = _child_sums(none, none, torch.zeros((0, 4), dtype=torch.float64), children, 3, dense)
     assert empty.shape == (3, 37) and float(empty.abs().max()) == 0.0
     assert _child_sums(none, none, torch.zeros((0, 4), dtype=torch.float64), children, 0, dense).shape == (0, 37)
+    if compiled:  # the compiled loop reads exactly 4 children: other counts are refused, not misread
+        with pytest.raises(ValueError):
+            sparse_cpu.child_row_sums(rows, columns, weights[:, :3], children[:3], 5, dense)
 
 
 @needs_numba

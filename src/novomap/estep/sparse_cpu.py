@@ -116,6 +116,8 @@ def child_row_sums(rows: torch.Tensor, columns: torch.Tensor, weights: torch.Ten
     the (C * 4, P) array of the products and with one read of dense[c] per entry instead of 4.
     Entries of a row are added in their given order (independent of the number of threads).
     Needs numba (`available()`)."""
+    if weights.shape[-1] != 4 or children.shape[0] != 4:  # the compiled loop reads exactly 4 of each
+        raise ValueError(f"child_row_sums takes 4 children, got weights {tuple(weights.shape)} and children {tuple(children.shape)}")
     order, row_start = grouped_order(rows, n_rows)
     out = torch.empty((n_rows, 2 * dense.shape[1]), dtype=torch.float32)  # (re, im) pairs, all written by _child_row_sums
     with trilinear_cpu.numba_threads():
