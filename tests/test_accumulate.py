@@ -1,7 +1,7 @@
 """The E-step sums (estep.accumulate) against a direct, row-by-row evaluation of their definition.
 
 For each fine hypothesis row (particle b, class k, fine orientation f, coarse translation t) and
-each of its 4 child translations j with weight w:
+each of its J child translations j (4, or 1 without translational oversampling) with weight w:
   gradient slice (half of b, k, f) += w c (X e_{t,j} - c P) / sigma^2
   weight slice                     += w c^2 / sigma^2
   noise of b, per shell            += w |X_masked e_{t,j} - c P|^2
@@ -22,15 +22,17 @@ from novomap.estep.prepare import PreparedBatch
 from novomap.estep.search import FineResult
 from novomap.physics.projection import insert_slices
 from novomap.physics.window import fourier_window, shift_phases
-from novomap.sampling.grid import build_search_grid
+from novomap.sampling.grid import build_search_grid, without_sub_translations
 
 BOX = 16
 N_CLASSES = 2
 
 
-def _random_inputs(generator: torch.Generator):
+def _random_inputs(generator: torch.Generator, sub_translations: bool = True):
     window = fourier_window(BOX, BOX, "cpu")
     grid = build_search_grid(1, 4, 2, perturbation=0.3)
+    if not sub_translations:
+        grid = without_sub_translations(grid)
     n_batch, n_rows, n_proj, p = 3, 7, 5, window.n_pixels
 
     def complex_noise(*shape):
@@ -48,8 +50,8 @@ def _random_inputs(generator: torch.Generator):
         masked_power=torch.rand(n_batch, BOX // 2 + 1, generator=generator, dtype=torch.float64),
     )
     n_fine = grid.fine_rotations.shape[0] * 8
-    weights = torch.rand(n_rows, 4, generator=generator, dtype=torch.float64)
-    weights[2, 1] = 0.0  # a child that was not retained
+    weights = torch.rand(n_rows, grid.n_sub_translations, generator=generator, dtype=torch.float64)
+    weights[2, -1] = 0.0  # a child that was not retained
     result = FineResult(
         row_particle=torch.tensor([0, 0, 1, 2, 2, 2, 1]),
         row_class=torch.tensor([0, 1, 0, 1, 1, 0, 0]),
@@ -82,7 +84,7 @@ def _direct(window, grid, batch: PreparedBatch, result: FineResult):
         projection = result.projections[result.row_projection[r]].to(torch.complex128)
         h = int(batch.half[b])
         rotation = rotations[result.row_orientation[r]][None]
-        for j in range(4):
+        for j in range(grid.n_sub_translations):
             w = float(result.weights[r, j])
             phase = shift_phases(window, grid.fine_translations[t, j][None].double())[0]
             residual = batch.unmasked[b].to(torch.complex128) * phase - c[b] * projection
@@ -98,15 +100,17 @@ def _direct(window, grid, batch: PreparedBatch, result: FineResult):
 needs_numba = pytest.mark.skipif(not sparse_cpu.available(), reason="numba is not installed")
 
 
+@pytest.mark.parametrize("sub_translations", [True, False])
 @pytest.mark.parametrize("overflow", [False, True])
 @pytest.mark.parametrize("compiled", [pytest.param(True, marks=needs_numba), False])
-def test_accumulated_sums_equal_their_row_by_row_definition(compiled, overflow, monkeypatch):
-    """overflow: a slice buffer with room for fewer slices than the chunk has, so they are inserted directly."""
+def test_accumulated_sums_equal_their_row_by_row_definition(compiled, overflow, sub_translations, monkeypatch):
+    """overflow: a slice buffer with room for fewer slices than the chunk has, so they are inserted directly;
+    sub_translations False: a grid without translational oversampling (one child per coarse translation)."""
     if not compiled:  # torch.sparse.mm, as on a GPU
         monkeypatch.setattr(accumulate_module, "_compiled_child_sums", lambda: None)
         monkeypatch.setattr(cache_module, "compiled_sparse_cpu", lambda: None)
     generator = torch.Generator().manual_seed(7)
-    window, grid, batch, result, sums = _random_inputs(generator)
+    window, grid, batch, result, sums = _random_inputs(generator, sub_translations)
     if overflow:
         sums.slices = SliceBuffer(sums.slices.slot.numel(), window.n_pixels, "cpu", max_slices=2)
     accumulate(sums, batch, result, window, grid, 1, pixel_size_a=2.0)
@@ -127,7 +131,7 @@ def test_accumulated_sums_equal_their_row_by_row_definition(compiled, overflow, 
     expected_offset = 0.0
     for r in range(result.weights.shape[0]):
         b, t = int(result.row_particle[r]), int(result.row_translation[r])
-        for j in range(4):
+        for j in range(grid.n_sub_translations):
             origin_a = (batch.origin_px[b] + grid.fine_translations[t, j].double()) * 2.0
             expected_offset += float(result.weights[r, j]) * float(origin_a.square().sum())
     assert float(sums.offset_sq_a2) == pytest.approx(expected_offset, rel=1e-9)
@@ -155,10 +159,11 @@ def test_sparse_product_sums_each_entry_into_its_row():
     assert torch.allclose(conj.to(torch.complex128), expected.conj(), atol=1e-5)
 
 
+@pytest.mark.parametrize("n_children", [4, 1])
 @pytest.mark.parametrize("compiled", [pytest.param(True, marks=needs_numba), False])
-def test_child_sums_mix_each_rows_children_before_the_product(compiled, monkeypatch):
+def test_child_sums_mix_each_rows_children_before_the_product(compiled, n_children, monkeypatch):
     """out[r] = sum over entries e of row r of dense[c_e] * sum_j w_ej children[j], checked entry by entry;
-    the compiled pass (4 children) and the sparse product of the products (any device) alike."""
+    the compiled passes (4 children, or 1) and the sparse product of the products (any device) alike."""
     if not compiled:
         monkeypatch.setattr(accumulate_module, "_compiled_child_sums", lambda: None)
     generator = torch.Generator().manual_seed(11)
@@ -166,28 +171,29 @@ def test_child_sums_mix_each_rows_children_before_the_product(compiled, monkeypa
     def complex_noise(*shape):
         return torch.complex(torch.randn(*shape, generator=generator), torch.randn(*shape, generator=generator))
 
-    dense, children = complex_noise(5, 37), complex_noise(4, 37)
+    dense, children = complex_noise(5, 37), complex_noise(n_children, 37)
     # unsorted rows, a repeated (row, column) entry, output row 2 with no entry
     rows = torch.tensor([4, 0, 4, 1, 0, 3, 4, 1])
     columns = torch.tensor([2, 0, 2, 4, 3, 1, 0, 2])
-    weights = torch.rand(8, 4, generator=generator, dtype=torch.float64)
-    weights[3, 2] = 0.0
+    weights = torch.rand(8, n_children, generator=generator, dtype=torch.float64)
+    weights[3, -1] = 0.0
     got = _child_sums(rows, columns, weights, children, 5, dense.conj())
     expected = torch.zeros((5, 37), dtype=torch.complex128)
     for e, (r, c) in enumerate(zip(rows.tolist(), columns.tolist())):
-        for j in range(4):
+        for j in range(n_children):
             expected[r] += float(weights[e, j]) * dense[c].conj().to(torch.complex128) * children[j].to(torch.complex128)
     assert got.shape == (5, 37) and got.dtype == torch.complex64
     assert torch.allclose(got.to(torch.complex128), expected, atol=1e-5 * float(expected.abs().max()))
     assert float(got[2].abs().max()) == 0.0
     # no entries at all (a chunk whose rows all went elsewhere): zero rows, or no rows
     none = torch.zeros(0, dtype=torch.long)
-    empty = _child_sums(none, none, torch.zeros((0, 4), dtype=torch.float64), children, 3, dense)
+    empty = _child_sums(none, none, torch.zeros((0, n_children), dtype=torch.float64), children, 3, dense)
     assert empty.shape == (3, 37) and float(empty.abs().max()) == 0.0
-    assert _child_sums(none, none, torch.zeros((0, 4), dtype=torch.float64), children, 0, dense).shape == (0, 37)
-    if compiled:  # the compiled loop reads exactly 4 children: other counts are refused, not misread
+    assert _child_sums(none, none, torch.zeros((0, n_children), dtype=torch.float64), children, 0, dense).shape == (0, 37)
+    if compiled:  # the compiled loops read exactly 4 children, or 1: other counts are refused, not misread
+        three = complex_noise(3, 37)
         with pytest.raises(ValueError):
-            sparse_cpu.child_row_sums(rows, columns, weights[:, :3], children[:3], 5, dense)
+            sparse_cpu.child_row_sums(rows, columns, torch.rand(8, 3, generator=generator, dtype=torch.float64), three, 5, dense)
 
 
 @needs_numba

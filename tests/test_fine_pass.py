@@ -12,7 +12,7 @@ from novomap.estep.prepare import PreparedBatch
 from novomap.estep.search import CoarseHits, SearchSettings, fine_pass
 from novomap.physics.projection import extract_slices
 from novomap.physics.window import fourier_window, shift_phases
-from novomap.sampling.grid import build_search_grid
+from novomap.sampling.grid import build_search_grid, without_sub_translations
 
 BOX = 16
 PAD = 2
@@ -24,12 +24,15 @@ def _complex_noise(generator: torch.Generator, *shape: int) -> torch.Tensor:
     return torch.complex(torch.randn(*shape, generator=generator), torch.randn(*shape, generator=generator))
 
 
-def _problem():
+def _problem(sub_translations: bool = True):
     """A reference, a batch of 3 particles made from known fine projections in noise, and coarse
-    hits (several per particle, the true one among them, two sharing a block)."""
+    hits (several per particle, the true one among them, two sharing a block); sub_translations:
+    False, a grid without translational oversampling (one child per coarse translation)."""
     generator = torch.Generator().manual_seed(11)
     window = fourier_window(BOX, BOX, "cpu")
     grid = build_search_grid(0, 2, 1, perturbation=0.1)
+    if not sub_translations:
+        grid = without_sub_translations(grid)
     m = BOX * PAD
     references = _complex_noise(generator, 1, m, m, m)
     fine = grid.fine_rotations.reshape(-1, 3, 3).to(torch.float32)
@@ -60,14 +63,15 @@ def _problem():
 
 
 def _direct_log_posterior(window, grid, references, batch, hits, log_prior, settings) -> torch.Tensor:
-    """log of prior x likelihood of every (hit, child orientation, sub-translation) -> (H, 8, 4) float64."""
+    """log of prior x likelihood of every (hit, child orientation, sub-translation) -> (H, 8, J) float64."""
     fine = grid.fine_rotations.reshape(-1, 3, 3)
-    out = torch.empty((hits.particle.numel(), 8, 4), dtype=torch.float64)
+    n_sub = grid.fine_translations.shape[1]
+    out = torch.empty((hits.particle.numel(), 8, n_sub), dtype=torch.float64)
     for h, (b, t, o) in enumerate(zip(hits.particle.tolist(), hits.translation.tolist(), hits.orientation.tolist())):
         x, c, q = batch.masked[b].to(torch.complex128), batch.ctf[b].double(), 0.5 * batch.inv_sigma2[b].double()
         for child in range(8):
             projection = extract_slices(references[0].to(torch.complex128), fine[o * 8 + child][None], window.kx.double(), window.ky.double(), PAD)[0]
-            for j in range(4):
+            for j in range(n_sub):
                 shift = grid.fine_translations[t, j]
                 phase = shift_phases(window, shift[None])[0].to(torch.complex128)
                 d2 = (q * (x * phase - c * projection).abs().square()).sum()
@@ -77,9 +81,10 @@ def _direct_log_posterior(window, grid, references, batch, hits, log_prior, sett
     return out
 
 
+@pytest.mark.parametrize("sub_translations", [True, False])
 @pytest.mark.parametrize("compiled", [pytest.param(True, marks=needs_numba), False])
-def test_fine_weights_and_log_likelihood_are_the_direct_posterior(compiled, monkeypatch):
-    window, grid, references, batch, hits, log_prior, settings = _problem()
+def test_fine_weights_and_log_likelihood_are_the_direct_posterior(compiled, sub_translations, monkeypatch):
+    window, grid, references, batch, hits, log_prior, settings = _problem(sub_translations)
     if not compiled:
         monkeypatch.setattr(search, "_compiled_fine_sums", lambda: None)
     batched = search.fine_pass_needs_powers(torch.device("cpu"))
@@ -90,21 +95,24 @@ def test_fine_weights_and_log_likelihood_are_the_direct_posterior(compiled, monk
     for b in range(3):
         rows = hits.particle == b
         log_norm = torch.logsumexp(direct[rows].reshape(-1), 0)
-        expected = torch.exp(direct[rows] - log_norm).reshape(-1, 4)
+        expected = torch.exp(direct[rows] - log_norm).reshape(-1, direct.shape[-1])
         got = result.weights[result.row_particle == b]
+        assert got.shape == expected.shape
         assert torch.allclose(got, expected, atol=2e-4), (b, (got - expected).abs().max())
         # the marginal likelihood (up to the Gaussian's normalisation, which no hypothesis changes)
         assert abs(float(result.log_likelihood[b]) - float(log_norm)) < 1e-4 * max(1.0, abs(float(log_norm)))
         # the best pose is the direct posterior's mode
-        best_hit, best_child, _ = torch.unravel_index(torch.argmax(torch.where(rows[:, None, None], direct, -torch.inf)), direct.shape)
+        best_hit, best_child, best_sub = torch.unravel_index(torch.argmax(torch.where(rows[:, None, None], direct, -torch.inf)), direct.shape)
         assert int(result.best_orientation[b]) == int(hits.orientation[best_hit]) * 8 + int(best_child)
+        assert torch.equal(result.best_translation_px[b], grid.fine_translations[hits.translation[best_hit], best_sub])
 
 
 @needs_numba
-def test_compiled_sums_match_the_batched_products():
+@pytest.mark.parametrize("n_sub", [4, 1])
+def test_compiled_sums_match_the_batched_products(n_sub):
     generator = torch.Generator().manual_seed(5)
     blocks = _complex_noise(generator, 7, 8, 50)
-    shifted = _complex_noise(generator, 4, 4, 50)
+    shifted = _complex_noise(generator, 4, n_sub, 50)
     hit_block = torch.tensor([0, 6, 6, 3, 1])
     hit_pair = torch.tensor([3, 0, 2, 2, 1])
     hit_particle = torch.tensor([1, 0, 1, 1, 0])
@@ -114,10 +122,14 @@ def test_compiled_sums_match_the_batched_products():
     # written out: Re sum_p P_c(p) S_j(p) and sum_p |P_c(p)|^2 w_b(p)
     expected_cross = torch.einsum("hcp,hjp->hcj", blocks[hit_block].to(torch.complex128), shifted[hit_pair].to(torch.complex128)).real
     expected_norms = torch.einsum("hcp,hp->hc", powers[hit_block].double(), ctf2q[hit_particle].double())
+    assert cross.shape == (5, 8, n_sub)
     assert torch.allclose(cross.double(), expected_cross, atol=1e-4)
     assert torch.allclose(norms.double(), expected_norms, atol=1e-4)
     batched = search._batched_fine_sums(blocks, powers, shifted, hit_block, hit_pair, hit_particle, ctf2q)
     assert torch.allclose(batched[0], cross, atol=1e-4) and torch.allclose(batched[1], norms, atol=1e-4)
+    if n_sub == 4:  # the compiled loops read exactly 4 or 1 sub-translations: others are refused, not misread
+        with pytest.raises(ValueError):
+            fine_cpu.fine_sums(fine_cpu.planes_of(blocks), shifted[:, :2].real, shifted[:, :2].imag, hit_block, hit_pair, hit_particle, ctf2q)
 
 
 @needs_numba

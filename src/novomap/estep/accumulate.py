@@ -143,9 +143,9 @@ def _child_sums(rows: torch.Tensor, columns: torch.Tensor, weights: torch.Tensor
     read once per retained row rather than once per child, and the (C * J, P) products are never
     formed; memory traffic bounded the two products of the sparse form in the early iterations (real
     tutorial, 2 threads: a chunk of ~140,000 retained rows at 333 pixels accumulated in 150 ms, now
-    ~95). Elsewhere (or for J other than 4) the sparse product of the U * J entries with dense[c] * children[j].
+    ~95). Elsewhere (or for J other than 4 and 1) the sparse product of the U * J entries with dense[c] * children[j].
     """
-    compiled = _compiled_child_sums() if dense.device.type == "cpu" and children.shape[0] == 4 else None
+    compiled = _compiled_child_sums() if dense.device.type == "cpu" and children.shape[0] in (1, 4) else None
     if compiled is not None:
         return compiled.child_row_sums(rows, columns, weights, children, n_rows, dense)
     n_children = children.shape[0]
@@ -171,7 +171,7 @@ def accumulate(
     """
     device = batch.masked.device
     keep = torch.nonzero(result.weights.sum(-1) > 0).squeeze(1)
-    weights = result.weights[keep]  # (U, 4)
+    weights = result.weights[keep]  # (U, J): J = 4 child translations, or 1
     b = result.row_particle[keep]
     k = result.row_class[keep]
     # the retained rows use only some of the stored projections: work on those alone
@@ -187,7 +187,7 @@ def accumulate(
     pairs, pair_of_row = torch.unique(b * n_trans + result.row_translation[keep], return_inverse=True)
     coarse_phases = shift_phases(window, grid.coarse_translations.to(device)).to(torch.complex64)
     sub = sub_shift_phases(window, grid).to(torch.complex64)
-    # e_{t + delta_j} = e_t e_{delta_j}: the (n_pairs, 4, P) phases are never formed on their own
+    # e_{t + delta_j} = e_t e_{delta_j}: the (n_pairs, J, P) phases are never formed on their own
     pair_coarse_phases = coarse_phases[pairs % n_trans]  # (n_pairs, P)
 
     ctf = batch.ctf.float()
@@ -236,9 +236,9 @@ def accumulate(
     n_directions = sums.direction_weight.shape[1]
     add_at(sums.direction_weight.view(-1), k * n_directions + result.row_direction[keep], total)
     # sum w |new origin|^2 over the rows, per (particle, coarse translation) pair: the pairs share the
-    # origins, and there are a tenth as many (the rows' own (U, 4, 2) origins took 10 % of an early chunk)
+    # origins, and there are a tenth as many (the rows' own (U, J, 2) origins took 10 % of an early chunk)
     pair_weights = torch.zeros((pairs.numel(), weights.shape[1]), dtype=weights.dtype, device=device).index_add_(0, pair_of_row, weights)
-    fine_translations = grid.fine_translations.to(device)[pairs % n_trans]  # (n_pairs, 4, 2)
+    fine_translations = grid.fine_translations.to(device)[pairs % n_trans]  # (n_pairs, J, 2)
     new_origin_a = (batch.origin_px[pairs // n_trans][:, None, :] + fine_translations) * pixel_size_a
     sums.offset_sq_a2 += (pair_weights * new_origin_a.square().sum(-1)).sum()
     sums.log_likelihood += result.log_likelihood.sum()

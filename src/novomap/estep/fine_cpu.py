@@ -1,7 +1,7 @@
 """The fine pass's per-hypothesis sums on the CPU, compiled with numba.
 
 Each significant coarse hypothesis (particle b, coarse translation t, coarse orientation o) needs
-32 cross terms (8 child orientations x 4 sub-translations) and 8 norms:
+8 J cross terms (8 child orientations x J sub-translations, J = 4 or 1) and 8 norms:
 
     cross[h, c, j] = Re sum_p P_c(p) S_j(p)      (P: the block of o's children, S: b's image at t, conjugated)
     norms[h, c]    = sum_p |P_c(p)|^2 w_b(p)      (w = c^2 / (2 sigma^2))
@@ -62,6 +62,23 @@ if njit is not None:
                 cross[h, c, 1] = a1
                 cross[h, c, 2] = a2
                 cross[h, c, 3] = a3
+                norms[h, c] = norm
+
+    @njit(parallel=True, fastmath=True, cache=True)
+    def _fine_sums_single(planes, shifted_re, shifted_im, hit_block, hit_pair, hit_particle, ctf2q, cross, norms):  # pragma: no cover - compiled
+        # _fine_sums for one sub-translation (no translational oversampling): 5 instead of 11
+        # operations per pixel, so a loop of its own rather than _fine_sums with unused accumulators
+        n_pixels = planes.shape[3]
+        for h in prange(hit_block.shape[0]):
+            u, s, b = hit_block[h], hit_pair[h], hit_particle[h]
+            for c in range(8):
+                a0 = 0.0
+                norm = 0.0
+                for p in range(n_pixels):
+                    re, im = planes[u, c, 0, p], planes[u, c, 1, p]
+                    a0 += re * shifted_re[s, 0, p] - im * shifted_im[s, 0, p]
+                    norm += (re * re + im * im) * ctf2q[b, p]
+                cross[h, c, 0] = a0
                 norms[h, c] = norm
 
     @njit(parallel=True, cache=True)
@@ -170,16 +187,20 @@ def fine_sums(
     parts in rows of their own the pixel loop reads unit-stride and vectorises, 1.8-4.8x faster
     than on interleaved complex values, with the same sums (benchmarks/results/2026-12-03-s26-fine-planes.md);
     their power |.|^2 is formed here, from the values read for the cross terms, so the CPU needs no power store;
-    shifted_re, shifted_im (n_pairs, 4, P) float32: the conjugated weighted images at the 4
+    shifted_re, shifted_im (n_pairs, J, P) float32: the conjugated weighted images at the J = 4 or 1
     sub-translations, as planes (conjugated_shifts);
     hit_block, hit_pair, hit_particle (H,) int64 rows of planes, shifted and ctf2q;
-    ctf2q (B, P) float32 -> (cross (H, 8, 4), norms (H, 8)) float32. Needs numba (`available()`).
+    ctf2q (B, P) float32 -> (cross (H, 8, J), norms (H, 8)) float32. Needs numba (`available()`).
     """
+    n_sub = shifted_re.shape[1]
+    if n_sub not in (1, 4) or shifted_im.shape[1] != n_sub:  # the compiled loops read exactly 4, or 1
+        raise ValueError(f"fine_sums takes 4 or 1 sub-translations, got {tuple(shifted_re.shape)} and {tuple(shifted_im.shape)}")
     n_hits = hit_block.shape[0]
-    cross = np.empty((n_hits, 8, 4), dtype=np.float32)
+    cross = np.empty((n_hits, 8, n_sub), dtype=np.float32)
     norms = np.empty((n_hits, 8), dtype=np.float32)
+    kernel = _fine_sums if n_sub == 4 else _fine_sums_single
     with trilinear_cpu.numba_threads():
-        _fine_sums(
+        kernel(
             planes.contiguous().numpy(),
             shifted_re.to(torch.float32).contiguous().numpy(),
             shifted_im.to(torch.float32).contiguous().numpy(),

@@ -6,8 +6,9 @@ Every pass is dense linear algebra over (particle x translation) x (class x orie
 so the coarse cross terms are one real matrix product of [Re, Im] stacks (vdam-spec 3.4-3.5),
 and significance keeps, per particle, the best hypotheses holding 0.999 of the posterior mass.
 The fine pass takes each significant coarse hypothesis (b, t, o) as a unit: the 8 child
-orientations of o (one cached block of projections) against the 4 child translations of t,
-a (8 x P) x (P x 4) complex product for each hypothesis of the chunk.
+orientations of o (one cached block of projections) against the J child translations of t
+(4, or 1 where the grid has no translational oversampling), a (8 x P) x (P x J) complex product
+for each hypothesis of the chunk.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ class FineResult:
     """Posterior weights of the fine hypotheses of a chunk, and each particle's best pose.
 
     A fine hypothesis row h is one fine orientation (child c of a significant coarse hypothesis's
-    orientation) combined with the 4 children of that coarse hypothesis's translation.
+    orientation) combined with the J children of that coarse hypothesis's translation (J =
+    grid.n_sub_translations: 4, or 1 where the translations are not oversampled).
     """
 
     row_particle: torch.Tensor  # (H,) int64 index into the chunk
@@ -53,7 +55,7 @@ class FineResult:
     # (n_stored, P) complex64 reference projections, or (n_stored, 2, P) float32 their real and imaginary
     # planes (the CPU's projection cache); rows no hypothesis uses included. Rows as complex: projection_rows
     projections: torch.Tensor
-    weights: torch.Tensor  # (H, 4) float64, normalised per particle; 0 = not retained
+    weights: torch.Tensor  # (H, J) float64, normalised per particle; 0 = not retained
     best_class: torch.Tensor  # (B,)
     best_orientation: torch.Tensor  # (B,) fine orientation index
     best_translation_px: torch.Tensor  # (B, 2) fine translation (x, y) relative to the rounded old origin
@@ -241,7 +243,8 @@ def _retain_mass(weights: torch.Tensor, segment: torch.Tensor, n_segments: int, 
 
 
 def sub_shift_phases(window: FourierWindow, grid: SearchGrid) -> torch.Tensor:
-    """Phases of the 4 child offsets of a coarse translation (identical for every parent) -> (4, P)."""
+    """Phases of the J child offsets of a coarse translation (identical for every parent) -> (J, P)
+    (J = 1 without translational oversampling: the zero offset, phases 1)."""
     offsets = grid.fine_translations[0] - grid.coarse_translations[0]
     return shift_phases(window, offsets.to(window.kx.device))
 
@@ -269,14 +272,14 @@ def _batched_fine_sums(
     blocks: torch.Tensor, powers: torch.Tensor, shifted: torch.Tensor, hit_block: torch.Tensor, hit_pair: torch.Tensor, hit_particle: torch.Tensor, ctf2q: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """estep.fine_cpu.fine_sums as batched tensor products (any device), in slices that bound the
-    copied blocks' memory: -> (cross (H, 8, 4), norms (H, 8)) float32."""
+    copied blocks' memory: shifted (n_pairs, J, P) -> (cross (H, 8, J), norms (H, 8)) float32."""
     n_hits, n_pixels = hit_block.shape[0], blocks.shape[-1]
-    cross = torch.empty((n_hits, 8, 4), dtype=torch.float32, device=blocks.device)
+    cross = torch.empty((n_hits, 8, shifted.shape[1]), dtype=torch.float32, device=blocks.device)
     norms = torch.empty((n_hits, 8), dtype=torch.float32, device=blocks.device)
     step = max(1, _PAIR_PIXEL_BUDGET // (12 * max(1, n_pixels)))
     for start in range(0, n_hits, step):
         rows = slice(start, start + step)
-        # Re sum_p P_c(p) conj(Y_j(p)) for the 8 children c x 4 sub-translations j
+        # Re sum_p P_c(p) conj(Y_j(p)) for the 8 children c x J sub-translations j
         cross[rows] = torch.bmm(blocks[hit_block[rows]], shifted[hit_pair[rows]].transpose(1, 2)).real
         # sum_p c^2 q |P_c|^2 of the 8 children
         norms[rows] = torch.bmm(powers[hit_block[rows]], ctf2q[hit_particle[rows], :, None]).squeeze(-1)
@@ -293,14 +296,15 @@ def fine_pass(
     settings: SearchSettings,
     orientation_prior=None,
 ) -> FineResult:
-    """Evaluate the 8 orientations x 4 translations children of every significant coarse hypothesis.
+    """Evaluate the 8 orientations x J translations children of every significant coarse hypothesis
+    (J = grid.n_sub_translations).
 
     orientation_prior: None, or a callable (rotations (R, 3, 3), particle (R,)) -> (R,) log prior
     of each row's fine orientation for its particle (local searches: estep.local.LocalPrior).
 
     With e_{t_c + delta_j} = e_{t_c} e_{delta_j}, a hit (particle b, coarse translation t, coarse
-    orientation o) needs Y = X c q e_t e_delta (4, P) once per (b, t) and the 8 child projections
-    of o (8, P) once per o; its 32 cross terms are one small complex product Y P^H: on the CPU one
+    orientation o) needs Y = X c q e_t e_delta (J, P) once per (b, t) and the 8 child projections
+    of o (8, P) once per o; its 8 J cross terms are one small complex product Y P^H: on the CPU one
     compiled loop over hits reads both in place (estep.fine_cpu), elsewhere batched products.
     """
     device = batch.masked.device
@@ -322,25 +326,26 @@ def fine_pass(
     weighted = (batch.masked * batch.ctf * q).to(torch.complex64)  # (B, P)
     pairs, hit_pair = torch.unique(hits.particle * n_trans + hits.translation, return_inverse=True)
     coarse_phases = shift_phases(window, grid.coarse_translations.to(device)).to(torch.complex64)  # (T_c, P)
-    sub = sub_shift_phases(window, grid).to(torch.complex64)  # (4, P)
+    sub = sub_shift_phases(window, grid).to(torch.complex64)  # (J, P)
+    n_sub = sub.shape[0]
     pair_images = weighted[pairs // n_trans] * coarse_phases[pairs % n_trans]  # (n_pairs, P)
     ctf2q = (batch.ctf * batch.ctf * q).float()  # (B, P)
     # the images conjugated, not the projections: Re sum P conj(Y) = Re sum conj(P) Y
     if not fine_pass_needs_powers(device):
         compiled = _compiled_fine_sums()
-        shifted_re, shifted_im = compiled.conjugated_shifts(pair_images, sub)  # (n_pairs, 4, P) each
+        shifted_re, shifted_im = compiled.conjugated_shifts(pair_images, sub)  # (n_pairs, J, P) each
         cross, norms = compiled.fine_sums(blocks, shifted_re, shifted_im, hit_block, hit_pair, hits.particle, ctf2q)
     else:
-        shifted = (pair_images[:, None, :] * sub[None]).conj().resolve_conj()  # (n_pairs, 4, P)
+        shifted = (pair_images[:, None, :] * sub[None]).conj().resolve_conj()  # (n_pairs, J, P)
         cross, norms = _batched_fine_sums(blocks, projection_cache.powers(), shifted, hit_block, hit_pair, hits.particle, ctf2q)
-    # double from here on: cheap (hits x 32 values), and the weights, their per-particle cumulative
+    # double from here on: cheap (hits x 8 J values), and the weights, their per-particle cumulative
     # sums for the adaptive-fraction cut and the log-likelihood totals keep full precision; the
     # inputs carry the float32 products' rounding (~1e-4 in log-likelihood), far below what matters
-    d2 = norms.reshape(-1, 1).double() - 2 * cross.reshape(-1, 4).double()  # (H*8, 4)
+    d2 = norms.reshape(-1, 1).double() - 2 * cross.reshape(-1, n_sub).double()  # (H*8, J)
     projections = blocks.reshape(-1, *blocks.shape[2:])  # (n_stored * 8, P) complex or (n_stored * 8, 2, P) planes
 
-    fine_translations = grid.fine_translations.to(device)  # (T_c, 4, 2)
-    offset_prior = _offset_log_prior(batch.origin_px, fine_translations.reshape(-1, 2), settings).reshape(n_batch, -1, 4)
+    fine_translations = grid.fine_translations.to(device)  # (T_c, J, 2)
+    offset_prior = _offset_log_prior(batch.origin_px, fine_translations.reshape(-1, 2), settings).reshape(n_batch, -1, n_sub)
     log_w = -d2 + log_direction_prior[row_class, row_direction][:, None] + offset_prior[row_particle, row_translation]
     if orientation_prior is not None:
         row_rotations = grid.fine_rotations.reshape(-1, 3, 3).to(device)[row_orientation]
@@ -356,7 +361,7 @@ def fine_pass(
     is_best = (flat == pmax[seg]) & (flat > 0)
     first = torch.full((n_batch,), flat.numel(), dtype=torch.long, device=device)
     best_flat = first.scatter_reduce(0, seg[is_best], torch.nonzero(is_best).squeeze(1), reduce="amin")
-    best_row, best_child = best_flat // 4, best_flat % 4
+    best_row, best_child = best_flat // n_sub, best_flat % n_sub
     const = (power(batch.masked) * q).sum(-1).double()
     return FineResult(
         row_particle=row_particle,

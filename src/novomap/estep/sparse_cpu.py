@@ -1,7 +1,7 @@
 """The accumulation's sparse sums on the CPU, compiled with numba.
 
 estep.accumulate sums rows of a dense complex array into output rows, weighted by the retained
-hypotheses' weights of their 4 child translations: out[r] = sum over entries (r, c, w) of
+hypotheses' weights of their J = 4 (or 1) child translations: out[r] = sum over entries (r, c, w) of
 dense[c] * (sum_j w_j e_delta_j), a sparse (up to ~10^5 entries per chunk) times dense (rows of P
 pixels) product. torch.sparse.mm builds and coalesces a COO matrix first, with one entry per child;
 on the real tutorial's late iterations its two products per chunk took ~2 and ~11 ms. One pass over
@@ -71,6 +71,34 @@ if njit is not None:
                     out[r, 2 * q] = row_re[q]
                     out[r, 2 * q + 1] = row_im[q]
 
+    @njit(parallel=True, fastmath=True, cache=True)
+    def _single_child_row_sums(row_start, entries, columns, weights, children, dense, out):  # pragma: no cover - compiled
+        # _child_row_sums for one child (no translational oversampling), as a loop of its own: the
+        # same order of entries and pixels, a third of the multiply-adds
+        n_values = dense.shape[2]
+        n_rows = out.shape[0]
+        n_blocks = min(n_rows, 256)
+        per_block = (n_rows + n_blocks - 1) // max(1, n_blocks)
+        for block in prange(n_blocks):
+            row_re = np.empty(n_values, dtype=np.float32)
+            row_im = np.empty(n_values, dtype=np.float32)
+            for r in range(block * per_block, min(n_rows, (block + 1) * per_block)):
+                for q in range(n_values):
+                    row_re[q] = 0.0
+                    row_im[q] = 0.0
+                for i in range(row_start[r], row_start[r + 1]):
+                    e = entries[i]
+                    c = columns[e]
+                    w0 = weights[e, 0]
+                    for q in range(n_values):
+                        mixed_re = w0 * children[0, 0, q]
+                        mixed_im = w0 * children[0, 1, q]
+                        row_re[q] += mixed_re * dense[0, c, q] - mixed_im * dense[1, c, q]
+                        row_im[q] += mixed_re * dense[1, c, q] + mixed_im * dense[0, c, q]
+                for q in range(n_values):
+                    out[r, 2 * q] = row_re[q]
+                    out[r, 2 * q + 1] = row_im[q]
+
     @njit(parallel=True, cache=True)
     def _buffer_slices(rows, fresh, data, reference, reference_rows, weight, channels):  # pragma: no cover - compiled
         """channels[:, rows[s]] = (or += where not fresh[s]) the re/im parts of data[s] - reference[reference_rows[s]] * weight[s],
@@ -109,24 +137,26 @@ def grouped_order(rows: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.
 def child_row_sums(rows: torch.Tensor, columns: torch.Tensor, weights: torch.Tensor, children: torch.Tensor, n_rows: int, dense: torch.Tensor) -> torch.Tensor:
     """out[r] = sum over the entries e with rows[e] = r of dense[columns[e]] * (weights[e] @ children).
 
-    rows, columns (E,) int64; weights (E, 4) real; children (4, P) and dense (C, P) complex64 ->
-    (n_rows, P) complex64. The sparse product of the E * 4 entries (r, 4 * columns[e] + j, weights[e, j])
-    with the products dense[c] * children[j]: the accumulation's sums over the 4 child
+    rows, columns (E,) int64; weights (E, J) real; children (J, P) and dense (C, P) complex64 ->
+    (n_rows, P) complex64, for J = 4 or 1. The sparse product of the E * J entries (r, J * columns[e] + j,
+    weights[e, j]) with the products dense[c] * children[j]: the accumulation's sums over the J child
     translations of each retained row, whose phases factor as e_t * e_delta_j (vdam-spec 3.5), without
-    the (C * 4, P) array of the products and with one read of dense[c] per entry instead of 4.
+    the (C * J, P) array of the products and with one read of dense[c] per entry instead of J.
     Entries of a row are added in their given order (independent of the number of threads).
     Needs numba (`available()`)."""
-    if weights.shape[-1] != 4 or children.shape[0] != 4:  # the compiled loop reads exactly 4 of each
-        raise ValueError(f"child_row_sums takes 4 children, got weights {tuple(weights.shape)} and children {tuple(children.shape)}")
+    n_children = children.shape[0]
+    if n_children not in (1, 4) or weights.shape[-1] != n_children:  # the compiled loops read exactly 4, or 1
+        raise ValueError(f"child_row_sums takes 4 or 1 children, got weights {tuple(weights.shape)} and children {tuple(children.shape)}")
+    kernel = _child_row_sums if n_children == 4 else _single_child_row_sums
     order, row_start = grouped_order(rows, n_rows)
     out = torch.empty((n_rows, 2 * dense.shape[1]), dtype=torch.float32)  # (re, im) pairs, all written by _child_row_sums
     with trilinear_cpu.numba_threads():
-        _child_row_sums(
+        kernel(
             row_start.numpy(),
             order.numpy(),
             columns.contiguous().numpy(),
             weights.to(torch.float32).contiguous().numpy(),
-            _planes(children).transpose(0, 1).contiguous().numpy(),  # (4, 2, P)
+            _planes(children).transpose(0, 1).contiguous().numpy(),  # (J, 2, P)
             _planes(dense).numpy(),
             out.numpy(),
         )

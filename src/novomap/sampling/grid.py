@@ -3,6 +3,8 @@
 Coarse orientation index o = dir * n_psi + psi_index. Each coarse orientation has 8 fine
 children (4 HEALPix child directions x 2 child psi angles) and each coarse translation 4 fine
 children (a 2x2 sub-grid at half the step): 32 fine hypotheses per coarse one (vdam-spec 3.3).
+Where the map's resolution is too coarse for the fine step to matter, a grid keeps one child per
+coarse translation, the translation itself (without_sub_translations): 8 fine hypotheses.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ class SearchGrid:
     coarse_direction: torch.Tensor  # (O,) int64, HEALPix pixel of each coarse orientation
     fine_rotations: torch.Tensor  # (O, 8, 3, 3) float64
     coarse_translations: torch.Tensor  # (T, 2) float64 px (x, y), perturbation included
-    fine_translations: torch.Tensor  # (T, 4, 2) float64 px
+    fine_translations: torch.Tensor  # (T, J, 2) float64 px: J = 4 children, or 1 (without_sub_translations)
     direction_order: int = -1  # HEALPix order of coarse_direction when not healpix_order (local grids)
 
     @property
@@ -40,6 +42,11 @@ class SearchGrid:
     @property
     def n_coarse_translations(self) -> int:
         return int(self.coarse_translations.shape[0])
+
+    @property
+    def n_sub_translations(self) -> int:
+        """Fine translations per coarse one: 4, or 1 without translational oversampling."""
+        return int(self.fine_translations.shape[1])
 
     @property
     def coarse_step_deg(self) -> float:
@@ -114,3 +121,25 @@ def narrowed(grid: SearchGrid, offset_range_px: float) -> SearchGrid:
         coarse_translations=grid.coarse_translations[keep],
         fine_translations=grid.fine_translations[keep],
     )
+
+
+def without_sub_translations(grid: SearchGrid) -> SearchGrid:
+    """The same grid with each coarse translation its own single fine translation (T, 1, 2): the
+    fine pass then searches 8 child orientations x 1 translation per coarse hypothesis."""
+    return dataclasses.replace(grid, fine_translations=grid.coarse_translations[:, None, :].clone())
+
+
+def sub_translations_needed(offset_step_a: float, resolution_a: float) -> bool:
+    """Whether translations need their 4 children at half the step, at the map's current resolution.
+
+    Without them a particle's translation is off by up to half a coarse step per axis (uniform: an
+    rms error of step / sqrt(12)), which damps the map's amplitudes like a B-factor: at the
+    resolution limit by exp(-2 pi^2 (step / sqrt(12))^2 / resolution^2), 0.90 while the step is a
+    quarter of the resolution or less, where the early iterations' maps are (real beta-gal,
+    7.1 Å steps: 45-32 Å in iterations 1-30). Finer than that, the children are searched as before.
+    """
+    return SUB_TRANSLATION_RESOLUTION_STEPS * offset_step_a > resolution_a
+
+
+# the resolution (in coarse offset steps) from which on translations are oversampled
+SUB_TRANSLATION_RESOLUTION_STEPS = 4.0

@@ -54,6 +54,10 @@ class VdamConfig:
     perturb: float = 0.5
     sigma_offset_a: float = 10.0
     auto_sampling: bool = True
+    # mini-batch iterations search each coarse translation alone, without its 4 children at half the
+    # step, while the map's resolution is coarser than 4 steps (sampling.grid.sub_translations_needed;
+    # the race's scoring and the final pass keep the children)
+    auto_sub_translations: bool = True
     max_healpix_order: int = 2  # RELION allows coarse order 3 (7.5 / 3.75 deg): 8x the coarse search, see README
     n_particles_sigma2: int = 1000
     mask_edge_px: float = 5.0

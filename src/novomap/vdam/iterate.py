@@ -22,7 +22,7 @@ from novomap.physics.window import fourier_window
 from novomap.reconstruct import particle_ctf
 from novomap.sampling.accuracy import expected_errors
 from novomap.sampling.asymmetric_unit import orbit_average_directions, orientations_in_unit
-from novomap.sampling.grid import SearchGrid, build_search_grid, narrowed
+from novomap.sampling.grid import SearchGrid, build_search_grid, narrowed, sub_translations_needed, without_sub_translations
 from novomap.sampling.healpix import angular_step_deg
 from novomap.sampling.local import local_candidates
 from novomap.symmetry.groups import PointGroup
@@ -294,7 +294,9 @@ def search_setup(state: RunState, particles: ParticleSet, config: VdamConfig, ad
     """This iteration's perturbed grid and (current_size, coarse_size).
 
     advance: draw the next perturbation (every iteration); False reuses the current one, so a
-    pass outside the iteration sequence leaves the RNG, hence --continue, untouched.
+    pass outside the iteration sequence leaves the RNG, hence --continue, untouched. Only an
+    iteration's grid drops the translations' children where they add nothing (config.auto_sub_translations):
+    passes outside the sequence (the race's scores, the final pass) compare or place with them.
     """
     if advance:
         generator = torch.Generator()
@@ -302,6 +304,9 @@ def search_setup(state: RunState, particles: ParticleSet, config: VdamConfig, ad
         state.perturbation = next_perturbation(state.perturbation, generator, config.perturb)
         state.rng_state = generator.get_state()
     grid = build_search_grid(state.healpix_order, state.offset_range_px, state.offset_step_px, state.perturbation)
+    resolution_a = particles.box_size * particles.pixel_size_a / max(state.resolution_shell, 1)
+    if advance and config.auto_sub_translations and not sub_translations_needed(state.offset_step_px * particles.pixel_size_a, resolution_a):
+        grid = without_sub_translations(grid)
     current_size, coarse_size = image_sizes(state.resolution_shell, particles.box_size, grid.coarse_step_deg, config.particle_diameter_a, particles.pixel_size_a)
     return grid, current_size, coarse_size
 
@@ -487,6 +492,7 @@ def run_iteration(
         "tau2_fudge": tau2_fudge,
         "current_size": current_size,
         "coarse_size": coarse_size,
+        "sub_translations": grid.n_sub_translations,
         "resolution_a": particles.box_size * particles.pixel_size_a / max(state.resolution_shell, 1),
         "healpix_order": state.healpix_order,
         "fine_step_deg": angular_step_deg(local_order(state, config) + 1) if local_order(state, config) else grid.fine_step_deg,
