@@ -10,6 +10,8 @@ with e_{t,j} the phase of fine translation (t, j); the slices are then back-proj
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -100,12 +102,14 @@ def _direct(window, grid, batch: PreparedBatch, result: FineResult):
 needs_numba = pytest.mark.skipif(not sparse_cpu.available(), reason="numba is not installed")
 
 
+@pytest.mark.parametrize("planes", [False, True])
 @pytest.mark.parametrize("sub_translations", [True, False])
 @pytest.mark.parametrize("overflow", [False, True])
 @pytest.mark.parametrize("compiled", [pytest.param(True, marks=needs_numba), False])
-def test_accumulated_sums_equal_their_row_by_row_definition(compiled, overflow, sub_translations, monkeypatch):
+def test_accumulated_sums_equal_their_row_by_row_definition(compiled, overflow, sub_translations, planes, monkeypatch):
     """overflow: a slice buffer with room for fewer slices than the chunk has, so they are inserted directly;
-    sub_translations False: a grid without translational oversampling (one child per coarse translation)."""
+    sub_translations False: a grid without translational oversampling (one child per coarse translation);
+    planes: the projections stored as the CPU's cache stores them, real and imaginary planes (read in place)."""
     if not compiled:  # torch.sparse.mm, as on a GPU
         monkeypatch.setattr(accumulate_module, "_compiled_child_sums", lambda: None)
         monkeypatch.setattr(cache_module, "compiled_sparse_cpu", lambda: None)
@@ -113,7 +117,8 @@ def test_accumulated_sums_equal_their_row_by_row_definition(compiled, overflow, 
     window, grid, batch, result, sums = _random_inputs(generator, sub_translations)
     if overflow:
         sums.slices = SliceBuffer(sums.slices.slot.numel(), window.n_pixels, "cpu", max_slices=2)
-    accumulate(sums, batch, result, window, grid, 1, pixel_size_a=2.0)
+    stored = dataclasses.replace(result, projections=torch.stack([result.projections.real, result.projections.imag], 1)) if planes else result
+    accumulate(sums, batch, stored, window, grid, 1, pixel_size_a=2.0)
     flush_slices(sums, grid, window, 1)
     gradient, weight, noise = _direct(window, grid, batch, result)
 
@@ -185,6 +190,9 @@ def test_child_sums_mix_each_rows_children_before_the_product(compiled, n_childr
     assert got.shape == (5, 37) and got.dtype == torch.complex64
     assert torch.allclose(got.to(torch.complex128), expected, atol=1e-5 * float(expected.abs().max()))
     assert float(got[2].abs().max()) == 0.0
+    if compiled:  # the same from the dense rows' planes, conjugated in the pass (the projection store read in place)
+        from_planes = sparse_cpu.child_row_sums(rows, columns, weights, children, 5, sparse_cpu.row_planes(dense), conjugate=True)
+        assert torch.allclose(from_planes.to(torch.complex128), expected, atol=1e-5 * float(expected.abs().max()))
     # no entries at all (a chunk whose rows all went elsewhere): zero rows, or no rows
     none = torch.zeros(0, dtype=torch.long)
     empty = _child_sums(none, none, torch.zeros((0, n_children), dtype=torch.float64), children, 3, dense)
@@ -226,3 +234,37 @@ def test_dense_rows_sums_duplicates_in_one_order_every_time() -> None:
     assert all(torch.equal(results[0], other) for other in results[1:])
     exact = torch.zeros(200, 50, dtype=torch.float64).index_put_((rows, columns), values.double(), accumulate=True)
     torch.testing.assert_close(results[0].double(), exact, rtol=1e-5, atol=1e-4)
+
+
+@needs_numba
+def test_real_row_sums_add_each_weighted_dense_row_into_its_row():
+    generator = torch.Generator().manual_seed(13)
+    dense = torch.randn(6, 29, generator=generator)
+    # unsorted rows, a repeated (row, column) entry, output row 1 with no entry
+    rows = torch.tensor([3, 0, 3, 2, 0, 3])
+    columns = torch.tensor([5, 1, 5, 0, 4, 2])
+    weights = torch.rand(6, generator=generator, dtype=torch.float64)
+    got = sparse_cpu.real_row_sums(rows, columns, weights, 4, dense)
+    expected = torch.zeros((4, 29), dtype=torch.float64)
+    for r, c, w in zip(rows.tolist(), columns.tolist(), weights.tolist()):
+        expected[r] += w * dense[c].double()
+    assert got.shape == (4, 29) and got.dtype == torch.float32
+    assert torch.allclose(got.double(), expected, atol=1e-6) and float(got[1].abs().max()) == 0.0
+    none = torch.zeros(0, dtype=torch.long)
+    assert float(sparse_cpu.real_row_sums(none, none, torch.zeros(0), 2, dense).abs().max()) == 0.0
+
+
+@needs_numba
+def test_power_row_sums_add_each_weighted_power_of_a_planes_row():
+    generator = torch.Generator().manual_seed(17)
+    dense = torch.complex(torch.randn(6, 29, generator=generator), torch.randn(6, 29, generator=generator))
+    rows = torch.tensor([3, 0, 3, 2, 0, 3])
+    columns = torch.tensor([5, 1, 5, 0, 4, 2])
+    weights = torch.rand(6, generator=generator, dtype=torch.float64)
+    got = sparse_cpu.power_row_sums(rows, columns, weights, 4, sparse_cpu.row_planes(dense))
+    expected = torch.zeros((4, 29), dtype=torch.float64)
+    for r, c, w in zip(rows.tolist(), columns.tolist(), weights.tolist()):
+        expected[r] += w * dense[c].to(torch.complex128).abs().square()
+    assert got.shape == (4, 29) and torch.allclose(got.double(), expected, atol=1e-5) and float(got[1].abs().max()) == 0.0
+    with pytest.raises(ValueError):  # planes are (C, 2, P): a real (C, P) array is not mistaken for them
+        sparse_cpu.row_planes(dense.real)

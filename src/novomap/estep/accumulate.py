@@ -18,6 +18,7 @@ import torch
 from novomap.estep.cache import SliceBuffer, compiled_sparse_cpu
 from novomap.estep.prepare import PreparedBatch
 from novomap.estep.search import FineResult, projection_rows, sub_shift_phases
+from novomap.estep.unique import unique_bounded
 from novomap.physics.fourier import power
 from novomap.physics.projection import average_over_operators
 from novomap.physics.window import FourierWindow, shift_phases
@@ -122,6 +123,18 @@ def add_at(flat: torch.Tensor, index: torch.Tensor, value: torch.Tensor) -> torc
 _compiled_child_sums = compiled_sparse_cpu  # a module attribute: tests switch the compiled path off here
 
 
+def _weighted_rows(rows: torch.Tensor, columns: torch.Tensor, weights: torch.Tensor, n_rows: int, dense: torch.Tensor) -> torch.Tensor:
+    """out[r] = sum over the retained rows u with rows[u] = r of weights[u] * dense[columns[u]]:
+    rows, columns, weights (U,); dense (C, P) real -> (n_rows, P) float32. On the CPU one compiled
+    pass over the rows (estep.sparse_cpu.real_row_sums; the dense (n_rows, C) matrix of the weights
+    is mostly zeros, and its product was 40 % of an early chunk's accumulation); elsewhere that
+    matrix product."""
+    compiled = _compiled_child_sums() if dense.device.type == "cpu" else None
+    if compiled is not None:
+        return compiled.real_row_sums(rows, columns, weights, n_rows, dense)
+    return _dense_rows(rows, columns, weights.float(), n_rows, dense.shape[0]) @ dense.float()
+
+
 def _sparse_product(rows: torch.Tensor, columns: torch.Tensor, values: torch.Tensor, n_rows: int, dense: torch.Tensor) -> torch.Tensor:
     """M @ dense for the sparse M with `values` summed at (rows, columns): dense (C, P) complex64 -> (n_rows, P).
 
@@ -174,17 +187,22 @@ def accumulate(
     weights = result.weights[keep]  # (U, J): J = 4 child translations, or 1
     b = result.row_particle[keep]
     k = result.row_class[keep]
-    # the retained rows use only some of the stored projections: work on those alone
-    used, proj_index = torch.unique(result.row_projection[keep], return_inverse=True)
-    projections = projection_rows(result.projections, used)
+    compiled = _compiled_child_sums() if device.type == "cpu" else None
+    # the CPU's projection store (planes (n_stored, 2, P)) is read in place by the compiled sums; elsewhere
+    # the retained rows' projections are gathered as complex rows (they use only some of the store)
+    in_place = compiled is not None and result.projections.dim() == 3 and weights.shape[1] in (1, 4)
+    if in_place:
+        projections, proj_index = result.projections, result.row_projection[keep]
+    else:
+        used, proj_index = unique_bounded(result.row_projection[keep], result.projections.shape[0])
+        projections = projection_rows(result.projections, used)
     total = weights.sum(-1)  # s (U,)
     n_batch = batch.masked.shape[0]
-    n_proj = used.numel()
 
     # rows sharing (particle, coarse translation) share the phases e_{t + delta_j}: every sum over rows
     # below is a sparse (row weights) x dense (per-pair or per-projection) product, no (U, P) array
     n_trans = grid.n_coarse_translations
-    pairs, pair_of_row = torch.unique(b * n_trans + result.row_translation[keep], return_inverse=True)
+    pairs, pair_of_row = unique_bounded(b * n_trans + result.row_translation[keep], n_batch * n_trans)
     coarse_phases = shift_phases(window, grid.coarse_translations.to(device)).to(torch.complex64)
     sub = sub_shift_phases(window, grid).to(torch.complex64)
     # e_{t + delta_j} = e_t e_{delta_j}: the (n_pairs, J, P) phases are never formed on their own
@@ -199,9 +217,9 @@ def accumulate(
     n_classes = sums.gradient.shape[1]
     n_fine = grid.fine_rotations.shape[0] * 8
     slice_key = (batch.half[b] * n_classes + k) * n_fine + result.row_orientation[keep]
-    keys, slice_of_row = torch.unique(slice_key, return_inverse=True)
+    keys, slice_of_row = unique_bounded(slice_key, 2 * n_classes * n_fine)
     n_slices = keys.numel()
-    slice_weight = _dense_rows(slice_of_row, b, total.float(), n_slices, n_batch) @ ctf2_inv_sigma2  # (S, P)
+    slice_weight = _weighted_rows(slice_of_row, b, total, n_slices, ctf2_inv_sigma2)  # (S, P)
     slice_proj = torch.zeros(n_slices, dtype=torch.long, device=device).index_put_((slice_of_row,), proj_index)
     # sum_rows sum_j w_j c X e_t e_{delta_j} / sigma^2
     slice_gradient = _child_sums(slice_of_row, pair_of_row, weights, sub, n_slices, image_term[pairs // n_trans] * pair_coarse_phases)
@@ -217,10 +235,14 @@ def accumulate(
     # sum_rows s|X|^2 - 2 Re(X c conj(sum_rows P A)) + c^2 sum_rows s |P|^2
     x = batch.masked.to(torch.complex64)
     particle_total = torch.zeros(n_batch, dtype=torch.float32, device=device).index_add_(0, b, total.float())
-    projection_power = power(projections)  # (n_proj, P)
-    model_power = _dense_rows(b, proj_index, total.float(), n_batch, n_proj) @ projection_power  # (B, P)
     # sum_rows conj(P) A = e_t sum_rows conj(P) sum_j w_j e_{delta_j}, per (particle, translation) pair
-    pair_cross = _child_sums(pair_of_row, proj_index, weights, sub, pairs.numel(), projections.conj()) * pair_coarse_phases  # (n_pairs, P)
+    if in_place:
+        model_power = compiled.power_row_sums(b, proj_index, total, n_batch, projections)  # (B, P)
+        pair_cross = compiled.child_row_sums(pair_of_row, proj_index, weights, sub, pairs.numel(), projections, conjugate=True)
+    else:
+        model_power = _weighted_rows(b, proj_index, total, n_batch, power(projections))
+        pair_cross = _child_sums(pair_of_row, proj_index, weights, sub, pairs.numel(), projections.conj())
+    pair_cross = pair_cross * pair_coarse_phases  # (n_pairs, P)
     cross = torch.zeros((n_batch, window.n_pixels), dtype=torch.complex64, device=device).index_add_(0, pairs // n_trans, pair_cross)
     x_power = power(x)
     diff2 = particle_total[:, None] * x_power - 2 * ctf * (x * cross).real + ctf * ctf * model_power

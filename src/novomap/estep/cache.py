@@ -233,8 +233,9 @@ class SliceBuffer:
         self, keys: torch.Tensor, data: torch.Tensor, weight: torch.Tensor, reference: torch.Tensor | None = None, reference_rows: torch.Tensor | None = None,
     ) -> None:
         """keys (S,) unique; data (S, P) complex; weight (S, P) real. Check room_for first.
-        With reference (R, P) complex and reference_rows (S,): the slices added are data -
-        reference[reference_rows] * weight (the gradient's model term, estep.accumulate)."""
+        With reference (R, P) complex, or its rows as planes (R, 2, P) real, and reference_rows (S,):
+        the slices added are data - reference[reference_rows] * weight (the gradient's model term,
+        estep.accumulate)."""
         is_new = self.slot[keys] < 0
         new = keys[is_new]
         if new.numel():
@@ -251,7 +252,10 @@ class SliceBuffer:
             compiled.buffer_slices(self.channels, rows, is_new, data, reference, reference_rows, weight)
             return
         if reference is not None:
-            data = data - reference[reference_rows] * weight
+            model = reference[reference_rows]
+            if not model.is_complex():
+                model = torch.complex(model[:, 0], model[:, 1])
+            data = data - model * weight
         data = data.resolve_conj()
         # a new key's row is copied in (it holds stale values from an earlier flush or none at all);
         # keys are unique, so each new row is written once

@@ -19,6 +19,7 @@ import torch
 
 from novomap.estep.cache import ProjectionCache
 from novomap.estep.prepare import PreparedBatch
+from novomap.estep.unique import unique_bounded
 from novomap.physics.fourier import power
 from novomap.physics.projection import extract_slices
 from novomap.physics.window import FourierWindow, fourier_window, shift_phases
@@ -324,7 +325,7 @@ def fine_pass(
 
     q = 0.5 * batch.inv_sigma2
     weighted = (batch.masked * batch.ctf * q).to(torch.complex64)  # (B, P)
-    pairs, hit_pair = torch.unique(hits.particle * n_trans + hits.translation, return_inverse=True)
+    pairs, hit_pair = unique_bounded(hits.particle * n_trans + hits.translation, n_batch * n_trans)
     coarse_phases = shift_phases(window, grid.coarse_translations.to(device)).to(torch.complex64)  # (T_c, P)
     sub = sub_shift_phases(window, grid).to(torch.complex64)  # (J, P)
     n_sub = sub.shape[0]

@@ -40,10 +40,11 @@ if njit is not None:
             next_free[r] += 1
 
     @njit(parallel=True, fastmath=True, cache=True)
-    def _child_row_sums(row_start, entries, columns, weights, children, dense, out):  # pragma: no cover - compiled
-        # out[r] = sum over the entries e of row r of dense[:, columns[e]] * (sum_j weights[e, j] children[j]),
+    def _child_row_sums(row_start, entries, columns, weights, children, dense, imag_sign, out):  # pragma: no cover - compiled
+        # out[r] = sum over the entries e of row r of dense[columns[e]] * (sum_j weights[e, j] children[j]),
         # for 4 children, spelled out: with a loop over them inside the pixel loop it did not vectorise
-        # (7x slower); the inputs as planes (re, im) of their own, for the same reason. Each row is summed
+        # (7x slower); the inputs as planes (re, im) of their own, for the same reason (dense rows as (2, P)
+        # planes, the imaginary one times imag_sign: the projection store read in place, conjugated). Each row is summed
         # in planes of its own (L1-resident) and written out once as interleaved (re, im) pairs, which a
         # complex tensor views without a copy. Rows are split into more blocks than threads, as the
         # entries per row vary widely
@@ -65,14 +66,15 @@ if njit is not None:
                     for q in range(n_values):
                         mixed_re = w0 * children[0, 0, q] + w1 * children[1, 0, q] + w2 * children[2, 0, q] + w3 * children[3, 0, q]
                         mixed_im = w0 * children[0, 1, q] + w1 * children[1, 1, q] + w2 * children[2, 1, q] + w3 * children[3, 1, q]
-                        row_re[q] += mixed_re * dense[0, c, q] - mixed_im * dense[1, c, q]
-                        row_im[q] += mixed_re * dense[1, c, q] + mixed_im * dense[0, c, q]
+                        dense_re, dense_im = dense[c, 0, q], imag_sign * dense[c, 1, q]
+                        row_re[q] += mixed_re * dense_re - mixed_im * dense_im
+                        row_im[q] += mixed_re * dense_im + mixed_im * dense_re
                 for q in range(n_values):
                     out[r, 2 * q] = row_re[q]
                     out[r, 2 * q + 1] = row_im[q]
 
     @njit(parallel=True, fastmath=True, cache=True)
-    def _single_child_row_sums(row_start, entries, columns, weights, children, dense, out):  # pragma: no cover - compiled
+    def _single_child_row_sums(row_start, entries, columns, weights, children, dense, imag_sign, out):  # pragma: no cover - compiled
         # _child_row_sums for one child (no translational oversampling), as a loop of its own: the
         # same order of entries and pixels, a third of the multiply-adds
         n_values = dense.shape[2]
@@ -93,16 +95,54 @@ if njit is not None:
                     for q in range(n_values):
                         mixed_re = w0 * children[0, 0, q]
                         mixed_im = w0 * children[0, 1, q]
-                        row_re[q] += mixed_re * dense[0, c, q] - mixed_im * dense[1, c, q]
-                        row_im[q] += mixed_re * dense[1, c, q] + mixed_im * dense[0, c, q]
+                        dense_re, dense_im = dense[c, 0, q], imag_sign * dense[c, 1, q]
+                        row_re[q] += mixed_re * dense_re - mixed_im * dense_im
+                        row_im[q] += mixed_re * dense_im + mixed_im * dense_re
                 for q in range(n_values):
                     out[r, 2 * q] = row_re[q]
                     out[r, 2 * q + 1] = row_im[q]
 
+    @njit(parallel=True, fastmath=True, cache=True)
+    def _real_row_sums(row_start, entries, columns, weights, dense, out):  # pragma: no cover - compiled
+        # out[r] = sum over the entries e of row r of weights[e] * dense[columns[e]], rows in blocks as above
+        n_values = dense.shape[1]
+        n_rows = out.shape[0]
+        n_blocks = min(n_rows, 256)
+        per_block = (n_rows + n_blocks - 1) // max(1, n_blocks)
+        for block in prange(n_blocks):
+            for r in range(block * per_block, min(n_rows, (block + 1) * per_block)):
+                for q in range(n_values):
+                    out[r, q] = 0.0
+                for i in range(row_start[r], row_start[r + 1]):
+                    e = entries[i]
+                    c = columns[e]
+                    w = weights[e]
+                    for q in range(n_values):
+                        out[r, q] += w * dense[c, q]
+
+    @njit(parallel=True, fastmath=True, cache=True)
+    def _power_row_sums(row_start, entries, columns, weights, planes, out):  # pragma: no cover - compiled
+        # out[r] = sum over the entries e of row r of weights[e] * |planes[columns[e]]|^2, planes (C, 2, P)
+        n_values = planes.shape[2]
+        n_rows = out.shape[0]
+        n_blocks = min(n_rows, 256)
+        per_block = (n_rows + n_blocks - 1) // max(1, n_blocks)
+        for block in prange(n_blocks):
+            for r in range(block * per_block, min(n_rows, (block + 1) * per_block)):
+                for q in range(n_values):
+                    out[r, q] = 0.0
+                for i in range(row_start[r], row_start[r + 1]):
+                    e = entries[i]
+                    c = columns[e]
+                    w = weights[e]
+                    for q in range(n_values):
+                        re, im = planes[c, 0, q], planes[c, 1, q]
+                        out[r, q] += w * (re * re + im * im)
+
     @njit(parallel=True, cache=True)
     def _buffer_slices(rows, fresh, data, reference, reference_rows, weight, channels):  # pragma: no cover - compiled
         """channels[:, rows[s]] = (or += where not fresh[s]) the re/im parts of data[s] - reference[reference_rows[s]] * weight[s],
-        and weight[s]; data, reference interleaved (re, im). Rows are distinct, so slices write apart. No
+        and weight[s]; data interleaved (re, im), reference as planes (R, 2, P). Rows are distinct, so slices write apart. No
         fastmath: the same float32 operations, in the same order, as the tensor expression it replaces."""
         n_pixels = weight.shape[1]
         for s in prange(rows.shape[0]):
@@ -111,14 +151,14 @@ if njit is not None:
             if fresh[s]:
                 for q in range(n_pixels):
                     w = weight[s, q]
-                    channels[0, r, q] = data[s, 2 * q] - reference[j, 2 * q] * w
-                    channels[1, r, q] = data[s, 2 * q + 1] - reference[j, 2 * q + 1] * w
+                    channels[0, r, q] = data[s, 2 * q] - reference[j, 0, q] * w
+                    channels[1, r, q] = data[s, 2 * q + 1] - reference[j, 1, q] * w
                     channels[2, r, q] = w
             else:
                 for q in range(n_pixels):
                     w = weight[s, q]
-                    channels[0, r, q] += data[s, 2 * q] - reference[j, 2 * q] * w
-                    channels[1, r, q] += data[s, 2 * q + 1] - reference[j, 2 * q + 1] * w
+                    channels[0, r, q] += data[s, 2 * q] - reference[j, 0, q] * w
+                    channels[1, r, q] += data[s, 2 * q + 1] - reference[j, 1, q] * w
                     channels[2, r, q] += w
 
 
@@ -134,39 +174,90 @@ def grouped_order(rows: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.
     return order, row_start
 
 
-def child_row_sums(rows: torch.Tensor, columns: torch.Tensor, weights: torch.Tensor, children: torch.Tensor, n_rows: int, dense: torch.Tensor) -> torch.Tensor:
+def child_row_sums(
+    rows: torch.Tensor, columns: torch.Tensor, weights: torch.Tensor, children: torch.Tensor, n_rows: int, dense: torch.Tensor, conjugate: bool = False
+) -> torch.Tensor:
     """out[r] = sum over the entries e with rows[e] = r of dense[columns[e]] * (weights[e] @ children).
 
-    rows, columns (E,) int64; weights (E, J) real; children (J, P) and dense (C, P) complex64 ->
-    (n_rows, P) complex64, for J = 4 or 1. The sparse product of the E * J entries (r, J * columns[e] + j,
-    weights[e, j]) with the products dense[c] * children[j]: the accumulation's sums over the J child
-    translations of each retained row, whose phases factor as e_t * e_delta_j (vdam-spec 3.5), without
-    the (C * J, P) array of the products and with one read of dense[c] per entry instead of J.
-    Entries of a row are added in their given order (independent of the number of threads).
-    Needs numba (`available()`)."""
+    rows, columns (E,) int64; weights (E, J) real; children (J, P) complex64; dense (C, P) complex64 or
+    its rows as planes (C, 2, P) float32 (row_planes: the projection store, read in place);
+    conjugate: use conj(dense) -> (n_rows, P) complex64, for J = 4 or 1. The sparse product of the E * J
+    entries (r, J * columns[e] + j, weights[e, j]) with the products dense[c] * children[j]: the
+    accumulation's sums over the J child translations of each retained row, whose phases factor as
+    e_t * e_delta_j (vdam-spec 3.5), without the (C * J, P) array of the products and with one read of
+    dense[c] per entry instead of J. Entries of a row are added in their given order (independent of
+    the number of threads). Needs numba (`available()`)."""
     n_children = children.shape[0]
     if n_children not in (1, 4) or weights.shape[-1] != n_children:  # the compiled loops read exactly 4, or 1
         raise ValueError(f"child_row_sums takes 4 or 1 children, got weights {tuple(weights.shape)} and children {tuple(children.shape)}")
     kernel = _child_row_sums if n_children == 4 else _single_child_row_sums
     order, row_start = grouped_order(rows, n_rows)
-    out = torch.empty((n_rows, 2 * dense.shape[1]), dtype=torch.float32)  # (re, im) pairs, all written by _child_row_sums
+    n_pixels = dense.shape[-1]
+    out = torch.empty((n_rows, 2 * n_pixels), dtype=torch.float32)  # (re, im) pairs, all written by the kernel
     with trilinear_cpu.numba_threads():
         kernel(
             row_start.numpy(),
             order.numpy(),
             columns.contiguous().numpy(),
             weights.to(torch.float32).contiguous().numpy(),
-            _planes(children).transpose(0, 1).contiguous().numpy(),  # (J, 2, P)
-            _planes(dense).numpy(),
+            row_planes(children).numpy(),  # (J, 2, P)
+            row_planes(dense).numpy(),
+            np.float32(-1.0 if conjugate else 1.0),
             out.numpy(),
         )
-    return torch.view_as_complex(out.view(n_rows, dense.shape[1], 2))
+    return torch.view_as_complex(out.view(n_rows, n_pixels, 2))
 
 
-def _planes(values: torch.Tensor) -> torch.Tensor:
-    """(..., P) complex -> (2, ..., P) float32: real and imaginary parts, each contiguous."""
-    values = values.resolve_conj()
-    return torch.stack([values.real, values.imag]).to(torch.float32).contiguous()
+def real_row_sums(rows: torch.Tensor, columns: torch.Tensor, weights: torch.Tensor, n_rows: int, dense: torch.Tensor) -> torch.Tensor:
+    """out[r] = sum over the entries e with rows[e] = r of weights[e] * dense[columns[e]].
+
+    rows, columns, weights (E,); dense (C, P) real -> (n_rows, P) float32: the sparse (n_rows, C)
+    matrix of the entries times dense, in one pass over the entries grouped by row. As a dense
+    matrix product it cost n_rows x C x P multiply-adds for a matrix that is nearly all zeros (the
+    real tutorial's early chunks: 8,600 slices x 200 particles with 47,000 entries, 40 % of the
+    accumulation). Entries of a row are added in their given order. Needs numba (`available()`)."""
+    order, row_start = grouped_order(rows, n_rows)
+    out = torch.empty((n_rows, dense.shape[1]), dtype=torch.float32)
+    with trilinear_cpu.numba_threads():
+        _real_row_sums(
+            row_start.numpy(),
+            order.numpy(),
+            columns.contiguous().numpy(),
+            weights.to(torch.float32).contiguous().numpy(),
+            dense.to(torch.float32).contiguous().numpy(),
+            out.numpy(),
+        )
+    return out
+
+
+def power_row_sums(rows: torch.Tensor, columns: torch.Tensor, weights: torch.Tensor, n_rows: int, planes: torch.Tensor) -> torch.Tensor:
+    """out[r] = sum over the entries e with rows[e] = r of weights[e] * |dense[columns[e]]|^2, with dense
+    given as its rows' planes (C, 2, P) float32 (the projection store, read in place: its rows were
+    gathered, made complex and squared, three copies of up to ~35 MB per chunk) -> (n_rows, P) float32.
+    Entries of a row are added in their given order. Needs numba (`available()`)."""
+    order, row_start = grouped_order(rows, n_rows)
+    out = torch.empty((n_rows, planes.shape[-1]), dtype=torch.float32)
+    with trilinear_cpu.numba_threads():
+        _power_row_sums(
+            row_start.numpy(),
+            order.numpy(),
+            columns.contiguous().numpy(),
+            weights.to(torch.float32).contiguous().numpy(),
+            row_planes(planes).numpy(),
+            out.numpy(),
+        )
+    return out
+
+
+def row_planes(values: torch.Tensor) -> torch.Tensor:
+    """Rows as real and imaginary planes: complex (C, P) -> (C, 2, P) float32, contiguous; a real
+    (C, 2, P) tensor (already planes) as it is (float32, contiguous: no copy when it is so)."""
+    if values.is_complex():
+        values = values.resolve_conj()
+        return torch.stack([values.real, values.imag], dim=1).to(torch.float32).contiguous()
+    if values.dim() != 3 or values.shape[1] != 2:
+        raise ValueError(f"row planes are (C, 2, P), got {tuple(values.shape)}")
+    return values.to(torch.float32).contiguous()
 
 
 def buffer_slices(
@@ -177,14 +268,15 @@ def buffer_slices(
 
     One pass instead of forming the difference (three (S, P) complex temporaries) and adding its real
     and imaginary parts and the weights as three strided index_add_: those two steps were 40 % of the
-    accumulation in the real tutorial's early iterations. data (S, P), reference (R, P) complex64;
-    weight (S, P) float32. Needs numba (`available()`)."""
+    accumulation in the real tutorial's early iterations. data (S, P) complex64; reference (R, P)
+    complex64 or its rows as planes (R, 2, P) float32 (row_planes: the projection store, read in
+    place); weight (S, P) float32. Needs numba (`available()`)."""
     with trilinear_cpu.numba_threads():
         _buffer_slices(
             rows.contiguous().numpy(),
             fresh.contiguous().numpy(),
             torch.view_as_real(data.resolve_conj().to(torch.complex64).contiguous()).reshape(data.shape[0], -1).numpy(),
-            torch.view_as_real(reference.resolve_conj().to(torch.complex64).contiguous()).reshape(reference.shape[0], -1).numpy(),
+            row_planes(reference).numpy(),
             reference_rows.contiguous().numpy(),
             weight.to(torch.float32).contiguous().numpy(),
             channels.numpy(),

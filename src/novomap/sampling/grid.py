@@ -123,6 +123,10 @@ def narrowed(grid: SearchGrid, offset_range_px: float) -> SearchGrid:
     )
 
 
+# the map's resolution, in coarse offset steps, from which on translations are oversampled
+SUB_TRANSLATION_RESOLUTION_STEPS = 4.0
+
+
 def without_sub_translations(grid: SearchGrid) -> SearchGrid:
     """The same grid with each coarse translation its own single fine translation (T, 1, 2): the
     fine pass then searches 8 child orientations x 1 translation per coarse hypothesis."""
@@ -140,6 +144,3 @@ def sub_translations_needed(offset_step_a: float, resolution_a: float) -> bool:
     """
     return SUB_TRANSLATION_RESOLUTION_STEPS * offset_step_a > resolution_a
 
-
-# the resolution (in coarse offset steps) from which on translations are oversampled
-SUB_TRANSLATION_RESOLUTION_STEPS = 4.0
