@@ -180,7 +180,9 @@ def accumulate(
 
     Rows sharing (pseudo half, class, fine orientation) are summed as 2D slices first, so each
     distinct orientation is back-projected once per chunk, however many particles chose it.
-    Terms that factor per particle or per projection are formed as small dense matrix products.
+    Terms that factor per particle or per projection are sums of rows weighted by the retained
+    hypotheses (sparse rows on the CPU, estep.sparse_cpu, which reads the projection store in place;
+    matrix products elsewhere).
     """
     device = batch.masked.device
     keep = torch.nonzero(result.weights.sum(-1) > 0).squeeze(1)
