@@ -111,7 +111,7 @@ def test_accumulated_sums_equal_their_row_by_row_definition(compiled, overflow, 
     sub_translations False: a grid without translational oversampling (one child per coarse translation);
     planes: the projections stored as the CPU's cache stores them, real and imaginary planes (read in place)."""
     if not compiled:  # torch.sparse.mm, as on a GPU
-        monkeypatch.setattr(accumulate_module, "_compiled_child_sums", lambda: None)
+        monkeypatch.setattr(accumulate_module, "_compiled_sparse_sums", lambda: None)
         monkeypatch.setattr(cache_module, "compiled_sparse_cpu", lambda: None)
     generator = torch.Generator().manual_seed(7)
     window, grid, batch, result, sums = _random_inputs(generator, sub_translations)
@@ -170,7 +170,7 @@ def test_child_sums_mix_each_rows_children_before_the_product(compiled, n_childr
     """out[r] = sum over entries e of row r of dense[c_e] * sum_j w_ej children[j], checked entry by entry;
     the compiled passes (4 children, or 1) and the sparse product of the products (any device) alike."""
     if not compiled:
-        monkeypatch.setattr(accumulate_module, "_compiled_child_sums", lambda: None)
+        monkeypatch.setattr(accumulate_module, "_compiled_sparse_sums", lambda: None)
     generator = torch.Generator().manual_seed(11)
 
     def complex_noise(*shape):

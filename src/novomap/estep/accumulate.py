@@ -120,7 +120,7 @@ def add_at(flat: torch.Tensor, index: torch.Tensor, value: torch.Tensor) -> torc
     return flat.index_add_(0, index, value)
 
 
-_compiled_child_sums = compiled_sparse_cpu  # a module attribute: tests switch the compiled path off here
+_compiled_sparse_sums = compiled_sparse_cpu  # a module attribute: tests switch the compiled path off here
 
 
 def _weighted_rows(rows: torch.Tensor, columns: torch.Tensor, weights: torch.Tensor, n_rows: int, dense: torch.Tensor) -> torch.Tensor:
@@ -129,7 +129,7 @@ def _weighted_rows(rows: torch.Tensor, columns: torch.Tensor, weights: torch.Ten
     pass over the rows (estep.sparse_cpu.real_row_sums; the dense (n_rows, C) matrix of the weights
     is mostly zeros, and its product was 40 % of an early chunk's accumulation); elsewhere that
     matrix product."""
-    compiled = _compiled_child_sums() if dense.device.type == "cpu" else None
+    compiled = _compiled_sparse_sums() if dense.device.type == "cpu" else None
     if compiled is not None:
         return compiled.real_row_sums(rows, columns, weights, n_rows, dense)
     return _dense_rows(rows, columns, weights.float(), n_rows, dense.shape[0]) @ dense.float()
@@ -158,7 +158,7 @@ def _child_sums(rows: torch.Tensor, columns: torch.Tensor, weights: torch.Tensor
     tutorial, 2 threads: a chunk of ~140,000 retained rows at 333 pixels accumulated in 150 ms, now
     ~95). Elsewhere (or for J other than 4 and 1) the sparse product of the U * J entries with dense[c] * children[j].
     """
-    compiled = _compiled_child_sums() if dense.device.type == "cpu" and children.shape[0] in (1, 4) else None
+    compiled = _compiled_sparse_sums() if dense.device.type == "cpu" and children.shape[0] in (1, 4) else None
     if compiled is not None:
         return compiled.child_row_sums(rows, columns, weights, children, n_rows, dense)
     n_children = children.shape[0]
@@ -189,7 +189,7 @@ def accumulate(
     weights = result.weights[keep]  # (U, J): J = 4 child translations, or 1
     b = result.row_particle[keep]
     k = result.row_class[keep]
-    compiled = _compiled_child_sums() if device.type == "cpu" else None
+    compiled = _compiled_sparse_sums() if device.type == "cpu" else None
     # the CPU's projection store (planes (n_stored, 2, P)) is read in place by the compiled sums; elsewhere
     # the retained rows' projections are gathered as complex rows (they use only some of the store)
     in_place = compiled is not None and result.projections.dim() == 3 and weights.shape[1] in (1, 4)

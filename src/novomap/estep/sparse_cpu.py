@@ -39,6 +39,13 @@ if njit is not None:
             order[next_free[r]] = e
             next_free[r] += 1
 
+    @njit(cache=True)
+    def _row_blocks(n_rows):  # pragma: no cover - compiled
+        """(blocks, rows per block) that the row sums split their output rows into: more blocks than
+        threads, as the entries per row vary widely."""
+        n_blocks = min(n_rows, 256)
+        return n_blocks, (n_rows + n_blocks - 1) // max(1, n_blocks)
+
     @njit(parallel=True, fastmath=True, cache=True)
     def _child_row_sums(row_start, entries, columns, weights, children, dense, imag_sign, out):  # pragma: no cover - compiled
         # out[r] = sum over the entries e of row r of dense[columns[e]] * (sum_j weights[e, j] children[j]),
@@ -46,12 +53,10 @@ if njit is not None:
         # (7x slower); the inputs as planes (re, im) of their own, for the same reason (dense rows as (2, P)
         # planes, the imaginary one times imag_sign: the projection store read in place, conjugated). Each row is summed
         # in planes of its own (L1-resident) and written out once as interleaved (re, im) pairs, which a
-        # complex tensor views without a copy. Rows are split into more blocks than threads, as the
-        # entries per row vary widely
+        # complex tensor views without a copy. Rows in blocks (_row_blocks)
         n_values = dense.shape[2]
         n_rows = out.shape[0]
-        n_blocks = min(n_rows, 256)
-        per_block = (n_rows + n_blocks - 1) // max(1, n_blocks)
+        n_blocks, per_block = _row_blocks(n_rows)
         for block in prange(n_blocks):
             row_re = np.empty(n_values, dtype=np.float32)
             row_im = np.empty(n_values, dtype=np.float32)
@@ -79,8 +84,7 @@ if njit is not None:
         # same order of entries and pixels, a third of the multiply-adds
         n_values = dense.shape[2]
         n_rows = out.shape[0]
-        n_blocks = min(n_rows, 256)
-        per_block = (n_rows + n_blocks - 1) // max(1, n_blocks)
+        n_blocks, per_block = _row_blocks(n_rows)
         for block in prange(n_blocks):
             row_re = np.empty(n_values, dtype=np.float32)
             row_im = np.empty(n_values, dtype=np.float32)
@@ -104,11 +108,10 @@ if njit is not None:
 
     @njit(parallel=True, fastmath=True, cache=True)
     def _real_row_sums(row_start, entries, columns, weights, dense, out):  # pragma: no cover - compiled
-        # out[r] = sum over the entries e of row r of weights[e] * dense[columns[e]], rows in blocks as above
+        # out[r] = sum over the entries e of row r of weights[e] * dense[columns[e]], rows in blocks (_row_blocks)
         n_values = dense.shape[1]
         n_rows = out.shape[0]
-        n_blocks = min(n_rows, 256)
-        per_block = (n_rows + n_blocks - 1) // max(1, n_blocks)
+        n_blocks, per_block = _row_blocks(n_rows)
         for block in prange(n_blocks):
             for r in range(block * per_block, min(n_rows, (block + 1) * per_block)):
                 for q in range(n_values):
@@ -125,8 +128,7 @@ if njit is not None:
         # out[r] = sum over the entries e of row r of weights[e] * |planes[columns[e]]|^2, planes (C, 2, P)
         n_values = planes.shape[2]
         n_rows = out.shape[0]
-        n_blocks = min(n_rows, 256)
-        per_block = (n_rows + n_blocks - 1) // max(1, n_blocks)
+        n_blocks, per_block = _row_blocks(n_rows)
         for block in prange(n_blocks):
             for r in range(block * per_block, min(n_rows, (block + 1) * per_block)):
                 for q in range(n_values):

@@ -290,6 +290,11 @@ def map_information(iteration: int, batch_size: int, n_particles: int, config: V
     return map_memory_halves(batch_size, n_particles)
 
 
+def current_resolution_a(state: RunState, particles: ParticleSet) -> float:
+    """The maps' current resolution (Å): the box over the last shell with SSNR >= 1."""
+    return particles.box_size * particles.pixel_size_a / max(state.resolution_shell, 1)
+
+
 def search_setup(state: RunState, particles: ParticleSet, config: VdamConfig, advance: bool = True) -> tuple[SearchGrid, int, int]:
     """This iteration's perturbed grid and (current_size, coarse_size).
 
@@ -304,8 +309,7 @@ def search_setup(state: RunState, particles: ParticleSet, config: VdamConfig, ad
         state.perturbation = next_perturbation(state.perturbation, generator, config.perturb)
         state.rng_state = generator.get_state()
     grid = build_search_grid(state.healpix_order, state.offset_range_px, state.offset_step_px, state.perturbation)
-    resolution_a = particles.box_size * particles.pixel_size_a / max(state.resolution_shell, 1)
-    if advance and config.auto_sub_translations and not sub_translations_needed(state.offset_step_px * particles.pixel_size_a, resolution_a):
+    if advance and config.auto_sub_translations and not sub_translations_needed(state.offset_step_px * particles.pixel_size_a, current_resolution_a(state, particles)):
         grid = without_sub_translations(grid)
     current_size, coarse_size = image_sizes(state.resolution_shell, particles.box_size, grid.coarse_step_deg, config.particle_diameter_a, particles.pixel_size_a)
     return grid, current_size, coarse_size
@@ -493,7 +497,7 @@ def run_iteration(
         "current_size": current_size,
         "coarse_size": coarse_size,
         "sub_translations": grid.n_sub_translations,
-        "resolution_a": particles.box_size * particles.pixel_size_a / max(state.resolution_shell, 1),
+        "resolution_a": current_resolution_a(state, particles),
         "healpix_order": state.healpix_order,
         "fine_step_deg": angular_step_deg(local_order(state, config) + 1) if local_order(state, config) else grid.fine_step_deg,
         "local_fraction": n_local / batch_size,
