@@ -39,10 +39,11 @@ if njit is not None:
             order[next_free[r]] = e
             next_free[r] += 1
 
-    @njit(cache=True)
+    @njit(inline="always")
     def _row_blocks(n_rows):  # pragma: no cover - compiled
         """(blocks, rows per block) that the row sums split their output rows into: more blocks than
-        threads, as the entries per row vary widely."""
+        threads, as the entries per row vary widely. Inlined into each kernel, so it has no cache of its
+        own (a cached helper that only kernels call is never compiled when they load from their caches)."""
         n_blocks = min(n_rows, 256)
         return n_blocks, (n_rows + n_blocks - 1) // max(1, n_blocks)
 
