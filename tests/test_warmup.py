@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 
 from novomap.estep import fine_cpu, sparse_cpu
+from novomap.maps import rotate_cpu
 from novomap.physics import trilinear_cpu
 from novomap.warmup import warm_up
 
 
 def _cached_kernels() -> dict[str, object]:
     kernels = {}
-    for module in (trilinear_cpu, sparse_cpu, fine_cpu):
+    for module in (trilinear_cpu, sparse_cpu, fine_cpu, rotate_cpu):
         for name, value in vars(module).items():
             options = getattr(value, "targetoptions", None)  # a numba dispatcher
             if options is not None and getattr(value, "_cache", None) is not None and type(value._cache).__name__ != "NullCache":

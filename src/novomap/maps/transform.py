@@ -27,12 +27,17 @@ def centred_coordinates(size: int, dtype: torch.dtype = torch.float32) -> torch.
 def rotate_volume(volume: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
     """Rotate a volume (N, N, N) by each matrix (B, 3, 3) -> (B, N, N, N); a single (3, 3) -> (N, N, N).
 
-    Real-space trilinear interpolation (torch grid_sample), zero outside the box: output voxel r takes
-    the value at R^T r. Any 3x3 matrix works (mirrors too); it is not checked for orthogonality.
+    Real-space trilinear interpolation, zero outside the box: output voxel r takes the value at R^T r.
+    Any 3x3 matrix works (mirrors too); it is not checked for orthogonality. On the CPU a compiled
+    loop (maps.rotate_cpu, several times faster than grid_sample's there), elsewhere torch grid_sample.
     """
     single = matrices.ndim == 2
     mats = matrices.reshape(-1, 3, 3).to(device=volume.device, dtype=volume.dtype)
     n = volume.shape[-1]
+    compiled = _compiled_rotation() if volume.device.type == "cpu" and volume.dtype in (torch.float32, torch.float64) else None
+    if compiled is not None:
+        rotated = compiled.rotate(volume.reshape(n, n, n), mats)
+        return rotated[0] if single else rotated
     coords, offset = _normalised_coordinates(n, volume.dtype)
     coords = coords.to(volume.device)
     source = volume.reshape(1, 1, n, n, n)
@@ -47,6 +52,13 @@ def rotate_volume(volume: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
         outputs.append(sampled.reshape(block.shape[0], n, n, n))
     rotated = torch.cat(outputs) if len(outputs) > 1 else outputs[0] if outputs else volume.new_zeros((0, n, n, n))
     return rotated[0] if single else rotated
+
+
+def _compiled_rotation():
+    """maps.rotate_cpu when numba is installed, else None (imported on first use, as numba is)."""
+    from novomap.maps import rotate_cpu
+
+    return rotate_cpu if rotate_cpu.available() else None
 
 
 def sample_at(volume: torch.Tensor, positions_xyz: torch.Tensor) -> torch.Tensor:
