@@ -71,11 +71,11 @@ def local_coarse_pass(
     ctf = batch.ctf[:, coarse.pixels]
     q = 0.5 * batch.inv_sigma2[:, coarse.pixels]
     phases = shift_phases(coarse.window, grid.coarse_translations.to(device)).to(x.dtype)
-    shifted = (x * ctf * q)[:, None, :] * phases[None, :, :]  # (B, T, Pc)
+    shifted = (x * ctf * (2 * q))[:, None, :] * phases[None, :, :]  # (B, T, Pc); the cross terms' factor 2 (exact, as in search.coarse_log_weights)
     images = torch.cat([shifted.real, shifted.imag], -1).float()  # (B, T, 2Pc)
     projections = coarse.projections[keys]  # (B, KL, Pc)
     refs = torch.cat([projections.real, projections.imag], -1).float()  # (B, KL, 2Pc)
-    log_w = torch.bmm(images, refs.transpose(1, 2)).mul_(2)  # (B, T, KL)
+    log_w = torch.bmm(images, refs.transpose(1, 2))  # (B, T, KL)
     norm = torch.bmm(coarse.power[keys], (ctf * ctf * q).float()[:, :, None]).squeeze(-1)  # (B, KL)
     direction = grid.coarse_direction.to(device)[orientation]  # (B, L)
     direction_prior = log_direction_prior[class_index, direction[:, None, :].expand_as(class_index)].reshape(n_batch, -1)
