@@ -30,7 +30,7 @@ if njit is not None:
 
     @njit(parallel=True, fastmath=True, cache=True)
     def _rotate(volume, matrices, out):  # pragma: no cover - compiled
-        """out[b, z, y, x] = volume at R_b^T (x, y, z) - centre (+ centre), trilinear, zero outside:
+        """out[b, z, y, x] = volume at c + R_b^T ((x, y, z) - c), c = N//2, trilinear, zero outside:
         volume (N, N, N), matrices (B, 3, 3), out (B, N, N, N), one dtype."""
         n = volume.shape[0]
         centre = n // 2
@@ -42,6 +42,8 @@ if njit is not None:
             r10, r11, r12 = matrices[b, 1, 0], matrices[b, 1, 1], matrices[b, 1, 2]
             r20, r21, r22 = matrices[b, 2, 0], matrices[b, 2, 1], matrices[b, 2, 2]
             rz = z - centre
+            index = np.empty(8, dtype=np.int64)
+            weight = np.empty(8, dtype=np.float64)
             for y in range(n):
                 ry = y - centre
                 base_x = ry * r10 + rz * r20 + centre
@@ -63,22 +65,11 @@ if njit is not None:
                         far = (flat[i10] * gx + flat[i10 + 1] * fx) * gy + (flat[i11] * gx + flat[i11 + 1] * fx) * fy
                         out[b, z, y, x] = near * (1 - fz) + far * fz
                         continue
+                    # at the edge: the neighbours inside the box only (grid_sample's zero padding)
+                    count = trilinear_cpu._edge_neighbours(x0, y0, z0, fx, fy, fz, n, index, weight)
                     value = 0.0
-                    for dz in range(2):
-                        zz = z0 + dz
-                        if zz < 0 or zz >= n:
-                            continue
-                        wz = fz if dz else 1 - fz
-                        for dy in range(2):
-                            yy = y0 + dy
-                            if yy < 0 or yy >= n:
-                                continue
-                            wzy = wz * (fy if dy else 1 - fy)
-                            for dx in range(2):
-                                xx = x0 + dx
-                                if xx < 0 or xx >= n:
-                                    continue
-                                value += flat[(zz * n + yy) * n + xx] * (wzy * (fx if dx else 1 - fx))
+                    for i in range(count):
+                        value += flat[index[i]] * weight[i]
                     out[b, z, y, x] = value
 
 
