@@ -219,18 +219,7 @@ def real_row_sums(rows: torch.Tensor, columns: torch.Tensor, weights: torch.Tens
     matrix product it cost n_rows x C x P multiply-adds for a matrix that is nearly all zeros (the
     real tutorial's early chunks: 8,600 slices x 200 particles with 47,000 entries, 40 % of the
     accumulation). Entries of a row are added in their given order. Needs numba (`available()`)."""
-    order, row_start = grouped_order(rows, n_rows)
-    out = torch.empty((n_rows, dense.shape[1]), dtype=torch.float32)
-    with trilinear_cpu.numba_threads():
-        _real_row_sums(
-            row_start.numpy(),
-            order.numpy(),
-            columns.contiguous().numpy(),
-            weights.to(torch.float32).contiguous().numpy(),
-            dense.to(torch.float32).contiguous().numpy(),
-            out.numpy(),
-        )
-    return out
+    return _weighted_row_sums(_real_row_sums, rows, columns, weights, n_rows, dense.to(torch.float32).contiguous())
 
 
 def power_row_sums(rows: torch.Tensor, columns: torch.Tensor, weights: torch.Tensor, n_rows: int, planes: torch.Tensor) -> torch.Tensor:
@@ -238,17 +227,16 @@ def power_row_sums(rows: torch.Tensor, columns: torch.Tensor, weights: torch.Ten
     given as its rows' planes (C, 2, P) float32 (the projection store, read in place: its rows were
     gathered, made complex and squared, three copies of up to ~35 MB per chunk) -> (n_rows, P) float32.
     Entries of a row are added in their given order. Needs numba (`available()`)."""
+    return _weighted_row_sums(_power_row_sums, rows, columns, weights, n_rows, row_planes(planes))
+
+
+def _weighted_row_sums(kernel, rows: torch.Tensor, columns: torch.Tensor, weights: torch.Tensor, n_rows: int, values: torch.Tensor) -> torch.Tensor:
+    """Run a row-sum kernel of one real weight per entry (_real_row_sums, _power_row_sums) over the entries
+    grouped by row: values (C, ..., P) float32 contiguous, as the kernel reads them -> (n_rows, P) float32."""
     order, row_start = grouped_order(rows, n_rows)
-    out = torch.empty((n_rows, planes.shape[-1]), dtype=torch.float32)
+    out = torch.empty((n_rows, values.shape[-1]), dtype=torch.float32)
     with trilinear_cpu.numba_threads():
-        _power_row_sums(
-            row_start.numpy(),
-            order.numpy(),
-            columns.contiguous().numpy(),
-            weights.to(torch.float32).contiguous().numpy(),
-            row_planes(planes).numpy(),
-            out.numpy(),
-        )
+        kernel(row_start.numpy(), order.numpy(), columns.contiguous().numpy(), weights.to(torch.float32).contiguous().numpy(), values.numpy(), out.numpy())
     return out
 
 
