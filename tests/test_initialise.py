@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -14,7 +15,7 @@ from novomap.physics.fourier import centred_ft_to_volume, rfft_image, volume_to_
 from novomap.simulate import SimulationOptions, fourier_resize, simulate
 from novomap.vdam.config import VdamConfig
 from novomap.vdam.initialise import initial_noise_spectrum, initial_references, initial_window, random_blobs
-from novomap.vdam.start import initial_state
+from novomap.vdam.start import initial_state, start_data
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: element-wise code is 60x slower with busy threads
@@ -191,6 +192,20 @@ def test_initial_references_are_masked_and_on_the_data_greyscale(simulated, star
     again = initial_state(particles, VdamConfig(n_iter=10, seed=1, particle_diameter_a=DIAMETER))
     assert torch.equal(again.maps, maps)
     assert torch.equal(again.rng_state, start.rng_state)
+
+
+def test_starts_sharing_the_seed_free_data_equal_starts_made_alone(simulated):
+    """A race makes start_data once for all its starts: each start is then the one it would be alone."""
+    particles, _, _ = simulated
+    config = VdamConfig(n_iter=10, seed=1, particle_diameter_a=DIAMETER)
+    shared = start_data(particles, config)
+    for seed in (1, 7):
+        seeded = dataclasses.replace(config, seed=seed)
+        alone, with_shared = initial_state(particles, seeded), initial_state(particles, seeded, shared)
+        assert torch.equal(alone.maps, with_shared.maps) and torch.equal(alone.sigma2, with_shared.sigma2)
+        assert torch.equal(alone.rng_state, with_shared.rng_state)
+    with_shared.sigma2.mul_(2.0)  # a run's noise spectrum moves on: the shared one must not
+    assert torch.equal(initial_state(particles, config, shared).sigma2, initial_state(particles, config).sigma2)
 
 
 def test_initial_references_without_flattening_have_a_constant_background():

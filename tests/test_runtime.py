@@ -63,3 +63,22 @@ def test_openmp_spinning_is_limited_before_torch_loads_and_a_users_setting_kept(
     assert _spinning_in_fresh_interpreter({"GOMP_SPINCOUNT": "5"}) == "False 5"
     assert _spinning_in_fresh_interpreter({"OMP_WAIT_POLICY": "ACTIVE"}) == "False None"
     assert limit_openmp_spinning() is False  # here torch is loaded already: too late to matter
+
+
+def _blas_timeout_in_fresh_interpreter(extra_env: dict) -> str:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    env.update(extra_env)
+    code = "import os; from novomap.runtime import limit_blas_spinning; applied = limit_blas_spinning(); import numpy; print(applied, os.environ.get('OPENBLAS_THREAD_TIMEOUT'))"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_blas_spinning_is_limited_before_numpy_loads_and_a_users_setting_kept():
+    from novomap.runtime import limit_blas_spinning
+
+    assert _blas_timeout_in_fresh_interpreter({}) == "True 4"
+    assert _blas_timeout_in_fresh_interpreter({"OPENBLAS_THREAD_TIMEOUT": "20"}) == "False 20"
+    assert limit_blas_spinning() is False  # numpy is loaded here already: too late to matter

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from novomap.blas_cpu import limit_threads
 from novomap.errors import NovomapError
 
 
@@ -35,6 +36,7 @@ def select_devices(gpu: str | None, threads: int | None) -> list[torch.device]:
         if threads < 1:
             raise NovomapError(f"--j must be >= 1, not {threads}")
         torch.set_num_threads(threads)
+    limit_threads(torch.get_num_threads())  # numpy's BLAS (blas_cpu) as many as PyTorch's
     if gpu is None:
         return [torch.device("cpu")]
     if not torch.cuda.is_available():

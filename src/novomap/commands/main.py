@@ -14,7 +14,7 @@ from types import ModuleType
 
 from novomap import __version__
 from novomap.errors import NovomapError
-from novomap.runtime import flush_denormals, limit_openmp_spinning, tune_allocator
+from novomap.runtime import flush_denormals, limit_blas_spinning, limit_openmp_spinning, tune_allocator
 
 # subcommand name -> module under novomap.commands
 COMMANDS: dict[str, str] = {
@@ -71,6 +71,7 @@ def given_options(argv: list[str] | None) -> set[str]:
 
 def main(argv: list[str] | None = None) -> int:
     limit_openmp_spinning()  # before the commands' modules import torch
+    limit_blas_spinning()  # and numpy
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):

@@ -13,10 +13,12 @@ for each hypothesis of the chunk.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 
+from novomap.blas_cpu import product_nt
 from novomap.estep.cache import ProjectionCache
 from novomap.estep.prepare import PreparedBatch
 from novomap.estep.unique import unique_bounded
@@ -83,12 +85,11 @@ def projection_rows(projections: torch.Tensor, index: torch.Tensor) -> torch.Ten
     return rows if rows.is_complex() else torch.complex(rows[:, 0], rows[:, 1])
 
 
-def _cross_terms(weighted_images: torch.Tensor, phases: torch.Tensor, projections: torch.Tensor) -> torch.Tensor:
-    """Re sum_p Y_b(p) e_t(p) conj(P_o(p)): Y (B, P), e (T, P), P (O, P) -> (B, T, O) float32."""
+def _cross_terms(weighted_images: torch.Tensor, phases: torch.Tensor, planes: torch.Tensor) -> torch.Tensor:
+    """Re sum_p Y_b(p) e_t(p) conj(P_o(p)): Y (B, P), e (T, P), P as planes (O, 2P) [Re P, Im P] -> (B, T, O) float32."""
     shifted = weighted_images[:, None, :] * phases[None, :, :]  # (B, T, P)
     stacked = torch.cat([shifted.real, shifted.imag], -1).reshape(-1, 2 * shifted.shape[-1]).float()
-    refs = torch.cat([projections.real, projections.imag], -1).float()
-    return (stacked @ refs.T).reshape(shifted.shape[0], shifted.shape[1], -1)
+    return product_nt(stacked, planes).reshape(shifted.shape[0], shifted.shape[1], -1)
 
 
 @dataclass
@@ -112,6 +113,12 @@ class CoarseReferences:
     # (C,) int64 key class * O + orientation of each row, ascending; None: every class at every
     # orientation in that order (C = K*O)
     columns: torch.Tensor | None = None
+
+    @functools.cached_property
+    def planes(self) -> torch.Tensor:
+        """(C, 2 Pc) float32: each row's real parts, then its imaginary parts (the coarse product's
+        right-hand side, made once per iteration rather than once per chunk)."""
+        return torch.cat([self.projections.real, self.projections.imag], -1).float()
 
 
 def coarse_references(
@@ -161,8 +168,8 @@ def coarse_log_weights(
     phases = shift_phases(coarse.window, grid.coarse_translations.to(x.device)).to(x.dtype)
     # the cross terms' factor 2 on the images (B x P values), not on the products (B x T x C): scaling by
     # a power of two is exact, so the log weights are the same to the bit, with one pass fewer over them
-    log_w = _cross_terms(x * ctf * (2 * q), phases, coarse.projections)
-    norm = (ctf * ctf * q).float() @ coarse.power.T  # (B, K*O)
+    log_w = _cross_terms(x * ctf * (2 * q), phases, coarse.planes)
+    norm = product_nt((ctf * ctf * q).float(), coarse.power)  # (B, K*O)
     prior = log_direction_prior[:, grid.coarse_direction.to(x.device)].reshape(-1).float()  # (K*O,)
     if coarse.columns is not None:
         prior = prior[coarse.columns]

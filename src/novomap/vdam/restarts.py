@@ -163,9 +163,10 @@ def compete(
     Returns {"start_rounds": [{"iteration", "starts", "scores", "scored_as" (group name)}, ...], "chosen_start": i}.
     """
     from novomap.vdam.iterate import run_iteration
-    from novomap.vdam.start import initial_state
+    from novomap.vdam.start import initial_state, start_data
 
-    contenders = [(0, state)] + [(s, initial_state(particles, start_config(config, s))) for s in range(1, config.starts())]
+    shared = start_data(particles, config)  # the same for every start: only the seed differs
+    contenders = [(0, state)] + [(s, initial_state(particles, start_config(config, s), shared)) for s in range(1, config.starts())]
     rounds = []
     for iteration, survivors in competition_rounds(config):
         for start, contender in contenders:

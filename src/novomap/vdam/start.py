@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from novomap.io.particles import ParticleSet
 from novomap.physics.fourier import rfft_image
 from novomap.physics.masks import soft_edge_mask
+from novomap.physics.window import FourierWindow
 from novomap.reconstruct import particle_ctf
 from novomap.vdam.config import VdamConfig
 from novomap.vdam.initialise import initial_noise_spectrum, initial_references, initial_window
@@ -39,9 +42,21 @@ def start_particles(particles: ParticleSet, n_max: int, n_classes: int) -> torch
     return torch.tensor(sorted(order[: max(n_max, 5 * n_classes)]), dtype=torch.long)
 
 
-def initial_state(particles: ParticleSet, config: VdamConfig) -> RunState:
+@dataclass(frozen=True)
+class StartData:
+    """What every random start of a run derives from the particles alone (no seed): the initial noise
+    spectra and the random-orientation reconstruction's images."""
+
+    sigma2: torch.Tensor  # (n_groups, N//2+1) float64
+    spectra: torch.Tensor  # (B, P) complex128 on initial_window
+    ctf: torch.Tensor  # (B, P) on initial_window
+    window: FourierWindow
+
+
+def start_data(particles: ParticleSet, config: VdamConfig) -> StartData:
+    """The seed-independent part of initial_state (a race of starts makes it once: ~0.3 s per start
+    on the real tutorial particles)."""
     n, k = particles.box_size, config.n_classes
-    generator = torch.Generator().manual_seed(config.seed)
     diameter_px = config.particle_diameter_a / particles.pixel_size_a
     noise_set = sigma2_particles(particles, config.n_particles_sigma2, k)
     n_groups = len(particles.table.optics)
@@ -53,9 +68,20 @@ def initial_state(particles: ParticleSet, config: VdamConfig) -> RunState:
     chosen = start_particles(particles, config.n_particles_sigma2, k)
     window = initial_window(n)
     spectra = window.take(rfft_image(particles.images(chosen).double()))
-    ctf = particle_ctf(particles, chosen, window)
+    return StartData(sigma2, spectra, particle_ctf(particles, chosen, window), window)
+
+
+def initial_state(particles: ParticleSet, config: VdamConfig, data: StartData | None = None) -> RunState:
+    """Iteration 0 of a run: random-orientation reconstruction, random blobs (config.seed), flat priors.
+    data: start_data(particles, config), when already made for another start of the same run."""
+    n, k = particles.box_size, config.n_classes
+    generator = torch.Generator().manual_seed(config.seed)
+    diameter_px = config.particle_diameter_a / particles.pixel_size_a
+    if data is None:
+        data = start_data(particles, config)
+    sigma2 = data.sigma2.clone()
     ini_high_shells = max(1, round(0.07 * n))
-    maps = initial_references(spectra, ctf, window, k, diameter_px, ini_high_shells, generator)
+    maps = initial_references(data.spectra, data.ctf, data.window, k, diameter_px, ini_high_shells, generator)
     if config.flatten_solvent:
         maps = maps * soft_edge_mask((n, n, n), diameter_px / 2, config.mask_edge_px)
     m = n  # pad 1
