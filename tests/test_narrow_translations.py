@@ -132,3 +132,25 @@ def test_no_narrowing_where_no_symmetry_pins_the_frame(searched):
     off = copy.copy(state)
     off.symmetry_axes = [(torch.eye(3, dtype=torch.float64), torch.tensor([0.0, 4.0, 0.0], dtype=torch.float64))]  # not recentred
     assert narrow_translations(off, torch.arange(particles.n), grid, config, with_sums=True) is None
+
+
+def test_narrow_chunks_are_sized_by_their_own_grid(searched, monkeypatch):
+    """Chunks hold about as many hypotheses whatever their grid: narrowed ones (fewer translations)
+    take more particles."""
+    import novomap.estep.driver as driver
+
+    particles, state, config = searched
+    monkeypatch.setattr(driver, "chunk_size", lambda grid, *args, **kwargs: max(1, 260 // grid.n_coarse_translations))
+    searched_chunks = []
+    original = driver.coarse_pass
+
+    def recording(batch, coarse, grid, *args, **kwargs):
+        searched_chunks.append((grid.n_coarse_translations, batch.masked.shape[0]))
+        return original(batch, coarse, grid, *args, **kwargs)
+
+    monkeypatch.setattr(driver, "coarse_pass", recording)
+    _, _, timings = _iteration_sums(particles, state, config)
+    full = [n for t, n in searched_chunks if t == 29]
+    narrow = [n for t, n in searched_chunks if t == 13]
+    assert sum(narrow) == timings["n_narrow"] == particles.n // 2 and sum(full) == particles.n - particles.n // 2
+    assert max(full) == 260 // 29 and max(narrow) == min(particles.n // 2, 260 // 13)

@@ -218,12 +218,14 @@ def run_estep(
     if narrow is None:
         chunks = [(position, grid) for position in torch.split(everyone, size)]
     else:
-        # narrow chunks hold as many particles as full ones, not as many hypotheses: at 200 instead of
-        # 89 particles the real tutorial's late iterations spent 0.55 instead of 0.38 s in the coarse
-        # pass and more in the fine one (per-particle arrays fall out of cache)
+        # narrow chunks are sized by their own grid's hypotheses, like full ones (more particles, as
+        # many hypotheses): real K=3 (2,374 particles; 81 -> 182 particles per narrow chunk) 128.6 -> 122.7 s,
+        # every phase shorter, the same classes (benchmarks/results/2026-12-05-s44-openblas.md). With MKL's
+        # products (session 12, one class, a full grid) 200 instead of 89 particles had been slower.
         rows, narrow_grid = narrow
+        narrow_size = chunk_size(narrow_grid, state.n_classes, requested_chunk, pool, 0 if coarse_columns is None else coarse_columns.numel())
         chunks = [(position, grid) for position in torch.split(everyone[~rows], size) if position.numel()]
-        chunks += [(position, narrow_grid) for position in torch.split(everyone[rows], size) if position.numel()]
+        chunks += [(position, narrow_grid) for position in torch.split(everyone[rows], narrow_size) if position.numel()]
     lock = threading.Lock()
 
     def process(work: DeviceWork, position: torch.Tensor, grid: SearchGrid) -> None:
