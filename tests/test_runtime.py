@@ -45,40 +45,37 @@ def test_back_projection_unchanged_by_flushing(flushing):
     assert torch.allclose(flushed[1], exact[1], atol=1e-6)
 
 
-def _spinning_in_fresh_interpreter(extra_env: dict) -> str:
+def _limit_in_fresh_interpreter(function: str, variable: str, library: str, cleared: tuple[str, ...], extra_env: dict) -> str:
+    """Run runtime.<function>() then import <library> in a fresh interpreter (without the `cleared`
+    variables, plus extra_env): "<what it returned> <variable's value>"."""
     import os
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    env = {k: v for k, v in os.environ.items() if k not in cleared}
     env.update(extra_env)
-    code = "import os; from novomap.runtime import limit_openmp_spinning; applied = limit_openmp_spinning(); import torch; print(applied, os.environ.get('GOMP_SPINCOUNT'))"
+    code = f"import os; from novomap.runtime import {function}; applied = {function}(); import {library}; print(applied, os.environ.get('{variable}'))"
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip()
 
 
 def test_openmp_spinning_is_limited_before_torch_loads_and_a_users_setting_kept():
     from novomap.runtime import limit_openmp_spinning
 
-    assert _spinning_in_fresh_interpreter({}) == "True 10000"
-    assert _spinning_in_fresh_interpreter({"GOMP_SPINCOUNT": "5"}) == "False 5"
-    assert _spinning_in_fresh_interpreter({"OMP_WAIT_POLICY": "ACTIVE"}) == "False None"
+    def spinning(extra_env: dict) -> str:
+        return _limit_in_fresh_interpreter("limit_openmp_spinning", "GOMP_SPINCOUNT", "torch", ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY"), extra_env)
+
+    assert spinning({}) == "True 10000"
+    assert spinning({"GOMP_SPINCOUNT": "5"}) == "False 5"
+    assert spinning({"OMP_WAIT_POLICY": "ACTIVE"}) == "False None"
     assert limit_openmp_spinning() is False  # here torch is loaded already: too late to matter
-
-
-def _blas_timeout_in_fresh_interpreter(extra_env: dict) -> str:
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
-    env.update(extra_env)
-    code = "import os; from novomap.runtime import limit_blas_spinning; applied = limit_blas_spinning(); import numpy; print(applied, os.environ.get('OPENBLAS_THREAD_TIMEOUT'))"
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip()
 
 
 def test_blas_spinning_is_limited_before_numpy_loads_and_a_users_setting_kept():
     from novomap.runtime import limit_blas_spinning
 
-    assert _blas_timeout_in_fresh_interpreter({}) == "True 4"
-    assert _blas_timeout_in_fresh_interpreter({"OPENBLAS_THREAD_TIMEOUT": "20"}) == "False 20"
+    def timeout(extra_env: dict) -> str:
+        return _limit_in_fresh_interpreter("limit_blas_spinning", "OPENBLAS_THREAD_TIMEOUT", "numpy", ("OPENBLAS_THREAD_TIMEOUT",), extra_env)
+
+    assert timeout({}) == "True 4"
+    assert timeout({"OPENBLAS_THREAD_TIMEOUT": "20"}) == "False 20"
     assert limit_blas_spinning() is False  # numpy is loaded here already: too late to matter
