@@ -210,8 +210,9 @@ def run_estep(
     box = particles.box_size
     works = [_device_work(state, device, grid, box, current_size, coarse_size, local is not None, coarse_columns) for device in devices]
     fine_rotations = grid.fine_rotations.reshape(-1, 3, 3)
+    n_columns = 0 if coarse_columns is None else coarse_columns.numel()
     if local is None:
-        size = chunk_size(grid, state.n_classes, requested_chunk, pool, 0 if coarse_columns is None else coarse_columns.numel())
+        size = chunk_size(grid, state.n_classes, requested_chunk, pool, n_columns)
     else:
         size = local_chunk_size(local.candidates.shape[1], state.n_classes if local.classes is None else 1, grid.n_coarse_translations, works[0].coarse.pixels.numel(), requested_chunk)
     everyone = torch.arange(batch_index.numel())
@@ -223,7 +224,7 @@ def run_estep(
         # every phase shorter, the same classes (benchmarks/results/2026-12-05-s44-openblas.md). With MKL's
         # products (session 12, one class, a full grid) 200 instead of 89 particles had been slower.
         rows, narrow_grid = narrow
-        narrow_size = chunk_size(narrow_grid, state.n_classes, requested_chunk, pool, 0 if coarse_columns is None else coarse_columns.numel())
+        narrow_size = chunk_size(narrow_grid, state.n_classes, requested_chunk, pool, n_columns)
         chunks = [(position, grid) for position in torch.split(everyone[~rows], size) if position.numel()]
         chunks += [(position, narrow_grid) for position in torch.split(everyone[rows], narrow_size) if position.numel()]
     lock = threading.Lock()

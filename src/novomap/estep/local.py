@@ -73,8 +73,7 @@ def local_coarse_pass(
     phases = shift_phases(coarse.window, grid.coarse_translations.to(device)).to(x.dtype)
     shifted = (x * ctf * (2 * q))[:, None, :] * phases[None, :, :]  # (B, T, Pc); the cross terms' factor 2 (exact, as in search.coarse_log_weights)
     images = torch.cat([shifted.real, shifted.imag], -1).float()  # (B, T, 2Pc)
-    projections = coarse.projections[keys]  # (B, KL, Pc)
-    refs = torch.cat([projections.real, projections.imag], -1).float()  # (B, KL, 2Pc)
+    refs = coarse.planes[keys]  # (B, KL, 2Pc): the chunk's planes made once, then gathered
     log_w = torch.bmm(images, refs.transpose(1, 2))  # (B, T, KL)
     norm = torch.bmm(coarse.power[keys], (ctf * ctf * q).float()[:, :, None]).squeeze(-1)  # (B, KL)
     direction = grid.coarse_direction.to(device)[orientation]  # (B, L)
