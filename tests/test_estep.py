@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from novomap.io.particles import ParticleSet
 from novomap.physics.euler import euler_to_matrix, rotation_angle_deg
 from novomap.simulate import SimulationOptions, simulate
 from novomap.vdam.config import VdamConfig
-from novomap.vdam.iterate import expectation, pseudo_halves, search_setup
+from novomap.vdam.iterate import class_sizes, expectation, pseudo_halves, search_setup
 from novomap.vdam.start import initial_state
 
 
@@ -147,6 +148,57 @@ def test_two_classes_particles_choose_the_true_map_with_the_true_pose(simulated,
     t, d = truth_class - 1, 2 - truth_class
     assert float(sums.class_weight[t]) > 0.9 * particles.n
     assert float(sums.weight[:, t].sum()) > 10 * float(sums.weight[:, d].sum())
+
+
+def _low_passed(volume: torch.Tensor, radius_px: float) -> torch.Tensor:
+    spectrum = torch.fft.fftshift(torch.fft.fftn(volume))
+    n = volume.shape[-1]
+    k = torch.arange(n, dtype=torch.float64) - n // 2
+    radius = torch.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2)
+    return torch.fft.ifftn(torch.fft.ifftshift(torch.where(radius < radius_px, spectrum, 0))).real
+
+
+def test_a_class_of_lower_resolution_is_searched_and_summed_on_its_own_window(simulated):
+    """K = 2, a decoy and the truth low-passed, whose resolution trails the decoy's by 8 shells: searched
+    on its own (narrower) window the E-step finds what it finds on the whole window (the map holds
+    nothing beyond its window), and the class's grids get nothing beyond it."""
+    particles, volume = simulated
+    config = VdamConfig(n_iter=10, seed=1, n_classes=2, healpix_order=1, offset_range_px=6, offset_step_px=2)
+    state = initial_state(particles, config)
+    noise_phase = torch.fft.fftn(torch.randn(volume.shape, generator=torch.Generator().manual_seed(5), dtype=volume.dtype))
+    decoy = torch.fft.ifftn(torch.fft.fftn(volume).abs() * noise_phase / noise_phase.abs()).real
+    state.maps = torch.stack([decoy, _low_passed(volume, 12.0)])
+    state.origin_x_a.zero_()
+    state.origin_y_a.zero_()
+    state.resolution_shell = 16  # current size 52 px
+    n_shells = state.ssnr.shape[1]
+    state.ssnr = torch.stack([(torch.arange(n_shells) <= 16).double() * 4, (torch.arange(n_shells) <= 8).double() * 4])
+    grid, current_size, coarse_size = search_setup(state, particles, config)
+    assert class_sizes(state, current_size, config) == [52, 36]
+    runs = {}
+    for windows in (True, False):
+        searched = copy.deepcopy(state)
+        run_config = dataclasses.replace(config, class_windows=windows)
+        sums = expectation(searched, particles, torch.arange(particles.n), pseudo_halves(particles), grid, current_size, coarse_size, run_config, [torch.device("cpu")], {})
+        runs[windows] = (searched, sums)
+    (narrow, narrow_sums), (full, full_sums) = runs[True], runs[False]
+    assert torch.equal(narrow.class_number, full.class_number)
+    assert float((narrow.class_number == 2).float().mean()) > 0.5  # the narrow class is the one chosen
+    found = lambda s: euler_to_matrix(s.rot_deg, s.tilt_deg, s.psi_deg)
+    assert float(rotation_angle_deg(found(narrow), found(full)).max()) < 1e-3
+    assert torch.allclose(narrow_sums.class_weight, full_sums.class_weight, rtol=0.01, atol=0.01)
+    # the decoy's grids: nothing beyond its 36-px window (radius 18, plus the interpolation's reach), unlike the full run
+    m = state.maps.shape[-1]
+    k = torch.arange(m, dtype=torch.float64) - m // 2
+    radius = torch.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2)
+    beyond = radius > 18 + 2
+    assert float(narrow_sums.weight[:, 1][:, beyond].abs().max()) == 0.0
+    assert float(full_sums.weight[:, 1][:, beyond].abs().max()) > 0.0
+    # inside it the same sums, but for the little the full window's projections hold beyond the low-pass
+    # (interpolation and gridding correction spill a little past radius 12) and their norms add to the weights
+    inside = radius < 16
+    a, b = narrow_sums.weight[:, 1][:, inside], full_sums.weight[:, 1][:, inside]
+    assert float((a - b).abs().sum() / b.abs().sum()) < 0.01
 
 
 def test_chunks_are_sized_by_the_hypotheses_actually_searched():

@@ -107,6 +107,13 @@ def test_fine_weights_and_log_likelihood_are_the_direct_posterior(compiled, sub_
         assert torch.equal(result.best_translation_px[b], grid.fine_translations[hits.translation[best_hit], best_sub])
 
 
+def _written_out_sums(blocks, shifted, hit_block, hit_pair, hit_particle, ctf2q):
+    """Re sum_p P_c(p) S_j(p) and sum_p |P_c(p)|^2 w_b(p) of each hit, in double precision."""
+    powers = blocks.real.square() + blocks.imag.square()
+    cross = torch.einsum("hcp,hjp->hcj", blocks[hit_block].to(torch.complex128), shifted[hit_pair].to(torch.complex128)).real
+    return cross, torch.einsum("hcp,hp->hc", powers[hit_block].double(), ctf2q[hit_particle].double())
+
+
 @needs_numba
 @pytest.mark.parametrize("n_sub", [4, 1])
 def test_compiled_sums_match_the_batched_products(n_sub):
@@ -119,9 +126,7 @@ def test_compiled_sums_match_the_batched_products(n_sub):
     ctf2q = torch.rand(2, 50, generator=generator)
     powers = blocks.real.square() + blocks.imag.square()
     cross, norms = fine_cpu.fine_sums(fine_cpu.planes_of(blocks), shifted.real, shifted.imag, hit_block, hit_pair, hit_particle, ctf2q)
-    # written out: Re sum_p P_c(p) S_j(p) and sum_p |P_c(p)|^2 w_b(p)
-    expected_cross = torch.einsum("hcp,hjp->hcj", blocks[hit_block].to(torch.complex128), shifted[hit_pair].to(torch.complex128)).real
-    expected_norms = torch.einsum("hcp,hp->hc", powers[hit_block].double(), ctf2q[hit_particle].double())
+    expected_cross, expected_norms = _written_out_sums(blocks, shifted, hit_block, hit_pair, hit_particle, ctf2q)
     assert cross.shape == (5, 8, n_sub)
     assert torch.allclose(cross.double(), expected_cross, atol=1e-4)
     assert torch.allclose(norms.double(), expected_norms, atol=1e-4)
@@ -130,6 +135,27 @@ def test_compiled_sums_match_the_batched_products(n_sub):
     if n_sub == 4:  # the compiled loops read exactly 4 or 1 sub-translations: others are refused, not misread
         with pytest.raises(ValueError):
             fine_cpu.fine_sums(fine_cpu.planes_of(blocks), shifted[:, :2].real, shifted[:, :2].imag, hit_block, hit_pair, hit_particle, ctf2q)
+
+
+@needs_numba
+@pytest.mark.parametrize("n_sub", [4, 1])
+def test_compiled_sums_over_each_hits_own_prefix_of_pixels(n_sub):
+    # a class whose window is narrower than the chunk's sums only its own leading pixels: the same as the
+    # full sums over blocks that are zero beyond that prefix (whatever the images hold there)
+    generator = torch.Generator().manual_seed(8)
+    blocks = _complex_noise(generator, 4, 8, 60)
+    shifted = _complex_noise(generator, 3, n_sub, 60)
+    hit_block, hit_pair, hit_particle = torch.tensor([0, 3, 1, 2, 2]), torch.tensor([2, 0, 1, 1, 0]), torch.tensor([1, 0, 1, 0, 0])
+    hit_pixels = torch.tensor([60, 17, 60, 33, 33])
+    ctf2q = torch.rand(2, 60, generator=generator)
+    cross, norms = fine_cpu.fine_sums(fine_cpu.planes_of(blocks), shifted.real, shifted.imag, hit_block, hit_pair, hit_particle, ctf2q, hit_pixels)
+    zeroed = blocks[hit_block].masked_fill(torch.arange(60)[None, None, :] >= hit_pixels[:, None, None], 0)  # one block per hit
+    expected_cross, expected_norms = _written_out_sums(zeroed, shifted, torch.arange(5), hit_pair, hit_particle, ctf2q)
+    assert torch.allclose(cross.double(), expected_cross, atol=1e-4)
+    assert torch.allclose(norms.double(), expected_norms, atol=1e-4)
+    assert not torch.allclose(cross[1].double(), torch.einsum("cp,jp->cj", blocks[3].to(torch.complex128), shifted[0].to(torch.complex128)).real, atol=1e-2)
+    with pytest.raises(ValueError):
+        fine_cpu.fine_sums(fine_cpu.planes_of(blocks), shifted.real, shifted.imag, hit_block, hit_pair, hit_particle, ctf2q, hit_pixels + 1)
 
 
 @needs_numba

@@ -59,6 +59,29 @@ def test_a_store_of_planes_holds_the_same_projections_as_the_complex_store():
 
 
 @pytest.mark.parametrize("with_planes", [False, True])
+def test_a_narrower_class_holds_its_own_window_and_zeros_beyond(with_planes):
+    generator = torch.Generator().manual_seed(2)
+    reference = torch.randn((2, 32, 32, 32), generator=generator, dtype=torch.complex64)
+    grid = build_search_grid(1, 2.0, 2.0, 0.0)
+    window = fourier_window(16, 14, "cpu", by_shell=True)
+    n_narrow = fourier_window(16, 8, "cpu").n_pixels
+    with pytest.raises(ValueError):  # a prefix is another window's pixels only in shell order
+        ProjectionCache(reference, grid.fine_rotations, fourier_window(16, 14, "cpu"), 2, class_pixels=[window.n_pixels, n_narrow])
+    cache = ProjectionCache(reference, grid.fine_rotations, window, 2, with_planes=with_planes, class_pixels=[window.n_pixels, n_narrow])
+    full = ProjectionCache(reference, grid.fine_rotations, window, 2, with_planes=with_planes)
+    keys = torch.tensor([3, 700, 701, 5])  # classes 0, 1, 1, 0 (576 coarse orientations each)
+    store, index = cache.lookup(keys)
+    expected, expected_index = full.lookup(keys)
+    assert torch.equal(cache.class_pixels, torch.tensor([window.n_pixels, n_narrow]))
+    for key, block, other in zip(keys.tolist(), index.tolist(), expected_index.tolist()):
+        n = window.n_pixels if key < 576 else n_narrow
+        assert torch.allclose(store[block][..., :n], expected[other][..., :n], atol=1e-6)
+        assert not store[block][..., n:].any()
+        assert not cache.power[block][..., n:].any()
+    assert expected[expected_index[1]][..., n_narrow:].abs().sum() > 0  # the full class-1 blocks are not zero there
+
+
+@pytest.mark.parametrize("with_planes", [False, True])
 def test_a_released_store_serves_the_next_cache_with_its_own_projections(monkeypatch, with_planes):
     """ProjectionCache.release hands the CPU store's storage on: the next cache (another map, same
     device) writes its blocks into the same memory, stale values and all, and reads back its own

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from novomap.model.params import image_sizes, resolution_shell, spectral_snr, update_sigma2, update_with_momentum
+from novomap.model.params import class_image_sizes, image_sizes, resolution_shell, spectral_snr, update_sigma2, update_with_momentum
 from novomap.physics.fourier import centred_radius
 from novomap.vdam.update import fisher_weight_floor, map_memory_halves, vdam_update
 
@@ -198,6 +198,18 @@ def test_image_sizes_tutorial_numbers():
     assert image_sizes(22, box, 30.0, diameter, pixel)[0] == 64  # 2 * 32 = box: capped
     # the coarse size never exceeds the current size
     assert image_sizes(5, box, 7.5, diameter, pixel) == (30, 30)
+
+
+def test_class_image_sizes_narrow_a_class_by_two_pixels_per_shell_it_trails():
+    # best class at shell 22 (current_size 64), one 9 shells behind: 2 (13 + 10) = 46 px, its own
+    # resolution plus RELION's 10 shells, as current_size is for the best class
+    assert class_image_sizes(22, [22, 13, 22], 64) == [64, 46, 64]
+    # the window is capped at the box: the best class keeps current_size, the others never exceed it
+    assert class_image_sizes(30, [30, 25], 64) == [64, 64]
+    assert class_image_sizes(30, [30, 20], 64) == [64, 60]
+    # scored starts and restarts may set the run's shell apart from the classes': the gap still counts
+    assert class_image_sizes(12, [20, 15], 44) == [44, 34]
+    assert class_image_sizes(16, [16], 52) == [52]
 
 
 def test_update_sigma2_with_momentum_by_hand():

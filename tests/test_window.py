@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from novomap.physics.fourier import image_frequencies, irfft_image, rfft_image
-from novomap.physics.window import FourierWindow, fourier_window, shift_phases
+from novomap.physics.window import FourierWindow, fourier_window, shift_phases, window_prefix
 
 
 @pytest.mark.parametrize("box, size", [(64, 64), (64, 28), (64, 12), (50, 30)])
@@ -79,3 +79,19 @@ def test_shift_phases_batch_shape():
     assert phases.shape == (3, 5, w.n_pixels)
     assert phases.dtype == torch.complex128
     torch.testing.assert_close(phases, torch.ones_like(phases))
+
+
+@pytest.mark.parametrize("box, size, smaller", [(64, 64, 30), (64, 46, 12), (50, 30, 29)])
+def test_a_smaller_window_is_a_prefix_of_a_larger_one(box, size, smaller):
+    larger, small = fourier_window(box, size, by_shell=True), fourier_window(box, smaller, by_shell=True)
+    assert (torch.diff(larger.shell) >= 0).all()  # shell by shell
+    n = window_prefix(larger, smaller)
+    assert n == small.n_pixels
+    assert torch.equal(larger.flat_index[:n], small.flat_index)
+    assert torch.equal(larger.kx[:n], small.kx) and torch.equal(larger.ky[:n], small.ky)
+    assert window_prefix(larger, size) == larger.n_pixels
+    # the same pixels as in raster order, which is not one of prefixes
+    raster = fourier_window(box, size)
+    assert not raster.by_shell and torch.equal(raster.flat_index.sort().values, larger.flat_index.sort().values)
+    with pytest.raises(ValueError):
+        window_prefix(raster, smaller)

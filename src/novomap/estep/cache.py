@@ -33,8 +33,13 @@ class ProjectionCache:
         budget_bytes: int = 1 << 30,
         with_power: bool = True,
         with_planes: bool = False,
+        class_pixels: list[int] | None = None,
     ) -> None:
         """references (K, M, M, M) complex; rotations (n_coarse, 8, 3, 3): the iteration's fine orientations.
+
+        class_pixels: per class, how many leading pixels of the (shell-ordered) window its blocks
+        hold; the rest of each block is zero (the class's map holds nothing beyond its own window:
+        vdam.iterate.class_sizes). None: every pixel for every class.
 
         with_power: also keep |block|^2 (`powers()`), for the fine pass's batched products; its
         compiled CPU loop forms the power from the values it reads and needs none.
@@ -52,6 +57,10 @@ class ProjectionCache:
         self.window = window.to(references.device)
         self.pad = pad
         self.n_coarse = rotations.shape[0]
+        n_pixels = window.n_pixels
+        if class_pixels is not None and not window.by_shell and min(class_pixels) < n_pixels:
+            raise ValueError("classes of narrower windows need a window ordered by shell (fourier_window(by_shell=True))")
+        self.class_pixels = torch.tensor([min(n_pixels, n) for n in class_pixels] if class_pixels is not None else [n_pixels] * references.shape[0], dtype=torch.long)
         self.slot = torch.full((references.shape[0] * self.n_coarse,), -1, dtype=torch.long, device=references.device)
         # on CPU, room for every block the budget allows at once: untouched memory commits nothing, so only
         # the blocks an iteration needs cost memory and the store never moves; its storage is handed on to
@@ -110,18 +119,31 @@ class ProjectionCache:
                 rotations = self.rotations[these % self.n_coarse].reshape(-1, 3, 3).to(self.references.real.dtype)
                 rows = slice(self.count, self.count + these.numel())
                 out = self.store[rows].view(-1, *self.store.shape[2:])
-                if self.with_planes:
-                    extract_slice_planes(self.references[k], rotations, self.window.kx, self.window.ky, self.pad, out)
-                    real, imag = out[:, 0], out[:, 1]
-                else:
-                    slices = extract_slices(self.references[k], rotations, self.window.kx, self.window.ky, self.pad, out=out)
-                    real, imag = slices.real, slices.imag
+                self._project(k, rotations, out)
+                real, imag = (out[:, 0], out[:, 1]) if self.with_planes else (out.real, out.imag)
                 if self.with_power:
                     power = self.power[rows].view(-1, self.power.shape[-1])
                     torch.mul(real, real, out=power).addcmul_(imag, imag)
                 self.slot[these] = torch.arange(rows.start, rows.stop, device=keys.device)
                 self.count = rows.stop
         return self.store[: self.count], self.slot[keys]
+
+    def _project(self, k: int, rotations: torch.Tensor, out: torch.Tensor) -> None:
+        """Class k's slices at rotations (R, 3, 3) into out (R, 2, P) planes or (R, P) complex: its
+        first class_pixels[k] pixels projected, the others zero."""
+        n = int(self.class_pixels[k])
+        kx, ky = self.window.kx[:n], self.window.ky[:n]
+        if n == self.window.n_pixels:
+            target = out
+        else:  # the gathers write contiguous rows: project the prefix apart, then place it
+            target = torch.empty((*out.shape[:-1], n), dtype=out.dtype, device=out.device)
+        if self.with_planes:
+            extract_slice_planes(self.references[k], rotations, kx, ky, self.pad, target)
+        else:
+            extract_slices(self.references[k], rotations, kx, ky, self.pad, out=target)
+        if target is not out:
+            out[..., :n] = target
+            out[..., n:] = 0
 
     def powers(self) -> torch.Tensor:
         """|store|^2 of the stored blocks (n_stored, 8, P) float32; needs with_power."""
@@ -190,8 +212,11 @@ class SliceBuffer:
     """
 
     def __init__(
-        self, n_keys: int, n_pixels: int, device, max_slices: int = 0, budget_bytes: int = 384 * 2**20
+        self, n_keys: int, n_pixels: int, device, max_slices: int = 0, budget_bytes: int = 384 * 2**20, class_pixels: list[int] | None = None,
     ) -> None:
+        """class_pixels: per class, the leading pixels its slices hold (zero beyond: ProjectionCache); flush
+        inserts only those. None: all n_pixels."""
+        self.class_pixels = class_pixels
         self.slot = torch.full((n_keys,), -1, dtype=torch.long, device=device)
         self.max_slices = max_slices if max_slices > 0 else int(min(n_keys, max(1024, budget_bytes // (12 * max(1, n_pixels)))))
         self.n_pixels = n_pixels
@@ -283,6 +308,7 @@ class SliceBuffer:
             h, c = divmod(hk, n_classes)
             # the grid's rotations live on the CPU: index them there, move only the rows
             orientation = rotations[(keys[rows] % n_fine).to(rotations.device)].to(device=keys.device, dtype=torch.float32)
-            insert_slice_rows(self.channels, rows, orientation, kx, ky, pad, gradient_grids[h, c], weight_grids[h, c])
+            n = self.n_pixels if self.class_pixels is None else self.class_pixels[c]
+            insert_slice_rows(self.channels, rows, orientation, kx[:n], ky[:n], pad, gradient_grids[h, c], weight_grids[h, c])
         self.slot[keys] = -1
         self.count = 0

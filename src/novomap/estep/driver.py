@@ -35,7 +35,7 @@ from novomap.io.particles import ParticleSet
 from novomap.physics.euler import matrix_to_euler
 from novomap.physics.fourier import power, rfft_shells
 from novomap.physics.projection import projector_transform
-from novomap.physics.window import FourierWindow, fourier_window
+from novomap.physics.window import FourierWindow, fourier_window, window_prefix
 from novomap.reconstruct import particle_ctf
 from novomap.sampling.grid import SearchGrid
 from novomap.sampling.local import LocalCandidates
@@ -102,21 +102,24 @@ def chunk_size(grid: SearchGrid, n_classes: int, requested: int = 0, pool: int =
 
 def _device_work(
     state: RunState, device: torch.device, grid: SearchGrid, box: int, current_size: int, coarse_size: int, local: bool = False,
-    coarse_columns: torch.Tensor | None = None,
+    coarse_columns: torch.Tensor | None = None, class_sizes: list[int] | None = None,
 ) -> DeviceWork:
-    window = fourier_window(box, current_size, device)
+    # classes of windows of their own need the pixels shell by shell (each class's a prefix)
+    window = fourier_window(box, current_size, device, by_shell=class_sizes is not None)
+    class_pixels = None if class_sizes is None else [window_prefix(window, size) for size in class_sizes]
     # single precision for the search: projections feed float32 matrix products anyway
     references = projector_transforms(state.maps).to(device=device, dtype=torch.complex64)
     started = time.perf_counter()
     if local:  # each chunk projects the coarse orientations of its own particles' windows (_chunk_coarse)
         empty = torch.empty((0, 0), dtype=torch.complex64, device=device)
-        coarse_window = fourier_window(box, coarse_size, device)
+        coarse_window = fourier_window(box, coarse_size, device, by_shell=window.by_shell)
         coarse = CoarseReferences(torch.nonzero(window.shell < coarse_size // 2).squeeze(1), coarse_window, empty, empty.real)
     else:
         coarse = coarse_references(references, grid, window, coarse_size, PAD, coarse_columns)
     fine_rotations = grid.fine_rotations.reshape(-1, 3, 3)
     sums = Sums.zeros(
-        state.n_classes, box * PAD, box, state.sigma2.shape[0], grid.n_directions, pixels_per_shell(box), fine_rotations.shape[0], window.n_pixels, device
+        state.n_classes, box * PAD, box, state.sigma2.shape[0], grid.n_directions, pixels_per_shell(box), fine_rotations.shape[0], window.n_pixels, device,
+        class_pixels,
     )
     batched_fine = fine_pass_needs_powers(device)
     return DeviceWork(
@@ -124,7 +127,9 @@ def _device_work(
         window=window,
         coarse=coarse,
         # the batched fine sums read powers, the compiled CPU loop planes
-        projection_cache=ProjectionCache(references, grid.fine_rotations, window, PAD, with_power=batched_fine, with_planes=not batched_fine),
+        projection_cache=ProjectionCache(
+            references, grid.fine_rotations, window, PAD, with_power=batched_fine, with_planes=not batched_fine, class_pixels=class_pixels
+        ),
         log_prior=torch.log(state.direction_prior.clamp(min=1e-30)).to(device),
         sigma2=state.sigma2.to(device),
         sums=sums,
@@ -195,6 +200,7 @@ def run_estep(
     local: LocalCandidates | None = None,
     narrow: tuple[torch.Tensor, SearchGrid] | None = None,
     coarse_columns: torch.Tensor | None = None,
+    class_sizes: list[int] | None = None,
 ) -> tuple[Sums | None, dict]:
     """Search every particle of the batch; store each one's best pose in `state`.
 
@@ -204,11 +210,13 @@ def run_estep(
     (sampling.grid.narrowed)): those particles are searched on it, in chunks of their own.
     coarse_columns: (C,) ascending keys class * O + orientation, the only (class, coarse orientation)
     hypotheses the global coarse pass searches (one asymmetric unit per class); None: all.
+    class_sizes: each class's own window (px, <= current_size; vdam.iterate.class_sizes): its
+    projections hold nothing beyond it; None: current_size for all.
     Returns the sums on devices[0] (None when with_sums is False: the final assignment pass)
     and the seconds spent per phase, added over devices.
     """
     box = particles.box_size
-    works = [_device_work(state, device, grid, box, current_size, coarse_size, local is not None, coarse_columns) for device in devices]
+    works = [_device_work(state, device, grid, box, current_size, coarse_size, local is not None, coarse_columns, class_sizes) for device in devices]
     fine_rotations = grid.fine_rotations.reshape(-1, 3, 3)
     n_columns = 0 if coarse_columns is None else coarse_columns.numel()
     if local is None:

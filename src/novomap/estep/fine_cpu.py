@@ -40,10 +40,9 @@ def available() -> bool:
 if njit is not None:
 
     @njit(parallel=True, fastmath=True, cache=True)
-    def _fine_sums(planes, shifted_re, shifted_im, hit_block, hit_pair, hit_particle, ctf2q, cross, norms):  # pragma: no cover - compiled
-        n_pixels = planes.shape[3]
+    def _fine_sums(planes, shifted_re, shifted_im, hit_block, hit_pair, hit_particle, hit_pixels, ctf2q, cross, norms):  # pragma: no cover - compiled
         for h in prange(hit_block.shape[0]):
-            u, s, b = hit_block[h], hit_pair[h], hit_particle[h]
+            u, s, b, n_pixels = hit_block[h], hit_pair[h], hit_particle[h], hit_pixels[h]
             for c in range(8):
                 # double accumulators: ~1,000-pixel sums of single-precision products
                 a0 = 0.0
@@ -65,12 +64,11 @@ if njit is not None:
                 norms[h, c] = norm
 
     @njit(parallel=True, fastmath=True, cache=True)
-    def _fine_sums_single(planes, shifted_re, shifted_im, hit_block, hit_pair, hit_particle, ctf2q, cross, norms):  # pragma: no cover - compiled
+    def _fine_sums_single(planes, shifted_re, shifted_im, hit_block, hit_pair, hit_particle, hit_pixels, ctf2q, cross, norms):  # pragma: no cover - compiled
         # _fine_sums for one sub-translation (no translational oversampling): 5 instead of 11
         # operations per pixel, so a loop of its own rather than _fine_sums with unused accumulators
-        n_pixels = planes.shape[3]
         for h in prange(hit_block.shape[0]):
-            u, s, b = hit_block[h], hit_pair[h], hit_particle[h]
+            u, s, b, n_pixels = hit_block[h], hit_pair[h], hit_particle[h], hit_pixels[h]
             for c in range(8):
                 a0 = 0.0
                 norm = 0.0
@@ -179,6 +177,7 @@ def fine_sums(
     hit_pair: torch.Tensor,
     hit_particle: torch.Tensor,
     ctf2q: torch.Tensor,
+    hit_pixels: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross terms and norms of every hypothesis, read in place.
 
@@ -190,12 +189,19 @@ def fine_sums(
     shifted_re, shifted_im (n_pairs, J, P) float32: the conjugated weighted images at the J = 4 or 1
     sub-translations, as planes (conjugated_shifts);
     hit_block, hit_pair, hit_particle (H,) int64 rows of planes, shifted and ctf2q;
-    ctf2q (B, P) float32 -> (cross (H, 8, J), norms (H, 8)) float32. Needs numba (`available()`).
+    ctf2q (B, P) float32 -> (cross (H, 8, J), norms (H, 8)) float32;
+    hit_pixels (H,) int64: each hypothesis summed over its first hit_pixels pixels only (its class's
+    window, a prefix of the shell-ordered window: physics.window); None: all P. Needs numba (`available()`).
     """
     n_sub = shifted_re.shape[1]
     if n_sub not in (1, 4) or shifted_im.shape[1] != n_sub:  # the compiled loops read exactly 4, or 1
         raise ValueError(f"fine_sums takes 4 or 1 sub-translations, got {tuple(shifted_re.shape)} and {tuple(shifted_im.shape)}")
     n_hits = hit_block.shape[0]
+    n_pixels = planes.shape[3]
+    if hit_pixels is None:
+        hit_pixels = torch.full((n_hits,), n_pixels, dtype=torch.int64)
+    elif n_hits and int(hit_pixels.max()) > n_pixels:
+        raise ValueError(f"fine_sums: hit_pixels reach {int(hit_pixels.max())} of {n_pixels} pixels")
     cross = np.empty((n_hits, 8, n_sub), dtype=np.float32)
     norms = np.empty((n_hits, 8), dtype=np.float32)
     kernel = _fine_sums if n_sub == 4 else _fine_sums_single
@@ -207,6 +213,7 @@ def fine_sums(
             hit_block.contiguous().numpy(),
             hit_pair.contiguous().numpy(),
             hit_particle.contiguous().numpy(),
+            hit_pixels.to(torch.int64).contiguous().numpy(),
             ctf2q.to(torch.float32).contiguous().numpy(),
             cross,
             norms,

@@ -65,6 +65,9 @@ class FineResult:
     max_probability: torch.Tensor  # (B,)
     n_significant: torch.Tensor  # (B,) coarse significant samples
     log_likelihood: torch.Tensor  # (B,)
+    # (K,) int64: per class, the leading pixels of the window its projections hold (the rest zero:
+    # estep.cache.ProjectionCache); None: all of them
+    class_pixels: torch.Tensor | None = None
 
 
 def project_references(references: torch.Tensor, rotations: torch.Tensor, window: FourierWindow, pad: int) -> torch.Tensor:
@@ -130,7 +133,7 @@ def coarse_references(
     map searched over its own asymmetric unit, vdam.unit_search); None: all of them.
     """
     device = references.device
-    coarse_window = fourier_window(window.box, coarse_size, device)
+    coarse_window = fourier_window(window.box, coarse_size, device, by_shell=window.by_shell)  # its pixels in the window's order
     rotations = grid.coarse_rotations.to(device)
     if columns is None:
         projections = project_references(references, rotations, coarse_window, pad)
@@ -341,10 +344,14 @@ def fine_pass(
     pair_images = weighted[pairs // n_trans] * coarse_phases[pairs % n_trans]  # (n_pairs, P)
     ctf2q = (batch.ctf * batch.ctf * q).float()  # (B, P)
     # the images conjugated, not the projections: Re sum P conj(Y) = Re sum conj(P) Y
+    class_pixels = projection_cache.class_pixels
+    narrowed = bool((class_pixels < window.n_pixels).any())
     if not fine_pass_needs_powers(device):
         compiled = _compiled_fine_sums()
         shifted_re, shifted_im = compiled.conjugated_shifts(pair_images, sub)  # (n_pairs, J, P) each
-        cross, norms = compiled.fine_sums(blocks, shifted_re, shifted_im, hit_block, hit_pair, hits.particle, ctf2q)
+        # a class's blocks are zero beyond its own window: its hypotheses are summed over that prefix alone
+        hit_pixels = class_pixels[(hits.orientation // n_orient).cpu()] if narrowed else None
+        cross, norms = compiled.fine_sums(blocks, shifted_re, shifted_im, hit_block, hit_pair, hits.particle, ctf2q, hit_pixels)
     else:
         shifted = (pair_images[:, None, :] * sub[None]).conj().resolve_conj()  # (n_pairs, J, P)
         cross, norms = _batched_fine_sums(blocks, projection_cache.powers(), shifted, hit_block, hit_pair, hits.particle, ctf2q)
@@ -388,4 +395,5 @@ def fine_pass(
         max_probability=pmax,
         n_significant=hits.n_significant,
         log_likelihood=log_norm - const,
+        class_pixels=class_pixels if narrowed else None,
     )

@@ -42,6 +42,14 @@ def image_sizes(resolution_shell_index: int, box: int, coarse_step_deg: float, p
     return current, min(coarse, current)
 
 
+def class_image_sizes(resolution_shell_index: int, class_shells: list[int], current_size: int) -> list[int]:
+    """Each class's own window (px): current_size narrowed by two pixels per shell that the class's
+    resolution shell trails the best class's (so the best class keeps current_size, and a class keeps
+    INCREMENT_SHELLS shells beyond its own resolution, as the run beyond its best class's)."""
+    best = max(class_shells)
+    return [max(2, min(current_size, 2 * (resolution_shell_index - (best - shell) + INCREMENT_SHELLS))) for shell in class_shells]
+
+
 def update_sigma2(sigma2: torch.Tensor, noise_sums: torch.Tensor, weight_per_group: torch.Tensor, pixels_per_shell: torch.Tensor, mu: float) -> torch.Tensor:
     """sigma^2 <- mu sigma^2 + (1-mu) sum w|X-cP|^2 / (2 sum_w N_pix); tiny values copy the previous shell."""
     counts = weight_per_group[:, None] * pixels_per_shell[None, :]

@@ -165,13 +165,14 @@ def insert_slice_rows(
     channels: torch.Tensor, index: torch.Tensor, rotations: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor, pad: int, data_grid: torch.Tensor, weight_grid: torch.Tensor
 ) -> None:
     """insert_slices of rows `index` (O,) of a buffer channels (3, N, P) real (the slices' real parts,
-    imaginary parts and weights) at rotations (O, 3, 3), into data_grid (M, M, M) complex128 and
+    imaginary parts and weights), their first len(kx) <= P pixels, at rotations (O, 3, 3), into data_grid (M, M, M) complex128 and
     weight_grid (M, M, M) float64 (the E-step's double-precision sums), in place: on the CPU the
     compiled scatter reads the rows where they are, with no gathered copy of them, and adds its
     per-thread sums straight into the grids (estep.cache.SliceBuffer)."""
     compiled = _compiled_loops() if data_grid.device.type == "cpu" else None
     if compiled is None:
-        insert_slices(torch.complex(channels[0, index], channels[1, index]), channels[2, index], rotations, kx, ky, pad, data_grid, weight_grid)
+        n = kx.shape[0]
+        insert_slices(torch.complex(channels[0, index, :n], channels[1, index, :n]), channels[2, index, :n], rotations, kx, ky, pad, data_grid, weight_grid)
     else:
         compiled.add_scattered_rows(channels, index, rotations, kx, ky, pad, data_grid, weight_grid)
 

@@ -4,6 +4,12 @@ An image cropped in Fourier space to `size` (RELION's current_size or coarse_siz
 pixels with round(|k|) < size/2. Each frequency is kept once (the redundant half of the kx = 0
 column is dropped), so sums over the window count every independent Fourier component once.
 Images become flat vectors (..., P) over this window: the E-step works on these vectors.
+
+The pixels run in raster order of the rfft layout, or (by_shell) shell by shell (ascending
+round(|k|), raster order within a shell), so that the pixels of any smaller window are a prefix of
+a larger one's: a class whose map holds nothing beyond a smaller window is then compared on the
+first `window_prefix` pixels alone (estep.search.fine_pass). Raster order stays the default: the
+slices' gathers and scatters read the 3D grid 3-4 % faster in it.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ class FourierWindow:
     kx: torch.Tensor  # (P,) float64, cycles per box
     ky: torch.Tensor  # (P,) float64
     shell: torch.Tensor  # (P,) int64, round(|k|)
+    by_shell: bool = False  # pixels ordered shell by shell (else raster order)
 
     @property
     def n_pixels(self) -> int:
@@ -35,18 +42,23 @@ class FourierWindow:
 
     def to(self, device: torch.device | str) -> "FourierWindow":
         return FourierWindow(
-            self.box, self.size, self.flat_index.to(device), self.kx.to(device), self.ky.to(device), self.shell.to(device)
+            self.box, self.size, self.flat_index.to(device), self.kx.to(device), self.ky.to(device), self.shell.to(device), self.by_shell
         )
 
 
-def fourier_window(box: int, size: int, device: torch.device | str | None = None, include_dc: bool = True) -> FourierWindow:
-    """Window of the pixels with round(|k|) < size/2 (and > 0 unless include_dc)."""
+def fourier_window(
+    box: int, size: int, device: torch.device | str | None = None, include_dc: bool = True, by_shell: bool = False
+) -> FourierWindow:
+    """Window of the pixels with round(|k|) < size/2 (and > 0 unless include_dc), in raster order or
+    (by_shell) shell by shell."""
     shells = rfft_shells(box, device)
     ky, kx = image_frequencies(box, device)
     keep = (shells >= 0) & (shells < size // 2)
     if not include_dc:
         keep &= shells > 0
     flat_index = torch.nonzero(keep.reshape(-1)).squeeze(1)
+    if by_shell:
+        flat_index = flat_index[torch.argsort(shells.reshape(-1)[flat_index], stable=True)]
     return FourierWindow(
         box=box,
         size=size,
@@ -54,7 +66,15 @@ def fourier_window(box: int, size: int, device: torch.device | str | None = None
         kx=kx.reshape(-1)[flat_index].double(),
         ky=ky.reshape(-1)[flat_index].double(),
         shell=shells.reshape(-1)[flat_index],
+        by_shell=by_shell,
     )
+
+
+def window_prefix(window: FourierWindow, size: int) -> int:
+    """How many leading pixels of `window` (ordered by shell) form the window of `size` (round(|k|) < size/2)."""
+    if not window.by_shell and size < window.size:
+        raise ValueError("a smaller window is a prefix only of a window ordered by shell (fourier_window(by_shell=True))")
+    return int((window.shell < size // 2).sum())
 
 
 def shift_phases(window: FourierWindow, shifts_px: torch.Tensor) -> torch.Tensor:

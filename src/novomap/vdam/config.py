@@ -120,6 +120,11 @@ class VdamConfig:
     # Real K=3 seed 2 (one class uncentred): 267 -> 239 s, the same classes and map
     # (benchmarks/results/2026-12-03-s27-classes.md)
     narrow_in_centred_classes: bool = True
+    # with several classes each class is compared and updated on the window its own resolution sets
+    # (model.params.class_image_sizes; the best class on the run's current_size): a junk class at 17 Å
+    # holds nothing beyond ~14 Å, and its many broad hypotheses are summed over a quarter of the pixels.
+    # False: every class on current_size, as RELION
+    class_windows: bool = True
     local_min_pmax: float = 0.5
     # after VDAM's initial phase, sharp particles (pmax >= local_min_pmax) of the mini-batch iterations
     # search translations only this many offset steps around their previous origin, over all

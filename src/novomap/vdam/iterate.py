@@ -13,7 +13,7 @@ from novomap.estep.driver import PAD, projector_transforms, run_estep
 from novomap.estep.local import expected_prior_width
 from novomap.estep.search import SearchSettings
 from novomap.io.particles import ParticleSet
-from novomap.model.params import image_sizes, reference_power, resolution_shell, spectral_snr, update_sigma2, update_with_momentum
+from novomap.model.params import class_image_sizes, image_sizes, reference_power, resolution_shell, spectral_snr, update_sigma2, update_with_momentum
 from novomap.physics.euler import euler_to_matrix
 from novomap.physics.fourier import centred_ft_to_volume, centred_radius, volume_to_centred_ft
 from novomap.physics.masks import mask_volume_with_background, soft_edge_mask
@@ -49,6 +49,16 @@ def next_perturbation(current: float, generator: torch.Generator, factor: float)
         return 0.0
     r = current + factor * (0.5 + 0.5 * float(torch.rand((), generator=generator, dtype=torch.float64)))
     return r - 1.0 if r > 0.5 else r
+
+
+def class_sizes(state: RunState, current_size: int, config: VdamConfig) -> list[int] | None:
+    """Each class's window this iteration (model.params.class_image_sizes), or None where every class
+    has current_size (one class, config.class_windows off, or classes of one resolution)."""
+    if not config.class_windows or state.n_classes < 2:
+        return None
+    shells = [resolution_shell(state.ssnr[k]) for k in range(state.n_classes)]
+    sizes = class_image_sizes(state.resolution_shell, shells, current_size)
+    return sizes if min(sizes) < current_size else None
 
 
 def expectation(
@@ -89,11 +99,12 @@ def expectation(
         timings["n_grid_orientations"] = grid.n_coarse_orientations * state.n_classes
         timings["n_unit_orientations"] = columns.numel()
     total = None
+    sizes = class_sizes(state, current_size, config)
     if global_index.numel():
         narrow = narrow_translations(state, global_index, grid, config, with_sums)
         total, spent = run_estep(
             state, particles, global_index, half, grid, current_size, coarse_size, settings, devices, with_sums, config.chunk_size, config.pool, narrow=narrow,
-            coarse_columns=columns,
+            coarse_columns=columns, class_sizes=sizes,
         )
         _add_timings(timings, spent)
         timings["n_narrow"] = timings.get("n_narrow", 0) + (int(narrow[0].sum()) if narrow is not None else 0)
@@ -110,7 +121,8 @@ def expectation(
         coarse_step = max(local.grid.coarse_step_deg, config.local_coarse_step_deg)
         _, local_coarse = image_sizes(state.resolution_shell, particles.box_size, coarse_step, config.particle_diameter_a, particles.pixel_size_a)
         sums, spent = run_estep(
-            state, particles, local_index, half, local.grid, current_size, local_coarse, settings, devices, with_sums, 0, config.pool, local=local
+            state, particles, local_index, half, local.grid, current_size, local_coarse, settings, devices, with_sums, 0, config.pool, local=local,
+            class_sizes=sizes,
         )
         _add_timings(timings, {f"local_{name}": seconds for name, seconds in spent.items()})
         if total is None:
@@ -234,7 +246,7 @@ def maximization(
     device = sums.gradient.device
     radius = centred_radius(m, PAD, device)
     shells = torch.round(radius).long()
-    inside = radius < current_size / 2
+    sizes = class_sizes(state, current_size, config) or [current_size] * state.n_classes  # before the SSNR below changes
     n_shells = n // 2 + 1
     projector = projector_transforms(state.maps.to(device))
     new_maps = []
@@ -251,6 +263,7 @@ def maximization(
         class_step = step * (1 - math.exp(-(3 * state.n_classes + 10) * float(state.class_fraction[k])))
         reference = volume_to_centred_ft(state.maps[k].to(device), PAD)
         moment1, moment2 = state.moment1[k].to(device), state.moment2[k].to(device)
+        inside = radius < sizes[k] / 2
         updated = vdam_update(reference, gradient, weight, moment1, moment2, shells, inside, class_step, tau2_fudge, config.weight_floor)
         state.moment1[k], state.moment2[k] = moment1.cpu(), moment2.cpu()
         new_map = mask_volume_with_background(centred_ft_to_volume(updated, n), n / 2, 3.0)
