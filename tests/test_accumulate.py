@@ -268,28 +268,3 @@ def test_power_row_sums_add_each_weighted_power_of_a_planes_row():
     assert got.shape == (4, 29) and torch.allclose(got.double(), expected, atol=1e-5) and float(got[1].abs().max()) == 0.0
     with pytest.raises(ValueError):  # planes are (C, 2, P): a real (C, P) array is not mistaken for them
         sparse_cpu.row_planes(dense.real)
-
-
-@needs_numba
-@pytest.mark.parametrize("n_children", [4, 1])
-def test_row_sums_add_only_each_entrys_own_leading_pixels(n_children):
-    """entry_pixels: each entry adds its first pixels only, as if its dense row were zero beyond them (a
-    class of a narrower window); rows whose every entry stops early stay zero beyond."""
-    generator = torch.Generator().manual_seed(19)
-    dense = torch.complex(torch.randn(5, 31, generator=generator), torch.randn(5, 31, generator=generator))
-    children = torch.complex(torch.randn(n_children, 31, generator=generator), torch.randn(n_children, 31, generator=generator))
-    rows = torch.tensor([2, 0, 2, 1, 0, 2])
-    columns = torch.tensor([4, 1, 0, 3, 2, 4])
-    entry_pixels = torch.tensor([31, 12, 20, 7, 31, 20])
-    weights = torch.rand(6, n_children, generator=generator, dtype=torch.float64)
-    cut = dense[columns].masked_fill(torch.arange(31)[None, :] >= entry_pixels[:, None], 0)  # each entry's own row, cut
-    each = torch.arange(6)
-    child = sparse_cpu.child_row_sums(rows, columns, weights, children, 3, dense, entry_pixels=entry_pixels)
-    assert torch.allclose(child, sparse_cpu.child_row_sums(rows, each, weights, children, 3, cut), atol=1e-5)
-    assert float(child[1, 7:].abs().max()) == 0.0 and float(child[1, :7].abs().max()) > 0.0
-    real = sparse_cpu.real_row_sums(rows, columns, weights[:, 0], 3, dense.real, entry_pixels)
-    assert torch.allclose(real, sparse_cpu.real_row_sums(rows, each, weights[:, 0], 3, cut.real), atol=1e-5)
-    planes = sparse_cpu.row_planes(dense)
-    powers = sparse_cpu.power_row_sums(rows, columns, weights[:, 0], 3, planes, entry_pixels)
-    assert torch.allclose(powers, sparse_cpu.power_row_sums(rows, each, weights[:, 0], 3, sparse_cpu.row_planes(cut)), atol=1e-5)
-    assert not torch.allclose(powers, sparse_cpu.power_row_sums(rows, columns, weights[:, 0], 3, planes), atol=1e-3)

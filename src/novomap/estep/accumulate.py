@@ -124,17 +124,15 @@ def add_at(flat: torch.Tensor, index: torch.Tensor, value: torch.Tensor) -> torc
 _compiled_sparse_sums = compiled_sparse_cpu  # a module attribute: tests switch the compiled path off here
 
 
-def _weighted_rows(
-    rows: torch.Tensor, columns: torch.Tensor, weights: torch.Tensor, n_rows: int, dense: torch.Tensor, entry_pixels: torch.Tensor | None = None
-) -> torch.Tensor:
+def _weighted_rows(rows: torch.Tensor, columns: torch.Tensor, weights: torch.Tensor, n_rows: int, dense: torch.Tensor) -> torch.Tensor:
     """out[r] = sum over the retained rows u with rows[u] = r of weights[u] * dense[columns[u]]:
     rows, columns, weights (U,); dense (C, P) real -> (n_rows, P) float32. On the CPU one compiled
     pass over the rows (estep.sparse_cpu.real_row_sums; the dense (n_rows, C) matrix of the weights
     is mostly zeros, and its product was 40 % of an early chunk's accumulation); elsewhere that
-    matrix product. entry_pixels (U,): the compiled pass adds each row's first entry_pixels only (None: all)."""
+    matrix product."""
     compiled = _compiled_sparse_sums() if dense.device.type == "cpu" else None
     if compiled is not None:
-        return compiled.real_row_sums(rows, columns, weights, n_rows, dense, entry_pixels)
+        return compiled.real_row_sums(rows, columns, weights, n_rows, dense)
     return _dense_rows(rows, columns, weights.float(), n_rows, dense.shape[0]) @ dense.float()
 
 
@@ -150,10 +148,7 @@ def _sparse_product(rows: torch.Tensor, columns: torch.Tensor, values: torch.Ten
     return torch.view_as_complex(torch.sparse.mm(matrix, real).reshape(n_rows, dense.shape[1], 2))
 
 
-def _child_sums(
-    rows: torch.Tensor, columns: torch.Tensor, weights: torch.Tensor, children: torch.Tensor, n_rows: int, dense: torch.Tensor,
-    entry_pixels: torch.Tensor | None = None,
-) -> torch.Tensor:
+def _child_sums(rows: torch.Tensor, columns: torch.Tensor, weights: torch.Tensor, children: torch.Tensor, n_rows: int, dense: torch.Tensor) -> torch.Tensor:
     """out[r] = sum over the retained rows u with rows[u] = r of dense[columns[u]] * sum_j weights[u, j] children[j].
 
     rows, columns (U,); weights (U, J) real: a row's weights of its J child translations; children
@@ -163,11 +158,10 @@ def _child_sums(
     formed; memory traffic bounded the two products of the sparse form in the early iterations (real
     tutorial, 2 threads: a chunk of ~140,000 retained rows at 333 pixels accumulated in 150 ms, now
     ~95). Elsewhere (or for J other than 4 and 1) the sparse product of the U * J entries with dense[c] * children[j].
-    entry_pixels (U,): the compiled pass adds each row's first entry_pixels only (None: all).
     """
     compiled = _compiled_sparse_sums() if dense.device.type == "cpu" and children.shape[0] in (1, 4) else None
     if compiled is not None:
-        return compiled.child_row_sums(rows, columns, weights, children, n_rows, dense, entry_pixels=entry_pixels)
+        return compiled.child_row_sums(rows, columns, weights, children, n_rows, dense)
     n_children = children.shape[0]
     products = (dense[:, None, :] * children[None]).reshape(-1, dense.shape[1])  # (C * J, P)
     entry_columns = (columns[:, None] * n_children + torch.arange(n_children, device=columns.device)).reshape(-1)
@@ -207,8 +201,6 @@ def accumulate(
         projections = projection_rows(result.projections, used)
     total = weights.sum(-1)  # s (U,)
     n_batch = batch.masked.shape[0]
-    # a row of a class of a narrower window adds its first pixels only (its projection is zero beyond them)
-    row_pixels = None if result.class_pixels is None or not in_place else result.class_pixels[k.cpu()]
 
     # rows sharing (particle, coarse translation) share the phases e_{t + delta_j}: every sum over rows
     # below is a sparse (row weights) x dense (per-pair or per-projection) product, no (U, P) array
@@ -230,14 +222,14 @@ def accumulate(
     slice_key = (batch.half[b] * n_classes + k) * n_fine + result.row_orientation[keep]
     keys, slice_of_row = unique_bounded(slice_key, 2 * n_classes * n_fine)
     n_slices = keys.numel()
-    slice_weight = _weighted_rows(slice_of_row, b, total, n_slices, ctf2_inv_sigma2, row_pixels)  # (S, P)
+    slice_weight = _weighted_rows(slice_of_row, b, total, n_slices, ctf2_inv_sigma2)  # (S, P)
     slice_proj = torch.zeros(n_slices, dtype=torch.long, device=device).index_put_((slice_of_row,), proj_index)
     # sum_rows sum_j w_j c X e_t e_{delta_j} / sigma^2
-    slice_gradient = _child_sums(slice_of_row, pair_of_row, weights, sub, n_slices, image_term[pairs // n_trans] * pair_coarse_phases, row_pixels)
+    slice_gradient = _child_sums(slice_of_row, pair_of_row, weights, sub, n_slices, image_term[pairs // n_trans] * pair_coarse_phases)
     if result.class_pixels is not None:
         # a class narrower than the window gets nothing beyond its own window (its update ignores it
-        # there, vdam.iterate.maximization), as no class gets anything beyond the window (the compiled
-        # sums left those pixels zero already; the others did not)
+        # there, vdam.iterate.maximization), as no class gets anything beyond the window. (Row sums
+        # that stop at each class's pixels were tried: the same map to the bit, no time saved, session 45)
         slice_pixels = result.class_pixels.to(device)[(keys // n_fine) % n_classes]
         beyond = torch.arange(window.n_pixels, device=device)[None, :] >= slice_pixels[:, None]
         slice_gradient.masked_fill_(beyond, 0)
@@ -256,8 +248,8 @@ def accumulate(
     particle_total = torch.zeros(n_batch, dtype=torch.float32, device=device).index_add_(0, b, total.float())
     # sum_rows conj(P) A = e_t sum_rows conj(P) sum_j w_j e_{delta_j}, per (particle, translation) pair
     if in_place:
-        model_power = compiled.power_row_sums(b, proj_index, total, n_batch, projections, row_pixels)  # (B, P)
-        pair_cross = compiled.child_row_sums(pair_of_row, proj_index, weights, sub, pairs.numel(), projections, conjugate=True, entry_pixels=row_pixels)
+        model_power = compiled.power_row_sums(b, proj_index, total, n_batch, projections)  # (B, P)
+        pair_cross = compiled.child_row_sums(pair_of_row, proj_index, weights, sub, pairs.numel(), projections, conjugate=True)
     else:
         model_power = _weighted_rows(b, proj_index, total, n_batch, power(projections))
         pair_cross = _child_sums(pair_of_row, proj_index, weights, sub, pairs.numel(), projections.conj())

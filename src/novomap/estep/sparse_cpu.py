@@ -48,7 +48,7 @@ if njit is not None:
         return n_blocks, (n_rows + n_blocks - 1) // max(1, n_blocks)
 
     @njit(parallel=True, fastmath=True, cache=True)
-    def _child_row_sums(row_start, entries, columns, entry_pixels, weights, children, dense, imag_sign, out):  # pragma: no cover - compiled
+    def _child_row_sums(row_start, entries, columns, weights, children, dense, imag_sign, out):  # pragma: no cover - compiled
         # out[r] = sum over the entries e of row r of dense[columns[e]] * (sum_j weights[e, j] children[j]),
         # for 4 children, spelled out: with a loop over them inside the pixel loop it did not vectorise
         # (7x slower); the inputs as planes (re, im) of their own, for the same reason (dense rows as (2, P)
@@ -69,7 +69,7 @@ if njit is not None:
                     e = entries[i]
                     c = columns[e]
                     w0, w1, w2, w3 = weights[e, 0], weights[e, 1], weights[e, 2], weights[e, 3]
-                    for q in range(min(n_values, entry_pixels[e])):
+                    for q in range(n_values):
                         mixed_re = w0 * children[0, 0, q] + w1 * children[1, 0, q] + w2 * children[2, 0, q] + w3 * children[3, 0, q]
                         mixed_im = w0 * children[0, 1, q] + w1 * children[1, 1, q] + w2 * children[2, 1, q] + w3 * children[3, 1, q]
                         dense_re, dense_im = dense[c, 0, q], imag_sign * dense[c, 1, q]
@@ -80,7 +80,7 @@ if njit is not None:
                     out[r, 2 * q + 1] = row_im[q]
 
     @njit(parallel=True, fastmath=True, cache=True)
-    def _single_child_row_sums(row_start, entries, columns, entry_pixels, weights, children, dense, imag_sign, out):  # pragma: no cover - compiled
+    def _single_child_row_sums(row_start, entries, columns, weights, children, dense, imag_sign, out):  # pragma: no cover - compiled
         # _child_row_sums for one child (no translational oversampling), as a loop of its own: the
         # same order of entries and pixels, a third of the multiply-adds
         n_values = dense.shape[2]
@@ -97,7 +97,7 @@ if njit is not None:
                     e = entries[i]
                     c = columns[e]
                     w0 = weights[e, 0]
-                    for q in range(min(n_values, entry_pixels[e])):
+                    for q in range(n_values):
                         mixed_re = w0 * children[0, 0, q]
                         mixed_im = w0 * children[0, 1, q]
                         dense_re, dense_im = dense[c, 0, q], imag_sign * dense[c, 1, q]
@@ -108,7 +108,7 @@ if njit is not None:
                     out[r, 2 * q + 1] = row_im[q]
 
     @njit(parallel=True, fastmath=True, cache=True)
-    def _real_row_sums(row_start, entries, columns, entry_pixels, weights, dense, out):  # pragma: no cover - compiled
+    def _real_row_sums(row_start, entries, columns, weights, dense, out):  # pragma: no cover - compiled
         # out[r] = sum over the entries e of row r of weights[e] * dense[columns[e]], rows in blocks (_row_blocks)
         n_values = dense.shape[1]
         n_rows = out.shape[0]
@@ -121,11 +121,11 @@ if njit is not None:
                     e = entries[i]
                     c = columns[e]
                     w = weights[e]
-                    for q in range(min(n_values, entry_pixels[e])):
+                    for q in range(n_values):
                         out[r, q] += w * dense[c, q]
 
     @njit(parallel=True, fastmath=True, cache=True)
-    def _power_row_sums(row_start, entries, columns, entry_pixels, weights, planes, out):  # pragma: no cover - compiled
+    def _power_row_sums(row_start, entries, columns, weights, planes, out):  # pragma: no cover - compiled
         # out[r] = sum over the entries e of row r of weights[e] * |planes[columns[e]]|^2, planes (C, 2, P)
         n_values = planes.shape[2]
         n_rows = out.shape[0]
@@ -138,7 +138,7 @@ if njit is not None:
                     e = entries[i]
                     c = columns[e]
                     w = weights[e]
-                    for q in range(min(n_values, entry_pixels[e])):
+                    for q in range(n_values):
                         re, im = planes[c, 0, q], planes[c, 1, q]
                         out[r, q] += w * (re * re + im * im)
 
@@ -178,16 +178,13 @@ def grouped_order(rows: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.
 
 
 def child_row_sums(
-    rows: torch.Tensor, columns: torch.Tensor, weights: torch.Tensor, children: torch.Tensor, n_rows: int, dense: torch.Tensor, conjugate: bool = False,
-    entry_pixels: torch.Tensor | None = None,
+    rows: torch.Tensor, columns: torch.Tensor, weights: torch.Tensor, children: torch.Tensor, n_rows: int, dense: torch.Tensor, conjugate: bool = False
 ) -> torch.Tensor:
     """out[r] = sum over the entries e with rows[e] = r of dense[columns[e]] * (weights[e] @ children).
 
     rows, columns (E,) int64; weights (E, J) real; children (J, P) complex64; dense (C, P) complex64 or
     its rows as planes (C, 2, P) float32 (row_planes: the projection store, read in place);
-    conjugate: use conj(dense) -> (n_rows, P) complex64, for J = 4 or 1; entry_pixels (E,) int64: each
-    entry adds its first entry_pixels[e] pixels only (the rest of its dense row taken as zero: a class of a
-    narrower window, estep.cache.ProjectionCache; None: all). The sparse product of the E * J
+    conjugate: use conj(dense) -> (n_rows, P) complex64, for J = 4 or 1. The sparse product of the E * J
     entries (r, J * columns[e] + j, weights[e, j]) with the products dense[c] * children[j]: the
     accumulation's sums over the J child translations of each retained row, whose phases factor as
     e_t * e_delta_j (vdam-spec 3.5), without the (C * J, P) array of the products and with one read of
@@ -205,7 +202,6 @@ def child_row_sums(
             row_start.numpy(),
             order.numpy(),
             columns.contiguous().numpy(),
-            _entry_pixels(entry_pixels, columns, n_pixels).numpy(),
             weights.to(torch.float32).contiguous().numpy(),
             row_planes(children).numpy(),  # (J, 2, P)
             row_planes(dense).numpy(),
@@ -215,49 +211,32 @@ def child_row_sums(
     return torch.view_as_complex(out.view(n_rows, n_pixels, 2))
 
 
-def real_row_sums(
-    rows: torch.Tensor, columns: torch.Tensor, weights: torch.Tensor, n_rows: int, dense: torch.Tensor, entry_pixels: torch.Tensor | None = None
-) -> torch.Tensor:
+def real_row_sums(rows: torch.Tensor, columns: torch.Tensor, weights: torch.Tensor, n_rows: int, dense: torch.Tensor) -> torch.Tensor:
     """out[r] = sum over the entries e with rows[e] = r of weights[e] * dense[columns[e]].
 
     rows, columns, weights (E,); dense (C, P) real -> (n_rows, P) float32: the sparse (n_rows, C)
     matrix of the entries times dense, in one pass over the entries grouped by row. As a dense
     matrix product it cost n_rows x C x P multiply-adds for a matrix that is nearly all zeros (the
     real tutorial's early chunks: 8,600 slices x 200 particles with 47,000 entries, 40 % of the
-    accumulation). Entries of a row are added in their given order; entry_pixels as child_row_sums'.
-    Needs numba (`available()`)."""
-    return _weighted_row_sums(_real_row_sums, rows, columns, weights, n_rows, dense.to(torch.float32).contiguous(), entry_pixels)
+    accumulation). Entries of a row are added in their given order. Needs numba (`available()`)."""
+    return _weighted_row_sums(_real_row_sums, rows, columns, weights, n_rows, dense.to(torch.float32).contiguous())
 
 
-def power_row_sums(
-    rows: torch.Tensor, columns: torch.Tensor, weights: torch.Tensor, n_rows: int, planes: torch.Tensor, entry_pixels: torch.Tensor | None = None
-) -> torch.Tensor:
+def power_row_sums(rows: torch.Tensor, columns: torch.Tensor, weights: torch.Tensor, n_rows: int, planes: torch.Tensor) -> torch.Tensor:
     """out[r] = sum over the entries e with rows[e] = r of weights[e] * |dense[columns[e]]|^2, with dense
     given as its rows' planes (C, 2, P) float32 (the projection store, read in place: its rows were
     gathered, made complex and squared, three copies of up to ~35 MB per chunk) -> (n_rows, P) float32.
-    Entries of a row are added in their given order; entry_pixels as child_row_sums'. Needs numba (`available()`)."""
-    return _weighted_row_sums(_power_row_sums, rows, columns, weights, n_rows, row_planes(planes), entry_pixels)
+    Entries of a row are added in their given order. Needs numba (`available()`)."""
+    return _weighted_row_sums(_power_row_sums, rows, columns, weights, n_rows, row_planes(planes))
 
 
-def _entry_pixels(entry_pixels: torch.Tensor | None, columns: torch.Tensor, n_pixels: int) -> torch.Tensor:
-    """The pixels each entry adds (E,) int64: entry_pixels, or all n_pixels."""
-    if entry_pixels is None:
-        return torch.full((columns.shape[0],), n_pixels, dtype=torch.int64)
-    return entry_pixels.to(torch.int64).contiguous()
-
-
-def _weighted_row_sums(
-    kernel, rows: torch.Tensor, columns: torch.Tensor, weights: torch.Tensor, n_rows: int, values: torch.Tensor, entry_pixels: torch.Tensor | None = None
-) -> torch.Tensor:
+def _weighted_row_sums(kernel, rows: torch.Tensor, columns: torch.Tensor, weights: torch.Tensor, n_rows: int, values: torch.Tensor) -> torch.Tensor:
     """Run a row-sum kernel of one real weight per entry (_real_row_sums, _power_row_sums) over the entries
     grouped by row: values (C, ..., P) float32 contiguous, as the kernel reads them -> (n_rows, P) float32."""
     order, row_start = grouped_order(rows, n_rows)
     out = torch.empty((n_rows, values.shape[-1]), dtype=torch.float32)
     with trilinear_cpu.numba_threads():
-        kernel(
-            row_start.numpy(), order.numpy(), columns.contiguous().numpy(), _entry_pixels(entry_pixels, columns, values.shape[-1]).numpy(),
-            weights.to(torch.float32).contiguous().numpy(), values.numpy(), out.numpy(),
-        )
+        kernel(row_start.numpy(), order.numpy(), columns.contiguous().numpy(), weights.to(torch.float32).contiguous().numpy(), values.numpy(), out.numpy())
     return out
 
 

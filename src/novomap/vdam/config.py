@@ -122,7 +122,7 @@ class VdamConfig:
     narrow_in_centred_classes: bool = True
     # with several classes each class is compared and updated on the window its own resolution sets
     # (model.params.class_image_sizes; the best class on the run's current_size): a junk class at 17 Å
-    # holds nothing beyond ~14 Å, and its many broad hypotheses are summed over a quarter of the pixels.
+    # holds nothing beyond ~10 Å (its window 46 of 64 px), and its many broad hypotheses are summed over half the pixels.
     # False: every class on current_size, as RELION
     class_windows: bool = True
     local_min_pmax: float = 0.5

@@ -54,7 +54,7 @@ def next_perturbation(current: float, generator: torch.Generator, factor: float)
 def class_sizes(state: RunState, current_size: int, config: VdamConfig) -> list[int] | None:
     """Each class's window this iteration (model.params.class_image_sizes), or None where every class
     has current_size (one class, config.class_windows off, or classes of one resolution). The M-step
-    updates a class inside its window only, and the fine pass and the accumulation stop at its pixels;
+    updates a class inside its window only, and the fine pass and the back-projection stop at its pixels;
     the coarse pass keeps one window for all classes (its own, mostly narrower than any class's)."""
     if not config.class_windows or state.n_classes < 2:
         return None
