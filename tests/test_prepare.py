@@ -25,3 +25,16 @@ def test_integer_shifts_move_the_content_and_fill_with_zeros():
     assert torch.equal(moved[0, :, 1:], images[0, :, :-1]) and not moved[0, :, 0].any()
     # image 1 moved by -2 in x and +1 in y
     assert torch.equal(moved[1, 1:, :-2], images[1, :-1, 2:]) and not moved[1, 0].any() and not moved[1, :, -2:].any()
+
+
+def test_integer_shifts_match_moving_each_image_by_slicing():
+    generator = torch.Generator().manual_seed(11)
+    images = torch.randn(6, 9, 9, generator=generator)
+    shifts = torch.tensor([[0.0, 0.0], [3.0, -1.0], [-4.0, 2.0], [1.0, 4.0], [-2.0, -3.0], [8.0, 0.0]])
+    moved = shift_images_integer(images, shifts)
+    for b, (sx, sy) in enumerate(shifts.long().tolist()):
+        expected = torch.zeros(9, 9)
+        # output (y, x) holds input (y - sy, x - sx) where that lies inside the image
+        ys, xs = slice(max(0, sy), min(9, 9 + sy)), slice(max(0, sx), min(9, 9 + sx))
+        expected[ys, xs] = images[b, max(0, -sy) : min(9, 9 - sy), max(0, -sx) : min(9, 9 - sx)]
+        assert torch.equal(moved[b], expected)

@@ -19,6 +19,7 @@ import torch
 
 from novomap.estep.accumulate import Sums, accumulate, flush_slices
 from novomap.estep.cache import ProjectionCache
+from novomap.estep.ctf_table import window_ctf
 from novomap.estep.local import LocalPrior, local_chunk_size, local_coarse_pass
 from novomap.estep.prepare import prepare_batch
 from novomap.estep.search import (
@@ -36,7 +37,6 @@ from novomap.physics.euler import matrix_to_euler
 from novomap.physics.fourier import power, rfft_shells
 from novomap.physics.projection import projector_transform
 from novomap.physics.window import FourierWindow, fourier_window, window_prefix
-from novomap.reconstruct import particle_ctf
 from novomap.sampling.grid import SearchGrid
 from novomap.sampling.local import LocalCandidates
 from novomap.vdam.state import RunState
@@ -248,7 +248,7 @@ def run_estep(
             particles.optics_group[chunk].to(work.device),
             origins.to(work.device),
             work.window,
-            particle_ctf(particles, chunk, work.window.to("cpu")).to(device=work.device, dtype=torch.float32),
+            window_ctf(particles, chunk, work.window).to(work.device),
             work.sigma2,
             settings.mask_radius_px,
         )
