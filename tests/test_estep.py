@@ -214,3 +214,38 @@ def test_chunks_are_sized_by_the_hypotheses_actually_searched():
     values_third = third * grid.n_coarse_translations * grid.n_coarse_orientations
     assert third > 2.5 * full
     assert abs(values_third - values_full) < 0.05 * values_full
+
+
+def test_particles_of_a_trailing_class_pass_fewer_coarse_hypotheses(simulated):
+    """K = 2, the second class's resolution 8 shells behind the first's: the particles last placed in it
+    pass at most lesser_class_max_significant coarse hypotheses to the fine pass, the others up to the
+    usual cap; with one class, or classes within lesser_class_trail_shells of each other, no cap."""
+    from novomap.vdam.iterate import particle_caps
+
+    particles, volume = simulated
+    config = VdamConfig(n_iter=10, seed=1, n_classes=2, healpix_order=1, offset_range_px=6, offset_step_px=2, lesser_class_max_significant=3)
+    state = initial_state(particles, config)
+    state.maps = torch.stack([volume, _low_passed(volume, 12.0)])
+    state.origin_x_a.zero_()
+    state.origin_y_a.zero_()
+    state.resolution_shell = 6  # a coarse window: broad posteriors
+    n_shells = state.ssnr.shape[1]
+    state.ssnr = torch.stack([(torch.arange(n_shells) <= 14).double() * 4, (torch.arange(n_shells) <= 6).double() * 4])
+    state.class_number = torch.where(torch.arange(particles.n) % 2 == 0, 2, 1)
+    state.class_number[:2] = 0  # never placed: the usual cap
+    caps = particle_caps(state, config)
+    assert caps[:2].tolist() == [100, 100] and bool((caps[2::2] == 3).all()) and bool((caps[3::2] == 100).all())
+    grid, current_size, coarse_size = search_setup(state, particles, config)
+    found = {}
+    for cap in (3, 0):
+        searched = copy.deepcopy(state)
+        run_config = dataclasses.replace(config, lesser_class_max_significant=cap)
+        expectation(searched, particles, torch.arange(particles.n), pseudo_halves(particles), grid, current_size, coarse_size, run_config, [torch.device("cpu")], {})
+        found[cap] = searched.n_significant
+    lesser = torch.arange(particles.n)[2::2]
+    assert int(found[3][lesser].max()) <= 3 and int(found[0][lesser].max()) > 3
+    assert torch.equal(found[3][1::2], found[0][1::2])  # the others as before
+    near = copy.deepcopy(state)
+    near.ssnr = torch.stack([(torch.arange(n_shells) <= 14).double() * 4, (torch.arange(n_shells) <= 12).double() * 4])
+    assert particle_caps(near, config) is None  # 2 shells behind: not a lesser class
+    assert particle_caps(state, dataclasses.replace(config, lesser_class_max_significant=0)) is None

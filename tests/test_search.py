@@ -144,3 +144,14 @@ def test_a_coarse_pass_over_some_columns_is_the_full_posterior_restricted_to_the
         assert int(hits.n_significant[b]) == needed
         expected = {(int(i) // columns.numel(), int(columns[int(i) % columns.numel()])) for i in index[:needed]}
         assert set(zip(hits.translation[mine].tolist(), hits.orientation[mine].tolist())) == expected
+
+
+def test_significant_keeps_each_particle_within_its_own_cap():
+    generator = torch.Generator().manual_seed(12)
+    log_w = (torch.randn(3, 4000, generator=generator) * 2).float()  # broad: the caps bind
+    settings = SearchSettings(adaptive_fraction=0.999, max_significant=100)
+    particle, index, n_sig = significant(log_w.clone(), settings, torch.tensor([100, 30, 500]))
+    assert n_sig.tolist() == [100, 30, 100]  # a cap above max_significant is max_significant
+    for b in range(3):
+        order = torch.sort(log_w[b], descending=True).indices
+        assert set(index[particle == b].tolist()) == set(order[: int(n_sig[b])].tolist())

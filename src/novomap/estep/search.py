@@ -38,6 +38,9 @@ class SearchSettings:
     pixel_size_a: float = 1.0
     sigma_offset_a: float = 10.0
     mask_radius_px: float = 1e9  # soft circular mask of the particle diameter (alignment and noise)
+    # (n_particles,) int64: a cap of each particle's own (rows of the particle table), at most
+    # max_significant, or None: max_significant for every particle
+    particle_cap: torch.Tensor | None = None
 
 
 @dataclass
@@ -193,15 +196,17 @@ def coarse_pass(
     """
     log_w = coarse_log_weights(batch, coarse, grid, log_direction_prior, settings)
     n_columns = log_w.shape[-1]
-    particle, index, n_sig = significant(log_w, settings)
+    caps = None if settings.particle_cap is None else settings.particle_cap[batch.particle_index.cpu()].to(log_w.device)
+    particle, index, n_sig = significant(log_w, settings, caps)
     column = index % n_columns
     orientation = column if coarse.columns is None else coarse.columns[column]
     return CoarseHits(particle=particle, translation=index // n_columns, orientation=orientation, n_significant=n_sig)
 
 
-def significant(log_w: torch.Tensor, settings: SearchSettings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def significant(log_w: torch.Tensor, settings: SearchSettings, caps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per particle, the fewest best hypotheses holding `adaptive_fraction` of the mass, at most
-    `max_significant`: log_w (B, ...) (spent: overwritten) -> (particle (S,), flat index (S,), count (B,))."""
+    `max_significant` (and at most caps (B,) where given): log_w (B, ...) (spent: overwritten) ->
+    (particle (S,), flat index (S,), count (B,))."""
     n_batch = log_w.shape[0]
     flat = log_w.view(n_batch, -1)
     # only the largest max_significant weights can be significant: a partial sort suffices
@@ -213,7 +218,7 @@ def significant(log_w: torch.Tensor, settings: SearchSettings) -> tuple[torch.Te
     mass = flat.sub_(top[:, :1]).clamp_(min=-60.0).exp_().sum(-1)
     ordered = torch.exp(top - top[:, :1]) / mass[:, None]
     needed = (torch.cumsum(ordered, -1) < settings.adaptive_fraction).sum(-1) + 1
-    n_sig = needed.clamp(max=cap)
+    n_sig = needed.clamp(max=cap) if caps is None else torch.minimum(needed, caps.clamp(min=1, max=cap))
     keep = torch.arange(cap, device=flat.device)[None, :] < n_sig[:, None]
     particle = torch.arange(n_batch, device=flat.device)[:, None].expand(n_batch, cap)[keep]
     return particle, top_index[keep], n_sig

@@ -125,6 +125,13 @@ class VdamConfig:
     # holds nothing beyond ~10 Å (its window 46 of 64 px), and its many broad hypotheses are summed over half the pixels.
     # False: every class on current_size, as RELION
     class_windows: bool = True
+    # with several classes, in the mini-batch iterations, a particle last placed in a class whose
+    # resolution trails the best class's by at least lesser_class_trail_shells shells passes at most this
+    # many coarse hypotheses to the fine pass (vdam.iterate.particle_caps; 0: significant_cap for all).
+    # Such particles are mostly junk with broad posteriors that fill the cap: on real K=3 6.5 % of the
+    # particles held 45 % of the fine pass's hypotheses, three quarters of them in the junk classes
+    lesser_class_max_significant: int = 30
+    lesser_class_trail_shells: int = 3
     local_min_pmax: float = 0.5
     # after VDAM's initial phase, sharp particles (pmax >= local_min_pmax) of the mini-batch iterations
     # search translations only this many offset steps around their previous origin, over all

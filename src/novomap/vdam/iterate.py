@@ -63,6 +63,24 @@ def class_sizes(state: RunState, current_size: int, config: VdamConfig) -> list[
     return sizes if min(sizes) < current_size else None
 
 
+def particle_caps(state: RunState, config: VdamConfig) -> torch.Tensor | None:
+    """(n_particles,) int64 coarse significance cap of each particle, or None (significant_cap for all):
+    config.lesser_class_max_significant for the particles last placed in a class whose resolution
+    shell trails the best class's by at least config.lesser_class_trail_shells (one class, or the
+    option at 0: None)."""
+    if state.n_classes < 2 or config.lesser_class_max_significant <= 0:
+        return None
+    shells = torch.tensor([resolution_shell(state.ssnr[k]) for k in range(state.n_classes)])
+    lesser = shells <= int(shells.max()) - config.lesser_class_trail_shells  # (K,)
+    if not bool(lesser.any()):
+        return None
+    placed = state.class_number > 0
+    in_lesser = placed & lesser[(state.class_number - 1).clamp(min=0)]
+    caps = torch.full(state.class_number.shape, config.significant_cap(), dtype=torch.int64)
+    caps[in_lesser] = min(config.lesser_class_max_significant, config.significant_cap())
+    return caps
+
+
 def expectation(
     state: RunState,
     particles: ParticleSet,
@@ -91,6 +109,7 @@ def expectation(
         pixel_size_a=particles.pixel_size_a,
         sigma_offset_a=state.sigma_offset_a,
         mask_radius_px=config.particle_diameter_a / (2 * particles.pixel_size_a),
+        particle_cap=particle_caps(state, config) if with_sums else None,
     )
     order = local_order(state, config, final=not with_sums)
     local_index, global_index = split_local(state, batch_index, config) if order > 0 else (batch_index[:0], batch_index)
