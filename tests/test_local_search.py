@@ -185,6 +185,27 @@ def test_with_several_classes_the_polish_searches_each_particle_in_its_own_class
     assert float((classes[False] == 1).float().mean()) > 0.9
 
 
+def test_with_several_classes_the_final_pass_keeps_sharp_particles_in_their_class(simulated, one_thread):
+    """assign_all's first stage (final_local_in_own_class): a sharp particle placed in a worse class (the
+    map's mirror) is searched there only, and a particle whose last posterior was broad searches
+    every class globally and mostly moves to the right map; with the option off the sharp ones move too."""
+    particles, volume = simulated
+    classes = {}
+    for own_class in (True, False):
+        config = VdamConfig(seed=1, max_healpix_order=2, n_classes=2, final_local_in_own_class=own_class, polish_in_own_class=True)
+        state = _mirror_classes_state(particles, volume, config)
+        state.max_probability[1::4] = 0.1  # every other particle of the mirror class: broad, searched globally
+        assign_all(state, particles, pseudo_halves(particles), config, "cpu")
+        classes[own_class] = state.class_number.clone()
+    sharp_in_mirror = torch.arange(particles.n)[3::4]
+    broad_in_mirror = torch.arange(particles.n)[1::4]
+    assert bool((classes[True][sharp_in_mirror] == 2).all())
+    # searched globally (at the global order, where the mirror fits some of them about as well), most move
+    assert float((classes[True][broad_in_mirror] == 1).float().mean()) > 0.5
+    assert float((classes[False][sharp_in_mirror] == 1).float().mean()) > 0.9
+    assert float((classes[True][0::2] == 1).float().mean()) > 0.9
+
+
 def test_the_polish_in_own_class_projects_only_its_classes_orientations_with_the_same_result(simulated, one_thread, monkeypatch):
     """With each particle searched in its own class, a chunk projects class k only where its own
     particles' candidates lie (driver._chunk_coarse): the poses and likelihoods are those of projecting

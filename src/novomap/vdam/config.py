@@ -100,6 +100,10 @@ class VdamConfig:
     # local searches evaluate only each particle's current class (polish_config sets it from
     # polish_in_own_class; the mini-batch iterations search every class)
     local_in_own_class: bool = False
+    # with several classes the final pass's first stage too searches the particles whose last
+    # posterior was sharp (pmax >= local_min_pmax: locally, around their pose) in the class their last
+    # mini-batch chose; the others search every class globally. False: the sharp ones every class too
+    final_local_in_own_class: bool = True
     max_local_order: int = 4  # the final pass (poses only)
     # mini-batch iterations (3: 3.75 deg). Default 0 (final pass only): local searches in the iterations
     # locked the tight octahedral particle (seed 1) in a wrong solution (benchmarks/results/2026-11-30-local-refinement.md)

@@ -403,7 +403,8 @@ def assign_all(
     todo = torch.nonzero(~fresh if chosen is None else chosen & ~fresh).squeeze(1)
     timings["reused_fraction"] = float(fresh.sum()) / max(1, particles.n)
     if todo.numel():
-        expectation(state, particles, todo, half, grid, current_size, coarse_size, config, as_devices(device), timings, with_sums=False, group=group)
+        first_stage = dataclasses.replace(config, local_in_own_class=config.final_local_in_own_class)
+        expectation(state, particles, todo, half, grid, current_size, coarse_size, first_stage, as_devices(device), timings, with_sums=False, group=group)
     timings["local_fraction"] = timings.pop("n_local", 0) / max(1, particles.n)
     timings.pop("n_narrow", None)
     if config.final_polish and local_order(state, config, final=True) > 0:
