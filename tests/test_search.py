@@ -146,35 +146,6 @@ def test_a_coarse_pass_over_some_columns_is_the_full_posterior_restricted_to_the
         assert set(zip(hits.translation[mine].tolist(), hits.orientation[mine].tolist())) == expected
 
 
-def test_a_class_searched_near_the_origin_is_the_posterior_without_its_far_translations():
-    """Two classes, the second searched only at the translations within one offset step of each
-    particle's origin (CoarseReferences.near_classes): the significant hypotheses are those of the
-    direct posterior with that class's other translations left out, keyed as in a full search."""
-    for sharpness in (0.3, 0.8):
-        window, grid, batch, projections, log_prior, settings = _inputs(sharpness)
-        n_orient = grid.n_coarse_orientations
-        second = projections.roll(7, 0) * 0.9  # another class: every image's truth is in the first
-        both = torch.cat([projections, second])
-        power = both.real.square() + both.imag.square()
-        coarse = CoarseReferences(torch.arange(window.n_pixels), window, both, power, near_classes=torch.tensor([False, True]), near_offset_px=2.0)
-        prior = torch.cat([log_prior, log_prior])
-        hits = coarse_pass(batch, coarse, grid, prior, settings)
-        direct = torch.cat([_direct_log_posterior(window, grid, b, p, log_prior, settings) for b, p in ((batch, projections), (batch, second))], -1)
-        far = (grid.coarse_translations - grid.coarse_translations.mean(0)).norm(dim=-1) > 2.0 + 1e-6
-        assert 0 < int(far.sum()) < grid.n_coarse_translations
-        direct[:, far, n_orient:] = -torch.inf
-        weights = torch.softmax(direct.reshape(4, -1), -1)
-        for b in range(4):
-            ordered, index = torch.sort(weights[b], descending=True)
-            needed = min(int((torch.cumsum(ordered, 0) < settings.adaptive_fraction).sum()) + 1, settings.max_significant)
-            mine = hits.particle == b
-            assert int(hits.n_significant[b]) == needed, (sharpness, b)
-            expected = {(int(i) // (2 * n_orient), int(i) % (2 * n_orient)) for i in index[:needed]}
-            assert set(zip(hits.translation[mine].tolist(), hits.orientation[mine].tolist())) == expected, (sharpness, b)
-        second_class = hits.orientation >= n_orient
-        assert bool(second_class.any()) and not bool(far[hits.translation[second_class]].any())
-
-
 def test_significant_keeps_each_particle_within_its_own_cap():
     generator = torch.Generator().manual_seed(12)
     log_w = (torch.randn(3, 4000, generator=generator) * 2).float()  # broad: the caps bind

@@ -102,7 +102,7 @@ def chunk_size(grid: SearchGrid, n_classes: int, requested: int = 0, pool: int =
 
 def _device_work(
     state: RunState, device: torch.device, grid: SearchGrid, box: int, current_size: int, coarse_size: int, local: bool = False,
-    coarse_columns: torch.Tensor | None = None, class_sizes: list[int] | None = None, near: tuple[torch.Tensor, float] | None = None,
+    coarse_columns: torch.Tensor | None = None, class_sizes: list[int] | None = None,
 ) -> DeviceWork:
     # classes of windows of their own need the pixels shell by shell (each class's a prefix)
     window = fourier_window(box, current_size, device, by_shell=class_sizes is not None)
@@ -116,8 +116,6 @@ def _device_work(
         coarse = CoarseReferences(torch.nonzero(window.shell < coarse_size // 2).squeeze(1), coarse_window, empty, empty.real)
     else:
         coarse = coarse_references(references, grid, window, coarse_size, PAD, coarse_columns)
-        if near is not None:
-            coarse = dataclasses.replace(coarse, near_classes=near[0], near_offset_px=near[1])
     fine_rotations = grid.fine_rotations.reshape(-1, 3, 3)
     sums = Sums.zeros(
         state.n_classes, box * PAD, box, state.sigma2.shape[0], grid.n_directions, pixels_per_shell(box), fine_rotations.shape[0], window.n_pixels, device,
@@ -203,7 +201,6 @@ def run_estep(
     narrow: tuple[torch.Tensor, SearchGrid] | None = None,
     coarse_columns: torch.Tensor | None = None,
     class_sizes: list[int] | None = None,
-    near_classes: tuple[torch.Tensor, float] | None = None,
 ) -> tuple[Sums | None, dict]:
     """Search every particle of the batch; store each one's best pose in `state`.
 
@@ -213,15 +210,13 @@ def run_estep(
     (sampling.grid.narrowed)): those particles are searched on it, in chunks of their own.
     coarse_columns: (C,) ascending keys class * O + orientation, the only (class, coarse orientation)
     hypotheses the global coarse pass searches (one asymmetric unit per class); None: all.
-    near_classes: ((K,) bool, offset_px): the global coarse pass searches those classes only at the
-    translations within offset_px of each particle's previous origin (CoarseReferences.near_classes).
     class_sizes: each class's own window (px, <= current_size; vdam.iterate.class_sizes): its
     projections hold nothing beyond it; None: current_size for all.
     Returns the sums on devices[0] (None when with_sums is False: the final assignment pass)
     and the seconds spent per phase, added over devices.
     """
     box = particles.box_size
-    works = [_device_work(state, device, grid, box, current_size, coarse_size, local is not None, coarse_columns, class_sizes, near_classes) for device in devices]
+    works = [_device_work(state, device, grid, box, current_size, coarse_size, local is not None, coarse_columns, class_sizes) for device in devices]
     fine_rotations = grid.fine_rotations.reshape(-1, 3, 3)
     n_columns = 0 if coarse_columns is None else coarse_columns.numel()
     if local is None:

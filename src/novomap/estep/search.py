@@ -119,17 +119,6 @@ class CoarseReferences:
     # (C,) int64 key class * O + orientation of each row, ascending; None: every class at every
     # orientation in that order (C = K*O)
     columns: torch.Tensor | None = None
-    # (K,) bool: classes searched only at the translations within near_offset_px of each particle's
-    # previous origin (their other hypotheses get log weight -inf: not searched); None: every class everywhere
-    near_classes: torch.Tensor | None = None
-    near_offset_px: float = 0.0
-
-    def column_classes(self, n_orientations: int) -> torch.Tensor:
-        """(C,) int64 class of each row."""
-        if self.columns is not None:
-            return self.columns // n_orientations
-        n_classes = self.projections.shape[0] // n_orientations
-        return torch.arange(n_classes, device=self.projections.device).repeat_interleave(n_orientations)
 
     @functools.cached_property
     def planes(self) -> torch.Tensor:
@@ -171,11 +160,8 @@ def coarse_log_weights(
     grid: SearchGrid,
     log_direction_prior: torch.Tensor,
     settings: SearchSettings,
-    translations: torch.Tensor | None = None,
-    columns: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Unnormalised log posterior of every coarse hypothesis -> (B, T, C) float32 (C: coarse.columns, or K*O),
-    or of the block of grid translations `translations` (T',) x coarse rows `columns` (C',) -> (B, T', C').
+    """Unnormalised log posterior of every coarse hypothesis -> (B, T, C) float32 (C: coarse.columns, or K*O).
 
     Single precision on purpose: the cross terms come out of a float32 matrix product, so the
     log weights are only that accurate whatever they are stored in (~1e-4 for sums of ~1e3
@@ -185,39 +171,17 @@ def coarse_log_weights(
     x = batch.masked[:, coarse.pixels]
     ctf = batch.ctf[:, coarse.pixels]
     q = 0.5 * batch.inv_sigma2[:, coarse.pixels]
-    shifts = grid.coarse_translations.to(x.device)
-    if translations is not None:
-        shifts = shifts[translations.to(x.device)]
-    phases = shift_phases(coarse.window, shifts).to(x.dtype)
-    planes, powers = coarse.planes, coarse.power
-    if columns is not None:
-        planes, powers = planes[columns.to(x.device)], powers[columns.to(x.device)]
+    phases = shift_phases(coarse.window, grid.coarse_translations.to(x.device)).to(x.dtype)
     # the cross terms' factor 2 on the images (B x P values), not on the products (B x T x C): scaling by
     # a power of two is exact, so the log weights are the same to the bit, with one pass fewer over them
-    log_w = _cross_terms(x * ctf * (2 * q), phases, planes)
-    norm = product_nt((ctf * ctf * q).float(), powers)  # (B, C)
+    log_w = _cross_terms(x * ctf * (2 * q), phases, coarse.planes)
+    norm = product_nt((ctf * ctf * q).float(), coarse.power)  # (B, K*O)
     prior = log_direction_prior[:, grid.coarse_direction.to(x.device)].reshape(-1).float()  # (K*O,)
     if coarse.columns is not None:
         prior = prior[coarse.columns]
-    if columns is not None:
-        prior = prior[columns.to(x.device)]
     log_w.sub_((norm - prior[None, :])[:, None, :])
-    offset_prior = _offset_log_prior(batch.origin_px, shifts, settings)
+    offset_prior = _offset_log_prior(batch.origin_px, grid.coarse_translations.to(x.device), settings)
     return log_w.add_(offset_prior.float()[:, :, None])
-
-
-def near_split(coarse: CoarseReferences, grid: SearchGrid) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """(near translations (Tn,), far translations (Tf,), rows of the classes searched everywhere (Cf,))
-    where coarse.near_classes limits some classes to the translations within coarse.near_offset_px of
-    the grid's centre (each particle's previous origin); None where it limits none."""
-    if coarse.near_classes is None or not bool(coarse.near_classes.any()):
-        return None
-    translations = grid.coarse_translations
-    near = (translations - translations.mean(0)).square().sum(-1) <= coarse.near_offset_px**2 + 1e-3
-    if bool(near.all()):
-        return None
-    everywhere = ~coarse.near_classes.cpu()[coarse.column_classes(grid.n_coarse_orientations).cpu()]
-    return torch.nonzero(near).squeeze(1), torch.nonzero(~near).squeeze(1), torch.nonzero(everywhere).squeeze(1)
 
 
 def coarse_pass(
@@ -229,38 +193,14 @@ def coarse_pass(
 ) -> CoarseHits:
     """Significant coarse hypotheses: per particle, the fewest best ones holding `adaptive_fraction`
     of the posterior mass, at most `max_significant` (vdam-spec 3.4). log_direction_prior: (K, n_dir).
-
-    Where coarse.near_classes limits classes to the translations near each particle's origin
-    (near_split), the hypotheses searched are packed into one row per particle: every row at the
-    near translations, then the others' rows at the far ones; a hypothesis not searched has no
-    weight (as one beyond the offset range).
     """
-    caps = None if settings.particle_cap is None else settings.particle_cap[batch.particle_index.cpu()].to(batch.masked.device)
-    split = near_split(coarse, grid)
-    if split is None:
-        log_w = coarse_log_weights(batch, coarse, grid, log_direction_prior, settings)
-        n_columns = log_w.shape[-1]
-        particle, index, n_sig = significant(log_w, settings, caps)
-        translation, column = index // n_columns, index % n_columns
-    else:
-        device = batch.masked.device
-        near_rows, far_rows, everywhere = (t.to(device) for t in split)
-        near = coarse_log_weights(batch, coarse, grid, log_direction_prior, settings, translations=near_rows)  # (B, Tn, C)
-        n_columns = near.shape[-1]
-        packed = [near.reshape(near.shape[0], -1)]
-        if everywhere.numel():
-            far = coarse_log_weights(batch, coarse, grid, log_direction_prior, settings, translations=far_rows, columns=everywhere)  # (B, Tf, Cf)
-            packed.append(far.reshape(far.shape[0], -1))
-        particle, index, n_sig = significant(torch.cat(packed, 1), settings, caps)
-        n_near = near_rows.numel() * n_columns
-        translation, column = near_rows[index.clamp(max=n_near - 1) // n_columns], index % n_columns
-        if everywhere.numel():  # entries past n_near: the far block, rows `everywhere`
-            far_index = (index - n_near).clamp(min=0)
-            in_far = index >= n_near
-            translation = torch.where(in_far, far_rows[far_index // everywhere.numel()], translation)
-            column = torch.where(in_far, everywhere[far_index % everywhere.numel()], column)
+    log_w = coarse_log_weights(batch, coarse, grid, log_direction_prior, settings)
+    n_columns = log_w.shape[-1]
+    caps = None if settings.particle_cap is None else settings.particle_cap[batch.particle_index.cpu()].to(log_w.device)
+    particle, index, n_sig = significant(log_w, settings, caps)
+    column = index % n_columns
     orientation = column if coarse.columns is None else coarse.columns[column]
-    return CoarseHits(particle=particle, translation=translation, orientation=orientation, n_significant=n_sig)
+    return CoarseHits(particle=particle, translation=index // n_columns, orientation=orientation, n_significant=n_sig)
 
 
 def significant(log_w: torch.Tensor, settings: SearchSettings, caps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -136,10 +136,6 @@ class VdamConfig:
     # particles held 45 % of the fine pass's hypotheses, three quarters of them in the junk classes
     lesser_class_max_significant: int = 30
     lesser_class_trail_shells: int = 3
-    # and, once every class is centred on its symmetry (after VDAM's initial phase), the coarse pass
-    # searches those classes only at the translations within this many offset steps of each particle's
-    # previous origin (vdam.iterate.near_classes; 0: everywhere)
-    lesser_class_offset_steps: float = 1.0
     local_min_pmax: float = 0.5
     # after VDAM's initial phase, sharp particles (pmax >= local_min_pmax) of the mini-batch iterations
     # search translations only this many offset steps around their previous origin, over all

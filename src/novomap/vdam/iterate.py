@@ -63,38 +63,16 @@ def class_sizes(state: RunState, current_size: int, config: VdamConfig) -> list[
     return sizes if min(sizes) < current_size else None
 
 
-def lesser_classes(state: RunState, config: VdamConfig) -> torch.Tensor | None:
-    """(K,) bool: the classes whose resolution shell trails the best class's by at least
-    config.lesser_class_trail_shells, or None where there is none (one class)."""
-    if state.n_classes < 2:
-        return None
-    shells = torch.tensor([resolution_shell(state.ssnr[k]) for k in range(state.n_classes)])
-    lesser = shells <= int(shells.max()) - config.lesser_class_trail_shells
-    return lesser if bool(lesser.any()) else None
-
-
-def near_classes(state: RunState, grid: SearchGrid, config: VdamConfig, with_sums: bool) -> tuple[torch.Tensor, float] | None:
-    """((K,) bool, offset_px) for run_estep: in the mini-batch iterations after VDAM's initial phase,
-    where every class is centred (origins mean the same in every class), the lesser classes'
-    coarse hypotheses only within config.lesser_class_offset_steps offset steps of each particle's
-    previous origin; None: every class at every translation."""
-    if not with_sums or config.lesser_class_offset_steps <= 0 or grid.offset_step_px <= 0:
-        return None
-    if state.iteration < schedules.phases(config.n_iter, config.initial_fraction, config.final_fraction).initial:
-        return None
-    if not config.recentre_on_symmetry or not all(centred_classes(state)):
-        return None
-    lesser = lesser_classes(state, config)
-    return None if lesser is None else (lesser, config.lesser_class_offset_steps * grid.offset_step_px)
-
-
 def particle_caps(state: RunState, config: VdamConfig) -> torch.Tensor | None:
     """(n_particles,) int64 coarse significance cap of each particle, or None (significant_cap for all):
     config.lesser_class_max_significant for the particles last placed in a class whose resolution
     shell trails the best class's by at least config.lesser_class_trail_shells (one class, or the
     option at 0: None)."""
-    lesser = lesser_classes(state, config) if config.lesser_class_max_significant > 0 else None
-    if lesser is None:
+    if state.n_classes < 2 or config.lesser_class_max_significant <= 0:
+        return None
+    shells = torch.tensor([resolution_shell(state.ssnr[k]) for k in range(state.n_classes)])
+    lesser = shells <= int(shells.max()) - config.lesser_class_trail_shells  # (K,)
+    if not bool(lesser.any()):
         return None
     placed = state.class_number > 0
     in_lesser = placed & lesser[(state.class_number - 1).clamp(min=0)]
@@ -147,7 +125,7 @@ def expectation(
         narrow = narrow_translations(state, global_index, grid, config, with_sums)
         total, spent = run_estep(
             state, particles, global_index, half, grid, current_size, coarse_size, settings, devices, with_sums, config.chunk_size, config.pool, narrow=narrow,
-            coarse_columns=columns, class_sizes=sizes, near_classes=near_classes(state, grid, config, with_sums),
+            coarse_columns=columns, class_sizes=sizes,
         )
         _add_timings(timings, spent)
         timings["n_narrow"] = timings.get("n_narrow", 0) + (int(narrow[0].sum()) if narrow is not None else 0)
