@@ -206,6 +206,26 @@ def test_with_several_classes_the_final_pass_keeps_sharp_particles_in_their_clas
     assert float((classes[True][0::2] == 1).float().mean()) > 0.9
 
 
+def test_local_searches_in_the_iterations_keep_a_lesser_class_particles_cap(simulated, one_thread):
+    """vdam.iterate.particle_caps holds in the local coarse pass too: with local searches in the mini-batch
+    iterations, the particles last placed in a class 8 shells behind pass at most their cap, the others more."""
+    particles, volume = simulated
+    found = {}
+    for cap in (2, 0):
+        config = VdamConfig(seed=1, max_healpix_order=2, max_local_order_iterations=3, n_classes=2, lesser_class_max_significant=cap)
+        state = _mirror_classes_state(particles, volume, config)
+        state.acc_rot_deg = 6.0
+        n_shells = state.ssnr.shape[1]
+        state.ssnr = torch.stack([(torch.arange(n_shells) <= 20).double() * 4, (torch.arange(n_shells) <= 12).double() * 4])
+        assert local_order(state, config) == 3
+        grid, current_size, coarse_size = search_setup(state, particles, config, advance=False)
+        everyone = torch.arange(particles.n)
+        expectation(state, particles, everyone, pseudo_halves(particles), grid, current_size, coarse_size, config, [torch.device("cpu")], {})
+        found[cap] = state.n_significant.clone()
+    in_mirror = torch.arange(particles.n)[1::2]
+    assert int(found[2][in_mirror].max()) <= 2 and int(found[0][in_mirror].max()) > 2
+
+
 def test_the_polish_in_own_class_projects_only_its_classes_orientations_with_the_same_result(simulated, one_thread, monkeypatch):
     """With each particle searched in its own class, a chunk projects class k only where its own
     particles' candidates lie (driver._chunk_coarse): the poses and likelihoods are those of projecting

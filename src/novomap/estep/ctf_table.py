@@ -15,7 +15,7 @@ import weakref
 
 import torch
 
-from novomap.physics.fourier import image_frequencies
+from novomap.physics.fourier import image_frequencies, rfft_shells
 from novomap.physics.window import FourierWindow
 from novomap.reconstruct import particle_ctf
 
@@ -33,7 +33,8 @@ class CtfTable:
         self._values = torch.empty((n, box, box // 2 + 1), dtype=torch.float32)
         self._filled = torch.zeros(n, dtype=torch.bool)
         ky, kx = image_frequencies(box)
-        self._whole = FourierWindow(box, box, torch.arange(box * (box // 2 + 1)), kx.reshape(-1).double(), ky.reshape(-1).double(), torch.zeros(0), False)
+        # every pixel of the half-plane, corners and the kx = 0 column's redundant half included
+        self._whole = FourierWindow(box, box, torch.arange(box * (box // 2 + 1)), kx.reshape(-1).double(), ky.reshape(-1).double(), rfft_shells(box).reshape(-1))
         self._lock = threading.Lock()
 
     def on_window(self, index: torch.Tensor, window: FourierWindow) -> torch.Tensor:

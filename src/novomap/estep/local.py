@@ -15,7 +15,7 @@ import math
 import torch
 
 from novomap.estep.prepare import PreparedBatch
-from novomap.estep.search import CoarseHits, CoarseReferences, SearchSettings, _offset_log_prior, significant
+from novomap.estep.search import CoarseHits, CoarseReferences, SearchSettings, _offset_log_prior, batch_caps, significant
 from novomap.physics.window import shift_phases
 from novomap.sampling.grid import SearchGrid
 
@@ -84,7 +84,7 @@ def local_coarse_pass(
     per_slot = torch.where(valid, per_slot, torch.full_like(per_slot, _EXCLUDED))
     log_w.add_(per_slot[:, None, :])
     log_w.add_(_offset_log_prior(batch.origin_px, grid.coarse_translations.to(device), settings).float()[:, :, None])
-    particle, index, n_sig = significant(log_w, settings)
+    particle, index, n_sig = significant(log_w, settings, batch_caps(settings, batch))
     slot = index % keys.shape[1]
     return CoarseHits(particle=particle, translation=index // keys.shape[1], orientation=grid_keys[particle, slot], n_significant=n_sig)
 

@@ -196,11 +196,17 @@ def coarse_pass(
     """
     log_w = coarse_log_weights(batch, coarse, grid, log_direction_prior, settings)
     n_columns = log_w.shape[-1]
-    caps = None if settings.particle_cap is None else settings.particle_cap[batch.particle_index.cpu()].to(log_w.device)
-    particle, index, n_sig = significant(log_w, settings, caps)
+    particle, index, n_sig = significant(log_w, settings, batch_caps(settings, batch))
     column = index % n_columns
     orientation = column if coarse.columns is None else coarse.columns[column]
     return CoarseHits(particle=particle, translation=index // n_columns, orientation=orientation, n_significant=n_sig)
+
+
+def batch_caps(settings: SearchSettings, batch: PreparedBatch) -> torch.Tensor | None:
+    """(B,) the batch's particles' own caps (settings.particle_cap), or None where there are none."""
+    if settings.particle_cap is None:
+        return None
+    return settings.particle_cap[batch.particle_index.cpu()].to(batch.masked.device)
 
 
 def significant(log_w: torch.Tensor, settings: SearchSettings, caps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -58,9 +58,13 @@ def class_sizes(state: RunState, current_size: int, config: VdamConfig) -> list[
     the coarse pass keeps one window for all classes (its own, mostly narrower than any class's)."""
     if not config.class_windows or state.n_classes < 2:
         return None
-    shells = [resolution_shell(state.ssnr[k]) for k in range(state.n_classes)]
-    sizes = class_image_sizes(state.resolution_shell, shells, current_size)
+    sizes = class_image_sizes(state.resolution_shell, class_shells(state), current_size)
     return sizes if min(sizes) < current_size else None
+
+
+def class_shells(state: RunState) -> list[int]:
+    """Each class's resolution shell (the last with SSNR >= 1), from its SSNR of the last M-step."""
+    return [resolution_shell(state.ssnr[k]) for k in range(state.n_classes)]
 
 
 def particle_caps(state: RunState, config: VdamConfig) -> torch.Tensor | None:
@@ -70,7 +74,7 @@ def particle_caps(state: RunState, config: VdamConfig) -> torch.Tensor | None:
     option at 0: None)."""
     if state.n_classes < 2 or config.lesser_class_max_significant <= 0:
         return None
-    shells = torch.tensor([resolution_shell(state.ssnr[k]) for k in range(state.n_classes)])
+    shells = torch.tensor(class_shells(state))
     lesser = shells <= int(shells.max()) - config.lesser_class_trail_shells  # (K,)
     if not bool(lesser.any()):
         return None
