@@ -114,6 +114,16 @@ def test_fourier_crop_equals_sampling_the_function_coarsely():
     np.testing.assert_allclose(fourier_resize_images(torch.from_numpy(coarse), 128).numpy(), fine, atol=1e-9)
 
 
+@pytest.mark.parametrize("fine_px, coarse_px", [(97, 32), (96, 33), (81, 35), (64, 31)])
+def test_fourier_resize_of_odd_boxes_keeps_the_centre(fine_px, coarse_px):
+    # odd boxes have their centre pixel (n // 2) off the field's middle: the resize moves it by a phase ramp
+    field = 64.0
+    fine = band_limited_images(fine_px, field / fine_px, field, seed=fine_px)
+    coarse = band_limited_images(coarse_px, field / coarse_px, field, seed=fine_px)
+    np.testing.assert_allclose(fourier_resize_images(torch.from_numpy(fine), coarse_px).numpy(), coarse, atol=1e-9)
+    np.testing.assert_allclose(fourier_resize_images(torch.from_numpy(coarse), fine_px).numpy(), fine, atol=1e-9)
+
+
 def test_greyscale_is_kept():
     constant = torch.full((2, 48, 48), 3.25, dtype=torch.float64)
     np.testing.assert_allclose(fourier_resize_images(constant, 20).numpy(), 3.25, atol=1e-12)
