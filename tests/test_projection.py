@@ -233,7 +233,7 @@ def test_average_over_operators_is_inserting_at_every_equivalent_orientation(com
     for op in operators:
         insert_slices(values / len(operators), weights / len(operators), (rotations.double() @ op).float(), window.kx, window.ky, 1, *expected)
     if not compiled:
-        monkeypatch.setattr(projection, "_compiled_loops", lambda: None)
+        monkeypatch.setattr(projection, "compiled_loops", lambda: None)
     data, weight = projection.average_over_operators(*once, operators.float())
     assert data.dtype == torch.complex128 and weight.dtype == torch.float64
     assert torch.allclose(data, expected[0], atol=1e-5)
@@ -262,7 +262,7 @@ def test_average_over_operators_of_a_smooth_field_matches_the_analytic_average(c
     field = _gaussian_grid(m, centre, sigma)
     expected = sum(_gaussian_grid(m, op.T @ centre, sigma) for op in operators) / 3
     if not compiled:
-        monkeypatch.setattr(projection, "_compiled_loops", lambda: None)
+        monkeypatch.setattr(projection, "compiled_loops", lambda: None)
     data, weight = projection.average_over_operators(field.to(torch.complex128) * (1 - 2j), field, operators)
     assert float((weight - expected).abs().max()) < 0.02
     assert float((data - expected * (1 - 2j)).abs().max()) < 0.05

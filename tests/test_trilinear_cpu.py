@@ -52,7 +52,7 @@ def test_slices_as_planes_are_the_complex_slices_parts():
 @pytest.mark.parametrize("compiled", [True, False])
 def test_inserting_a_buffers_rows_in_place_equals_inserting_the_gathered_slices(compiled, monkeypatch):
     if not compiled:  # the path of other devices: the rows gathered, then grid_sample's adjoint
-        monkeypatch.setattr(projection, "_compiled_loops", lambda: None)
+        monkeypatch.setattr(projection, "compiled_loops", lambda: None)
     generator = torch.Generator().manual_seed(9)
     rotations, kx, ky = _geometry(16, 30, 70, torch.float32, seed=10)
     channels = torch.randn(3, 50, 70, generator=generator)  # a buffer of 50 rows, 30 of them inserted

@@ -14,6 +14,7 @@ import torch
 from novomap.physics.ctf import ctf_values, pixel_frequencies_a
 from novomap.physics.euler import euler_to_matrix
 from novomap.physics.fourier import centred_ft_to_volume, centred_radius, rfft_image
+from novomap.physics import projection
 from novomap.physics.projection import hermitian_symmetrise, insert_slices
 from novomap.physics.window import FourierWindow, fourier_window, shift_phases
 
@@ -56,7 +57,7 @@ class FourierAccumulator:
         ctf = ctf.double()
         values, weights = (aligned * ctf).to(self.data.dtype), (ctf * ctf).to(self.weight.dtype)
         rotations = rotations.to(self.weight.dtype)
-        compiled = _compiled_scatter() if self.data.device.type == "cpu" else None
+        compiled = projection.compiled_loops() if self.data.device.type == "cpu" else None
         if compiled is None:
             insert_slices(values, weights, rotations, self.window.kx, self.window.ky, self.pad, self.data, self.weight)
             return
@@ -67,7 +68,7 @@ class FourierAccumulator:
     def flush(self) -> None:
         """Add the per-thread grids (CPU) into data and weight, and free them."""
         if self._private is not None:
-            _compiled_scatter().add_grids_into(self._private, self.data, self.weight)
+            projection.compiled_loops().add_grids_into(self._private, self.data, self.weight)
             self._private = None
 
     def reconstruct(self, regulariser: float = 0.2) -> torch.Tensor:
@@ -84,13 +85,6 @@ class FourierAccumulator:
         lam = regulariser * weight[inside].mean()
         spectrum = torch.where(inside, data / (weight + lam), torch.zeros_like(data))
         return centred_ft_to_volume(spectrum, self.box)
-
-
-def _compiled_scatter():
-    """physics.trilinear_cpu when numba is installed, else None (imported on first use, as physics.projection does)."""
-    from novomap.physics import trilinear_cpu
-
-    return trilinear_cpu if trilinear_cpu.available() else None
 
 
 def particle_ctf(particles, index: torch.Tensor, window: FourierWindow) -> torch.Tensor:

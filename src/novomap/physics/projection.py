@@ -17,7 +17,7 @@ from novomap.physics.fourier import centred_radius, hermitian_partner, volume_to
 from novomap.physics.grid_cache import cached_grid
 
 
-def _compiled_loops():
+def compiled_loops():
     """physics.trilinear_cpu when numba is installed, else None. Imported on first use: numba takes
     ~0.4 s to import, which `novomap --help` and GPU runs need not pay."""
     from novomap.physics import trilinear_cpu
@@ -84,7 +84,7 @@ def extract_slices(
     n_slices, n_pixels = rotations.shape[0], kx.shape[0]
     if out is None:
         out = torch.empty((n_slices, n_pixels), dtype=volume_ft.dtype, device=volume_ft.device)
-    compiled = _compiled_loops() if volume_ft.device.type == "cpu" else None
+    compiled = compiled_loops() if volume_ft.device.type == "cpu" else None
     if compiled is not None:
         target = out if out.is_contiguous() else torch.empty_like(out)
         compiled.gather_slices(volume_ft, rotations, kx, ky, pad, target)
@@ -97,7 +97,7 @@ def extract_slices(
 def extract_slice_planes(volume_ft: torch.Tensor, rotations: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor, pad: int, out: torch.Tensor) -> torch.Tensor:
     """extract_slices as real and imaginary planes: written into out (O, 2, P) real (contiguous), directly
     by the compiled CPU gather (no complex intermediate), elsewhere from extract_slices' result."""
-    compiled = _compiled_loops() if volume_ft.device.type == "cpu" else None
+    compiled = compiled_loops() if volume_ft.device.type == "cpu" else None
     if compiled is not None and out.is_contiguous():
         compiled.gather_slices(volume_ft, rotations, kx, ky, pad, out)
         return out
@@ -153,7 +153,7 @@ def insert_slices(
         parts.append(weights.to(dtype))
     if not parts:
         return
-    compiled = _compiled_loops() if grid_ref.device.type == "cpu" else None
+    compiled = compiled_loops() if grid_ref.device.type == "cpu" else None
     if compiled is not None:
         adjoint = compiled.scatter_slices(parts, rotations, kx, ky, pad, m)
     else:
@@ -169,7 +169,7 @@ def insert_slice_rows(
     weight_grid (M, M, M) float64 (the E-step's double-precision sums), in place: on the CPU the
     compiled scatter reads the rows where they are, with no gathered copy of them, and adds its
     per-thread sums straight into the grids (estep.cache.SliceBuffer)."""
-    compiled = _compiled_loops() if data_grid.device.type == "cpu" else None
+    compiled = compiled_loops() if data_grid.device.type == "cpu" else None
     if compiled is None:
         n = kx.shape[0]
         insert_slices(torch.complex(channels[0, index, :n], channels[1, index, :n]), channels[2, index, :n], rotations, kx, ky, pad, data_grid, weight_grid)
@@ -219,7 +219,7 @@ def average_over_operators(
     back-projector does.
     """
     channels = torch.cat([torch.view_as_real(data_grid), weight_grid[..., None].to(data_grid.real.dtype)], -1)  # (M, M, M, 3)
-    compiled = _compiled_loops() if data_grid.device.type == "cpu" else None
+    compiled = compiled_loops() if data_grid.device.type == "cpu" else None
     if compiled is not None:
         reach = math.sqrt(3) * (data_grid.shape[0] / 2 + 1) if radius is None else radius
         averaged = compiled.operator_average(channels, operators, reach).to(channels.dtype)
