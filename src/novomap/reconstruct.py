@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from novomap.physics import projection
 from novomap.physics.ctf import ctf_values, pixel_frequencies_a
 from novomap.physics.euler import euler_to_matrix
 from novomap.physics.fourier import centred_ft_to_volume, centred_radius, rfft_image
-from novomap.physics import projection
 from novomap.physics.projection import hermitian_symmetrise, insert_slices
 from novomap.physics.window import FourierWindow, fourier_window, shift_phases
 

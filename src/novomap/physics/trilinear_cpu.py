@@ -359,11 +359,17 @@ def add_scattered_rows(
 
 
 def private_grids(m: int, n_channels: int = 3) -> np.ndarray:
-    """Zeroed per-thread float64 grids (n_parts, M, M, M, C) for scatter_into_grids: one per thread
-    within the scatter's memory budget (at least one)."""
+    """Zeroed per-thread float64 grids (n_parts, M, M, M, C) for scatter_into_grids (_n_parts of them)."""
     with numba_threads() as n_threads:
-        n_parts = max(1, min(n_threads, _SCATTER_BUDGET_BYTES // (8 * n_channels * m**3)))
+        n_parts = _n_parts(n_threads, n_channels, m)
     return np.zeros((n_parts, m, m, m, n_channels), dtype=np.float64)
+
+
+def _n_parts(n_threads: int, n_channels: int, m: int) -> int:
+    """How many private grids a scatter of C channels into an (M, M, M) grid uses: one per thread,
+    within a memory budget (a 160^3 grid of 3 channels is 98 MB), at least one. Set by the whole grid,
+    so that the slices' split among the parts, hence the sums, do not depend on a crop of it."""
+    return max(1, min(n_threads, _SCATTER_BUDGET_BYTES // (8 * n_channels * m**3)))
 
 
 def scatter_into_grids(grids: np.ndarray, channels: torch.Tensor, rotations: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor, pad: int) -> None:
@@ -412,10 +418,7 @@ def _scattered_parts(
     rows, kx_values, ky_values = _geometry(rotations, kx, ky, pad, values.dtype)
     offset, size = reached_cube(rows, kx_values, ky_values, m)
     with numba_threads() as n_threads:
-        # one private grid per thread, within a memory budget (a 160^3 grid of 3 channels is 98 MB), set
-        # by the whole grid so that the slices' split among the parts, hence the sums, do not depend on the crop
-        n_parts = max(1, min(n_threads, _SCATTER_BUDGET_BYTES // (8 * values.shape[0] * m**3)))
-        grids = np.zeros((n_parts, size, size, size, values.shape[0]), dtype=np.float64)
+        grids = np.zeros((_n_parts(n_threads, values.shape[0], m), size, size, size, values.shape[0]), dtype=np.float64)
         _scatter(source, slice_rows.to(torch.int64).contiguous().numpy(), rows, kx_values, ky_values, grids, m // 2, offset)
     return grids, offset
 
