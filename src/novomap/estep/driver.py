@@ -21,6 +21,7 @@ from novomap.estep.accumulate import Sums, accumulate, flush_slices
 from novomap.estep.cache import ProjectionCache
 from novomap.estep.ctf_table import window_ctf
 from novomap.estep.local import LocalPrior, local_chunk_size, local_coarse_pass
+from novomap.estep.posterior_mean import posterior_mean_poses
 from novomap.estep.prepare import prepare_batch
 from novomap.estep.search import (
     CoarseReferences,
@@ -169,10 +170,31 @@ def _chunk_coarse(
     return dataclasses.replace(work.coarse, projections=projections, power=powers), used, renumbered
 
 
-def _store_assignments(state: RunState, chunk: torch.Tensor, origin_px: torch.Tensor, result: FineResult, fine_rotations: torch.Tensor, pixel_size_a: float) -> None:
-    rot, tilt, psi = matrix_to_euler(fine_rotations[result.best_orientation.cpu()])
+def _best_poses(result: FineResult, fine_rotations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each particle's best hypothesis: rotations (B, 3, 3) and translations (B, 2) px, on the CPU."""
+    return fine_rotations[result.best_orientation.cpu()], result.best_translation_px.cpu()
+
+
+def _mean_poses(result: FineResult, grid: SearchGrid) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each particle's posterior-mean pose within the class of its best hypothesis (estep.posterior_mean):
+    rotations (B, 3, 3) and translations (B, 2) px, on the CPU."""
+    device = result.weights.device
+    in_best_class = result.row_class == result.best_class[result.row_particle]
+    weights = result.weights * in_best_class[:, None]
+    rotations = grid.fine_rotations.reshape(-1, 3, 3).to(device)[result.row_orientation]
+    translations = grid.fine_translations.to(device)[result.row_translation]  # (H, J, 2)
+    mean_rotations, mean_shifts = posterior_mean_poses(weights, result.row_particle, rotations, translations, result.best_class.shape[0])
+    return mean_rotations.cpu(), mean_shifts.cpu()
+
+
+def _store_assignments(
+    state: RunState, chunk: torch.Tensor, origin_px: torch.Tensor, result: FineResult, poses: tuple[torch.Tensor, torch.Tensor], pixel_size_a: float
+) -> None:
+    """Write the chunk's poses (rotations (B, 3, 3), translations (B, 2) px from the rounded origins), classes and figures into `state`."""
+    rotations, translations_px = poses
+    rot, tilt, psi = matrix_to_euler(rotations)
     state.rot_deg[chunk], state.tilt_deg[chunk], state.psi_deg[chunk] = rot, tilt, psi
-    new_origin = (origin_px + result.best_translation_px.cpu()) * pixel_size_a
+    new_origin = (origin_px + translations_px) * pixel_size_a
     state.origin_x_a[chunk], state.origin_y_a[chunk] = new_origin[:, 0], new_origin[:, 1]
     state.class_number[chunk] = result.best_class.cpu() + 1
     state.max_probability[chunk] = result.max_probability.cpu()
@@ -201,6 +223,7 @@ def run_estep(
     narrow: tuple[torch.Tensor, SearchGrid] | None = None,
     coarse_columns: torch.Tensor | None = None,
     class_sizes: list[int] | None = None,
+    posterior_mean: bool = False,
 ) -> tuple[Sums | None, dict]:
     """Search every particle of the batch; store each one's best pose in `state`.
 
@@ -212,6 +235,8 @@ def run_estep(
     hypotheses the global coarse pass searches (one asymmetric unit per class); None: all.
     class_sizes: each class's own window (px, <= current_size; vdam.iterate.class_sizes): its
     projections hold nothing beyond it; None: current_size for all.
+    posterior_mean: with `local`, store each particle's posterior-mean pose (estep.posterior_mean)
+    instead of its best hypothesis; a global search always stores the best hypothesis.
     Returns the sums on devices[0] (None when with_sums is False: the final assignment pass)
     and the seconds spent per phase, added over devices.
     """
@@ -269,8 +294,9 @@ def run_estep(
         t4 = time.perf_counter()
         for name, seconds in (("prepare", t1 - t0), ("coarse", t2 - t1), ("fine", t3 - t2), ("backproject", t4 - t3)):
             _add_time(work.timings, name, seconds)
+        poses = _mean_poses(result, grid) if posterior_mean and local is not None else _best_poses(result, fine_rotations)
         with lock:
-            _store_assignments(state, chunk, batch.origin_px.cpu(), result, fine_rotations, particles.pixel_size_a)
+            _store_assignments(state, chunk, batch.origin_px.cpu(), result, poses, particles.pixel_size_a)
 
     def run_device(d: int) -> None:
         work = works[d]

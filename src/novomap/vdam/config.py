@@ -100,6 +100,13 @@ class VdamConfig:
     # local searches evaluate only each particle's current class (polish_config sets it from
     # polish_in_own_class; the mini-batch iterations search every class)
     local_in_own_class: bool = False
+    # the polish stores each particle's posterior-mean pose (estep.posterior_mean) instead of its best sample
+    # (polish_config sets local_posterior_mean from it). hb_c2_tight (120 kDa, SNR 0.06), three finished runs:
+    # angular error 2.67 -> 2.46 deg median, FSC 0.5 to the truth 5.47-5.81 -> 5.28-5.34 Å
+    # (benchmarks/results/2026-12-06-s49-posterior-mean.md)
+    final_posterior_mean: bool = True
+    # local searches store posterior-mean poses (polish_config sets it; the iterations store best samples)
+    local_posterior_mean: bool = False
     # with several classes the final pass's first stage too searches the particles whose last
     # posterior was sharp (pmax >= local_min_pmax: locally, around their pose) in the class their last
     # mini-batch chose; the others search every class globally. False: the sharp ones every class too

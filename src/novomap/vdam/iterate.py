@@ -147,7 +147,7 @@ def expectation(
         _, local_coarse = image_sizes(state.resolution_shell, particles.box_size, coarse_step, config.particle_diameter_a, particles.pixel_size_a)
         sums, spent = run_estep(
             state, particles, local_index, half, local.grid, current_size, local_coarse, settings, devices, with_sums, 0, config.pool, local=local,
-            class_sizes=sizes,
+            class_sizes=sizes, posterior_mean=config.local_posterior_mean,
         )
         _add_timings(timings, {f"local_{name}": seconds for name, seconds in spent.items()})
         if total is None:
@@ -405,7 +405,8 @@ def polish_config(config: VdamConfig) -> VdamConfig:
     within half a step). A repeat of the first stage's own settings gains about a quarter as much; a
     particle searched globally in the first stage would lose its pose again in a global repeat. With
     several classes each particle is searched in the class the first stage chose
-    (config.polish_in_own_class): this stage refines poses, the class is chosen."""
+    (config.polish_in_own_class): this stage refines poses, the class is chosen. Each particle then
+    takes its posterior-mean pose (config.final_posterior_mean), not its best sample."""
     return dataclasses.replace(
         config,
         max_local_order=config.max_local_order + 1,
@@ -413,6 +414,7 @@ def polish_config(config: VdamConfig) -> VdamConfig:
         local_offset_step_px=config.local_offset_step_px / 2,
         local_min_pmax=0.0,
         local_in_own_class=config.polish_in_own_class,
+        local_posterior_mean=config.final_posterior_mean,
     )
 
 
