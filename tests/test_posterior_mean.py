@@ -6,12 +6,11 @@ import math
 
 import pytest
 import torch
+from _simulated import demo_particles
 
-from novomap.demo_data import load_demo_map
 from novomap.estep.posterior_mean import nearest_rotations, posterior_mean_poses
 from novomap.io.particles import ParticleSet
 from novomap.physics.euler import axis_angle_to_matrix, euler_to_matrix, matrix_to_euler, rotation_angle_deg
-from novomap.simulate import SimulationOptions, simulate
 from novomap.vdam.config import VdamConfig
 from novomap.vdam.iterate import assign_all, polish_config, pseudo_halves
 from novomap.vdam.start import initial_state
@@ -70,10 +69,7 @@ def test_rows_of_interleaved_particles_stay_apart_and_unnormalised_weights_are_n
 @pytest.fixture(scope="module")
 def noisy(tmp_path_factory) -> tuple[ParticleSet, torch.Tensor]:
     """Particles whose local posteriors spread over several samples (SNR 0.1: pmax ~0.17 at the polish's order 5)."""
-    out = tmp_path_factory.mktemp("sim_posterior_mean")
-    volume, _ = load_demo_map()
-    simulate(volume, out, SimulationOptions(n=120, snr=0.1, seed=8, max_shift_px=2.0, defocus_min_a=9000, defocus_max_a=15000))
-    return ParticleSet.from_star(out / "particles.star", preread=True), volume.double()
+    return demo_particles(tmp_path_factory.mktemp("sim_posterior_mean"), n=120, snr=0.1, seed=8)
 
 
 def _final_pass_errors(particles: ParticleSet, volume: torch.Tensor, config: VdamConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
