@@ -83,20 +83,28 @@ def fourier_resize(
     """
     n = volume.shape[-1]
     dtype = torch.complex128 if volume.dtype == torch.float64 else torch.complex64
-    spectrum = torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(volume)).to(dtype))
-    out = torch.zeros((box, box, box), dtype=dtype)
+    spectrum = torch.fft.fftn(torch.fft.ifftshift(volume)).to(dtype)  # phase origin at the centre voxel
+    # the kept frequencies go straight to their places in the unshifted output spectrum, and each large
+    # array is dropped once used: an upsampling to the output grid (128 -> 512 px) had held four full
+    # 512^3 copies at once (benchmarks/results/2026-12-06-s49-posterior-mean.md, section 10)
     c = min(n, box)
-    src = slice(n // 2 - c // 2, n // 2 - c // 2 + c)
-    dst = slice(box // 2 - c // 2, box // 2 - c // 2 + c)
-    out[dst, dst, dst] = spectrum[src, src, src]
+    freqs = torch.arange(-(c // 2), c - c // 2)
+    src, dst = freqs % n, freqs % box
+    out = torch.zeros((box, box, box), dtype=dtype)
+    out[dst[:, None, None], dst[None, :, None], dst[None, None, :]] = spectrum[src[:, None, None], src[None, :, None], src[None, None, :]]
+    del spectrum
     if bfactor_a2 != 0.0:
         if pixel_size_a is None:
             raise ValueError("pixel_size_a is needed with a B-factor")
-        k = (torch.arange(box, dtype=torch.float64) - box // 2) / (box * pixel_size_a)
+        k = torch.fft.ifftshift((torch.arange(box, dtype=torch.float64) - box // 2) / (box * pixel_size_a))  # unshifted order
         s2 = k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2
-        out = out * torch.exp(-bfactor_a2 * s2 / 4).to(out.real.dtype)
-    resized = torch.fft.fftshift(torch.fft.ifftn(torch.fft.ifftshift(out)).real)
-    return (resized * (box / n) ** 3).to(volume.dtype)
+        out *= torch.exp(-bfactor_a2 * s2 / 4).to(out.real.dtype)
+    field = torch.fft.ifftn(out)
+    del out
+    resized = torch.fft.fftshift(field.real)
+    del field
+    resized *= (box / n) ** 3
+    return resized.to(volume.dtype)
 
 
 def resample_map(
