@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from novomap.physics.euler import axis_angle_to_matrix, euler_to_matrix, matrix_to_euler, rotation_angle_deg
+from novomap.physics.euler import axis_angle_to_matrix, euler_to_matrix, matrix_to_euler, nearest_rotations, rotation_angle_deg
 
 S3 = math.sqrt(3.0)
 
@@ -134,3 +134,11 @@ def test_axis_angle_rotates_x_to_y_about_z():
     r = axis_angle_to_matrix(axis, 37.0).numpy()
     expected = Rotation.from_rotvec((axis / axis.norm()).numpy() * math.radians(37.0)).as_matrix()
     np.testing.assert_allclose(r, expected, atol=1e-12)
+
+
+def test_nearest_rotation_of_a_scaled_rotation_is_the_rotation_and_reflections_become_proper():
+    rotation = euler_to_matrix(*(torch.tensor([a], dtype=torch.float64) for a in (40.0, 70.0, -20.0)))
+    assert torch.allclose(nearest_rotations(0.3 * rotation), rotation, atol=1e-12)
+    flipped = nearest_rotations(rotation @ torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64)))
+    assert float(torch.det(flipped)) == pytest.approx(1.0)
+    assert torch.allclose(nearest_rotations(0.3 * rotation[0]), rotation[0], atol=1e-12)  # one matrix, no batch

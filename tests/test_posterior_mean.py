@@ -8,7 +8,7 @@ import pytest
 import torch
 from _simulated import demo_particles
 
-from novomap.estep.posterior_mean import nearest_rotations, posterior_mean_poses
+from novomap.estep.posterior_mean import posterior_mean_poses
 from novomap.io.particles import ParticleSet
 from novomap.physics.euler import axis_angle_to_matrix, euler_to_matrix, matrix_to_euler, rotation_angle_deg
 from novomap.vdam.config import VdamConfig
@@ -18,13 +18,6 @@ from novomap.vdam.start import initial_state
 
 def _z_rotation(angle_deg: float) -> torch.Tensor:
     return axis_angle_to_matrix(torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64), angle_deg)
-
-
-def test_nearest_rotation_of_a_scaled_rotation_is_the_rotation_and_reflections_become_proper():
-    rotation = euler_to_matrix(*(torch.tensor([a], dtype=torch.float64) for a in (40.0, 70.0, -20.0)))
-    assert torch.allclose(nearest_rotations(0.3 * rotation), rotation, atol=1e-12)
-    flipped = nearest_rotations(rotation @ torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64)))
-    assert float(torch.det(flipped)) == pytest.approx(1.0)
 
 
 def test_one_weighted_row_gives_its_own_pose():

@@ -9,15 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from novomap.physics.euler import rotation_angle_deg
+from novomap.physics.euler import nearest_rotations, rotation_angle_deg
 
 MIRROR = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))
-
-
-def _project_to_rotation(matrix: torch.Tensor) -> torch.Tensor:
-    u, _, vt = torch.linalg.svd(matrix)
-    d = torch.sign(torch.linalg.det(u @ vt))
-    return u @ torch.diag(torch.stack([torch.ones_like(d), torch.ones_like(d), d])) @ vt
 
 
 def global_rotation(poses_a: torch.Tensor, poses_b: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
@@ -41,7 +35,7 @@ def global_rotation(poses_a: torch.Tensor, poses_b: torch.Tensor, group: torch.T
     for a, b in zip(poses_a[inliers], poses_b[inliers]):
         options = group.transpose(-1, -2) @ a.T @ b  # g^T A_a^T A_b for every g
         aligned.append(options[torch.argmin(rotation_angle_deg(options, best.expand_as(options)))])
-    return _project_to_rotation(torch.stack(aligned).mean(0)) if aligned else best
+    return nearest_rotations(torch.stack(aligned).mean(0)) if aligned else best
 
 
 def pose_errors(poses_a: torch.Tensor, poses_b: torch.Tensor, q: torch.Tensor, group: torch.Tensor) -> torch.Tensor:

@@ -175,13 +175,13 @@ def _best_poses(result: FineResult, fine_rotations: torch.Tensor) -> tuple[torch
     return fine_rotations[result.best_orientation.cpu()], result.best_translation_px.cpu()
 
 
-def _mean_poses(result: FineResult, grid: SearchGrid) -> tuple[torch.Tensor, torch.Tensor]:
+def _mean_poses(result: FineResult, fine_rotations: torch.Tensor, grid: SearchGrid) -> tuple[torch.Tensor, torch.Tensor]:
     """Each particle's posterior-mean pose within the class of its best hypothesis (estep.posterior_mean):
     rotations (B, 3, 3) and translations (B, 2) px, on the CPU."""
     device = result.weights.device
     in_best_class = result.row_class == result.best_class[result.row_particle]
     weights = result.weights * in_best_class[:, None]
-    rotations = grid.fine_rotations.reshape(-1, 3, 3).to(device)[result.row_orientation]
+    rotations = fine_rotations.to(device)[result.row_orientation]
     translations = grid.fine_translations.to(device)[result.row_translation]  # (H, J, 2)
     mean_rotations, mean_shifts = posterior_mean_poses(weights, result.row_particle, rotations, translations, result.best_class.shape[0])
     return mean_rotations.cpu(), mean_shifts.cpu()
@@ -294,7 +294,7 @@ def run_estep(
         t4 = time.perf_counter()
         for name, seconds in (("prepare", t1 - t0), ("coarse", t2 - t1), ("fine", t3 - t2), ("backproject", t4 - t3)):
             _add_time(work.timings, name, seconds)
-        poses = _mean_poses(result, grid) if posterior_mean and local is not None else _best_poses(result, fine_rotations)
+        poses = _mean_poses(result, fine_rotations, grid) if posterior_mean and local is not None else _best_poses(result, fine_rotations)
         with lock:
             _store_assignments(state, chunk, batch.origin_px.cpu(), result, poses, particles.pixel_size_a)
 

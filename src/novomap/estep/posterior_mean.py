@@ -14,13 +14,7 @@ from __future__ import annotations
 
 import torch
 
-
-def nearest_rotations(matrices: torch.Tensor) -> torch.Tensor:
-    """The rotation nearest (Frobenius) to each 3x3 matrix (B, 3, 3) -> (B, 3, 3): U diag(1, 1, det UV^T) V^T."""
-    u, _, vh = torch.linalg.svd(matrices)
-    sign = torch.sign(torch.det(u @ vh))
-    u = torch.cat([u[..., :2], u[..., 2:] * sign[:, None, None]], dim=-1)
-    return u @ vh
+from novomap.physics.euler import nearest_rotations
 
 
 def posterior_mean_poses(

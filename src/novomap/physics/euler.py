@@ -61,6 +61,15 @@ def rotation_angle_deg(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.rad2deg(torch.arccos(((trace - 1) / 2).clamp(-1.0, 1.0)))
 
 
+def nearest_rotations(matrices: torch.Tensor) -> torch.Tensor:
+    """The proper rotation nearest (Frobenius) to each 3x3 matrix (..., 3, 3) -> (..., 3, 3):
+    U diag(1, 1, det UV^T) V^T from the SVD U S V^T (a chordal mean of rotations, a noisy estimate)."""
+    u, _, vh = torch.linalg.svd(matrices)
+    sign = torch.sign(torch.det(u @ vh))
+    u = torch.cat([u[..., :2], u[..., 2:] * sign[..., None, None]], dim=-1)
+    return u @ vh
+
+
 def axis_angle_to_matrix(axis: torch.Tensor, angle_deg: torch.Tensor | float) -> torch.Tensor:
     """Active right-handed rotation by angle_deg about axis (..., 3) -> (..., 3, 3) (Rodrigues).
 
