@@ -128,24 +128,29 @@ def test_local_search_recovers_poses_finer_than_the_global_grid(simulated, one_t
 
 def test_the_final_pass_polishes_every_pose_one_order_finer(simulated, one_thread):
     """assign_all's second stage: every placed particle searched again around its first-stage pose,
-    one order finer (fine step 0.94 deg) with translations at a quarter pixel: closer to the true poses."""
+    one order finer (fine step 0.94 deg) with translations at a quarter pixel: closer to the true poses;
+    a second polish, around the first's posterior-mean poses, closer still."""
     particles, volume = simulated
     found = {}
-    for polish in (False, True):
-        config = VdamConfig(seed=1, max_healpix_order=2, final_polish=polish)
+    for passes in (0, 1, 2):
+        config = VdamConfig(seed=1, max_healpix_order=2, final_polish_passes=passes)
         state, truth = _state_near_truth(particles, volume, config, offset_deg=5.0, acc_rot_deg=1.2)
         state.max_probability[: particles.n // 2] = 0.1  # half of them not sharp: searched globally in the first stage
         assert local_order(state, config, final=True) == 4
         assert local_order(state, polish_config(config), final=True) == 5
         timings = assign_all(state, particles, pseudo_halves(particles), config, "cpu")
-        assert ("polish_seconds" in timings) == polish
+        assert ("polish_seconds" in timings) == (passes > 0)
         rotations = euler_to_matrix(state.rot_deg, state.tilt_deg, state.psi_deg)
         origin_error = torch.hypot(state.origin_x_a - particles.origin_x_a, state.origin_y_a - particles.origin_y_a) / particles.pixel_size_a
-        found[polish] = (d2_angle_deg(truth, rotations), origin_error)
-    (angle_before, origin_before), (angle_after, origin_after) = found[False], found[True]
+        found[passes] = (d2_angle_deg(truth, rotations), origin_error)
+    (angle_before, origin_before), (angle_after, origin_after), (angle_twice, origin_twice) = found[0], found[1], found[2]
     assert float(angle_after.median()) < 0.8 * float(angle_before.median())
     assert float(angle_after.median()) < 1.0
     assert float(origin_after.median()) <= float(origin_before.median())
+    # median 2.31 -> 0.68 -> 0.44 deg, rms 4.0 -> 1.9 -> 1.1 deg: the first polish starts up to 5 deg off its best grid
+    assert float(angle_twice.median()) < 0.85 * float(angle_after.median())
+    assert float(angle_twice.square().mean()) < float(angle_after.square().mean())
+    assert float(origin_twice.median()) <= 1.05 * float(origin_after.median())
 
 
 def _mirror_classes_state(particles, volume, config: VdamConfig):

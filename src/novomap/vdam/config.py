@@ -91,8 +91,9 @@ class VdamConfig:
     local_searches: bool = True
     # then every pose is refined once more, locally, one order finer where the expected angular error allows
     # (up to max_local_order + 1) and with translations at half the local step over half the range
-    # (vdam.iterate.polish_config; FSC 0.5 to the truth 0.6-12 % finer on 10 finished runs of 9 specimens)
-    final_polish: bool = True
+    # (vdam.iterate.polish_config; FSC 0.5 to the truth 0.6-12 % finer on 10 finished runs of 9 specimens).
+    # final_polish_passes polishes: 0 none; each later one searches around the poses the one before stored
+    final_polish_passes: int = 2
     # with several classes the polish searches each particle in its own class only (the first stage chose
     # it); False: every class, as the first stage. Real K=3: the polish's coarse pass 1.85 -> 1.45 s
     # (benchmarks/results/2026-12-05-s38-k-classes.md)

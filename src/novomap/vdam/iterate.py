@@ -389,10 +389,11 @@ def assign_all(
         expectation(state, particles, todo, half, grid, current_size, coarse_size, first_stage, as_devices(device), timings, with_sums=False, group=group)
     timings["local_fraction"] = timings.pop("n_local", 0) / max(1, particles.n)
     timings.pop("n_narrow", None)
-    if config.final_polish and local_order(state, config, final=True) > 0:
+    if config.final_polish_passes > 0 and local_order(state, config, final=True) > 0:
         started = time.perf_counter()
         placed = torch.nonzero(state.class_number > 0).squeeze(1)
-        expectation(state, particles, placed, half, grid, current_size, coarse_size, polish_config(config), as_devices(device), {}, with_sums=False)
+        for _ in range(config.final_polish_passes):
+            expectation(state, particles, placed, half, grid, current_size, coarse_size, polish_config(config), as_devices(device), {}, with_sums=False)
         timings["polish_seconds"] = time.perf_counter() - started
     return timings
 
@@ -406,7 +407,9 @@ def polish_config(config: VdamConfig) -> VdamConfig:
     particle searched globally in the first stage would lose its pose again in a global repeat. With
     several classes each particle is searched in the class the first stage chose
     (config.polish_in_own_class): this stage refines poses, the class is chosen. Each particle then
-    takes its posterior-mean pose (config.final_posterior_mean), not its best sample."""
+    takes its posterior-mean pose (config.final_posterior_mean), not its best sample. assign_all runs
+    it config.final_polish_passes times: each later pass centres its search on the previous pass's
+    posterior-mean poses, which lie between the grid's samples."""
     return dataclasses.replace(
         config,
         max_local_order=config.max_local_order + 1,
