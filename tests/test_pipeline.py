@@ -176,6 +176,31 @@ def test_contour_level_encloses_the_molecular_volume():
     assert 0.1 < level < 0.9
 
 
+@pytest.mark.parametrize("n, diameter_a", [(17, 20.0), (24, 30.0), (24, None), (9, 0.5), (24, 500.0)])
+def test_contour_level_is_mean_plus_1_5_sd_inside_the_sphere(n, diameter_a):
+    """Slab by slab (no full-size mask or float64 copy) the same as a whole-box mask: voxels within the
+    radius of the centre voxel n//2; a mask of 10 voxels or fewer falls back to the whole box."""
+    pixel = 2.0
+    volume = (3.0 + np.random.default_rng(n).standard_normal((n, n, n))).astype(np.float32)
+    z, y, x = np.indices((n, n, n)) - n // 2
+    inside = volume.astype(np.float64)
+    if diameter_a is not None:
+        mask = x * x + y * y + z * z <= (diameter_a / 2 / pixel) ** 2
+        if mask.sum() > 10:
+            inside = inside[mask]
+    expected = inside.mean() + 1.5 * inside.std()
+    assert pipeline.contour_level(volume, pixel, particle_diameter_a=diameter_a) == pytest.approx(expected, rel=1e-9)
+
+
+def test_contour_level_for_a_mass_is_the_right_order_statistic():
+    volume = np.random.default_rng(3).standard_normal((20, 20, 20)).astype(np.float32)
+    pixel = 1.5
+    for voxels in (1, 37, 8000, 9000):
+        mass_kda = voxels * pixel**3 / pipeline.PROTEIN_A3_PER_DA / 1000
+        expected = np.sort(volume.ravel())[::-1][min(voxels, volume.size) - 1]
+        assert pipeline.contour_level(volume, pixel, mass_kda=mass_kda) == expected
+
+
 # ---------------------------------------------------------------------------------------------
 # Errors a user can act on: one line, non-zero exit, no traceback, RELION_JOB_EXIT_FAILURE
 

@@ -158,32 +158,48 @@ def job_output_nodes(
     return nodes
 
 
-def _sphere_mask(n: int, radius_px: float) -> np.ndarray:
-    centre = n // 2
-    z, y, x = np.ogrid[:n, :n, :n]
-    return (z - centre) ** 2 + (y - centre) ** 2 + (x - centre) ** 2 <= radius_px**2
+def _slab_masks(n: int, radius_px: float | None) -> list[tuple[int, np.ndarray]]:
+    """[(z, (n, n) bool)] for the z-slabs of an n^3 box that hold voxels within radius_px of the centre
+    voxel n//2 (every voxel where radius_px is None)."""
+    squared = (np.arange(n) - n // 2) ** 2
+    in_plane = squared[:, None] + squared[None, :]
+    if radius_px is None:
+        return [(z, np.ones((n, n), dtype=bool)) for z in range(n)]
+    return [(z, in_plane <= radius_px**2 - squared[z]) for z in range(n) if squared[z] <= radius_px**2]
+
+
+def _masked_mean_sd(volume: np.ndarray, radius_px: float | None) -> tuple[float, float, int]:
+    """(mean, standard deviation, count) of the voxels within radius_px of the centre, in float64,
+    two passes slab by slab: a 512^3 output map needs neither a float64 copy nor a full-size mask
+    (those had taken ~3 GB beyond the map itself)."""
+    slabs = _slab_masks(volume.shape[-1], radius_px)
+    count = sum(int(mask.sum()) for _, mask in slabs)
+    if count == 0:
+        return math.nan, math.nan, 0
+    mean = sum(float(volume[z][mask].sum(dtype=np.float64)) for z, mask in slabs) / count
+    squares = sum(float(np.square(volume[z][mask].astype(np.float64) - mean).sum()) for z, mask in slabs)
+    return mean, math.sqrt(squares / count), count
 
 
 def contour_level(volume: np.ndarray, pixel_size_a: float, particle_diameter_a: float | None = None, mass_kda: float | None = None) -> float:
-    """A surface threshold for viewing a map.
+    """A surface threshold for viewing a map (n, n, n).
 
     With mass_kda: the level enclosing the expected molecular volume (1.21 Å^3/Da). Otherwise
     mean + 1.5 standard deviations of the map inside the particle mask (the whole box without a
     diameter), which outlines the particle when it fills up to about a third of the mask.
     """
-    volume = np.asarray(volume, dtype=np.float64)
-    n = volume.shape[-1]
+    volume = np.asarray(volume)
     if mass_kda is not None and mass_kda > 0:
+        values = volume.ravel()
         voxels = int(round(mass_kda * 1000 * PROTEIN_A3_PER_DA / pixel_size_a**3))
-        values = np.sort(volume.ravel())[::-1]
         voxels = min(max(voxels, 1), values.size)
-        return float(values[voxels - 1])
-    inside = volume
+        return float(np.partition(values, values.size - voxels)[values.size - voxels])  # the voxels-th largest
+    stats = None
     if particle_diameter_a and particle_diameter_a > 0:
-        mask = _sphere_mask(n, 0.5 * particle_diameter_a / pixel_size_a)
-        if mask.sum() > 10:
-            inside = volume[mask]
-    level = float(inside.mean() + SIGMA_ABOVE_MEAN * inside.std())
+        stats = _masked_mean_sd(volume, 0.5 * particle_diameter_a / pixel_size_a)
+    if stats is None or stats[2] <= 10:
+        stats = _masked_mean_sd(volume, None)
+    level = stats[0] + SIGMA_ABOVE_MEAN * stats[1]
     return level if math.isfinite(level) else 0.0
 
 
