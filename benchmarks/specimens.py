@@ -292,6 +292,24 @@ HELD_OUT: dict[str, Specimen] = {
             particle_fraction=0.65, mask_fraction=0.85, snr=0.08, n_particles=1500, defocus_um=(1.0, 2.5),
             cluster_copies=2, orientation_seed=21,
         ),
+        # added in session 50, before any run: a group no specimen had (D4) in a box as users extract
+        # them at a fine pixel (192 px, binned for the work), and a tight tetrahedral shell at low SNR
+        # (the false-minimum case was a tight high-symmetry box)
+        _spec(
+            name="adk_d4_192",
+            description="D4 octamer of 4AKE chain A: about 175 kDa, 192 px input at a fine pixel, loose box, low SNR",
+            symmetry="D4", source="assembly", model=str(ADK_CHAIN), box=192,
+            particle_fraction=0.55, mask_fraction=0.75, snr=0.05, n_particles=2000, defocus_um=(0.8, 2.2),
+            # specimens.py --search adk_d4_192: the third most compact (the first two are adk_d7's and adk_d3's placements)
+            direction=(-0.152, -0.766, 0.625), orientation_seed=4,
+        ),
+        _spec(
+            name="hb_t_tight",
+            description="T shell of twelve haemoglobin tetramers (4HHB): about 770 kDa, 72 px, tight box, low SNR",
+            symmetry="T", source="assembly", model=str(HAEMOGLOBIN), box=72,
+            particle_fraction=0.9, mask_fraction=0.95, snr=0.05, n_particles=1000, defocus_um=(1.0, 2.5),
+            direction=(-0.675, -0.707, 0.208), orientation_seed=3,  # specimens.py --search hb_t_tight
+        ),
     ]
 }
 
