@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -158,26 +159,28 @@ def job_output_nodes(
     return nodes
 
 
-def _slab_masks(n: int, radius_px: float | None) -> list[tuple[int, np.ndarray]]:
-    """[(z, (n, n) bool)] for the z-slabs of an n^3 box that hold voxels within radius_px of the centre
-    voxel n//2 (every voxel where radius_px is None)."""
+def _slab_masks(n: int, radius_px: float | None) -> Iterator[tuple[int, np.ndarray]]:
+    """(z, (n, n) bool) for each z-slab of an n^3 box that holds voxels within radius_px of the centre
+    voxel n//2 (every voxel where radius_px is None), made one at a time."""
     squared = (np.arange(n) - n // 2) ** 2
     in_plane = squared[:, None] + squared[None, :]
-    if radius_px is None:
-        return [(z, np.ones((n, n), dtype=bool)) for z in range(n)]
-    return [(z, in_plane <= radius_px**2 - squared[z]) for z in range(n) if squared[z] <= radius_px**2]
+    for z in range(n):
+        if radius_px is None:
+            yield z, np.ones((n, n), dtype=bool)
+        elif squared[z] <= radius_px**2:
+            yield z, in_plane <= radius_px**2 - squared[z]
 
 
 def _masked_mean_sd(volume: np.ndarray, radius_px: float | None) -> tuple[float, float, int]:
     """(mean, standard deviation, count) of the voxels within radius_px of the centre, in float64,
     two passes slab by slab: a 512^3 output map needs neither a float64 copy nor a full-size mask
     (those had taken ~3 GB beyond the map itself)."""
-    slabs = _slab_masks(volume.shape[-1], radius_px)
-    count = sum(int(mask.sum()) for _, mask in slabs)
+    n = volume.shape[-1]
+    count = sum(int(mask.sum()) for _, mask in _slab_masks(n, radius_px))
     if count == 0:
         return math.nan, math.nan, 0
-    mean = sum(float(volume[z][mask].sum(dtype=np.float64)) for z, mask in slabs) / count
-    squares = sum(float(np.square(volume[z][mask].astype(np.float64) - mean).sum()) for z, mask in slabs)
+    mean = sum(float(volume[z][mask].sum(dtype=np.float64)) for z, mask in _slab_masks(n, radius_px)) / count
+    squares = sum(float(np.square(volume[z][mask].astype(np.float64) - mean).sum()) for z, mask in _slab_masks(n, radius_px))
     return mean, math.sqrt(squares / count), count
 
 
