@@ -392,8 +392,9 @@ def assign_all(
     if config.final_polish_passes > 0 and local_order(state, config, final=True) > 0:
         started = time.perf_counter()
         placed = torch.nonzero(state.class_number > 0).squeeze(1)
+        polish, devices = polish_config(config), as_devices(device)
         for _ in range(config.final_polish_passes):
-            expectation(state, particles, placed, half, grid, current_size, coarse_size, polish_config(config), as_devices(device), {}, with_sums=False)
+            expectation(state, particles, placed, half, grid, current_size, coarse_size, polish, devices, {}, with_sums=False)
         timings["polish_seconds"] = time.perf_counter() - started
     return timings
 
