@@ -37,7 +37,7 @@ from novomap.reconstruct import Poses, reconstruct_with_poses
 from novomap.symmetry.choice import AUTO, AppliedSymmetry, align_near, apply_point_group, choose_group, requested_group, symmetrise_on_axes, symmetry_record, write_symmetry_file
 from novomap.symmetry.groups import PointGroup, point_group
 from novomap.symmetry.impose import impose_group
-from novomap.vdam import convergence, schedules
+from novomap.vdam import convergence, finalists, schedules
 from novomap.vdam.config import VdamConfig, starts_for_classes
 from novomap.vdam.iterate import as_devices, assign_all, pseudo_halves, run_iteration, search_setup
 from novomap.vdam.recentre import recentre_on_axes, untrusted_shift_px
@@ -315,6 +315,9 @@ def _run_attempt(star_path: str | Path, out_dir: str | Path, config: VdamConfig,
         last = convergence.last_iteration(state, config, convergence.map_agreement(state, config))
     while state.iteration < last:  # the race of starts (vdam.restarts) may advance it by several
         figures = run_iteration(state, particles, half, config, device, group)
+        if state.finalist is not None:  # the race's runner-up, carried on (vdam.finalists): state may become it
+            finalists.advance(state, particles, half, config, device)
+            figures = state.history[-1]
         if group is not None and group.order > 1 and imposing_due(state.iteration, config):
             impose_on_class_maps(state, group, particles.pixel_size_a, config)
         convergence.keep_snapshot(state, config)

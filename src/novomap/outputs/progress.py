@@ -209,6 +209,22 @@ def starts_line(figures: dict) -> str:
     )
 
 
+def finalists_line(record: dict) -> str:
+    """One line for the race's runner-up carried to n_iter (vdam.finalists): a comparison of the two
+    maps, or the choice between the two runs."""
+    if "pose_agreement" in record:
+        (leader, other), (a, b) = record["starts"], record["pose_agreement"]
+        return (
+            f"finalists at the last iteration, agreement of each run's half-sets at its poses (mean FSC): "
+            f"start {leader} {a:.3f}, start {other} {b:.3f} -> continuing from start {record['chosen_start']}"
+        )
+    verdict = "the same solution, start dropped" if record["same_solution"] else "not the same solution yet, both go on"
+    return (
+        f"runner-up start {record['start']}: its map and the run's agree to {record['maps_agree_a']:.1f} Å "
+        f"(the runs at {record['resolution_a']:.1f} Å): {verdict}"
+    )
+
+
 class ProgressDisplay:
     """Per-iteration progress of a job: live on a terminal, plain lines otherwise, always into run.out.
 
@@ -342,6 +358,8 @@ class ProgressDisplay:
         self._learn(figures)
         if "start_rounds" in figures:
             self.message(starts_line(figures))
+        if "finalists" in figures:
+            self.message(finalists_line(figures["finalists"]))
         iteration = int(figures["iteration"])
         eta = format_duration(self.eta_seconds(iteration))
         plain = iteration_line(figures, self.n_iter, eta)

@@ -27,6 +27,7 @@ keeps C1 scores: at iteration 10 the maps are too rough for their axes, and it o
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import torch
@@ -159,15 +160,18 @@ def compete(
     """Race the starts (state is start 0, at the first round's iteration) and continue from the
     winner, in place: state may end at a later iteration (the last round's). group: the point group
     the run imposes (None or C1: none); the last round scores the starts' maps symmetrised by it.
+    A one-class run without a group keeps the last round's runner-up in state.finalist (vdam.finalists).
 
     Returns {"start_rounds": [{"iteration", "starts", "scores", "scored_as" (group name)}, ...], "chosen_start": i}.
     """
+    from novomap.vdam.finalists import carries_finalist, keep_finalist
     from novomap.vdam.iterate import run_iteration
     from novomap.vdam.start import initial_state, start_data
 
     shared = start_data(particles, config)  # the same for every start: only the seed differs
     contenders = [(0, state)] + [(s, initial_state(particles, start_config(config, s), shared)) for s in range(1, config.starts())]
     rounds = []
+    runner_up = None
     for iteration, survivors in competition_rounds(config):
         for start, contender in contenders:
             while contender.iteration < iteration:
@@ -178,8 +182,16 @@ def compete(
         scored_as = symmetrised.name if symmetrised is not None else "C1"
         rounds.append({"iteration": iteration, "starts": [s for s, _ in contenders], "scores": scores, "scored_as": scored_as})
         tie_z = config.start_tie_z if survivors > 1 else 0.0  # the last round picks one: a tie there is a coin toss either way
+        ranked = ranked_starts(scores)
+        runner_up = contenders[ranked[1]] if len(ranked) > 1 else None
         contenders = [contenders[i] for i in survivors_with_ties(scores, per_particle, survivors, tie_z)]
     chosen, winner = contenders[0]
+    finalist = None
+    if runner_up is not None and carries_finalist(config, group):
+        # start 0 is `state` itself, which adopt overwrites field by field: keep its own fields apart
+        finalist = (runner_up[0], copy.copy(runner_up[1]) if runner_up[1] is state else runner_up[1])
     if winner is not state:
         adopt(state, winner)
+    if finalist is not None:
+        keep_finalist(state, finalist[1], finalist[0])
     return {"start_rounds": rounds, "chosen_start": chosen}

@@ -60,6 +60,9 @@ class RunState:
     # `--sym auto` decided during the run (initial_model.group_mid_run): the decision as
     # symmetry.choice.symmetry_record gives it, with "chosen_at_iteration"; None: not decided yet
     auto_symmetry: dict | None = None
+    # the race's runner-up carried alongside a one-class C1 run until the choice at n_iter
+    # (vdam.finalists): {"start": its start number, "state": its RunState}; None: none
+    finalist: dict | None = None
 
     @property
     def n_classes(self) -> int:

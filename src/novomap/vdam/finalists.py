@@ -1,0 +1,151 @@
+"""The race's runner-up, carried to the end of a one-class C1 run, and the choice between the two.
+
+The race of starts (vdam.restarts) picks one start by the likelihood of a sample at iteration 30. On
+a small C1 particle with a pseudo-symmetry that choice can fail: hb2_c1_40 (two haemoglobin
+tetramers, 120 kDa, 40 px) ended at 1.64-2.00x its true-pose bound on 3 of 7 seeds, each time from
+a start whose particles split between their pose and its mate about the particle's pseudo-2-fold,
+so that the map blends the two. Each failed seed's runner-up, run alone, ended right (1.09-1.10x).
+The likelihood under the VDAM maps could not tell the two apart, not at 30, nor at 70, nor at 100
+(one of three within a standard error there); what did, on every pair, was how well each run's
+particles agree with themselves: the two pseudo half-sets reconstructed at the run's poses agree
+better when the poses are right (mean half-set FSC at iteration 100: right 0.658-0.670, wrong
+0.624-0.639; benchmarks/results/2026-12-06-s51-finalists.md).
+
+So a one-class run that imposes no group carries the race's runner-up (the finalist) on, with its
+own mini-batch order, to n_iter. From config.finalist_check_from (per 100 iterations) on, every
+convergence_check_every iterations, the two maps are superposed (rotation, shift, hand): when they
+agree to the run's own resolution (FSC 0.5 of the pair at least as fine as the coarser of the two
+runs' resolutions) they are the same solution and the finalist is dropped. Right pairs of hb2_c1_40
+agreed to 15.6-17.3 Å at iteration 70 with the runs at 17.8 Å, right against wrong only to 19.7-23.5 Å.
+At n_iter the run keeps the one whose pseudo half-sets agree better (pose_agreement).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from novomap.io.particles import ParticleSet
+from novomap.maps.align import align_maps
+from novomap.maps.fsc import fsc, resolution_at
+from novomap.symmetry.groups import PointGroup
+from novomap.vdam import convergence
+from novomap.vdam.config import VdamConfig
+from novomap.vdam.restarts import adopt, start_config
+from novomap.vdam.state import RunState
+
+# the half-sets' reconstructions use at most this many particles (a random sample, the same for both runs)
+MAX_AGREEMENT_PARTICLES = 20_000
+
+
+def carries_finalist(config: VdamConfig, group: PointGroup | None) -> bool:
+    """Whether a run with this config and imposed group (None: none) keeps the race's runner-up."""
+    return config.carry_finalist and config.n_classes == 1 and (group is None or group.order == 1)
+
+
+def check_due(iteration: int, config: VdamConfig) -> bool:
+    """Whether the finalists' maps are compared at this iteration (before n_iter: the choice is there)."""
+    every = max(1, config.convergence_check_every)
+    first = round(config.finalist_check_from * config.n_iter / 100)
+    return first <= iteration < config.n_iter and iteration % every == 0
+
+
+def resolution_a(state: RunState, particles: ParticleSet) -> float:
+    """A run's current resolution (Å): the box over its last shell with SSNR >= 1."""
+    return particles.box_size * particles.pixel_size_a / max(state.resolution_shell, 1)
+
+
+def maps_agreement_a(a: RunState, b: RunState, pixel_size_a: float) -> float:
+    """FSC 0.5 resolution (Å) of b's map superposed onto a's (rotation, shift and hand): one class each."""
+    reference = a.maps[0].detach().double().cpu()
+    moved = align_maps(reference, b.maps[0].detach().double().cpu(), pixel_size_a).volume
+    return resolution_at(fsc(reference, moved), 0.5, reference.shape[-1], pixel_size_a)
+
+
+def agreement_rows(n_particles: int, seed: int) -> torch.Tensor:
+    """The particles whose half-sets are compared: all, or a random MAX_AGREEMENT_PARTICLES (fixed by the seed)."""
+    if n_particles <= MAX_AGREEMENT_PARTICLES:
+        return torch.arange(n_particles)
+    order = torch.randperm(n_particles, generator=torch.Generator().manual_seed(seed + 29))
+    return order[:MAX_AGREEMENT_PARTICLES].sort().values
+
+
+def pose_agreement(state: RunState, particles: ParticleSet, half: torch.Tensor, rows: torch.Tensor) -> float:
+    """Mean FSC over shells 1..N/2 between the two pseudo half-sets of `rows`, each reconstructed at
+    the state's latest poses: how well the run's particles agree with themselves (0-1)."""
+    from novomap.reconstruct import Poses, reconstruct_with_poses
+
+    poses = Poses(state.rot_deg, state.tilt_deg, state.psi_deg, state.origin_x_a, state.origin_y_a)
+    batch = max(256, (1 << 22) // particles.box_size**2)
+    halves = [reconstruct_with_poses(particles, rows[half[rows] == h], poses, pad=1, batch_size=batch, single_precision=True).double() for h in (0, 1)]
+    curve = fsc(halves[0], halves[1])
+    return float(curve[1 : particles.box_size // 2 + 1].mean())
+
+
+def keep_finalist(state: RunState, runner_up: RunState, start: int) -> None:
+    """Carry `runner_up` (start number `start`) alongside the run's state."""
+    state.finalist = {"start": start, "state": runner_up}
+
+
+def advance(state: RunState, particles: ParticleSet, half: torch.Tensor, config: VdamConfig, device) -> None:
+    """After the run's iteration: bring the finalist (if any) to the same iteration, then compare the
+    two or choose between them when due; the outcome goes into the iteration's figures
+    (state.history[-1]["finalists"]). state may become the finalist (its history with it)."""
+    from novomap.vdam.iterate import run_iteration
+
+    carried = state.finalist
+    if carried is None:
+        return
+    started = time.perf_counter()
+    runner_up, start = carried["state"], carried["start"]
+    while runner_up.iteration < state.iteration:
+        run_iteration(runner_up, particles, half, start_config(config, start), device)
+        convergence.keep_snapshot(runner_up, config)
+        if convergence.early_check(runner_up.iteration, config):  # the run's settledness test needs it
+            runner_up.history[-1]["map_agreement"] = convergence.map_agreement(runner_up, config)
+    record = None
+    if check_due(state.iteration, config):
+        agreement_a = maps_agreement_a(state, runner_up, particles.pixel_size_a)
+        coarser_a = max(resolution_a(state, particles), resolution_a(runner_up, particles))
+        same = agreement_a <= coarser_a
+        record = {"start": start, "maps_agree_a": agreement_a, "resolution_a": coarser_a, "same_solution": same}
+        if same:
+            state.finalist = None
+    elif state.iteration >= config.n_iter:
+        record = choose(state, particles, half, config, start)
+    figures = state.history[-1]
+    if record is not None:
+        figures["finalists"] = record
+    spent = time.perf_counter() - started
+    figures["timings"] = {**figures.get("timings", {}), "finalist": spent}
+    figures["seconds"] = figures.get("seconds", 0.0) + spent  # the display's time estimates count both runs
+
+
+def choose(state: RunState, particles: ParticleSet, half: torch.Tensor, config: VdamConfig, start: int) -> dict:
+    """Keep whichever of the run and its finalist has the better pose_agreement (the run on a tie);
+    state becomes the finalist if it wins. Returns the record for the iteration's figures."""
+    runner_up = state.finalist["state"]
+    state.finalist = None
+    rows = agreement_rows(particles.n, config.seed)
+    scores = [pose_agreement(s, particles, half, rows) for s in (state, runner_up)]
+    race = next((f for f in state.history if "start_rounds" in f), None)
+    leader = race["chosen_start"] if race is not None else 0
+    record = {"starts": [leader, start], "pose_agreement": scores, "chosen_start": leader}
+    if scores[1] > scores[0]:
+        record["chosen_start"] = start
+        _take_over(state, runner_up, start)
+    return record
+
+
+def _take_over(state: RunState, runner_up: RunState, start: int) -> None:
+    """Make state the finalist in place; its history keeps the race's record (now naming the finalist)."""
+    race = next((f for f in state.history if "start_rounds" in f), None)
+    adopt(state, runner_up)
+    state.finalist = None
+    if race is not None:
+        entry = next((f for f in state.history if f.get("iteration") == race["iteration"]), None)
+        record = {k: v for k, v in race.items() if k in ("start_rounds", "chosen_start")}
+        record["chosen_start"] = start
+        if entry is not None:
+            entry.update(record)

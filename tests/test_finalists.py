@@ -1,0 +1,205 @@
+"""The race's runner-up carried to n_iter and the choice between the two runs (vdam.finalists)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from novomap.outputs.progress import finalists_line
+from novomap.physics.euler import axis_angle_to_matrix, euler_to_matrix, matrix_to_euler
+from novomap.symmetry.groups import point_group
+from novomap.vdam import finalists, restarts
+from novomap.vdam.config import VdamConfig
+from novomap.vdam.iterate import pseudo_halves
+from novomap.vdam.start import initial_state
+
+
+def _at_poses(particles, config, rotations: torch.Tensor | None = None):
+    """A one-class state whose poses are the particles' true ones (or `rotations`, (n, 3, 3)), origins true."""
+    state = initial_state(particles, config)
+    if rotations is None:
+        state.rot_deg, state.tilt_deg, state.psi_deg = particles.rot_deg.clone(), particles.tilt_deg.clone(), particles.psi_deg.clone()
+    else:
+        state.rot_deg, state.tilt_deg, state.psi_deg = (a.clone() for a in matrix_to_euler(rotations))
+    state.origin_x_a, state.origin_y_a = particles.origin_x_a.clone(), particles.origin_y_a.clone()
+    return state
+
+
+def _true_rotations(particles) -> torch.Tensor:
+    return euler_to_matrix(particles.rot_deg, particles.tilt_deg, particles.psi_deg)
+
+
+def _mixed_rotations(particles, share: float, seed: int) -> torch.Tensor:
+    """The true poses, with a random `share` of the particles turned 180 degrees about an axis that is
+    not one of beta-gal's D2 axes: the pose mixing of a pseudo-symmetric particle."""
+    rotations = _true_rotations(particles).clone()
+    flip = axis_angle_to_matrix(torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64) / 2**0.5, 180.0)
+    chosen = torch.rand(particles.n, generator=torch.Generator().manual_seed(seed)) < share
+    rotations[chosen] = rotations[chosen] @ flip
+    return rotations
+
+
+def test_pose_agreement_ranks_true_poses_above_mixed_above_random(simulated, one_thread):
+    particles, _ = simulated
+    config = VdamConfig(seed=1)
+    half = pseudo_halves(particles)
+    rows = finalists.agreement_rows(particles.n, config.seed)
+    right = finalists.pose_agreement(_at_poses(particles, config), particles, half, rows)
+    mixed = finalists.pose_agreement(_at_poses(particles, config, _mixed_rotations(particles, 0.4, 3)), particles, half, rows)
+    u = torch.rand(particles.n, 3, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    random = euler_to_matrix(360 * u[:, 0], torch.rad2deg(torch.arccos(1 - 2 * u[:, 1])), 360 * u[:, 2])
+    noise = finalists.pose_agreement(_at_poses(particles, config, random), particles, half, rows)
+    assert 0.0 < noise < mixed < right <= 1.0
+    assert right - mixed > 0.02
+
+
+def test_agreement_rows_are_all_particles_or_a_fixed_sample():
+    assert torch.equal(finalists.agreement_rows(50, seed=3), torch.arange(50))
+    many = finalists.MAX_AGREEMENT_PARTICLES + 1000
+    sample = finalists.agreement_rows(many, seed=3)
+    assert sample.numel() == finalists.MAX_AGREEMENT_PARTICLES and torch.equal(sample, sample.unique())
+    assert torch.equal(sample, finalists.agreement_rows(many, seed=3))
+
+
+def test_a_map_agrees_with_its_turned_mirror_image_and_not_with_blobs(simulated, one_thread):
+    from novomap.maps.transform import mirror_volume, rotate_volume, shift_volume
+
+    particles, volume = simulated
+    config = VdamConfig(seed=1)
+    state = _at_poses(particles, config)
+    state.maps = volume[None].clone()
+    same = state.scratch_copy()
+    turn = axis_angle_to_matrix(torch.tensor([0.3, -0.5, 0.8], dtype=torch.float64) / (0.98**0.5), 37.0)
+    same.maps = shift_volume(rotate_volume(mirror_volume(volume), turn), (1.0, -2.0, 0.5))[None]
+    blobs = initial_state(particles, dataclasses.replace(config, seed=9))
+    pixel = particles.pixel_size_a
+    assert finalists.maps_agreement_a(state, same, pixel) < 4 * pixel
+    assert finalists.maps_agreement_a(state, blobs, pixel) > 8 * pixel
+
+
+def test_checks_run_every_ten_iterations_from_seven_tenths_until_n_iter():
+    config = VdamConfig(n_iter=100)
+    assert [i for i in range(1, 130) if finalists.check_due(i, config)] == [70, 80, 90]
+    long = VdamConfig(n_iter=200)
+    assert [i for i in range(1, 230) if finalists.check_due(i, long)] == list(range(140, 200, 10))
+
+
+def test_only_one_class_runs_without_a_group_carry_a_finalist():
+    assert finalists.carries_finalist(VdamConfig(n_classes=1), None)
+    assert finalists.carries_finalist(VdamConfig(n_classes=1), point_group("C1"))
+    assert not finalists.carries_finalist(VdamConfig(n_classes=1), point_group("D2"))
+    assert not finalists.carries_finalist(VdamConfig(n_classes=2), None)
+    assert not finalists.carries_finalist(VdamConfig(n_classes=1, carry_finalist=False), None)
+
+
+def _race_config(**changes) -> VdamConfig:
+    return VdamConfig(seed=1, n_iter=100, n_starts=3, start_survivors=2, start_iterations=1, start_final_iterations=2,
+                      initial_subset=40, local_searches=False, **changes)
+
+
+def test_the_race_keeps_its_runner_up_even_when_that_is_the_first_start(monkeypatch, simulated, one_thread):
+    particles, _ = simulated
+    seen = []
+
+    def scores_by_start(states, particles, half, config, device, group=None, per_particle=None):
+        seen.append([s.maps.clone() for s in states])
+        # first round, starts 0, 1, 2: start 1 leads, start 0 second; last round, starts 1 and 0 (best first): start 1 again
+        return [-2.0, -1.0, -3.0] if len(seen) == 1 else [-1.0, -2.0]
+
+    monkeypatch.setattr(restarts, "score_starts", scores_by_start)
+    config = _race_config()
+    state = initial_state(particles, config)
+    outcome = restarts.compete(state, particles, pseudo_halves(particles), config, "cpu", None)
+    assert outcome["chosen_start"] == 1
+    carried = state.finalist
+    assert carried is not None and carried["start"] == 0 and carried["state"] is not state
+    last_round = seen[-1]  # the maps of starts 1 and 0 when the last round scored them
+    assert torch.equal(state.maps, last_round[0]) and torch.equal(carried["state"].maps, last_round[1])
+    assert carried["state"].iteration == state.iteration == 2 and carried["state"].finalist is None
+    for group, changes in ((point_group("O"), {}), (None, {"carry_finalist": False})):
+        seen.clear()
+        other = _race_config(**changes)
+        again = initial_state(particles, other)
+        restarts.compete(again, particles, pseudo_halves(particles), other, "cpu", group)
+        assert again.finalist is None
+
+
+def _pair_at(iteration: int, particles, config, winner_rotations, finalist_rotations):
+    state = _at_poses(particles, config, winner_rotations)
+    runner_up = _at_poses(particles, dataclasses.replace(config, seed=8), finalist_rotations)
+    for s in (state, runner_up):
+        s.iteration = iteration
+        s.history = [{"iteration": 30, "start_rounds": [{"iteration": 30, "starts": [2, 4], "scores": [-1.0, -2.0]}], "chosen_start": 2},
+                     {"iteration": iteration, "seconds": 1.0}]
+    runner_up.history[0] = {"iteration": 30, "seconds": 1.0}  # its own history has no record of the race
+    finalists.keep_finalist(state, runner_up, 4)
+    return state, runner_up
+
+
+def test_at_n_iter_the_run_whose_half_sets_agree_better_is_kept(simulated, one_thread):
+    particles, volume = simulated
+    config = VdamConfig(seed=1, n_iter=100)
+    half = pseudo_halves(particles)
+    mixed = _mixed_rotations(particles, 0.4, 3)
+    state, runner_up = _pair_at(100, particles, config, mixed, None)
+    runner_maps = runner_up.maps
+    finalists.advance(state, particles, half, config, "cpu")
+    record = state.history[-1]["finalists"]
+    assert record["starts"] == [2, 4] and record["chosen_start"] == 4
+    assert record["pose_agreement"][1] > record["pose_agreement"][0]
+    assert state.finalist is None and state.maps is runner_maps and torch.equal(state.rot_deg, particles.rot_deg)
+    race = next(f for f in state.history if "start_rounds" in f)
+    assert race["chosen_start"] == 4 and race["start_rounds"][0]["starts"] == [2, 4]
+    line = finalists_line(record)
+    assert f"{record['pose_agreement'][0]:.3f}" in line and f"{record['pose_agreement'][1]:.3f}" in line and "continuing from start 4" in line
+    # the other way round the run keeps its own state
+    state, runner_up = _pair_at(100, particles, config, None, mixed)
+    own_maps = state.maps
+    finalists.advance(state, particles, half, config, "cpu")
+    assert state.history[-1]["finalists"]["chosen_start"] == 2 and state.maps is own_maps and state.finalist is None
+
+
+def test_a_finalist_with_the_same_map_is_dropped_at_a_check(simulated, one_thread):
+    from novomap.maps.transform import rotate_volume
+
+    particles, volume = simulated
+    config = VdamConfig(seed=1, n_iter=100)
+    half = pseudo_halves(particles)
+    state, runner_up = _pair_at(70, particles, config, None, None)
+    state.maps = volume[None].clone()
+    state.resolution_shell = runner_up.resolution_shell = 8
+    runner_up.maps = rotate_volume(volume, axis_angle_to_matrix(torch.tensor([0.0, 0.6, 0.8], dtype=torch.float64), 50.0))[None]
+    finalists.advance(state, particles, half, config, "cpu")
+    record = state.history[-1]["finalists"]
+    assert record["same_solution"] and state.finalist is None
+    assert record["maps_agree_a"] <= record["resolution_a"]
+    assert "start dropped" in finalists_line(record)
+    # a runner-up with another map goes on
+    state, runner_up = _pair_at(70, particles, config, None, None)
+    state.maps = volume[None].clone()
+    state.resolution_shell = runner_up.resolution_shell = 8
+    finalists.advance(state, particles, half, config, "cpu")
+    assert not state.history[-1]["finalists"]["same_solution"] and state.finalist["state"] is runner_up
+    assert "both go on" in finalists_line(state.history[-1]["finalists"])
+
+
+def test_a_checkpoint_keeps_the_finalist(tmp_path, simulated):
+    from novomap.vdam.state import RunState
+
+    particles, _ = simulated
+    config = VdamConfig(seed=1)
+    state, runner_up = _pair_at(40, particles, config, None, None)
+    state.save(tmp_path / "state.pt")
+    loaded = RunState.load(tmp_path / "state.pt")
+    assert loaded.finalist["start"] == 4 and torch.equal(loaded.finalist["state"].maps, runner_up.maps)
+    assert loaded.finalist["state"].iteration == 40
+
+
+def test_pose_agreement_does_not_change_the_state(simulated, one_thread):
+    particles, _ = simulated
+    config = VdamConfig(seed=1)
+    state = _at_poses(particles, config)
+    before = state.rot_deg.clone()
+    finalists.pose_agreement(state, particles, pseudo_halves(particles), finalists.agreement_rows(particles.n, 1))
+    assert torch.equal(state.rot_deg, before)
