@@ -152,6 +152,29 @@ def test_the_race_of_starts_is_part_of_the_evidence(tmp_path):
     assert "5 random starts raced" in caption and "start 2 -523.0, start 0 -534.6" in caption
 
 
+def test_the_race_runner_up_is_part_of_the_evidence(tmp_path):
+    """The choice between the run and the race's runner-up is named with both agreements, and warned
+    about when their maps differ and the particles hardly tell them apart; evidence.json and the report keep it."""
+    from novomap.outputs.report import _evidence_caption
+
+    def choice(a: float, b: float, agree_a: float) -> dict:
+        return {"iteration": 100, "starts": [3, 4], "pose_agreement": [a, b], "chosen_start": 3 if a >= b else 4,
+                "maps_agree_a": agree_a, "resolution_a": 10.9, "same_solution": agree_a <= 10.9}
+
+    same = _evidence(finalists=[choice(0.664, 0.660, 10.2)])
+    assert "runner-up (start 4) ended in the same map (10.2 Å); half-set agreement 0.664 (start 3) vs 0.660, start 3 kept" in same.line()
+    assert not warnings_for(same)  # close, but the same solution
+    clear = _evidence(finalists=[choice(0.627, 0.658, 17.3)])
+    assert "another map (agreeing to 17.3 Å only)" in clear.line() and "start 4 kept" in clear.line() and not warnings_for(clear)
+    close = _evidence(finalists=[choice(0.650, 0.655, 17.3)])
+    assert any("hardly tell apart" in reason for reason in warnings_for(close))
+    data = json.loads(write_evidence(tmp_path, clear).read_text())
+    assert data["finalists"] == clear.finalists
+    caption = _evidence_caption(data)
+    assert "(different solutions)" in caption and "(mean half-set FSC 0.627 and 0.658): start 4" in caption
+    assert "runner-up" not in _evidence().line()
+
+
 def test_the_line_says_when_the_run_went_on_past_iter():
     settled = _evidence(map_agreement=0.97, map_agreement_min=0.95, extra_iterations=30)
     assert "30 iterations past --iter until the map settled" in settled.line() and not warnings_for(settled)

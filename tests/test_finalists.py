@@ -78,13 +78,6 @@ def test_a_map_agrees_with_its_turned_mirror_image_and_not_with_blobs(simulated,
     assert finalists.maps_agreement_a(state, blobs, pixel) > 8 * pixel
 
 
-def test_checks_run_every_ten_iterations_from_seven_tenths_until_n_iter():
-    config = VdamConfig(n_iter=100)
-    assert [i for i in range(1, 130) if finalists.check_due(i, config)] == [70, 80, 90]
-    long = VdamConfig(n_iter=200)
-    assert [i for i in range(1, 230) if finalists.check_due(i, long)] == list(range(140, 200, 10))
-
-
 def test_only_one_class_runs_without_a_group_carry_a_finalist():
     assert finalists.carries_finalist(VdamConfig(n_classes=1), None)
     assert finalists.carries_finalist(VdamConfig(n_classes=1), point_group("C1"))
@@ -160,28 +153,48 @@ def test_at_n_iter_the_run_whose_half_sets_agree_better_is_kept(simulated, one_t
     assert state.history[-1]["finalists"]["chosen_start"] == 2 and state.maps is own_maps and state.finalist is None
 
 
-def test_a_finalist_with_the_same_map_is_dropped_at_a_check(simulated, one_thread):
+def test_the_choice_records_whether_the_two_maps_are_the_same_solution(simulated, one_thread):
     from novomap.maps.transform import rotate_volume
 
     particles, volume = simulated
     config = VdamConfig(seed=1, n_iter=100)
     half = pseudo_halves(particles)
-    state, runner_up = _pair_at(70, particles, config, None, None)
+    state, runner_up = _pair_at(100, particles, config, None, None)
     state.maps = volume[None].clone()
     state.resolution_shell = runner_up.resolution_shell = 8
     runner_up.maps = rotate_volume(volume, axis_angle_to_matrix(torch.tensor([0.0, 0.6, 0.8], dtype=torch.float64), 50.0))[None]
     finalists.advance(state, particles, half, config, "cpu")
     record = state.history[-1]["finalists"]
-    assert record["same_solution"] and state.finalist is None
-    assert record["maps_agree_a"] <= record["resolution_a"]
-    assert "start dropped" in finalists_line(record)
-    # a runner-up with another map goes on
-    state, runner_up = _pair_at(70, particles, config, None, None)
+    assert record["same_solution"] and record["maps_agree_a"] <= record["resolution_a"]
+    assert "the same solution" in finalists_line(record)
+    state, runner_up = _pair_at(100, particles, config, None, None)  # the runner-up's maps: random blobs
     state.maps = volume[None].clone()
     state.resolution_shell = runner_up.resolution_shell = 8
     finalists.advance(state, particles, half, config, "cpu")
-    assert not state.history[-1]["finalists"]["same_solution"] and state.finalist["state"] is runner_up
-    assert "both go on" in finalists_line(state.history[-1]["finalists"])
+    assert not state.history[-1]["finalists"]["same_solution"] and "different solutions" in finalists_line(state.history[-1]["finalists"])
+
+
+def test_before_n_iter_the_runner_up_only_follows(simulated, one_thread, monkeypatch):
+    """Below n_iter advance brings the runner-up to the run's iteration with its own seed and decides nothing."""
+    import novomap.vdam.iterate as iterate
+
+    particles, _ = simulated
+    config = VdamConfig(seed=1, n_iter=100)
+    state, runner_up = _pair_at(60, particles, config, None, None)
+    runner_up.iteration = 58
+    seeds = []
+
+    def one_iteration(s, particles, half, config, device, group=None):
+        seeds.append(config.seed)
+        s.iteration += 1
+        s.history.append({"iteration": s.iteration, "seconds": 0.5})
+        return s.history[-1]
+
+    monkeypatch.setattr(iterate, "run_iteration", one_iteration)
+    finalists.advance(state, particles, pseudo_halves(particles), config, "cpu")
+    assert runner_up.iteration == 60 and seeds == [restarts.start_seed(config, 4)] * 2
+    assert state.finalist["state"] is runner_up and "finalists" not in state.history[-1]
+    assert "finalist" in state.history[-1]["timings"]
 
 
 def test_a_checkpoint_keeps_the_finalist(tmp_path, simulated):

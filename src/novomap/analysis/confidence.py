@@ -91,6 +91,10 @@ ROUNDISH_SHARE = 0.7  # radial share above which an extreme pmax is taken as a w
 # Half reconstructions from at most this many particles (both halves together): the FSC of an
 # initial model is settled long before, and the cost stays a few seconds on a CPU at any data size.
 MAX_EVIDENCE_PARTICLES = 20_000
+# the race's two finalists ended in different maps (vdam.finalists) whose half-set agreements at their
+# poses differ by less than this: weak. On hb2_c1_40 right runs spread 0.658-0.670 and a wrong one trailed its right
+# runner-up by 0.020-0.046 (benchmarks/results/2026-12-06-s51-finalists.md)
+CLOSE_FINALISTS = 0.01
 # The half maps are reconstructed without padding the Fourier grid (pad 1, not the final map's 2): 5x
 # faster (0.96 s instead of 5.3 s for 582 particles of 64 px on one core), and the FSC barely moves
 # (RELION's poses of the 582 tutorial particles: 16.9 instead of 17.8 Å at 0.5, 8.5 instead of 8.9 Å at 0.143).
@@ -119,6 +123,9 @@ class Evidence:
     # the race of random starts (vdam.restarts): [{"iteration", "starts", "scores"}, ...] and the winner
     start_rounds: list[dict] = field(default_factory=list)
     chosen_start: int | None = None
+    # the race's runner-up carried to n_iter (vdam.finalists): the choice there, as the iteration's figures
+    # record it ({"iteration", ...}, one entry); [] when none was carried
+    finalists: list[dict] = field(default_factory=list)
     # vdam.convergence at the last iteration: the maps' agreement with those convergence_lag
     # iterations before (None: not measured), the bar for a settled map, and the iterations run past --iter
     map_agreement: float | None = None
@@ -150,7 +157,7 @@ class Evidence:
         return (
             f"evidence: half-set FSC {_fmt_a(self.half_fsc05_a)} (0.5), {_fmt_a(self.half_fsc0143_a)} (0.143); "
             f"final vs last VDAM map cc {self.agreement_cc:.2f}; radial share {self.radial_share:.2f}, "
-            f"mean pmax {self.mean_pmax:.2f}{self.ring_phrase()}{self.starts_phrase()}{self.convergence_phrase()}"
+            f"mean pmax {self.mean_pmax:.2f}{self.ring_phrase()}{self.starts_phrase()}{self.finalists_phrase()}{self.convergence_phrase()}"
             f"{self.attempts_phrase()} -> {verdict}"
         )
 
@@ -193,6 +200,15 @@ class Evidence:
         scores = sorted(last["scores"], reverse=True)
         margin = f", {scores[0] - scores[1]:.1f} ahead of the next" if len(scores) > 1 else ""
         return f"; best of {len(self.start_rounds[0]['starts'])} random starts (log L at iteration {last['iteration']}{margin})"
+
+    def finalists_phrase(self) -> str:
+        """'; the runner-up (start 4) ... start 4 kept' when the race's runner-up was carried to the end, else ''."""
+        if not self.finalists:
+            return ""
+        choice = self.finalists[-1]
+        (leader, other), (a, b) = choice["starts"], choice["pose_agreement"]
+        maps = f"the same map ({choice['maps_agree_a']:.1f} Å)" if choice["same_solution"] else f"another map (agreeing to {choice['maps_agree_a']:.1f} Å only)"
+        return f"; the race's runner-up (start {other}) ended in {maps}; half-set agreement {a:.3f} (start {leader}) vs {b:.3f}, start {choice['chosen_start']} kept"
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -345,6 +361,13 @@ def warnings_for(evidence: Evidence) -> list[str]:
             f"{evidence.ring['ratio']:.1f}x its noise floor; flagged {flag_rule()}): "
             "possibly a wrong fold"
         )
+    choice = evidence.finalists[-1] if evidence.finalists else None
+    if choice is not None and not choice["same_solution"] and abs(choice["pose_agreement"][0] - choice["pose_agreement"][1]) < CLOSE_FINALISTS:
+        a, b = choice["pose_agreement"]
+        reasons.append(
+            f"two random starts ended in different maps that the particles hardly tell apart (half-set agreement {a:.3f} "
+            f"and {b:.3f}): try another --seed and compare the maps"
+        )
     if not evidence.settled():
         # a map still changing at the last iteration has not found its structure yet: a large asymmetric
         # particle went from a wrong fold to the right one in the 50 iterations after such a state
@@ -378,6 +401,7 @@ def assess_run(state, particles, half: torch.Tensor, class_index: int, final_map
     race = next((f for f in state.history if "start_rounds" in f), None)
     if race is not None:
         evidence.start_rounds, evidence.chosen_start = race["start_rounds"], race["chosen_start"]
+    evidence.finalists = [{"iteration": f["iteration"], **f["finalists"]} for f in state.history if "finalists" in f]
     check = next((f for f in reversed(state.history) if "map_agreement" in f), None)
     if check is not None and check["map_agreement"] is not None:
         evidence.map_agreement, evidence.map_agreement_min = float(check["map_agreement"]), float(config.convergence_min_fsc)

@@ -210,18 +210,13 @@ def starts_line(figures: dict) -> str:
 
 
 def finalists_line(record: dict) -> str:
-    """One line for the race's runner-up carried to n_iter (vdam.finalists): a comparison of the two
-    maps, or the choice between the two runs."""
-    if "pose_agreement" in record:
-        (leader, other), (a, b) = record["starts"], record["pose_agreement"]
-        return (
-            f"finalists at the last iteration, agreement of each run's half-sets at its poses (mean FSC): "
-            f"start {leader} {a:.3f}, start {other} {b:.3f} -> continuing from start {record['chosen_start']}"
-        )
-    verdict = "the same solution, start dropped" if record["same_solution"] else "not the same solution yet, both go on"
+    """One line for the choice between the run and the race's runner-up at n_iter (vdam.finalists)."""
+    (leader, other), (a, b) = record["starts"], record["pose_agreement"]
+    maps = "the same solution" if record["same_solution"] else "different solutions"
     return (
-        f"runner-up start {record['start']}: its map and the run's agree to {record['maps_agree_a']:.1f} Å "
-        f"(the runs at {record['resolution_a']:.1f} Å): {verdict}"
+        f"the run (start {leader}) and the race's runner-up (start {other}): maps agree to {record['maps_agree_a']:.1f} Å "
+        f"(runs at {record['resolution_a']:.1f} Å: {maps}); half-sets at their poses agree {a:.3f} and {b:.3f} (mean FSC) "
+        f"-> continuing from start {record['chosen_start']}"
     )
 
 

@@ -447,6 +447,17 @@ def evidence_figure(evidence: dict):
     return fig
 
 
+def _finalists_sentence(record: dict) -> str:
+    """The choice between the run and the race's runner-up, carried to the end of a one-class C1 run (vdam.finalists)."""
+    (leader, other), (a, b) = record["starts"], record["pose_agreement"]
+    maps = "the same solution" if record["same_solution"] else "different solutions"
+    return (
+        f"The race's runner-up (start {other}) went on beside the run (start {leader}) to iteration {record['iteration']}: their maps agree "
+        f"to {record['maps_agree_a']:.1f} Å with the runs at {record['resolution_a']:.1f} Å ({maps}); the one whose pseudo half-sets agree "
+        f"better at its poses was kept (mean half-set FSC {a:.3f} and {b:.3f}): start {record['chosen_start']}."
+    )
+
+
 def _race_round_line(round_: dict) -> str:
     """'iteration 30 (maps symmetrised by O): start 0 -480.6, start 2 -488.2'."""
     scored_as = round_.get("scored_as", "C1")  # older runs scored every round in C1
@@ -506,6 +517,8 @@ def _evidence_caption(evidence: dict) -> str:
             f" {len(rounds[0]['starts'])} random starts raced (mean log likelihood of the same particles; the best go on); "
             f"the run continued from start {evidence.get('chosen_start')}:"
         ) + "<pre>" + html.escape("\n".join(lines)) + "</pre>")
+    for record in evidence.get("finalists") or []:
+        parts.append(html.escape(" " + _finalists_sentence(record)))
     if evidence.get("map_agreement") is not None:
         extra = int(evidence.get("extra_iterations") or 0)
         parts.append(html.escape(

@@ -181,11 +181,8 @@ class VdamConfig:
     # (vdam.restarts: a wrong fold can win in C1 and lose symmetrised)
     start_score_symmetrised: bool = True
     # a one-class run that imposes no group carries the race's runner-up on to n_iter and keeps the one
-    # whose pseudo half-sets agree better at their poses (vdam.finalists); the runner-up is dropped at
-    # the first check (every convergence_check_every iterations from finalist_check_from per 100
-    # iterations) where the two maps agree to the runs' resolution (the same solution)
+    # whose pseudo half-sets agree better at their poses (vdam.finalists)
     carry_finalist: bool = True
-    finalist_check_from: int = 70
     # an explicit point group (--sym other than C1 and auto) is imposed on the class maps every this
     # many iterations after VDAM's initial phase (when the race of starts has chosen), about each
     # map's own axes (symmetry.impose); 0: only the final map is symmetrised, as RELION does

@@ -12,12 +12,13 @@ better when the poses are right (mean half-set FSC at iteration 100: right 0.658
 0.624-0.639; benchmarks/results/2026-12-06-s51-finalists.md).
 
 So a one-class run that imposes no group carries the race's runner-up (the finalist) on, with its
-own mini-batch order, to n_iter. From config.finalist_check_from (per 100 iterations) on, every
-convergence_check_every iterations, the two maps are superposed (rotation, shift, hand): when they
-agree to the run's own resolution (FSC 0.5 of the pair at least as fine as the coarser of the two
-runs' resolutions) they are the same solution and the finalist is dropped. Right pairs of hb2_c1_40
-agreed to 15.6-17.3 Å at iteration 70 with the runs at 17.8 Å, right against wrong only to 19.7-23.5 Å.
-At n_iter the run keeps the one whose pseudo half-sets agree better (pose_agreement).
+own mini-batch order, to n_iter, and keeps the one whose pseudo half-sets agree better at their poses
+(pose_agreement). Both maps are also superposed there (rotation, shift, hand): when they agree to the
+runs' own resolution, the two starts found the same solution (a sign that the map is right) and the
+choice hardly matters. No earlier check can drop the runner-up: before n_iter a wrong map and a right
+one still agree to the runs' resolution (hb2_c1_40 seed 5: 16.7 Å at iteration 80, runs at 17.8 Å;
+16.6 Å at 100 with the runs at 10.9 Å). The cost is the runner-up's iterations after the race
+(hb2_c1_40: ~+40 %), only in one-class C1 runs.
 """
 
 from __future__ import annotations
@@ -42,13 +43,6 @@ MAX_AGREEMENT_PARTICLES = 20_000
 def carries_finalist(config: VdamConfig, group: PointGroup | None) -> bool:
     """Whether a run with this config and imposed group (None: none) keeps the race's runner-up."""
     return config.carry_finalist and config.n_classes == 1 and (group is None or group.order == 1)
-
-
-def check_due(iteration: int, config: VdamConfig) -> bool:
-    """Whether the finalists' maps are compared at this iteration (before n_iter: the choice is there)."""
-    every = max(1, config.convergence_check_every)
-    first = round(config.finalist_check_from * config.n_iter / 100)
-    return first <= iteration < config.n_iter and iteration % every == 0
 
 
 def resolution_a(state: RunState, particles: ParticleSet) -> float:
@@ -89,8 +83,8 @@ def keep_finalist(state: RunState, runner_up: RunState, start: int) -> None:
 
 
 def advance(state: RunState, particles: ParticleSet, half: torch.Tensor, config: VdamConfig, device) -> None:
-    """After the run's iteration: bring the finalist (if any) to the same iteration, then compare the
-    two or choose between them when due; the outcome goes into the iteration's figures
+    """After the run's iteration: bring the finalist (if any) to the same iteration and, at n_iter,
+    choose between the two (choose); the choice goes into the iteration's figures
     (state.history[-1]["finalists"]). state may become the finalist (its history with it)."""
     from novomap.vdam.iterate import run_iteration
 
@@ -104,16 +98,7 @@ def advance(state: RunState, particles: ParticleSet, half: torch.Tensor, config:
         convergence.keep_snapshot(runner_up, config)
         if convergence.early_check(runner_up.iteration, config):  # the run's settledness test needs it
             runner_up.history[-1]["map_agreement"] = convergence.map_agreement(runner_up, config)
-    record = None
-    if check_due(state.iteration, config):
-        agreement_a = maps_agreement_a(state, runner_up, particles.pixel_size_a)
-        coarser_a = max(resolution_a(state, particles), resolution_a(runner_up, particles))
-        same = agreement_a <= coarser_a
-        record = {"start": start, "maps_agree_a": agreement_a, "resolution_a": coarser_a, "same_solution": same}
-        if same:
-            state.finalist = None
-    elif state.iteration >= config.n_iter:
-        record = choose(state, particles, half, config, start)
+    record = choose(state, particles, half, config, start) if state.iteration >= config.n_iter else None
     figures = state.history[-1]
     if record is not None:
         figures["finalists"] = record
@@ -124,14 +109,21 @@ def advance(state: RunState, particles: ParticleSet, half: torch.Tensor, config:
 
 def choose(state: RunState, particles: ParticleSet, half: torch.Tensor, config: VdamConfig, start: int) -> dict:
     """Keep whichever of the run and its finalist has the better pose_agreement (the run on a tie);
-    state becomes the finalist if it wins. Returns the record for the iteration's figures."""
+    state becomes the finalist if it wins. Returns the record for the iteration's figures: the two
+    starts, their pose agreements, the chosen start, and how far their maps agree (maps_agree_a,
+    resolution_a: the coarser run's; same_solution: the former at least as fine)."""
     runner_up = state.finalist["state"]
     state.finalist = None
     rows = agreement_rows(particles.n, config.seed)
     scores = [pose_agreement(s, particles, half, rows) for s in (state, runner_up)]
+    agreement_a = maps_agreement_a(state, runner_up, particles.pixel_size_a)
+    coarser_a = max(resolution_a(state, particles), resolution_a(runner_up, particles))
     race = next((f for f in state.history if "start_rounds" in f), None)
     leader = race["chosen_start"] if race is not None else 0
-    record = {"starts": [leader, start], "pose_agreement": scores, "chosen_start": leader}
+    record = {
+        "starts": [leader, start], "pose_agreement": scores, "chosen_start": leader,
+        "maps_agree_a": agreement_a, "resolution_a": coarser_a, "same_solution": agreement_a <= coarser_a,
+    }
     if scores[1] > scores[0]:
         record["chosen_start"] = start
         _take_over(state, runner_up, start)
