@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 
 from novomap.outputs.progress import finalists_line
@@ -116,6 +117,39 @@ def test_the_race_keeps_its_runner_up_even_when_that_is_the_first_start(monkeypa
         again = initial_state(particles, other)
         restarts.compete(again, particles, pseudo_halves(particles), other, "cpu", group)
         assert again.finalist is None
+
+
+def test_lead_z_is_the_paired_lead_in_standard_errors():
+    first = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+    second = first - torch.tensor([1.0, 3.0, 1.0, 3.0], dtype=torch.float64)  # lead 2, sd 2/sqrt(3)... of the differences
+    differences = first - second
+    expected = float(differences.mean()) / (float(differences.std()) / 2.0)
+    assert restarts.lead_z([-1.0, -3.0], [first, second]) == pytest.approx(expected)
+    assert restarts.lead_z([-3.0, -1.0], [second, first]) == pytest.approx(expected)  # whichever order they come in
+    assert restarts.lead_z([-1.0, -3.0], []) == 0.0  # no per-particle values: no evidence of a lead
+    assert restarts.lead_z([-1.0, -2.0], [first, first - 1.0]) == float("inf")
+
+
+def test_a_clear_lead_in_the_race_carries_no_runner_up(monkeypatch, simulated, one_thread):
+    particles, _ = simulated
+    config = _race_config()
+    for step, spread, carried in ((1.0, 0.1, False), (0.01, 3.0, True)):
+        calls = []
+
+        def scores_with_spread(states, particles, half, config, device, group=None, per_particle=None):
+            # each position in the round `step` below the one before, every particle's score with its own noise
+            calls.append(len(states))
+            generator = torch.Generator().manual_seed(len(calls))
+            values = [-step * i + spread * torch.randn(40, generator=generator, dtype=torch.float64) for i in range(len(states))]
+            per_particle.extend(values)
+            return [float(v.mean()) for v in values]
+
+        monkeypatch.setattr(restarts, "score_starts", scores_with_spread)
+        state = initial_state(particles, config)
+        outcome = restarts.compete(state, particles, pseudo_halves(particles), config, "cpu", None)
+        lead = outcome["start_rounds"][-1]["lead_z"]
+        assert (state.finalist is not None) == carried == ("finalist_start" in outcome)
+        assert (lead < config.finalist_max_z) == carried
 
 
 def _pair_at(iteration: int, particles, config, winner_rotations, finalist_rotations):

@@ -179,6 +179,9 @@ def test_the_race_line_says_which_round_scored_symmetrised_maps():
     assert line.endswith("continuing from start 0")
     del rounds[0]["scored_as"]  # histories written before the key existed: C1
     assert "iteration 10 (0: -480.0" in starts_line({"start_rounds": rounds, "chosen_start": 0})
+    rounds[-1]["lead_z"] = 1.37
+    carried = starts_line({"start_rounds": rounds, "chosen_start": 0, "finalist_start": 1})
+    assert "its lead over start 1 is 1.4 standard errors, so that start goes on beside it" in carried
 
 
 def test_run_out_says_before_the_race_that_it_goes_quiet(tmp_path):

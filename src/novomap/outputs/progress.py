@@ -203,10 +203,17 @@ def starts_line(figures: dict) -> str:
         scores = ", ".join(f"{start}: {score:.1f}" for start, score in zip(round_["starts"], round_["scores"]))
         symmetrised = f", maps symmetrised by {round_['scored_as']}" if round_.get("scored_as", "C1") != "C1" else ""
         rounds.append(f"iteration {round_['iteration']}{symmetrised} ({scores})")
-    return (
+    line = (
         f"random starts, mean log likelihood of the same particles: {'; '.join(rounds)} "
         f"-> continuing from start {figures['chosen_start']}"
     )
+    if "finalist_start" in figures:  # vdam.finalists
+        lead = figures["start_rounds"][-1].get("lead_z", 0.0)
+        line += (
+            f"; its lead over start {figures['finalist_start']} is {lead:.1f} standard errors, so that start goes on "
+            "beside it to the last iteration, where the one whose half-sets agree better is kept"
+        )
+    return line
 
 
 def finalists_line(record: dict) -> str:

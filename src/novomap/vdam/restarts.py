@@ -141,10 +141,25 @@ def survivors_with_ties(scores: list[float], per_particle: list[torch.Tensor], s
     last = per_particle[kept[-1]]
     for other in ranked[survivors:]:
         deficit = last - per_particle[other]
-        standard_error = float(deficit.std()) / deficit.numel() ** 0.5 if deficit.numel() > 1 else 0.0
-        if float(deficit.mean()) <= tie_z * standard_error:
+        if float(deficit.mean()) <= tie_z * paired_standard_error(deficit):
             kept.append(other)
     return kept
+
+
+def paired_standard_error(differences: torch.Tensor) -> float:
+    """Standard error of the mean of per-particle score differences (0 for fewer than two)."""
+    return float(differences.std()) / differences.numel() ** 0.5 if differences.numel() > 1 else 0.0
+
+
+def lead_z(scores: list[float], per_particle: list[torch.Tensor]) -> float:
+    """The best start's lead over the second, in standard errors of their paired per-particle
+    differences; 0 without per-particle values (the sample cannot tell), inf for identical particles."""
+    if len(scores) < 2 or len(per_particle) != len(scores):
+        return 0.0
+    first, second = ranked_starts(scores)[:2]
+    lead = per_particle[first] - per_particle[second]
+    error = paired_standard_error(lead)
+    return float(lead.mean()) / error if error > 0 else float("inf")
 
 
 def adopt(state: RunState, winner: RunState) -> None:
@@ -160,9 +175,11 @@ def compete(
     """Race the starts (state is start 0, at the first round's iteration) and continue from the
     winner, in place: state may end at a later iteration (the last round's). group: the point group
     the run imposes (None or C1: none); the last round scores the starts' maps symmetrised by it.
-    A one-class run without a group keeps the last round's runner-up in state.finalist (vdam.finalists).
+    A one-class run without a group keeps the last round's runner-up in state.finalist (vdam.finalists)
+    unless the winner led it by config.finalist_max_z standard errors or more.
 
-    Returns {"start_rounds": [{"iteration", "starts", "scores", "scored_as" (group name)}, ...], "chosen_start": i}.
+    Returns {"start_rounds": [{"iteration", "starts", "scores", "scored_as" (group name), and in the last
+    round "lead_z"}, ...], "chosen_start": i, and "finalist_start" when the runner-up goes on}.
     """
     from novomap.vdam.finalists import carries_finalist, keep_finalist
     from novomap.vdam.iterate import run_iteration
@@ -184,14 +201,18 @@ def compete(
         tie_z = config.start_tie_z if survivors > 1 else 0.0  # the last round picks one: a tie there is a coin toss either way
         ranked = ranked_starts(scores)
         runner_up = contenders[ranked[1]] if len(ranked) > 1 else None
+        if runner_up is not None:
+            rounds[-1]["lead_z"] = lead_z(scores, per_particle)
         contenders = [contenders[i] for i in survivors_with_ties(scores, per_particle, survivors, tie_z)]
     chosen, winner = contenders[0]
     finalist = None
-    if runner_up is not None and carries_finalist(config, group):
+    if runner_up is not None and carries_finalist(config, group) and rounds[-1]["lead_z"] < config.finalist_max_z:
         # start 0 is `state` itself, which adopt overwrites field by field: keep its own fields apart
         finalist = (runner_up[0], copy.copy(runner_up[1]) if runner_up[1] is state else runner_up[1])
     if winner is not state:
         adopt(state, winner)
+    outcome = {"start_rounds": rounds, "chosen_start": chosen}
     if finalist is not None:
         keep_finalist(state, finalist[1], finalist[0])
-    return {"start_rounds": rounds, "chosen_start": chosen}
+        outcome["finalist_start"] = finalist[0]
+    return outcome
