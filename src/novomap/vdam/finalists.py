@@ -17,8 +17,11 @@ own mini-batch order, to n_iter, and keeps the one whose pseudo half-sets agree 
 about the runs' own resolution, the two starts found the same solution (a sign that the map is
 right) and the choice hardly matters. No earlier check can drop the runner-up: before n_iter a wrong map and a right
 one still agree to the runs' resolution (hb2_c1_40 seed 5: 16.7 Å at iteration 80, runs at 17.8 Å;
-16.6 Å at 100 with the runs at 10.9 Å). The cost is the runner-up's iterations after the race
-(hb2_c1_40: ~+40 %), only in one-class C1 runs.
+16.6 Å at 100 with the runs at 10.9 Å). The cost is the runner-up's iterations after the race (52-63 s
+of hb2_c1_40's ~150 s), so the runner-up goes on only where the race could not tell it from the winner:
+a lead under config.finalist_max_z standard errors (vdam.restarts.lead_z). Every race of hb2_c1_40's ten
+seeds was within 0.1-3.4, those that chose a wrong start within 0.6-2.2; hb6_c1's winner led by 11.8
+and its runner-up ended in the same map at 1.8x the job's time.
 """
 
 from __future__ import annotations
