@@ -171,7 +171,8 @@ def test_the_race_runner_up_is_part_of_the_evidence(tmp_path):
     data = json.loads(write_evidence(tmp_path, clear).read_text())
     assert data["finalists"] == clear.finalists
     caption = _evidence_caption(data)
-    assert "(different solutions)" in caption and "(mean half-set FSC 0.627 and 0.658): start 4" in caption
+    assert "At iteration 100, the run (start 3) and the race&#x27;s runner-up (start 4)" in caption and "different solutions" in caption
+    assert "agree 0.627 and 0.658 (mean FSC) -&gt; continuing from start 4." in caption
     assert "runner-up" not in _evidence().line()
 
 

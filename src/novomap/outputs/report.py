@@ -449,13 +449,9 @@ def evidence_figure(evidence: dict):
 
 def _finalists_sentence(record: dict) -> str:
     """The choice between the run and the race's runner-up, carried to the end of a one-class C1 run (vdam.finalists)."""
-    (leader, other), (a, b) = record["starts"], record["pose_agreement"]
-    maps = "the same solution" if record["same_solution"] else "different solutions"
-    return (
-        f"The race's runner-up (start {other}) went on beside the run (start {leader}) to iteration {record['iteration']}: their maps agree "
-        f"to {record['maps_agree_a']:.1f} Å with the runs at {record['resolution_a']:.1f} Å ({maps}); the one whose pseudo half-sets agree "
-        f"better at its poses was kept (mean half-set FSC {a:.3f} and {b:.3f}): start {record['chosen_start']}."
-    )
+    from novomap.outputs.progress import finalists_line
+
+    return f"At iteration {record['iteration']}, {finalists_line(record)}."
 
 
 def _race_round_line(round_: dict) -> str:
