@@ -178,8 +178,9 @@ def compete(
     A one-class run without a group keeps the last round's runner-up in state.finalist (vdam.finalists)
     unless the winner led it by config.finalist_max_z standard errors or more.
 
-    Returns {"start_rounds": [{"iteration", "starts", "scores", "scored_as" (group name), and in the last
-    round "lead_z"}, ...], "chosen_start": i, and "finalist_start" when the runner-up goes on}.
+    Returns {"start_rounds": [{"iteration", "starts", "scores", "scored_as" (group name), "lead_z" (the
+    best start's lead over the second: lead_z)}, ...], "chosen_start": i, and "finalist_start" when the
+    runner-up goes on}.
     """
     from novomap.vdam.finalists import carries_finalist, keep_finalist
     from novomap.vdam.iterate import run_iteration
