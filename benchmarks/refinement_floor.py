@@ -33,7 +33,7 @@ from pathlib import Path
 import starfile
 import torch
 
-from novomap.analysis.confidence import half_set_maps
+from novomap.reconstruct import half_set_maps
 from novomap.io.mrc import write_map
 from novomap.io.particles import ParticleSet
 from novomap.maps.fsc import fsc

@@ -95,10 +95,6 @@ MAX_EVIDENCE_PARTICLES = 20_000
 # poses differ by less than this: weak. On hb2_c1_40 (ten seeds) a wrong run trailed its right
 # runner-up by 0.012-0.042; two right runs differed by 0.003-0.008
 CLOSE_FINALISTS = 0.005
-# The half maps are reconstructed without padding the Fourier grid (pad 1, not the final map's 2): 5x
-# faster (0.96 s instead of 5.3 s for 582 particles of 64 px on one core), and the FSC barely moves
-# (RELION's poses of the 582 tutorial particles: 16.9 instead of 17.8 Å at 0.5, 8.5 instead of 8.9 Å at 0.143).
-EVIDENCE_PAD = 1
 MAX_SHIFT_PX = 8.0  # the final reconstruction may sit a few px off the VDAM map (final-pass origins)
 
 
@@ -253,21 +249,6 @@ def evidence_members(class_number: torch.Tensor, class_index: int, seed: int, li
     return members
 
 
-def half_set_maps(particles, members: torch.Tensor, poses, half: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each pseudo half-set of `members` reconstructed at `poses` -> two (N, N, N) float64 maps."""
-    from novomap.reconstruct import reconstruct_with_poses
-
-    maps = []
-    for h in (0, 1):
-        rows = members[half[members] == h]
-        if rows.numel() == 0:
-            maps.append(torch.zeros((particles.box_size,) * 3, dtype=torch.float64))
-        else:
-            batch = max(256, (1 << 22) // particles.box_size**2)  # as the final reconstruction: ~4 MB of pixels per batch
-            maps.append(reconstruct_with_poses(particles, rows, poses, pad=EVIDENCE_PAD, batch_size=batch, single_precision=True).double())
-    return maps[0], maps[1]
-
-
 def radial_share(volume: torch.Tensor, pixel_size_a: float, mask: torch.Tensor) -> float:
     """Share (0-1) of the masked, low-passed map's variance that its radial profile explains (see module doc)."""
     n = volume.shape[-1]
@@ -386,7 +367,7 @@ def warnings_for(evidence: Evidence) -> list[str]:
 
 def assess_run(state, particles, half: torch.Tensor, class_index: int, final_map: torch.Tensor, config) -> Evidence:
     """Evidence for a finished run: the class's pseudo half-sets at their final poses (see module doc)."""
-    from novomap.reconstruct import Poses
+    from novomap.reconstruct import Poses, half_set_maps
 
     started = time.perf_counter()
     members = evidence_members(state.class_number, class_index, config.seed)

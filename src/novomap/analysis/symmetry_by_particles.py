@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import torch
 
-from novomap.analysis.confidence import evidence_members, half_set_maps
+from novomap.analysis.confidence import evidence_members
 from novomap.estep.driver import PAD, projector_transforms
 from novomap.estep.prepare import prepare_batch
 from novomap.estep.search import project_references
@@ -49,7 +49,7 @@ from novomap.physics.euler import euler_to_matrix
 from novomap.physics.fourier import power
 from novomap.physics.masks import soft_edge_mask
 from novomap.physics.window import fourier_window, shift_phases
-from novomap.reconstruct import Poses, particle_ctf
+from novomap.reconstruct import Poses, half_set_maps, particle_ctf
 from novomap.symmetry.align import SymmetryAlignment, align_to_symmetry
 from novomap.symmetry.detect import DetectionResult, detect_point_group
 from novomap.symmetry.groups import PointGroup, point_group

@@ -33,6 +33,7 @@ import torch
 from novomap.io.particles import ParticleSet
 from novomap.maps.align import align_maps
 from novomap.maps.fsc import fsc, resolution_at
+from novomap.reconstruct import Poses, half_set_maps
 from novomap.symmetry.groups import PointGroup
 from novomap.vdam import convergence
 from novomap.vdam.config import VdamConfig
@@ -71,12 +72,8 @@ def agreement_rows(n_particles: int, seed: int) -> torch.Tensor:
 def pose_agreement(state: RunState, particles: ParticleSet, half: torch.Tensor, rows: torch.Tensor) -> float:
     """Mean FSC over shells 1..N/2 between the two pseudo half-sets of `rows`, each reconstructed at
     the state's latest poses: how well the run's particles agree with themselves (0-1)."""
-    from novomap.reconstruct import Poses, reconstruct_with_poses
-
     poses = Poses(state.rot_deg, state.tilt_deg, state.psi_deg, state.origin_x_a, state.origin_y_a)
-    batch = max(256, (1 << 22) // particles.box_size**2)
-    halves = [reconstruct_with_poses(particles, rows[half[rows] == h], poses, pad=1, batch_size=batch, single_precision=True).double() for h in (0, 1)]
-    curve = fsc(halves[0], halves[1])
+    curve = fsc(*half_set_maps(particles, rows, poses, half))
     return float(curve[1 : particles.box_size // 2 + 1].mean())
 
 
@@ -99,16 +96,12 @@ def advance(state: RunState, particles: ParticleSet, half: torch.Tensor, config:
         convergence.keep_snapshot(runner_up, config)
         if convergence.early_check(runner_up.iteration, config):  # the run's settledness test needs it
             runner_up.history[-1]["map_agreement"] = convergence.map_agreement(runner_up, config)
+    record = choose(state, particles, half, config, start) if state.iteration >= config.n_iter else None
     spent = time.perf_counter() - started
     carried["seconds"] = carried.get("seconds", 0.0) + spent
-    record = None
-    if state.iteration >= config.n_iter:
-        t0 = time.perf_counter()
-        record = choose(state, particles, half, config, start)
-        spent += time.perf_counter() - t0
-        record["seconds"] = carried["seconds"] + time.perf_counter() - t0  # the runner-up's whole cost after the race
     figures = state.history[-1]
     if record is not None:
+        record["seconds"] = carried["seconds"]  # the runner-up's whole cost after the race
         figures["finalists"] = record
     figures["timings"] = {**figures.get("timings", {}), "finalist": spent}
     figures["seconds"] = figures.get("seconds", 0.0) + spent  # the display's time estimates count both runs
@@ -133,13 +126,12 @@ def choose(state: RunState, particles: ParticleSet, half: torch.Tensor, config: 
     }
     if scores[1] > scores[0]:
         record["chosen_start"] = start
-        _take_over(state, runner_up, start)
+        _take_over(state, runner_up, start, race)
     return record
 
 
-def _take_over(state: RunState, runner_up: RunState, start: int) -> None:
-    """Make state the finalist in place; its history keeps the race's record (now naming the finalist)."""
-    race = next((f for f in state.history if "start_rounds" in f), None)
+def _take_over(state: RunState, runner_up: RunState, start: int, race: dict | None) -> None:
+    """Make state the finalist in place; its history keeps the race's record `race` (now naming the finalist)."""
     adopt(state, runner_up)
     state.finalist = None
     if race is not None:
