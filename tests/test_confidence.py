@@ -161,12 +161,12 @@ def test_the_race_runner_up_is_part_of_the_evidence(tmp_path):
         return {"iteration": 100, "starts": [3, 4], "pose_agreement": [a, b], "chosen_start": 3 if a >= b else 4,
                 "maps_agree_a": agree_a, "resolution_a": 10.9, "same_solution": agree_a <= 12.0}
 
-    same = _evidence(finalists=[choice(0.664, 0.660, 10.2)])
+    same = _evidence(finalists=choice(0.664, 0.660, 10.2))
     assert "runner-up (start 4) ended in the same map (10.2 Å); half-set agreement 0.664 (start 3) vs 0.660, start 3 kept" in same.line()
     assert not warnings_for(same)  # close, but the same solution
-    clear = _evidence(finalists=[choice(0.627, 0.658, 17.3)])
+    clear = _evidence(finalists=choice(0.627, 0.658, 17.3))
     assert "another map (agreeing to 17.3 Å only)" in clear.line() and "start 4 kept" in clear.line() and not warnings_for(clear)
-    close = _evidence(finalists=[choice(0.652, 0.655, 17.3)])
+    close = _evidence(finalists=choice(0.652, 0.655, 17.3))
     assert any("hardly tell apart" in reason for reason in warnings_for(close))
     data = json.loads(write_evidence(tmp_path, clear).read_text())
     assert data["finalists"] == clear.finalists

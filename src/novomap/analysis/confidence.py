@@ -120,8 +120,8 @@ class Evidence:
     start_rounds: list[dict] = field(default_factory=list)
     chosen_start: int | None = None
     # the race's runner-up carried to n_iter (vdam.finalists): the choice there, as the iteration's figures
-    # record it ({"iteration", ...}, one entry); [] when none was carried
-    finalists: list[dict] = field(default_factory=list)
+    # record it, with "iteration"; None when none was carried
+    finalists: dict | None = None
     # vdam.convergence at the last iteration: the maps' agreement with those convergence_lag
     # iterations before (None: not measured), the bar for a settled map, and the iterations run past --iter
     map_agreement: float | None = None
@@ -201,7 +201,7 @@ class Evidence:
         """'; the runner-up (start 4) ... start 4 kept' when the race's runner-up was carried to the end, else ''."""
         if not self.finalists:
             return ""
-        choice = self.finalists[-1]
+        choice = self.finalists
         (leader, other), (a, b) = choice["starts"], choice["pose_agreement"]
         maps = f"the same map ({choice['maps_agree_a']:.1f} Å)" if choice["same_solution"] else f"another map (agreeing to {choice['maps_agree_a']:.1f} Å only)"
         return f"; the race's runner-up (start {other}) ended in {maps}; half-set agreement {a:.3f} (start {leader}) vs {b:.3f}, start {choice['chosen_start']} kept"
@@ -342,7 +342,7 @@ def warnings_for(evidence: Evidence) -> list[str]:
             f"{evidence.ring['ratio']:.1f}x its noise floor; flagged {flag_rule()}): "
             "possibly a wrong fold"
         )
-    choice = evidence.finalists[-1] if evidence.finalists else None
+    choice = evidence.finalists
     if choice is not None and not choice["same_solution"] and abs(choice["pose_agreement"][0] - choice["pose_agreement"][1]) < CLOSE_FINALISTS:
         a, b = choice["pose_agreement"]
         reasons.append(
@@ -382,7 +382,7 @@ def assess_run(state, particles, half: torch.Tensor, class_index: int, final_map
     race = next((f for f in state.history if "start_rounds" in f), None)
     if race is not None:
         evidence.start_rounds, evidence.chosen_start = race["start_rounds"], race["chosen_start"]
-    evidence.finalists = [{"iteration": f["iteration"], **f["finalists"]} for f in state.history if "finalists" in f]
+    evidence.finalists = next(({"iteration": f["iteration"], **f["finalists"]} for f in state.history if "finalists" in f), None)
     check = next((f for f in reversed(state.history) if "map_agreement" in f), None)
     if check is not None and check["map_agreement"] is not None:
         evidence.map_agreement, evidence.map_agreement_min = float(check["map_agreement"]), float(config.convergence_min_fsc)

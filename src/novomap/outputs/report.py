@@ -513,8 +513,8 @@ def _evidence_caption(evidence: dict) -> str:
             f" {len(rounds[0]['starts'])} random starts raced (mean log likelihood of the same particles; the best go on); "
             f"the run continued from start {evidence.get('chosen_start')}:"
         ) + "<pre>" + html.escape("\n".join(lines)) + "</pre>")
-    for record in evidence.get("finalists") or []:
-        parts.append(html.escape(" " + _finalists_sentence(record)))
+    if evidence.get("finalists"):
+        parts.append(html.escape(" " + _finalists_sentence(evidence["finalists"])))
     if evidence.get("map_agreement") is not None:
         extra = int(evidence.get("extra_iterations") or 0)
         parts.append(html.escape(
