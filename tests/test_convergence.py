@@ -232,6 +232,14 @@ def test_run_out_says_whether_the_map_still_changes_or_is_being_confirmed():
     assert "agreement with iteration 110: 0.952 >= 0.95" in confirming and confirming.endswith("10 more iterations to confirm")
 
 
+def test_run_out_says_why_a_c1_run_whose_map_looks_symmetric_stops_at_iter():
+    from novomap.commands.initial_model import _stopped_as_symmetric_line
+
+    line = _stopped_as_symmetric_line({"iteration": 100, "map_agreement": 0.728, "c1_map_looks": "D2"}, VdamConfig(n_iter=100))
+    assert line.startswith("the map is still changing (agreement with iteration 80: 0.728 < 0.95), but it looks D2-symmetric")
+    assert "the run stops at --iter" in line and line.endswith("(--sym D2 or --sym auto if the particle is D2)")
+
+
 def test_a_regime_change_restarts_the_settling_test():
     """`--sym auto` imposing its group mid-run (initial_model.group_mid_run): the checks before it compared
     C1 maps, so they neither confirm nor veto the next one, and the first new check comes a lag later."""
@@ -305,3 +313,51 @@ def test_a_c1_run_that_did_not_settle_is_told_what_its_map_looks_like(small_data
     result = run_initial_model(small_dataset, tmp_path / "job", config, symmetry="C1")
     assert bool(looked) == hinted and result.evidence.c1_map_looks == ("D2" if hinted else None)
     assert any("looks D2-symmetric" in reason for reason in result.evidence.warnings) == hinted
+
+
+@pytest.mark.parametrize("looks", ["D2", None])
+def test_an_unsettled_c1_run_whose_map_looks_symmetric_stops_at_iter(small_dataset, tmp_path, monkeypatch, looks):
+    """initial_model.stops_as_symmetric: at --iter a one-class C1 run that would go on is checked once by the
+    map-only detection (here made to answer); a symmetric-looking map stops there, and its evidence and
+    run.out say why, reusing that answer; an asymmetric one goes on to the cap as before."""
+    import novomap.initial_model
+
+    looked: list[int] = []
+    monkeypatch.setattr(novomap.initial_model, "c1_map_looks", lambda volume, pixel_size_a: looked.append(volume.shape[-1]) or looks)
+    config = VdamConfig(
+        n_iter=3, particle_diameter_a=200.0, n_starts=1, seed=2, convergence_check_every=1, convergence_lag=1,
+        convergence_min_fsc=1.01, retries=0,
+    )  # fmt: skip
+    seen: list[dict] = []
+    result = run_initial_model(small_dataset, tmp_path / "job", config, symmetry="C1", progress=seen.append)
+    at_iter = next(f for f in seen if f["iteration"] == 3)
+    assert at_iter["c1_map_looks"] == looks
+    if looks:
+        assert result.state.iteration == 3 and at_iter["more_iterations"] == 0
+        assert len(looked) == 1  # the evidence reuses the answer given at --iter
+        assert result.evidence.stopped_as_symmetric and result.evidence.c1_map_looks == "D2"
+        assert any("stopped at --iter" in reason and "looks D2-symmetric" in reason for reason in result.evidence.warnings)
+    else:
+        assert result.state.iteration == 6 and at_iter["more_iterations"] == 1  # on to the cap (n_iter more)
+        assert len(looked) == 2 and not result.evidence.stopped_as_symmetric  # at --iter, and on the final map
+        assert not any("stopped at --iter" in reason for reason in result.evidence.warnings)
+
+
+def test_stops_as_symmetric_only_judges_one_class_runs_asked_in_c1_without_extra_iterations_asked():
+    """At --iter, only a one-class run asked in C1 (not --sym auto, not with --max-extra-iter) asks the
+    map-only detection, on its VDAM map: D2 for a D2 map in any orientation, nothing for an asymmetric one."""
+    import novomap.initial_model as job
+    from _synthetic_maps import PIXEL_SIZE_A, add_noise, blob_map, random_rotation
+    from novomap.maps.transform import rotate_volume
+    from novomap.symmetry.groups import point_group
+
+    state = _state(add_noise(rotate_volume(blob_map("D2"), random_rotation(5)), 0.1, seed=1)[None], iteration=100, shell=6)
+    c1, d2 = point_group("C1"), point_group("D2")
+    default = VdamConfig(n_iter=100)
+    assert job.stops_as_symmetric(state, default, c1, PIXEL_SIZE_A) == "D2"
+    assert job.stops_as_symmetric(state, default, None, PIXEL_SIZE_A) is None  # --sym auto: group_mid_run decides
+    assert job.stops_as_symmetric(state, default, d2, PIXEL_SIZE_A) is None
+    assert job.stops_as_symmetric(state, VdamConfig(n_iter=100, n_classes=2), c1, PIXEL_SIZE_A) is None
+    assert job.stops_as_symmetric(state, VdamConfig(n_iter=100, max_extra_iterations=50), c1, PIXEL_SIZE_A) is None
+    state.maps = add_noise(blob_map("C1"), 0.1, seed=1)[None]
+    assert job.stops_as_symmetric(state, default, c1, PIXEL_SIZE_A) is None

@@ -241,6 +241,23 @@ def c1_map_looks(volume: torch.Tensor, pixel_size_a: float) -> str | None:
     return None if found.order == 1 else found.name
 
 
+def stops_as_symmetric(state: RunState, config: VdamConfig, group: PointGroup | None, pixel_size_a: float) -> str | None:
+    """At n_iter of a one-class run asked in C1 whose map has not settled (vdam.convergence would go on):
+    the group the map-only detection finds on its VDAM map, if not C1, and then the run stops there.
+
+    A symmetric particle run in C1 spreads its particles over their equivalent poses, and the share each
+    takes drifts from one mini-batch to the next, so the map keeps changing whatever the iterations: the
+    real tutorial particles (D2) run in C1 agreed 0.73 with the map of 20 iterations before at iteration
+    100 and 0.85 at 200, the extension's cap; it cost 124 s of the job's 216 s and gave 11.97 Å to
+    betaGal.mrc against 11.17 Å at n_iter (seed 1; benchmarks/results/2026-12-06-s52-symmetric-c1.md).
+    The only run of the suite that goes on past n_iter, a large asymmetric particle still forming
+    (hb16_c1), is found C1 there and goes on as before. Not for --sym auto (group None), which imposes
+    the group it finds when the run goes on (group_mid_run), nor when --max-extra-iter asks for more."""
+    if group is None or group.order != 1 or config.n_classes != 1 or config.max_extra_iterations >= 0:
+        return None
+    return c1_map_looks(state.maps[0].detach().float().cpu(), pixel_size_a)
+
+
 def impose_on_class_maps(state: RunState, group: PointGroup, pixel_size_a: float, config: VdamConfig) -> None:
     """The group imposed on every class map about its own axes (symmetry.impose; axes kept where
     vdam.unit_search.settled_axes allows), each map then moved so that its symmetry centre is the box
@@ -326,6 +343,10 @@ def _run_attempt(star_path: str | Path, out_dir: str | Path, config: VdamConfig,
         if state.iteration >= last:
             figures["map_agreement_before"] = convergence.previous_agreement(state.history, state.iteration)
             last = convergence.last_iteration(state, config, figures["map_agreement"])
+            if last > state.iteration and state.iteration == config.n_iter:
+                figures["c1_map_looks"] = stops_as_symmetric(state, config, group, particles.pixel_size_a)
+                if figures["c1_map_looks"] is not None:
+                    last = state.iteration
             if auto and state.auto_symmetry is None and last > state.iteration and config.auto_symmetry_mid_run:
                 group, last = group_mid_run(state, particles, half, config, device[0], figures, last)
             figures["more_iterations"] = last - state.iteration
@@ -348,7 +369,9 @@ def _run_attempt(star_path: str | Path, out_dir: str | Path, config: VdamConfig,
     volume = final_reconstruction(state, particles, largest, config)
     evidence = assess_run(state, particles, half, largest, volume, config)  # half-set FSC, agreement with VDAM
     if group is not None and group.order == 1 and not evidence.settled():
-        evidence.c1_map_looks = c1_map_looks(volume, particles.pixel_size_a)
+        looked = next((f["c1_map_looks"] for f in reversed(state.history) if "c1_map_looks" in f), None)  # stops_as_symmetric's
+        evidence.c1_map_looks = looked or c1_map_looks(volume, particles.pixel_size_a)
+        evidence.stopped_as_symmetric = looked is not None
         evidence.warnings = warnings_for(evidence)
     by_particles = None
     if group is None:  # --sym auto: the groups this C1 map makes plausible, judged by the particles

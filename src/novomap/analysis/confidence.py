@@ -142,6 +142,8 @@ class Evidence:
     # a run in C1 that was still changing: the group the map-only detection finds on its final
     # reconstruction when it is not C1 (a symmetric particle run in C1 settles slowly), else None
     c1_map_looks: str | None = None
+    # whether the run stopped at --iter because its unsettled map looked symmetric (initial_model.stops_as_symmetric)
+    stopped_as_symmetric: bool = False
 
     @property
     def weak(self) -> bool:
@@ -353,9 +355,12 @@ def warnings_for(evidence: Evidence) -> list[str]:
         # a map still changing at the last iteration has not found its structure yet: a large asymmetric
         # particle went from a wrong fold to the right one in the 50 iterations after such a state
         compared = "<" if evidence.map_agreement < evidence.map_agreement_min else ">=, but not at the check before:"
+        remedy = "more --iter or --max-extra-iter may help"
+        if evidence.stopped_as_symmetric:  # initial_model.stops_as_symmetric: more iterations would not settle it
+            remedy = "the run stopped at --iter: a symmetric particle's C1 map keeps changing"
         reasons.append(
             f"the map was still changing at the last iteration (agreement {evidence.map_agreement:.2f} with the map of "
-            f"20 iterations before {compared} {evidence.map_agreement_min}; more --iter or --max-extra-iter may help)"
+            f"20 iterations before {compared} {evidence.map_agreement_min}; {remedy})"
         )
         if evidence.c1_map_looks:  # spread over symmetry mates, a symmetric particle's C1 map settles slowly
             reasons[-1] += (

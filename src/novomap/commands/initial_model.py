@@ -408,6 +408,16 @@ def _still_moving_line(figures: dict, more: int, config: VdamConfig) -> str:
     return f"the map is still changing ({compared} < {threshold}): {more} more iteration{plural}"
 
 
+def _stopped_as_symmetric_line(figures: dict, config: VdamConfig) -> str:
+    """run.out's line when a C1 run stops at --iter unsettled because its map looks symmetric (initial_model.stops_as_symmetric)."""
+    looks = figures["c1_map_looks"]
+    return (
+        f"the map is still changing (agreement with iteration {figures['iteration'] - config.convergence_lag}: "
+        f"{figures['map_agreement']:.3f} < {config.convergence_min_fsc}), but it looks {looks}-symmetric: a symmetric particle's "
+        f"C1 map keeps changing between its equivalent poses, so the run stops at --iter (--sym {looks} or --sym auto if the particle is {looks})"
+    )
+
+
 def _symmetry_phrase(sym: str, config: VdamConfig) -> str:
     """How the job treats the group, for run.out's first line."""
     from novomap.symmetry.choice import is_auto
@@ -682,6 +692,8 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log, stage: _JobStage) -> 
         display.update(figures)
         if more:
             display.message(_still_moving_line(figures, more, config))
+        elif figures.get("c1_map_looks"):
+            display.message(_stopped_as_symmetric_line(figures, config))
         if figures.get("auto_symmetry"):
             chosen_mid_run.append(figures["auto_symmetry"])
             display.message(_auto_symmetry_line(figures))
