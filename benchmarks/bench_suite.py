@@ -79,14 +79,35 @@ def fsc05_to(truth: torch.Tensor, volume: torch.Tensor, pixel_size_a: float) -> 
 # Data sets
 
 
+SIMULATION_RECORD = "simulation.json"
+
+
+def check_simulation(folder: Path, settings: dict) -> None:
+    """Refuse a cached data set simulated with other settings than `settings` (SimulationOptions as a dict).
+
+    The folder's name holds the map's key, the particle count and the simulation seed, not the SNR,
+    defocus or mask: a specimen edited in those would otherwise reuse its old particles without a word.
+    Folders written before the record existed (no SIMULATION_RECORD) cannot be checked and are used."""
+    record = folder / SIMULATION_RECORD
+    if not record.is_file():
+        return
+    stored = json.loads(record.read_text())
+    changed = sorted(key for key in set(stored) | set(settings) if stored.get(key) != settings.get(key))
+    if changed:
+        raise SystemExit(
+            f"{folder} holds particles simulated with other settings ({', '.join(f'{k}: {stored.get(k)} there, {settings.get(k)} now' for k in changed)}); "
+            "delete the folder to simulate them again"
+        )
+
+
 def simulate_specimen(built: BuiltSpecimen, n: int, sim_seed: int, root: Path) -> Path:
-    """Simulated particles of a specimen (cached): the folder holding particles.star and truth.mrc."""
+    """Simulated particles of a specimen (cached, check_simulation): the folder holding particles.star and truth.mrc."""
+    import dataclasses
+
     from novomap.simulate import SimulationOptions, simulate
 
     s = built.specimen
     folder = root / "data" / f"{s.name}-{s.key()}-n{n}-sim{sim_seed}"
-    if (folder / "particles.star").is_file() and (folder / "truth.mrc").is_file():
-        return folder
     options = SimulationOptions(
         n=n,
         snr=s.snr,
@@ -100,8 +121,13 @@ def simulate_specimen(built: BuiltSpecimen, n: int, sim_seed: int, root: Path) -
         amplitude_contrast=0.1,
         particle_diameter_a=built.mask_diameter_a,
     )
+    settings = json.loads(json.dumps(dataclasses.asdict(options), default=str))  # as the record reads back
+    if (folder / "particles.star").is_file() and (folder / "truth.mrc").is_file():
+        check_simulation(folder, settings)
+        return folder
     started = time.perf_counter()
     simulate(built.volume, folder, options)
+    (folder / SIMULATION_RECORD).write_text(json.dumps(settings, indent=1, sort_keys=True))
     print(f"  simulated {n} particles in {time.perf_counter() - started:.0f} s -> {folder}", flush=True)
     return folder
 

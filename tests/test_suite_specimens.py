@@ -8,6 +8,7 @@ the loaded 2-core machine), so that test is marked slow.
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -109,3 +110,16 @@ def test_the_compact_default_keeps_the_cached_maps_keys():
     assert specimens.HELD_OUT["hb6_c1"].key() == "2d9c2a6e12"
     rod = specimens.HELD_OUT["hb4_rod"]
     assert rod.key() != dataclasses.replace(rod, cluster_shape="compact").key()
+
+
+def test_a_cached_data_set_simulated_with_other_settings_is_refused(tmp_path):
+    """bench_suite.check_simulation: the data-set folder's name does not hold the SNR or defocus, so its
+    record does; a folder without one (written before it existed) is used as it is."""
+    import bench_suite
+
+    settings = {"n": 10, "snr": 0.08, "defocus_min_a": 10000.0}
+    bench_suite.check_simulation(tmp_path, settings)  # no record: nothing to compare
+    (tmp_path / bench_suite.SIMULATION_RECORD).write_text(json.dumps(settings))
+    bench_suite.check_simulation(tmp_path, dict(settings))
+    with pytest.raises(SystemExit, match=r"other settings \(snr: 0.08 there, 0.05 now\)"):
+        bench_suite.check_simulation(tmp_path, {**settings, "snr": 0.05})
