@@ -344,9 +344,9 @@ def _run_attempt(star_path: str | Path, out_dir: str | Path, config: VdamConfig,
             figures["map_agreement_before"] = convergence.previous_agreement(state.history, state.iteration)
             last = convergence.last_iteration(state, config, figures["map_agreement"])
             if last > state.iteration and state.iteration == config.n_iter:
-                figures["c1_map_looks"] = stops_as_symmetric(state, config, group, particles.pixel_size_a)
-                if figures["c1_map_looks"] is not None:
-                    last = state.iteration
+                looks = stops_as_symmetric(state, config, group, particles.pixel_size_a)
+                if looks is not None:
+                    figures["c1_map_looks"], last = looks, state.iteration
             if auto and state.auto_symmetry is None and last > state.iteration and config.auto_symmetry_mid_run:
                 group, last = group_mid_run(state, particles, half, config, device[0], figures, last)
             figures["more_iterations"] = last - state.iteration
@@ -369,7 +369,7 @@ def _run_attempt(star_path: str | Path, out_dir: str | Path, config: VdamConfig,
     volume = final_reconstruction(state, particles, largest, config)
     evidence = assess_run(state, particles, half, largest, volume, config)  # half-set FSC, agreement with VDAM
     if group is not None and group.order == 1 and not evidence.settled():
-        looked = next((f["c1_map_looks"] for f in reversed(state.history) if "c1_map_looks" in f), None)  # stops_as_symmetric's
+        looked = next((f["c1_map_looks"] for f in reversed(state.history) if f.get("c1_map_looks")), None)  # stops_as_symmetric's
         evidence.c1_map_looks = looked or c1_map_looks(volume, particles.pixel_size_a)
         evidence.stopped_as_symmetric = looked is not None
         evidence.warnings = warnings_for(evidence)
