@@ -24,6 +24,7 @@ the raw figures; a file already there is never overwritten (-2, -3, ... is appen
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -102,8 +103,6 @@ def check_simulation(folder: Path, settings: dict) -> None:
 
 def simulate_specimen(built: BuiltSpecimen, n: int, sim_seed: int, root: Path) -> Path:
     """Simulated particles of a specimen (cached, check_simulation): the folder holding particles.star and truth.mrc."""
-    import dataclasses
-
     from novomap.simulate import SimulationOptions, simulate
 
     s = built.specimen
