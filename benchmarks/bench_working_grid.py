@@ -103,15 +103,15 @@ def fsc_to_truth(map_path: Path, truth_path: Path) -> dict:
     from novomap.io.mrc import read_map
     from novomap.maps.align import align_maps
     from novomap.maps.fsc import fsc, resolution_at
-    from novomap.maps.transform import fourier_crop
+    from novomap.maps.transform import fourier_resize
 
     truth, truth_pixel = read_map(truth_path)
     model, pixel = read_map(map_path)
     truth_t, model_t = torch.tensor(truth), torch.tensor(model)
     # compared on the 64-px grid: nothing beyond 7 Å is asked of an initial model
     size = 64
-    truth_t = fourier_crop(truth_t, round(truth_t.shape[0] * truth_pixel / 3.54)) if abs(truth_pixel - 3.54) > 1e-3 else truth_t
-    model_t = fourier_crop(model_t, round(model_t.shape[0] * pixel / 3.54)) if abs(pixel - 3.54) > 1e-3 else model_t
+    truth_t = fourier_resize(truth_t, round(truth_t.shape[0] * truth_pixel / 3.54)) if abs(truth_pixel - 3.54) > 1e-3 else truth_t
+    model_t = fourier_resize(model_t, round(model_t.shape[0] * pixel / 3.54)) if abs(pixel - 3.54) > 1e-3 else model_t
     alignment = align_maps(truth_t.float(), model_t.float(), 3.54)
     curve = fsc(truth_t, alignment.volume)
     return {

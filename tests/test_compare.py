@@ -13,7 +13,7 @@ from _synthetic_maps import PIXEL_SIZE_A, add_noise, blob_map, correlation, rand
 from novomap.commands import compare
 from novomap.io.mrc import write_map
 from novomap.maps.align import align_maps
-from novomap.maps.transform import fourier_crop, mirror_volume, rotate_volume, shift_volume
+from novomap.maps.transform import fourier_resize, mirror_volume, rotate_volume, shift_volume
 from novomap.physics.euler import euler_to_matrix, rotation_angle_deg
 from novomap.symmetry.groups import point_group
 
@@ -138,7 +138,7 @@ def test_different_boxes_and_pixel_sizes_are_matched(
     tmp_path: Path, reference: torch.Tensor, capsys: pytest.CaptureFixture
 ) -> None:
     a = write(tmp_path / "a.mrc", reference)
-    bigger_pixel = write(tmp_path / "b.mrc", fourier_crop(reference, 48), PIXEL_SIZE_A * 64 / 48)
+    bigger_pixel = write(tmp_path / "b.mrc", fourier_resize(reference, 48), PIXEL_SIZE_A * 64 / 48)
     report = json.loads(run_compare([a, bigger_pixel, "--json"], capsys))
     assert any("resampled" in note for note in report["notes"])
     assert report["box"] == 64

@@ -9,7 +9,7 @@ from novomap.maps.transform import (
     center_of_mass,
     centred_coordinates,
     crop_or_pad,
-    fourier_crop,
+    fourier_resize,
     lowpass,
     mirror_volume,
     rotate_volume,
@@ -111,18 +111,37 @@ def test_center_of_mass_ignores_negative_voxels() -> None:
 
 
 @pytest.mark.parametrize("new_size", [24, 48, 31])
-def test_fourier_crop_keeps_greyscale_and_positions(new_size: int) -> None:
+def test_fourier_resize_keeps_greyscale_and_positions(new_size: int) -> None:
     volume = blob((5.0, -3.0, 8.0), sigma=2.0) + 0.25
-    resized = fourier_crop(volume, new_size)
+    resized = fourier_resize(volume, new_size)
     assert resized.shape == (new_size,) * 3
     scale = N / new_size
     assert float(resized.mean()) == pytest.approx(float(volume.mean()), rel=1e-3)
     assert torch.allclose(com_xyz(resized - 0.25) * scale, com_xyz(volume - 0.25), atol=0.05)
 
 
+def test_fourier_resize_bfactor_widens_a_gaussian_as_theory_says() -> None:
+    """exp(-B s^2 / 4) times the transform of a Gaussian of width sigma is that of a Gaussian of width
+    sqrt(sigma^2 + B / (8 pi^2)) with the same integral (here 2 px -> 3 px at 1 Å/px)."""
+    import math
+
+    narrow, wide = 2.0, 3.0
+    bfactor_a2 = 8 * math.pi**2 * (wide**2 - narrow**2)
+    volume = blob((0.0, 0.0, 0.0), sigma=narrow).double()
+    blurred = fourier_resize(volume, N, bfactor_a2=bfactor_a2, pixel_size_a=1.0)
+    expected = blob((0.0, 0.0, 0.0), sigma=wide).double() * (narrow / wide) ** 3
+    assert torch.allclose(blurred, expected, atol=1e-4 * float(expected.max()))
+
+
+def test_fourier_resize_to_its_own_size_is_a_copy() -> None:
+    volume = torch.randn(N, N, N)
+    same = fourier_resize(volume, N)
+    assert torch.equal(same, volume) and same.data_ptr() != volume.data_ptr()
+
+
 def test_fourier_pad_then_crop_is_identity() -> None:
     volume = lowpass(torch.randn(N, N, N), 1.0, 4.0)
-    assert torch.allclose(fourier_crop(fourier_crop(volume, 48), N), volume, atol=1e-4)
+    assert torch.allclose(fourier_resize(fourier_resize(volume, 48), N), volume, atol=1e-4)
 
 
 def test_lowpass_removes_high_frequencies_and_keeps_low_ones() -> None:

@@ -34,6 +34,7 @@ import torch
 from novomap.errors import InputError, NovomapError
 from novomap.io.mrc import read_map, write_map, write_stack
 from novomap.io.star import numeric_column, read_particle_star, write_particle_star
+from novomap.maps.transform import fourier_resize
 from novomap.physics.ctf import ctf_values, pixel_frequencies_a
 from novomap.physics.euler import euler_to_matrix, matrix_to_euler
 from novomap.physics.fourier import image_frequencies, irfft_image, volume_to_centred_ft
@@ -68,43 +69,6 @@ def pad_or_crop(volume: torch.Tensor, box: int, fill: float = 0.0) -> torch.Tens
     s, d = slice(src, src + length), slice(dst, dst + length)
     out[d, d, d] = volume[s, s, s]
     return out
-
-
-def fourier_resize(
-    volume: torch.Tensor, box: int, bfactor_a2: float = 0.0, pixel_size_a: float | None = None
-) -> torch.Tensor:
-    """Resample a cubic map (n, n, n) to (box, box, box) over the same field of view.
-
-    Fourier crop (box < n: a hard low-pass at the new Nyquist) or zero pad (box > n: band-limited
-    interpolation); the pixel size becomes pixel * n / box. Sampled values keep their scale (a
-    constant map stays constant). The phase origin is the centre voxel, so voxel n//2 maps onto
-    voxel box//2 for either parity. Optionally multiplies by exp(-B s^2 / 4), s in 1/Å of the
-    output grid (pixel_size_a = output pixel size); a negative B sharpens.
-    """
-    n = volume.shape[-1]
-    dtype = torch.complex128 if volume.dtype == torch.float64 else torch.complex64
-    spectrum = torch.fft.fftn(torch.fft.ifftshift(volume)).to(dtype)  # phase origin at the centre voxel
-    # the kept frequencies go straight to their places in the unshifted output spectrum, and each large
-    # array is dropped once used: an upsampling to the output grid (128 -> 512 px) had held four full
-    # 512^3 copies at once (benchmarks/results/2026-12-06-s49-posterior-mean.md, section 10)
-    c = min(n, box)
-    freqs = torch.arange(-(c // 2), c - c // 2)
-    src, dst = freqs % n, freqs % box
-    out = torch.zeros((box, box, box), dtype=dtype)
-    out[dst[:, None, None], dst[None, :, None], dst[None, None, :]] = spectrum[src[:, None, None], src[None, :, None], src[None, None, :]]
-    del spectrum
-    if bfactor_a2 != 0.0:
-        if pixel_size_a is None:
-            raise ValueError("pixel_size_a is needed with a B-factor")
-        k = torch.fft.ifftshift((torch.arange(box, dtype=torch.float64) - box // 2) / (box * pixel_size_a))  # unshifted order
-        s2 = k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2
-        out *= torch.exp(-bfactor_a2 * s2 / 4).to(out.real.dtype)
-    field = torch.fft.ifftn(out)
-    del out
-    resized = torch.fft.fftshift(field.real)
-    del field
-    resized *= (box / n) ** 3
-    return resized.to(volume.dtype)
 
 
 def resample_map(

@@ -12,7 +12,7 @@ from novomap.errors import InputError
 from novomap.io.mrc import read_map
 from novomap.maps.align import align_maps
 from novomap.maps.fsc import fsc, resolution_at
-from novomap.maps.transform import crop_or_pad, fourier_crop
+from novomap.maps.transform import crop_or_pad, fourier_resize
 
 HELP = "FSC between two maps (0.5 and 0.143 resolutions); --align superposes B onto A first (rotation, shift, hand)"
 EXAMPLE = "novomap compare reference.mrc initial_model.mrc --align --json"
@@ -60,7 +60,7 @@ def match_maps(
             f"B resampled in Fourier space from {pixel_b:.4f} to {b.shape[-1] * pixel_b / size:.4f} Å/px "
             f"(box {b.shape[-1]} -> {size}) to match A's {pixel:.4f} Å/px"
         )
-        b = fourier_crop(b, size)
+        b = fourier_resize(b.double(), size).to(b.dtype)
     if a.shape[-1] != b.shape[-1]:
         box = min(a.shape[-1], b.shape[-1])
         notes.append(f"boxes differ ({a.shape[-1]} and {b.shape[-1]}): both cropped centrally to {box}")

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from novomap.maps.transform import center_of_mass, centred_coordinates, fourier_crop, lowpass, shift_volume
+from novomap.maps.transform import center_of_mass, centred_coordinates, fourier_resize, lowpass, shift_volume
 
 _ITERATIONS = 5
 _MAX_SIZE = 64  # larger maps are analysed on a Fourier-resized copy (centre and radius scale with it)
@@ -25,7 +25,7 @@ def _small_copy(volume: torch.Tensor) -> tuple[torch.Tensor, float]:
     n = volume.shape[-1]
     if n <= _MAX_SIZE:
         return volume, 1.0
-    return fourier_crop(volume, _MAX_SIZE), n / _MAX_SIZE
+    return fourier_resize(volume.double(), _MAX_SIZE).to(volume.dtype), n / _MAX_SIZE
 
 
 def density_weights(volume: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from novomap.maps.transform import centred_coordinates, crop_or_pad, fourier_crop, lowpass, spherical_mask
+from novomap.maps.transform import centred_coordinates, crop_or_pad, fourier_resize, lowpass, spherical_mask
 from novomap.physics.euler import axis_angle_to_matrix, euler_to_matrix
 from novomap.sampling.healpix import mean_spacing_deg, pixel_vectors
 
@@ -198,7 +198,7 @@ def working_copy(
     subtracted, soft spherical mask (so that rotation never moves density across the box edge), and
     scaled to unit norm if `normalise`.
     """
-    small = fourier_crop(crop_or_pad(volume.to(torch.float32), crop), size)
+    small = fourier_resize(crop_or_pad(volume.to(torch.float32), crop).double(), size).float()
     if resolution_px > 2.0:
         small = lowpass(small, 1.0, resolution_px)
     r = centred_coordinates(size).norm(dim=-1)

@@ -149,20 +149,44 @@ def crop_or_pad(volume: torch.Tensor, new_size: int, fill: float = 0.0) -> torch
     return out
 
 
-def fourier_crop(volume: torch.Tensor, new_size: int) -> torch.Tensor:
-    """Resize a cube to new_size^3 by cropping (or zero-padding) its centred Fourier transform.
+def fourier_resize(
+    volume: torch.Tensor, box: int, bfactor_a2: float = 0.0, pixel_size_a: float | None = None
+) -> torch.Tensor:
+    """Resample a cubic map (n, n, n) to (box, box, box) over the same field of view.
 
-    The physical extent is kept, so the pixel size becomes pixel * N / new_size. Values are scaled
-    by (new/N)^3 so that real-space greyscale (e.g. a constant) is unchanged.
+    Fourier crop (box < n: a hard low-pass at the new Nyquist) or zero pad (box > n: band-limited
+    interpolation); the pixel size becomes pixel * n / box. Sampled values keep their scale (a
+    constant map stays constant). The phase origin is the centre voxel, so voxel n//2 maps onto
+    voxel box//2 for either parity. Optionally multiplies by exp(-B s^2 / 4), s in 1/Å of the
+    output grid (pixel_size_a = output pixel size); a negative B sharpens. Computed in the input's
+    precision (a float32 map in single precision: an upsampling to a large output grid holds less).
     """
     n = volume.shape[-1]
-    if new_size == n:
+    if box == n and bfactor_a2 == 0.0:
         return volume.clone()
-    dims = (-3, -2, -1)
-    spectrum = torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(volume.to(torch.float64), dim=dims)), dim=dims)
-    resized = crop_or_pad(spectrum, new_size)
-    out = torch.fft.fftshift(torch.fft.ifftn(torch.fft.ifftshift(resized, dim=dims)), dim=dims).real
-    return (out * (new_size / n) ** 3).to(volume.dtype)
+    dtype = torch.complex128 if volume.dtype == torch.float64 else torch.complex64
+    spectrum = torch.fft.fftn(torch.fft.ifftshift(volume)).to(dtype)  # phase origin at the centre voxel
+    # the kept frequencies go straight to their places in the unshifted output spectrum, and each large
+    # array is dropped once used: an upsampling to the output grid (128 -> 512 px) had held four full
+    # 512^3 copies at once (benchmarks/results/2026-12-06-s49-posterior-mean.md, section 10)
+    c = min(n, box)
+    freqs = torch.arange(-(c // 2), c - c // 2)
+    src, dst = freqs % n, freqs % box
+    out = torch.zeros((box, box, box), dtype=dtype)
+    out[dst[:, None, None], dst[None, :, None], dst[None, None, :]] = spectrum[src[:, None, None], src[None, :, None], src[None, None, :]]
+    del spectrum
+    if bfactor_a2 != 0.0:
+        if pixel_size_a is None:
+            raise ValueError("pixel_size_a is needed with a B-factor")
+        k = torch.fft.ifftshift((torch.arange(box, dtype=torch.float64) - box // 2) / (box * pixel_size_a))  # unshifted order
+        s2 = k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2
+        out *= torch.exp(-bfactor_a2 * s2 / 4).to(out.real.dtype)
+    field = torch.fft.ifftn(out)
+    del out
+    resized = torch.fft.fftshift(field.real)
+    del field
+    resized *= (box / n) ** 3
+    return resized.to(volume.dtype)
 
 
 def lowpass(volume: torch.Tensor, pixel_size_a: float, resolution_a: float, edge_shells: float = 2.0) -> torch.Tensor:
