@@ -11,7 +11,7 @@ import torch
 
 from novomap.demo_data import demo_map_path, load_demo_map
 from novomap.io.mrc import read_map
-from novomap.simulate import pad_or_crop
+from novomap.maps.transform import crop_or_pad
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 BETAGAL = DATA / "betagal_relion_tutorial_map" / "betaGal.mrc"
@@ -57,7 +57,7 @@ def test_demo_map_matches_relion_tutorial_map_in_frame_and_hand():
     volume, _ = load_demo_map()
     data, pixel_size_a = read_map(BETAGAL)
     assert pixel_size_a == pytest.approx(3.54, abs=1e-3)
-    reference = pad_or_crop(torch.from_numpy(data), 64)
+    reference = crop_or_pad(torch.from_numpy(data), 64)
     same = _cc(volume, reference)
     assert same >= 0.8
     # mirror images (any single-axis flip is a mirror; with D2 they are all equivalent)

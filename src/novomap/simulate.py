@@ -34,7 +34,7 @@ import torch
 from novomap.errors import InputError, NovomapError
 from novomap.io.mrc import read_map, write_map, write_stack
 from novomap.io.star import numeric_column, read_particle_star, write_particle_star
-from novomap.maps.transform import fourier_resize
+from novomap.maps.transform import crop_or_pad, fourier_resize
 from novomap.physics.ctf import ctf_values, pixel_frequencies_a
 from novomap.physics.euler import euler_to_matrix, matrix_to_euler
 from novomap.physics.fourier import image_frequencies, irfft_image, volume_to_centred_ft
@@ -56,21 +56,6 @@ _STAR_DECIMALS = 6
 # Maps: resampling, atomic models
 
 
-def pad_or_crop(volume: torch.Tensor, box: int, fill: float = 0.0) -> torch.Tensor:
-    """Centred real-space crop or pad of a cubic map (n, n, n) -> (box, box, box).
-
-    Voxel n//2 of the input lands on voxel box//2 of the output (the rotation centre of both).
-    """
-    n = volume.shape[-1]
-    out = volume.new_full((box, box, box), fill)
-    src = max(0, n // 2 - box // 2)
-    dst = max(0, box // 2 - n // 2)
-    length = min(n - src, box - dst)
-    s, d = slice(src, src + length), slice(dst, dst + length)
-    out[d, d, d] = volume[s, s, s]
-    return out
-
-
 def resample_map(
     volume: torch.Tensor, pixel_size_a: float, box: int, target_pixel_size_a: float, tolerance: float = 2e-3
 ) -> torch.Tensor:
@@ -83,7 +68,7 @@ def resample_map(
     """
     ratio = pixel_size_a / target_pixel_size_a
     if abs(ratio - 1) < 1e-6:
-        return pad_or_crop(volume, box)
+        return crop_or_pad(volume, box)
     n = volume.shape[-1]
     # only the part of the input that ends up inside the output box matters
     needed = min(n, int(math.ceil(box / ratio)) + 4)
@@ -91,7 +76,7 @@ def resample_map(
         target = size * ratio
         m = round(target)
         if m >= 2 and abs(target / m - 1) <= tolerance:
-            return pad_or_crop(fourier_resize(pad_or_crop(volume, size), m), box)
+            return crop_or_pad(fourier_resize(crop_or_pad(volume, size), m), box)
     raise InputError(
         f"cannot resample a map from {pixel_size_a:g} to {target_pixel_size_a:g} Å/px within {tolerance:.1%}"
     )
