@@ -50,6 +50,18 @@ def timed(command: list[str], cwd: Path, log: Path) -> float:
     return time.perf_counter() - started
 
 
+def initial_model_command(refine: str, out: Path, mask_diameter_a: float, iterations: int, threads: int, seed: int, pool: int) -> list[str]:
+    """relion_refine's arguments for RELION's 3D initial model job in C1 (the GUI's command, vdam-spec
+    section 9), run in the folder of particles.star, writing out/run_*."""
+    return [
+        refine, "--o", str(out / "run"), "--iter", str(iterations), "--grad", "--denovo_3dref", "--i", "particles.star", "--ctf",
+        "--K", "1", "--sym", "C1", "--flatten_solvent", "--zero_mask", "--dont_combine_weights_via_disc", "--preread_images",
+        "--pool", str(pool), "--pad", "1", "--particle_diameter", f"{mask_diameter_a:g}", "--oversampling", "1", "--healpix_order", "1",
+        "--offset_range", "6", "--offset_step", "2", "--auto_sampling", "--tau2_fudge", "4", "--j", str(threads),
+        "--random_seed", str(seed),
+    ]
+
+
 def fsc_to_truth(truth: Path, volume: Path) -> dict:
     out = subprocess.run([sys.executable, "-m", "novomap", "compare", str(truth), str(volume), "--align", "--json"], check=True, capture_output=True, text=True)
     figures = json.loads(out.stdout)
@@ -75,13 +87,7 @@ def main() -> None:
     for folder in (relion_out, novomap_out):
         shutil.rmtree(folder, ignore_errors=True)
     relion_out.mkdir(parents=True)
-    relion_command = [
-        refine, "--o", str(relion_out / "run"), "--iter", str(args.iter), "--grad", "--denovo_3dref", "--i", "particles.star", "--ctf",
-        "--K", "1", "--sym", "C1", "--flatten_solvent", "--zero_mask", "--dont_combine_weights_via_disc", "--preread_images", "--pool", "3",
-        "--pad", "1", "--particle_diameter", "200", "--oversampling", "1", "--healpix_order", "1", "--offset_range", "6", "--offset_step", "2",
-        "--auto_sampling", "--tau2_fudge", "4", "--j", str(args.j), "--random_seed", str(args.seed),
-    ]
-    relion_s = timed(relion_command, data, args.out / "relion.log")
+    relion_s = timed(initial_model_command(refine, relion_out, 200.0, args.iter, args.j, args.seed, pool=3), data, args.out / "relion.log")
     relion_map = relion_out / f"run_it{args.iter:03d}_class001.mrc"
     align = relion_binary("relion_align_symmetry")
     if align is not None:

@@ -26,24 +26,12 @@ import argparse
 import json
 import re
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_relion import relion_binary, timed  # noqa: E402
+from bench_relion import initial_model_command, relion_binary, timed  # noqa: E402
 from bench_suite import compare, simulate_specimen, true_pose_bound  # noqa: E402
 from specimens import build_specimen, specimen_named  # noqa: E402
-
-
-def relion_job(refine: str, mask_diameter_a: float, iterations: int, threads: int, seed: int, out: Path) -> list[str]:
-    """relion_refine's arguments for the 3D initial model job in C1 (the GUI's command, vdam-spec section 9)."""
-    return [
-        refine, "--o", str(out / "run"), "--iter", str(iterations), "--grad", "--denovo_3dref", "--i", "particles.star", "--ctf",
-        "--K", "1", "--sym", "C1", "--flatten_solvent", "--zero_mask", "--dont_combine_weights_via_disc", "--preread_images",
-        "--pool", "30", "--pad", "1", "--particle_diameter", f"{mask_diameter_a:g}", "--oversampling", "1", "--healpix_order", "1",
-        "--offset_range", "6", "--offset_step", "2", "--auto_sampling", "--tau2_fudge", "4", "--j", str(threads),
-        "--random_seed", str(seed),
-    ]
 
 
 def trajectory(job: Path, truth: Path) -> list[dict]:
@@ -82,10 +70,9 @@ def main() -> None:
             job = args.out / "relion" / f"{name}_seed{seed}"
             job.mkdir(parents=True, exist_ok=True)
             wall_s = None
-            if not args.score_only:
-                started = time.perf_counter()
-                timed(relion_job(refine, built.mask_diameter_a, args.iter, args.threads, seed, job), folder, job / "relion.log")
-                wall_s = round(time.perf_counter() - started, 1)
+            if not args.score_only:  # the tutorial's pooled particles (30)
+                command = initial_model_command(refine, job, built.mask_diameter_a, args.iter, args.threads, seed, pool=30)
+                wall_s = round(timed(command, folder, job / "relion.log"), 1)
             points = trajectory(job, folder / "truth.mrc")
             last = points[-1] if points else {}
             value = last.get("fsc05_a")
