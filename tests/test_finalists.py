@@ -84,12 +84,12 @@ def test_only_one_class_runs_without_a_group_carry_a_finalist():
     assert finalists.carries_finalist(VdamConfig(n_classes=1), point_group("C1"))
     assert not finalists.carries_finalist(VdamConfig(n_classes=1), point_group("D2"))
     assert not finalists.carries_finalist(VdamConfig(n_classes=2), None)
-    assert not finalists.carries_finalist(VdamConfig(n_classes=1, carry_finalist=False), None)
+    assert not finalists.carries_finalist(VdamConfig(n_classes=1, runners_up=0), None)
 
 
 def _race_config(**changes) -> VdamConfig:
-    return VdamConfig(seed=1, n_iter=100, n_starts=3, start_survivors=2, start_iterations=1, start_final_iterations=2,
-                      initial_subset=40, local_searches=False, **changes)
+    settings = dict(seed=1, n_iter=100, n_starts=3, start_survivors=2, start_iterations=1, start_final_iterations=2, initial_subset=40, local_searches=False)
+    return VdamConfig(**{**settings, **changes})
 
 
 def test_the_race_keeps_its_runner_up_even_when_that_is_the_first_start(monkeypatch, simulated, one_thread):
@@ -106,17 +106,18 @@ def test_the_race_keeps_its_runner_up_even_when_that_is_the_first_start(monkeypa
     state = initial_state(particles, config)
     outcome = restarts.compete(state, particles, pseudo_halves(particles), config, "cpu", None)
     assert outcome["chosen_start"] == 1
-    carried = state.finalist
-    assert carried is not None and carried["start"] == 0 and carried["state"] is not state
+    assert len(state.finalists) == 1  # three starts: the first round kept two
+    carried = state.finalists[0]
+    assert carried["start"] == 0 and carried["state"] is not state
     last_round = seen[-1]  # the maps of starts 1 and 0 when the last round scored them
     assert torch.equal(state.maps, last_round[0]) and torch.equal(carried["state"].maps, last_round[1])
-    assert carried["state"].iteration == state.iteration == 2 and carried["state"].finalist is None
-    for group, changes in ((point_group("O"), {}), (None, {"carry_finalist": False})):
+    assert carried["state"].iteration == state.iteration == 2 and carried["state"].finalists == []
+    for group, changes in ((point_group("O"), {}), (None, {"runners_up": 0})):
         seen.clear()
         other = _race_config(**changes)
         again = initial_state(particles, other)
         restarts.compete(again, particles, pseudo_halves(particles), other, "cpu", group)
-        assert again.finalist is None
+        assert again.finalists == []
 
 
 def test_lead_z_is_the_paired_lead_in_standard_errors():
@@ -148,8 +149,36 @@ def test_a_clear_lead_in_the_race_carries_no_runner_up(monkeypatch, simulated, o
         state = initial_state(particles, config)
         outcome = restarts.compete(state, particles, pseudo_halves(particles), config, "cpu", None)
         lead = outcome["start_rounds"][-1]["lead_z"]
-        assert (state.finalist is not None) == carried == ("finalist_start" in outcome)
+        assert bool(state.finalists) == carried == ("finalist_starts" in outcome)
         assert (lead < config.finalist_max_z) == carried
+
+
+def test_the_race_carries_its_best_runners_up_that_it_cannot_tell_from_the_winner(monkeypatch, simulated, one_thread):
+    particles, _ = simulated
+
+    def close_scores(states, particles, half, config, device, group=None, per_particle=None):
+        # position i in the round 0.01 i below the first, every particle's score with its own noise; in the last
+        # round the start at position 4 trails by far (a clear lead over it)
+        generator = torch.Generator().manual_seed(len(states))
+        values = [-0.01 * i + 3.0 * torch.randn(40, generator=generator, dtype=torch.float64) for i in range(len(states))]
+        if len(states) == 5 and per_particle is not None and len(seen) == 1:
+            values[4] = values[4] - 100.0
+        seen.append(len(states))
+        per_particle.extend(values)
+        return [float(v.mean()) for v in values]
+
+    monkeypatch.setattr(restarts, "score_starts", close_scores)
+    for runners_up in (1, 2, 4):
+        seen = []
+        config = _race_config(n_starts=5, runners_up=runners_up, start_survivors=4, start_tie_z=100.0)
+        state = initial_state(particles, config)
+        outcome = restarts.compete(state, particles, pseudo_halves(particles), config, "cpu", None)
+        last = outcome["start_rounds"][-1]
+        ranked = [last["starts"][i] for i in restarts.ranked_starts(last["scores"])]
+        assert outcome["chosen_start"] == ranked[0] and len(last["starts"]) == 5  # the first round's ties kept all five
+        expected = [s for s in ranked[1 : 1 + runners_up] if s != last["starts"][4]]  # not the one it leads clearly
+        assert outcome["finalist_starts"] == expected == [c["start"] for c in state.finalists]
+        assert all(c["state"] is not state and c["state"].iteration == state.iteration for c in state.finalists)
 
 
 def _pair_at(iteration: int, particles, config, winner_rotations, finalist_rotations):
@@ -160,7 +189,7 @@ def _pair_at(iteration: int, particles, config, winner_rotations, finalist_rotat
         s.history = [{"iteration": 30, "start_rounds": [{"iteration": 30, "starts": [2, 4], "scores": [-1.0, -2.0]}], "chosen_start": 2},
                      {"iteration": iteration, "seconds": 1.0}]
     runner_up.history[0] = {"iteration": 30, "seconds": 1.0}  # its own history has no record of the race
-    finalists.keep_finalist(state, runner_up, 4)
+    finalists.keep_finalists(state, [(4, runner_up)])
     return state, runner_up
 
 
@@ -175,7 +204,7 @@ def test_at_n_iter_the_run_whose_half_sets_agree_better_is_kept(simulated, one_t
     record = state.history[-1]["finalists"]
     assert record["starts"] == [2, 4] and record["chosen_start"] == 4
     assert record["pose_agreement"][1] > record["pose_agreement"][0] and record["seconds"] > 0
-    assert state.finalist is None and state.maps is runner_maps and torch.equal(state.rot_deg, particles.rot_deg)
+    assert state.finalists == [] and state.maps is runner_maps and torch.equal(state.rot_deg, particles.rot_deg)
     race = next(f for f in state.history if "start_rounds" in f)
     assert race["chosen_start"] == 4 and race["start_rounds"][0]["starts"] == [2, 4]
     line = finalists_line(record)
@@ -184,7 +213,38 @@ def test_at_n_iter_the_run_whose_half_sets_agree_better_is_kept(simulated, one_t
     state, runner_up = _pair_at(100, particles, config, None, mixed)
     own_maps = state.maps
     finalists.advance(state, particles, half, config, "cpu")
-    assert state.history[-1]["finalists"]["chosen_start"] == 2 and state.maps is own_maps and state.finalist is None
+    assert state.history[-1]["finalists"]["chosen_start"] == 2 and state.maps is own_maps and state.finalists == []
+
+
+def test_at_the_pruning_iteration_the_two_runs_whose_half_sets_agree_best_go_on(simulated, one_thread):
+    particles, _ = simulated
+    config = VdamConfig(seed=1, n_iter=100, finalist_prune_iterations=70)
+    half = pseudo_halves(particles)
+    state, runner_up = _pair_at(70, particles, config, _mixed_rotations(particles, 0.3, 3), None)
+    worse = _at_poses(particles, dataclasses.replace(config, seed=9), _mixed_rotations(particles, 0.5, 5))
+    worse.iteration, worse.history = 70, [{"iteration": 30, "seconds": 1.0}, {"iteration": 70, "seconds": 1.0}]
+    finalists.keep_finalists(state, [(4, runner_up), (5, worse)])
+    leader_rotations = state.rot_deg.clone()
+    finalists.advance(state, particles, half, config, "cpu")
+    record = state.history[-1]["finalists_pruned"]
+    assert record["starts"] == [2, 4, 5] and record["kept"] == [4, 2] and record["iteration"] == 70
+    a_leader, a_right, a_worse = record["pose_agreement"]
+    assert a_right > a_leader > a_worse
+    assert state.maps is runner_up.maps and torch.equal(state.rot_deg, particles.rot_deg)  # the best took over
+    assert [c["start"] for c in state.finalists] == [2] and torch.equal(state.finalists[0]["state"].rot_deg, leader_rotations)
+    assert state.finalists[0]["state"].finalists == [] and "finalists" not in state.history[-1]
+    assert next(f for f in state.history if "start_rounds" in f)["chosen_start"] == 4
+    # at n_iter the other run wins (its poses made true): the pruning's record stays in the history it takes over
+    kept = state.finalists[0]["state"]
+    kept.rot_deg, kept.tilt_deg, kept.psi_deg = particles.rot_deg.clone(), particles.tilt_deg.clone(), particles.psi_deg.clone()
+    state.rot_deg, state.tilt_deg, state.psi_deg = (a.clone() for a in matrix_to_euler(_mixed_rotations(particles, 0.5, 7)))
+    for s in (state, kept):
+        s.iteration = 100
+        s.history.append({"iteration": 100, "seconds": 1.0})
+    finalists.advance(state, particles, half, config, "cpu")
+    assert state.history[-1]["finalists"]["starts"] == [4, 2] and state.history[-1]["finalists"]["chosen_start"] == 2
+    assert state.maps is kept.maps and next(f for f in state.history if "start_rounds" in f)["chosen_start"] == 2
+    assert next(f for f in state.history if f["iteration"] == 70)["finalists_pruned"]["kept"] == [4, 2]
 
 
 def test_the_choice_records_whether_the_two_maps_are_the_same_solution(simulated, one_thread):
@@ -225,8 +285,8 @@ def test_before_n_iter_the_runner_up_only_follows(simulated, one_thread, monkeyp
     monkeypatch.setattr(finalists, "run_iteration", one_iteration)
     finalists.advance(state, particles, pseudo_halves(particles), config, "cpu")
     assert runner_up.iteration == 60 and seeds == [restarts.start_seed(config, 4)] * 2
-    assert state.finalist["state"] is runner_up and "finalists" not in state.history[-1]
-    assert "finalist" in state.history[-1]["timings"] and state.finalist["seconds"] >= 0
+    assert state.finalists[0]["state"] is runner_up and "finalists" not in state.history[-1]
+    assert "finalist" in state.history[-1]["timings"] and state.finalists[0]["seconds"] >= 0
 
 
 def test_a_checkpoint_keeps_the_finalist(tmp_path, simulated):
@@ -237,8 +297,14 @@ def test_a_checkpoint_keeps_the_finalist(tmp_path, simulated):
     state, runner_up = _pair_at(40, particles, config, None, None)
     state.save(tmp_path / "state.pt")
     loaded = RunState.load(tmp_path / "state.pt")
-    assert loaded.finalist["start"] == 4 and torch.equal(loaded.finalist["state"].maps, runner_up.maps)
-    assert loaded.finalist["state"].iteration == 40
+    assert loaded.finalists[0]["start"] == 4 and torch.equal(loaded.finalists[0]["state"].maps, runner_up.maps)
+    assert loaded.finalists[0]["state"].iteration == 40
+    # a checkpoint of sessions 51-53 held one runner-up as `finalist`
+    stored = torch.load(tmp_path / "state.pt", weights_only=False)
+    stored["finalist"] = {"start": 3, "state": stored.pop("finalists")[0]["state"]}
+    torch.save(stored, tmp_path / "legacy.pt")
+    legacy = RunState.load(tmp_path / "legacy.pt")
+    assert [c["start"] for c in legacy.finalists] == [3] and legacy.finalists[0]["state"].iteration == 40
 
 
 def test_pose_agreement_does_not_change_the_state(simulated, one_thread):

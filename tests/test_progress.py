@@ -180,8 +180,18 @@ def test_the_race_line_says_which_round_scored_symmetrised_maps():
     del rounds[0]["scored_as"]  # histories written before the key existed: C1
     assert "iteration 10 (0: -480.0" in starts_line({"start_rounds": rounds, "chosen_start": 0})
     rounds[-1]["lead_z"] = 1.37
-    carried = starts_line({"start_rounds": rounds, "chosen_start": 0, "finalist_start": 1})
+    carried = starts_line({"start_rounds": rounds, "chosen_start": 0, "finalist_starts": [1]})
     assert "its lead over start 1 is 1.4 standard errors, so that start goes on beside it" in carried
+    several = starts_line({"start_rounds": rounds, "chosen_start": 0, "finalist_starts": [1, 3]})
+    assert "cannot tell it clearly from starts 1, 3, so they go on beside it" in several
+
+
+def test_the_pruning_line_names_every_start_and_the_two_that_go_on():
+    from novomap.outputs.progress import pruned_line
+
+    line = pruned_line({"iteration": 70, "starts": [2, 4, 5], "pose_agreement": [0.571, 0.596, 0.555], "kept": [4, 2]})
+    assert line.startswith("iteration 70:") and "2: 0.571, 4: 0.596, 5: 0.555" in line
+    assert line.endswith("continuing from start 4, with start 2 beside it")
 
 
 def test_run_out_says_before_the_race_that_it_goes_quiet(tmp_path):

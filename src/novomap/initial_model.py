@@ -332,7 +332,7 @@ def _run_attempt(star_path: str | Path, out_dir: str | Path, config: VdamConfig,
         last = convergence.last_iteration(state, config, convergence.map_agreement(state, config))
     while state.iteration < last:  # the race of starts (vdam.restarts) may advance it by several
         figures = run_iteration(state, particles, half, config, device, group)
-        if state.finalist is not None:  # the race's runner-up, carried on (vdam.finalists): state may become it
+        if state.finalists:  # the race's runners-up, carried on (vdam.finalists): state may become one
             finalists.advance(state, particles, half, config, device)
             figures = state.history[-1]
         if group is not None and group.order > 1 and imposing_due(state.iteration, config):

@@ -64,6 +64,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--K 1, 2 for --K 2, 1 from --K 3 on, where the classes are themselves random starts)",
     )
     opt.add_argument(
+        "--finalists", type=int, default=4, metavar="N",
+        help="a --K 1 run without a group (C1, or auto until a group is chosen) carries the race's N best other starts on "
+        "beside the winner, those the particles could not tell clearly from it; at 70 %% of --iter the two runs whose pseudo "
+        "half-sets agree best at their poses go on, at --iter the better one (a start that splits its particles between "
+        "a pose and its mate about a pseudo-symmetry axis agrees worse); each costs up to ~40 %% of the run's time after "
+        "the race (0: none; default: %(default)s)",
+    )
+    opt.add_argument(
         "--max-extra-iter", type=int, default=-1, metavar="N",
         help="when the map still changes at --iter (its agreement with the map of 20 iterations before, up to the run's "
         "resolution, is below 0.95), go on in the final phase's settings until it settles, at most N more iterations "
@@ -163,7 +171,7 @@ def _healpix_order(sampling_deg: float) -> int:
 #: options (--j, --gpu, --pool, --preread, --scratch-dir), --o and the messages' are the new command line's.
 RUN_OPTIONS = {
     "iter": "--iter", "classes": "--K", "particle_diameter": "--particle-diameter", "flatten_solvent": "--flatten-solvent",
-    "sym": "--sym", "starts": "--starts", "max_extra_iter": "--max-extra-iter", "retries": "--retries",
+    "sym": "--sym", "starts": "--starts", "finalists": "--finalists", "max_extra_iter": "--max-extra-iter", "retries": "--retries",
     "retry_classes": "--retry-classes", "grad_ini_subset": "--grad-ini-subset", "grad_fin_subset": "--grad-fin-subset",
     "tau2_fudge": "--tau2-fudge", "sampling": "--sampling", "offset_range": "--offset-range", "offset_step": "--offset-step",
     "maxsig": "--maxsig", "auto_sampling": "--no-auto-sampling", "finest_sampling": "--finest-sampling",
@@ -224,6 +232,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
     ):
         if value < 1 and value != -1:
             raise NovomapError(f"{option} must be >= 1 (or -1: {automatic}), not {value}")
+    if args.finalists < 0:
+        raise NovomapError(f"--finalists must be >= 0, not {args.finalists}")
     if args.retries < 0:
         raise NovomapError(f"--retries must be >= 0, not {args.retries}")
     if args.pool < 0:
@@ -622,6 +632,7 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log, stage: _JobStage) -> 
         seed=args.seed,
         pool=args.pool,
         n_starts=args.starts if args.starts > 0 else starts_for_classes(args.classes),
+        runners_up=args.finalists,
         max_extra_iterations=args.max_extra_iter,
         retries=args.retries,
         retry_classes=args.retry_classes,

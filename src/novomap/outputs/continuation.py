@@ -31,6 +31,7 @@ OPTION_OF_FIELD = {
     "auto_sampling": "--no-auto-sampling",
     "max_healpix_order": "--finest-sampling",
     "seed": "--seed",
+    "runners_up": "--finalists",
     "n_starts": "--starts",
     "max_significant": "--maxsig",
     "initial_subset": "--grad-ini-subset",

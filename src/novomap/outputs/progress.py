@@ -207,13 +207,29 @@ def starts_line(figures: dict) -> str:
         f"random starts, mean log likelihood of the same particles: {'; '.join(rounds)} "
         f"-> continuing from start {figures['chosen_start']}"
     )
-    if "finalist_start" in figures:  # vdam.finalists
+    carried = figures.get("finalist_starts", [])  # vdam.finalists
+    if len(carried) == 1:
         lead = figures["start_rounds"][-1].get("lead_z", 0.0)
         line += (
-            f"; its lead over start {figures['finalist_start']} is {lead:.1f} standard errors, so that start goes on "
+            f"; its lead over start {carried[0]} is {lead:.1f} standard errors, so that start goes on "
             "beside it to the last iteration, where the one whose half-sets agree better is kept"
         )
+    elif carried:
+        line += (
+            f"; the particles cannot tell it clearly from starts {', '.join(str(s) for s in carried)}, so they go on beside it; "
+            "later the two whose half-sets agree best go on, and at the last iteration the better one"
+        )
     return line
+
+
+def pruned_line(record: dict) -> str:
+    """One line for the cut of the race's runners-up to one at the pruning iteration (vdam.finalists.prune)."""
+    agreements = ", ".join(f"{start}: {a:.3f}" for start, a in zip(record["starts"], record["pose_agreement"]))
+    first, second = record["kept"]
+    return (
+        f"iteration {record['iteration']}: the run and the race's runners-up, half-sets at their poses agree (mean FSC; start: value) "
+        f"{agreements} -> continuing from start {first}, with start {second} beside it"
+    )
 
 
 def finalists_line(record: dict) -> str:
@@ -360,6 +376,8 @@ class ProgressDisplay:
         self._learn(figures)
         if "start_rounds" in figures:
             self.message(starts_line(figures))
+        if "finalists_pruned" in figures:
+            self.message(pruned_line(figures["finalists_pruned"]))
         if "finalists" in figures:
             self.message(finalists_line(figures["finalists"]))
         iteration = int(figures["iteration"])

@@ -1,4 +1,4 @@
-"""The race's runner-up, carried to the end of a one-class C1 run, and the choice between the two.
+"""The race's runners-up, carried on beside a one-class C1 run, and the choices among them.
 
 The race of starts (vdam.restarts) picks one start by the likelihood of a sample at iteration 30. On
 a small C1 particle with a pseudo-symmetry that choice can fail: hb2_c1_40 (two haemoglobin
@@ -11,21 +11,27 @@ every pair, was how well each run's particles agree with themselves: the two pse
 reconstructed at the run's poses agree better when the poses are right (mean half-set FSC at iteration 100: right 0.658-0.670, wrong
 0.624-0.639; benchmarks/results/2026-12-06-s51-finalists.md).
 
-So a one-class run that imposes no group carries the race's runner-up (the finalist) on, with its
-own mini-batch order, to n_iter, and keeps the one whose pseudo half-sets agree better at their poses
-(pose_agreement). Both maps are also superposed there (rotation, shift, hand): when they agree to
+So a one-class run that imposes no group carries the race's best other starts (config.runners_up,
+the finalists) on beside the winner, each with its own mini-batch order, and keeps the one whose pseudo
+half-sets agree better at their poses (pose_agreement). With one runner-up (sessions 51-53) two
+seeds of hb2_c1_40's thirteen still ended blended (1.45x, 1.35x): both finalists were. With several,
+at prune_iteration (70 % of the run) the two that agree best go on and the others stop: at iteration
+70 every right run already led its wrong pair (by 0.006-0.041), though not yet by the margin of
+iteration 100. At n_iter both maps are also superposed (rotation, shift, hand): when they agree to
 about the runs' own resolution, the two starts found the same solution (a sign that the map is
-right) and the choice hardly matters. No earlier check can drop the runner-up: before n_iter a wrong map and a right
-one still agree to the runs' resolution (hb2_c1_40 seed 5: 16.7 Å at iteration 80, runs at 17.8 Å;
-16.6 Å at 100 with the runs at 10.9 Å). The cost is the runner-up's iterations after the race (52-63 s
-of hb2_c1_40's ~150 s), so the runner-up goes on only where the race could not tell it from the winner:
-a lead under config.finalist_max_z standard errors (vdam.restarts.lead_z). Every race of hb2_c1_40's ten
+right) and the choice hardly matters. No earlier check can drop a runner-up by its map: before n_iter
+a wrong map and a right one still agree to the runs' resolution (hb2_c1_40 seed 5: 16.7 Å at
+iteration 80, runs at 17.8 Å; 16.6 Å at 100 with the runs at 10.9 Å). A runner-up costs ~40 % of the
+run's time after the race up to iteration 70 and ~60 % after (52-63 s of hb2_c1_40's ~150 s for one
+carried to the end), so runners-up go on only where the race could not tell them from the winner: a
+lead under config.finalist_max_z standard errors (vdam.restarts.lead_z). Every race of hb2_c1_40's ten
 seeds was within 0.1-3.4, those that chose a wrong start within 0.6-2.2; hb6_c1's winner led by 11.8
 and its runner-up ended in the same map at 1.8x the job's time.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 
 import torch
@@ -50,8 +56,13 @@ SAME_SOLUTION_FACTOR = 1.25
 
 
 def carries_finalist(config: VdamConfig, group: PointGroup | None) -> bool:
-    """Whether a run with this config and imposed group (None: none) keeps the race's runner-up."""
-    return config.carry_finalist and config.n_classes == 1 and (group is None or group.order == 1)
+    """Whether a run with this config and imposed group (None: none) keeps the race's runners-up."""
+    return config.runners_up > 0 and config.n_classes == 1 and (group is None or group.order == 1)
+
+
+def prune_iteration(config: VdamConfig) -> int:
+    """The iteration at which more than one carried runner-up is cut to one (config.finalist_prune_iterations per 100)."""
+    return max(1, round(config.finalist_prune_iterations * config.n_iter / 100))
 
 
 def maps_agreement_a(a: RunState, b: RunState, pixel_size_a: float) -> float:
@@ -77,52 +88,86 @@ def pose_agreement(state: RunState, particles: ParticleSet, half: torch.Tensor, 
     return float(curve[1 : particles.box_size // 2 + 1].mean())
 
 
-def keep_finalist(state: RunState, runner_up: RunState, start: int) -> None:
-    """Carry `runner_up` (start number `start`) alongside the run's state."""
-    state.finalist = {"start": start, "state": runner_up}
+def keep_finalists(state: RunState, runners_up: list[tuple[int, RunState]]) -> None:
+    """Carry `runners_up` ([(start number, its state)], the race's better first) alongside the run's state."""
+    state.finalists = [{"start": start, "state": runner_up, "seconds": 0.0} for start, runner_up in runners_up]
 
 
 def advance(state: RunState, particles: ParticleSet, half: torch.Tensor, config: VdamConfig, device) -> None:
-    """After the run's iteration: bring the finalist (if any) to the same iteration and, at n_iter,
-    choose between the two (choose); the choice goes into the iteration's figures
-    (state.history[-1]["finalists"]). state may become the finalist (its history with it)."""
-    carried = state.finalist
-    if carried is None:
+    """After the run's iteration: bring the carried runners-up (if any) to the same iteration; at
+    prune_iteration, keep the two runs (the run among them) whose pseudo half-sets agree best (prune);
+    at n_iter, keep the better of the two (choose). The choices go into the iteration's figures
+    (state.history[-1]["finalists_pruned"], ["finalists"]). state may become a runner-up (its history with it)."""
+    if not state.finalists:
         return
     started = time.perf_counter()
-    runner_up, start = carried["state"], carried["start"]
-    while runner_up.iteration < state.iteration:
-        run_iteration(runner_up, particles, half, start_config(config, start), device)
-        convergence.keep_snapshot(runner_up, config)
-        if convergence.early_check(runner_up.iteration, config):  # the run's settledness test needs it
-            runner_up.history[-1]["map_agreement"] = convergence.map_agreement(runner_up, config)
-    record = choose(state, particles, half, config, start) if state.iteration >= config.n_iter else None
+    for carried in state.finalists:
+        runner_up, start = carried["state"], carried["start"]
+        began = time.perf_counter()
+        while runner_up.iteration < state.iteration:
+            run_iteration(runner_up, particles, half, start_config(config, start), device)
+            convergence.keep_snapshot(runner_up, config)
+            if convergence.early_check(runner_up.iteration, config):  # the run's settledness test needs it
+                runner_up.history[-1]["map_agreement"] = convergence.map_agreement(runner_up, config)
+        carried["seconds"] += time.perf_counter() - began
+    pruned = None
+    if len(state.finalists) > 1 and (state.iteration >= prune_iteration(config) or state.iteration >= config.n_iter):
+        pruned = prune(state, particles, half, config)
+    record = choose(state, particles, half, config) if state.iteration >= config.n_iter else None
     spent = time.perf_counter() - started
-    carried["seconds"] = carried.get("seconds", 0.0) + spent
     figures = state.history[-1]
+    if pruned is not None:
+        figures["finalists_pruned"] = pruned
     if record is not None:
-        record["seconds"] = carried["seconds"]  # the runner-up's whole cost after the race
         figures["finalists"] = record
     figures["timings"] = {**figures.get("timings", {}), "finalist": spent}
-    figures["seconds"] = figures.get("seconds", 0.0) + spent  # the display's time estimates count both runs
+    figures["seconds"] = figures.get("seconds", 0.0) + spent  # the display's time estimates count every run
 
 
-def choose(state: RunState, particles: ParticleSet, half: torch.Tensor, config: VdamConfig, start: int) -> dict:
-    """Keep whichever of the run and its finalist has the better pose_agreement (the run on a tie);
-    state becomes the finalist if it wins. Returns the record for the iteration's figures: the two
-    starts, their pose agreements, the chosen start, and how far their maps agree (maps_agree_a,
-    resolution_a: the coarser run's; same_solution: the former within SAME_SOLUTION_FACTOR of it)."""
-    runner_up = state.finalist["state"]
-    state.finalist = None
+def _race_record(state: RunState) -> dict | None:
+    return next((f for f in state.history if "start_rounds" in f), None)
+
+
+def prune(state: RunState, particles: ParticleSet, half: torch.Tensor, config: VdamConfig) -> dict:
+    """Of the run and its carried runners-up, go on with the two whose pose_agreement is best: state
+    becomes the best (the run on a tie), state.finalists the second. Returns the record for the
+    iteration's figures: every start, its pose agreement, and the two kept (the better first)."""
+    race = _race_record(state)
+    leader = race["chosen_start"] if race is not None else 0
+    members = [(leader, state, 0.0)] + [(c["start"], c["state"], c["seconds"]) for c in state.finalists]
+    rows = agreement_rows(particles.n, config.seed)
+    scores = [pose_agreement(member, particles, half, rows) for _, member, _ in members]
+    order = sorted(range(len(members)), key=lambda i: (-scores[i], i))
+    first, second = members[order[0]], members[order[1]]
+    if second[1] is state:  # adopt overwrites state field by field: keep the run's own fields apart
+        second = (second[0], copy.copy(state), second[2])
+        second[1].finalists = []
+    seconds = sum(c["seconds"] for c in state.finalists)  # the runners-up's whole cost so far
+    if first[1] is not state:
+        _take_over(state, first[1], first[0], race)
+    state.finalists = [{"start": second[0], "state": second[1], "seconds": seconds}]
+    return {"iteration": state.iteration, "starts": [m[0] for m in members], "pose_agreement": scores, "kept": [first[0], second[0]]}
+
+
+def choose(state: RunState, particles: ParticleSet, half: torch.Tensor, config: VdamConfig) -> dict:
+    """Keep whichever of the run and its one carried runner-up has the better pose_agreement (the
+    run on a tie); state becomes the runner-up if it wins. Returns the record for the iteration's
+    figures: the two starts, their pose agreements, the chosen start, and how far their maps agree
+    (maps_agree_a, resolution_a: the coarser run's; same_solution: the former within
+    SAME_SOLUTION_FACTOR of it), and the runners-up's whole cost after the race (seconds)."""
+    carried = state.finalists[0]
+    runner_up, start = carried["state"], carried["start"]
+    state.finalists = []
     rows = agreement_rows(particles.n, config.seed)
     scores = [pose_agreement(s, particles, half, rows) for s in (state, runner_up)]
     agreement_a = maps_agreement_a(state, runner_up, particles.pixel_size_a)
     coarser_a = max(current_resolution_a(state, particles), current_resolution_a(runner_up, particles))
-    race = next((f for f in state.history if "start_rounds" in f), None)
+    race = _race_record(state)
     leader = race["chosen_start"] if race is not None else 0
     record = {
         "starts": [leader, start], "pose_agreement": scores, "chosen_start": leader,
         "maps_agree_a": agreement_a, "resolution_a": coarser_a, "same_solution": agreement_a <= SAME_SOLUTION_FACTOR * coarser_a,
+        "seconds": carried["seconds"],
     }
     if scores[1] > scores[0]:
         record["chosen_start"] = start
@@ -130,13 +175,19 @@ def choose(state: RunState, particles: ParticleSet, half: torch.Tensor, config: 
     return record
 
 
+# the records of the race and its runners-up that a run's history keeps when a runner-up takes over
+_RECORDS = ("start_rounds", "chosen_start", "finalist_starts", "finalists_pruned")
+
+
 def _take_over(state: RunState, runner_up: RunState, start: int, race: dict | None) -> None:
-    """Make state the finalist in place; its history keeps the race's record `race` (now naming the finalist)."""
+    """Make state the runner-up in place; its history keeps the race's record `race` (now naming the
+    runner-up) and any earlier pruning's record."""
+    kept = [(f["iteration"], {k: f[k] for k in _RECORDS if k in f}) for f in state.history if any(k in f for k in _RECORDS)]
     adopt(state, runner_up)
-    state.finalist = None
-    if race is not None:
-        entry = next((f for f in state.history if f.get("iteration") == race["iteration"]), None)
-        record = {k: v for k, v in race.items() if k in ("start_rounds", "chosen_start")}
-        record["chosen_start"] = start
-        if entry is not None:
-            entry.update(record)
+    state.finalists = []
+    by_iteration = {f.get("iteration"): f for f in state.history}
+    for iteration, record in kept:
+        if race is not None and iteration == race["iteration"]:
+            record["chosen_start"] = start
+        if iteration in by_iteration:
+            by_iteration[iteration].update(record)

@@ -151,13 +151,14 @@ def paired_standard_error(differences: torch.Tensor) -> float:
     return float(differences.std()) / differences.numel() ** 0.5 if differences.numel() > 1 else 0.0
 
 
-def lead_z(scores: list[float], per_particle: list[torch.Tensor]) -> float:
-    """The best start's lead over the second, in standard errors of their paired per-particle
-    differences; 0 without per-particle values (the sample cannot tell), inf for identical particles."""
-    if len(scores) < 2 or len(per_particle) != len(scores):
+def lead_z(scores: list[float], per_particle: list[torch.Tensor], rank: int = 1) -> float:
+    """The best start's lead over the start ranked `rank` (1: the second), in standard errors of their
+    paired per-particle differences; 0 without per-particle values (the sample cannot tell), inf for
+    identical particles."""
+    if len(scores) <= rank or len(per_particle) != len(scores):
         return 0.0
-    first, second = ranked_starts(scores)[:2]
-    lead = per_particle[first] - per_particle[second]
+    ranked = ranked_starts(scores)
+    lead = per_particle[ranked[0]] - per_particle[ranked[rank]]
     error = paired_standard_error(lead)
     return float(lead.mean()) / error if error > 0 else float("inf")
 
@@ -175,21 +176,22 @@ def compete(
     """Race the starts (state is start 0, at the first round's iteration) and continue from the
     winner, in place: state may end at a later iteration (the last round's). group: the point group
     the run imposes (None or C1: none); the last round scores the starts' maps symmetrised by it.
-    A one-class run without a group keeps the last round's runner-up in state.finalist (vdam.finalists)
-    unless the winner led it by config.finalist_max_z standard errors or more.
+    A one-class run without a group keeps the last round's best config.runners_up other starts in
+    state.finalists (vdam.finalists), those the winner led by less than config.finalist_max_z standard
+    errors.
 
     Returns {"start_rounds": [{"iteration", "starts", "scores", "scored_as" (group name), "lead_z" (the
-    best start's lead over the second: lead_z)}, ...], "chosen_start": i, and "finalist_start" when the
-    runner-up goes on}.
+    best start's lead over the second: lead_z)}, ...], "chosen_start": i, and "finalist_starts" (the
+    runners-up that go on, the better first) when any does}.
     """
-    from novomap.vdam.finalists import carries_finalist, keep_finalist
+    from novomap.vdam.finalists import carries_finalist, keep_finalists
     from novomap.vdam.iterate import run_iteration
     from novomap.vdam.start import initial_state, start_data
 
     shared = start_data(particles, config)  # the same for every start: only the seed differs
     contenders = [(0, state)] + [(s, initial_state(particles, start_config(config, s), shared)) for s in range(1, config.starts())]
     rounds = []
-    runner_up = None
+    runners_up = []
     for iteration, survivors in competition_rounds(config):
         for start, contender in contenders:
             while contender.iteration < iteration:
@@ -201,19 +203,20 @@ def compete(
         rounds.append({"iteration": iteration, "starts": [s for s, _ in contenders], "scores": scores, "scored_as": scored_as})
         tie_z = config.start_tie_z if survivors > 1 else 0.0  # the last round picks one: a tie there is a coin toss either way
         ranked = ranked_starts(scores)
-        runner_up = contenders[ranked[1]] if len(ranked) > 1 else None
-        if runner_up is not None:
+        if len(ranked) > 1:
             rounds[-1]["lead_z"] = lead_z(scores, per_particle)
+        runners_up = [(contenders[i], lead_z(scores, per_particle, rank)) for rank, i in enumerate(ranked[1:], start=1)]
         contenders = [contenders[i] for i in survivors_with_ties(scores, per_particle, survivors, tie_z)]
     chosen, winner = contenders[0]
-    finalist = None
-    if runner_up is not None and carries_finalist(config, group) and rounds[-1]["lead_z"] < config.finalist_max_z:
+    carried = []
+    if carries_finalist(config, group):
         # start 0 is `state` itself, which adopt overwrites field by field: keep its own fields apart
-        finalist = (runner_up[0], copy.copy(runner_up[1]) if runner_up[1] is state else runner_up[1])
+        close = [c for c, z in runners_up[: config.runners_up] if z < config.finalist_max_z]
+        carried = [(start, copy.copy(c) if c is state else c) for start, c in close]
     if winner is not state:
         adopt(state, winner)
     outcome = {"start_rounds": rounds, "chosen_start": chosen}
-    if finalist is not None:
-        keep_finalist(state, finalist[1], finalist[0])
-        outcome["finalist_start"] = finalist[0]
+    if carried:
+        keep_finalists(state, carried)
+        outcome["finalist_starts"] = [start for start, _ in carried]
     return outcome

@@ -60,9 +60,10 @@ class RunState:
     # `--sym auto` decided during the run (initial_model.group_mid_run): the decision as
     # symmetry.choice.symmetry_record gives it, with "chosen_at_iteration"; None: not decided yet
     auto_symmetry: dict | None = None
-    # the race's runner-up carried alongside a one-class C1 run until the choice at n_iter
-    # (vdam.finalists): {"start": its start number, "state": its RunState}; None: none
-    finalist: dict | None = None
+    # the race's runners-up carried alongside a one-class C1 run until the choices at the pruning
+    # iteration and n_iter (vdam.finalists): [{"start": its start number, "state": its RunState,
+    # "seconds": its time so far}, ...], the race's better first; []: none
+    finalists: list = field(default_factory=list)
 
     @property
     def n_classes(self) -> int:
@@ -81,4 +82,8 @@ class RunState:
 
     @staticmethod
     def load(path: str | Path) -> "RunState":
-        return RunState(**torch.load(path, weights_only=False))
+        stored = torch.load(path, weights_only=False)
+        legacy = stored.pop("finalist", None)  # checkpoints of sessions 51-53 carried one runner-up
+        if legacy is not None:
+            stored["finalists"] = [{"seconds": 0.0, **legacy}]
+        return RunState(**stored)
