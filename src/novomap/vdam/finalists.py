@@ -134,13 +134,13 @@ def prune(state: RunState, particles: ParticleSet, half: torch.Tensor, config: V
     iteration's figures: every start, its pose agreement, and the two kept (the better first)."""
     race = _race_record(state)
     leader = race["chosen_start"] if race is not None else 0
-    members = [(leader, state, 0.0)] + [(c["start"], c["state"], c["seconds"]) for c in state.finalists]
+    members = [(leader, state)] + [(c["start"], c["state"]) for c in state.finalists]
     rows = agreement_rows(particles.n, config.seed)
-    scores = [pose_agreement(member, particles, half, rows) for _, member, _ in members]
+    scores = [pose_agreement(member, particles, half, rows) for _, member in members]
     order = sorted(range(len(members)), key=lambda i: (-scores[i], i))
     first, second = members[order[0]], members[order[1]]
     if second[1] is state:  # adopt overwrites state field by field: keep the run's own fields apart
-        second = (second[0], copy.copy(state), second[2])
+        second = (second[0], copy.copy(state))
         second[1].finalists = []
     seconds = sum(c["seconds"] for c in state.finalists)  # the runners-up's whole cost so far
     if first[1] is not state:
