@@ -175,7 +175,7 @@ def test_the_race_runner_up_is_part_of_the_evidence(tmp_path):
     assert "agree 0.627 and 0.658 (mean FSC) -&gt; continuing from start 4." in caption
     assert "runner-up" not in _evidence().line()
     pruned = {"iteration": 70, "starts": [4, 2, 3], "pose_agreement": [0.527, 0.542, 0.570], "kept": [3, 2]}
-    caption = _evidence_caption(json.loads(write_evidence(tmp_path, _evidence(finalists=choice(0.627, 0.658, 17.3), finalists_pruned=pruned)).read_text()))
+    caption = _evidence_caption(json.loads(write_evidence(tmp_path, _evidence(finalists=choice(0.627, 0.658, 17.3), finalists_pruned=[pruned])).read_text()))
     assert "Iteration 70: the run and the race&#x27;s runners-up" in caption and "4: 0.527, 2: 0.542, 3: 0.570" in caption
     assert caption.index("Iteration 70") < caption.index("At iteration 100")
 

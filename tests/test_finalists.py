@@ -218,7 +218,7 @@ def test_at_n_iter_the_run_whose_half_sets_agree_better_is_kept(simulated, one_t
 
 def test_at_the_pruning_iteration_the_two_runs_whose_half_sets_agree_best_go_on(simulated, one_thread):
     particles, _ = simulated
-    config = VdamConfig(seed=1, n_iter=100, finalist_prune_iterations=70)
+    config = VdamConfig(seed=1, n_iter=100, finalist_prunes=((70, 2),))
     half = pseudo_halves(particles)
     state, runner_up = _pair_at(70, particles, config, _mixed_rotations(particles, 0.3, 3), None)
     worse = _at_poses(particles, dataclasses.replace(config, seed=9), _mixed_rotations(particles, 0.5, 5))
@@ -245,6 +245,30 @@ def test_at_the_pruning_iteration_the_two_runs_whose_half_sets_agree_best_go_on(
     assert state.history[-1]["finalists"]["starts"] == [4, 2] and state.history[-1]["finalists"]["chosen_start"] == 2
     assert state.maps is kept.maps and next(f for f in state.history if "start_rounds" in f)["chosen_start"] == 2
     assert next(f for f in state.history if f["iteration"] == 70)["finalists_pruned"]["kept"] == [4, 2]
+
+
+def test_the_cuts_come_at_their_share_of_the_run():
+    config = VdamConfig(n_iter=200, finalist_prunes=((50, 3), (70, 2)))
+    assert [finalists.runs_kept(config, i) for i in (99, 100, 139, 140, 200)] == [None, 3, 3, 2, 2]
+    assert finalists.runs_kept(VdamConfig(n_iter=100, finalist_prunes=()), 100) is None
+
+
+def test_a_cut_to_three_keeps_the_best_three_in_order(simulated, one_thread):
+    particles, _ = simulated
+    config = VdamConfig(seed=1, n_iter=100, finalist_prunes=((50, 3), (70, 2)))
+    half = pseudo_halves(particles)
+    state, runner_up = _pair_at(50, particles, config, _mixed_rotations(particles, 0.2, 3), None)
+    worse, worst = (_at_poses(particles, dataclasses.replace(config, seed=s), _mixed_rotations(particles, share, s)) for s, share in ((9, 0.4), (11, 0.6)))
+    for s in (worse, worst):
+        s.iteration, s.history = 50, [{"iteration": 30, "seconds": 1.0}, {"iteration": 50, "seconds": 1.0}]
+    finalists.keep_finalists(state, [(5, worst), (4, runner_up), (6, worse)])
+    for i, carried in enumerate(state.finalists):
+        carried["seconds"] = float(i + 1)
+    finalists.advance(state, particles, half, config, "cpu")
+    record = state.history[-1]["finalists_pruned"]
+    assert record["starts"] == [2, 5, 4, 6] and record["kept"] == [4, 2, 6]
+    assert state.maps is runner_up.maps and [c["start"] for c in state.finalists] == [2, 6]
+    assert state.finalists[1]["state"] is worse and sum(c["seconds"] for c in state.finalists) >= 6.0  # the cost so far kept
 
 
 def test_the_choice_records_whether_the_two_maps_are_the_same_solution(simulated, one_thread):

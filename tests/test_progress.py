@@ -192,6 +192,7 @@ def test_the_pruning_line_names_every_start_and_the_two_that_go_on():
     line = pruned_line({"iteration": 70, "starts": [2, 4, 5], "pose_agreement": [0.571, 0.596, 0.555], "kept": [4, 2]})
     assert line.startswith("iteration 70:") and "2: 0.571, 4: 0.596, 5: 0.555" in line
     assert line.endswith("continuing from start 4, with start 2 beside it")
+    assert pruned_line({"iteration": 50, "starts": [2, 4, 5], "pose_agreement": [0.5, 0.6, 0.4], "kept": [4, 2, 5]}).endswith("with starts 2, 5 beside it")
 
 
 def test_run_out_says_before_the_race_that_it_goes_quiet(tmp_path):

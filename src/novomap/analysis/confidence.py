@@ -122,8 +122,8 @@ class Evidence:
     # the race's runner-up carried to n_iter (vdam.finalists): the choice there, as the iteration's figures
     # record it, with "iteration"; None when none was carried
     finalists: dict | None = None
-    # the cut of several runners-up to one at the pruning iteration (vdam.finalists.prune), as recorded; None: none
-    finalists_pruned: dict | None = None
+    # the cuts of the runners-up before n_iter (vdam.finalists.prune), as recorded, earliest first
+    finalists_pruned: list[dict] = field(default_factory=list)
     # vdam.convergence at the last iteration: the maps' agreement with those convergence_lag
     # iterations before (None: not measured), the bar for a settled map, and the iterations run past --iter
     map_agreement: float | None = None
@@ -390,7 +390,7 @@ def assess_run(state, particles, half: torch.Tensor, class_index: int, final_map
     if race is not None:
         evidence.start_rounds, evidence.chosen_start = race["start_rounds"], race["chosen_start"]
     evidence.finalists = next(({"iteration": f["iteration"], **f["finalists"]} for f in state.history if "finalists" in f), None)
-    evidence.finalists_pruned = next((f["finalists_pruned"] for f in state.history if "finalists_pruned" in f), None)
+    evidence.finalists_pruned = [f["finalists_pruned"] for f in state.history if "finalists_pruned" in f]
     check = next((f for f in reversed(state.history) if "map_agreement" in f), None)
     if check is not None and check["map_agreement"] is not None:
         evidence.map_agreement, evidence.map_agreement_min = float(check["map_agreement"]), float(config.convergence_min_fsc)

@@ -217,7 +217,7 @@ def starts_line(figures: dict) -> str:
     elif carried:
         line += (
             f"; the particles cannot tell it clearly from starts {', '.join(str(s) for s in carried)}, so they go on beside it; "
-            "later the two whose half-sets agree best go on, and at the last iteration the better one"
+            "later those whose half-sets agree best go on, and at the last iteration the best one"
         )
     return line
 
@@ -225,10 +225,11 @@ def starts_line(figures: dict) -> str:
 def pruned_line(record: dict) -> str:
     """One line for the cut of the race's runners-up to one at the pruning iteration (vdam.finalists.prune)."""
     agreements = ", ".join(f"{start}: {a:.3f}" for start, a in zip(record["starts"], record["pose_agreement"]))
-    first, second = record["kept"]
+    first, *others = record["kept"]
+    beside = f"start {others[0]}" if len(others) == 1 else "starts " + ", ".join(str(s) for s in others)
     return (
         f"iteration {record['iteration']}: the run and the race's runners-up, half-sets at their poses agree (mean FSC; start: value) "
-        f"{agreements} -> continuing from start {first}, with start {second} beside it"
+        f"{agreements} -> continuing from start {first}, with {beside} beside it"
     )
 
 

@@ -513,10 +513,10 @@ def _evidence_caption(evidence: dict) -> str:
             f" {len(rounds[0]['starts'])} random starts raced (mean log likelihood of the same particles; the best go on); "
             f"the run continued from start {evidence.get('chosen_start')}:"
         ) + "<pre>" + html.escape("\n".join(lines)) + "</pre>")
-    if evidence.get("finalists_pruned"):
+    for record in evidence.get("finalists_pruned") or []:
         from novomap.outputs.progress import pruned_line
 
-        line = pruned_line(evidence["finalists_pruned"])
+        line = pruned_line(record)
         parts.append(html.escape(f" {line[0].upper()}{line[1:]}."))
     if evidence.get("finalists"):
         parts.append(html.escape(" " + _finalists_sentence(evidence["finalists"])))

@@ -183,12 +183,12 @@ class VdamConfig:
     # a one-class run that imposes no group carries the race's best `runners_up` other starts of its last
     # round on beside the winner (vdam.finalists), each unless the winner led it by finalist_max_z or more
     # standard errors of their paired per-particle scores (a clear lead: hb6_c1 11.8, hb4_rod 4.9; every
-    # hb2_c1_40 race, right or wrong, 0.1-3.4); at finalist_prune_iterations (per 100 iterations of the
-    # run) the two runs whose pseudo half-sets agree best at their poses go on, at n_iter the better one
-    # (0: none carried)
+    # hb2_c1_40 race, right or wrong, 0.1-3.4); at each (iteration per 100 iterations of the run, runs
+    # kept) of finalist_prunes the runs whose pseudo half-sets agree best at their poses go on, at n_iter
+    # the best one (0 runners-up: none carried)
     runners_up: int = 4
     finalist_max_z: float = 4.0
-    finalist_prune_iterations: int = 70
+    finalist_prunes: tuple = ((70, 2),)
     # an explicit point group (--sym other than C1 and auto) is imposed on the class maps every this
     # many iterations after VDAM's initial phase (when the race of starts has chosen), about each
     # map's own axes (symmetry.impose); 0: only the final map is symmetrised, as RELION does

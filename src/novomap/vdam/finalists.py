@@ -15,7 +15,7 @@ So a one-class run that imposes no group carries the race's best other starts (c
 the finalists) on beside the winner, each with its own mini-batch order, and keeps the one whose pseudo
 half-sets agree better at their poses (pose_agreement). With one runner-up (sessions 51-53) two
 seeds of hb2_c1_40's thirteen still ended blended (1.45x, 1.35x): both finalists were. With several,
-at prune_iteration (70 % of the run) the two that agree best go on and the others stop: at iteration
+at the cuts of config.finalist_prunes (70 % of the run) the two that agree best go on and the others stop: at iteration
 70 every right run already led its wrong pair (by 0.006-0.041), though not yet by the margin of
 iteration 100. At n_iter both maps are also superposed (rotation, shift, hand): when they agree to
 about the runs' own resolution, the two starts found the same solution (a sign that the map is
@@ -60,9 +60,11 @@ def carries_finalist(config: VdamConfig, group: PointGroup | None) -> bool:
     return config.runners_up > 0 and config.n_classes == 1 and (group is None or group.order == 1)
 
 
-def prune_iteration(config: VdamConfig) -> int:
-    """The iteration at which more than one carried runner-up is cut to one (config.finalist_prune_iterations per 100)."""
-    return max(1, round(config.finalist_prune_iterations * config.n_iter / 100))
+def runs_kept(config: VdamConfig, iteration: int) -> int | None:
+    """How many runs (the run and its runners-up) go on after `iteration` by config.finalist_prunes
+    (iterations per 100 of the run); None: no cut is due by then."""
+    due = [kept for per_100, kept in config.finalist_prunes if iteration >= max(1, round(per_100 * config.n_iter / 100))]
+    return max(1, min(due)) if due else None
 
 
 def maps_agreement_a(a: RunState, b: RunState, pixel_size_a: float) -> float:
@@ -94,10 +96,11 @@ def keep_finalists(state: RunState, runners_up: list[tuple[int, RunState]]) -> N
 
 
 def advance(state: RunState, particles: ParticleSet, half: torch.Tensor, config: VdamConfig, device) -> None:
-    """After the run's iteration: bring the carried runners-up (if any) to the same iteration; at
-    prune_iteration, keep the two runs (the run among them) whose pseudo half-sets agree best (prune);
-    at n_iter, keep the better of the two (choose). The choices go into the iteration's figures
-    (state.history[-1]["finalists_pruned"], ["finalists"]). state may become a runner-up (its history with it)."""
+    """After the run's iteration: bring the carried runners-up (if any) to the same iteration; when a
+    cut of config.finalist_prunes is due (runs_kept), keep the runs (the run among them) whose pseudo
+    half-sets agree best (prune); at n_iter, keep the better of the last two (choose). The choices go
+    into the iteration's figures (state.history[-1]["finalists_pruned"], ["finalists"]). state may
+    become a runner-up (its history with it)."""
     if not state.finalists:
         return
     started = time.perf_counter()
@@ -111,8 +114,9 @@ def advance(state: RunState, particles: ParticleSet, half: torch.Tensor, config:
                 runner_up.history[-1]["map_agreement"] = convergence.map_agreement(runner_up, config)
         carried["seconds"] += time.perf_counter() - began
     pruned = None
-    if len(state.finalists) > 1 and (state.iteration >= prune_iteration(config) or state.iteration >= config.n_iter):
-        pruned = prune(state, particles, half, config)
+    kept = 2 if state.iteration >= config.n_iter else runs_kept(config, state.iteration)
+    if kept is not None and 1 + len(state.finalists) > max(2, kept):
+        pruned = prune(state, particles, half, config, max(2, kept))
     record = choose(state, particles, half, config) if state.iteration >= config.n_iter else None
     spent = time.perf_counter() - started
     figures = state.history[-1]
@@ -128,25 +132,27 @@ def _race_record(state: RunState) -> dict | None:
     return next((f for f in state.history if "start_rounds" in f), None)
 
 
-def prune(state: RunState, particles: ParticleSet, half: torch.Tensor, config: VdamConfig) -> dict:
-    """Of the run and its carried runners-up, go on with the two whose pose_agreement is best: state
-    becomes the best (the run on a tie), state.finalists the second. Returns the record for the
-    iteration's figures: every start, its pose agreement, and the two kept (the better first)."""
+def prune(state: RunState, particles: ParticleSet, half: torch.Tensor, config: VdamConfig, kept: int = 2) -> dict:
+    """Of the run and its carried runners-up, go on with the `kept` (>= 2) whose pose_agreement is
+    best: state becomes the best (the run on a tie), state.finalists the others, the better first.
+    Returns the record for the iteration's figures: every start, its pose agreement, and the starts
+    kept (the best first)."""
     race = _race_record(state)
     leader = race["chosen_start"] if race is not None else 0
     members = [(leader, state)] + [(c["start"], c["state"]) for c in state.finalists]
     rows = agreement_rows(particles.n, config.seed)
     scores = [pose_agreement(member, particles, half, rows) for _, member in members]
     order = sorted(range(len(members)), key=lambda i: (-scores[i], i))
-    first, second = members[order[0]], members[order[1]]
-    if second[1] is state:  # adopt overwrites state field by field: keep the run's own fields apart
-        second = (second[0], copy.copy(state))
-        second[1].finalists = []
+    first, others = members[order[0]], [members[i] for i in order[1:kept]]
+    for i, (start, member) in enumerate(others):
+        if member is state:  # adopt overwrites state field by field: keep the run's own fields apart
+            others[i] = (start, copy.copy(state))
+            others[i][1].finalists = []
     seconds = sum(c["seconds"] for c in state.finalists)  # the runners-up's whole cost so far
     if first[1] is not state:
         _take_over(state, first[1], first[0], race)
-    state.finalists = [{"start": second[0], "state": second[1], "seconds": seconds}]
-    return {"iteration": state.iteration, "starts": [m[0] for m in members], "pose_agreement": scores, "kept": [first[0], second[0]]}
+    state.finalists = [{"start": start, "state": member, "seconds": seconds if i == 0 else 0.0} for i, (start, member) in enumerate(others)]
+    return {"iteration": state.iteration, "starts": [m[0] for m in members], "pose_agreement": scores, "kept": [first[0]] + [s for s, _ in others]}
 
 
 def choose(state: RunState, particles: ParticleSet, half: torch.Tensor, config: VdamConfig) -> dict:
