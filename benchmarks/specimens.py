@@ -303,6 +303,14 @@ HELD_OUT: dict[str, Specimen] = {
             # specimens.py --search adk_d4_192: the third most compact (the first two are adk_d7's and adk_d3's placements)
             direction=(-0.152, -0.766, 0.625), orientation_seed=4,
         ),
+        # added in session 54, before any run: every C1 specimen so far was built from haemoglobin; one
+        # chain of beta-galactosidase is a ~116 kDa asymmetric particle of another protein, no pseudo-symmetry
+        _spec(
+            name="betagal_mono_c1",
+            description="one chain (A) of beta-galactosidase 5A1A: about 116 kDa, C1, 64 px",
+            symmetry="C1", source="model", model=str(BETAGAL), chains=("A",), box=64,
+            particle_fraction=0.7, mask_fraction=0.85, snr=0.08, n_particles=1500, defocus_um=(1.0, 2.5),
+        ),
         _spec(
             name="hb_t_tight",
             description="T shell of twelve haemoglobin tetramers (4HHB): about 770 kDa, 72 px, tight box, low SNR",
