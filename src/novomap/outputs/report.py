@@ -447,6 +447,14 @@ def evidence_figure(evidence: dict):
     return fig
 
 
+def _pruned_sentence(record: dict) -> str:
+    """A cut of the race's runners-up before the last iteration (vdam.finalists.prune)."""
+    from novomap.outputs.progress import pruned_line
+
+    line = pruned_line(record)
+    return f"{line[0].upper()}{line[1:]}."
+
+
 def _finalists_sentence(record: dict) -> str:
     """The choice between the run and the race's runner-up, carried to the end of a one-class C1 run (vdam.finalists)."""
     from novomap.outputs.progress import finalists_line
@@ -514,10 +522,7 @@ def _evidence_caption(evidence: dict) -> str:
             f"the run continued from start {evidence.get('chosen_start')}:"
         ) + "<pre>" + html.escape("\n".join(lines)) + "</pre>")
     for record in evidence.get("finalists_pruned") or []:
-        from novomap.outputs.progress import pruned_line
-
-        line = pruned_line(record)
-        parts.append(html.escape(f" {line[0].upper()}{line[1:]}."))
+        parts.append(html.escape(" " + _pruned_sentence(record)))
     if evidence.get("finalists"):
         parts.append(html.escape(" " + _finalists_sentence(evidence["finalists"])))
     if evidence.get("map_agreement") is not None:

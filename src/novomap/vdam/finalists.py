@@ -90,6 +90,16 @@ def pose_agreement(state: RunState, particles: ParticleSet, half: torch.Tensor, 
     return float(curve[1 : particles.box_size // 2 + 1].mean())
 
 
+def apart_from(run: RunState, state: RunState) -> RunState:
+    """`run` as a runner-up to carry beside `state`: when it is `state` itself (which adopt overwrites
+    field by field when another run takes over), a shallow copy of it that carries no runners-up."""
+    if run is not state:
+        return run
+    kept = copy.copy(state)
+    kept.finalists = []
+    return kept
+
+
 def keep_finalists(state: RunState, runners_up: list[tuple[int, RunState]]) -> None:
     """Carry `runners_up` ([(start number, its state)], the race's better first) alongside the run's state."""
     state.finalists = [{"start": start, "state": runner_up, "seconds": 0.0} for start, runner_up in runners_up]
@@ -143,11 +153,7 @@ def prune(state: RunState, particles: ParticleSet, half: torch.Tensor, config: V
     rows = agreement_rows(particles.n, config.seed)
     scores = [pose_agreement(member, particles, half, rows) for _, member in members]
     order = sorted(range(len(members)), key=lambda i: (-scores[i], i))
-    first, others = members[order[0]], [members[i] for i in order[1:kept]]
-    for i, (start, member) in enumerate(others):
-        if member is state:  # adopt overwrites state field by field: keep the run's own fields apart
-            others[i] = (start, copy.copy(state))
-            others[i][1].finalists = []
+    first, others = members[order[0]], [(start, apart_from(member, state)) for start, member in (members[i] for i in order[1:kept])]
     seconds = sum(c["seconds"] for c in state.finalists)  # the runners-up's whole cost so far
     if first[1] is not state:
         _take_over(state, first[1], first[0], race)

@@ -27,7 +27,6 @@ keeps C1 scores: at iteration 10 the maps are too rough for their axes, and it o
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 
 import torch
@@ -184,7 +183,7 @@ def compete(
     best start's lead over the second: lead_z)}, ...], "chosen_start": i, and "finalist_starts" (the
     runners-up that go on, the better first) when any does}.
     """
-    from novomap.vdam.finalists import carries_finalist, keep_finalists
+    from novomap.vdam.finalists import apart_from, carries_finalist, keep_finalists
     from novomap.vdam.iterate import run_iteration
     from novomap.vdam.start import initial_state, start_data
 
@@ -203,16 +202,15 @@ def compete(
         rounds.append({"iteration": iteration, "starts": [s for s, _ in contenders], "scores": scores, "scored_as": scored_as})
         tie_z = config.start_tie_z if survivors > 1 else 0.0  # the last round picks one: a tie there is a coin toss either way
         ranked = ranked_starts(scores)
-        if len(ranked) > 1:
-            rounds[-1]["lead_z"] = lead_z(scores, per_particle)
         runners_up = [(contenders[i], lead_z(scores, per_particle, rank)) for rank, i in enumerate(ranked[1:], start=1)]
+        if runners_up:
+            rounds[-1]["lead_z"] = runners_up[0][1]
         contenders = [contenders[i] for i in survivors_with_ties(scores, per_particle, survivors, tie_z)]
     chosen, winner = contenders[0]
     carried = []
     if carries_finalist(config, group):
-        # start 0 is `state` itself, which adopt overwrites field by field: keep its own fields apart
         close = [c for c, z in runners_up[: config.runners_up] if z < config.finalist_max_z]
-        carried = [(start, copy.copy(c) if c is state else c) for start, c in close]
+        carried = [(start, apart_from(c, state)) for start, c in close]  # start 0 is `state` itself
     if winner is not state:
         adopt(state, winner)
     outcome = {"start_rounds": rounds, "chosen_start": chosen}
