@@ -12,6 +12,7 @@ from novomap.physics.fourier import (
     centred_ft_to_volume,
     centred_radius,
     hermitian_partner,
+    hermitian_sum_at,
     image_frequencies,
     irfft_image,
     power_spectrum_images,
@@ -159,3 +160,32 @@ def test_power_is_the_squared_magnitude_of_complex_real_and_conjugated_tensors()
     assert torch.equal(power(z), torch.tensor([25.0, 5.0, 0.0]))
     assert torch.equal(power(z.conj()), power(z))  # a conjugate view: same squared magnitudes
     assert torch.equal(power(torch.tensor([-2.0, 3.0])), torch.tensor([4.0, 9.0]))
+
+
+@pytest.mark.parametrize("n,pad", [(16, 1), (16, 2), (15, 1), (9, 3)])
+def test_centred_transforms_are_the_padded_shifted_ones(n, pad):
+    """The transforms by their definition: zero-padded to (pad N)^3 with the map's centre at M//2,
+    ifftshift, FFT, fftshift (and back, the central N^3): the same values to the last bit."""
+    m = pad * n
+    vol = _blob_volume(n, 6)
+    padded = torch.zeros((m, m, m), dtype=torch.float64)
+    start = m // 2 - n // 2
+    padded[start : start + n, start : start + n, start : start + n] = vol
+    expected = torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(padded)) / (n * n))
+    assert torch.equal(volume_to_centred_ft(vol, pad), expected)
+    spectrum = expected * (1 + 0.5j)
+    back = torch.fft.fftshift(torch.fft.ifftn(torch.fft.ifftshift(spectrum)).real) * (n * n)
+    result = centred_ft_to_volume(spectrum, n)
+    assert torch.equal(result, back[start : start + n, start : start + n, start : start + n]) and result.is_contiguous()
+
+
+def test_hermitian_sum_at_is_the_symmetrised_grid_there():
+    from novomap.physics.projection import hermitian_symmetrise
+
+    m = 10
+    data = torch.randn((m, m, m), generator=_gen(7), dtype=torch.complex128)
+    weight = torch.rand((m, m, m), generator=_gen(8), dtype=torch.float64)
+    full_data, full_weight = hermitian_symmetrise(data, weight)
+    index = torch.tensor([0, 1, 57, 555, 999, 123])  # index 0 (no partner) and the centre included
+    assert torch.equal(hermitian_sum_at(data, index), full_data.reshape(-1)[index])
+    assert torch.equal(hermitian_sum_at(weight, index), full_weight.reshape(-1)[index])

@@ -105,3 +105,24 @@ def test_kept_axes_are_imposed_as_they_are():
     assert torch.allclose(kept[0].float(), symmetrise_in_place(volume, group, off, found.shift_zyx_px), atol=1e-5)
     _, refined_axes = impose_group(volume[None].double(), group, 3.0, axes, keep_axes=[False])
     assert not torch.allclose(refined_axes[0][0], off, atol=1e-3)
+
+
+def test_a_map_searched_again_reuses_its_axes(monkeypatch):
+    """The race scores its starts' maps symmetrised, and the winner's very maps then have the group
+    imposed: the second global search of the same map is the first one's result, not searched again,
+    and axes changed in place by a caller do not change what a later call gets."""
+    import novomap.symmetry.impose as impose
+
+    group = point_group("C4")
+    volume = blob_map("C4", size=32, seed=5)[None]
+    calls = []
+    real = impose.align_to_symmetry
+    monkeypatch.setattr(impose, "align_to_symmetry", lambda *a, **k: calls.append(k.get("near")) or real(*a, **k))
+    first_maps, first_axes = impose_group(volume.clone(), group, 2.0)
+    first_axes[0][1].add_(100.0)  # a caller's later step moving the centre in place
+    again_maps, again_axes = impose_group(volume.clone(), group, 2.0)
+    assert len(calls) == 1
+    assert torch.equal(first_maps, again_maps)
+    assert float(again_axes[0][1].abs().max()) < 50
+    other_maps, _ = impose_group(volume.clone() * 1.5, group, 2.0)  # another map: searched
+    assert len(calls) == 2

@@ -205,3 +205,42 @@ def test_format_star_float():
     assert format_star_float(0.0) == "0.000000"
     assert float(format_star_float(2.5e-9)) == pytest.approx(2.5e-9)
     assert float(format_star_float(-3.25e8)) == pytest.approx(-3.25e8)
+
+
+def _starfile_text(path, optics: pd.DataFrame, particles: pd.DataFrame) -> str:
+    """The particle file as the starfile package writes it (the writer's reference), with RELION's version lines."""
+    import re
+
+    import starfile
+
+    starfile.write({"optics": optics, "particles": particles}, path, float_format=format_star_float)
+    return re.sub(r"^(data_(?:optics|particles))$", "# version 30001\n\n\\1", path.read_text(), flags=re.M)
+
+
+def test_written_text_is_starfiles_for_every_kind_of_cell(tmp_path):
+    table = read_particle_star(shared_data_dir() / BETAGAL / "particles_ctf_from_relion31_tutorial_goodclasses.star")
+    particles = table.particles.iloc[:12].copy()
+    particles["rlnAngleRot"] = [np.nan, 1e-9, -0.0, np.inf, 2.5e6, -1e-3, 0.0009999999, 999999.9999999, -7.25, 1e-300, 0.0, 123.4567895]
+    particles["rlnClassNumber"] = np.arange(12, dtype=np.int32) - 5
+    particles["rlnRandomSubset"] = np.arange(12, dtype=np.int64)
+    particles["rlnMicrographName"] = ["a b.mrc", ""] + ["m.mrc"] * 10
+    particles["rlnOpticsGroupName"] = pd.Series(["x y"] + ["g"] * 11, dtype="string", index=particles.index)
+    ours = tmp_path / "ours.star"
+    write_particle_star(ours, table.optics, particles)
+    reference = _starfile_text(tmp_path / "reference.star", table.optics, particles)
+    # the first line credits the writer; every other character is the same
+    assert ours.read_text().split("\n", 1)[1] == reference.split("\n", 1)[1]
+    assert ours.read_text().startswith("# Created by novomap")
+
+
+def test_a_column_of_another_type_is_written_by_starfile(tmp_path):
+    star, _ = make_dataset(tmp_path, rlnClassNumber=[3, 1, 4, 1, 5])
+    table = read_particle_star(star)
+    particles = table.particles.copy()
+    particles["rlnIsFlipped"] = [True, False, True, False, True]
+    out = tmp_path / "out.star"
+    write_particle_star(out, table.optics, particles)
+    # starfile's own text, dated to the second on its first line
+    assert out.read_text().split("\n", 1)[1] == _starfile_text(tmp_path / "reference.star", table.optics, particles).split("\n", 1)[1]
+    assert out.read_text().startswith("# Created by the starfile")
+    assert read_particle_star(out).particles["rlnClassNumber"].tolist() == [3, 1, 4, 1, 5]

@@ -10,7 +10,7 @@ import torch
 
 from novomap.model.params import class_image_sizes, image_sizes, resolution_shell, spectral_snr, update_sigma2, update_with_momentum
 from novomap.physics.fourier import centred_radius
-from novomap.vdam.update import fisher_weight_floor, map_memory_halves, vdam_update
+from novomap.vdam.update import fisher_weight_floor, inside_index, map_memory_halves, vdam_update, vdam_update_at
 
 M = 10  # grid side; shells 0..8 in the corners
 CURRENT_SIZE = 8  # inside: |k| < 4
@@ -298,3 +298,20 @@ def test_the_update_of_scaled_images_is_the_scaled_update(scale):
     assert torch.allclose(results[1], results[0], rtol=1e-9, atol=1e-9)
     if scale > 1:  # smaller images only raise the weights, further above a floor of 1
         assert not torch.allclose(results[2], results[0], rtol=1e-3, atol=1e-3)
+
+
+def test_update_from_the_sums_inside_alone_is_the_full_update():
+    """vdam_update_at, given the sums at the voxels inside only (what the M-step forms), gives the very map
+    and moments of vdam_update given the whole grids."""
+    shells, inside = _grid()
+    gen = torch.Generator().manual_seed(11)
+    reference = torch.randn((M, M, M), generator=gen, dtype=torch.complex128)
+    gradient = torch.randn((2, M, M, M), generator=gen, dtype=torch.complex128)
+    weight = 3.0 * torch.rand((2, M, M, M), generator=gen, dtype=torch.float64)
+    (m1_full, v_full), (m1_at, v_at) = _fresh_moments(), _fresh_moments()
+    for _ in range(2):  # the second call reads the moments the first one left
+        full = vdam_update(reference, gradient, weight, m1_full, v_full, shells, inside, 0.7, 2.0)
+        index = inside_index(inside)
+        at = vdam_update_at(reference, gradient.reshape(2, -1)[:, index], weight.reshape(2, -1)[:, index].clone(), m1_at, v_at, shells, index, 0.7, 2.0)
+        assert torch.equal(full, at) and torch.equal(m1_full, m1_at) and torch.equal(v_full, v_at)
+        reference = full

@@ -512,13 +512,54 @@ def write_particle_star(path: str | os.PathLike, optics: pd.DataFrame, particles
     """Write a RELION 3.1+ particle file (data_optics, data_particles) atomically.
 
     Floats are written as RELION writes them (see `format_star_float`). Each block is preceded
-    by RELION's `# version 30001` line.
+    by RELION's `# version 30001` line. The text is the starfile package's for the same tables (a test
+    compares them) but for the first comment line: tables of floats, integers and strings are formatted
+    column by column here (the real job's data.star: 70 ms per write through starfile's cell-by-cell
+    formatting, ~8 ms here); any other column type goes through starfile.
     """
+    text = _fast_particle_text(optics, particles)
+    if text is None:
+        with atomic_path(path) as tmp:
+            starfile.write({"optics": optics, "particles": particles}, tmp, float_format=format_star_float)
+            text = re.sub(r"^(data_(?:optics|particles))$", rf"{_STAR_VERSION_LINE}\n\n\1", tmp.read_text(), flags=re.M)
+            tmp.write_text(text)
+        return
     with atomic_path(path) as tmp:
-        starfile.write({"optics": optics, "particles": particles}, tmp, float_format=format_star_float)
-        text = tmp.read_text()
-        text = re.sub(r"^(data_(?:optics|particles))$", rf"{_STAR_VERSION_LINE}\n\n\1", text, flags=re.M)
         tmp.write_text(text)
+
+
+def _fast_particle_text(optics: pd.DataFrame, particles: pd.DataFrame) -> str | None:
+    """The particle file's text, or None where a column is of a type _formatted_column leaves to starfile."""
+    from novomap import __version__
+
+    parts = [f"# Created by novomap {__version__}\n\n\n"]
+    for name, table in (("optics", optics), ("particles", particles)):
+        columns = [_formatted_column(table[label]) for label in table.columns]
+        if any(column is None for column in columns):
+            return None
+        header = "".join(f"_{label} #{i}\n" for i, label in enumerate(table.columns, 1))
+        rows = "".join("\t".join(row) + "\n" for row in zip(*columns)) if columns else ""
+        parts.append(f"{_STAR_VERSION_LINE}\n\ndata_{name}\n\nloop_\n{header}{rows}\n\n")
+    return "".join(parts)
+
+
+def _formatted_column(values: pd.Series) -> list[str] | None:
+    """A column's cells as starfile writes them with float_format=format_star_float (pandas' to_csv:
+    '<NA>' for a missing float, strings with a space or empty quoted), or None for a column of another
+    type (booleans, mixed objects, pandas' extension types)."""
+    if values.dtype == np.float64:
+        array = values.to_numpy()
+        magnitude = np.abs(array)
+        scientific = (magnitude != 0) & ((magnitude < 1e-3) | (magnitude >= 1e6)) & np.isfinite(array)
+        cells = [f"{x:.6e}" if sci else f"{x:.6f}" for x, sci in zip(array.tolist(), scientific.tolist())]
+        return [cell if x == x else "<NA>" for cell, x in zip(cells, array.tolist())]
+    if values.dtype.kind in "iu" and isinstance(values.dtype, np.dtype):
+        return [str(x) for x in values.tolist()]
+    if values.dtype == object or isinstance(values.dtype, pd.StringDtype):
+        cells = values.tolist()
+        if all(isinstance(x, str) for x in cells):
+            return [f'"{x}"' if (" " in x or not x) else x for x in cells]
+    return None
 
 
 def format_star_float(value: float) -> str:

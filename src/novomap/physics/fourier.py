@@ -43,19 +43,34 @@ def volume_to_centred_ft(volume: torch.Tensor, pad: int = 1) -> torch.Tensor:
     """Real map (N, N, N), centre at N//2 -> full centred transform (pad*N,)*3 on RELION's scale."""
     n = volume.shape[-1]
     m = pad * n
-    padded = volume.new_zeros((m, m, m))
-    start = m // 2 - n // 2
-    padded[start : start + n, start : start + n, start : start + n] = volume
-    spectrum = torch.fft.fftn(torch.fft.ifftshift(padded)) / (n * n)
+    # the map goes straight to where ifftshift would move it inside the zero-padded cube: the very
+    # array the transform reads, without the padded copy and the shift's second copy of it
+    if pad == 1:
+        shifted = torch.fft.ifftshift(volume)
+    else:
+        shifted = volume.new_zeros((m, m, m))
+        at = _shifted_positions(n, m, volume.device)
+        shifted[at[:, None, None], at[None, :, None], at[None, None, :]] = volume
+    spectrum = torch.fft.fftn(shifted) / (n * n)
     return torch.fft.fftshift(spectrum)
 
 
 def centred_ft_to_volume(spectrum: torch.Tensor, n: int) -> torch.Tensor:
     """Inverse of volume_to_centred_ft: centred (M, M, M) transform -> real map (N, N, N), M = pad*N."""
     m = spectrum.shape[-1]
-    padded = torch.fft.fftshift(torch.fft.ifftn(torch.fft.ifftshift(spectrum)).real) * (n * n)
-    start = m // 2 - n // 2
-    return padded[start : start + n, start : start + n, start : start + n].contiguous()
+    uncentred = torch.fft.ifftn(torch.fft.ifftshift(spectrum)).real
+    # the central N^3 of the fftshifted result, read from where the shift would have taken it
+    at = _shifted_positions(n, m, spectrum.device)
+    if m == n:
+        return torch.fft.fftshift(uncentred) * (n * n)
+    return uncentred[at[:, None, None], at[None, :, None], at[None, None, :]] * (n * n)
+
+
+@lru_cache(maxsize=16)
+def _shifted_positions(n: int, m: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """(N,) index along one axis of an (M,)^3 uncentred grid of each voxel of the central N^3 of its
+    centred (fftshifted) form: centred index m//2 - n//2 + i sits at (that - m//2) mod M."""
+    return (torch.arange(n, device=device) - n // 2) % m
 
 
 @cached_grid
@@ -72,6 +87,15 @@ def hermitian_partner(grid: torch.Tensor) -> torch.Tensor:
     # one gather through a fixed permutation: a flip and a roll over three axes copied the grid 4-7 times
     flat = grid.reshape(*grid.shape[:-3], m**3)
     return flat[..., _partner_index(m, str(grid.device))].reshape(grid.shape)
+
+
+def hermitian_sum_at(grid: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """physics.projection.hermitian_symmetrise of one grid at some voxels alone: grid (M, M, M) and flat
+    indices (V,) -> (V,) grid(k) + conj(grid(-k)) (grid(-k) for a real grid), the very sums the whole
+    grid's symmetrisation holds there."""
+    flat = grid.reshape(-1)
+    partner = flat.index_select(0, _partner_index(grid.shape[-1], str(grid.device)).index_select(0, index))
+    return flat.index_select(0, index) + (partner.conj() if partner.is_complex() else partner)
 
 
 @lru_cache(maxsize=8)

@@ -51,7 +51,33 @@ def impose_group(
 def _found_axes(volume: torch.Tensor, group: PointGroup, pixel_size_a: float, near, max_shift_px: float | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The (rotation, shift_zyx_px) of the group's axes in volume (N, N, N), refined from `near`; a centre
     further than max_shift_px from the box centre is replaced by the box centre (impose_group)."""
-    alignment = align_to_symmetry(volume, pixel_size_a, group, near=near)
-    if max_shift_px is not None and float(torch.as_tensor(alignment.shift_zyx_px).norm()) > max_shift_px:
-        alignment = align_to_symmetry(volume, pixel_size_a, group, near=(alignment.rotation, torch.zeros(3, dtype=torch.float64)))
-    return alignment.rotation, alignment.shift_zyx_px
+    if near is None:
+        rotation, shift = _searched_axes(volume, group)
+    else:
+        alignment = align_to_symmetry(volume, pixel_size_a, group, near=near)
+        rotation, shift = alignment.rotation, alignment.shift_zyx_px
+    if max_shift_px is not None and float(torch.as_tensor(shift).norm()) > max_shift_px:
+        alignment = align_to_symmetry(volume, pixel_size_a, group, near=(rotation, torch.zeros(3, dtype=torch.float64)))
+        rotation, shift = alignment.rotation, alignment.shift_zyx_px
+    return rotation, shift
+
+
+# the last global searches: (map searched, group name, rotation, shift). The race of starts scores each
+# start's maps symmetrised about their own axes (vdam.restarts.score_starts), and the winner's very maps
+# then have the group imposed at the same iteration: a search of 0.3 s on the real tutorial job, made again
+_RECENT_SEARCHES: list[tuple[torch.Tensor, str, torch.Tensor, torch.Tensor]] = []
+_RECENT_KEPT = 4
+
+
+def _searched_axes(volume: torch.Tensor, group: PointGroup) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rotation, shift_zyx_px) of align_to_symmetry(volume, group) searched globally, or of the very
+    same map and group searched by one of the last _RECENT_KEPT calls (the search is deterministic).
+    Copies: the axes go into run states, whose later steps may change them in place."""
+    for searched, name, rotation, shift in _RECENT_SEARCHES:
+        if name == group.name and searched.shape == volume.shape and torch.equal(searched, volume):
+            return rotation.clone(), shift.clone()
+    alignment = align_to_symmetry(volume, 1.0, group)  # the pixel size does not enter the search
+    rotation, shift = alignment.rotation, torch.as_tensor(alignment.shift_zyx_px, dtype=torch.float64)
+    _RECENT_SEARCHES.append((volume.detach().clone(), group.name, rotation.clone(), shift.clone()))
+    del _RECENT_SEARCHES[:-_RECENT_KEPT]
+    return rotation, shift

@@ -15,7 +15,7 @@ from novomap.estep.search import SearchSettings
 from novomap.io.particles import ParticleSet
 from novomap.model.params import class_image_sizes, image_sizes, reference_power, resolution_shell, spectral_snr, update_sigma2, update_with_momentum
 from novomap.physics.euler import euler_to_matrix
-from novomap.physics.fourier import centred_ft_to_volume, centred_radius, volume_to_centred_ft
+from novomap.physics.fourier import centred_ft_to_volume, centred_radius, hermitian_sum_at, volume_to_centred_ft
 from novomap.physics.masks import mask_volume_with_background, soft_edge_mask
 from novomap.physics.projection import hermitian_symmetrise
 from novomap.physics.window import fourier_window
@@ -32,7 +32,7 @@ from novomap.vdam.recentre import centred_classes
 from novomap.vdam.restarts import compete, competition_iteration
 from novomap.vdam.unit_search import unit_operators
 from novomap.vdam.state import RunState
-from novomap.vdam.update import map_memory_halves, vdam_update
+from novomap.vdam.update import inside_index, map_memory_halves, vdam_update_at
 
 def pseudo_halves(particles: ParticleSet) -> torch.Tensor:
     """Half-set 0/1 of each particle: parity of its position in the micrograph-sorted table."""
@@ -276,20 +276,19 @@ def maximization(
     projector = projector_transforms(state.maps.to(device))
     new_maps = []
     for k in range(state.n_classes):
-        gradient, weight = [], []
-        for h in (0, 1):
-            g, w = hermitian_symmetrise(sums.gradient[h, k], sums.weight[h, k])
-            gradient.append(g)
-            weight.append(w)
-        gradient, weight = torch.stack(gradient), torch.stack(weight)
+        # the half-sets' sums symmetrised (physics.projection.hermitian_symmetrise) only where the update
+        # reads them, the voxels inside the window; the SSNR reads half-set 0's whole weight grid
+        _, weight0 = hermitian_symmetrise(None, sums.weight[0, k])
+        index = inside_index(radius < sizes[k] / 2)
+        gradient = torch.stack([hermitian_sum_at(sums.gradient[h, k], index) for h in (0, 1)])
+        weight = torch.stack([weight0.reshape(-1).index_select(0, index), hermitian_sum_at(sums.weight[1, k], index)])
         tau2 = reference_power(projector[k], shells, n_shells)
         state.tau2[k] = tau2.cpu()
-        state.ssnr[k] = map_halves * spectral_snr(weight[0], tau2, shells, tau2_fudge, PAD).cpu()
+        state.ssnr[k] = map_halves * spectral_snr(weight0, tau2, shells, tau2_fudge, PAD).cpu()
         class_step = step * (1 - math.exp(-(3 * state.n_classes + 10) * float(state.class_fraction[k])))
         reference = volume_to_centred_ft(state.maps[k].to(device), PAD)
         moment1, moment2 = state.moment1[k].to(device), state.moment2[k].to(device)
-        inside = radius < sizes[k] / 2
-        updated = vdam_update(reference, gradient, weight, moment1, moment2, shells, inside, class_step, tau2_fudge, config.weight_floor)
+        updated = vdam_update_at(reference, gradient, weight, moment1, moment2, shells, index, class_step, tau2_fudge, config.weight_floor)
         state.moment1[k], state.moment2[k] = moment1.cpu(), moment2.cpu()
         new_map = mask_volume_with_background(centred_ft_to_volume(updated, n), n / 2, 3.0)
         new_maps.append(new_map.cpu())

@@ -66,12 +66,38 @@ def vdam_update(
     step: eta for this class (schedule times class-size factor); tau2_fudge: T.
     weight_floor: fisher_weight_floor of the images (1 for RELION-normalised ones).
     """
-    # only the voxels inside the current window change: work on those alone (early in a run a few
-    # per cent of the grid), leaving the moments outside as they are and the update zero there. One
-    # flat index for every tensor: boolean indexing would find the voxels again for each of them
-    index = torch.nonzero(inside.reshape(-1)).squeeze(1)  # (V,)
+    index = inside_index(inside)
+    gradient_inside = gradient.reshape(2, -1).index_select(1, index)
+    weight_inside = weight.reshape(2, -1).index_select(1, index)
+    return vdam_update_at(reference, gradient_inside, weight_inside, moment1, moment2, shells, index, step, tau2_fudge, weight_floor)
+
+
+def inside_index(inside: torch.Tensor) -> torch.Tensor:
+    """(V,) flat indices of the voxels of a boolean grid (M, M, M) that are set: those an update changes."""
+    return torch.nonzero(inside.reshape(-1)).squeeze(1)
+
+
+def vdam_update_at(
+    reference: torch.Tensor,
+    gradient_inside: torch.Tensor,
+    weight_inside: torch.Tensor,
+    moment1: torch.Tensor,
+    moment2: torch.Tensor,
+    shells: torch.Tensor,
+    index: torch.Tensor,
+    step: float,
+    tau2_fudge: float,
+    weight_floor: float = 1.0,
+) -> torch.Tensor:
+    """vdam_update given the sums at the voxels it changes alone: gradient_inside (2, V) complex and
+    weight_inside (2, V) real at the flat indices index (V,) (inside_index). The caller forms them only
+    there (early in a run a few per cent of the grid); weight_inside is overwritten.
+
+    Only the voxels inside the current window change: the moments outside stay as they are and the
+    update is zero there. One flat index serves every tensor: boolean indexing would find the voxels
+    again for each of them."""
     moment1_flat, moment2_flat = moment1.view(2, -1), moment2.view(-1)  # in place: contiguous
-    d = gradient.reshape(2, -1).index_select(1, index) / weight.reshape(2, -1).index_select(1, index).clamp_(min=weight_floor)  # (2, V)
+    d = gradient_inside / weight_inside.clamp_(min=weight_floor)  # (2, V)
     previous = moment1_flat.index_select(1, index)
     # the moments start at 0: the first update takes d itself (the voxels inside were updated before, if any were)
     m = d if not bool(torch.view_as_real(previous).any()) else previous.mul_(BETA1).add_(d, alpha=1 - BETA1)
