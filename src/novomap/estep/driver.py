@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -22,7 +23,7 @@ from novomap.estep.cache import ProjectionCache
 from novomap.estep.ctf_table import window_ctf
 from novomap.estep.local import LocalPrior, local_chunk_size, local_coarse_pass
 from novomap.estep.posterior_mean import posterior_mean_poses
-from novomap.estep.prepare import prepare_batch
+from novomap.estep.prepare import SpectraCache, prepare_batch
 from novomap.estep.search import (
     CoarseReferences,
     FineResult,
@@ -206,6 +207,23 @@ def _add_time(timings: dict, name: str, seconds: float) -> None:
     timings[name] = timings.get(name, 0.0) + seconds
 
 
+# per particle set: {device: SpectraCache}, for as long as the set is in use (the race's starts, the
+# iterations, the scores and the final pass of a run all prepare the same particles)
+_SPECTRA_CACHES: "weakref.WeakKeyDictionary[ParticleSet, dict[str, SpectraCache]]" = weakref.WeakKeyDictionary()
+
+
+def spectra_cache(particles: ParticleSet, device: torch.device) -> SpectraCache | None:
+    """The particles' SpectraCache on `device` (CPU only: a GPU prepares a batch faster than it
+    would keep the spectra in its memory)."""
+    if torch.device(device).type != "cpu":
+        return None
+    caches = _SPECTRA_CACHES.setdefault(particles, {})
+    key = str(device)
+    if key not in caches:
+        caches[key] = SpectraCache(particles.n, particles.box_size, device)
+    return caches[key]
+
+
 def run_estep(
     state: RunState,
     particles: ParticleSet,
@@ -276,6 +294,7 @@ def run_estep(
             window_ctf(particles, chunk, work.window).to(work.device),
             work.sigma2,
             settings.mask_radius_px,
+            spectra_cache(particles, work.device),
         )
         t1 = time.perf_counter()
         if local is None:
