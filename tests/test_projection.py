@@ -239,6 +239,10 @@ def test_average_over_operators_is_inserting_at_every_equivalent_orientation(com
     assert torch.allclose(data, expected[0], atol=1e-5)
     assert torch.allclose(weight, expected[1], atol=1e-5)
     assert float(weight.abs().sum()) > 0
+    # written into the input grids themselves (as estep.accumulate.symmetrise_sums does): the same values
+    in_place = projection.average_over_operators(*once, operators.float(), out=once)
+    assert in_place[0] is once[0] and in_place[1] is once[1]
+    assert torch.equal(once[0], data) and torch.equal(once[1], weight)
 
 
 def _gaussian_grid(m: int, centre_xyz: torch.Tensor, sigma: float) -> torch.Tensor:

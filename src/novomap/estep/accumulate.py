@@ -102,7 +102,8 @@ def symmetrise_sums(sums: Sums, operators: list[torch.Tensor | None], radius: fl
         if ops is None or ops.shape[0] < 2:
             continue
         for h in range(sums.gradient.shape[0]):
-            sums.gradient[h, k], sums.weight[h, k] = average_over_operators(sums.gradient[h, k], sums.weight[h, k], ops.to(sums.weight.device), radius)
+            grids = (sums.gradient[h, k], sums.weight[h, k])
+            average_over_operators(*grids, ops.to(sums.weight.device), radius, out=grids)
 
 
 def _dense_rows(row_to: torch.Tensor, col: torch.Tensor, value: torch.Tensor, n_rows: int, n_cols: int) -> torch.Tensor:

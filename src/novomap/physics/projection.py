@@ -204,13 +204,16 @@ def _grid_sample_adjoint(parts: list[torch.Tensor], rotations: torch.Tensor, kx:
 
 
 def average_over_operators(
-    data_grid: torch.Tensor, weight_grid: torch.Tensor, operators: torch.Tensor, radius: float | None = None
+    data_grid: torch.Tensor, weight_grid: torch.Tensor, operators: torch.Tensor, radius: float | None = None,
+    out: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The sums of a symmetric map from those of its slices inserted once: (1/G) sum_g D(g p) and
     (1/G) sum_g W(g p) for centred grids (M, M, M) (complex, real) and operators (G, 3, 3) acting on
     (x, y, z) -> grids of the same shapes and dtypes. Trilinear, zero outside the grid. radius: the
     grids hold nothing beyond this many voxels from the centre (the back-projected window's radius
     plus the interpolation's reach), so neither does the result; None: anywhere in the grid.
+    out: (data, weight) grids of the same shapes to write the result into (the inputs themselves may be
+    given: they are read before anything is written); returned.
 
     Every slice inserted at A lands, with this average, also at each equivalent A g, as if it had been
     inserted there with 1/G of its values (for operators that permute the grid, such as D2 about x, y
@@ -225,6 +228,10 @@ def average_over_operators(
         averaged = compiled.operator_average(channels, operators, reach).to(channels.dtype)
     else:
         averaged = _grid_sample_operator_average(channels, operators)
+    if out is not None:  # one copy into place, instead of a contiguous complex grid and then a copy of it
+        torch.view_as_real(out[0]).copy_(averaged[..., :2])
+        out[1].copy_(averaged[..., 2])
+        return out
     return torch.view_as_complex(averaged[..., :2].contiguous()).to(data_grid.dtype), averaged[..., 2].to(weight_grid.dtype)
 
 
