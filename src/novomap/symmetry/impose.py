@@ -74,7 +74,7 @@ def _searched_axes(volume: torch.Tensor, group: PointGroup) -> tuple[torch.Tenso
     same map and group searched by one of the last _RECENT_KEPT calls (the search is deterministic).
     Copies: the axes go into run states, whose later steps may change them in place."""
     for searched, name, rotation, shift in _RECENT_SEARCHES:
-        if name == group.name and searched.shape == volume.shape and torch.equal(searched, volume):
+        if name == group.name and searched.shape == volume.shape and searched.device == volume.device and torch.equal(searched, volume):
             return rotation.clone(), shift.clone()
     alignment = align_to_symmetry(volume, 1.0, group)  # the pixel size does not enter the search
     rotation, shift = alignment.rotation, torch.as_tensor(alignment.shift_zyx_px, dtype=torch.float64)
