@@ -70,7 +70,6 @@ def prepare_batch(
     sigma2 (n_optics_groups, N//2+1) noise spectra. cache: the particles' spectra of earlier visits
     (SpectraCache), reused where a particle comes back at the same rounded origin, and updated.
     """
-    n = images.shape[-1]
     origin_px = origin_px.round()
     if cache is None:
         unmasked_ft, masked_ft, masked_power = image_spectra(images, origin_px, mask_radius_px)

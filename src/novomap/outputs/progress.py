@@ -223,7 +223,7 @@ def starts_line(figures: dict) -> str:
 
 
 def pruned_line(record: dict) -> str:
-    """One line for the cut of the race's runners-up to one at the pruning iteration (vdam.finalists.prune)."""
+    """One line for a cut of the run and the race's runners-up to the runs that go on (vdam.finalists.prune)."""
     agreements = ", ".join(f"{start}: {a:.3f}" for start, a in zip(record["starts"], record["pose_agreement"]))
     first, *others = record["kept"]
     beside = f"start {others[0]}" if len(others) == 1 else "starts " + ", ".join(str(s) for s in others)

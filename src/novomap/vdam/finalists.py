@@ -124,9 +124,10 @@ def advance(state: RunState, particles: ParticleSet, half: torch.Tensor, config:
                 runner_up.history[-1]["map_agreement"] = convergence.map_agreement(runner_up, config)
         carried["seconds"] += time.perf_counter() - began
     pruned = None
-    kept = 2 if state.iteration >= config.n_iter else runs_kept(config, state.iteration)
-    if kept is not None and 1 + len(state.finalists) > max(2, kept):
-        pruned = prune(state, particles, half, config, max(2, kept))
+    due = 2 if state.iteration >= config.n_iter else runs_kept(config, state.iteration)
+    kept = None if due is None else max(2, due)  # choose takes the last two
+    if kept is not None and 1 + len(state.finalists) > kept:
+        pruned = prune(state, particles, half, config, kept)
     record = choose(state, particles, half, config) if state.iteration >= config.n_iter else None
     spent = time.perf_counter() - started
     figures = state.history[-1]
