@@ -311,27 +311,26 @@ def test_output_folder_not_writable(tmp_path, capsys):
 
 
 def test_disk_full_during_a_write_leaves_no_partial_file_and_a_rerun_works(tmp_path, capsys, monkeypatch):
-    from novomap.vdam.state import RunState
-
     star, _ = make_dataset(tmp_path / "input", N)
     out_dir = tmp_path / "job"
-    original, calls = RunState.save, []
+    original, calls = Path.write_bytes, []
 
-    def save_onto_full_disk(self, path):
-        calls.append(path)
-        if len(calls) == 2:  # iteration 2's checkpoint: half of it reaches the disk, then ENOSPC
-            Path(path).write_bytes(b"half a checkpoint")
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        original(self, path)
+    def write_onto_full_disk(self, data):
+        if "_state.pt" in self.name:  # the checkpoint, written behind the run (outputs.background)
+            calls.append(self)
+            if len(calls) == 2:  # iteration 2's checkpoint: half of it reaches the disk, then ENOSPC
+                original(self, b"half a checkpoint")
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return original(self, data)
 
-    monkeypatch.setattr(RunState, "save", save_onto_full_disk)
+    monkeypatch.setattr(Path, "write_bytes", write_onto_full_disk)
     rc = run_job(out_dir, "--i", str(star))
     line = assert_one_line(capsys, rc, out_dir, "no space left on the disk", str(out_dir / "run_it002_state.pt"), "--o", early=False)
     assert ".tmp" not in line  # the file the user knows, not the temporary one
     assert not (out_dir / "run_it002_state.pt").exists() and not (out_dir / "run_it002_optimiser.star").exists()
     assert (out_dir / "run_it000_optimiser.star").is_file()  # the last complete iteration is still there
 
-    monkeypatch.setattr(RunState, "save", original)  # space freed: the same command now works
+    monkeypatch.setattr(Path, "write_bytes", original)  # space freed: the same command now works
     assert run_job(out_dir, "--i", str(star)) == 0
     assert (out_dir / pipeline.EXIT_SUCCESS).is_file() and not (out_dir / pipeline.EXIT_FAILURE).exists()
     assert leftovers(out_dir) == []

@@ -198,10 +198,7 @@ def _retained_by_definition(weights: torch.Tensor, segment: torch.Tensor, n_segm
     return keep
 
 
-@pytest.mark.parametrize("compiled", [pytest.param(True, marks=needs_numba), False])
-def test_retained_mass_keeps_the_fewest_best_weights_per_particle(compiled, monkeypatch):
-    if not compiled:
-        monkeypatch.setattr(search, "_compiled_fine_sums", lambda: None)
+def test_retained_mass_keeps_the_fewest_best_weights_per_particle():
     generator = torch.Generator().manual_seed(11)
     # segments out of order, one (3) without rows, one (4) with only zero weights, ties in segment 0
     segment = torch.tensor([2, 0, 0, 2, 1, 0, 4, 2, 1, 0])
@@ -216,16 +213,56 @@ def test_retained_mass_keeps_the_fewest_best_weights_per_particle(compiled, monk
 
 
 @needs_numba
-def test_retained_mass_is_exact_when_most_weights_are_negligible():
-    """Posterior-like segments, where most weights are far below (1 - fraction) / n of the total:
+def test_compiled_cut_is_exact_when_most_weights_are_negligible():
+    """Posterior-like particles, where most weights are far below (1 - fraction) / n of the total:
     the compiled cut sorts only the others and must still find the definition's threshold."""
     generator = torch.Generator().manual_seed(4)
-    segment = torch.randint(0, 6, (400,), generator=generator)
+    row_particle = torch.randint(0, 6, (400,), generator=generator)
     log_w = torch.randn(400, 32, generator=generator, dtype=torch.float64) * 6
-    weights = torch.exp(log_w - log_w.max())
-    weights[weights < 1e-30] = 0.0
+    zeros = torch.zeros(400, dtype=torch.float64)
     for fraction in (0.9, 0.999, 0.99999):
-        floor = 0.5 * (1 - fraction) * weights.sum() / weights.numel()
-        assert float((weights < floor).double().mean()) > 0.5 or fraction > 0.999  # the cut matters here
-        got = search._retain_mass(weights, segment, 6, fraction)
-        assert torch.equal(got, _retained_by_definition(weights, segment, 6, fraction)), fraction
+        # log w = 2 cross: no norms and no priors
+        weights, log_norm, _, _ = fine_cpu.fine_weights(
+            zeros.float(), (log_w / 2).float(), zeros, torch.zeros(6, 1, 32, dtype=torch.float64), row_particle, torch.zeros(400, dtype=torch.long), fraction
+        )
+        full = torch.exp(2 * (log_w / 2).float().double() - log_norm[row_particle, None])
+        floor = 0.5 * (1 - fraction) / full.shape[1] / torch.bincount(row_particle, minlength=6)[row_particle, None]
+        assert float((full < floor).double().mean()) > 0.5  # the cut matters here
+        assert torch.equal(weights > 0, _retained_by_definition(full, row_particle, 6, fraction)), fraction
+
+
+def _fine_weights_compiled(norms, cross, row_prior, offset_prior, row_particle, row_translation, n_batch, fraction):
+    return fine_cpu.fine_weights(norms, cross, row_prior, offset_prior, row_particle, row_translation, fraction)
+
+
+@pytest.mark.parametrize("fine_weights", [pytest.param(_fine_weights_compiled, marks=needs_numba, id="compiled"), pytest.param(search._fine_weights, id="tensors")])
+def test_fine_weights_are_the_normalised_cut_posterior_and_its_first_best(fine_weights):
+    """Rows of particles out of order, a particle (3) without rows, exact ties for the best weight."""
+    generator = torch.Generator().manual_seed(5)
+    row_particle = torch.tensor([2, 0, 0, 2, 1, 0, 2, 1, 0, 0])
+    row_translation = torch.tensor([0, 1, 2, 0, 1, 1, 2, 0, 1, 0])
+    n_batch, n_sub = 4, 4
+    norms = (torch.rand(10, generator=generator) * 40).float()
+    cross = (torch.randn(10, n_sub, generator=generator) * 10).float()
+    row_prior = torch.randn(10, generator=generator, dtype=torch.float64)
+    offset_prior = -torch.rand(n_batch, 3, n_sub, generator=generator, dtype=torch.float64) * 2
+    cross[5] = cross[1] + 0  # rows 1 and 5 of particle 0: the same translation, the same values
+    norms[5], row_prior[5] = norms[1], row_prior[1]
+    cross[1, 3] = cross[1, 2] = cross[1].max() + 30  # particle 0's best, tied four ways: the first (row 1, child 2) is named
+    for fraction in (0.5, 0.999, 1.0):
+        weights, log_norm, pmax, best = fine_weights(norms, cross, row_prior, offset_prior, row_particle, row_translation, n_batch, fraction)
+        log_w = -(norms.double()[:, None] - 2 * cross.double()) + row_prior[:, None] + offset_prior[row_particle, row_translation]
+        for b in range(3):
+            rows = row_particle == b
+            expected_norm = torch.logsumexp(log_w[rows].reshape(-1), 0)
+            assert abs(float(log_norm[b] - expected_norm)) < 1e-12
+        full = torch.exp(log_w - log_norm[row_particle, None])
+        kept = _retained_by_definition(full, row_particle, n_batch, fraction)
+        assert torch.equal(weights > 0, kept), fraction
+        assert torch.allclose(weights, torch.where(kept, full, 0.0), rtol=1e-12, atol=0)
+        for b in range(3):
+            flat = torch.where(row_particle[:, None] == b, weights, -1.0).reshape(-1)
+            assert float(pmax[b]) == float(flat.max())
+            assert int(best[b]) == int(torch.nonzero(flat == flat.max())[0])
+        assert int(best[0]) == 1 * n_sub + 2
+        assert float(log_norm[3]) == -float("inf") and float(pmax[3]) == 0.0 and int(best[3]) == 10 * n_sub

@@ -32,6 +32,7 @@ from novomap.maps.combine import equal_variance_sum, match_shell_amplitudes, spl
 from novomap.maps.transform import shift_volume
 from novomap.physics.masks import soft_edge_mask
 from novomap.outputs.attempts import free_attempt_dir, move_attempt
+from novomap.outputs.background import BackgroundWriter
 from novomap.outputs.relion import state_path_for, write_iteration
 from novomap.reconstruct import Poses, reconstruct_with_poses
 from novomap.symmetry.choice import AUTO, AppliedSymmetry, align_near, apply_point_group, choose_group, requested_group, symmetrise_on_axes, symmetry_record, write_symmetry_file
@@ -298,7 +299,13 @@ def group_mid_run(
 
 
 def _run_attempt(star_path: str | Path, out_dir: str | Path, config: VdamConfig, options: JobOptions, continue_from: str | Path | None = None) -> JobResult:
-    """Run one attempt of the job into out_dir (the options as run_initial_model's arguments)."""
+    """Run one attempt of the job into out_dir (the options as run_initial_model's arguments); its
+    checkpoints are written behind it, and all of them are on disk when it returns or fails."""
+    with BackgroundWriter() as writer:
+        return _attempt(star_path, out_dir, config, options, continue_from, writer)
+
+
+def _attempt(star_path: str | Path, out_dir: str | Path, config: VdamConfig, options: JobOptions, continue_from: str | Path | None, writer: BackgroundWriter) -> JobResult:
     started = time.perf_counter()
     out_dir = Path(out_dir)
     group = requested_group(options.symmetry)  # validate before any work; None for --sym auto (detected at the end)
@@ -320,7 +327,7 @@ def _run_attempt(star_path: str | Path, out_dir: str | Path, config: VdamConfig,
     else:
         state = initial_state(particles, config)
         state.fingerprint = dict(options.fingerprint or {})
-        written = write_iteration(out_dir, particles, state, config, particles.box_size, str(star_path), command_line)
+        written = write_iteration(out_dir, particles, state, config, particles.box_size, str(star_path), command_line, writer)
         if options.on_write is not None:
             options.on_write(written)
     auto = group is None
@@ -353,14 +360,14 @@ def _run_attempt(star_path: str | Path, out_dir: str | Path, config: VdamConfig,
         if options.progress is not None:
             options.progress(figures)
         if state.iteration % config.write_every == 0 or state.iteration == last:
-            written = write_iteration(out_dir, particles, state, config, figures["current_size"], str(star_path), command_line)
+            written = write_iteration(out_dir, particles, state, config, figures["current_size"], str(star_path), command_line, writer)
             if options.on_write is not None:
                 options.on_write(written)
 
     assign_all(state, particles, half, config, device, group)
     spread_equivalent_poses(state, group, config)
     _, current_size, _ = search_setup(state, particles, config, advance=False)
-    written = write_iteration(out_dir, particles, state, config, current_size, str(star_path), command_line)
+    written = write_iteration(out_dir, particles, state, config, current_size, str(star_path), command_line, writer)
     if options.on_write is not None:
         options.on_write(written)
 

@@ -11,10 +11,12 @@ store: on the real tutorial's late iterations (~9 hypotheses per particle, nearl
 block) that copy and the small products took 70-90 ms per chunk of 89 particles; read in place, in
 one loop per hypothesis, the same sums take ~11 ms (2 threads).
 
-The adaptive-fraction cut that follows (search._retain_mass) sorts every particle's fine weights; as
-one global argsort over the chunk's (hit x 32) weights it took ~185 ms for a chunk of 200 particles
-with 100 hits each (the global searches of the early iterations), sorted per particle in parallel
-~40 ms.
+The weights that follow (fine_weights: normalised per particle, then cut to the adaptive fraction
+of its mass) are formed one particle at a time in a thread of their own. As one global argsort over
+the chunk's (hit x 32) weights the cut alone took ~185 ms for a chunk of 200 particles with 100 hits
+each (the global searches of the early iterations), sorted per particle in parallel ~40 ms; as
+tensor operations the whole of it took ~13 passes over the weights, 2.5-3.8x the compiled loop's
+time (benchmarks/results/2026-12-06-s56-fused-fine-weights.md).
 
 Imported on first use on the CPU (estep.search.fine_pass), like physics.trilinear_cpu; on other
 devices the batched products and the global sort stay.
@@ -94,55 +96,81 @@ if njit is not None:
                     out_im[s, j, p] = -(ar * bi + ai * br)
 
     @njit(parallel=True, cache=True)
-    def _mass_thresholds(segment_start, order, weights, fraction, out):  # pragma: no cover - compiled
-        n_columns = weights.shape[1]
-        for s in prange(out.shape[0]):
-            n = (segment_start[s + 1] - segment_start[s]) * n_columns
-            if n == 0:
+    def _fine_weights(norms, cross, row_prior, offset_prior, row_translation, order, segment_start, fraction, weights, log_norm, pmax, best):  # pragma: no cover - compiled
+        # one particle's rows (a segment) at a time, in its own thread: log weights, their log-sum-exp,
+        # the normalised weights, the adaptive-fraction cut and the best, each a loop over data in cache
+        n_sub = cross.shape[1]
+        for s in prange(log_norm.shape[0]):
+            first, last = segment_start[s], segment_start[s + 1]
+            if first == last:
                 continue
+            top = -np.inf
+            for i in range(first, last):
+                r = order[i]
+                for j in range(n_sub):
+                    d2 = np.float64(norms[r]) - 2 * np.float64(cross[r, j])
+                    value = -d2 + row_prior[r] + offset_prior[s, row_translation[r], j]
+                    weights[r, j] = value
+                    top = max(top, value)
             total = 0.0
-            for i in range(segment_start[s], segment_start[s + 1]):
-                for j in range(n_columns):
-                    total += weights[order[i], j]
-            # A weight w with n w < (1 - fraction) total is never reached: all the weights up to w
-            # hold less than 1 - fraction of the total, so those above it already hold the fraction.
-            # Sorting only the others (about half of the real job's weights over a run) gives
-            # the same threshold: the same largest weights summed in the same order. Half the bound
-            # leaves room for rounding.
-            floor = 0.5 * (1.0 - fraction) * total / n
-            values = np.empty(n)
-            k = 0
-            for i in range(segment_start[s], segment_start[s + 1]):
-                for j in range(n_columns):
-                    w = weights[order[i], j]
-                    if w >= floor:
-                        values[k] = w
-                        k += 1
-            values = np.sort(values[:k])[::-1]
-            n = k
-            before = 0.0
-            for i in range(n):
-                if values[i] <= 0 or before >= fraction * total:
-                    break
-                out[s] = values[i]
-                before += values[i]
+            for i in range(first, last):
+                r = order[i]
+                for j in range(n_sub):
+                    total += np.exp(weights[r, j] - top)
+            norm = top + np.log(total)
+            log_norm[s] = norm
+            mass = 0.0
+            for i in range(first, last):
+                r = order[i]
+                for j in range(n_sub):
+                    w = np.exp(weights[r, j] - norm)
+                    weights[r, j] = w
+                    mass += w
+            threshold = _mass_threshold(weights, order, first, last, fraction, mass)
+            best_weight = 0.0
+            best_flat = -1
+            for i in range(first, last):
+                r = order[i]
+                for j in range(n_sub):
+                    w = weights[r, j]
+                    if w < threshold or not w > 0:
+                        weights[r, j] = 0.0
+                    elif w > best_weight or (w == best_weight and r * n_sub + j < best_flat):
+                        best_weight = w
+                        best_flat = r * n_sub + j
+            pmax[s] = best_weight
+            if best_flat >= 0:
+                best[s] = best_flat
 
-
-def mass_thresholds(weights: torch.Tensor, segment: torch.Tensor, n_segments: int, fraction: float) -> torch.Tensor:
-    """Per segment, the smallest of the largest weights whose sum first reaches `fraction` of the
-    segment's total (inf for a segment without positive weight).
-
-    weights (U, T) float64 >= 0, segment (U,) int64 -> (n_segments,) float64; search._retain_mass keeps
-    the weights at or above it. Needs numba (`available()`).
-    """
-    from novomap.estep.sparse_cpu import grouped_order
-
-    order, segment_start = grouped_order(segment, n_segments)
-    out = np.full(n_segments, np.inf)
-    with trilinear_cpu.numba_threads():
-        _mass_thresholds(segment_start.numpy(), order.numpy(), weights.to(torch.float64).contiguous().numpy(), float(fraction), out)
-    return torch.from_numpy(out)
-
+    @njit(inline="always")
+    def _mass_threshold(weights, order, first, last, fraction, total):  # pragma: no cover - compiled
+        """The smallest of the largest weights of rows order[first:last] whose sum first reaches
+        `fraction` of their `total` (inf when none is positive)."""
+        n_columns = weights.shape[1]
+        n = (last - first) * n_columns
+        # A weight w with n w < (1 - fraction) total is never reached: all the weights up to w
+        # hold less than 1 - fraction of the total, so those above it already hold the fraction.
+        # Sorting only the others (about half of the real job's weights over a run) gives
+        # the same threshold: the same largest weights summed in the same order. Half the bound
+        # leaves room for rounding.
+        floor = 0.5 * (1.0 - fraction) * total / n
+        values = np.empty(n)
+        k = 0
+        for i in range(first, last):
+            for j in range(n_columns):
+                w = weights[order[i], j]
+                if w >= floor:
+                    values[k] = w
+                    k += 1
+        values = np.sort(values[:k])[::-1]
+        threshold = np.inf
+        before = 0.0
+        for i in range(k):
+            if values[i] <= 0 or before >= fraction * total:
+                break
+            threshold = values[i]
+            before += values[i]
+        return threshold
 
 def planes_of(blocks: torch.Tensor) -> torch.Tensor:
     """Complex blocks (U, 8, P) as the real and imaginary planes fine_sums reads: (U, 8, 2, P) float32."""
@@ -219,3 +247,51 @@ def fine_sums(
             norms,
         )
     return torch.from_numpy(cross), torch.from_numpy(norms)
+
+
+def fine_weights(
+    norms: torch.Tensor,
+    cross: torch.Tensor,
+    row_prior: torch.Tensor,
+    offset_prior: torch.Tensor,
+    row_particle: torch.Tensor,
+    row_translation: torch.Tensor,
+    fraction: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fine pass's normalised, cut weights and each particle's best, in one compiled pass per particle.
+
+    log w[r, j] = -(norms[r] - 2 cross[r, j]) + row_prior[r] + offset_prior[b, row_translation[r], j]
+    (b = row_particle[r]) is normalised over each particle's rows (log_norm = log sum exp); then, per
+    particle, the largest weights holding `fraction` of its mass are kept (ties kept) and the others
+    set to 0, as search._retain_mass does.
+
+    norms (R,) and cross (R, J) float32; row_prior (R,) float64; offset_prior (B, T, J) float64;
+    row_particle, row_translation (R,) int64 -> (weights (R, J) float64, log_norm (B,) float64,
+    pmax (B,) float64, best (B,) int64: the first flat index r * J + j holding pmax; R * J for a
+    particle without rows). Needs numba (`available()`).
+    """
+    from novomap.estep.sparse_cpu import grouped_order
+
+    n_rows, n_sub = cross.shape
+    n_batch = offset_prior.shape[0]
+    order, segment_start = grouped_order(row_particle, n_batch)
+    weights = np.empty((n_rows, n_sub))
+    log_norm = np.full(n_batch, -np.inf)
+    pmax = np.zeros(n_batch)
+    best = np.full(n_batch, n_rows * n_sub, dtype=np.int64)
+    with trilinear_cpu.numba_threads():
+        _fine_weights(
+            norms.to(torch.float32).contiguous().numpy(),
+            cross.to(torch.float32).contiguous().numpy(),
+            row_prior.to(torch.float64).contiguous().numpy(),
+            offset_prior.to(torch.float64).contiguous().numpy(),
+            row_translation.contiguous().numpy(),
+            order.numpy(),
+            segment_start.numpy(),
+            float(fraction),
+            weights,
+            log_norm,
+            pmax,
+            best,
+        )
+    return torch.from_numpy(weights), torch.from_numpy(log_norm), torch.from_numpy(pmax), torch.from_numpy(best)

@@ -244,13 +244,9 @@ def _retain_mass(weights: torch.Tensor, segment: torch.Tensor, n_segments: int, 
     """Per segment, keep the largest weights until their sum reaches `fraction` (ties kept) -> bool (U, T).
 
     One sort on the key segment * 2 - weight (weights are in [0, 1]) groups the entries by
-    segment with descending weights inside each group; on the CPU each segment is sorted on its
-    own, in parallel (estep.fine_cpu.mass_thresholds).
+    segment with descending weights inside each group (on the CPU, estep.fine_cpu.fine_weights
+    sorts each particle's weights on its own, in parallel).
     """
-    compiled = _compiled_fine_sums() if weights.device.type == "cpu" else None
-    if compiled is not None:
-        threshold = compiled.mass_thresholds(weights, segment, n_segments, fraction)
-        return (weights >= threshold[segment, None]) & (weights > 0)
     flat = weights.reshape(-1)
     seg = segment[:, None].expand_as(weights).reshape(-1)
     order = torch.argsort(seg.to(flat.dtype) * 2 - flat)
@@ -310,6 +306,28 @@ def _batched_fine_sums(
     return cross, norms
 
 
+def _fine_weights(
+    norms: torch.Tensor, cross: torch.Tensor, row_prior: torch.Tensor, offset_prior: torch.Tensor, row_particle: torch.Tensor, row_translation: torch.Tensor,
+    n_batch: int, fraction: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """estep.fine_cpu.fine_weights as tensor operations (any device): the fine weights normalised per
+    particle and cut to `fraction` of its mass -> (weights (R, J), log_norm (B,), pmax (B,), best flat index (B,))."""
+    n_sub = offset_prior.shape[-1]
+    d2 = norms.reshape(-1, 1).double() - 2 * cross.reshape(-1, n_sub).double()  # (R, J)
+    log_w = -d2 + row_prior[:, None] + offset_prior[row_particle, row_translation]
+    log_norm = _segment_logsumexp(log_w, row_particle, n_batch)
+    weights = torch.exp(log_w - log_norm[row_particle, None])
+    retained = _retain_mass(weights, row_particle, n_batch, fraction)
+    weights = torch.where(retained, weights, torch.zeros_like(weights))
+    flat = weights.reshape(-1)
+    seg = row_particle[:, None].expand_as(weights).reshape(-1)
+    pmax = torch.zeros(n_batch, dtype=flat.dtype, device=flat.device).scatter_reduce(0, seg, flat, reduce="amax", include_self=False)
+    is_best = (flat == pmax[seg]) & (flat > 0)
+    first = torch.full((n_batch,), flat.numel(), dtype=torch.long, device=flat.device)
+    best_flat = first.scatter_reduce(0, seg[is_best], torch.nonzero(is_best).squeeze(1), reduce="amin")
+    return weights, log_norm, pmax, best_flat
+
+
 def fine_pass(
     batch: PreparedBatch,
     window: FourierWindow,
@@ -366,29 +384,22 @@ def fine_pass(
     else:
         shifted = (pair_images[:, None, :] * sub[None]).conj().resolve_conj()  # (n_pairs, J, P)
         cross, norms = _batched_fine_sums(blocks, projection_cache.powers(), shifted, hit_block, hit_pair, hits.particle, ctf2q)
+    projections = blocks.reshape(-1, *blocks.shape[2:])  # (n_stored * 8, P) complex or (n_stored * 8, 2, P) planes
+    fine_translations = grid.fine_translations.to(device)  # (T_c, J, 2)
+    offset_prior = _offset_log_prior(batch.origin_px, fine_translations.reshape(-1, 2), settings).reshape(n_batch, -1, n_sub)
+    row_prior = log_direction_prior[row_class, row_direction]
+    if orientation_prior is not None:
+        row_rotations = grid.fine_rotations.reshape(-1, 3, 3).to(device)[row_orientation]
+        row_prior = row_prior + orientation_prior(row_rotations, row_particle)
     # double from here on: cheap (hits x 8 J values), and the weights, their per-particle cumulative
     # sums for the adaptive-fraction cut and the log-likelihood totals keep full precision; the
     # inputs carry the float32 products' rounding (~1e-4 in log-likelihood), far below what matters
-    d2 = norms.reshape(-1, 1).double() - 2 * cross.reshape(-1, n_sub).double()  # (H*8, J)
-    projections = blocks.reshape(-1, *blocks.shape[2:])  # (n_stored * 8, P) complex or (n_stored * 8, 2, P) planes
-
-    fine_translations = grid.fine_translations.to(device)  # (T_c, J, 2)
-    offset_prior = _offset_log_prior(batch.origin_px, fine_translations.reshape(-1, 2), settings).reshape(n_batch, -1, n_sub)
-    log_w = -d2 + log_direction_prior[row_class, row_direction][:, None] + offset_prior[row_particle, row_translation]
-    if orientation_prior is not None:
-        row_rotations = grid.fine_rotations.reshape(-1, 3, 3).to(device)[row_orientation]
-        log_w = log_w + orientation_prior(row_rotations, row_particle)[:, None]
-    log_norm = _segment_logsumexp(log_w, row_particle, n_batch)
-    weights = torch.exp(log_w - log_norm[row_particle, None])
-    retained = _retain_mass(weights, row_particle, n_batch, settings.adaptive_fraction)
-    weights = torch.where(retained, weights, torch.zeros_like(weights))
-
-    flat = weights.reshape(-1)
-    seg = row_particle[:, None].expand_as(weights).reshape(-1)
-    pmax = torch.zeros(n_batch, dtype=flat.dtype, device=device).scatter_reduce(0, seg, flat, reduce="amax", include_self=False)
-    is_best = (flat == pmax[seg]) & (flat > 0)
-    first = torch.full((n_batch,), flat.numel(), dtype=torch.long, device=device)
-    best_flat = first.scatter_reduce(0, seg[is_best], torch.nonzero(is_best).squeeze(1), reduce="amin")
+    if _compiled_fine_sums() is not None and device.type == "cpu":
+        weights, log_norm, pmax, best_flat = _compiled_fine_sums().fine_weights(
+            norms.reshape(-1), cross.reshape(-1, n_sub), row_prior, offset_prior, row_particle, row_translation, settings.adaptive_fraction
+        )
+    else:
+        weights, log_norm, pmax, best_flat = _fine_weights(norms, cross, row_prior, offset_prior, row_particle, row_translation, n_batch, settings.adaptive_fraction)
     best_row, best_child = best_flat // n_sub, best_flat % n_sub
     const = (power(batch.masked) * q).sum(-1).double()
     return FineResult(

@@ -18,6 +18,7 @@ from novomap.io.particles import ParticleSet
 from novomap.io.star import format_star_float, write_particle_star
 from novomap.io.working_grid import to_output_grid
 from novomap.model.params import resolution_shell
+from novomap.outputs.background import BackgroundWriter
 from novomap.sampling.healpix import angular_step_deg
 from novomap.vdam.config import VdamConfig
 from novomap.vdam.state import RunState
@@ -185,8 +186,8 @@ def write_sampling_star(path: Path, state: RunState, pixel_size_a: float) -> Non
     )
 
 
-def write_optimiser_star(path: Path, out_dir: Path, state: RunState, config: VdamConfig, input_star: str, command_line: str) -> None:
-    root = iteration_root(out_dir, state.iteration)
+def write_optimiser_star(path: Path, out_dir: Path, iteration: int, config: VdamConfig, input_star: str, command_line: str) -> None:
+    root = iteration_root(out_dir, iteration)
     _write_star(
         path,
         {
@@ -195,7 +196,7 @@ def write_optimiser_star(path: Path, out_dir: Path, state: RunState, config: Vda
                 "rlnModelStarFile": f"{root}_model.star",
                 "rlnExperimentalDataStarFile": f"{root}_data.star",
                 "rlnOrientSamplingStarFile": f"{root}_sampling.star",
-                "rlnCurrentIteration": state.iteration,
+                "rlnCurrentIteration": iteration,
                 "rlnNumberOfIterations": config.n_iter,
                 "rlnDoSplitRandomHalves": 0,
                 "rlnAdaptiveOversampleOrder": 1,
@@ -220,8 +221,15 @@ def write_optimiser_star(path: Path, out_dir: Path, state: RunState, config: Vda
     )
 
 
-def write_iteration(out_dir: Path, particles: ParticleSet, state: RunState, config: VdamConfig, current_size: int, input_star: str, command_line: str) -> Path:
-    """Write every run_itNNN_* file of the state's iteration; returns the optimiser STAR path."""
+def write_iteration(
+    out_dir: Path, particles: ParticleSet, state: RunState, config: VdamConfig, current_size: int, input_star: str, command_line: str,
+    writer: BackgroundWriter | None = None,
+) -> Path:
+    """Write every run_itNNN_* file of the state's iteration; returns the optimiser STAR path.
+
+    writer: the checkpoint (run_itNNN_state.pt, serialised here) and then the optimiser STAR that names it
+    are written by it, behind the run (outputs.background); None: here and now.
+    """
     root = iteration_root(out_dir, state.iteration)
     for k in range(state.n_classes):
         # on the input's grid (io.working_grid), so RELION takes them as references for these particles
@@ -231,9 +239,17 @@ def write_iteration(out_dir: Path, particles: ParticleSet, state: RunState, conf
     write_model_star(Path(f"{root}_model.star"), out_dir, particles, state, config, current_size)
     write_sampling_star(Path(f"{root}_sampling.star"), state, particles.pixel_size_a)
     optimiser = Path(f"{root}_optimiser.star")
-    with atomic_path(state_path_for(optimiser)) as tmp:
-        state.save(tmp)
-    write_optimiser_star(optimiser, out_dir, state, config, input_star, command_line)
+    checkpoint, iteration = state.to_bytes(), state.iteration  # now: the run goes on changing the state
+
+    def write_checkpoint() -> None:  # the optimiser STAR after the state it names: --continue finds both
+        with atomic_path(state_path_for(optimiser)) as tmp:
+            tmp.write_bytes(checkpoint)
+        write_optimiser_star(optimiser, out_dir, iteration, config, input_star, command_line)
+
+    if writer is None:
+        write_checkpoint()
+    else:
+        writer.submit(write_checkpoint)
     with atomic_path(out_dir / "history.json") as tmp:  # the figures of every iteration so far (novomap report)
         tmp.write_text(json.dumps(state.history, indent=1, default=float))
     return optimiser

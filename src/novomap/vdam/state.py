@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -79,6 +80,12 @@ class RunState:
 
     def save(self, path: str | Path) -> None:
         torch.save({f.name: getattr(self, f.name) for f in fields(self)}, path)
+
+    def to_bytes(self) -> bytes:
+        """The checkpoint's content, as save writes it (RunState.load reads either)."""
+        buffer = io.BytesIO()
+        self.save(buffer)
+        return buffer.getvalue()
 
     @staticmethod
     def load(path: str | Path) -> "RunState":
