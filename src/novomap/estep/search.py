@@ -375,8 +375,8 @@ def fine_pass(
     # the images conjugated, not the projections: Re sum P conj(Y) = Re sum conj(P) Y
     class_pixels = projection_cache.class_pixels
     narrowed = bool((class_pixels < window.n_pixels).any())
-    if not fine_pass_needs_powers(device):
-        compiled = _compiled_fine_sums()
+    compiled = None if fine_pass_needs_powers(device) else _compiled_fine_sums()
+    if compiled is not None:
         shifted_re, shifted_im = compiled.conjugated_shifts(pair_images, sub)  # (n_pairs, J, P) each
         # a class's blocks are zero beyond its own window: its hypotheses are summed over that prefix alone
         hit_pixels = class_pixels[(hits.orientation // n_orient).cpu()] if narrowed else None
@@ -394,8 +394,8 @@ def fine_pass(
     # double from here on: cheap (hits x 8 J values), and the weights, their per-particle cumulative
     # sums for the adaptive-fraction cut and the log-likelihood totals keep full precision; the
     # inputs carry the float32 products' rounding (~1e-4 in log-likelihood), far below what matters
-    if _compiled_fine_sums() is not None and device.type == "cpu":
-        weights, log_norm, pmax, best_flat = _compiled_fine_sums().fine_weights(
+    if compiled is not None:
+        weights, log_norm, pmax, best_flat = compiled.fine_weights(
             norms.reshape(-1), cross.reshape(-1, n_sub), row_prior, offset_prior, row_particle, row_translation, settings.adaptive_fraction
         )
     else:

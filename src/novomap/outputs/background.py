@@ -59,10 +59,8 @@ class BackgroundWriter:
         return self
 
     def __exit__(self, exc_type, exc, traceback) -> None:
-        if exc_type is None:
-            self.close()
-            return
-        try:  # the run's own error goes on; the files written so far are still completed
+        try:  # the files handed over are completed either way
             self.close()
         except Exception:
-            pass
+            if exc_type is None:  # the run's own error, if any, is the one that goes on
+                raise

@@ -59,10 +59,10 @@ def centred_ft_to_volume(spectrum: torch.Tensor, n: int) -> torch.Tensor:
     """Inverse of volume_to_centred_ft: centred (M, M, M) transform -> real map (N, N, N), M = pad*N."""
     m = spectrum.shape[-1]
     uncentred = torch.fft.ifftn(torch.fft.ifftshift(spectrum)).real
-    # the central N^3 of the fftshifted result, read from where the shift would have taken it
-    at = _shifted_positions(n, m, spectrum.device)
     if m == n:
         return torch.fft.fftshift(uncentred) * (n * n)
+    # the central N^3 of the fftshifted result, read from where the shift would have taken it
+    at = _shifted_positions(n, m, spectrum.device)
     return uncentred[at[:, None, None], at[None, :, None], at[None, None, :]] * (n * n)
 
 
