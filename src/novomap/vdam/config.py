@@ -58,7 +58,7 @@ class VdamConfig:
     # step, while the map's resolution is coarser than 4 steps (sampling.grid.sub_translations_needed;
     # the race's scoring and the final pass keep the children)
     auto_sub_translations: bool = True
-    max_healpix_order: int = 2  # RELION allows coarse order 3 (7.5 / 3.75 deg): 8x the coarse search, see README
+    max_healpix_order: int = 2  # RELION allows coarse order 3 (7.5 / 3.75 deg): 8x the coarse search; finer steps come from local searches (benchmarks/results/2026-11-30-local-refinement.md)
     n_particles_sigma2: int = 1000
     mask_edge_px: float = 5.0
     seed: int = 1
