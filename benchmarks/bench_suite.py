@@ -212,7 +212,17 @@ def evidence_figures(job: Path) -> dict:
         "ring_ratio": ring.get("ratio"),
         "attempts": len(evidence.get("attempts") or []) or 1,
         "weak": bool(evidence.get("weak")),
+        "group": applied_group(job),
     }
+
+
+def applied_group(job: Path) -> str | None:
+    """The point group the job applied (DIR/symmetry.txt's first line): with --sym auto, the one it chose."""
+    try:
+        first = (job / "symmetry.txt").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    return first.split(":", 1)[1].strip() if first.lower().startswith("point group:") else None
 
 
 def score_existing(job: Path, truth: Path, seed: int) -> dict:
@@ -353,8 +363,8 @@ def markdown(report: dict) -> str:
         )
     lines += [
         "", "## Runs", "",
-        "| specimen | seed | FSC 0.5 Å | ratio | cc | hand | wrong fold | ring misfit (x floor) | attempts | evidence | wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| specimen | seed | group applied | FSC 0.5 Å | ratio | cc | hand | wrong fold | ring misfit (x floor) | attempts | evidence | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in report["specimens"]:
         for r in e["runs"]:
@@ -366,7 +376,7 @@ def markdown(report: dict) -> str:
             ring = "-" if r.get("ring_misfit") is None else f"{r['ring_misfit']:.4f} ({_f(r.get('ring_ratio'), 1)})"
             verdict = "-" if "weak" not in r else ("WEAK" if r["weak"] else "consistent")
             lines.append(
-                f"| {e['name']} | {r['seed']} | {_f(r.get('fsc05_a'))} | {_f(r.get('ratio'), 2)} | {_f(r.get('cc'), 3)} | {hand} | {wrong} | "
+                f"| {e['name']} | {r['seed']} | {r.get('group') or '-'} | {_f(r.get('fsc05_a'))} | {_f(r.get('ratio'), 2)} | {_f(r.get('cc'), 3)} | {hand} | {wrong} | "
                 f"{ring} | {r.get('attempts', '-')} | {verdict} | {wall} |"
             )
     lines += ["", "## Summary", "", "| specimen | bound Å | median FSC 0.5 Å | worst Å | wrong folds | median wall s |", "|---|---|---|---|---|---|"]
