@@ -84,7 +84,7 @@ def test_fine_map_holds_the_truth_beyond_the_working_nyquist(fine_job):
     # the offset, scaled to the fine grid, matters there: the unmoved truth does not match
     assert float(fsc(fine, truth)[33:41].mean()) < float(beyond.mean()) - 0.2
     # below the cross-fade the map is the working grid's, unchanged
-    from novomap.simulate import resample_map
+    from novomap.maps.transform import resample_map
 
     upsampled = resample_map(applied.volume.double(), particles.pixel_size_a, FINE_BOX, fine_particles.pixel_size_a)
     radius = frequency_radius(FINE_BOX)

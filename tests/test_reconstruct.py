@@ -408,7 +408,8 @@ def test_an_odd_box_is_written_on_the_particles_grid(tmp_path):
     the simulated truth's map and not a shifted or rescaled one."""
     from novomap.commands.main import main
     from novomap.demo_data import load_demo_map
-    from novomap.simulate import SimulationOptions, resample_map, simulate
+    from novomap.maps.transform import resample_map
+    from novomap.simulate import SimulationOptions, simulate
 
     volume, pixel = load_demo_map()
     volume = resample_map(volume, pixel, 75, 2.83)

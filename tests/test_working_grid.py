@@ -191,7 +191,8 @@ def test_two_optics_groups_give_the_same_function_on_the_working_grid(tmp_path, 
 
 def test_job_on_large_boxes_writes_maps_at_the_input_grid(tmp_path):
     from novomap.demo_data import load_demo_map
-    from novomap.simulate import SimulationOptions, resample_map, simulate
+    from novomap.maps.transform import resample_map
+    from novomap.simulate import SimulationOptions, simulate
 
     volume, pixel = load_demo_map()
     # 96 px at 2.36 Å (the demo map's field of view): worked on at 64 px, 3.54 Å

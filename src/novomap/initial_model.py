@@ -29,7 +29,7 @@ from novomap.io.star import refuse_ctf_premultiplied
 from novomap.io.working_grid import final_grid_max_resolution_a, to_output_grid
 from novomap.maps.align import best_translation
 from novomap.maps.combine import equal_variance_sum, match_shell_amplitudes, splice_shells
-from novomap.maps.transform import shift_volume
+from novomap.maps.transform import resample_map, shift_volume
 from novomap.physics.masks import soft_edge_mask
 from novomap.outputs.attempts import free_attempt_dir, move_attempt
 from novomap.outputs.background import BackgroundWriter
@@ -184,7 +184,6 @@ def fine_final_map(
     rotation, symmetrised and masked alike, and takes over from coarse_final across the top of the
     working grid's band (FINE_FADE_FROM..FINE_FADE_TO of its Nyquist), where the working map ends.
     """
-    from novomap.simulate import resample_map  # the map resampler; heavy module, needed only here
 
     fine = final_reconstruction(state, fine_particles, class_index, config).double()
     shift_px = (onto_vdam_px + applied.alignment.shift_zyx_px.to(torch.float64)) * (particles.pixel_size_a / fine_particles.pixel_size_a)

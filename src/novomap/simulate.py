@@ -34,7 +34,7 @@ import torch
 from novomap.errors import InputError, NovomapError
 from novomap.io.mrc import read_map, write_map, write_stack
 from novomap.io.star import numeric_column, read_particle_star, write_particle_star
-from novomap.maps.transform import crop_or_pad, fourier_resize
+from novomap.maps.transform import fourier_resize, resample_map
 from novomap.physics.ctf import ctf_values, pixel_frequencies_a
 from novomap.physics.euler import euler_to_matrix, matrix_to_euler
 from novomap.physics.fourier import image_frequencies, irfft_image, volume_to_centred_ft
@@ -53,33 +53,7 @@ _STAR_DECIMALS = 6
 
 
 # --------------------------------------------------------------------------------------------
-# Maps: resampling, atomic models
-
-
-def resample_map(
-    volume: torch.Tensor, pixel_size_a: float, box: int, target_pixel_size_a: float, tolerance: float = 2e-3
-) -> torch.Tensor:
-    """A map (n, n, n) at pixel_size_a -> (box, box, box) at target_pixel_size_a, about the centre.
-
-    Fourier resampling needs n' * pixel / target to be a whole number, so the map is first padded
-    (or cropped) to a size n' for which it nearly is; the pixel size actually reached is within
-    `tolerance` (relative) of the target, else InputError. Content beyond the new field of view
-    is cut off; new space is filled with zeros.
-    """
-    ratio = pixel_size_a / target_pixel_size_a
-    if abs(ratio - 1) < 1e-6:
-        return crop_or_pad(volume, box)
-    n = volume.shape[-1]
-    # only the part of the input that ends up inside the output box matters
-    needed = min(n, int(math.ceil(box / ratio)) + 4)
-    for size in range(needed, 2 * needed + 64):
-        target = size * ratio
-        m = round(target)
-        if m >= 2 and abs(target / m - 1) <= tolerance:
-            return crop_or_pad(fourier_resize(crop_or_pad(volume, size), m), box)
-    raise InputError(
-        f"cannot resample a map from {pixel_size_a:g} to {target_pixel_size_a:g} Å/px within {tolerance:.1%}"
-    )
+# Maps from atomic models (resampling a map: maps.transform.resample_map)
 
 
 def structure_density(

@@ -10,12 +10,12 @@ import torch
 
 from novomap.demo_data import load_demo_map
 from novomap.errors import NovomapError
+from novomap.maps.transform import resample_map
 from novomap.simulate import (
     SimulationOptions,
     SimulationResult,
     load_input_map,
     model_map,
-    resample_map,
     simulate,
 )
 

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from novomap.maps.transform import resample_map
+
 #: Default working-box cap: a 128-px search covers a 450 Å box at 3.5 Å/px.
 DEFAULT_MAX_BOX = 128
 #: Default resolution limit of the job (Å): RELION's tutorial particles (64 px, 3.54 Å/px) reach it.
@@ -224,7 +226,6 @@ def to_working_grid(images: torch.Tensor, grid: WorkingGrid, group: int) -> torc
 
 def to_output_grid(volume: torch.Tensor, grid: WorkingGrid, pixel_size_a: float | None = None) -> torch.Tensor:
     """A map (n, n, n) at pixel_size_a (default: the working pixel) -> (output_box,)*3 at the output pixel, about the centre."""
-    from novomap.simulate import resample_map  # the map resampler; heavy module, needed only here
 
     pixel_size_a = grid.pixel_size_a if pixel_size_a is None else pixel_size_a
     if volume.shape[-1] == grid.output_box and math.isclose(pixel_size_a, grid.output_pixel_size_a, rel_tol=1e-6):

@@ -13,6 +13,8 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
+from novomap.errors import InputError
+
 # grid_sample is called on at most this many output samples at once (memory ~ 28 B per sample)
 _MAX_SAMPLES = 1 << 22
 
@@ -187,6 +189,32 @@ def fourier_resize(
     del field
     resized *= (box / n) ** 3
     return resized.to(volume.dtype)
+
+
+def resample_map(
+    volume: torch.Tensor, pixel_size_a: float, box: int, target_pixel_size_a: float, tolerance: float = 2e-3
+) -> torch.Tensor:
+    """A map (n, n, n) at pixel_size_a -> (box, box, box) at target_pixel_size_a, about the centre.
+
+    Fourier resampling needs n' * pixel / target to be a whole number, so the map is first padded
+    (or cropped) to a size n' for which it nearly is; the pixel size actually reached is within
+    `tolerance` (relative) of the target, else InputError. Content beyond the new field of view
+    is cut off; new space is filled with zeros.
+    """
+    ratio = pixel_size_a / target_pixel_size_a
+    if abs(ratio - 1) < 1e-6:
+        return crop_or_pad(volume, box)
+    n = volume.shape[-1]
+    # only the part of the input that ends up inside the output box matters
+    needed = min(n, int(math.ceil(box / ratio)) + 4)
+    for size in range(needed, 2 * needed + 64):
+        target = size * ratio
+        m = round(target)
+        if m >= 2 and abs(target / m - 1) <= tolerance:
+            return crop_or_pad(fourier_resize(crop_or_pad(volume, size), m), box)
+    raise InputError(
+        f"cannot resample a map from {pixel_size_a:g} to {target_pixel_size_a:g} Å/px within {tolerance:.1%}"
+    )
 
 
 def lowpass(volume: torch.Tensor, pixel_size_a: float, resolution_a: float, edge_shells: float = 2.0) -> torch.Tensor:
