@@ -189,8 +189,8 @@ def test_resample_map_keeps_physical_positions_and_values():
     # a Gaussian blob 10 Å right of the centre, 2 Å/px -> 3 Å/px: it must stay 10 Å right
     axis = (torch.arange(64, dtype=torch.float64) - 32) * 2.0
     z, y, x = torch.meshgrid(axis, axis, axis, indexing="ij")
-    blob = torch.exp(-((x - 10) ** 2 + y**2 + z**2) / (2 * 8.0**2))
-    resampled = resample_map(blob, 2.0, 48, 3.0)
+    gaussian = torch.exp(-((x - 10) ** 2 + y**2 + z**2) / (2 * 8.0**2))
+    resampled = resample_map(gaussian, 2.0, 48, 3.0)
     assert resampled.shape == (48, 48, 48)
     axis3 = (torch.arange(48, dtype=torch.float64) - 24) * 3.0
     com_x = float((resampled.sum((0, 1)) * axis3).sum() / resampled.sum())

@@ -184,7 +184,6 @@ def fine_final_map(
     rotation, symmetrised and masked alike, and takes over from coarse_final across the top of the
     working grid's band (FINE_FADE_FROM..FINE_FADE_TO of its Nyquist), where the working map ends.
     """
-
     fine = final_reconstruction(state, fine_particles, class_index, config).double()
     shift_px = (onto_vdam_px + applied.alignment.shift_zyx_px.to(torch.float64)) * (particles.pixel_size_a / fine_particles.pixel_size_a)
     moved = symmetrise_on_axes(fine, fine_particles.pixel_size_a, applied.group, applied.alignment.rotation, shift_px, config).double()

@@ -226,7 +226,6 @@ def to_working_grid(images: torch.Tensor, grid: WorkingGrid, group: int) -> torc
 
 def to_output_grid(volume: torch.Tensor, grid: WorkingGrid, pixel_size_a: float | None = None) -> torch.Tensor:
     """A map (n, n, n) at pixel_size_a (default: the working pixel) -> (output_box,)*3 at the output pixel, about the centre."""
-
     pixel_size_a = grid.pixel_size_a if pixel_size_a is None else pixel_size_a
     if volume.shape[-1] == grid.output_box and math.isclose(pixel_size_a, grid.output_pixel_size_a, rel_tol=1e-6):
         return volume
