@@ -260,9 +260,10 @@ def test_a_regime_change_restarts_the_settling_test():
 
 
 def test_sym_auto_imposes_a_group_chosen_mid_run_and_keeps_it(small_dataset, tmp_path, monkeypatch):
-    """A `--sym auto` run that a check sends on past --iter: the particles choose at that check (here made
-    to choose D2), the group is imposed from there, the settling test starts again, the group is not
-    chosen again at the end, and symmetry.txt and a continued run keep the decision."""
+    """A `--sym auto` run that a check sends on past --iter (no choice at 70 % of the run: auto_symmetry_at
+    0): the particles choose at that check (here made to choose D2), the group is imposed from there, the
+    settling test starts again, the group is not chosen again at the end, and symmetry.txt and a
+    continued run keep the decision."""
     import novomap.initial_model
     from novomap.symmetry.groups import point_group
 
@@ -277,7 +278,7 @@ def test_sym_auto_imposes_a_group_chosen_mid_run_and_keeps_it(small_dataset, tmp
     monkeypatch.setattr(novomap.initial_model, "choose_group_by_particles", choose_d2)
     config = VdamConfig(
         n_iter=3, particle_diameter_a=200.0, n_starts=1, seed=2, convergence_check_every=1, convergence_lag=1,
-        convergence_min_fsc=1.01, max_extra_iterations=3, retries=0,
+        convergence_min_fsc=1.01, max_extra_iterations=3, retries=0, auto_symmetry_at=0,
     )  # fmt: skip
     seen: list[dict] = []
     result = run_initial_model(small_dataset, tmp_path / "job", config, symmetry="auto", progress=seen.append)
@@ -296,6 +297,48 @@ def test_sym_auto_imposes_a_group_chosen_mid_run_and_keeps_it(small_dataset, tmp
         continue_from=tmp_path / "job" / "run_it006_optimiser.star",
     )  # fmt: skip
     assert calls == [3] and again.symmetry == "D2" and again.symmetry_record["chosen_at_iteration"] == 3
+
+
+@pytest.mark.parametrize("first, then", [("D2", None), ("C1", "D2"), ("C1", "C1")])
+def test_sym_auto_chooses_at_70_percent_of_the_run(small_dataset, tmp_path, monkeypatch, first, then):
+    """`--sym auto` (config.auto_symmetry_at 70): the particles choose at iteration 7 of 10 (here made to
+    answer `first`). A group is imposed from there and not chosen again; C1 keeps the run in C1, and the
+    particles choose once more at the check that sends it on past --iter (`then`), or at the end, but
+    never twice past --iter."""
+    import novomap.initial_model
+    from novomap.symmetry.groups import point_group
+
+    real_choice = novomap.initial_model.choose_group_by_particles
+    answers = iter([first, then or "C1", "C1"])
+    calls: list[int] = []
+
+    def choose(volume, state, *args, **kwargs):
+        calls.append(state.iteration)
+        name = next(answers)
+        choice = real_choice(volume, state, *args, **kwargs)
+        return dataclasses.replace(choice, group=point_group(name), scores=[(name, 1.0)], alignment=None)
+
+    monkeypatch.setattr(novomap.initial_model, "choose_group_by_particles", choose)
+    config = VdamConfig(
+        n_iter=10, particle_diameter_a=200.0, n_starts=1, seed=2, convergence_check_every=1, convergence_lag=1,
+        convergence_min_fsc=1.01 if then else 0.0, max_extra_iterations=2, retries=0,
+    )  # fmt: skip
+    seen: list[dict] = []
+    result = run_initial_model(small_dataset, tmp_path / "job", config, symmetry="auto", progress=seen.append)
+    at_7 = next(f for f in seen if f["iteration"] == 7)
+    assert at_7["auto_symmetry"] == first and calls[0] == 7
+    if first != "C1":
+        assert calls == [7] and result.symmetry == first and result.symmetry_record["chosen_at_iteration"] == 7
+        return
+    assert not any(f.get("auto_symmetry") for f in seen if f["iteration"] != 7 and f["iteration"] != 10)
+    if then is None:  # settled at --iter: chosen again on the final reconstruction
+        assert calls == [7, 10] and result.symmetry == "C1"
+        return
+    assert calls[:2] == [7, 10] and next(f for f in seen if f["iteration"] == 10)["auto_symmetry"] == then
+    if then == "D2":
+        assert calls == [7, 10] and result.symmetry == "D2" and result.symmetry_record["chosen_at_iteration"] == 10
+    else:  # kept C1 at --iter too: not asked again at the later checks, only at the end
+        assert calls == [7, 10, 12] and result.symmetry == "C1"
 
 
 @pytest.mark.parametrize("min_agreement, hinted", [(1.01, True), (0.0, False)])

@@ -558,10 +558,10 @@ def test_continue_without_i_reads_the_particles_from_the_checkpoint(run_a, datas
 
 def test_run_out_says_when_the_group_acts():
     """The job's first line: an explicit group is imposed after the initial phase (not only at the end), auto
-    may choose during the run, C1 is C1."""
+    chooses at 70 % of the run, C1 is C1."""
     from novomap.commands.initial_model import _symmetry_phrase
 
     config = VdamConfig(n_iter=100)
     assert _symmetry_phrase("D2", config) == "symmetry D2 (imposed on the class maps after iteration 30 and applied to the final map)"
     assert _symmetry_phrase("D2", dataclasses.replace(config, impose_symmetry_every=0)) == "symmetry D2 (applied to the final map)"
-    assert "during the run" in _symmetry_phrase("auto", config) and _symmetry_phrase("C1", config) == "symmetry C1"
+    assert "at 70 % of the run" in _symmetry_phrase("auto", config) and _symmetry_phrase("C1", config) == "symmetry C1"

@@ -128,8 +128,8 @@ def test_only_c1_plausible_is_chosen_without_scoring(simulated, monkeypatch):
 def test_sym_auto_mid_run_imposes_the_chosen_group_and_restarts_settling(simulated):
     """initial_model.group_mid_run on a run of beta-gal (D2) particles at their true poses, its class map
     noisy and its last checks failing: the particles choose D2, the map is made D2-symmetric about the
-    axes it keeps for later impositions, the decision is stored in the state (for --continue and
-    symmetry.txt), and the run must settle afresh, a lag later."""
+    axes it keeps for later impositions, the race's runner-up stops, the decision is stored in the state
+    (for --continue and symmetry.txt), and the run must settle afresh, a lag later."""
     from novomap.initial_model import group_mid_run
     from novomap.symmetry.align import align_to_symmetry as align
 
@@ -142,10 +142,12 @@ def test_sym_auto_mid_run_imposes_the_chosen_group_and_restarts_settling(simulat
     state.snapshot_shells = {80: 16, 90: 16, 100: 16}
     figures = {"iteration": 100, "map_agreement": 0.8}
     state.history = [{"iteration": 90, "map_agreement": 0.7}, figures]
+    state.finalists = [{"start": 3, "state": None, "seconds": 0.0}]  # a runner-up of the race, carried for C1 particles
     noisy_score = align(state.maps[0].float(), PIXEL_SIZE_A, point_group("D2")).score
 
     group, last = group_mid_run(state, particles, pseudo_halves(particles), config, "cpu", figures, 110)
     assert group is not None and group.name == "D2"
+    assert state.finalists == [] and figures["finalists_dropped"] == [3]
     assert last == 120 and figures["settling_restarted"] and figures["auto_symmetry"] == "D2"
     assert sorted(state.map_snapshots) == [100]
     assert torch.equal(state.map_snapshots[100][0], state.maps[0].float())  # the snapshot is of the imposed map

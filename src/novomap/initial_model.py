@@ -268,20 +268,40 @@ def impose_on_class_maps(state: RunState, group: PointGroup, pixel_size_a: float
         state.symmetry_axes = recentre_on_axes(state, state.symmetry_axes, pixel_size_a, PAD)
 
 
+def auto_choice_due(state: RunState, config: VdamConfig) -> bool:
+    """`--sym auto`, still in C1 after this iteration: whether the particles choose the group now, at the
+    first iteration at or past config.auto_symmetry_at per 100 of the run and before n_iter, once."""
+    if config.auto_symmetry_at <= 0 or state.auto_symmetry is not None:
+        return False
+    return max(1, round(config.auto_symmetry_at * config.n_iter / 100)) <= state.iteration < config.n_iter
+
+
+def chooses_past_n_iter(state: RunState, config: VdamConfig) -> bool:
+    """`--sym auto`, still in C1 at a check that sends the run on past n_iter: whether the particles choose
+    there (config.auto_symmetry_mid_run), unless they already have at or after n_iter (once)."""
+    earlier = state.auto_symmetry
+    return config.auto_symmetry_mid_run and (earlier is None or earlier.get("chosen_at_iteration", config.n_iter) < config.n_iter)
+
+
 def group_mid_run(
     state: RunState, particles: ParticleSet, half: torch.Tensor, config: VdamConfig, device, figures: dict, last: int
 ) -> tuple[PointGroup | None, int]:
-    """`--sym auto` in a run that a convergence check sends on past n_iter: the particles choose the
-    group now, as they would at the end (analysis.symmetry_by_particles, on the largest class's
-    reconstruction at the current poses), and a group > C1 is imposed from here as an explicit one is.
-    The settling test starts again (the maps compared so far were C1's) -> (the group, None for C1,
-    and the iteration to reach).
+    """`--sym auto` during the run: the particles choose the group now, as they would at the end
+    (analysis.symmetry_by_particles, on the largest class's reconstruction at the current poses), and a
+    group > C1 is imposed from here as an explicit one is, without the race's runners-up (they are
+    carried for C1 particles: vdam.finalists). The settling test starts again (the maps compared so far
+    were C1's) -> (the group, None for C1, and the iteration to reach).
 
-    Why: a C1 run of a symmetric particle settles slowly, its posteriors split over symmetry mates (the
-    real tutorial particles: still changing at the cap, twice n_iter; benchmarks/results/2026-12-05-s40-sym-auto-mid-run.md).
-    At iteration 100 its particles already choose the right group; at 30-70 not always (C1 or a wrong
-    subgroup), so the decision waits for the first check that finds the run unsettled. Runs that
-    settle in C1 decide at the end, as before."""
+    When: at config.auto_symmetry_at per 100 of the run (auto_choice_due), after the finalists' prune,
+    and again, if the particles kept C1 then, at a check that sends the run on past n_iter
+    (chooses_past_n_iter). A C1 run of a symmetric particle settles slowly, its posteriors split over
+    symmetry mates (the real tutorial particles: still changing at the cap, twice n_iter;
+    benchmarks/results/2026-12-05-s40-sym-auto-mid-run.md), and until its group is imposed it goes
+    without the explicit group's search over one asymmetric unit: on a tight C2 dimer a choice at
+    iteration 100 cost 0.1-0.6 Å against --sym C2 (benchmarks/results/2026-12-07-suite-s57-sym-auto-s2-4.md).
+    At 70 the particles chose right on every checkpoint tried, at 50 not on a pseudo-C2 pair
+    (benchmarks/results/2026-12-07-s57-sym-auto-earlier-choice.md). Runs that settle in C1 decide
+    again at the end."""
     started = time.perf_counter()
     largest = int(torch.argmax(state.class_fraction))
     volume = final_reconstruction(state, particles, largest, config)
@@ -292,6 +312,9 @@ def group_mid_run(
     figures["timings"] = {**figures.get("timings", {}), "auto_symmetry": time.perf_counter() - started}
     if choice.group.order == 1:
         return None, last
+    if state.finalists:
+        figures["finalists_dropped"] = [carried["start"] for carried in state.finalists]
+        state.finalists = []
     impose_on_class_maps(state, choice.group, particles.pixel_size_a, config)
     return choice.group, max(last, convergence.restart_settling(state, config, figures))
 
@@ -340,6 +363,8 @@ def _attempt(star_path: str | Path, out_dir: str | Path, config: VdamConfig, opt
         if state.finalists:  # the race's runners-up, carried on (vdam.finalists): state may become one
             finalists.advance(state, particles, half, config, device)
             figures = state.history[-1]
+        if auto and group is None and auto_choice_due(state, config):
+            group, last = group_mid_run(state, particles, half, config, device[0], figures, last)
         if group is not None and group.order > 1 and imposing_due(state.iteration, config):
             impose_on_class_maps(state, group, particles.pixel_size_a, config)
         convergence.keep_snapshot(state, config)
@@ -352,7 +377,7 @@ def _attempt(star_path: str | Path, out_dir: str | Path, config: VdamConfig, opt
                 looks = stops_as_symmetric(state, config, group, particles.pixel_size_a)
                 if looks is not None:
                     figures["c1_map_looks"], last = looks, state.iteration
-            if auto and state.auto_symmetry is None and last > state.iteration and config.auto_symmetry_mid_run:
+            if auto and group is None and last > state.iteration and chooses_past_n_iter(state, config):
                 group, last = group_mid_run(state, particles, half, config, device[0], figures, last)
             figures["more_iterations"] = last - state.iteration
         if options.progress is not None:

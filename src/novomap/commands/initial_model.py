@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     opt.add_argument("--particle-diameter", type=float, default=None, metavar="A", help="mask diameter in Å (default: box size minus 5 px, as RELION)")
     opt.add_argument("--flatten-solvent", dest="flatten_solvent", action="store_true", default=True, help="multiply the map by a soft spherical mask of the particle diameter each iteration (default: on)")
     opt.add_argument("--no-flatten-solvent", dest="flatten_solvent", action="store_false", help="do not flatten the solvent")
-    opt.add_argument("--sym", default="C1", help="point group: imposed on the class maps every 5 iterations once the race of starts has chosen (RELION's job runs in C1 throughout), and applied to the final map; e.g. C1, C4, D2, T, O, I, or auto (the run stays C1): the final C1 map proposes groups, its particles choose one, and it is applied (DIR/symmetry.txt says which and why) (default: %(default)s)")
+    opt.add_argument("--sym", default="C1", help="point group: imposed on the class maps every 5 iterations once the race of starts has chosen (RELION's job runs in C1 throughout), and applied to the final map; e.g. C1, C4, D2, T, O, I, or auto: at 70 %% of the run the C1 map proposes groups and its particles choose one, imposed from there (if they keep C1, the final map is judged the same way), and it is applied (DIR/symmetry.txt says which and why) (default: %(default)s)")
     opt.add_argument(
         "--starts", type=int, default=-1, metavar="N",
         help="random starts raced at the beginning: the best two (and any start the particles cannot tell from the "
@@ -433,7 +433,7 @@ def _symmetry_phrase(sym: str, config: VdamConfig) -> str:
     from novomap.symmetry.choice import is_auto
 
     if is_auto(sym):
-        return "symmetry auto (chosen by the particles: during the run if the C1 map is slow to settle, else at the end)"
+        return f"symmetry auto (chosen by the particles at {config.auto_symmetry_at} % of the run, and again later if they keep C1)" if config.auto_symmetry_at > 0 else "symmetry auto (chosen by the particles: during the run if the C1 map is slow to settle, else at the end)"
     if sym.strip().upper() == "C1":
         return "symmetry C1"
     if config.impose_symmetry_every <= 0:
@@ -447,10 +447,12 @@ def _auto_symmetry_line(figures: dict) -> str:
     """run.out's line when `--sym auto` chose its group during the run (initial_model.group_mid_run)."""
     group = figures["auto_symmetry"]
     if group == "C1":
-        return f"--sym auto: at iteration {figures['iteration']} the particles keep C1; the group is chosen again at the end"
+        return f"--sym auto: at iteration {figures['iteration']} the particles keep C1; the group is chosen again later"
+    dropped = figures.get("finalists_dropped") or []
+    stopped = f"; the race's runners-up (start {', '.join(map(str, dropped))}) stop, they are for C1 particles" if dropped else ""
     return (
         f"--sym auto: at iteration {figures['iteration']} the particles chose {group} (symmetry.txt in the job folder says why); "
-        f"{group} is imposed from here and the map must settle in it"
+        f"{group} is imposed from here and the map must settle in it{stopped}"
     )
 
 

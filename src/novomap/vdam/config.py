@@ -206,6 +206,12 @@ class VdamConfig:
     # then and a group > C1 is imposed for the rest of the run (initial_model.group_mid_run); False: the
     # run stays C1 and the group is chosen at the end only
     auto_symmetry_mid_run: bool = True
+    # --sym auto: the particles also choose at this iteration per 100 of the run (the finalists' prune,
+    # after it), and a group > C1 is imposed from there with the race's runners-up dropped (they are
+    # for C1 particles); C1 keeps the run as it was, choosing again at the end. On checkpoints of
+    # iteration 70 the choice was right on every job tried (hb2_c1_40's thirteen seeds among them), at
+    # 50 not (benchmarks/results/2026-12-07-s57-sym-auto-earlier-choice.md). 0: not before n_iter
+    auto_symmetry_at: int = 70
     # an imposition keeps a class's axes without refining them once its map has been searched by unit
     # since they were last refined (vdam.unit_search.settled_axes); False: refined at every imposition
     keep_settled_axes: bool = True
