@@ -262,16 +262,17 @@ def test_a_regime_change_restarts_the_settling_test():
 def test_sym_auto_imposes_a_group_chosen_mid_run_and_keeps_it(small_dataset, tmp_path, monkeypatch):
     """A `--sym auto` run that a check sends on past --iter (no choice at 70 % of the run: auto_symmetry_at
     0): the particles choose at that check (here made to choose D2), the group is imposed from there, the
-    settling test starts again, the group is not chosen again at the end, and symmetry.txt and a
-    continued run keep the decision."""
+    settling test starts again, the group is not checked again at the end (chosen from --iter on), and
+    symmetry.txt and a continued run keep the decision."""
     import novomap.initial_model
     from novomap.symmetry.groups import point_group
 
     real_choice = novomap.initial_model.choose_group_by_particles
     calls: list[int] = []
 
-    def choose_d2(volume, state, *args, **kwargs):
-        calls.append(state.iteration)
+    def choose_d2(volume, state, *args, at_least=None, **kwargs):
+        calls.append(state.iteration if at_least is None else f"end check at {state.iteration}, at least {at_least.name}")
+        kwargs["at_least"] = at_least
         choice = real_choice(volume, state, *args, **kwargs)
         return dataclasses.replace(choice, group=point_group("D2"), scores=[("D2", 1.0), ("C1", 0.0)], alignment=None)
 
@@ -282,7 +283,7 @@ def test_sym_auto_imposes_a_group_chosen_mid_run_and_keeps_it(small_dataset, tmp
     )  # fmt: skip
     seen: list[dict] = []
     result = run_initial_model(small_dataset, tmp_path / "job", config, symmetry="auto", progress=seen.append)
-    assert calls == [3] and result.symmetry == "D2"
+    assert calls == [3] and result.symmetry == "D2"  # chosen at --iter: no check against larger groups at the end
     decided = next(f for f in seen if f["iteration"] == 3)
     assert decided["auto_symmetry"] == "D2" and decided["settling_restarted"] and decided["more_iterations"] == 1
     assert decided["timings"]["auto_symmetry"] > 0  # the choice's seconds, beside the iteration's phases
@@ -296,49 +297,70 @@ def test_sym_auto_imposes_a_group_chosen_mid_run_and_keeps_it(small_dataset, tmp
         small_dataset, tmp_path / "continued", dataclasses.replace(config, max_extra_iterations=4), symmetry="auto",
         continue_from=tmp_path / "job" / "run_it006_optimiser.star",
     )  # fmt: skip
-    assert calls == [3] and again.symmetry == "D2" and again.symmetry_record["chosen_at_iteration"] == 3
+    assert [c for c in calls if not isinstance(c, str)] == [3] and again.symmetry == "D2" and again.symmetry_record["chosen_at_iteration"] == 3
 
 
-@pytest.mark.parametrize("first, then", [("D2", None), ("C1", "D2"), ("C1", "C1")])
-def test_sym_auto_chooses_at_70_percent_of_the_run(small_dataset, tmp_path, monkeypatch, first, then):
+@pytest.mark.parametrize(
+    "answers, settles, calls, applied",
+    [
+        (["D2", "D2"], True, [(7, None), (10, "D2")], "D2"),  # imposed at 7, kept at the end check
+        (["D2", "D4"], True, [(7, None), (10, "D2")], "D4"),  # imposed at 7, a larger group wins at the end
+        (["C1", "C1"], True, [(7, None), (10, None)], "C1"),  # C1 at 7: chosen again on the final reconstruction
+        (["C1", "D2"], False, [(7, None), (10, None)], "D2"),  # again at --iter, unsettled: D2 from there, not checked again
+        (["C1", "C1", "C1"], False, [(7, None), (10, None), (12, None)], "C1"),  # not again at later checks
+        (["D2", "D4"], False, [(7, None), (10, "D2")], "D4"),  # unsettled in D2 at --iter: enlarged there, not checked again
+        (["D2", "D2"], False, [(7, None), (10, "D2")], "D2"),  # unsettled in D2, kept there: that check stands at the end
+    ],
+)  # fmt: skip
+def test_sym_auto_chooses_at_70_percent_of_the_run(small_dataset, tmp_path, monkeypatch, answers, settles, calls, applied):
     """`--sym auto` (config.auto_symmetry_at 70): the particles choose at iteration 7 of 10 (here made to
-    answer `first`). A group is imposed from there and not chosen again; C1 keeps the run in C1, and the
-    particles choose once more at the check that sends it on past --iter (`then`), or at the end, but
-    never twice past --iter."""
+    give `answers` in turn). A group is imposed from there and checked at the end only against larger
+    groups containing it (at_least); C1 keeps the run in C1, and the particles choose once more at the
+    check that sends it on past --iter, or on the final reconstruction, but never twice past --iter."""
     import novomap.initial_model
     from novomap.symmetry.groups import point_group
 
     real_choice = novomap.initial_model.choose_group_by_particles
-    answers = iter([first, then or "C1", "C1"])
-    calls: list[int] = []
+    given = iter(answers)
+    seen_calls: list[tuple[int, str | None]] = []
 
-    def choose(volume, state, *args, **kwargs):
-        calls.append(state.iteration)
-        name = next(answers)
-        choice = real_choice(volume, state, *args, **kwargs)
-        return dataclasses.replace(choice, group=point_group(name), scores=[(name, 1.0)], alignment=None)
+    def choose(volume, state, *args, at_least=None, **kwargs):
+        seen_calls.append((state.iteration, None if at_least is None else at_least.name))
+        name = next(given)
+        choice = real_choice(volume, state, *args, at_least=at_least, **kwargs)
+        return dataclasses.replace(choice, group=point_group(name), scores=[(name, 1.0)], alignment=None, unjudged="")
 
     monkeypatch.setattr(novomap.initial_model, "choose_group_by_particles", choose)
     config = VdamConfig(
         n_iter=10, particle_diameter_a=200.0, n_starts=1, seed=2, convergence_check_every=1, convergence_lag=1,
-        convergence_min_fsc=1.01 if then else 0.0, max_extra_iterations=2, retries=0,
+        convergence_min_fsc=0.0 if settles else 1.01, max_extra_iterations=2, retries=0,
     )  # fmt: skip
     seen: list[dict] = []
     result = run_initial_model(small_dataset, tmp_path / "job", config, symmetry="auto", progress=seen.append)
-    at_7 = next(f for f in seen if f["iteration"] == 7)
-    assert at_7["auto_symmetry"] == first and calls[0] == 7
-    if first != "C1":
-        assert calls == [7] and result.symmetry == first and result.symmetry_record["chosen_at_iteration"] == 7
+    assert seen_calls == calls and result.symmetry == applied
+    assert next(f for f in seen if f["iteration"] == 7)["auto_symmetry"] == answers[0]
+    mid_run = [f["iteration"] for f in seen if f.get("auto_symmetry")]
+    assert mid_run == [7] + ([10] if not settles else [])
+    line = next(line for line in (tmp_path / "job" / "symmetry.txt").read_text().splitlines() if line.startswith("symmetry: "))
+    if not settles and answers[0] == "D2":
+        at_10 = next(f for f in seen if f["iteration"] == 10)
+        assert at_10["auto_symmetry_from"] == "D2" and at_10["auto_symmetry"] == answers[1]
+        if applied == "D4":
+            assert at_10["settling_restarted"] and result.symmetry_record["chosen_at_iteration"] == 10
+            assert "at iteration 10, imposed from there (D2 from iteration 7)" in line
+        else:
+            assert "settling_restarted" not in at_10 and result.symmetry_record["chosen_at_iteration"] == 7
+            assert result.symmetry_record["checked_at_iteration"] == 10 and "; at iteration 10 the particles kept D2" in line
         return
-    assert not any(f.get("auto_symmetry") for f in seen if f["iteration"] != 7 and f["iteration"] != 10)
-    if then is None:  # settled at --iter: chosen again on the final reconstruction
-        assert calls == [7, 10] and result.symmetry == "C1"
-        return
-    assert calls[:2] == [7, 10] and next(f for f in seen if f["iteration"] == 10)["auto_symmetry"] == then
-    if then == "D2":
-        assert calls == [7, 10] and result.symmetry == "D2" and result.symmetry_record["chosen_at_iteration"] == 10
-    else:  # kept C1 at --iter too: not asked again at the later checks, only at the end
-        assert calls == [7, 10, 12] and result.symmetry == "C1"
+    if answers[:2] == ["D2", "D4"]:
+        assert result.symmetry_record["enlarged_from"] == "D2" and result.symmetry_record["enlarged_from_iteration"] == 7
+        assert "(D2 imposed from iteration 7, D4 at the end)" in line
+    elif applied != "C1" and answers[0] == "C1":  # chosen at --iter: that choice stands
+        assert result.symmetry_record["chosen_at_iteration"] == 10 and "larger_groups_check" not in result.symmetry_record
+        assert line.endswith(f"at iteration 10, imposed from there: {result.symmetry_record['reason']}")
+    elif applied != "C1":  # chosen at 7, the run settled: checked at the end
+        assert result.symmetry_record["chosen_at_iteration"] == 7 and "larger_groups_check" in result.symmetry_record
+        assert "at iteration 7, imposed from there" in line and "at the end the particles kept D2" in line
 
 
 @pytest.mark.parametrize("min_agreement, hinted", [(1.01, True), (0.0, False)])

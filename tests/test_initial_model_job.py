@@ -565,3 +565,17 @@ def test_run_out_says_when_the_group_acts():
     assert _symmetry_phrase("D2", config) == "symmetry D2 (imposed on the class maps after iteration 30 and applied to the final map)"
     assert _symmetry_phrase("D2", dataclasses.replace(config, impose_symmetry_every=0)) == "symmetry D2 (applied to the final map)"
     assert "at 70 % of the run" in _symmetry_phrase("auto", config) and _symmetry_phrase("C1", config) == "symmetry C1"
+
+
+def test_run_out_says_what_sym_auto_chose_during_the_run():
+    """run.out's line for each mid-run decision of --sym auto (initial_model.group_mid_run's figures): C1 kept,
+    a group chosen (with the race's runners-up stopped), and at a check past --iter a group kept or enlarged."""
+    from novomap.commands.initial_model import _auto_symmetry_line
+
+    assert _auto_symmetry_line({"iteration": 70, "auto_symmetry": "C1"}).endswith("the particles keep C1; the group is chosen again later")
+    chosen = _auto_symmetry_line({"iteration": 70, "auto_symmetry": "D4", "finalists_dropped": [2, 4]})
+    assert "the particles chose D4" in chosen and "only a larger group containing D4 can replace it" in chosen and "(start 2, 4) stop" in chosen
+    kept = _auto_symmetry_line({"iteration": 100, "auto_symmetry": "D4", "auto_symmetry_from": "D4"})
+    assert "still moves in D4" in kept and kept.endswith("D4 stays")
+    enlarged = _auto_symmetry_line({"iteration": 100, "auto_symmetry": "O", "auto_symmetry_from": "D4"})
+    assert "still moved in D4, and the particles chose O, which contains it" in enlarged and "O is imposed from here" in enlarged

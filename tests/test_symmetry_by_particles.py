@@ -125,6 +125,32 @@ def test_only_c1_plausible_is_chosen_without_scoring(simulated, monkeypatch):
     assert "no other group plausible" in particle_reason(choice)
 
 
+@pytest.mark.parametrize("imposed, offered", [("D4", ["D4", "O"]), ("T", ["T", "O", "I"]), ("O", ["O"])])
+def test_a_group_imposed_mid_run_is_put_only_against_larger_groups_containing_it(simulated, monkeypatch, imposed, offered):
+    """choose_group_by_particles(at_least=G), the end check of a group `--sym auto` imposed during the run:
+    the particles judge G against the plausible groups that contain it, never a smaller or unrelated one;
+    with none, G stands without a search."""
+    import novomap.analysis.symmetry_by_particles as by_particles
+
+    particles, truth = simulated
+    config = VdamConfig(particle_diameter_a=200.0)
+    state = _finished_run(particles, truth, config)
+    table = [_row("C1", None)] + [_row(name, ratio) for name, ratio in [("C2", 0.1), ("C4", 0.2), ("D2", 0.2), ("D4", 0.3), ("T", 0.5), ("O", 0.6), ("I", 0.7)]]
+    monkeypatch.setattr(by_particles, "detect_point_group", lambda *a, **k: DetectionResult("D4", table, 0.1, 0.001, torch.eye(3, dtype=torch.float64)))
+    judged: list[list[str]] = []
+
+    def score(volume, groups, *args, **kwargs):
+        judged.append([group.name for group in groups])
+        return [(group, float(group.order), None) for group in sorted(groups, key=lambda g: -g.order)]
+
+    monkeypatch.setattr(by_particles, "score_groups", score)
+    choice = by_particles.choose_group_by_particles(truth.float(), state, particles, pseudo_halves(particles), 0, config, at_least=point_group(imposed))
+    if len(offered) == 1:
+        assert judged == [] and choice.group.name == imposed and "no larger group containing O" in choice.unjudged
+    else:
+        assert judged == [offered] and choice.group.name == offered[-1]
+
+
 def test_sym_auto_mid_run_imposes_the_chosen_group_and_restarts_settling(simulated):
     """initial_model.group_mid_run on a run of beta-gal (D2) particles at their true poses, its class map
     noisy and its last checks failing: the particles choose D2, the map is made D2-symmetric about the

@@ -137,3 +137,47 @@ def test_bad_names_raise_a_clear_error(name: str) -> None:
 def test_i5_error_says_not_implemented() -> None:
     with pytest.raises(NovomapError, match="not implemented"):
         point_group("I5")
+
+
+def _axes(group_operators: torch.Tensor) -> list[torch.Tensor]:
+    """Unit axes of the group's non-identity rotations (each once per sign)."""
+    axes = []
+    for op in group_operators[1:]:
+        values, vectors = torch.linalg.eig(op)
+        axis = vectors[:, torch.argmin((values - 1).abs())].real
+        axis = axis / axis.norm()
+        if not any(float(abs(axis @ a)) > 1 - 1e-6 for a in axes):
+            axes.append(axis)
+    return axes
+
+
+def _contains_geometrically(larger: str, smaller: str) -> bool:
+    """Some rotation R puts every operator of `smaller` (standard frame: main axis z, a 2-fold along x)
+    into `larger`: R takes z onto one of larger's axes and x onto one perpendicular to it (or, with no
+    perpendicular axis needed, any)."""
+    from novomap.symmetry.groups import point_group
+
+    big, small = point_group(larger).operators, point_group(smaller).operators
+    axes = _axes(big)
+    candidates = [(a, b) for a in axes for b in axes if abs(float(a @ b)) < 1e-6] + [(a, None) for a in axes]
+    for a, b in candidates:
+        if b is None:  # a cyclic subgroup: only its axis matters
+            helper = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+            helper = helper if abs(float(helper @ a)) < 0.9 else torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
+            b = torch.linalg.cross(a, helper)
+            b = b / b.norm()
+        rotation = torch.stack([b, torch.linalg.cross(a, b), a], 1)  # columns: images of x, y, z
+        moved = rotation @ small @ rotation.T
+        if all(bool(((big - m).abs().amax((1, 2)) < 1e-6).any()) for m in moved):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("larger", ["C4", "C6", "D2", "D3", "D4", "D6", "T", "O", "I"])
+@pytest.mark.parametrize("smaller", ["C1", "C2", "C3", "C4", "C5", "D2", "D3", "D4", "T"])
+def test_contains_type_agrees_with_the_operators(larger, smaller):
+    """contains_type (by the groups' names) against a search for a frame that puts every operator of the
+    smaller group into the larger one (an independent, geometric answer)."""
+    from novomap.symmetry.groups import contains_type, point_group
+
+    assert contains_type(point_group(larger), point_group(smaller)) == _contains_geometrically(larger, smaller)

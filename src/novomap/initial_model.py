@@ -35,7 +35,9 @@ from novomap.outputs.attempts import free_attempt_dir, move_attempt
 from novomap.outputs.background import BackgroundWriter
 from novomap.outputs.relion import state_path_for, write_iteration
 from novomap.reconstruct import Poses, reconstruct_with_poses
-from novomap.symmetry.choice import AUTO, AppliedSymmetry, align_near, apply_point_group, choose_group, requested_group, symmetrise_on_axes, symmetry_record, write_symmetry_file
+from novomap.symmetry.choice import (
+    AUTO, AppliedSymmetry, align_near, apply_point_group, choose_group, requested_group, symmetrise_on_axes, symmetry_record, write_symmetry_file,
+)
 from novomap.symmetry.groups import PointGroup, point_group
 from novomap.symmetry.impose import impose_group
 from novomap.vdam import convergence, finalists, schedules
@@ -277,14 +279,18 @@ def auto_choice_due(state: RunState, config: VdamConfig) -> bool:
 
 
 def chooses_past_n_iter(state: RunState, config: VdamConfig) -> bool:
-    """`--sym auto`, still in C1 at a check that sends the run on past n_iter: whether the particles choose
-    there (config.auto_symmetry_mid_run), unless they already have at or after n_iter (once)."""
+    """`--sym auto` at a check that sends the run on past n_iter: whether the particles choose there
+    (config.auto_symmetry_mid_run), unless they already have at or after n_iter (once). A run still in C1
+    chooses among all plausible groups, one with a group imposed among the larger groups containing it."""
     earlier = state.auto_symmetry
-    return config.auto_symmetry_mid_run and (earlier is None or earlier.get("chosen_at_iteration", config.n_iter) < config.n_iter)
+    if earlier is None:
+        return config.auto_symmetry_mid_run
+    return config.auto_symmetry_mid_run and earlier.get("checked_at_iteration", earlier.get("chosen_at_iteration", config.n_iter)) < config.n_iter
 
 
 def group_mid_run(
-    state: RunState, particles: ParticleSet, half: torch.Tensor, config: VdamConfig, device, figures: dict, last: int
+    state: RunState, particles: ParticleSet, half: torch.Tensor, config: VdamConfig, device, figures: dict, last: int,
+    imposed: PointGroup | None = None,
 ) -> tuple[PointGroup | None, int]:
     """`--sym auto` during the run: the particles choose the group now, as they would at the end
     (analysis.symmetry_by_particles, on the largest class's reconstruction at the current poses), and a
@@ -301,15 +307,30 @@ def group_mid_run(
     iteration 100 cost 0.1-0.6 Å against --sym C2 (benchmarks/results/2026-12-07-suite-s57-sym-auto-s2-4.md).
     At 70 the particles chose right on every checkpoint tried, at 50 not on a pseudo-C2 pair
     (benchmarks/results/2026-12-07-s57-sym-auto-earlier-choice.md). Runs that settle in C1 decide
-    again at the end."""
+    again at the end.
+
+    imposed: the group chosen earlier in the run, when a check past n_iter finds its map still moving:
+    only larger groups containing it are put to the particles (at_least), and one that wins replaces it
+    (an octahedral particle given D4 at iteration 70 never settled in it: 40 iterations past n_iter;
+    benchmarks/results/2026-12-07-s58-sym-auto-at-70.md). The group kept -> (imposed, last), unchanged."""
     started = time.perf_counter()
     largest = int(torch.argmax(state.class_fraction))
     volume = final_reconstruction(state, particles, largest, config)
-    choice = choose_group_by_particles(volume, state, particles, half, largest, config, device)
-    score = choice.alignment.score if choice.alignment is not None else 0.0
-    state.auto_symmetry = {**symmetry_record(AUTO, choice.group, score, None, choice), "chosen_at_iteration": state.iteration}
+    choice = choose_group_by_particles(volume, state, particles, half, largest, config, device, at_least=imposed)
     figures["auto_symmetry"] = choice.group.name
+    if imposed is not None:
+        figures["auto_symmetry_from"] = imposed.name
     figures["timings"] = {**figures.get("timings", {}), "auto_symmetry": time.perf_counter() - started}
+    if imposed is not None and choice.group.name == imposed.name:
+        state.auto_symmetry["checked_at_iteration"] = state.iteration
+        state.auto_symmetry["larger_groups_check"] = larger_groups_check(imposed.name, choice, f"at iteration {state.iteration}")
+        return imposed, last
+    score = choice.alignment.score if choice.alignment is not None else 0.0
+    earlier = state.auto_symmetry
+    state.auto_symmetry = {**symmetry_record(AUTO, choice.group, score, None, choice), "chosen_at_iteration": state.iteration}
+    if imposed is not None:
+        state.auto_symmetry.update(enlarged_from=imposed.name, enlarged_from_iteration=earlier["chosen_at_iteration"])
+        state.symmetry_axes = None  # the smaller group's axes: the larger group's are searched afresh
     if choice.group.order == 1:
         return None, last
     if state.finalists:
@@ -317,6 +338,50 @@ def group_mid_run(
         state.finalists = []
     impose_on_class_maps(state, choice.group, particles.pixel_size_a, config)
     return choice.group, max(last, convergence.restart_settling(state, config, figures))
+
+
+def enlarged_at_end(state: RunState, group: PointGroup) -> bool:
+    """Whether `group` replaces a group that `--sym auto` imposed during the run (its axes do not fit it)."""
+    return state.auto_symmetry is not None and state.auto_symmetry["applied"] not in ("C1", group.name)
+
+
+def larger_groups_check(kept: str, larger, when: str) -> dict:
+    """The record of a check of the imposed group `kept` against the larger plausible groups containing it
+    (`larger`: analysis.symmetry_by_particles.GroupByParticles with at_least; `when`: "at iteration N" or
+    "at the end"): the groups, their scores and a phrase for symmetry.txt."""
+    if larger.unjudged:
+        phrase = f"{when} no larger group containing {kept} was plausible enough to put to the particles"
+    elif larger.group.name == kept:
+        margins = ", ".join(f"{name} {margin:+.2f}" for name, margin in larger.margins()[1:])
+        phrase = f"{when} the particles kept {kept} against the larger groups containing it ({margins})"
+    else:
+        phrase = f"{when} the particles chose {larger.group.name} over {kept}"
+    return {"groups": [name for name, _ in larger.scores], "scores": [float(score) for _, score in larger.scores], "summary": phrase}
+
+
+def end_check_record(imposed: dict, larger, alignment_score: float) -> dict:
+    """symmetry.txt's record for a group imposed during the run (`imposed`: group_mid_run's record) and
+    checked at the end against the larger plausible groups that contain it (`larger`:
+    analysis.symmetry_by_particles.GroupByParticles with at_least). The group kept has the mid-run
+    record with the check beside it; a larger group that won has its own, naming the one it replaced.
+
+    Why the check: at iteration 70 the particles of an octahedral particle chose D4, by 1.5 units over O
+    (at 100 they chose O; benchmarks/results/2026-12-07-s58-sym-auto-at-70.md)."""
+    kept = imposed["applied"]
+    check = larger_groups_check(kept, larger, "at the end")
+    if larger.group.name == kept:
+        return {**imposed, "alignment_score": alignment_score, "larger_groups_check": check}
+    check["summary"] = f"{kept} imposed from iteration {imposed['chosen_at_iteration']}, {larger.group.name} at the end"
+    record = symmetry_record(AUTO, larger.group, alignment_score, None, larger)
+    return {**record, "enlarged_from": kept, "enlarged_from_iteration": imposed["chosen_at_iteration"], "larger_groups_check": check}
+
+
+def checks_at_end(state: RunState, config: VdamConfig) -> bool:
+    """`--sym auto` with a group imposed during the run: whether the particles check it against larger
+    groups on the final reconstruction: only when no check was made from n_iter on (a run that settled
+    by n_iter); one made there, on a map still moving in that group, stands (each costs ~10 s)."""
+    record = state.auto_symmetry
+    return record.get("checked_at_iteration", record.get("chosen_at_iteration", 0)) < config.n_iter
 
 
 def _run_attempt(star_path: str | Path, out_dir: str | Path, config: VdamConfig, options: JobOptions, continue_from: str | Path | None = None) -> JobResult:
@@ -377,8 +442,8 @@ def _attempt(star_path: str | Path, out_dir: str | Path, config: VdamConfig, opt
                 looks = stops_as_symmetric(state, config, group, particles.pixel_size_a)
                 if looks is not None:
                     figures["c1_map_looks"], last = looks, state.iteration
-            if auto and group is None and last > state.iteration and chooses_past_n_iter(state, config):
-                group, last = group_mid_run(state, particles, half, config, device[0], figures, last)
+            if auto and last > state.iteration and chooses_past_n_iter(state, config):
+                group, last = group_mid_run(state, particles, half, config, device[0], figures, last, imposed=group)
             figures["more_iterations"] = last - state.iteration
         if options.progress is not None:
             options.progress(figures)
@@ -403,16 +468,19 @@ def _attempt(star_path: str | Path, out_dir: str | Path, config: VdamConfig, opt
         evidence.c1_map_looks = looked or c1_map_looks(volume, particles.pixel_size_a)
         evidence.stopped_as_symmetric = looked is not None
         evidence.warnings = warnings_for(evidence)
-    by_particles = None
+    by_particles = larger = None
     if group is None:  # --sym auto: the groups this C1 map makes plausible, judged by the particles
         by_particles = choose_group_by_particles(volume, state, particles, half, largest, config, device[0])
         group = by_particles.group
+    elif auto and checks_at_end(state, config):  # chosen during the run: a larger group containing it may still win (enlarged_at_end)
+        larger = choose_group_by_particles(volume, state, particles, half, largest, config, device[0], at_least=group)
+        group = larger.group
     onto_vdam = reconstruction_onto_vdam(state, volume, largest, config)
     combined = final_map(state, volume, largest, config, particles.pixel_size_a, onto_vdam)
     # align to the group's axes and symmetrise (the particles' choice was aligned on the
     # reconstruction, in another frame by the combination's shift: the combined map is aligned afresh)
     alignment = None
-    if group.order > 1 and state.symmetry_axes and largest < len(state.symmetry_axes):
+    if group.order > 1 and state.symmetry_axes and largest < len(state.symmetry_axes) and not enlarged_at_end(state, group):
         # the group was imposed on this class during the run: refine its axes there instead of searching
         alignment = align_near(combined, particles.pixel_size_a, group, state.symmetry_axes[largest])
     applied = apply_point_group(combined, particles.pixel_size_a, group, config, alignment)
@@ -426,7 +494,9 @@ def _attempt(star_path: str | Path, out_dir: str | Path, config: VdamConfig, opt
         final_pixel_a = fine_particles.pixel_size_a
     initial_model = out_dir / "initial_model.mrc"
     write_map(initial_model, to_output_grid(final.float(), particles.grid, final_pixel_a), particles.grid.output_pixel_size_a)
-    if auto and by_particles is None:  # imposed since group_mid_run chose it
+    if larger is not None:  # imposed since group_mid_run chose it, then checked against larger groups
+        record = end_check_record(state.auto_symmetry, larger, float(applied.alignment.score))
+    elif auto and by_particles is None:  # imposed since group_mid_run chose it, checked there from n_iter on
         record = {**state.auto_symmetry, "alignment_score": float(applied.alignment.score)}
     else:
         record = symmetry_record(options.symmetry, applied.group, applied.alignment.score, applied.detection, by_particles)

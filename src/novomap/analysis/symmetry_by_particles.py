@@ -52,7 +52,7 @@ from novomap.physics.window import fourier_window, shift_phases
 from novomap.reconstruct import Poses, half_set_maps, particle_ctf
 from novomap.symmetry.align import SymmetryAlignment, align_to_symmetry
 from novomap.symmetry.detect import DetectionResult, detect_point_group
-from novomap.symmetry.groups import PointGroup, point_group
+from novomap.symmetry.groups import PointGroup, contains_type, point_group
 from novomap.symmetry.symmetrise import symmetrise_in_place
 from novomap.vdam.config import VdamConfig
 from novomap.vdam.iterate import as_devices, expectation, search_setup
@@ -202,20 +202,27 @@ def score_groups(
 
 def choose_group_by_particles(
     volume: torch.Tensor, state: RunState, particles: ParticleSet, half: torch.Tensor, class_index: int, config: VdamConfig, device="cpu",
+    at_least: PointGroup | None = None,
 ) -> GroupByParticles:  # fmt: skip
     """The point group of the class's final C1 reconstruction `volume` (N, N, N), chosen by its particles
-    among the groups the map-only detection finds plausible (module doc)."""
+    among the groups the map-only detection finds plausible (module doc).
+
+    at_least: a group already imposed on the run (`--sym auto` chose it mid-run): the candidates are
+    then that group and the plausible groups that contain it (symmetry.groups.contains_type), so that a
+    subgroup chosen early can grow to the particle's group, never shrink."""
     started = time.perf_counter()
     detection = detect_point_group(volume, particles.pixel_size_a, de_novo=True)
     members = evidence_members(state.class_number, class_index, config.seed)
     if min(int((half[members] == h).sum()) for h in (0, 1)) < MIN_PER_HALF:  # too few particles to judge: the map decides
-        group = point_group(detection.point_group)
+        group = point_group(detection.point_group) if at_least is None else at_least
         return GroupByParticles(group, [(group.name, 0.0)], detection, time.perf_counter() - started, unjudged="too few particles to judge by")
     candidates = candidate_groups(detection)
-    if len(candidates) == 1:  # no group but C1 is plausible: nothing to choose between
-        return GroupByParticles(
-            candidates[0], [(candidates[0].name, 0.0)], detection, time.perf_counter() - started, unjudged="no other group plausible enough to put to the particles"
-        )
+    if at_least is not None:
+        larger = [group for group in candidates if group.name != at_least.name and contains_type(group, at_least)]
+        candidates = [at_least, *larger]
+    if len(candidates) == 1:  # nothing to choose between
+        why = "no other group plausible enough to put to the particles" if at_least is None else f"no larger group containing {at_least.name} plausible"
+        return GroupByParticles(candidates[0], [(candidates[0].name, 0.0)], detection, time.perf_counter() - started, unjudged=why)
     scores = score_groups(volume, candidates, state, particles, half, class_index, config, device)
     chosen, _, alignment = scores[0]
     return GroupByParticles(chosen, [(group.name, score) for group, score, _ in scores], detection, time.perf_counter() - started, alignment)

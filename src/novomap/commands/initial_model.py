@@ -445,14 +445,21 @@ def _symmetry_phrase(sym: str, config: VdamConfig) -> str:
 
 def _auto_symmetry_line(figures: dict) -> str:
     """run.out's line when `--sym auto` chose its group during the run (initial_model.group_mid_run)."""
-    group = figures["auto_symmetry"]
+    group, before = figures["auto_symmetry"], figures.get("auto_symmetry_from")
+    if before == group:
+        return f"--sym auto: at iteration {figures['iteration']} the map still moves in {group}, and no larger group containing {group} wins with the particles: {group} stays"
+    if before is not None:
+        return (
+            f"--sym auto: at iteration {figures['iteration']} the map still moved in {before}, and the particles chose {group}, which contains it "
+            f"(symmetry.txt in the job folder says why); {group} is imposed from here and the map must settle in it"
+        )
     if group == "C1":
         return f"--sym auto: at iteration {figures['iteration']} the particles keep C1; the group is chosen again later"
     dropped = figures.get("finalists_dropped") or []
     stopped = f"; the race's runners-up (start {', '.join(map(str, dropped))}) stop, they are for C1 particles" if dropped else ""
     return (
         f"--sym auto: at iteration {figures['iteration']} the particles chose {group} (symmetry.txt in the job folder says why); "
-        f"{group} is imposed from here and the map must settle in it{stopped}"
+        f"{group} is imposed from here and the map must settle in it (at the end only a larger group containing {group} can replace it){stopped}"
     )
 
 

@@ -792,6 +792,8 @@ def build_report(
             how = "detected (--sym auto)" if "table" in symmetry else "as given (--sym)"
             if symmetry.get("chosen_at_iteration") is not None:
                 how += f" at iteration {symmetry['chosen_at_iteration']}, imposed from there"
+            if symmetry.get("enlarged_from") is not None:
+                how += f" ({symmetry['enlarged_from']} imposed from iteration {symmetry['enlarged_from_iteration']} before it)"
             summary.append(("point group", f"{symmetry.get('applied')} {how}"))
         verdict = "WEAK, see the warnings" if evidence.get("weak") else "consistent"
         summary.append(("how sure", f"half-set FSC {_fmt(evidence.get('half_fsc05_a'), ' Å')} (0.5), cc with the last VDAM map {_fmt(evidence.get('agreement_cc'), '', '.2f')}: {verdict}"))

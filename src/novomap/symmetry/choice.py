@@ -168,10 +168,14 @@ def symmetry_record(requested: str, group: PointGroup, alignment_score: float, d
 def summary_line(record: dict) -> str:
     """One line for run.out and the terminal."""
     if "table" in record:
-        when = ""
+        when, check = "", record.get("larger_groups_check", {}).get("summary")
         if record.get("chosen_at_iteration") is not None:
             when = f" at iteration {record['chosen_at_iteration']}, imposed from there"
-        return f"symmetry: {record['applied']} detected (--sym auto){when}: {record['reason']}"
+            if record.get("enlarged_from") is not None:
+                when += f" ({record['enlarged_from']} from iteration {record['enlarged_from_iteration']})"
+        elif record.get("enlarged_from") is not None:  # enlarged at the end: the check says how
+            return f"symmetry: {record['applied']} detected (--sym auto) ({check}): {record['reason']}"
+        return f"symmetry: {record['applied']} detected (--sym auto){when}: {record['reason']}" + (f"; {check}" if check else "")
     return f"symmetry: {record['applied']} as given (--sym), alignment score {record['alignment_score']:.3f}"
 
 

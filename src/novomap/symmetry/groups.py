@@ -210,3 +210,34 @@ def point_group(name: str) -> PointGroup:
     group = _cached(name.strip().upper())
     # operators are shared by the cache: hand out a copy so callers cannot corrupt it
     return PointGroup(group.name, group.operators.clone(), group.is_proper)
+
+
+def _rotation_type(name: str) -> tuple[str, int]:
+    """('C' or 'D', n) for Cn and Dn, ('T'|'O'|'I', 0) for the polyhedral groups (any I setting)."""
+    match = re.fullmatch(r"([CD])(\d+)", name)
+    if match:
+        return match.group(1), int(match.group(2))
+    if name in ("T", "O") or re.fullmatch(r"I\d?", name):
+        return name[0], 0
+    raise NovomapError(f"point group {name}: only proper rotation groups (Cn, Dn, T, O, I) are compared")
+
+
+# the cyclic and dihedral subgroups of each polyhedral group, besides C1 and (for O and I) T
+_POLYHEDRAL_SUBGROUPS = {"T": {("C", 2), ("C", 3), ("D", 2)}, "O": {("C", 2), ("C", 3), ("C", 4), ("D", 2), ("D", 3), ("D", 4)},
+                         "I": {("C", 2), ("C", 3), ("C", 5), ("D", 2), ("D", 3), ("D", 5)}}  # fmt: skip
+
+
+def contains_type(larger: PointGroup, smaller: PointGroup) -> bool:
+    """Whether `larger` has a subgroup of `smaller`'s type (proper rotation groups Cn, Dn, T, O, I; in
+    some orientation, not necessarily the standard one): C1 is in every group, Cn in Cm and Dm when n
+    divides m (and C2 in every Dm), Dn in Dm when n divides m, and the polyhedral groups' cyclic and
+    dihedral subgroups as listed (T also in O and I)."""
+    big, small = _rotation_type(larger.name), _rotation_type(smaller.name)
+    if smaller.order == 1 or big == small:
+        return True
+    if big[0] in "TOI":
+        return small in _POLYHEDRAL_SUBGROUPS[big[0]] or (small[0] == "T" and big[0] in "OI")
+    if small[0] in "TOI" or (small[0] == "D" and big[0] == "C"):
+        return False
+    return big[1] % small[1] == 0 or (small == ("C", 2) and big[0] == "D")
+
