@@ -275,7 +275,13 @@ def auto_choice_due(state: RunState, config: VdamConfig) -> bool:
     first iteration at or past config.auto_symmetry_at per 100 of the run and before n_iter, once."""
     if config.auto_symmetry_at <= 0 or state.auto_symmetry is not None:
         return False
-    return max(1, round(config.auto_symmetry_at * config.n_iter / 100)) <= state.iteration < config.n_iter
+    return config.iteration_at(config.auto_symmetry_at) <= state.iteration < config.n_iter
+
+
+def last_decision(record: dict) -> int:
+    """The iteration of `--sym auto`'s latest decision during the run (group_mid_run's record): its last
+    check against larger groups, else its choice."""
+    return record.get("checked_at_iteration", record["chosen_at_iteration"])
 
 
 def chooses_past_n_iter(state: RunState, config: VdamConfig) -> bool:
@@ -285,7 +291,7 @@ def chooses_past_n_iter(state: RunState, config: VdamConfig) -> bool:
     earlier = state.auto_symmetry
     if earlier is None:
         return config.auto_symmetry_mid_run
-    return config.auto_symmetry_mid_run and earlier.get("checked_at_iteration", earlier.get("chosen_at_iteration", config.n_iter)) < config.n_iter
+    return config.auto_symmetry_mid_run and last_decision(earlier) < config.n_iter
 
 
 def group_mid_run(
@@ -323,7 +329,7 @@ def group_mid_run(
     figures["timings"] = {**figures.get("timings", {}), "auto_symmetry": time.perf_counter() - started}
     if imposed is not None and choice.group.name == imposed.name:
         state.auto_symmetry["checked_at_iteration"] = state.iteration
-        state.auto_symmetry["larger_groups_check"] = larger_groups_check(imposed.name, choice, f"at iteration {state.iteration}")
+        state.auto_symmetry["larger_groups_check"] = larger_groups_check(imposed.name, state.auto_symmetry["chosen_at_iteration"], choice, f"at iteration {state.iteration}")
         return imposed, last
     score = choice.alignment.score if choice.alignment is not None else 0.0
     earlier = state.auto_symmetry
@@ -345,17 +351,18 @@ def enlarged_at_end(state: RunState, group: PointGroup) -> bool:
     return state.auto_symmetry is not None and state.auto_symmetry["applied"] not in ("C1", group.name)
 
 
-def larger_groups_check(kept: str, larger, when: str) -> dict:
-    """The record of a check of the imposed group `kept` against the larger plausible groups containing it
-    (`larger`: analysis.symmetry_by_particles.GroupByParticles with at_least; `when`: "at iteration N" or
-    "at the end"): the groups, their scores and a phrase for symmetry.txt."""
+def larger_groups_check(kept: str, imposed_at: int, larger, when: str) -> dict:
+    """The record of a check of the group `kept`, imposed from iteration `imposed_at`, against the larger
+    plausible groups containing it (`larger`: analysis.symmetry_by_particles.GroupByParticles with
+    at_least; `when`: "at iteration N" or "at the end"): the groups, their scores and a phrase for
+    symmetry.txt."""
     if larger.unjudged:
         phrase = f"{when} no larger group containing {kept} was plausible enough to put to the particles"
     elif larger.group.name == kept:
         margins = ", ".join(f"{name} {margin:+.2f}" for name, margin in larger.margins()[1:])
         phrase = f"{when} the particles kept {kept} against the larger groups containing it ({margins})"
     else:
-        phrase = f"{when} the particles chose {larger.group.name} over {kept}"
+        phrase = f"{kept} imposed from iteration {imposed_at}, {larger.group.name} {when}"
     return {"groups": [name for name, _ in larger.scores], "scores": [float(score) for _, score in larger.scores], "summary": phrase}
 
 
@@ -368,10 +375,9 @@ def end_check_record(imposed: dict, larger, alignment_score: float) -> dict:
     Why the check: at iteration 70 the particles of an octahedral particle chose D4, by 1.5 units over O
     (at 100 they chose O; benchmarks/results/2026-12-07-s58-sym-auto-at-70.md)."""
     kept = imposed["applied"]
-    check = larger_groups_check(kept, larger, "at the end")
+    check = larger_groups_check(kept, imposed["chosen_at_iteration"], larger, "at the end")
     if larger.group.name == kept:
         return {**imposed, "alignment_score": alignment_score, "larger_groups_check": check}
-    check["summary"] = f"{kept} imposed from iteration {imposed['chosen_at_iteration']}, {larger.group.name} at the end"
     record = symmetry_record(AUTO, larger.group, alignment_score, None, larger)
     return {**record, "enlarged_from": kept, "enlarged_from_iteration": imposed["chosen_at_iteration"], "larger_groups_check": check}
 
@@ -380,8 +386,7 @@ def checks_at_end(state: RunState, config: VdamConfig) -> bool:
     """`--sym auto` with a group imposed during the run: whether the particles check it against larger
     groups on the final reconstruction: only when no check was made from n_iter on (a run that settled
     by n_iter); one made there, on a map still moving in that group, stands (each costs ~10 s)."""
-    record = state.auto_symmetry
-    return record.get("checked_at_iteration", record.get("chosen_at_iteration", 0)) < config.n_iter
+    return last_decision(state.auto_symmetry) < config.n_iter
 
 
 def _run_attempt(star_path: str | Path, out_dir: str | Path, config: VdamConfig, options: JobOptions, continue_from: str | Path | None = None) -> JobResult:

@@ -432,8 +432,10 @@ def _symmetry_phrase(sym: str, config: VdamConfig) -> str:
     """How the job treats the group, for run.out's first line."""
     from novomap.symmetry.choice import is_auto
 
+    if is_auto(sym) and config.auto_symmetry_at > 0:
+        return f"symmetry auto (chosen by the particles at {config.auto_symmetry_at} % of the run, and again later if they keep C1)"
     if is_auto(sym):
-        return f"symmetry auto (chosen by the particles at {config.auto_symmetry_at} % of the run, and again later if they keep C1)" if config.auto_symmetry_at > 0 else "symmetry auto (chosen by the particles: during the run if the C1 map is slow to settle, else at the end)"
+        return "symmetry auto (chosen by the particles: during the run if the C1 map is slow to settle, else at the end)"
     if sym.strip().upper() == "C1":
         return "symmetry C1"
     if config.impose_symmetry_every <= 0:

@@ -240,4 +240,3 @@ def contains_type(larger: PointGroup, smaller: PointGroup) -> bool:
     if small[0] in "TOI" or (small[0] == "D" and big[0] == "C"):
         return False
     return big[1] % small[1] == 0 or (small == ("C", 2) and big[0] == "D")
-

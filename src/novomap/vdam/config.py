@@ -237,6 +237,11 @@ class VdamConfig:
     convergence_min_fsc: float = 0.95
     max_extra_iterations: int = -1
 
+    def iteration_at(self, per_100: float) -> int:
+        """The iteration at `per_100` iterations per 100 of the run (at least 1): where the finalists' prunes
+        (finalist_prunes) and `--sym auto`'s choice (auto_symmetry_at) fall."""
+        return max(1, round(per_100 * self.n_iter / 100))
+
     def extra_iterations_cap(self) -> int:
         if self.max_extra_iterations >= 0:
             return self.max_extra_iterations

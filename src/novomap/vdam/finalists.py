@@ -63,7 +63,7 @@ def carries_finalist(config: VdamConfig, group: PointGroup | None) -> bool:
 def runs_kept(config: VdamConfig, iteration: int) -> int | None:
     """How many runs (the run and its runners-up) go on after `iteration` by config.finalist_prunes
     (iterations per 100 of the run); None: no cut is due by then."""
-    due = [kept for per_100, kept in config.finalist_prunes if iteration >= max(1, round(per_100 * config.n_iter / 100))]
+    due = [kept for per_100, kept in config.finalist_prunes if iteration >= config.iteration_at(per_100)]
     return max(1, min(due)) if due else None
 
 
