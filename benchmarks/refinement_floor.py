@@ -79,15 +79,16 @@ def half_references(particles, members, state, half, mask) -> list[torch.Tensor]
     return [torch.fft.irfftn(torch.fft.rfftn(h * mask) * weight, s=(n, n, n)) * mask for h in (h0, h1)]
 
 
-def local_round(particles, members, state, half, references, config) -> None:
+def local_round(particles, members, state, half, references, config, cross: bool = False) -> None:
     grid, current_size, coarse_size = search_setup(state, particles, config, advance=False)
-    for h, reference in enumerate(references):
+    for h in range(len(references)):
+        reference = references[1 - h] if cross else references[h]
         state.maps = reference[None].to(state.maps.dtype)
         rows = members[half[members] == h]
         expectation(state, particles, rows, half, grid, current_size, coarse_size, polish_config(config), as_devices("cpu"), {}, with_sums=False)
 
 
-def relax_round(particles, members, state, half, references, config, operators: torch.Tensor) -> list[int]:
+def relax_round(particles, members, state, half, references, config, operators: torch.Tensor, cross: bool = False) -> list[int]:
     """A local round from every equivalent A g; each particle keeps its best by log likelihood."""
     start = euler_to_matrix(state.rot_deg, state.tilt_deg, state.psi_deg).double()
     origins = (state.origin_x_a.clone(), state.origin_y_a.clone())
@@ -98,7 +99,7 @@ def relax_round(particles, members, state, half, references, config, operators: 
         for field, value in zip(POSE_FIELDS[:3], matrix_to_euler(start @ operators[g])):
             getattr(state, field)[:] = value.to(getattr(state, field).dtype)
         state.origin_x_a[:], state.origin_y_a[:] = origins
-        local_round(particles, members, state, half, references, config)
+        local_round(particles, members, state, half, references, config, cross)
         better = state.log_likelihood.double() > best_ll
         best_ll = torch.where(better, state.log_likelihood.double(), best_ll)
         choice[better] = g
@@ -119,6 +120,7 @@ def main() -> None:
     parser.add_argument("--start", choices=("true", "run"), default="run")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--relax", default=None, help="pseudo-symmetry group whose equivalent poses each particle may take")
+    parser.add_argument("--cross", action="store_true", help="search each half's particles against the OTHER half's reference (no self-bias)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -144,10 +146,10 @@ def main() -> None:
     for r in range(1, args.rounds + 1):
         references = half_references(particles, members, state, half, mask)
         if operators is None:
-            local_round(particles, members, state, half, references, config)
+            local_round(particles, members, state, half, references, config, args.cross)
             note = ""
         else:
-            note = f" (equivalent chosen: {relax_round(particles, members, state, half, references, config, operators)})"
+            note = f" (equivalent chosen: {relax_round(particles, members, state, half, references, config, operators, args.cross)})"
         print(f"round {r}{note}:", scored(particles, members, state, args.truth, out / f"round{r}.mrc"), flush=True)
 
 

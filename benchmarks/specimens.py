@@ -318,6 +318,37 @@ HELD_OUT: dict[str, Specimen] = {
             particle_fraction=0.9, mask_fraction=0.95, snr=0.05, n_particles=1000, defocus_um=(1.0, 2.5),
             direction=(-0.675, -0.707, 0.208), orientation_seed=3,  # specimens.py --search hb_t_tight
         ),
+        # added in session 59, before any run: groups no specimen had (C5, D6), an odd input box (75 px:
+        # the job works at 74 px and writes at 75), an icosahedral shell filling its box at low SNR, and
+        # a C1 particle of three tetramers extracted at a fine pixel in a large box at the lowest SNR
+        _spec(
+            name="adk_c5_75",
+            description="C5 pentamer of 4AKE chain A: about 110 kDa, odd 75 px box",
+            symmetry="C5", source="assembly", model=str(ADK_CHAIN), box=75,
+            particle_fraction=0.7, mask_fraction=0.85, snr=0.06, n_particles=1500, defocus_um=(1.0, 2.5),
+            direction=(-0.78, 0.624, 0.042), orientation_seed=4,  # specimens.py --search adk_c5_75 (adk_c4's placement)
+        ),
+        _spec(
+            name="adk_i_tight",
+            description="I shell of 4AKE chain A (60 copies): about 1.4 MDa, 96 px, tight box, low SNR",
+            symmetry="I", source="assembly", model=str(ADK_CHAIN), box=96,
+            particle_fraction=0.9, mask_fraction=0.95, snr=0.05, n_particles=1000, defocus_um=(0.8, 2.2),
+            direction=(-0.95, -0.234, -0.208), orientation_seed=1,  # specimens.py --search adk_i_tight
+        ),
+        _spec(
+            name="hb_d6",
+            description="D6 assembly of twelve haemoglobin tetramers (4HHB): about 770 kDa, 80 px",
+            symmetry="D6", source="assembly", model=str(HAEMOGLOBIN), box=80,
+            particle_fraction=0.8, mask_fraction=0.9, snr=0.06, n_particles=1500, defocus_um=(1.0, 2.5),
+            direction=(0.769, 0.34, -0.542), orientation_seed=1,  # specimens.py --search hb_d6
+        ),
+        _spec(
+            name="hb3_c1_128",
+            description="three haemoglobin tetramers (4HHB) packed without symmetry: about 190 kDa, C1, 128 px at a fine pixel, low SNR",
+            symmetry="C1", source="cluster", model=str(HAEMOGLOBIN), box=128,
+            particle_fraction=0.6, mask_fraction=0.8, snr=0.05, n_particles=2000, defocus_um=(1.0, 2.5),
+            cluster_copies=3, orientation_seed=59,
+        ),
     ]
 }
 
