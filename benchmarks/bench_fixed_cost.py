@@ -127,7 +127,7 @@ def run_job(star: Path, job: Path, iterations: int, threads: int, extra: list[st
         "start-up (interpreter, imports, options)": job_start - spawn,
         "load particles": spans.get("load particles", 0.0),
         "init (initial maps, it000 files)": spans.get("init", 0.0) + writes_before,
-        # the group imposed on the class maps between iterations (initial_model.imposing_due) belongs to them
+        # the group imposed on the class maps between iterations (vdam.imposition.imposing_due) belongs to them
         "iterations": spans.get("iterations", 0.0) + writes_during + spans.get("imposing the group", 0.0),
         "final pass": spans.get("final pass", 0.0),
         "final reconstruction": spans.get("final reconstruction", 0.0),

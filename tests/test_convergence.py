@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from novomap.demo_data import load_demo_map
-from novomap.initial_model import imposing_due, run_initial_model
+from novomap.initial_model import run_initial_model
+from novomap.vdam.imposition import imposing_due
 from novomap.physics.fourier import centred_radius
 from novomap.simulate import SimulationOptions, simulate
 from novomap.vdam import convergence

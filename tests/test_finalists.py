@@ -79,12 +79,23 @@ def test_a_map_agrees_with_its_turned_mirror_image_and_not_with_blobs(simulated,
     assert finalists.maps_agreement_a(state, blobs, pixel) > 8 * pixel
 
 
-def test_only_one_class_runs_without_a_group_carry_a_finalist():
-    assert finalists.carries_finalist(VdamConfig(n_classes=1), None)
-    assert finalists.carries_finalist(VdamConfig(n_classes=1), point_group("C1"))
-    assert not finalists.carries_finalist(VdamConfig(n_classes=1), point_group("D2"))
-    assert not finalists.carries_finalist(VdamConfig(n_classes=2), None)
-    assert not finalists.carries_finalist(VdamConfig(n_classes=1, runners_up=0), None)
+def test_one_class_runs_carry_runners_up_and_a_grouped_run_chooses_half_way():
+    assert finalists.finalists_carried(VdamConfig(n_classes=1, runners_up=4), None) == 4
+    assert finalists.finalists_carried(VdamConfig(n_classes=1, runners_up=4), point_group("C1")) == 4
+    assert finalists.finalists_carried(VdamConfig(n_classes=1, grouped_runners_up=1), point_group("I")) == 1
+    assert finalists.finalists_carried(VdamConfig(n_classes=1, grouped_runners_up=1, grouped_min_order=12), point_group("T")) == 1
+    assert finalists.finalists_carried(VdamConfig(n_classes=1, grouped_runners_up=1, grouped_min_order=12), point_group("D2")) == 0
+    assert finalists.finalists_carried(VdamConfig(n_classes=1, grouped_runners_up=1, grouped_min_order=4), point_group("D2")) == 1
+    assert finalists.finalists_carried(VdamConfig(n_classes=1, grouped_runners_up=0), point_group("I")) == 0
+    assert finalists.finalists_carried(VdamConfig(n_classes=1, runners_up=0), point_group("I")) == 0
+    assert finalists.lead_limit(VdamConfig(finalist_max_z=4.0), None) == 4.0 and finalists.lead_limit(VdamConfig(), point_group("O")) == float("inf")
+    assert finalists.finalists_carried(VdamConfig(n_classes=2), None) == 0
+    assert finalists.finalists_carried(VdamConfig(n_classes=2), point_group("D2")) == 0
+    assert finalists.finalists_carried(VdamConfig(n_classes=1, runners_up=0), None) == 0
+    assert finalists.choice_iteration(VdamConfig(n_iter=100), None) == 100
+    assert finalists.choice_iteration(VdamConfig(n_iter=100, grouped_choice_at=50), point_group("O")) == 50
+    assert finalists.choice_iteration(VdamConfig(n_iter=12, grouped_choice_at=50), point_group("O")) == 6
+    assert finalists.choice_iteration(VdamConfig(n_iter=100, grouped_choice_at=150), point_group("O")) == 100
 
 
 def _race_config(**changes) -> VdamConfig:
@@ -112,7 +123,7 @@ def test_the_race_keeps_its_runner_up_even_when_that_is_the_first_start(monkeypa
     last_round = seen[-1]  # the maps of starts 1 and 0 when the last round scored them
     assert torch.equal(state.maps, last_round[0]) and torch.equal(carried["state"].maps, last_round[1])
     assert carried["state"].iteration == state.iteration == 2 and carried["state"].finalists == []
-    for group, changes in ((point_group("O"), {}), (None, {"runners_up": 0})):
+    for group, changes in ((point_group("O"), {"grouped_runners_up": 0}), (None, {"runners_up": 0})):
         seen.clear()
         other = _race_config(**changes)
         again = initial_state(particles, other)
@@ -151,6 +162,12 @@ def test_a_clear_lead_in_the_race_carries_no_runner_up(monkeypatch, simulated, o
         lead = outcome["start_rounds"][-1]["lead_z"]
         assert bool(state.finalists) == carried == ("finalist_starts" in outcome)
         assert (lead < config.finalist_max_z) == carried
+        # with a group of high order the best runner-up goes on to half way whatever the lead
+        calls.clear()
+        state = initial_state(particles, config)
+        outcome = restarts.compete(state, particles, pseudo_halves(particles), config, "cpu", point_group("O"))
+        assert outcome["start_rounds"][-1]["lead_z"] == lead
+        assert len(state.finalists) == 1 and outcome["finalists_choice_at"] == 50
 
 
 def test_the_race_carries_its_best_runners_up_that_it_cannot_tell_from_the_winner(monkeypatch, simulated, one_thread):
@@ -338,3 +355,53 @@ def test_pose_agreement_does_not_change_the_state(simulated, one_thread):
     before = state.rot_deg.clone()
     finalists.pose_agreement(state, particles, pseudo_halves(particles), finalists.agreement_rows(particles.n, 1))
     assert torch.equal(state.rot_deg, before)
+
+
+def test_halves_symmetrised_about_the_map_axes_agree_better_than_unsymmetrised_or_about_wrong_axes(simulated, one_thread):
+    from novomap.symmetry.impose import impose_group
+
+    particles, volume = simulated
+    state = _at_poses(particles, VdamConfig(seed=1))
+    group = point_group("D2")
+    _, axes = impose_group(volume[None].float(), group, particles.pixel_size_a)
+    half, rows = pseudo_halves(particles), finalists.agreement_rows(particles.n, 1)
+    plain = finalists.pose_agreement(state, particles, half, rows)
+    state.symmetry_axes = axes
+    about_axes = finalists.pose_agreement(state, particles, half, rows, group)
+    rotation, shift = axes[0]
+    state.symmetry_axes = [(axis_angle_to_matrix(torch.tensor([0.3, 0.5, 0.81], dtype=torch.float64), 35.0) @ rotation, shift)]
+    about_wrong_axes = finalists.pose_agreement(state, particles, half, rows, group)
+    assert about_axes > plain + 0.05 and about_axes > about_wrong_axes + 0.05
+
+
+def test_a_grouped_run_keeps_the_better_run_half_way_with_the_group_imposed_on_both(simulated, one_thread, monkeypatch):
+    particles, volume = simulated
+    config = VdamConfig(seed=1, n_iter=100, grouped_choice_at=50)
+    group = point_group("D2")
+    mixed = _mixed_rotations(particles, 0.4, 3)
+    state, runner_up = _pair_at(50, particles, config, mixed, None)
+    for s in (state, runner_up):
+        s.maps = volume[None].to(s.maps.dtype).clone()
+    runner_up.iteration = 48
+    groups = []
+
+    def one_iteration(s, particles, half, config, device, group=None):
+        groups.append(group)
+        s.iteration += 1
+        s.history.append({"iteration": s.iteration, "seconds": 0.5})
+        return s.history[-1]
+
+    monkeypatch.setattr(finalists, "run_iteration", one_iteration)
+    finalists.advance(state, particles, pseudo_halves(particles), config, "cpu", group)
+    assert groups == [group, group]
+    record = state.history[-1]["finalists"]
+    assert record["mid_run"] and record["chosen_start"] == 4 and record["pose_agreement"][1] > record["pose_agreement"][0]
+    # the runner-up had D2 imposed after iteration 50, as the run has: it now is the run, with its axes
+    assert state.finalists == [] and state.symmetry_axes is not None and torch.equal(state.rot_deg, particles.rot_deg)
+    # before the choice the runner-up only follows; a C1 run's runner-up goes on to n_iter
+    state, runner_up = _pair_at(49, particles, config, mixed, None)
+    finalists.advance(state, particles, pseudo_halves(particles), config, "cpu", group)
+    assert "finalists" not in state.history[-1] and state.finalists[0]["state"] is runner_up
+    state, runner_up = _pair_at(50, particles, config, mixed, None)
+    finalists.advance(state, particles, pseudo_halves(particles), config, "cpu", None)
+    assert "finalists" not in state.history[-1] and state.finalists[0]["state"] is runner_up

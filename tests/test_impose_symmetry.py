@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from _synthetic_maps import blob_map, correlation, random_rotation
-from novomap.initial_model import imposing_due
+from novomap.vdam.imposition import imposing_due
 from novomap.maps.transform import rotate_volume, shift_volume
 from novomap.symmetry.align import align_to_symmetry
 from novomap.symmetry.groups import point_group

@@ -22,7 +22,6 @@ from novomap.analysis.confidence import MAX_SHIFT_PX, Evidence, assess_run, warn
 from novomap.analysis.pool_classes import PooledClass, pool_same_structure
 from novomap.analysis.symmetry_by_particles import choose_group_by_particles
 from novomap.errors import NovomapError
-from novomap.estep.driver import PAD
 from novomap.io.mrc import write_map
 from novomap.io.particles import ParticleSet
 from novomap.io.star import refuse_ctf_premultiplied
@@ -39,14 +38,13 @@ from novomap.symmetry.choice import (
     AUTO, AppliedSymmetry, align_near, apply_point_group, choose_group, requested_group, symmetrise_on_axes, symmetry_record, write_symmetry_file,
 )
 from novomap.symmetry.groups import PointGroup, point_group
-from novomap.symmetry.impose import impose_group
-from novomap.vdam import convergence, finalists, schedules
+from novomap.vdam import convergence, finalists
 from novomap.vdam.config import VdamConfig, starts_for_classes
+from novomap.vdam.imposition import impose_if_due, impose_on_class_maps
 from novomap.vdam.iterate import as_devices, assign_all, pseudo_halves, run_iteration, search_setup
-from novomap.vdam.recentre import recentre_on_axes, untrusted_shift_px
 from novomap.vdam.start import initial_state
 from novomap.vdam.state import RunState
-from novomap.vdam.unit_search import settled_axes, spread_equivalent_poses
+from novomap.vdam.unit_search import spread_equivalent_poses
 from novomap.vdam.update import fisher_weight_floor
 
 
@@ -195,26 +193,8 @@ def fine_final_map(
     return splice_shells(upsampled, moved, FINE_FADE_FROM * working_nyquist, FINE_FADE_TO * working_nyquist)
 
 
-def imposition_starts_after(config: VdamConfig) -> int:
-    """The iteration after which a requested group is imposed on the class maps (imposing_due): the end
-    of VDAM's initial phase."""
-    return schedules.phases(config.n_iter, config.initial_fraction, config.final_fraction).initial
 
 
-def imposing_due(iteration: int, config: VdamConfig) -> bool:
-    """Whether the requested group is imposed on the class maps after this iteration: every
-    config.impose_symmetry_every iterations after VDAM's initial phase, which is also where the race
-    of starts ends (a wrong start is not forced into a symmetric shape), never after the last one
-    (the final map is symmetrised anyway). With vdam.convergence, nor where its comparisons fall
-    (n_iter - check_every - lag, every check_every iterations on): each compares maps left free for the same
-    number of iterations, and the run may stop at any of them from n_iter on."""
-    every = config.impose_symmetry_every
-    first = imposition_starts_after(config)
-    if every <= 0 or iteration <= first or (iteration - first) % every:
-        return False
-    if config.convergence_check_every <= 0:
-        return iteration < config.n_iter
-    return not convergence.compared_iteration(iteration, config)
 
 
 @dataclass
@@ -259,15 +239,6 @@ def stops_as_symmetric(state: RunState, config: VdamConfig, group: PointGroup | 
     return c1_map_looks(state.maps[0].detach().float().cpu(), pixel_size_a)
 
 
-def impose_on_class_maps(state: RunState, group: PointGroup, pixel_size_a: float, config: VdamConfig) -> None:
-    """The group imposed on every class map about its own axes (symmetry.impose; axes kept where
-    vdam.unit_search.settled_axes allows), each map then moved so that its symmetry centre is the box
-    centre (config.recentre_on_symmetry)."""
-    state.maps, state.symmetry_axes = impose_group(
-        state.maps, group, pixel_size_a, state.symmetry_axes, untrusted_shift_px(state, config), settled_axes(state, config)
-    )
-    if config.recentre_on_symmetry:
-        state.symmetry_axes = recentre_on_axes(state, state.symmetry_axes, pixel_size_a, PAD)
 
 
 def auto_choice_due(state: RunState, config: VdamConfig) -> bool:
@@ -430,13 +401,12 @@ def _attempt(star_path: str | Path, out_dir: str | Path, config: VdamConfig, opt
         last = convergence.last_iteration(state, config, convergence.map_agreement(state, config))
     while state.iteration < last:  # the race of starts (vdam.restarts) may advance it by several
         figures = run_iteration(state, particles, half, config, device, group)
+        impose_if_due(state, group, particles.pixel_size_a, config)
         if state.finalists:  # the race's runners-up, carried on (vdam.finalists): state may become one
-            finalists.advance(state, particles, half, config, device)
+            finalists.advance(state, particles, half, config, device, group)
             figures = state.history[-1]
         if auto and group is None and auto_choice_due(state, config):
             group, last = group_mid_run(state, particles, half, config, device[0], figures, last)
-        if group is not None and group.order > 1 and imposing_due(state.iteration, config):
-            impose_on_class_maps(state, group, particles.pixel_size_a, config)
         convergence.keep_snapshot(state, config)
         if state.iteration >= last or convergence.early_check(state.iteration, config):
             figures["map_agreement"] = convergence.map_agreement(state, config)

@@ -202,13 +202,15 @@ class Evidence:
         return f"; best of {len(self.start_rounds[0]['starts'])} random starts (log L at iteration {last['iteration']}{margin})"
 
     def finalists_phrase(self) -> str:
-        """'; the runner-up (start 4) ... start 4 kept' when the race's runner-up was carried to the end, else ''."""
+        """'; the runner-up (start 4) ... start 4 kept' when the race's runner-up was carried to the end
+        (or, with a group imposed, half way: mid_run), else ''."""
         if not self.finalists:
             return ""
         choice = self.finalists
         (leader, other), (a, b) = choice["starts"], choice["pose_agreement"]
         maps = f"the same map ({choice['maps_agree_a']:.1f} Å)" if choice["same_solution"] else f"another map (agreeing to {choice['maps_agree_a']:.1f} Å only)"
-        return f"; the race's runner-up (start {other}) ended in {maps}; half-set agreement {a:.3f} (start {leader}) vs {b:.3f}, start {choice['chosen_start']} kept"
+        reached = f"had at iteration {choice['iteration']}" if choice.get("mid_run") else "ended in"
+        return f"; the race's runner-up (start {other}) {reached} {maps}; half-set agreement {a:.3f} (start {leader}) vs {b:.3f}, start {choice['chosen_start']} kept"
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -347,7 +349,7 @@ def warnings_for(evidence: Evidence) -> list[str]:
             "possibly a wrong fold"
         )
     choice = evidence.finalists
-    if choice is not None and not choice["same_solution"] and abs(choice["pose_agreement"][0] - choice["pose_agreement"][1]) < CLOSE_FINALISTS:
+    if choice is not None and not choice.get("mid_run") and not choice["same_solution"] and abs(choice["pose_agreement"][0] - choice["pose_agreement"][1]) < CLOSE_FINALISTS:
         a, b = choice["pose_agreement"]
         reasons.append(
             f"two random starts ended in different maps that the particles hardly tell apart (half-set agreement {a:.3f} "

@@ -69,7 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "beside the winner, those the particles could not tell clearly from it; at 70 %% of --iter the two runs whose pseudo "
         "half-sets agree best at their poses go on, at --iter the better one (a start that splits its particles between "
         "a pose and its mate about a pseudo-symmetry axis agrees worse); each costs up to ~40 %% of the run's time after "
-        "the race (0: none; default: %(default)s)",
+        "the race. With a group imposed, only the best other start goes on, to half of --iter, where the better run is kept "
+        "(0: none; default: %(default)s)",
     )
     opt.add_argument(
         "--max-extra-iter", type=int, default=-1, metavar="N",
@@ -440,7 +441,7 @@ def _symmetry_phrase(sym: str, config: VdamConfig) -> str:
         return "symmetry C1"
     if config.impose_symmetry_every <= 0:
         return f"symmetry {sym} (applied to the final map)"
-    from novomap.initial_model import imposition_starts_after
+    from novomap.vdam.imposition import imposition_starts_after
 
     return f"symmetry {sym} (imposed on the class maps after iteration {imposition_starts_after(config)} and applied to the final map)"
 

@@ -210,9 +210,10 @@ def starts_line(figures: dict) -> str:
     carried = figures.get("finalist_starts", [])  # vdam.finalists
     if len(carried) == 1:
         lead = figures["start_rounds"][-1].get("lead_z", 0.0)
+        until = f"iteration {figures['finalists_choice_at']}" if "finalists_choice_at" in figures else "the last iteration"
         line += (
             f"; its lead over start {carried[0]} is {lead:.1f} standard errors, so that start goes on "
-            "beside it to the last iteration, where the one whose half-sets agree better is kept"
+            f"beside it to {until}, where the one whose half-sets agree better is kept"
         )
     elif carried:
         line += (
@@ -234,7 +235,7 @@ def pruned_line(record: dict) -> str:
 
 
 def finalists_line(record: dict) -> str:
-    """One line for the choice between the run and the race's runner-up at n_iter (vdam.finalists)."""
+    """One line for the choice between the run and the race's runner-up at n_iter, or half way with a group imposed (vdam.finalists)."""
     (leader, other), (a, b) = record["starts"], record["pose_agreement"]
     maps = "the same solution" if record["same_solution"] else "different solutions"
     return (

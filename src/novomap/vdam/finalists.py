@@ -1,4 +1,4 @@
-"""The race's runners-up, carried on beside a one-class C1 run, and the choices among them.
+"""The race's runners-up, carried on beside a one-class run, and the choices among them.
 
 The race of starts (vdam.restarts) picks one start by the likelihood of a sample at iteration 30. On
 a small C1 particle with a pseudo-symmetry that choice can fail: hb2_c1_40 (two haemoglobin
@@ -27,6 +27,19 @@ carried to the end), so runners-up go on only where the race could not tell them
 lead under config.finalist_max_z standard errors (vdam.restarts.lead_z). Every race of hb2_c1_40's ten
 seeds was within 0.1-3.4, those that chose a wrong start within 0.6-2.2; hb6_c1's winner led by 11.8
 and its runner-up ended in the same map at 1.8x the job's time.
+
+A one-class run with an imposed group of high order (config.grouped_min_order: T, O, I) carries
+config.grouped_runners_up of them whatever the winner's lead, each with the group imposed as the run
+has it (vdam.imposition), only to config.grouped_choice_at per 100 of the run, and keeps there the run
+whose pseudo half-sets (symmetrised about each run's axes) agree better. On a tight
+icosahedral shell (adk_i_tight, 1.3 MDa, the particle 90 % of its box) the fold forms, or not, in the 20
+iterations after the race: at iteration 50 right runs were 12-13 Å from the truth, wrong ones 50-55 Å
+(pmax 0.86-0.94 against 0.58-0.73). The race chose a start that never formed it on 5 of 15 seeds,
+and on three of the four tried the runner-up, run alone, formed it (1.01-1.02x its true-pose bound;
+benchmarks/results/2026-12-07-s59-held-out-and-seeds.md), where a whole retry costs 2.4x the job. The
+race's likelihood cannot tell: the wrong winners led by 15-31 standard errors. Groups of low order
+(Cn, Dn) carry none: the real tutorial job (D2) would pay ~10 s for it, and its wrong folds have
+not been seen.
 """
 
 from __future__ import annotations
@@ -41,8 +54,10 @@ from novomap.maps.align import align_maps
 from novomap.maps.fsc import fsc, resolution_at
 from novomap.reconstruct import Poses, half_set_maps
 from novomap.symmetry.groups import PointGroup
+from novomap.symmetry.symmetrise import symmetrise_in_place
 from novomap.vdam import convergence
 from novomap.vdam.config import VdamConfig
+from novomap.vdam.imposition import impose_if_due
 from novomap.vdam.iterate import current_resolution_a, run_iteration
 from novomap.vdam.restarts import adopt, start_config
 from novomap.vdam.state import RunState
@@ -55,9 +70,32 @@ MAX_AGREEMENT_PARTICLES = 20_000
 SAME_SOLUTION_FACTOR = 1.25
 
 
-def carries_finalist(config: VdamConfig, group: PointGroup | None) -> bool:
-    """Whether a run with this config and imposed group (None: none) keeps the race's runners-up."""
-    return config.runners_up > 0 and config.n_classes == 1 and (group is None or group.order == 1)
+def imposes(group: PointGroup | None) -> bool:
+    """Whether `group` (None: none) is imposed on the class maps during the run."""
+    return group is not None and group.order > 1
+
+
+def finalists_carried(config: VdamConfig, group: PointGroup | None) -> int:
+    """How many of the race's runners-up a run with this config and imposed group (None: none) may carry
+    (config.runners_up 0: none, with or without a group)."""
+    if config.n_classes != 1:
+        return 0
+    if not imposes(group):
+        return config.runners_up
+    return min(config.grouped_runners_up, config.runners_up) if group.order >= config.grouped_min_order else 0
+
+
+def lead_limit(config: VdamConfig, group: PointGroup | None) -> float:
+    """A runner-up is carried only if the race's winner led it by less than this many standard errors
+    (vdam.restarts.lead_z): config.finalist_max_z without a group; with one, any lead (on adk_i_tight the
+    winners that never formed the fold led by 15-31 standard errors at iteration 30)."""
+    return float("inf") if imposes(group) else config.finalist_max_z
+
+
+def choice_iteration(config: VdamConfig, group: PointGroup | None) -> int:
+    """The iteration at which the last runner-up is dropped or takes over: n_iter without a group,
+    config.grouped_choice_at per 100 of the run with one (and never past n_iter)."""
+    return min(config.n_iter, config.iteration_at(config.grouped_choice_at)) if imposes(group) else config.n_iter
 
 
 def runs_kept(config: VdamConfig, iteration: int) -> int | None:
@@ -82,11 +120,16 @@ def agreement_rows(n_particles: int, seed: int) -> torch.Tensor:
     return order[:MAX_AGREEMENT_PARTICLES].sort().values
 
 
-def pose_agreement(state: RunState, particles: ParticleSet, half: torch.Tensor, rows: torch.Tensor) -> float:
+def pose_agreement(state: RunState, particles: ParticleSet, half: torch.Tensor, rows: torch.Tensor, group: PointGroup | None = None) -> float:
     """Mean FSC over shells 1..N/2 between the two pseudo half-sets of `rows`, each reconstructed at
-    the state's latest poses: how well the run's particles agree with themselves (0-1)."""
+    the state's latest poses: how well the run's particles agree with themselves (0-1). With an imposed
+    group, each half is symmetrised about the run's axes (its poses lie in one asymmetric unit)."""
     poses = Poses(state.rot_deg, state.tilt_deg, state.psi_deg, state.origin_x_a, state.origin_y_a)
-    curve = fsc(*half_set_maps(particles, rows, poses, half))
+    halves = half_set_maps(particles, rows, poses, half)
+    if imposes(group) and state.symmetry_axes:
+        rotation, shift = state.symmetry_axes[0]
+        halves = tuple(symmetrise_in_place(h.float(), group, rotation, shift).double() for h in halves)
+    curve = fsc(*halves)
     return float(curve[1 : particles.box_size // 2 + 1].mean())
 
 
@@ -105,12 +148,13 @@ def keep_finalists(state: RunState, runners_up: list[tuple[int, RunState]]) -> N
     state.finalists = [{"start": start, "state": runner_up, "seconds": 0.0} for start, runner_up in runners_up]
 
 
-def advance(state: RunState, particles: ParticleSet, half: torch.Tensor, config: VdamConfig, device) -> None:
-    """After the run's iteration: bring the carried runners-up (if any) to the same iteration; when a
-    cut of config.finalist_prunes is due (runs_kept), keep the runs (the run among them) whose pseudo
-    half-sets agree best (prune); at n_iter, keep the better of the last two (choose). The choices go
-    into the iteration's figures (state.history[-1]["finalists_pruned"], ["finalists"]). state may
-    become a runner-up (its history with it)."""
+def advance(state: RunState, particles: ParticleSet, half: torch.Tensor, config: VdamConfig, device, group: PointGroup | None = None) -> None:
+    """After the run's iteration (and its group's imposition, if due): bring the carried runners-up (if
+    any) to the same iteration, each with the group imposed as the run has it; when a cut of
+    config.finalist_prunes is due (runs_kept), keep the runs (the run among them) whose pseudo
+    half-sets agree best (prune); at choice_iteration, keep the better of the last two (choose). The
+    choices go into the iteration's figures (state.history[-1]["finalists_pruned"], ["finalists"]).
+    state may become a runner-up (its history with it)."""
     if not state.finalists:
         return
     started = time.perf_counter()
@@ -118,17 +162,19 @@ def advance(state: RunState, particles: ParticleSet, half: torch.Tensor, config:
         runner_up, start = carried["state"], carried["start"]
         began = time.perf_counter()
         while runner_up.iteration < state.iteration:
-            run_iteration(runner_up, particles, half, start_config(config, start), device)
+            run_iteration(runner_up, particles, half, start_config(config, start), device, group)
+            impose_if_due(runner_up, group, particles.pixel_size_a, config)
             convergence.keep_snapshot(runner_up, config)
             if convergence.early_check(runner_up.iteration, config):  # the run's settledness test needs it
                 runner_up.history[-1]["map_agreement"] = convergence.map_agreement(runner_up, config)
         carried["seconds"] += time.perf_counter() - began
     pruned = None
-    due = 2 if state.iteration >= config.n_iter else runs_kept(config, state.iteration)
+    final = state.iteration >= choice_iteration(config, group)
+    due = 2 if final else runs_kept(config, state.iteration)
     kept = None if due is None else max(2, due)  # choose takes the last two
     if kept is not None and 1 + len(state.finalists) > kept:
-        pruned = prune(state, particles, half, config, kept)
-    record = choose(state, particles, half, config) if state.iteration >= config.n_iter else None
+        pruned = prune(state, particles, half, config, kept, group)
+    record = choose(state, particles, half, config, group) if final else None
     spent = time.perf_counter() - started
     figures = state.history[-1]
     if pruned is not None:
@@ -143,7 +189,7 @@ def _race_record(state: RunState) -> dict | None:
     return next((f for f in state.history if "start_rounds" in f), None)
 
 
-def prune(state: RunState, particles: ParticleSet, half: torch.Tensor, config: VdamConfig, kept: int = 2) -> dict:
+def prune(state: RunState, particles: ParticleSet, half: torch.Tensor, config: VdamConfig, kept: int = 2, group: PointGroup | None = None) -> dict:
     """Of the run and its carried runners-up, go on with the `kept` (>= 2) whose pose_agreement is
     best: state becomes the best (the run on a tie), state.finalists the others, the better first.
     Returns the record for the iteration's figures: every start, its pose agreement, and the starts
@@ -152,7 +198,7 @@ def prune(state: RunState, particles: ParticleSet, half: torch.Tensor, config: V
     leader = race["chosen_start"] if race is not None else 0
     members = [(leader, state)] + [(c["start"], c["state"]) for c in state.finalists]
     rows = agreement_rows(particles.n, config.seed)
-    scores = [pose_agreement(member, particles, half, rows) for _, member in members]
+    scores = [pose_agreement(member, particles, half, rows, group) for _, member in members]
     order = sorted(range(len(members)), key=lambda i: (-scores[i], i))
     first, others = members[order[0]], [(start, apart_from(member, state)) for start, member in (members[i] for i in order[1:kept])]
     seconds = sum(c["seconds"] for c in state.finalists)  # the runners-up's whole cost so far
@@ -162,17 +208,18 @@ def prune(state: RunState, particles: ParticleSet, half: torch.Tensor, config: V
     return {"iteration": state.iteration, "starts": [m[0] for m in members], "pose_agreement": scores, "kept": [first[0]] + [s for s, _ in others]}
 
 
-def choose(state: RunState, particles: ParticleSet, half: torch.Tensor, config: VdamConfig) -> dict:
+def choose(state: RunState, particles: ParticleSet, half: torch.Tensor, config: VdamConfig, group: PointGroup | None = None) -> dict:
     """Keep whichever of the run and its one carried runner-up has the better pose_agreement (the
     run on a tie); state becomes the runner-up if it wins. Returns the record for the iteration's
     figures: the two starts, their pose agreements, the chosen start, and how far their maps agree
     (maps_agree_a, resolution_a: the coarser run's; same_solution: the former within
-    SAME_SOLUTION_FACTOR of it), and the runners-up's whole cost after the race (seconds)."""
+    SAME_SOLUTION_FACTOR of it), the runners-up's whole cost after the race (seconds), and mid_run
+    (True: chosen before n_iter, as a run with an imposed group does)."""
     carried = state.finalists[0]
     runner_up, start = carried["state"], carried["start"]
     state.finalists = []
     rows = agreement_rows(particles.n, config.seed)
-    scores = [pose_agreement(s, particles, half, rows) for s in (state, runner_up)]
+    scores = [pose_agreement(s, particles, half, rows, group) for s in (state, runner_up)]
     agreement_a = maps_agreement_a(state, runner_up, particles.pixel_size_a)
     coarser_a = max(current_resolution_a(state, particles), current_resolution_a(runner_up, particles))
     race = _race_record(state)
@@ -180,7 +227,7 @@ def choose(state: RunState, particles: ParticleSet, half: torch.Tensor, config: 
     record = {
         "starts": [leader, start], "pose_agreement": scores, "chosen_start": leader,
         "maps_agree_a": agreement_a, "resolution_a": coarser_a, "same_solution": agreement_a <= SAME_SOLUTION_FACTOR * coarser_a,
-        "seconds": carried["seconds"],
+        "seconds": carried["seconds"], "mid_run": state.iteration < config.n_iter,
     }
     if scores[1] > scores[0]:
         record["chosen_start"] = start

@@ -175,15 +175,16 @@ def compete(
     """Race the starts (state is start 0, at the first round's iteration) and continue from the
     winner, in place: state may end at a later iteration (the last round's). group: the point group
     the run imposes (None or C1: none); the last round scores the starts' maps symmetrised by it.
-    A one-class run without a group keeps the last round's best config.runners_up other starts in
-    state.finalists (vdam.finalists), those the winner led by less than config.finalist_max_z standard
-    errors.
+    A one-class run keeps the last round's best config.runners_up other starts in state.finalists
+    (vdam.finalists), those the winner led by less than config.finalist_max_z standard errors; with a
+    group of high order imposed, its best config.grouped_runners_up whatever the lead (finalists_carried, lead_limit).
 
     Returns {"start_rounds": [{"iteration", "starts", "scores", "scored_as" (group name), "lead_z" (the
     best start's lead over the second: lead_z)}, ...], "chosen_start": i, and "finalist_starts" (the
-    runners-up that go on, the better first) when any does}.
+    runners-up that go on, the better first) when any does, with "finalists_choice_at" (the iteration
+    of the choice) when it comes before n_iter}.
     """
-    from novomap.vdam.finalists import apart_from, carries_finalist, keep_finalists
+    from novomap.vdam.finalists import apart_from, choice_iteration, finalists_carried, imposes, keep_finalists, lead_limit
     from novomap.vdam.iterate import run_iteration
     from novomap.vdam.start import initial_state, start_data
 
@@ -207,14 +208,14 @@ def compete(
             rounds[-1]["lead_z"] = runners_up[0][1]
         contenders = [contenders[i] for i in survivors_with_ties(scores, per_particle, survivors, tie_z)]
     chosen, winner = contenders[0]
-    carried = []
-    if carries_finalist(config, group):
-        close = [c for c, z in runners_up[: config.runners_up] if z < config.finalist_max_z]
-        carried = [(start, apart_from(c, state)) for start, c in close]  # start 0 is `state` itself
+    close = [c for c, z in runners_up[: finalists_carried(config, group)] if z < lead_limit(config, group)]
+    carried = [(start, apart_from(c, state)) for start, c in close]  # start 0 is `state` itself
     if winner is not state:
         adopt(state, winner)
     outcome = {"start_rounds": rounds, "chosen_start": chosen}
     if carried:
         keep_finalists(state, carried)
         outcome["finalist_starts"] = [start for start, _ in carried]
+        if imposes(group):  # a grouped run chooses before n_iter
+            outcome["finalists_choice_at"] = choice_iteration(config, group)
     return outcome
