@@ -405,3 +405,14 @@ def test_a_grouped_run_keeps_the_better_run_half_way_with_the_group_imposed_on_b
     state, runner_up = _pair_at(50, particles, config, mixed, None)
     finalists.advance(state, particles, pseudo_halves(particles), config, "cpu", None)
     assert "finalists" not in state.history[-1] and state.finalists[0]["state"] is runner_up
+
+
+def test_a_run_of_high_symmetry_that_carries_every_start_drops_none_before_the_last_round():
+    from novomap.outputs.progress import race_notice
+
+    config = VdamConfig(n_classes=1, n_starts=5, start_survivors=2, grouped_runners_up=4)
+    raced = finalists.race_for_group(config, point_group("I"))
+    assert raced.start_survivors == 5 and restarts.competition_rounds(raced) == [(30, 1)]
+    assert "the best 1 at iteration 30" in race_notice(raced)[1] and "iteration 10" not in race_notice(raced)[1]
+    for group, changes in ((point_group("D2"), {}), (None, {}), (point_group("I"), {"grouped_runners_up": 1}), (point_group("I"), {"n_classes": 2})):
+        assert finalists.race_for_group(dataclasses.replace(config, **changes), group).start_survivors == 2

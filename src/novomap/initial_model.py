@@ -377,7 +377,7 @@ def _attempt(star_path: str | Path, out_dir: str | Path, config: VdamConfig, opt
         cryosparc=options.cryosparc,
     )
     check_inputs(particles, config)
-    config = dataclasses.replace(config, weight_floor=_weight_floor(particles, options.notify))
+    config = finalists.race_for_group(dataclasses.replace(config, weight_floor=_weight_floor(particles, options.notify)), group)
     command_line = shlex.join(["novomap", *sys.argv[1:]]) if sys.argv else "novomap"
     out_dir.mkdir(parents=True, exist_ok=True)
     if continue_from is not None:

@@ -604,8 +604,9 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log, stage: _JobStage) -> 
     from novomap.outputs.attempts import set_aside_earlier_run
     from novomap.outputs.pipeline import JobAborted, abort_requested, finish_job, start_job
     from novomap.outputs.progress import ProgressDisplay, batch_plan, format_duration
-    from novomap.symmetry.choice import is_auto
+    from novomap.symmetry.choice import is_auto, requested_group
     from novomap.vdam.config import VdamConfig, starts_for_classes
+    from novomap.vdam.finalists import race_for_group
     from novomap.vdam.iterate import final_pass_size
 
     started = time.perf_counter()
@@ -683,7 +684,8 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log, stage: _JobStage) -> 
     log.info(f"output: {out_dir}/ (progress in run.out, pictures in report.html, maps in view.cxc)")
 
     final_pass_particles = final_pass_size(n_particles, config)
-    display = ProgressDisplay(log, config.n_iter, batch_plan(config, n_particles), final_pass_particles=final_pass_particles, config=config)
+    raced = race_for_group(config, requested_group(args.sym))  # the race as the job runs it (initial_model)
+    display = ProgressDisplay(log, config.n_iter, batch_plan(raced, n_particles), final_pass_particles=final_pass_particles, config=raced)
     reported: set[int] = set()
     last_report = [started]
 

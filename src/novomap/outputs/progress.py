@@ -215,6 +215,11 @@ def starts_line(figures: dict) -> str:
             f"; its lead over start {carried[0]} is {lead:.1f} standard errors, so that start goes on "
             f"beside it to {until}, where the one whose half-sets agree better is kept"
         )
+    elif carried and "finalists_choice_at" in figures:  # a group of high order: every start goes on
+        line += (
+            f"; starts {', '.join(str(s) for s in carried)} go on beside it to iteration {figures['finalists_choice_at']}, "
+            "where the one whose half-sets agree best is kept (the fold of a particle of high symmetry forms after the race)"
+        )
     elif carried:
         line += (
             f"; the particles cannot tell it clearly from starts {', '.join(str(s) for s in carried)}, so they go on beside it; "

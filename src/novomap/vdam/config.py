@@ -194,7 +194,7 @@ class VdamConfig:
     # grouped_choice_at per 100 of the run the one whose pseudo half-sets agree better: the fold of a tight
     # icosahedral shell forms, or not, between iterations 30 and 50, and wrong winners led by 15-31
     # standard errors (vdam.finalists)
-    grouped_runners_up: int = 1
+    grouped_runners_up: int = 4
     grouped_min_order: int = 12
     grouped_choice_at: int = 50
     # an explicit point group (--sym other than C1 and auto) is imposed on the class maps every this

@@ -45,6 +45,7 @@ not been seen.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 
 import torch
@@ -83,6 +84,16 @@ def finalists_carried(config: VdamConfig, group: PointGroup | None) -> int:
     if not imposes(group):
         return config.runners_up
     return min(config.grouped_runners_up, config.runners_up) if group.order >= config.grouped_min_order else 0
+
+
+def race_for_group(config: VdamConfig, group: PointGroup | None) -> VdamConfig:
+    """The config a run with this imposed group (None: none) races its starts with: with a group of high
+    order whose run carries every other start (finalists_carried), no start is dropped before the race's
+    last round (start_survivors: all), so that all of them go on to choice_iteration."""
+    starts = config.starts()
+    if imposes(group) and starts > 1 and finalists_carried(config, group) >= starts - 1:
+        return dataclasses.replace(config, start_survivors=starts)
+    return config
 
 
 def lead_limit(config: VdamConfig, group: PointGroup | None) -> float:
