@@ -414,5 +414,6 @@ def test_a_run_of_high_symmetry_that_carries_every_start_drops_none_before_the_l
     raced = finalists.race_for_group(config, point_group("I"))
     assert raced.start_survivors == 5 and restarts.competition_rounds(raced) == [(30, 1)]
     assert "the best 1 at iteration 30" in race_notice(raced)[1] and "iteration 10" not in race_notice(raced)[1]
-    for group, changes in ((point_group("D2"), {}), (None, {}), (point_group("I"), {"grouped_runners_up": 1}), (point_group("I"), {"n_classes": 2})):
+    assert finalists.race_for_group(dataclasses.replace(config, grouped_runners_up=1), point_group("O")).start_survivors == 5
+    for group, changes in ((point_group("D2"), {}), (None, {}), (point_group("I"), {"grouped_runners_up": 0}), (point_group("I"), {"n_classes": 2})):
         assert finalists.race_for_group(dataclasses.replace(config, **changes), group).start_survivors == 2

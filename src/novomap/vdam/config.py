@@ -189,12 +189,12 @@ class VdamConfig:
     runners_up: int = 4
     finalist_max_z: float = 4.0
     finalist_prunes: tuple = ((70, 2),)
-    # a one-class run with an imposed group of order grouped_min_order or more (T, O, I) carries this many
-    # of them whatever the winner's lead, each with the group imposed as the run has it, and keeps at
-    # grouped_choice_at per 100 of the run the one whose pseudo half-sets agree better: the fold of a tight
-    # icosahedral shell forms, or not, between iterations 30 and 50, and wrong winners led by 15-31
-    # standard errors (vdam.finalists)
-    grouped_runners_up: int = 4
+    # a one-class run with an imposed group of order grouped_min_order or more (T, O, I) races every start to
+    # the last round (no first cut), carries this many runners-up whatever the winner's lead, each with the
+    # group imposed as the run has it, and keeps at grouped_choice_at per 100 of the run the one whose
+    # pseudo half-sets agree better: the fold of a tight icosahedral shell forms, or not, between
+    # iterations 30 and 50, and wrong winners led by 15-31 standard errors (vdam.finalists)
+    grouped_runners_up: int = 1
     grouped_min_order: int = 12
     grouped_choice_at: int = 50
     # an explicit point group (--sym other than C1 and auto) is imposed on the class maps every this
