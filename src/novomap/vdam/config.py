@@ -193,7 +193,7 @@ class VdamConfig:
     # the last round (no first cut), carries this many runners-up whatever the winner's lead, each with the
     # group imposed as the run has it, and keeps at grouped_choice_at per 100 of the run the one whose
     # pseudo half-sets agree better: the fold of a tight icosahedral shell forms, or not, between
-    # iterations 30 and 50, and wrong winners led by 15-31 standard errors (vdam.finalists)
+    # iterations 30 and 50, and wrong winners led by up to 31 standard errors (vdam.finalists)
     grouped_runners_up: int = 1
     grouped_min_order: int = 12
     grouped_choice_at: int = 50

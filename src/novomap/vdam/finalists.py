@@ -28,18 +28,19 @@ lead under config.finalist_max_z standard errors (vdam.restarts.lead_z). Every r
 seeds was within 0.1-3.4, those that chose a wrong start within 0.6-2.2; hb6_c1's winner led by 11.8
 and its runner-up ended in the same map at 1.8x the job's time.
 
-A one-class run with an imposed group of high order (config.grouped_min_order: T, O, I) carries
+A one-class run with an imposed group of high order (config.grouped_min_order: T, O, I) races every
+start to the race's last round (race_for_group: no cut at iteration 10), carries
 config.grouped_runners_up of them whatever the winner's lead, each with the group imposed as the run
 has it (vdam.imposition), only to config.grouped_choice_at per 100 of the run, and keeps there the run
-whose pseudo half-sets (symmetrised about each run's axes) agree better. On a tight
-icosahedral shell (adk_i_tight, 1.3 MDa, the particle 90 % of its box) the fold forms, or not, in the 20
-iterations after the race: at iteration 50 right runs were 12-13 Å from the truth, wrong ones 50-55 Å
-(pmax 0.86-0.94 against 0.58-0.73). The race chose a start that never formed it on 5 of 15 seeds,
-and on three of the four tried the runner-up, run alone, formed it (1.01-1.02x its true-pose bound;
-benchmarks/results/2026-12-07-s59-held-out-and-seeds.md), where a whole retry costs 2.4x the job. The
-race's likelihood cannot tell: the wrong winners led by 15-31 standard errors. Groups of low order
-(Cn, Dn) carry none: the real tutorial job (D2) would pay ~10 s for it, and its wrong folds have
-not been seen.
+whose pseudo half-sets (symmetrised about each run's axes) agree better. On a tight icosahedral shell
+(adk_i_tight, 1.3 MDa, the particle 90 % of its box, SNR 0.05) the fold forms, or not, between
+iterations 30 and 50: at 50 right runs' half-sets agreed 0.52-0.63, wrong ones' 0.38-0.45, on every seed;
+at 40 not yet. The race's likelihood cannot tell at 30 (wrong winners led by 1.4-31 standard errors, 7 of 9 by more than the 4 that gates C1 runners-up), and
+its cut at 10 had left a winner that never formed the fold on 7 of 15 seeds (each a whole retry, 2.4x
+the job; one seed wrong after it). With every start raced to 30 and the runner-up carried, 15 of 15 seeds
+ended right in one attempt, at 1.4-1.5x the time of a run whose race had chosen right
+(benchmarks/results/2026-12-07-s60-grouped-race.md). Groups of low order (Cn, Dn) carry none: their
+wrong folds have not been seen, and the real tutorial job (D2) would pay for it.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def race_for_group(config: VdamConfig, group: PointGroup | None) -> VdamConfig:
 def lead_limit(config: VdamConfig, group: PointGroup | None) -> float:
     """A runner-up is carried only if the race's winner led it by less than this many standard errors
     (vdam.restarts.lead_z): config.finalist_max_z without a group; with one, any lead (on adk_i_tight the
-    winners that never formed the fold led by 15-31 standard errors at iteration 30)."""
+    winners that never formed the fold led by 1.4-31 standard errors at iteration 30, 7 of 9 by more than 4)."""
     return float("inf") if imposes(group) else config.finalist_max_z
 
 
