@@ -184,6 +184,8 @@ def test_the_race_line_says_which_round_scored_symmetrised_maps():
     assert "its lead over start 1 is 1.4 standard errors, so that start goes on beside it" in carried
     several = starts_line({"start_rounds": rounds, "chosen_start": 0, "finalist_starts": [1, 3]})
     assert "cannot tell it clearly from starts 1, 3, so they go on beside it" in several
+    grouped = starts_line({"start_rounds": rounds, "chosen_start": 0, "finalist_starts": [1], "finalists_choice_at": 50})
+    assert "start 1 goes on beside it to iteration 50" in grouped and "standard errors" not in grouped
 
 
 def test_the_pruning_line_names_every_start_and_the_two_that_go_on():

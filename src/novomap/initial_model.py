@@ -193,10 +193,6 @@ def fine_final_map(
     return splice_shells(upsampled, moved, FINE_FADE_FROM * working_nyquist, FINE_FADE_TO * working_nyquist)
 
 
-
-
-
-
 @dataclass
 class JobOptions:
     """How a job reads its particles and reports (run_initial_model's arguments after the config)."""
@@ -237,8 +233,6 @@ def stops_as_symmetric(state: RunState, config: VdamConfig, group: PointGroup | 
     if group is None or group.order != 1 or config.n_classes != 1 or config.max_extra_iterations >= 0:
         return None
     return c1_map_looks(state.maps[0].detach().float().cpu(), pixel_size_a)
-
-
 
 
 def auto_choice_due(state: RunState, config: VdamConfig) -> bool:

@@ -69,7 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "beside the winner, those the particles could not tell clearly from it; at 70 %% of --iter the two runs whose pseudo "
         "half-sets agree best at their poses go on, at --iter the better one (a start that splits its particles between "
         "a pose and its mate about a pseudo-symmetry axis agrees worse); each costs up to ~40 %% of the run's time after "
-        "the race. With a group imposed, only the best other start goes on, to half of --iter, where the better run is kept "
+        "the race. With a group of high order (T, O, I) every start races to the race's last round, and the best other "
+        "start goes on, whatever the winner's lead, to half of --iter, where the better run is kept "
         "(0: none; default: %(default)s)",
     )
     opt.add_argument(

@@ -208,17 +208,17 @@ def starts_line(figures: dict) -> str:
         f"-> continuing from start {figures['chosen_start']}"
     )
     carried = figures.get("finalist_starts", [])  # vdam.finalists
-    if len(carried) == 1:
+    if carried and "finalists_choice_at" in figures:  # a group of high order: carried whatever the lead
+        line += (
+            f"; {'start' if len(carried) == 1 else 'starts'} {', '.join(str(s) for s in carried)} go{'es' if len(carried) == 1 else ''} "
+            f"on beside it to iteration {figures['finalists_choice_at']}, where the run whose half-sets agree best is kept "
+            "(the fold of a particle of high symmetry forms after the race)"
+        )
+    elif len(carried) == 1:
         lead = figures["start_rounds"][-1].get("lead_z", 0.0)
-        until = f"iteration {figures['finalists_choice_at']}" if "finalists_choice_at" in figures else "the last iteration"
         line += (
             f"; its lead over start {carried[0]} is {lead:.1f} standard errors, so that start goes on "
-            f"beside it to {until}, where the one whose half-sets agree better is kept"
-        )
-    elif carried and "finalists_choice_at" in figures:  # a group of high order: every start goes on
-        line += (
-            f"; starts {', '.join(str(s) for s in carried)} go on beside it to iteration {figures['finalists_choice_at']}, "
-            "where the one whose half-sets agree best is kept (the fold of a particle of high symmetry forms after the race)"
+            "beside it to the last iteration, where the one whose half-sets agree better is kept"
         )
     elif carried:
         line += (
