@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from _synthetic_maps import PIXEL_SIZE_A, add_noise, blob_map, correlation, random_rotation
-from novomap.analysis.symmetry_by_particles import candidate_groups, explained_energy, score_groups, shell_score
+from novomap.analysis.symmetry_by_particles import candidate_groups, explained_energy, joining_groups, score_groups, shell_score
 from novomap.maps.transform import rotate_volume, shift_volume
 from novomap.reconstruct import Poses
 from novomap.symmetry.align import align_to_symmetry
@@ -91,6 +91,18 @@ def test_candidates_are_c1_the_detection_the_most_plausible_and_plausible_polyhe
     assert names[0] == "C1" and set(names) == {"C1", "C2", "D2", "C3", "D3", "T", "I"}
     orders = [point_group(name).order for name in names]
     assert orders == sorted(orders)
+
+
+def test_axes_of_several_orders_that_no_candidate_joins_bring_the_polyhedral_groups_that_do():
+    # C2, C3 and C5 plausible, no polyhedral group tested: only I contains all three
+    table = [_row("C1", None), _row("C2", 0.42), _row("C3", 0.57), _row("C5", 0.52), _row("C4", 0.95), _row("D3", None), _row("I", None)]
+    detection = DetectionResult("C1", table, 0.1, 0.001, torch.eye(3, dtype=torch.float64))
+    assert [group.name for group in candidate_groups(detection)] == ["C1", "C2", "C3", "C5", "I"]
+    assert joining_groups(["C2", "C3"]) == ["T", "O", "I"]
+    assert joining_groups(["C3", "C4"]) == ["O"]
+    assert joining_groups(["C2", "C3", "D3"]) == []  # D3 joins them itself
+    assert joining_groups(["C2", "D2"]) == [] and joining_groups(["C2"]) == []
+    assert joining_groups(["C3", "C7"]) == []  # no polyhedral group has a 7-fold
 
 
 def test_a_class_without_particles_falls_back_to_the_map(simulated):

@@ -37,6 +37,7 @@ from novomap.reconstruct import Poses, reconstruct_with_poses
 from novomap.symmetry.choice import (
     AUTO, AppliedSymmetry, align_near, apply_point_group, choose_group, requested_group, symmetrise_on_axes, symmetry_record, write_symmetry_file,
 )
+from novomap.symmetry.group_trial import trial_groups, trial_record
 from novomap.symmetry.groups import PointGroup, point_group
 from novomap.vdam import convergence, finalists
 from novomap.vdam.config import VdamConfig, starts_for_classes
@@ -514,22 +515,35 @@ def run_initial_model(
     options.notify = None
     attempts = [_attempt_record(result, config.seed, config.n_classes)]  # each attempt's seed, misfit and folder ("." = DIR: the kept one)
     best, result_config = 0, config
-    for number in range(1, config.retries + 1):
-        if not retry_due(result, result_config):
+    auto_result, trials, tried = result, polyhedral_trials(result, symmetry, config), []
+    for number in range(1, (len(trials) if trials else config.retries) + 1):
+        trial_group = trials[number - 1] if trials else None
+        if trial_group is None and not retry_due(result, result_config):
+            break
+        if trial_group is not None and result is not auto_result and not result.evidence.weak:  # a trial fits: no larger search
             break
         archive = free_attempt_dir(out_dir)
         move_attempt(out_dir, archive)
         attempts[best]["folder"] = archive.name
-        retry_config = retry_attempt_config(config, number)
-        if on_retry is not None:
+        attempt_options = options
+        if trial_group is None:
+            retry_config = retry_attempt_config(config, number)
             classes = f" with {retry_config.n_classes} classes, one for particles the map cannot explain," if retry_config.n_classes != config.n_classes else ""
-            on_retry(
-                f"the map's projections lack angular structure the particles have (ring misfit {ring_misfit(result):.3f}): "
-                f"running again from new random starts{classes} (seed {retry_config.seed}); the files of this attempt are in {archive}",
-                retry_config,
+            why = f"the map's projections lack angular structure the particles have (ring misfit {ring_misfit(result):.3f}): running again from new random starts{classes}"
+        else:  # one class: the grouped race (vdam.finalists.race_for_group) needs it
+            retry_config = dataclasses.replace(config, seed=retry_seed(config.seed, number))
+            attempt_options = dataclasses.replace(options, symmetry=trial_group, fingerprint=with_symmetry(options.fingerprint, trial_group))
+            why = (
+                f"the evidence for --sym auto's {auto_result.symmetry} map is weak, and a particle of high symmetry run in C1 can drift into a wrong fold "
+                f"before its group is chosen: running again with --sym {trial_group} imposed (of {', '.join(trials)}, the groups containing "
+                f"{auto_result.symmetry}, until one fits; the map that fits the particles' ring spectra best is kept)"
             )
-        retry = _run_attempt(star_path, out_dir, retry_config, options)
-        attempts.append(_attempt_record(retry, retry_config.seed, retry_config.n_classes))
+        if on_retry is not None:
+            on_retry(f"{why} (seed {retry_config.seed}); the files of this attempt are in {archive}", finalists.race_for_group(retry_config, requested_group(attempt_options.symmetry)))
+        retry = _run_attempt(star_path, out_dir, retry_config, attempt_options)
+        attempts.append(_attempt_record(retry, retry_config.seed, retry_config.n_classes, trial_group))
+        if trial_group is not None:
+            tried.append((trial_group, ring_misfit(retry)))
         if ring_misfit(retry) < ring_misfit(result):
             result, best, result_config = retry, len(attempts) - 1, retry_config
         else:  # the earlier attempt stays the job's: back into DIR
@@ -539,6 +553,10 @@ def run_initial_model(
             move_attempt(archive, out_dir)
             archive.rmdir()
             attempts[best]["folder"] = "."
+    if tried:
+        kept_group = None if result is auto_result else result.symmetry
+        result.symmetry_record = trial_record(result.symmetry_record, auto_result.symmetry, ring_misfit(auto_result), tried, kept_group)
+        write_symmetry_file(out_dir, result.symmetry_record)
     if len(attempts) > 1 and result.evidence is not None:
         result.evidence.attempts = attempts
         result.evidence.kept_attempt = best + 1
@@ -582,9 +600,31 @@ def retry_due(result: JobResult, config: VdamConfig) -> bool:
     return config.n_classes > 1 or result.evidence.settled()
 
 
-def _attempt_record(result: JobResult, seed: int, n_classes: int) -> dict:
+def _attempt_record(result: JobResult, seed: int, n_classes: int, symmetry: str | None = None) -> dict:
+    """An attempt's seed, classes, ring misfit, flag and folder; `symmetry`: the group it was run with when
+    that was not the job's --sym (a symmetry.group_trial attempt)."""
     ring = _ring(result)
-    return {"seed": int(seed), "classes": int(n_classes), "ring_misfit": ring["misfit"] if ring else None, "flagged": bool(ring and ring["flagged"]), "folder": "."}
+    record = {"seed": int(seed), "classes": int(n_classes), "ring_misfit": ring["misfit"] if ring else None, "flagged": bool(ring and ring["flagged"]), "folder": "."}
+    if symmetry is not None:
+        record["symmetry"] = symmetry
+    return record
+
+
+def with_symmetry(fingerprint: dict | None, group: str) -> dict | None:
+    """The job's checkpoint fingerprint for an attempt run with `group`: a --continue from its checkpoints
+    restores that --sym (the command's restored options), not the job's `auto`."""
+    if fingerprint is None or "arguments" not in fingerprint:
+        return fingerprint
+    return {**fingerprint, "arguments": {**fingerprint["arguments"], "sym": group}}
+
+
+def polyhedral_trials(result: JobResult, symmetry: str, config: VdamConfig) -> list[str]:
+    """The groups a `--sym auto` run is run again with, imposed, one attempt each (symmetry.group_trial):
+    the polyhedral groups containing the group it chose, when it has one class, its evidence is weak and
+    new attempts are allowed (config.retries); else none."""
+    if requested_group(symmetry) is not None or config.n_classes != 1 or config.retries < 1 or result.evidence is None or not result.evidence.weak:
+        return []
+    return trial_groups(result.symmetry)
 
 
 def retry_attempt_config(config: VdamConfig, attempt: int) -> VdamConfig:

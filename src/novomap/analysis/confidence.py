@@ -166,11 +166,12 @@ class Evidence:
         if len(self.attempts) < 2 or self.kept_attempt is None:
             return ""
         others = ", ".join(
-            f"attempt {i + 1}: {a['ring_misfit']:.3f} in {a['folder']}/" for i, a in enumerate(self.attempts) if i + 1 != self.kept_attempt and a["ring_misfit"] is not None
+            f"attempt {i + 1}{_with_group(a)}: {a['ring_misfit']:.3f} in {a['folder']}/" for i, a in enumerate(self.attempts) if i + 1 != self.kept_attempt and a["ring_misfit"] is not None
         )
         kept = self.attempts[self.kept_attempt - 1]
         classes = f"{kept['classes']} classes, " if kept.get("classes", 1) != self.attempts[0].get("classes", 1) else ""
-        return f"; attempt {self.kept_attempt} of {len(self.attempts)} kept ({classes}ring misfit {kept['ring_misfit']:.3f}; {others})"
+        group = f"--sym {kept['symmetry']}, " if kept.get("symmetry") else ""
+        return f"; attempt {self.kept_attempt} of {len(self.attempts)} kept ({group}{classes}ring misfit {kept['ring_misfit']:.3f}; {others})"
 
     def ring_phrase(self) -> str:
         """'; ring misfit 0.016 (1.4x noise)' when the ring spectra were compared, else ''."""
@@ -419,3 +420,8 @@ def write_evidence(out_dir: str | Path, evidence: Evidence, symmetry: dict | Non
     path = Path(out_dir) / EVIDENCE_JSON
     write_text_atomic(path, json.dumps(data, indent=1))
     return path
+
+
+def _with_group(attempt: dict) -> str:
+    """' (--sym I)' for an attempt run with a group of its own (symmetry.group_trial), else ''."""
+    return f" (--sym {attempt['symmetry']})" if attempt.get("symmetry") else ""

@@ -510,8 +510,13 @@ def _evidence_caption(evidence: dict) -> str:
         )
         classes = attempts[kept - 1].get("classes", 1)
         with_classes = f", {classes} classes: a one-class run's retries add a class for particles the map cannot explain" if classes != attempts[0].get("classes", 1) else ""
+        tried = next((a["symmetry"] for a in attempts if a.get("symmetry")), None)
+        why = (
+            f"The particles turned down {tried} on the first attempt's C1 map, so the job was run again with {tried} imposed (--sym auto)"
+            if tried else "A flagged map was run again from new random starts (--retries)"
+        )
         parts.append(html.escape(
-            f" A flagged map was run again from new random starts (--retries): this is attempt {kept} of {len(attempts)} "
+            f" {why}: this is attempt {kept} of {len(attempts)} "
             f"(seed {attempts[kept - 1]['seed']}{with_classes}), kept for the lowest ring misfit ({others})."
         ))
     rounds = evidence.get("start_rounds") or []

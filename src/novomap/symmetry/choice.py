@@ -167,6 +167,14 @@ def symmetry_record(requested: str, group: PointGroup, alignment_score: float, d
 
 def summary_line(record: dict) -> str:
     """One line for run.out and the terminal."""
+    trial = record.get("group_trial")  # symmetry.group_trial: a polyhedral group the particles turned down, run on its own
+    if trial is not None and trial["kept"]:
+        return f"symmetry: {record['applied']} (--sym auto): {trial['summary']}"
+    line = _decision_line(record)
+    return f"{line}; {trial['summary']}" if trial is not None else line
+
+
+def _decision_line(record: dict) -> str:
     if "table" in record:
         when, check = "", record.get("larger_groups_check", {}).get("summary")
         if record.get("chosen_at_iteration") is not None:

@@ -1,0 +1,51 @@
+"""`--sym auto` on a particle of high symmetry: the polyhedral groups run imposed when the detected group's map is weak.
+
+`--sym auto` runs in C1 until the particles choose the group (initial_model.group_mid_run, at iteration
+70 of 100). A tight icosahedral shell (adk_i_tight) run so fell into a wrong fold on 3 of 5 seeds
+before its group was chosen: the C1 map was 54-56 Å from the truth already at iteration 30, the
+map-only detection found C2 on it and nothing of I (I scored worst of all groups), and the particles,
+offered I at iteration 30 all the same, scored it lowest (75.6 against C1's 182.6 per particle;
+benchmarks/early_group_scores.py). The same particles run with `--sym I` reached the true-pose limit
+on 15 of 15 seeds (benchmarks/results/2026-12-07-s60-grouped-race.md): a group of high order imposed
+from iteration 30 pulls a start into the right fold that C1 lets drift. Nothing in the wrong map
+says which group that is; what it does show is weak evidence (analysis.confidence: the ring misfit
+flagged, or a map that never settled).
+
+So when a one-class `--sym auto` run ends with weak evidence and a group other than C1, the job runs
+again with each polyhedral group containing that group imposed, largest first (`trial_groups`), and
+keeps the attempt whose map fits the particles' angular ring spectra best (analysis.ring_spectra: the
+attempts' usual ranking); it stops at the first trial that fits better and whose own evidence is not
+weak. A group the particle lacks averages different parts of it together, and its projections then
+turn less like the particles than a map of the right group.
+"""
+
+from __future__ import annotations
+
+from novomap.symmetry.groups import contains_type, point_group
+
+POLYHEDRAL = ("I", "O", "T")  # largest first: the order trials run in
+
+
+def trial_groups(applied: str) -> list[str]:
+    """The polyhedral groups that contain `applied` (a subgroup of the particle's group that a map in a
+    wrong fold kept, as C2 of I above), largest first; none for C1 (left to the ordinary retry) or for
+    a polyhedral group itself unless a larger one contains it."""
+    chosen = point_group(applied)
+    if chosen.order == 1:
+        return []
+    return [name for name in POLYHEDRAL if name != applied and contains_type(point_group(name), chosen)]
+
+
+def trial_record(kept: dict, auto_group: str, auto_misfit: float, tried: list[tuple[str, float]], kept_group: str | None) -> dict:
+    """The kept attempt's symmetry record (`kept`) with the trials beside it: the group `--sym auto` chose
+    and its map's ring misfit, each group tried with its map's misfit (in the order run), and the trial
+    group whose map is the job's (None: the `--sym auto` attempt's)."""
+    misfits = "; ".join(f"{group} {misfit:.3f}" for group, misfit in [(auto_group, auto_misfit), *tried])
+    names = ", ".join(group for group, _ in tried)
+    if kept_group is not None:
+        summary = f"{kept_group} run imposed after --sym auto's {auto_group} map had weak evidence; its map fits the particles' ring spectra best (misfit {misfits})"
+    else:
+        summary = f"--sym auto's map had weak evidence, so {names} {'was' if len(tried) == 1 else 'were each'} run imposed; none fits the particles' ring spectra better (misfit {misfits})"
+    trial = {"groups": [group for group, _ in tried], "misfits": [misfit for _, misfit in tried], "auto_group": auto_group, "auto_misfit": auto_misfit,
+             "kept": kept_group, "summary": summary}  # fmt: skip
+    return {**kept, "requested": "auto", "group_trial": trial}
