@@ -129,3 +129,25 @@ def test_no_trial_for_consistent_evidence_an_explicit_group_several_classes_c1_o
     _fake_runs(monkeypatch, {"auto": ("C1", 0.005, True)})
     job.run_initial_model("p.star", tmp_path / "e", VdamConfig(seed=1), symmetry="auto")
     assert not list((tmp_path / "d").glob("attempt*")) and not list((tmp_path / "e").glob("attempt*"))
+
+
+@pytest.mark.parametrize("trial_weak, kept", [(False, "I"), (True, "auto")])
+def test_a_trial_whose_evidence_holds_wins_a_tie_within_the_rings_noise(tmp_path, monkeypatch, trial_weak, kept):
+    # a right C5 map of an icosahedral particle fits the rings as well as the I map (adk_i_tight seed 7):
+    # misfits 0.0055 against 0.0056, the noise floor 0.01
+    _fake_runs(monkeypatch, {"auto": ("C5", 0.0055, True), "I": ("I", 0.0056, trial_weak)})
+    result = job.run_initial_model("p.star", tmp_path, VdamConfig(seed=7), symmetry="auto")
+    assert (tmp_path / "initial_model.mrc").read_text() == kept
+    if kept == "I":
+        assert result.symmetry == "I" and "as well as the C5 map, within the rings' noise" in summary_line(result.symmetry_record)
+    else:
+        assert result.symmetry == "C5" and "none fits" in summary_line(result.symmetry_record)
+
+
+def test_a_plain_retry_needs_a_lower_misfit():
+    weak, holds = _evidence(0.0055, True), _evidence(0.0056, False)
+    kept = job.JobResult(Path("."), Path("a"), None, 0.0, 1.0, evidence=weak)
+    attempt = job.JobResult(Path("."), Path("b"), None, 0.0, 1.0, evidence=holds)
+    assert not job.fits_better(attempt, kept) and job.fits_better(attempt, kept, trial=True)
+    attempt.evidence.ring["misfit"] = 0.02  # above the kept one by more than the noise floor
+    assert not job.fits_better(attempt, kept, trial=True)

@@ -35,6 +35,7 @@ D2. A false larger group costs 30-160 units and a true group's subgroups 1-30.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from dataclasses import dataclass
 
@@ -94,24 +95,32 @@ def candidate_groups(detection: DetectionResult) -> list[PointGroup]:
     join the plausible groups (joining_groups); in order of size."""
     ratios = {row.group: row.score / row.null_score for row in detection.table if row.null_score}
     plausible = sorted((name for name, ratio in ratios.items() if ratio <= PLAUSIBLE_RATIO), key=lambda name: ratios[name])
-    names = {"C1", detection.point_group, *plausible[:MAX_PLAUSIBLE], *(name for name in plausible if name in POLYHEDRAL), *joining_groups(plausible)}
+    rejected = {name for name, ratio in ratios.items() if ratio > PLAUSIBLE_RATIO}
+    names = {"C1", detection.point_group, *plausible[:MAX_PLAUSIBLE], *(name for name in plausible if name in POLYHEDRAL), *joining_groups(plausible, rejected)}
     return sorted((point_group(name) for name in names), key=lambda group: (group.order, group.name))
 
 
-def joining_groups(plausible: list[str]) -> list[str]:
-    """The polyhedral groups that contain every plausible group when none of those contains all the
-    others: axes of several orders that only a polyhedral group joins.
+def joining_groups(plausible: list[str], rejected: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """The polyhedral groups that join axes of two orders the map shows: for each pair of plausible
+    groups (order > 1) neither of which contains the other and which no plausible group contains both
+    of, the polyhedral groups that contain both, unless the detection tested them and found them
+    implausible (`rejected`).
 
     The detection refines and tests a group against its null only where its score is low, which a large
     group's rarely is on a C1 map (the map keeps some operators half-way: module doc). On a tight
-    icosahedral shell at iteration 70 it found C2, C3 and C5 plausible (0.42, 0.57 and 0.52 of their null
-    scores) and never tested I; the particles chose C2, and the run ended in C2 at 1.42x the true-pose
-    limit. Offered I on the same reconstruction, they scored it first (212.9 against C2's 206.2;
-    benchmarks/results/2026-12-07-s61-sym-auto-polyhedral.md)."""
+    icosahedral shell at iteration 70 it found C2, C3, C5 (0.42, 0.57 and 0.52 of their null scores)
+    and C10 plausible and never tested I; the particles chose C2, and the run ended in C2 at 1.42x the
+    true-pose limit. Offered I on the same reconstruction, they scored it first (212.9 against C2's
+    206.2; benchmarks/results/2026-12-07-s61-sym-auto-polyhedral.md)."""
     groups = [point_group(name) for name in plausible if point_group(name).order > 1]
-    if len(groups) < 2 or any(all(contains_type(group, other) for other in groups) for group in groups):
-        return []
-    return [name for name in POLYHEDRAL if all(contains_type(point_group(name), group) for group in groups)]
+    joined: set[str] = set()
+    for first, second in itertools.combinations(groups, 2):
+        if contains_type(first, second) or contains_type(second, first):
+            continue
+        if any(contains_type(group, first) and contains_type(group, second) for group in groups):
+            continue
+        joined.update(name for name in POLYHEDRAL if contains_type(point_group(name), first) and contains_type(point_group(name), second))
+    return [name for name in POLYHEDRAL if name in joined and name not in rejected]
 
 
 def explained_energy(

@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     opt.add_argument("--particle-diameter", type=float, default=None, metavar="A", help="mask diameter in Å (default: box size minus 5 px, as RELION)")
     opt.add_argument("--flatten-solvent", dest="flatten_solvent", action="store_true", default=True, help="multiply the map by a soft spherical mask of the particle diameter each iteration (default: on)")
     opt.add_argument("--no-flatten-solvent", dest="flatten_solvent", action="store_false", help="do not flatten the solvent")
-    opt.add_argument("--sym", default="C1", help="point group: imposed on the class maps every 5 iterations once the race of starts has chosen (RELION's job runs in C1 throughout), and applied to the final map; e.g. C1, C4, D2, T, O, I, or auto: at 70 %% of the run the C1 map proposes groups and its particles choose one, imposed from there (if they keep C1, the final map is judged the same way), and it is applied (DIR/symmetry.txt says which and why) (default: %(default)s)")
+    opt.add_argument("--sym", default="C1", help="point group: imposed on the class maps every 5 iterations once the race of starts has chosen (RELION's job runs in C1 throughout), and applied to the final map; e.g. C1, C4, D2, T, O, I, or auto: at 70 %% of the run the C1 map proposes groups and its particles choose one, imposed from there (if they keep C1, the final map is judged the same way), and it is applied; when that map's evidence is weak, the job runs again with each polyhedral group containing the group found (I, O, T) imposed until one fits, and keeps the map that fits the particles best (--retries 0: not) (DIR/symmetry.txt says which and why) (default: %(default)s)")
     opt.add_argument(
         "--starts", type=int, default=-1, metavar="N",
         help="random starts raced at the beginning: the best two (and any start the particles cannot tell from the "
@@ -84,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--retries", type=int, default=1, metavar="N",
         help="when the evidence flags the map as a likely wrong fold (its projections lack angular structure the "
         "particles have: 'ring misfit' in run.out), run again from new random starts, at most N times, and keep the "
-        "attempt whose map fits the particles best (a --K 1 run's retries run with --retry-classes classes, so that junk can take one); the others stay in DIR/attemptN (with several classes, the largest class's map is judged; 0: never; default: %(default)s)",
+        "attempt whose map fits the particles best (a --K 1 run's retries run with --retry-classes classes, so that junk can take one); the others stay in DIR/attemptN (with several classes, the largest class's map is judged; with --sym auto, a weak map runs with the polyhedral groups containing its group instead; 0: never; default: %(default)s)",
     )
     opt.add_argument(
         "--retry-classes", type=int, default=2, metavar="N",

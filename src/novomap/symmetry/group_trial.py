@@ -14,9 +14,11 @@ flagged, or a map that never settled).
 So when a one-class `--sym auto` run ends with weak evidence and a group other than C1, the job runs
 again with each polyhedral group containing that group imposed, largest first (`trial_groups`), and
 keeps the attempt whose map fits the particles' angular ring spectra best (analysis.ring_spectra: the
-attempts' usual ranking); it stops at the first trial that fits better and whose own evidence is not
-weak. A group the particle lacks averages different parts of it together, and its projections then
-turn less like the particles than a map of the right group.
+attempts' usual ranking), a trial whose evidence holds also when it fits as well as the weak map
+within the rings' noise (initial_model.fits_better: a right map in a subgroup of the particle's group
+fits them as well); it stops at the first trial kept whose own evidence is not weak. A group the
+particle lacks averages different parts of it together, and its projections then turn less like the
+particles than a map of the right group.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ def trial_record(kept: dict, auto_group: str, auto_misfit: float, tried: list[tu
     misfits = "; ".join(f"{group} {misfit:.3f}" for group, misfit in [(auto_group, auto_misfit), *tried])
     names = ", ".join(group for group, _ in tried)
     if kept_group is not None:
-        summary = f"{kept_group} run imposed after --sym auto's {auto_group} map had weak evidence; its map fits the particles' ring spectra best (misfit {misfits})"
+        fit = "best" if dict(tried)[kept_group] < auto_misfit else f"as well as the {auto_group} map, within the rings' noise, and its evidence holds"
+        summary = f"{kept_group} run imposed after --sym auto's {auto_group} map had weak evidence; its map fits the particles' ring spectra {fit} (misfit {misfits})"
     else:
         summary = f"--sym auto's map had weak evidence, so {names} {'was' if len(tried) == 1 else 'were each'} run imposed; none fits the particles' ring spectra better (misfit {misfits})"
     trial = {"groups": [group for group, _ in tried], "misfits": [misfit for _, misfit in tried], "auto_group": auto_group, "auto_misfit": auto_misfit,
