@@ -96,7 +96,8 @@ def test_candidates_are_c1_the_detection_the_most_plausible_and_plausible_polyhe
 def test_axes_of_several_orders_that_no_candidate_joins_bring_the_polyhedral_groups_that_do():
     # C2, C3, C5 and C10 plausible, no polyhedral group tested: C3 and C5 are joined only by I, C2 and C3
     # by T, O and I (C10 joins C2 and C5 itself); the four best by ratio are candidates as before
-    table = [_row("C1", None), _row("C2", 0.42), _row("C3", 0.57), _row("C5", 0.52), _row("C10", 0.7), _row("C4", 0.95), _row("D3", None), _row("I", None)]
+    # C15 (at the noise's ratio) would join C3 and C5 too, but it is not among the four most plausible
+    table = [_row("C1", None), _row("C2", 0.42), _row("C3", 0.57), _row("C5", 0.52), _row("C10", 0.7), _row("C15", 0.78), _row("C4", 0.95), _row("D3", None), _row("I", None)]
     detection = DetectionResult("C1", table, 0.1, 0.001, torch.eye(3, dtype=torch.float64))
     assert [group.name for group in candidate_groups(detection)] == ["C1", "C2", "C3", "C5", "C10", "T", "O", "I"]
     assert joining_groups(["C3", "C5"]) == ["I"]
