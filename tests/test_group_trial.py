@@ -104,6 +104,10 @@ def test_a_weak_auto_map_is_run_with_the_polyhedral_groups_until_one_fits(tmp_pa
     assert evidence["symmetry"]["group_trial"]["kept"] == "O" and evidence["kept_attempt"] == 3
     assert [a.get("symmetry") for a in evidence["attempts"]] == [None, "I", "O"]
     assert "--sym O" in result.evidence.line()
+    from novomap.outputs.report import _evidence_caption
+
+    caption = _evidence_caption(evidence)
+    assert "evidence was weak, so the job was run again with I, O imposed" in caption and "kept for its fit" in caption
     # every attempt's files are kept: the others in attempt folders
     assert sorted((p / "initial_model.mrc").read_text() for p in tmp_path.glob("attempt*")) == ["I", "auto"]
 

@@ -53,7 +53,7 @@ from novomap.physics.window import fourier_window, shift_phases
 from novomap.reconstruct import Poses, half_set_maps, particle_ctf
 from novomap.symmetry.align import SymmetryAlignment, align_to_symmetry
 from novomap.symmetry.detect import DetectionResult, detect_point_group
-from novomap.symmetry.groups import PointGroup, contains_type, point_group
+from novomap.symmetry.groups import POLYHEDRAL_GROUPS, PointGroup, contains_type, point_group
 from novomap.symmetry.symmetrise import symmetrise_in_place
 from novomap.vdam.config import VdamConfig
 from novomap.vdam.iterate import as_devices, expectation, search_setup
@@ -68,7 +68,6 @@ MIN_PER_HALF = 10  # below this in either half-set, the map-only detection decid
 # the map alone under-calls (module doc)
 MAX_PLAUSIBLE = 4
 PLAUSIBLE_RATIO = 0.8
-POLYHEDRAL = ("T", "O", "I")
 
 
 @dataclass
@@ -97,7 +96,7 @@ def candidate_groups(detection: DetectionResult) -> list[PointGroup]:
     ratios = {row.group: row.score / row.null_score for row in detection.table if row.null_score}
     plausible = sorted((name for name, ratio in ratios.items() if ratio <= PLAUSIBLE_RATIO), key=lambda name: ratios[name])
     rejected = {name for name, ratio in ratios.items() if ratio > PLAUSIBLE_RATIO}
-    names = {"C1", detection.point_group, *plausible[:MAX_PLAUSIBLE], *(name for name in plausible if name in POLYHEDRAL), *joining_groups(plausible[:MAX_PLAUSIBLE], rejected)}
+    names = {"C1", detection.point_group, *plausible[:MAX_PLAUSIBLE], *(name for name in plausible if name in POLYHEDRAL_GROUPS), *joining_groups(plausible[:MAX_PLAUSIBLE], rejected)}
     return sorted((point_group(name) for name in names), key=lambda group: (group.order, group.name))
 
 
@@ -120,8 +119,8 @@ def joining_groups(plausible: list[str], rejected: set[str] | frozenset[str] = f
             continue
         if any(contains_type(group, first) and contains_type(group, second) for group in groups):
             continue
-        joined.update(name for name in POLYHEDRAL if contains_type(point_group(name), first) and contains_type(point_group(name), second))
-    return [name for name in POLYHEDRAL if name in joined and name not in rejected]
+        joined.update(name for name in POLYHEDRAL_GROUPS if contains_type(point_group(name), first) and contains_type(point_group(name), second))
+    return [name for name in POLYHEDRAL_GROUPS if name in joined and name not in rejected]
 
 
 def explained_energy(

@@ -510,14 +510,14 @@ def _evidence_caption(evidence: dict) -> str:
         )
         classes = attempts[kept - 1].get("classes", 1)
         with_classes = f", {classes} classes: a one-class run's retries add a class for particles the map cannot explain" if classes != attempts[0].get("classes", 1) else ""
-        tried = next((a["symmetry"] for a in attempts if a.get("symmetry")), None)
-        why = (
-            f"The particles turned down {tried} on the first attempt's C1 map, so the job was run again with {tried} imposed (--sym auto)"
-            if tried else "A flagged map was run again from new random starts (--retries)"
-        )
+        tried = [a["symmetry"] for a in attempts if a.get("symmetry")]  # symmetry.group_trial's attempts
+        why, kept_for = "A flagged map was run again from new random starts (--retries)", "the lowest ring misfit"
+        if tried:
+            why = f"The --sym auto map's evidence was weak, so the job was run again with {', '.join(tried)} imposed (each a group containing the one it found)"
+            kept_for = "its fit to the particles' ring spectra (symmetry.txt says how)"
         parts.append(html.escape(
             f" {why}: this is attempt {kept} of {len(attempts)} "
-            f"(seed {attempts[kept - 1]['seed']}{with_classes}), kept for the lowest ring misfit ({others})."
+            f"(seed {attempts[kept - 1]['seed']}{with_classes}), kept for {kept_for} ({others})."
         ))
     rounds = evidence.get("start_rounds") or []
     if rounds:

@@ -167,7 +167,7 @@ def symmetry_record(requested: str, group: PointGroup, alignment_score: float, d
 
 def summary_line(record: dict) -> str:
     """One line for run.out and the terminal."""
-    trial = record.get("group_trial")  # symmetry.group_trial: a polyhedral group the particles turned down, run on its own
+    trial = record.get("group_trial")  # symmetry.group_trial: polyhedral groups run imposed after a weak --sym auto map
     if trial is not None and trial["kept"]:
         return f"symmetry: {record['applied']} (--sym auto): {trial['summary']}"
     line = _decision_line(record)

@@ -23,9 +23,9 @@ particles than a map of the right group.
 
 from __future__ import annotations
 
-from novomap.symmetry.groups import contains_type, point_group
+from novomap.symmetry.groups import POLYHEDRAL_GROUPS, contains_type, point_group
 
-POLYHEDRAL = ("I", "O", "T")  # largest first: the order trials run in
+LARGEST_FIRST = tuple(reversed(POLYHEDRAL_GROUPS))  # the order trials run in
 
 
 def trial_groups(applied: str) -> list[str]:
@@ -35,7 +35,7 @@ def trial_groups(applied: str) -> list[str]:
     chosen = point_group(applied)
     if chosen.order == 1:
         return []
-    return [name for name in POLYHEDRAL if name != applied and contains_type(point_group(name), chosen)]
+    return [name for name in LARGEST_FIRST if name != applied and contains_type(point_group(name), chosen)]
 
 
 def trial_record(kept: dict, auto_group: str, auto_misfit: float, tried: list[tuple[str, float]], kept_group: str | None) -> dict:

@@ -223,6 +223,7 @@ def _rotation_type(name: str) -> tuple[str, int]:
 
 
 # the cyclic and dihedral subgroups of each polyhedral group, besides C1 and (for O and I) T
+POLYHEDRAL_GROUPS = ("T", "O", "I")  # in order of size
 _POLYHEDRAL_SUBGROUPS = {"T": {("C", 2), ("C", 3), ("D", 2)}, "O": {("C", 2), ("C", 3), ("C", 4), ("D", 2), ("D", 3), ("D", 4)},
                          "I": {("C", 2), ("C", 3), ("C", 5), ("D", 2), ("D", 3), ("D", 5)}}  # fmt: skip
 
