@@ -307,17 +307,18 @@ def test_sym_auto_imposes_a_group_chosen_mid_run_and_keeps_it(small_dataset, tmp
         (["D2", "D2"], True, [(7, None), (10, "D2")], "D2"),  # imposed at 7, kept at the end check
         (["D2", "D4"], True, [(7, None), (10, "D2")], "D4"),  # imposed at 7, a larger group wins at the end
         (["C1", "C1"], True, [(7, None), (10, None)], "C1"),  # C1 at 7: chosen again on the final reconstruction
-        (["C1", "D2"], False, [(7, None), (10, None)], "D2"),  # again at --iter, unsettled: D2 from there, not checked again
+        (["C1", "D2", "D2"], False, [(7, None), (10, None), (12, "D2")], "D2"),  # again at --iter, unsettled: D2 from there, checked at the end
         (["C1", "C1", "C1"], False, [(7, None), (10, None), (12, None)], "C1"),  # not again at later checks
-        (["D2", "D4"], False, [(7, None), (10, "D2")], "D4"),  # unsettled in D2 at --iter: enlarged there, not checked again
+        (["D2", "D4", "D4"], False, [(7, None), (10, "D2"), (12, "D4")], "D4"),  # unsettled in D2 at --iter: enlarged there, checked at the end
         (["D2", "D2"], False, [(7, None), (10, "D2")], "D2"),  # unsettled in D2, kept there: that check stands at the end
     ],
 )  # fmt: skip
 def test_sym_auto_chooses_at_70_percent_of_the_run(small_dataset, tmp_path, monkeypatch, answers, settles, calls, applied):
     """`--sym auto` (config.auto_symmetry_at 70): the particles choose at iteration 7 of 10 (here made to
     give `answers` in turn). A group is imposed from there and checked at the end only against larger
-    groups containing it (at_least); C1 keeps the run in C1, and the particles choose once more at the
-    check that sends it on past --iter, or on the final reconstruction, but never twice past --iter."""
+    groups containing it (at_least), unless a check at --iter kept it; C1 keeps the run in C1, and the
+    particles choose once more at the check that sends it on past --iter, or on the final reconstruction,
+    but never twice past --iter. A group chosen or enlarged at --iter is checked at the end."""
     import novomap.initial_model
     from novomap.symmetry.groups import point_group
 
@@ -349,6 +350,7 @@ def test_sym_auto_chooses_at_70_percent_of_the_run(small_dataset, tmp_path, monk
         if applied == "D4":
             assert at_10["settling_restarted"] and result.symmetry_record["chosen_at_iteration"] == 10
             assert "at iteration 10, imposed from there (D2 from iteration 7)" in line
+            assert "larger_groups_check" in result.symmetry_record and "at the end the particles kept D4" in line
         else:
             assert "settling_restarted" not in at_10 and result.symmetry_record["chosen_at_iteration"] == 7
             assert result.symmetry_record["checked_at_iteration"] == 10 and "; at iteration 10 the particles kept D2" in line
@@ -356,9 +358,9 @@ def test_sym_auto_chooses_at_70_percent_of_the_run(small_dataset, tmp_path, monk
     if answers[:2] == ["D2", "D4"]:
         assert result.symmetry_record["enlarged_from"] == "D2" and result.symmetry_record["enlarged_from_iteration"] == 7
         assert "(D2 imposed from iteration 7, D4 at the end)" in line
-    elif applied != "C1" and answers[0] == "C1":  # chosen at --iter: that choice stands
-        assert result.symmetry_record["chosen_at_iteration"] == 10 and "larger_groups_check" not in result.symmetry_record
-        assert line.endswith(f"at iteration 10, imposed from there: {result.symmetry_record['reason']}")
+    elif applied != "C1" and answers[0] == "C1":  # chosen at --iter on a C1 map: checked at the end in its group
+        assert result.symmetry_record["chosen_at_iteration"] == 10 and "larger_groups_check" in result.symmetry_record
+        assert f"at iteration 10, imposed from there: {result.symmetry_record['reason']}" in line and "at the end the particles kept D2" in line
     elif applied != "C1":  # chosen at 7, the run settled: checked at the end
         assert result.symmetry_record["chosen_at_iteration"] == 7 and "larger_groups_check" in result.symmetry_record
         assert "at iteration 7, imposed from there" in line and "at the end the particles kept D2" in line

@@ -181,3 +181,15 @@ def test_contains_type_agrees_with_the_operators(larger, smaller):
     from novomap.symmetry.groups import contains_type, point_group
 
     assert contains_type(point_group(larger), point_group(smaller)) == _contains_geometrically(larger, smaller)
+
+
+@pytest.mark.parametrize("group", ["C1", "C2", "C5", "D2", "D7", "T", "O", "I"])
+def test_has_larger_group_only_fails_for_o_and_i(group):
+    """has_larger_group against the geometric test: some group of twice the order in its family (C2n, D2n),
+    or O for T, contains it; nothing the geometric search can build contains O or I."""
+    from novomap.symmetry.groups import has_larger_group, point_group
+
+    letter, n = group[0], int(group[1:] or 0)
+    bigger = {"C": [f"C{2 * n}", f"D{n}" if n > 1 else "D2"], "D": [f"D{2 * n}"], "T": ["O", "I"], "O": ["I"], "I": ["O"]}[letter]
+    geometric = any(_contains_geometrically(name, group) for name in bigger)
+    assert has_larger_group(point_group(group)) == geometric == (group not in ("O", "I"))

@@ -241,3 +241,9 @@ def contains_type(larger: PointGroup, smaller: PointGroup) -> bool:
     if small[0] in "TOI" or (small[0] == "D" and big[0] == "C"):
         return False
     return big[1] % small[1] == 0 or (small == ("C", 2) and big[0] == "D")
+
+
+def has_larger_group(group: PointGroup) -> bool:
+    """Whether a larger proper group (Cn, Dn, T, O, I) contains `group`: every one but O and I (Cn lies
+    in C2n and Dn, Dn in D2n, T in O and I)."""
+    return _rotation_type(group.name)[0] not in "OI"
