@@ -123,6 +123,8 @@ def test_the_race_keeps_its_runner_up_even_when_that_is_the_first_start(monkeypa
     last_round = seen[-1]  # the maps of starts 1 and 0 when the last round scored them
     assert torch.equal(state.maps, last_round[0]) and torch.equal(carried["state"].maps, last_round[1])
     assert carried["state"].iteration == state.iteration == 2 and carried["state"].finalists == []
+    # each run that goes on keeps its own maps as the race left them (`--sym auto`'s fold check)
+    assert torch.equal(state.race_maps, last_round[0].float()) and torch.equal(carried["state"].race_maps, last_round[1].float())
     for group, changes in ((point_group("O"), {"grouped_runners_up": 0}), (None, {"runners_up": 0})):
         seen.clear()
         other = _race_config(**changes)

@@ -58,8 +58,9 @@ def _evidence(misfit: float, weak: bool) -> Evidence:
     return evidence
 
 
-def _fake_runs(monkeypatch, runs: dict[str, tuple[str, float, bool]]) -> list[tuple[str, int, int]]:
-    """Replace the VDAM run: by the --sym it is given (runs: sym -> (group applied, ring misfit, weak)), write
+def _fake_runs(monkeypatch, runs: dict[str, tuple]) -> list[tuple[str, int, int]]:
+    """Replace the VDAM run: by the --sym it is given (runs: sym -> (group applied, ring misfit, weak[, the
+    auto record's race_map_cc])), write
     an attempt's files and return its result; the calls' (sym, seed, classes) are returned."""
     calls = []
 
@@ -68,10 +69,10 @@ def _fake_runs(monkeypatch, runs: dict[str, tuple[str, float, bool]]) -> list[tu
         out_dir.mkdir(parents=True, exist_ok=True)
         calls.append((options.symmetry, config.seed, config.n_classes))
         _fake_runs.fingerprints.append(options.fingerprint)
-        applied, misfit, weak = runs[options.symmetry]
+        applied, misfit, weak, *race = runs[options.symmetry]
         (out_dir / "initial_model.mrc").write_text(options.symmetry)
         if options.symmetry == "auto":
-            record = _choice(applied, {"C1": 10.0, applied: 14.0}, chosen_at_iteration=70)
+            record = _choice(applied, {"C1": 10.0, applied: 14.0}, chosen_at_iteration=70, **({"race_map_cc": race[0]} if race else {}))
         else:
             record = {"requested": applied, "applied": applied, "alignment_score": 0.02}
         result = job.JobResult(out_dir, out_dir / "initial_model.mrc", None, 0.0, 1.0, applied, record, _evidence(misfit, weak))
@@ -154,3 +155,53 @@ def test_a_plain_retry_needs_a_lower_misfit():
     assert not job.fits_better(attempt, kept) and job.fits_better(attempt, kept, trial=True)
     attempt.evidence.ring["misfit"] = 0.02  # above the kept one by more than the noise floor
     assert not job.fits_better(attempt, kept, trial=True)
+
+
+@pytest.mark.parametrize("race_cc, i_misfit, runs, kept", [
+    (0.49, 0.0053, ["auto", "I"], "I"),  # adk_i_tight seed 8: C2 at 70 after a fold change, I fits better
+    (0.49, 0.02, ["auto", "I", "O", "T"], "auto"),  # no trial fits better: the auto map stays
+    (0.85, 0.0053, ["auto"], "auto"),  # the fold held since the race: no trial
+])  # fmt: skip
+def test_a_consistent_auto_map_that_changed_fold_after_the_race_gets_the_trials(tmp_path, monkeypatch, race_cc, i_misfit, runs, kept):
+    calls = _fake_runs(monkeypatch, {"auto": ("C2", 0.007, False, race_cc), "I": ("I", i_misfit, False), "O": ("O", 0.03, False), "T": ("T", 0.03, False)})
+    messages = []
+    result = job.run_initial_model("p.star", tmp_path, VdamConfig(seed=8), symmetry="auto", on_retry=lambda line, config: messages.append(line))
+    assert [call[0] for call in calls] == runs and (tmp_path / "initial_model.mrc").read_text() == kept
+    if len(runs) > 1:
+        assert "C2 map changed fold after the race of starts (cc 0.49" in messages[0]
+        line = summary_line(result.symmetry_record)
+        assert "changed fold after the race of starts (cc 0.49" in line and "weak" not in line
+        assert result.symmetry_record["group_trial"]["why"].startswith("changed fold")
+    assert result.symmetry == ("I" if kept == "I" else "C2")
+
+
+def test_race_map_cc_superposes_before_it_correlates():
+    """The same map turned and shifted agrees with itself; a map of another shape does not (maps.align)."""
+    import torch
+    from _synthetic_maps import PIXEL_SIZE_A, blob_map, random_rotation
+    from novomap.maps.transform import rotate_volume, shift_volume
+    from novomap.symmetry.group_trial import FOLD_KEPT_CC, fold_changed, race_map_cc
+
+    race = blob_map("C1")
+    moved = shift_volume(rotate_volume(race, random_rotation(3)), torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64))
+    other = blob_map("D2")
+    same, different = race_map_cc(race, moved, PIXEL_SIZE_A), race_map_cc(race, other, PIXEL_SIZE_A)
+    assert same > 0.95 and different < FOLD_KEPT_CC
+    assert fold_changed({"race_map_cc": different}) and not fold_changed({"race_map_cc": same}) and not fold_changed({})
+
+
+def test_the_fold_check_is_measured_only_for_groups_a_trial_could_enlarge():
+    """initial_model.with_race_map_cc: on the class's VDAM map against its race map, for a group inside a
+    polyhedral group and a run that had a race."""
+    import types
+
+    import torch
+    from _synthetic_maps import PIXEL_SIZE_A, blob_map
+
+    race, now = blob_map("C1"), blob_map("D2")
+    state = types.SimpleNamespace(race_maps=torch.stack([now, race]).float(), maps=torch.stack([now, now]).double())
+    assert job.with_race_map_cc({"applied": "C2"}, state, 0, PIXEL_SIZE_A)["race_map_cc"] > 0.99
+    assert job.with_race_map_cc({"applied": "D2"}, state, 1, PIXEL_SIZE_A)["race_map_cc"] < 0.7
+    assert "race_map_cc" not in job.with_race_map_cc({"applied": "C7"}, state, 1, PIXEL_SIZE_A)
+    state.race_maps = None
+    assert "race_map_cc" not in job.with_race_map_cc({"applied": "C2"}, state, 1, PIXEL_SIZE_A)

@@ -37,7 +37,7 @@ from novomap.reconstruct import Poses, reconstruct_with_poses
 from novomap.symmetry.choice import (
     AUTO, AppliedSymmetry, align_near, apply_point_group, choose_group, requested_group, symmetrise_on_axes, symmetry_record, write_symmetry_file,
 )
-from novomap.symmetry.group_trial import trial_groups, trial_record
+from novomap.symmetry.group_trial import fold_changed, race_map_cc, trial_groups, trial_record, why_trials
 from novomap.symmetry.groups import PointGroup, has_larger_group, point_group
 from novomap.vdam import convergence, finalists
 from novomap.vdam.config import VdamConfig, starts_for_classes
@@ -300,6 +300,10 @@ def group_mid_run(
     score = choice.alignment.score if choice.alignment is not None else 0.0
     earlier = state.auto_symmetry
     state.auto_symmetry = {**symmetry_record(AUTO, choice.group, score, None, choice), "chosen_at_iteration": state.iteration}
+    if earlier is not None and "race_map_cc" in earlier:  # measured at the first choice, on the map the race left behind
+        state.auto_symmetry["race_map_cc"] = earlier["race_map_cc"]
+    else:
+        with_race_map_cc(state.auto_symmetry, state, largest, particles.pixel_size_a)
     if imposed is not None:
         state.auto_symmetry.update(enlarged_from=imposed.name, enlarged_from_iteration=earlier["chosen_at_iteration"])
         state.symmetry_axes = None  # the smaller group's axes: the larger group's are searched afresh
@@ -310,6 +314,15 @@ def group_mid_run(
         state.finalists = []
     impose_on_class_maps(state, choice.group, particles.pixel_size_a, config)
     return choice.group, max(last, convergence.restart_settling(state, config, figures))
+
+
+def with_race_map_cc(record: dict, state: RunState, class_index: int, pixel_size_a: float) -> dict:
+    """`record` (a `--sym auto` decision) with race_map_cc, how well the class's VDAM map agrees with the
+    race's winner at the race's end (symmetry.group_trial: a fold changed since triggers the polyhedral
+    trials), where the group applied is in a polyhedral group and the run had a race; else unchanged."""
+    if state.race_maps is not None and trial_groups(record["applied"]):
+        record["race_map_cc"] = race_map_cc(state.race_maps[class_index], state.maps[class_index].float().cpu(), pixel_size_a)
+    return record
 
 
 def enlarged_at_end(state: RunState, group: PointGroup) -> bool:
@@ -345,6 +358,8 @@ def end_check_record(imposed: dict, larger, alignment_score: float) -> dict:
     if larger.group.name == kept:
         return {**imposed, "alignment_score": alignment_score, "larger_groups_check": check}
     record = symmetry_record(AUTO, larger.group, alignment_score, None, larger)
+    if "race_map_cc" in imposed:
+        record["race_map_cc"] = imposed["race_map_cc"]
     return {**record, "enlarged_from": kept, "enlarged_from_iteration": imposed["chosen_at_iteration"], "larger_groups_check": check}
 
 
@@ -480,6 +495,8 @@ def _attempt(star_path: str | Path, out_dir: str | Path, config: VdamConfig, opt
         record = {**state.auto_symmetry, "alignment_score": float(applied.alignment.score)}
     else:
         record = symmetry_record(options.symmetry, applied.group, applied.alignment.score, applied.detection, by_particles)
+        if by_particles is not None:
+            with_race_map_cc(record, state, largest, particles.pixel_size_a)
     write_symmetry_file(out_dir, record)
     write_evidence(out_dir, evidence, record, pooled)
     seconds = time.perf_counter() - started
@@ -544,7 +561,7 @@ def run_initial_model(
             retry_config = dataclasses.replace(config, seed=retry_seed(config.seed, number))
             attempt_options = dataclasses.replace(options, symmetry=trial_group, fingerprint=with_symmetry(options.fingerprint, trial_group))
             why = (
-                f"the evidence for --sym auto's {auto_result.symmetry} map is weak, and a particle of high symmetry run in C1 can drift into a wrong fold "
+                f"--sym auto's {auto_result.symmetry} map {why_trials(auto_result.symmetry_record)}, and a particle of high symmetry run in C1 can drift into a wrong fold "
                 f"before its group is chosen: running again with --sym {trial_group} imposed (of {', '.join(trials)}, the groups containing "
                 f"{auto_result.symmetry}, until one fits; the map that fits the particles' ring spectra best is kept)"
             )
@@ -565,7 +582,7 @@ def run_initial_model(
             attempts[best]["folder"] = "."
     if tried:
         kept_group = None if result is auto_result else result.symmetry
-        result.symmetry_record = trial_record(result.symmetry_record, auto_result.symmetry, ring_misfit(auto_result), tried, kept_group)
+        result.symmetry_record = trial_record(result.symmetry_record, auto_result.symmetry, ring_misfit(auto_result), tried, kept_group, why_trials(auto_result.symmetry_record))
         write_symmetry_file(out_dir, result.symmetry_record)
     if len(attempts) > 1 and result.evidence is not None:
         result.evidence.attempts = attempts
@@ -645,9 +662,12 @@ def with_symmetry(fingerprint: dict | None, group: str) -> dict | None:
 
 def polyhedral_trials(result: JobResult, symmetry: str, config: VdamConfig) -> list[str]:
     """The groups a `--sym auto` run is run again with, imposed, one attempt each (symmetry.group_trial):
-    the polyhedral groups containing the group it chose, when it has one class, its evidence is weak and
-    new attempts are allowed (config.retries); else none."""
-    if requested_group(symmetry) is not None or config.n_classes != 1 or config.retries < 1 or result.evidence is None or not result.evidence.weak:
+    the polyhedral groups containing the group it chose, when it has one class, its evidence is weak or
+    its map changed fold after the race (group_trial.fold_changed), and new attempts are allowed
+    (config.retries); else none."""
+    if requested_group(symmetry) is not None or config.n_classes != 1 or config.retries < 1 or result.evidence is None:
+        return []
+    if not result.evidence.weak and not fold_changed(result.symmetry_record):
         return []
     return trial_groups(result.symmetry)
 

@@ -19,13 +19,28 @@ within the rings' noise (initial_model.fits_better: a right map in a subgroup of
 fits them as well); it stops at the first trial kept whose own evidence is not weak. A group the
 particle lacks averages different parts of it together, and its projections then turn less like the
 particles than a map of the right group.
+
+A wrong fold can also half recover. On seed 8 of the same shell the race's map was 46 Å from the truth
+at iteration 30, and 21 Å at 70, where the particles chose C2 (C3 and C5 only half-way, I 107 units
+behind). Run in C2 from there it settled at 1.43x the true-pose limit with evidence that held: the
+map fits its particles as a right C2 map would. What gives it away is the fold change itself: the
+map at the choice, superposed on the race's winner at its end, agreed with it to cc 0.40-0.63 on every
+run of this shell whose race chose a wrong fold, and to 0.79-0.96 where the race's map was right, on
+this shell and on five other specimens (C2, C4, C7, T, O;
+benchmarks/results/2026-12-07-s62-sym-auto-end-check.md). So a map whose choice came after such a
+change (`race_map_cc` below FOLD_KEPT_CC) gets the trials too, and keeps its own map unless a trial's
+fits the particles' ring spectra better.
 """
 
 from __future__ import annotations
 
+import torch
+
+from novomap.maps.align import align_maps
 from novomap.symmetry.groups import POLYHEDRAL_GROUPS, contains_type, point_group
 
 LARGEST_FIRST = tuple(reversed(POLYHEDRAL_GROUPS))  # the order trials run in
+FOLD_KEPT_CC = 0.7  # the map at the choice agrees with the race's map at least this well: the fold held (module doc)
 
 
 def trial_groups(applied: str) -> list[str]:
@@ -38,17 +53,37 @@ def trial_groups(applied: str) -> list[str]:
     return [name for name in LARGEST_FIRST if name != applied and contains_type(point_group(name), chosen)]
 
 
-def trial_record(kept: dict, auto_group: str, auto_misfit: float, tried: list[tuple[str, float]], kept_group: str | None) -> dict:
+def race_map_cc(race_map: torch.Tensor, volume: torch.Tensor, pixel_size_a: float) -> float:
+    """How well a map (N, N, N) agrees with the race's winner at the race's end (N, N, N): their
+    correlation once superposed (maps.align.align_maps: rotation, shift and hand)."""
+    return float(align_maps(volume, race_map, pixel_size_a).cc)
+
+
+def fold_changed(record: dict) -> bool:
+    """Whether a `--sym auto` symmetry record says its map changed fold after the race (race_map_cc
+    measured at the choice and below FOLD_KEPT_CC)."""
+    cc = record.get("race_map_cc")
+    return cc is not None and cc < FOLD_KEPT_CC
+
+
+def why_trials(record: dict) -> str:
+    """Why the trials ran, after "--sym auto's map ...": its change of fold, or its weak evidence."""
+    if fold_changed(record):
+        return f"changed fold after the race of starts (cc {record['race_map_cc']:.2f} with the race's map once superposed)"
+    return "had weak evidence"
+
+
+def trial_record(kept: dict, auto_group: str, auto_misfit: float, tried: list[tuple[str, float]], kept_group: str | None, why: str = "had weak evidence") -> dict:
     """The kept attempt's symmetry record (`kept`) with the trials beside it: the group `--sym auto` chose
-    and its map's ring misfit, each group tried with its map's misfit (in the order run), and the trial
-    group whose map is the job's (None: the `--sym auto` attempt's)."""
+    and its map's ring misfit, each group tried with its map's misfit (in the order run), the trial
+    group whose map is the job's (None: the `--sym auto` attempt's), and why the trials ran (why_trials)."""
     misfits = "; ".join(f"{group} {misfit:.3f}" for group, misfit in [(auto_group, auto_misfit), *tried])
     names = ", ".join(group for group, _ in tried)
     if kept_group is not None:
         fit = "best" if dict(tried)[kept_group] < auto_misfit else f"as well as the {auto_group} map, within the rings' noise, and its evidence holds"
-        summary = f"{kept_group} run imposed after --sym auto's {auto_group} map had weak evidence; its map fits the particles' ring spectra {fit} (misfit {misfits})"
+        summary = f"{kept_group} run imposed after --sym auto's {auto_group} map {why}; its map fits the particles' ring spectra {fit} (misfit {misfits})"
     else:
-        summary = f"--sym auto's map had weak evidence, so {names} {'was' if len(tried) == 1 else 'were each'} run imposed; none fits the particles' ring spectra better (misfit {misfits})"
+        summary = f"--sym auto's map {why}, so {names} {'was' if len(tried) == 1 else 'were each'} run imposed; none fits the particles' ring spectra better (misfit {misfits})"
     trial = {"groups": [group for group, _ in tried], "misfits": [misfit for _, misfit in tried], "auto_group": auto_group, "auto_misfit": auto_misfit,
-             "kept": kept_group, "summary": summary}  # fmt: skip
+             "kept": kept_group, "why": why, "summary": summary}  # fmt: skip
     return {**kept, "requested": "auto", "group_trial": trial}
