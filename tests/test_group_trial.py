@@ -190,6 +190,15 @@ def test_race_map_cc_superposes_before_it_correlates():
     assert fold_changed({"race_map_cc": different}) and not fold_changed({"race_map_cc": same}) and not fold_changed({})
 
 
+def test_the_trials_say_why_they_ran():
+    from novomap.symmetry.group_trial import why_trials
+
+    assert why_trials({}, weak=True) == "had weak evidence"
+    assert why_trials({"race_map_cc": 0.42}, weak=False) == "changed fold after the race of starts (cc 0.42 with the race's map once superposed)"
+    assert why_trials({"race_map_cc": 0.42}, weak=True).endswith("superposed) and had weak evidence")
+    assert why_trials({"race_map_cc": 0.8}, weak=True) == "had weak evidence"
+
+
 def test_the_fold_check_is_measured_only_for_groups_a_trial_could_enlarge():
     """initial_model.with_race_map_cc: on the class's VDAM map against its race map, for a group inside a
     polyhedral group and a run that had a race."""

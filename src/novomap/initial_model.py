@@ -561,7 +561,7 @@ def run_initial_model(
             retry_config = dataclasses.replace(config, seed=retry_seed(config.seed, number))
             attempt_options = dataclasses.replace(options, symmetry=trial_group, fingerprint=with_symmetry(options.fingerprint, trial_group))
             why = (
-                f"--sym auto's {auto_result.symmetry} map {why_trials(auto_result.symmetry_record)}, and a particle of high symmetry run in C1 can drift into a wrong fold "
+                f"--sym auto's {auto_result.symmetry} map {why_trials(auto_result.symmetry_record, auto_result.evidence.weak)}, and a particle of high symmetry run in C1 can drift into a wrong fold "
                 f"before its group is chosen: running again with --sym {trial_group} imposed (of {', '.join(trials)}, the groups containing "
                 f"{auto_result.symmetry}, until one fits; the map that fits the particles' ring spectra best is kept)"
             )
@@ -582,7 +582,7 @@ def run_initial_model(
             attempts[best]["folder"] = "."
     if tried:
         kept_group = None if result is auto_result else result.symmetry
-        result.symmetry_record = trial_record(result.symmetry_record, auto_result.symmetry, ring_misfit(auto_result), tried, kept_group, why_trials(auto_result.symmetry_record))
+        result.symmetry_record = trial_record(result.symmetry_record, auto_result.symmetry, ring_misfit(auto_result), tried, kept_group, why_trials(auto_result.symmetry_record, auto_result.evidence.weak))
         write_symmetry_file(out_dir, result.symmetry_record)
     if len(attempts) > 1 and result.evidence is not None:
         result.evidence.attempts = attempts

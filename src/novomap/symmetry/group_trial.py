@@ -67,11 +67,12 @@ def fold_changed(record: dict) -> bool:
     return cc is not None and cc < FOLD_KEPT_CC
 
 
-def why_trials(record: dict) -> str:
-    """Why the trials ran, after "--sym auto's map ...": its change of fold, or its weak evidence."""
-    if fold_changed(record):
-        return f"changed fold after the race of starts (cc {record['race_map_cc']:.2f} with the race's map once superposed)"
-    return "had weak evidence"
+def why_trials(record: dict, weak: bool = True) -> str:
+    """Why the trials ran, after "--sym auto's map ...": its change of fold, its weak evidence, or both."""
+    if not fold_changed(record):
+        return "had weak evidence"
+    changed = f"changed fold after the race of starts (cc {record['race_map_cc']:.2f} with the race's map once superposed)"
+    return f"{changed} and had weak evidence" if weak else changed
 
 
 def trial_record(kept: dict, auto_group: str, auto_misfit: float, tried: list[tuple[str, float]], kept_group: str | None, why: str = "had weak evidence") -> dict:
