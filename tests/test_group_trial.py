@@ -159,10 +159,10 @@ def test_a_plain_retry_needs_a_lower_misfit():
 
 @pytest.mark.parametrize("race_cc, i_misfit, runs, kept", [
     (0.49, 0.0053, ["auto", "I"], "I"),  # adk_i_tight seed 8: C2 at 70 after a fold change, I fits better
-    (0.49, 0.02, ["auto", "I", "O", "T"], "auto"),  # no trial fits better: the auto map stays
+    (0.49, 0.02, ["auto", "I"], "auto"),  # the one trial does not fit better: the auto map stays, O and T are not run
     (0.85, 0.0053, ["auto"], "auto"),  # the fold held since the race: no trial
 ])  # fmt: skip
-def test_a_consistent_auto_map_that_changed_fold_after_the_race_gets_the_trials(tmp_path, monkeypatch, race_cc, i_misfit, runs, kept):
+def test_a_consistent_auto_map_that_changed_fold_after_the_race_gets_one_trial(tmp_path, monkeypatch, race_cc, i_misfit, runs, kept):
     calls = _fake_runs(monkeypatch, {"auto": ("C2", 0.007, False, race_cc), "I": ("I", i_misfit, False), "O": ("O", 0.03, False), "T": ("T", 0.03, False)})
     messages = []
     result = job.run_initial_model("p.star", tmp_path, VdamConfig(seed=8), symmetry="auto", on_retry=lambda line, config: messages.append(line))
@@ -214,3 +214,18 @@ def test_the_fold_check_is_measured_only_for_groups_a_trial_could_enlarge():
     assert "race_map_cc" not in job.with_race_map_cc({"applied": "C7"}, state, 1, PIXEL_SIZE_A)
     state.race_maps = None
     assert "race_map_cc" not in job.with_race_map_cc({"applied": "C2"}, state, 1, PIXEL_SIZE_A)
+
+
+def test_the_one_trial_after_a_fold_change_is_the_group_the_particles_scored_best():
+    from novomap.symmetry.group_trial import best_scored
+
+    record = _choice("T", {"T": 169.5, "C1": 162.7, "I": 108.3, "O": 95.3})  # hb_t_tight seed 2
+    assert best_scored(["I", "O"], record) == ["I", "O"]
+    record = _choice("C2", {"C2": 200.0, "O": 120.0, "I": 100.0})
+    assert best_scored(["I", "O", "T"], record) == ["O", "I", "T"]  # T unscored: after the scored ones
+    assert best_scored(["I", "O", "T"], {}) == ["I", "O", "T"]
+    evidence = _evidence(0.007, False)
+    result = job.JobResult(Path("."), Path("a"), None, 0.0, 1.0, "C2", {**record, "race_map_cc": 0.4}, evidence)
+    assert job.polyhedral_trials(result, "auto", VdamConfig()) == ["O"]
+    result.evidence = _evidence(0.007, True)  # weak: every group, largest first
+    assert job.polyhedral_trials(result, "auto", VdamConfig()) == ["I", "O", "T"]

@@ -37,7 +37,7 @@ from novomap.reconstruct import Poses, reconstruct_with_poses
 from novomap.symmetry.choice import (
     AUTO, AppliedSymmetry, align_near, apply_point_group, choose_group, requested_group, symmetrise_on_axes, symmetry_record, write_symmetry_file,
 )
-from novomap.symmetry.group_trial import fold_changed, race_map_cc, trial_groups, trial_record, why_trials
+from novomap.symmetry.group_trial import best_scored, fold_changed, race_map_cc, trial_groups, trial_record, why_trials
 from novomap.symmetry.groups import PointGroup, has_larger_group, point_group
 from novomap.vdam import convergence, finalists
 from novomap.vdam.config import VdamConfig, starts_for_classes
@@ -662,14 +662,16 @@ def with_symmetry(fingerprint: dict | None, group: str) -> dict | None:
 
 def polyhedral_trials(result: JobResult, symmetry: str, config: VdamConfig) -> list[str]:
     """The groups a `--sym auto` run is run again with, imposed, one attempt each (symmetry.group_trial):
-    the polyhedral groups containing the group it chose, when it has one class, its evidence is weak or
-    its map changed fold after the race (group_trial.fold_changed), and new attempts are allowed
-    (config.retries); else none."""
+    the polyhedral groups containing the group it chose, when it has one class, its evidence is weak and
+    new attempts are allowed (config.retries); when its evidence holds but its map changed fold after the
+    race (group_trial.fold_changed), only the one of them the particles scored best; else none."""
     if requested_group(symmetry) is not None or config.n_classes != 1 or config.retries < 1 or result.evidence is None:
         return []
-    if not result.evidence.weak and not fold_changed(result.symmetry_record):
-        return []
-    return trial_groups(result.symmetry)
+    if result.evidence.weak:
+        return trial_groups(result.symmetry)
+    if fold_changed(result.symmetry_record):  # evidence that holds: one trial, the group the particles scored best
+        return best_scored(trial_groups(result.symmetry), result.symmetry_record)[:1]
+    return []
 
 
 def retry_attempt_config(config: VdamConfig, attempt: int) -> VdamConfig:

@@ -29,8 +29,11 @@ in the run). On the maps written at iterations 30 and 70 the runs of this shell 
 chosen a wrong fold gave 0.40-0.63, and runs whose race's map was right 0.75-0.97 (two seeds of this
 shell and 18 other specimens, C2 to I; adk_d3, the lowest, 0.71 in the run;
 benchmarks/results/2026-12-07-s62-sym-auto-end-check.md). So a map whose choice came after such a
-change (`race_map_cc` below FOLD_KEPT_CC) gets the trials too, and keeps its own map unless a
-trial's fits the particles' ring spectra better.
+change (`race_map_cc` below FOLD_KEPT_CC) gets a trial too, and keeps its own map unless the
+trial's fits the particles' ring spectra better. Only one: a fold can also change and recover
+fully (hb_t_tight seed 2, 0.52: its I and O trials were each far worse than its T map, and the job
+took 3.7x the time), so a map whose evidence holds is tried only with the polyhedral group the
+particles scored best at the choice (seed 8: I, 107 units behind C2, T 107.5, O 118.9).
 """
 
 from __future__ import annotations
@@ -52,6 +55,13 @@ def trial_groups(applied: str) -> list[str]:
     if chosen.order == 1:
         return []
     return [name for name in LARGEST_FIRST if name != applied and contains_type(point_group(name), chosen)]
+
+
+def best_scored(groups: list[str], record: dict) -> list[str]:
+    """`groups` ordered by the particles' explained energy in `record` (a `--sym auto` choice's
+    particle_scores), best first; groups it did not score keep their order after those it did."""
+    scores = {row["group"]: row["explained"] for row in record.get("particle_scores", [])}
+    return sorted(groups, key=lambda name: -scores.get(name, float("-inf")))
 
 
 def race_map_cc(race_map: torch.Tensor, volume: torch.Tensor, pixel_size_a: float) -> float:
