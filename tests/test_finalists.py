@@ -131,6 +131,7 @@ def test_the_race_keeps_its_runner_up_even_when_that_is_the_first_start(monkeypa
         again = initial_state(particles, other)
         restarts.compete(again, particles, pseudo_halves(particles), other, "cpu", group)
         assert again.finalists == []
+        assert (again.race_maps is None) == (group is not None)  # only a run in C1 keeps its race maps
 
 
 def test_lead_z_is_the_paired_lead_in_standard_errors():

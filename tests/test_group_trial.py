@@ -172,6 +172,10 @@ def test_a_consistent_auto_map_that_changed_fold_after_the_race_gets_one_trial(t
         line = summary_line(result.symmetry_record)
         assert "changed fold after the race of starts (cc 0.49" in line and "weak" not in line
         assert result.symmetry_record["group_trial"]["why"].startswith("changed fold")
+        from novomap.outputs.report import _evidence_caption
+
+        caption = _evidence_caption(json.loads((tmp_path / "evidence.json").read_text()))
+        assert "The --sym auto map changed fold after the race of starts (cc 0.49" in caption and "evidence was weak" not in caption
     assert result.symmetry == ("I" if kept == "I" else "C2")
 
 

@@ -207,8 +207,9 @@ def compete(
         if runners_up:
             rounds[-1]["lead_z"] = runners_up[0][1]
         contenders = [contenders[i] for i in survivors_with_ties(scores, per_particle, survivors, tie_z)]
-    for _, contender in contenders + [c for c, _ in runners_up]:  # whichever goes on, as the race left it
-        contender.race_maps = contender.maps.detach().to("cpu", torch.float32).clone()
+    if group is None:  # a run in C1 (`--sym auto` until it chooses) keeps each start's maps as the race left them
+        for _, contender in contenders + [c for c, _ in runners_up]:
+            contender.race_maps = contender.maps.detach().to("cpu", torch.float32).clone()
     chosen, winner = contenders[0]
     close = [c for c, z in runners_up[: finalists_carried(config, group)] if z < lead_limit(config, group)]
     carried = [(start, apart_from(c, state)) for start, c in close]  # start 0 is `state` itself

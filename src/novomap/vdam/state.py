@@ -66,7 +66,8 @@ class RunState:
     # "seconds": its time so far}, ...], the race's better first; []: none
     finalists: list = field(default_factory=list)
     # the class maps (K, N, N, N) float32 of this start at the race's end (vdam.restarts.compete; None
-    # without a race): `--sym auto` compares its map there with the race's (symmetry.group_trial)
+    # without a race, or with a group imposed): `--sym auto` compares its map there with the race's
+    # (symmetry.group_trial)
     race_maps: torch.Tensor | None = None
 
     @property
