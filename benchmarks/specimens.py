@@ -349,6 +349,30 @@ HELD_OUT: dict[str, Specimen] = {
             particle_fraction=0.6, mask_fraction=0.8, snr=0.05, n_particles=2000, defocus_um=(1.0, 2.5),
             cluster_copies=3, orientation_seed=59,
         ),
+        # added in session 63, before any run: O built of another protein than adenylate kinase (the
+        # haemoglobin a1b1 dimer), a small C3 trimer in a tight box smaller than any symmetric one before
+        # (56 px), and a ~350 kDa C1 particle of three beta-galactosidase chains (no pseudo-symmetry:
+        # three of D2's four chains), each tried as a new user would, with the group given
+        _spec(
+            name="hb_o",
+            description="octahedral (O) 24-mer shell of the haemoglobin a1b1 dimer (4HHB): about 770 kDa, 96 px",
+            symmetry="O", source="assembly", model=str(HAEMOGLOBIN), chains=("A", "B"), box=96,
+            particle_fraction=0.7, mask_fraction=0.85, snr=0.06, n_particles=1000, defocus_um=(1.0, 2.5),
+            direction=(-0.402, -0.27, -0.875), orientation_seed=2,  # specimens.py --search hb_o
+        ),
+        _spec(
+            name="adk_c3_tight",
+            description="C3 trimer of 4AKE chain A: about 72 kDa, 56 px, tight box (particle 90 %, mask 95 %)",
+            symmetry="C3", source="assembly", model=str(ADK_CHAIN), box=56,
+            particle_fraction=0.9, mask_fraction=0.95, snr=0.07, n_particles=1500, defocus_um=(1.0, 2.5),
+            direction=(-0.78, 0.624, 0.042), orientation_seed=3,  # specimens.py --search adk_c3_tight
+        ),
+        _spec(
+            name="betagal_abc_c1",
+            description="three chains (A, B, C) of beta-galactosidase 5A1A: about 350 kDa, C1, 96 px, low SNR",
+            symmetry="C1", source="model", model=str(BETAGAL), chains=("A", "B", "C"), box=96,
+            particle_fraction=0.75, mask_fraction=0.9, snr=0.06, n_particles=1500, defocus_um=(1.0, 2.5),
+        ),
     ]
 }
 
