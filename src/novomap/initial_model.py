@@ -300,10 +300,7 @@ def group_mid_run(
     score = choice.alignment.score if choice.alignment is not None else 0.0
     earlier = state.auto_symmetry
     state.auto_symmetry = {**symmetry_record(AUTO, choice.group, score, None, choice), "chosen_at_iteration": state.iteration}
-    if earlier is not None and "race_map_cc" in earlier:  # measured at the first choice, on the map the race left behind
-        state.auto_symmetry["race_map_cc"] = earlier["race_map_cc"]
-    else:
-        with_race_map_cc(state.auto_symmetry, state, largest, particles.pixel_size_a)
+    with_race_map_cc(state.auto_symmetry, state, largest, particles.pixel_size_a, config, earlier)
     if imposed is not None:
         state.auto_symmetry.update(enlarged_from=imposed.name, enlarged_from_iteration=earlier["chosen_at_iteration"])
         state.symmetry_axes = None  # the smaller group's axes: the larger group's are searched afresh
@@ -316,13 +313,25 @@ def group_mid_run(
     return choice.group, max(last, convergence.restart_settling(state, config, figures))
 
 
-def with_race_map_cc(record: dict, state: RunState, class_index: int, pixel_size_a: float) -> dict:
+def with_race_map_cc(record: dict, state: RunState, class_index: int, pixel_size_a: float, config: VdamConfig, earlier: dict | None = None) -> dict:
     """`record` (a `--sym auto` decision) with race_map_cc, how well the class's VDAM map agrees with the
     race's winner at the race's end (symmetry.group_trial: a fold changed since triggers the polyhedral
-    trials), where the group applied is in a polyhedral group and the run had a race; else unchanged."""
-    if state.race_maps is not None and trial_groups(record["applied"]):
+    trials), where the group applied is in a polyhedral group, the run had a race and one class (only
+    those run trials); else unchanged. Measured once per run: a later decision carries the first one's
+    (`earlier`), which read the map the race left behind."""
+    if carry_race_map_cc(record, earlier):
+        return record
+    if config.n_classes == 1 and state.race_maps is not None and trial_groups(record["applied"]):
         record["race_map_cc"] = race_map_cc(state.race_maps[class_index], state.maps[class_index].float().cpu(), pixel_size_a)
     return record
+
+
+def carry_race_map_cc(record: dict, earlier: dict | None) -> bool:
+    """Copy an earlier decision's race_map_cc into `record`; whether there was one."""
+    if earlier is None or "race_map_cc" not in earlier:
+        return False
+    record["race_map_cc"] = earlier["race_map_cc"]
+    return True
 
 
 def enlarged_at_end(state: RunState, group: PointGroup) -> bool:
@@ -358,8 +367,7 @@ def end_check_record(imposed: dict, larger, alignment_score: float) -> dict:
     if larger.group.name == kept:
         return {**imposed, "alignment_score": alignment_score, "larger_groups_check": check}
     record = symmetry_record(AUTO, larger.group, alignment_score, None, larger)
-    if "race_map_cc" in imposed:
-        record["race_map_cc"] = imposed["race_map_cc"]
+    carry_race_map_cc(record, imposed)
     return {**record, "enlarged_from": kept, "enlarged_from_iteration": imposed["chosen_at_iteration"], "larger_groups_check": check}
 
 
@@ -496,7 +504,7 @@ def _attempt(star_path: str | Path, out_dir: str | Path, config: VdamConfig, opt
     else:
         record = symmetry_record(options.symmetry, applied.group, applied.alignment.score, applied.detection, by_particles)
         if by_particles is not None:
-            with_race_map_cc(record, state, largest, particles.pixel_size_a)
+            with_race_map_cc(record, state, largest, particles.pixel_size_a, config)
     write_symmetry_file(out_dir, record)
     write_evidence(out_dir, evidence, record, pooled)
     seconds = time.perf_counter() - started
