@@ -33,8 +33,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 FIRST_ROUND = (5, 7, 10)
 LAST_ROUND = (15, 20, 25, 30)
 JOB_SCHEDULE = (10, 30)

@@ -10,7 +10,6 @@ from novomap.maps.transform import rotate_volume, shift_volume
 from novomap.symmetry.align import align_to_symmetry
 from novomap.symmetry.groups import point_group
 from novomap.symmetry.impose import impose_group
-from novomap.symmetry.score import symmetry_score
 from novomap.symmetry.symmetrise import symmetrise, symmetrise_in_place
 from novomap.vdam.config import VdamConfig
 
