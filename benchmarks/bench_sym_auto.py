@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from novomap.analysis.symmetry_by_particles import choose_group_by_particles
-from novomap.initial_model import final_reconstruction
+from novomap.final_map import final_reconstruction
 from novomap.io.particles import ParticleSet, working_grid_of
 from novomap.io.star import read_particle_star
 from novomap.io.working_grid import auto_max_resolution_a

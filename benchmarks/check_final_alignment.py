@@ -2,7 +2,7 @@
 
 For each finished job folder with an explicit group (`--sym` other than C1 and auto, read from the
 first line of run.out), loads its last run_itNNN_state.pt and rebuilds the map the job aligns at its
-end (initial_model.final_reconstruction + final_map, from the job's own particles; default options
+end (final_map.final_reconstruction + final_map, from the job's own particles; default options
 except --particle-diameter and --seed, the working grid from run.out's "resolution limit"), then
 aligns it to the group twice: globally (symmetry.align.align_to_symmetry) and from the run's imposed
 axes (symmetry.choice.align_near without its score guard). --class-map aligns the last class map
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from novomap.initial_model import final_map, final_reconstruction, reconstruction_onto_vdam
+from novomap.final_map import final_map, final_reconstruction, reconstruction_onto_vdam
 from novomap.io.particles import ParticleSet
 from novomap.physics.euler import rotation_angle_deg
 from novomap.symmetry.align import align_to_symmetry

@@ -5,7 +5,7 @@ checkpoint's poses (run_itNNN_data.star, rows with a class), with the images and
 STAR file: the misfit, its noise floor, their ratio and whether the job would flag it. With --last
 (the default) only the last checkpoint, which after a finished job holds the final pass's poses.
 With --reconstruction also the map reconstructed from the largest class's particles at those poses
-(as initial_model.final_reconstruction makes it) against the same particles.
+(as final_map.final_reconstruction makes it) against the same particles.
 
     python benchmarks/ring_misfit.py PARTICLES_STAR JOB_DIR [JOB_DIR ...] [--every 10] [--reconstruction] [--json OUT]
 

@@ -38,7 +38,7 @@ def test_true_poses_give_strong_evidence(simulated):
     particles, truth = simulated
     config = VdamConfig(particle_diameter_a=200.0)
     state = _run_state(particles, truth, config)
-    from novomap.initial_model import final_reconstruction
+    from novomap.final_map import final_reconstruction
 
     final = final_reconstruction(state, particles, 0, config)
     evidence = assess_run(state, particles, pseudo_halves(particles), 0, final, config)
@@ -58,7 +58,7 @@ def test_random_poses_give_a_warning(simulated):
     state.rot_deg = torch.rand(n, generator=generator, dtype=torch.float64) * 360
     state.tilt_deg = torch.rad2deg(torch.arccos(1 - 2 * torch.rand(n, generator=generator, dtype=torch.float64)))
     state.psi_deg = torch.rand(n, generator=generator, dtype=torch.float64) * 360
-    from novomap.initial_model import final_reconstruction
+    from novomap.final_map import final_reconstruction
 
     final = final_reconstruction(state, particles, 0, config)
     evidence = assess_run(state, particles, pseudo_halves(particles), 0, final, config)
@@ -78,7 +78,7 @@ def test_the_ring_check_reads_the_final_reconstruction_not_the_last_vdam_map(sim
     config = VdamConfig(particle_diameter_a=200.0)
     state = _run_state(particles, truth, config)
     state.maps[0] = _radial_average(truth).to(truth.dtype)
-    from novomap.initial_model import final_reconstruction
+    from novomap.final_map import final_reconstruction
 
     final = final_reconstruction(state, particles, 0, config)
     evidence = assess_run(state, particles, pseudo_halves(particles), 0, final, config)
@@ -214,7 +214,7 @@ def test_an_imposed_group_raises_the_agreement_bar(simulated):
     particles, truth = simulated
     config = VdamConfig(particle_diameter_a=200.0)
     state = _run_state(particles, truth, config)
-    from novomap.initial_model import final_reconstruction
+    from novomap.final_map import final_reconstruction
 
     final = final_reconstruction(state, particles, 0, config)
     assert assess_run(state, particles, pseudo_halves(particles), 0, final, config).agreement_min == MIN_AGREEMENT_CC

@@ -1,10 +1,10 @@
-"""initial_model.final_map: the final reconstruction combined with the last VDAM maps."""
+"""final_map.final_map: the final reconstruction combined with the last VDAM maps."""
 
 from __future__ import annotations
 
 import torch
 
-from novomap.initial_model import final_map
+from novomap.final_map import final_map
 from novomap.maps.fsc import fsc
 from novomap.maps.transform import shift_volume
 from novomap.physics.masks import soft_edge_mask

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from novomap.initial_model import final_reconstruction
+from novomap.final_map import final_reconstruction
 from novomap.vdam.config import VdamConfig
 from novomap.vdam.start import initial_state
 

@@ -1,4 +1,4 @@
-"""initial_model.fine_final_map: particles finer than the working grid give initial_model.mrc the detail
+"""final_map.fine_final_map: particles finer than the working grid give initial_model.mrc the detail
 beyond the working Nyquist that their final poses support.
 
 Ground truth: a map of sharp blobs (content up to the fine grid's Nyquist), particles simulated from it at
@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from novomap.initial_model import FINE_FADE_FROM, fine_final_map, final_map, final_reconstruction, reconstruction_onto_vdam
+from novomap.final_map import FINE_FADE_FROM, fine_final_map, final_map, final_reconstruction, reconstruction_onto_vdam
 from novomap.io.particles import ParticleSet
 from novomap.io.working_grid import final_grid_max_resolution_a
 from novomap.maps.fsc import fsc

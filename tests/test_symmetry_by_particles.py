@@ -67,7 +67,7 @@ def test_the_particles_choose_the_true_group_over_its_subgroups_and_supergroups(
     particles, truth = simulated
     config = VdamConfig(particle_diameter_a=200.0)
     state = _finished_run(particles, truth, config)
-    from novomap.initial_model import final_reconstruction
+    from novomap.final_map import final_reconstruction
 
     volume = final_reconstruction(state, particles, 0, config)
     groups = [point_group(name) for name in ("C1", "C2", "D2", "D4", "O")]

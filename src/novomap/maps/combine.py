@@ -4,7 +4,7 @@ Each estimate is reduced to zero mean and unit standard deviation inside a mask 
 added: every estimate gets the same say over the masked volume, whatever its greyscale, and within
 that each frequency counts by its share of the estimate's power. Where the estimates' errors are
 partly independent the sum is closer to the truth than either (the FSC with the truth rises), which is
-what initial_model.final_map measures. The sum is then given, shell by shell, the RMS amplitude of a
+what final_map.final_map measures. The sum is then given, shell by shell, the RMS amplitude of a
 reference map: the FSC does not depend on it (one factor per shell), it only puts the result on the
 reference's greyscale.
 """
