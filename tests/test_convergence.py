@@ -242,7 +242,7 @@ def test_run_out_says_why_a_c1_run_whose_map_looks_symmetric_stops_at_iter():
 
 
 def test_a_regime_change_restarts_the_settling_test():
-    """`--sym auto` imposing its group mid-run (initial_model.group_mid_run): the checks before it compared
+    """`--sym auto` imposing its group mid-run (auto_symmetry.group_mid_run): the checks before it compared
     C1 maps, so they neither confirm nor veto the next one, and the first new check comes a lag later."""
     config = VdamConfig(n_iter=40, max_extra_iterations=60)
     volume = _low_passed_noise(24, 6, seed=12)[None]
@@ -265,6 +265,7 @@ def test_sym_auto_imposes_a_group_chosen_mid_run_and_keeps_it(small_dataset, tmp
     0): the particles choose at that check (here made to choose D2), the group is imposed from there, the
     settling test starts again, the group is not checked again at the end (chosen from --iter on), and
     symmetry.txt and a continued run keep the decision."""
+    import novomap.auto_symmetry
     import novomap.initial_model
     from novomap.symmetry.groups import point_group
 
@@ -277,7 +278,8 @@ def test_sym_auto_imposes_a_group_chosen_mid_run_and_keeps_it(small_dataset, tmp
         choice = real_choice(volume, state, *args, **kwargs)
         return dataclasses.replace(choice, group=point_group("D2"), scores=[("D2", 1.0), ("C1", 0.0)], alignment=None)
 
-    monkeypatch.setattr(novomap.initial_model, "choose_group_by_particles", choose_d2)
+    for module in (novomap.initial_model, novomap.auto_symmetry):  # the end choice and the choices during the run
+        monkeypatch.setattr(module, "choose_group_by_particles", choose_d2)
     config = VdamConfig(
         n_iter=3, particle_diameter_a=200.0, n_starts=1, seed=2, convergence_check_every=1, convergence_lag=1,
         convergence_min_fsc=1.01, max_extra_iterations=3, retries=0, auto_symmetry_at=0,
@@ -320,6 +322,7 @@ def test_sym_auto_chooses_at_70_percent_of_the_run(small_dataset, tmp_path, monk
     groups containing it (at_least), unless a check at --iter kept it; C1 keeps the run in C1, and the
     particles choose once more at the check that sends it on past --iter, or on the final reconstruction,
     but never twice past --iter. A group chosen or enlarged at --iter is checked at the end."""
+    import novomap.auto_symmetry
     import novomap.initial_model
     from novomap.symmetry.groups import point_group
 
@@ -333,7 +336,8 @@ def test_sym_auto_chooses_at_70_percent_of_the_run(small_dataset, tmp_path, monk
         choice = real_choice(volume, state, *args, at_least=at_least, **kwargs)
         return dataclasses.replace(choice, group=point_group(name), scores=[(name, 1.0)], alignment=None, unjudged="")
 
-    monkeypatch.setattr(novomap.initial_model, "choose_group_by_particles", choose)
+    for module in (novomap.initial_model, novomap.auto_symmetry):  # the end choice and the choices during the run
+        monkeypatch.setattr(module, "choose_group_by_particles", choose)
     config = VdamConfig(
         n_iter=10, particle_diameter_a=200.0, n_starts=1, seed=2, convergence_check_every=1, convergence_lag=1,
         convergence_min_fsc=0.0 if settles else 1.01, max_extra_iterations=2, retries=0,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import novomap.auto_symmetry as auto_symmetry
 import novomap.initial_model as job
 from novomap.analysis.confidence import Evidence
 from novomap.symmetry.choice import summary_line
@@ -204,7 +205,7 @@ def test_the_trials_say_why_they_ran():
 
 
 def test_the_fold_check_is_measured_only_for_groups_a_trial_could_enlarge():
-    """initial_model.with_race_map_cc: on the class's VDAM map against its race map, for a group inside a
+    """auto_symmetry.with_race_map_cc: on the class's VDAM map against its race map, for a group inside a
     polyhedral group and a one-class run that had a race; a later decision carries the first one's."""
     import types
 
@@ -214,14 +215,14 @@ def test_the_fold_check_is_measured_only_for_groups_a_trial_could_enlarge():
     race, now = blob_map("C1"), blob_map("D2")
     state = types.SimpleNamespace(race_maps=torch.stack([now, race]).float(), maps=torch.stack([now, now]).double())
     one, two = types.SimpleNamespace(n_classes=1), types.SimpleNamespace(n_classes=2)
-    assert job.with_race_map_cc({"applied": "C2"}, state, 0, PIXEL_SIZE_A, one)["race_map_cc"] > 0.99
-    assert job.with_race_map_cc({"applied": "D2"}, state, 1, PIXEL_SIZE_A, one)["race_map_cc"] < 0.7
-    assert "race_map_cc" not in job.with_race_map_cc({"applied": "C7"}, state, 1, PIXEL_SIZE_A, one)
-    assert "race_map_cc" not in job.with_race_map_cc({"applied": "D2"}, state, 1, PIXEL_SIZE_A, two)  # no trials with classes
+    assert auto_symmetry.with_race_map_cc({"applied": "C2"}, state, 0, PIXEL_SIZE_A, one)["race_map_cc"] > 0.99
+    assert auto_symmetry.with_race_map_cc({"applied": "D2"}, state, 1, PIXEL_SIZE_A, one)["race_map_cc"] < 0.7
+    assert "race_map_cc" not in auto_symmetry.with_race_map_cc({"applied": "C7"}, state, 1, PIXEL_SIZE_A, one)
+    assert "race_map_cc" not in auto_symmetry.with_race_map_cc({"applied": "D2"}, state, 1, PIXEL_SIZE_A, two)  # no trials with classes
     # the first decision's figure stands (it read the map the race left behind), not a new one
-    assert job.with_race_map_cc({"applied": "D2"}, state, 1, PIXEL_SIZE_A, one, earlier={"race_map_cc": 0.91})["race_map_cc"] == 0.91
+    assert auto_symmetry.with_race_map_cc({"applied": "D2"}, state, 1, PIXEL_SIZE_A, one, earlier={"race_map_cc": 0.91})["race_map_cc"] == 0.91
     state.race_maps = None
-    assert "race_map_cc" not in job.with_race_map_cc({"applied": "C2"}, state, 1, PIXEL_SIZE_A, one)
+    assert "race_map_cc" not in auto_symmetry.with_race_map_cc({"applied": "C2"}, state, 1, PIXEL_SIZE_A, one)
 
 
 def test_the_one_trial_after_a_fold_change_is_the_group_the_particles_scored_best():

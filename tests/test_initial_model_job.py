@@ -568,7 +568,7 @@ def test_run_out_says_when_the_group_acts():
 
 
 def test_run_out_says_what_sym_auto_chose_during_the_run():
-    """run.out's line for each mid-run decision of --sym auto (initial_model.group_mid_run's figures): C1 kept,
+    """run.out's line for each mid-run decision of --sym auto (auto_symmetry.group_mid_run's figures): C1 kept,
     a group chosen (with the race's runners-up stopped), and at a check past --iter a group kept or enlarged."""
     from novomap.commands.initial_model import _auto_symmetry_line
 

@@ -168,11 +168,11 @@ def test_a_group_imposed_mid_run_is_put_only_against_larger_groups_containing_it
 
 
 def test_sym_auto_mid_run_imposes_the_chosen_group_and_restarts_settling(simulated):
-    """initial_model.group_mid_run on a run of beta-gal (D2) particles at their true poses, its class map
+    """auto_symmetry.group_mid_run on a run of beta-gal (D2) particles at their true poses, its class map
     noisy and its last checks failing: the particles choose D2, the map is made D2-symmetric about the
     axes it keeps for later impositions, the race's runner-up stops, the decision is stored in the state
     (for --continue and symmetry.txt), and the run must settle afresh, a lag later."""
-    from novomap.initial_model import group_mid_run
+    from novomap.auto_symmetry import group_mid_run
     from novomap.symmetry.align import align_to_symmetry as align
 
     particles, truth = simulated

@@ -448,7 +448,7 @@ def _symmetry_phrase(sym: str, config: VdamConfig) -> str:
 
 
 def _auto_symmetry_line(figures: dict) -> str:
-    """run.out's line when `--sym auto` chose its group during the run (initial_model.group_mid_run)."""
+    """run.out's line when `--sym auto` chose its group during the run (auto_symmetry.group_mid_run)."""
     group, before = figures["auto_symmetry"], figures.get("auto_symmetry_from")
     if before == group:
         return f"--sym auto: at iteration {figures['iteration']} the map still moves in {group}, and no larger group containing {group} wins with the particles: {group} stays"
@@ -709,7 +709,7 @@ def _run_job(args: argparse.Namespace, out_dir: Path, log, stage: _JobStage) -> 
             report(final=False)
             last_report[0] = time.perf_counter()
 
-    chosen_mid_run: list[str] = []  # --sym auto: the group the particles chose during the run (initial_model.group_mid_run)
+    chosen_mid_run: list[str] = []  # --sym auto: the group the particles chose during the run (auto_symmetry.group_mid_run)
 
     def progress(figures: dict) -> None:
         more = figures.get("more_iterations", 0)

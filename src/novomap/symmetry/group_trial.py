@@ -1,6 +1,6 @@
 """`--sym auto` on a particle of high symmetry: the polyhedral groups run imposed when the detected group's map is weak.
 
-`--sym auto` runs in C1 until the particles choose the group (initial_model.group_mid_run, at iteration
+`--sym auto` runs in C1 until the particles choose the group (auto_symmetry.group_mid_run, at iteration
 70 of 100). A tight icosahedral shell (adk_i_tight) run so fell into a wrong fold on 3 of 5 seeds
 before its group was chosen: the C1 map was 54-56 Å from the truth already at iteration 30, the
 map-only detection found C2 on it and nothing of I (I scored worst of all groups), and the particles,

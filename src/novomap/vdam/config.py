@@ -211,7 +211,7 @@ class VdamConfig:
     # own far centre, searched over every orientation. Real K=3 (benchmarks/results/2026-12-05-s37-classes.md)
     centre_untrusted_classes: bool = True
     # --sym auto: when a convergence check sends the C1 run on past n_iter, the particles choose the group
-    # then and a group > C1 is imposed for the rest of the run (initial_model.group_mid_run); False: the
+    # then and a group > C1 is imposed for the rest of the run (auto_symmetry.group_mid_run); False: the
     # run stays C1 and the group is chosen at the end only
     auto_symmetry_mid_run: bool = True
     # --sym auto: the particles also choose at this iteration per 100 of the run (the finalists' prune,

@@ -58,7 +58,7 @@ class RunState:
     map_snapshots: dict = field(default_factory=dict)
     # the resolution shell (state.resolution_shell) at each snapshot's iteration, by iteration
     snapshot_shells: dict = field(default_factory=dict)
-    # `--sym auto` decided during the run (initial_model.group_mid_run): the decision as
+    # `--sym auto` decided during the run (auto_symmetry.group_mid_run): the decision as
     # symmetry.choice.symmetry_record gives it, with "chosen_at_iteration"; None: not decided yet
     auto_symmetry: dict | None = None
     # the race's runners-up carried alongside a one-class C1 run until the choices at the pruning
