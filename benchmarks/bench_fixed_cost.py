@@ -52,7 +52,12 @@ def timed(name, module, attr):
 from novomap.commands import main as novomap_main
 import novomap.commands.initial_model as command
 import novomap.initial_model as job
+try:
+    import novomap.final_map as final_map  # since session 63; older code kept it in initial_model
+except ImportError:
+    final_map = None
 for name, module, attr in [
+    *([("final reconstruction", final_map, "final_reconstruction")] if final_map else []),  # the finer grid's, in fine_final_map
     ("job", job, "run_initial_model"), ("init", job, "initial_state"),
     ("iterations", job, "run_iteration"), ("final pass", job, "assign_all"),
     ("final reconstruction", job, "final_reconstruction"), ("symmetry alignment", job, "apply_point_group"),
