@@ -132,6 +132,12 @@ def test_the_race_keeps_its_runner_up_even_when_that_is_the_first_start(monkeypa
         restarts.compete(again, particles, pseudo_halves(particles), other, "cpu", group)
         assert again.finalists == []
         assert (again.race_maps is None) == (group is not None)  # only a run in C1 keeps its race maps
+    # and only with one class: a run of several classes never tries larger groups after a fold change
+    seen.clear()
+    classes = _race_config(n_classes=2)
+    several = initial_state(particles, classes)
+    restarts.compete(several, particles, pseudo_halves(particles), classes, "cpu", None)
+    assert several.race_maps is None and all(c["state"].race_maps is None for c in several.finalists)
 
 
 def test_lead_z_is_the_paired_lead_in_standard_errors():

@@ -40,6 +40,7 @@ def test_the_polyhedral_groups_containing_the_chosen_one_are_tried_largest_first
 def test_the_trials_are_named_in_the_symmetry_line_whichever_attempt_is_kept():
     kept = trial_record({"requested": "I", "applied": "I", "alignment_score": 0.02}, "C2", 0.032, [("I", 0.005)], "I")
     assert kept["requested"] == "auto" and kept["group_trial"]["kept"] == "I"
+    assert kept["group_trial"]["fold_changed"] is False and kept["group_trial"]["weak_evidence"] is True
     line = summary_line(kept)
     assert line.startswith("symmetry: I (--sym auto)") and "C2 map had weak evidence" in line and "C2 0.032; I 0.005" in line
     lost = trial_record(_choice("D5", {"C1": 1.0, "D5": 3.0}), "D5", 0.006, [("I", 0.02)], None)
@@ -173,6 +174,7 @@ def test_a_consistent_auto_map_that_changed_fold_after_the_race_gets_one_trial(t
         line = summary_line(result.symmetry_record)
         assert "changed fold after the race of starts (cc 0.49" in line and "weak" not in line
         assert result.symmetry_record["group_trial"]["why"].startswith("changed fold")
+        assert result.symmetry_record["group_trial"]["fold_changed"] is True
         from novomap.outputs.report import _evidence_caption
 
         caption = _evidence_caption(json.loads((tmp_path / "evidence.json").read_text()))
@@ -206,7 +208,7 @@ def test_the_trials_say_why_they_ran():
 
 def test_the_fold_check_is_measured_only_for_groups_a_trial_could_enlarge():
     """auto_symmetry.with_race_map_cc: on the class's VDAM map against its race map, for a group inside a
-    polyhedral group and a one-class run that had a race; a later decision carries the first one's."""
+    polyhedral group and a run that kept race maps; a later decision carries the first one's."""
     import types
 
     import torch
@@ -214,15 +216,13 @@ def test_the_fold_check_is_measured_only_for_groups_a_trial_could_enlarge():
 
     race, now = blob_map("C1"), blob_map("D2")
     state = types.SimpleNamespace(race_maps=torch.stack([now, race]).float(), maps=torch.stack([now, now]).double())
-    one, two = types.SimpleNamespace(n_classes=1), types.SimpleNamespace(n_classes=2)
-    assert auto_symmetry.with_race_map_cc({"applied": "C2"}, state, 0, PIXEL_SIZE_A, one)["race_map_cc"] > 0.99
-    assert auto_symmetry.with_race_map_cc({"applied": "D2"}, state, 1, PIXEL_SIZE_A, one)["race_map_cc"] < 0.7
-    assert "race_map_cc" not in auto_symmetry.with_race_map_cc({"applied": "C7"}, state, 1, PIXEL_SIZE_A, one)
-    assert "race_map_cc" not in auto_symmetry.with_race_map_cc({"applied": "D2"}, state, 1, PIXEL_SIZE_A, two)  # no trials with classes
+    assert auto_symmetry.with_race_map_cc({"applied": "C2"}, state, 0, PIXEL_SIZE_A)["race_map_cc"] > 0.99
+    assert auto_symmetry.with_race_map_cc({"applied": "D2"}, state, 1, PIXEL_SIZE_A)["race_map_cc"] < 0.7
+    assert "race_map_cc" not in auto_symmetry.with_race_map_cc({"applied": "C7"}, state, 1, PIXEL_SIZE_A)
     # the first decision's figure stands (it read the map the race left behind), not a new one
-    assert auto_symmetry.with_race_map_cc({"applied": "D2"}, state, 1, PIXEL_SIZE_A, one, earlier={"race_map_cc": 0.91})["race_map_cc"] == 0.91
-    state.race_maps = None
-    assert "race_map_cc" not in auto_symmetry.with_race_map_cc({"applied": "C2"}, state, 1, PIXEL_SIZE_A, one)
+    assert auto_symmetry.with_race_map_cc({"applied": "D2"}, state, 1, PIXEL_SIZE_A, earlier={"race_map_cc": 0.91})["race_map_cc"] == 0.91
+    state.race_maps = None  # no race, or several classes (vdam.restarts.compete keeps none: no trials with classes)
+    assert "race_map_cc" not in auto_symmetry.with_race_map_cc({"applied": "C2"}, state, 1, PIXEL_SIZE_A)
 
 
 def test_the_one_trial_after_a_fold_change_is_the_group_the_particles_scored_best():

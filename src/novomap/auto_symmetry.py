@@ -90,7 +90,7 @@ def group_mid_run(
     score = choice.alignment.score if choice.alignment is not None else 0.0
     earlier = state.auto_symmetry
     state.auto_symmetry = {**symmetry_record(AUTO, choice.group, score, None, choice), "chosen_at_iteration": state.iteration}
-    with_race_map_cc(state.auto_symmetry, state, largest, particles.pixel_size_a, config, earlier)
+    with_race_map_cc(state.auto_symmetry, state, largest, particles.pixel_size_a, earlier)
     if imposed is not None:
         state.auto_symmetry.update(enlarged_from=imposed.name, enlarged_from_iteration=earlier["chosen_at_iteration"])
         state.symmetry_axes = None  # the smaller group's axes: the larger group's are searched afresh
@@ -103,15 +103,15 @@ def group_mid_run(
     return choice.group, max(last, convergence.restart_settling(state, config, figures))
 
 
-def with_race_map_cc(record: dict, state: RunState, class_index: int, pixel_size_a: float, config: VdamConfig, earlier: dict | None = None) -> dict:
+def with_race_map_cc(record: dict, state: RunState, class_index: int, pixel_size_a: float, earlier: dict | None = None) -> dict:
     """`record` (a `--sym auto` decision) with race_map_cc, how well the class's VDAM map agrees with the
     race's winner at the race's end (symmetry.group_trial: a fold changed since triggers the polyhedral
-    trials), where the group applied is in a polyhedral group, the run had a race and one class (only
-    those run trials); else unchanged. Measured once per run: a later decision carries the first one's
-    (`earlier`), which read the map the race left behind."""
+    trials), where the group applied is in a polyhedral group and the run kept race maps (a one-class
+    run in C1 with a race: vdam.restarts.compete; only those run trials); else unchanged. Measured
+    once per run: a later decision carries the first one's (`earlier`), which read the map the race left behind."""
     if carry_race_map_cc(record, earlier):
         return record
-    if config.n_classes == 1 and state.race_maps is not None and trial_groups(record["applied"]):
+    if state.race_maps is not None and trial_groups(record["applied"]):
         record["race_map_cc"] = race_map_cc(state.race_maps[class_index], state.maps[class_index].float().cpu(), pixel_size_a)
     return record
 

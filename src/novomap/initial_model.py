@@ -249,7 +249,7 @@ def _attempt(star_path: str | Path, out_dir: str | Path, config: VdamConfig, opt
     else:
         record = symmetry_record(options.symmetry, applied.group, applied.alignment.score, applied.detection, by_particles)
         if by_particles is not None:
-            with_race_map_cc(record, state, largest, particles.pixel_size_a, config)
+            with_race_map_cc(record, state, largest, particles.pixel_size_a)
     write_symmetry_file(out_dir, record)
     write_evidence(out_dir, evidence, record, pooled)
     seconds = time.perf_counter() - started
@@ -335,7 +335,7 @@ def run_initial_model(
             attempts[best]["folder"] = "."
     if tried:
         kept_group = None if result is auto_result else result.symmetry
-        result.symmetry_record = trial_record(result.symmetry_record, auto_result.symmetry, ring_misfit(auto_result), tried, kept_group, why_trials(auto_result.symmetry_record, auto_result.evidence.weak))
+        result.symmetry_record = trial_record(result.symmetry_record, auto_result.symmetry, ring_misfit(auto_result), tried, kept_group, auto_result.symmetry_record, auto_result.evidence.weak)
         write_symmetry_file(out_dir, result.symmetry_record)
     if len(attempts) > 1 and result.evidence is not None:
         result.evidence.attempts = attempts

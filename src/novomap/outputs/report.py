@@ -513,8 +513,8 @@ def _evidence_caption(evidence: dict) -> str:
         tried = [a["symmetry"] for a in attempts if a.get("symmetry")]  # symmetry.group_trial's attempts
         why, kept_for = "A flagged map was run again from new random starts (--retries)", "the lowest ring misfit"
         if tried:
-            reason = ((evidence.get("symmetry") or {}).get("group_trial") or {}).get("why", "had weak evidence")  # group_trial.why_trials
-            reason = "'s evidence was weak" if reason == "had weak evidence" else f" {reason}"
+            trial = (evidence.get("symmetry") or {}).get("group_trial") or {}  # symmetry.group_trial.trial_record
+            reason = f" {trial['why']}" if trial.get("fold_changed") else "'s evidence was weak"
             why = f"The --sym auto map{reason}, so the job was run again with {', '.join(tried)} imposed (each a group containing the one it found)"
             kept_for = "its fit to the particles' ring spectra (symmetry.txt says how)"
         parts.append(html.escape(

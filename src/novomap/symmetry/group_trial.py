@@ -85,10 +85,15 @@ def why_trials(record: dict, weak: bool = True) -> str:
     return f"{changed} and had weak evidence" if weak else changed
 
 
-def trial_record(kept: dict, auto_group: str, auto_misfit: float, tried: list[tuple[str, float]], kept_group: str | None, why: str = "had weak evidence") -> dict:
+def trial_record(
+    kept: dict, auto_group: str, auto_misfit: float, tried: list[tuple[str, float]], kept_group: str | None, auto_record: dict | None = None, weak: bool = True
+) -> dict:
     """The kept attempt's symmetry record (`kept`) with the trials beside it: the group `--sym auto` chose
     and its map's ring misfit, each group tried with its map's misfit (in the order run), the trial
-    group whose map is the job's (None: the `--sym auto` attempt's), and why the trials ran (why_trials)."""
+    group whose map is the job's (None: the `--sym auto` attempt's), and why the trials ran (why_trials
+    of the `--sym auto` attempt's own record `auto_record` and whether its evidence was weak), in words
+    and as the two facts behind them."""
+    why = why_trials(auto_record or {}, weak)
     misfits = "; ".join(f"{group} {misfit:.3f}" for group, misfit in [(auto_group, auto_misfit), *tried])
     names = ", ".join(group for group, _ in tried)
     if kept_group is not None:
@@ -97,5 +102,5 @@ def trial_record(kept: dict, auto_group: str, auto_misfit: float, tried: list[tu
     else:
         summary = f"--sym auto's map {why}, so {names} {'was' if len(tried) == 1 else 'were each'} run imposed; none fits the particles' ring spectra better (misfit {misfits})"
     trial = {"groups": [group for group, _ in tried], "misfits": [misfit for _, misfit in tried], "auto_group": auto_group, "auto_misfit": auto_misfit,
-             "kept": kept_group, "why": why, "summary": summary}  # fmt: skip
+             "kept": kept_group, "why": why, "fold_changed": fold_changed(auto_record or {}), "weak_evidence": weak, "summary": summary}  # fmt: skip
     return {**kept, "requested": "auto", "group_trial": trial}

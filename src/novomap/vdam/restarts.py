@@ -207,7 +207,9 @@ def compete(
         if runners_up:
             rounds[-1]["lead_z"] = runners_up[0][1]
         contenders = [contenders[i] for i in survivors_with_ties(scores, per_particle, survivors, tie_z)]
-    if group is None:  # a run in C1 (`--sym auto` until it chooses) keeps each start's maps as the race left them
+    # a one-class run in C1 (`--sym auto` until it chooses) keeps each start's maps as the race left them:
+    # only such runs try larger groups after a fold change (auto_symmetry.with_race_map_cc)
+    if group is None and config.n_classes == 1:
         for _, contender in contenders + [c for c, _ in runners_up]:
             contender.race_maps = contender.maps.detach().to("cpu", torch.float32).clone()
     chosen, winner = contenders[0]
