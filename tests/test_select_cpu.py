@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -72,36 +70,3 @@ def test_short_rows_take_torch_topk():
     values, index = select_cpu.largest(log_w, 100)
     assert torch.equal(values, _by_full_sort(log_w, 100)[0])
     assert torch.equal(torch.gather(log_w, 1, index), values)
-
-
-def test_the_mass_relative_to_the_best_value_is_the_sum_of_exponentials_near_it():
-    """with_mass: sum_i exp(v_i - max) per row over the values within MASS_CUT of the best, against the
-    full sum in double precision (what the cut leaves out is below 1e-7 of it)."""
-    generator = torch.Generator().manual_seed(11)
-    n = 20_000
-    rows = [
-        torch.randn(n, generator=generator) * 2,  # broad: every value counts
-        torch.randn(n, generator=generator) * 300,  # sharp: most values far below the best
-        torch.randn(n, generator=generator) * 12,  # in between: many values 30-60 below the best
-        torch.cat([torch.full((n - 2,), -float("inf")), torch.tensor([3.0, 2.0])]),  # -inf adds nothing
-    ]
-    log_w = torch.stack(rows).float()
-    values, index, mass = select_cpu.largest(log_w, 100, with_mass=True)
-    assert torch.equal(values, _by_full_sort(log_w, 100)[0])
-    relative = (log_w - values[:, :1]).double()  # the difference in float32, as the E-step forms it
-    assert mass.dtype == torch.float64
-    torch.testing.assert_close(mass, relative.exp().sum(-1), rtol=1e-7, atol=0.0)
-    near = torch.where(relative > -select_cpu.MASS_CUT, relative.exp(), torch.zeros_like(relative)).sum(-1)
-    torch.testing.assert_close(mass, near, rtol=1e-12, atol=0.0)
-    assert float(mass[3]) == 1.0 + math.exp(-1.0)
-    assert mass[1] < 1.5 and mass[0] > 10  # sharp: little besides the best; broad: many values
-
-
-def test_the_mass_of_a_row_with_nan_is_nan_and_short_rows_leave_it_to_the_caller():
-    row = torch.randn(4_000, generator=torch.Generator().manual_seed(3))
-    row[17] = float("nan")
-    _, _, mass = select_cpu.largest(row[None], 50, with_mass=True)
-    assert torch.isnan(mass).all()
-    values, index, mass = select_cpu.largest(torch.randn(2, 520), 100, with_mass=True)
-    assert mass is None and values.shape == (2, 100)
-

@@ -218,14 +218,10 @@ def significant(log_w: torch.Tensor, settings: SearchSettings, caps: torch.Tenso
     # only the largest max_significant weights can be significant: a partial sort suffices
     cap = min(settings.max_significant, flat.shape[-1])
     selection = _compiled_selection() if flat.device.type == "cpu" else None
-    if selection is not None:  # with each row's mass, summed while the row is in cache
-        top, top_index, mass = selection.largest(flat, cap, with_mass=True)
-    else:
-        (top, top_index), mass = torch.topk(flat, cap, dim=-1, sorted=True), None
-    if mass is None:
-        # mass relative to the best (log_w is spent here); the clamp keeps exp off its slow path for
-        # very negative arguments (and out of denormals) at a cost below 1e-20 of the mass
-        mass = flat.sub_(top[:, :1]).clamp_(min=-60.0).exp_().sum(-1)
+    top, top_index = selection.largest(flat, cap) if selection is not None else torch.topk(flat, cap, dim=-1, sorted=True)
+    # mass relative to the best (log_w is spent here); the clamp keeps exp off its slow path for
+    # very negative arguments (and out of denormals) at a cost below 1e-20 of the mass
+    mass = flat.sub_(top[:, :1]).clamp_(min=-60.0).exp_().sum(-1)
     ordered = torch.exp(top - top[:, :1]) / mass[:, None]
     needed = (torch.cumsum(ordered, -1) < settings.adaptive_fraction).sum(-1) + 1
     n_sig = needed.clamp(max=cap) if caps is None else torch.minimum(needed, caps.clamp(min=1, max=cap))

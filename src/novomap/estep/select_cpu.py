@@ -10,10 +10,6 @@ pass, one pass collects those, a partition finds the k largest of them, and only
 Ties are ordered by position, lowest first, so the result is deterministic (torch.topk leaves the
 order of equal values unspecified). NaN sorts after every number (torch.topk puts it first).
 
-With the k largest, each row's posterior mass relative to its best value comes from the same loop
-(largest(with_mass=True)): the row was just read, so it is summed from cache, where PyTorch made
-four passes over the whole (particles x hypotheses) array (subtract, clamp, exp, sum).
-
 Imported on first use on the CPU, like estep.fine_cpu; on other devices torch.topk stays.
 """
 
@@ -33,8 +29,6 @@ SAMPLE_STRIDE = 16
 # rows shorter than this many times the count asked for are left to torch.topk: sampling gains
 # nothing when most of a row is kept
 MIN_ROW_PER_KEPT = 16
-# _relative_mass leaves out the values more than this below a row's best (log units)
-MASS_CUT = 30.0
 
 
 def available() -> bool:
@@ -79,28 +73,9 @@ if njit is not None:
                 return values, index, count
             rank *= 4
 
-    @njit(cache=True)
-    def _relative_mass(row, best):  # pragma: no cover - compiled
-        """The sum of exp(row[i] - best) over the values less than MASS_CUT below the best, in double.
-
-        search.significant's PyTorch path sums exp(max(row - best, -60)) over every value; the values
-        left out here add at most N e^-30 < 1e-7 for rows of up to a million values, below the
-        resolution of that single-precision sum. Numba has no vectorised exp here, so the cut is what
-        makes this loop cheap: 40-60 % of a late iteration's coarse values (real beta-gal, three
-        classes) lie within 60 of the best, 3-7 % within 30."""
-        total = 0.0
-        for i in range(row.shape[0]):
-            d = row[i] - best
-            if not d <= -MASS_CUT:  # NaN too: it makes the mass NaN, as PyTorch's sum would
-                total += np.exp(np.float64(d))
-        return total
-
     @njit(parallel=True, cache=True)
-    def _largest(log_w, out_values, out_index, out_mass):  # pragma: no cover - compiled
-        """The k largest of each row into out_values, out_index (B, k); with out_mass of length B, also
-        each row's _relative_mass to its largest value."""
+    def _largest(log_w, out_values, out_index):  # pragma: no cover - compiled
         n_rows, n = log_w.shape
-        with_mass = out_mass.shape[0] == n_rows
         k = out_values.shape[1]
         n_sample = (n + SAMPLE_STRIDE - 1) // SAMPLE_STRIDE
         for b in prange(n_rows):
@@ -118,8 +93,6 @@ if njit is not None:
                 for j in range(k):
                     out_values[b, j] = values[order[j]]
                     out_index[b, j] = index[order[j]]
-                if with_mass:
-                    out_mass[b] = _relative_mass(row, out_values[b, 0])
                 continue
             # the k largest of the candidates (the k-th value's ties by position), then those k in order
             negated = -values[:count]
@@ -143,27 +116,18 @@ if njit is not None:
             for j in range(k):
                 out_values[b, j] = -kept_values[order[j]]
                 out_index[b, j] = kept_index[order[j]]
-            if with_mass:
-                out_mass[b] = _relative_mass(row, out_values[b, 0])
 
 
-def largest(log_w: torch.Tensor, k: int, with_mass: bool = False):
+def largest(log_w: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The k largest values of each row, largest first: log_w (B, N) float32 -> (values (B, k), index (B, k) int64).
 
     Needs numba (`available()`) and 1 <= k <= N; rows shorter than MIN_ROW_PER_KEPT * k go to torch.topk.
-    with_mass: also each row's posterior mass relative to its largest value, the sum of
-    exp(value - largest) (_relative_mass) (B,) float64, as a third element; None where the rows went
-    to torch.topk (the caller sums them its own way).
     """
     n_rows, n = log_w.shape
     if n < MIN_ROW_PER_KEPT * k:
-        values, index = torch.topk(log_w, k, dim=-1, sorted=True)
-        return (values, index, None) if with_mass else (values, index)
+        return torch.topk(log_w, k, dim=-1, sorted=True)
     values = np.empty((n_rows, k), dtype=np.float32)
     index = np.empty((n_rows, k), dtype=np.int64)
-    mass = np.empty(n_rows if with_mass else 0, dtype=np.float64)
     with trilinear_cpu.numba_threads():
-        _largest(log_w.detach().to(torch.float32).contiguous().numpy(), values, index, mass)
-    if with_mass:
-        return torch.from_numpy(values), torch.from_numpy(index), torch.from_numpy(mass)
+        _largest(log_w.detach().to(torch.float32).contiguous().numpy(), values, index)
     return torch.from_numpy(values), torch.from_numpy(index)
