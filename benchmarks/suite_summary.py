@@ -26,6 +26,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # extra initial-model arguments that only spell out a default of today's code: `--finalists 4` became
 # the default in session 54 (hb2_c1_40 seeds 10 and 12 were run with it before it was)
 DEFAULT_EQUIVALENT_ARGS = {"", "--finalists 4"}
+# seeds from here on are a job's later attempts run on their own (seed + 1,000,003: initial_model.retry_seed),
+# not seeds of the suite (session 65: hb16_c1's second attempts)
+FIRST_ATTEMPT_SEED_LIMIT = 1_000_000
 
 
 def default_runs(path: Path) -> list[tuple[str, int, dict, str]]:
@@ -45,7 +48,7 @@ def default_runs(path: Path) -> list[tuple[str, int, dict, str]]:
         if specimen["n_particles"] != own_count:
             continue
         for run in specimen.get("runs", []):
-            if run.get("ratio") is not None:
+            if run.get("ratio") is not None and int(run["seed"]) < FIRST_ATTEMPT_SEED_LIMIT:
                 kept.append((name, int(run["seed"]), run, label))
     return kept
 

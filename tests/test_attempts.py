@@ -26,8 +26,9 @@ def _evidence(misfit: float, flagged: bool) -> Evidence:
     return evidence
 
 
-def _fake_attempts(monkeypatch, misfits: dict[int, tuple[float, bool]]) -> list[int]:
-    """Replace the VDAM run by one that writes a few attempt files holding its seed; misfits: seed -> (misfit, flagged)."""
+def _fake_attempts(monkeypatch, misfits: dict[int, tuple]) -> list[int]:
+    """Replace the VDAM run by one that writes a few attempt files holding its seed; misfits: seed ->
+    (misfit, flagged) or (misfit, flagged, {Evidence field: value})."""
     seeds, classes = [], []
 
     def fake(star_path, out_dir, config, options, continue_from=None):
@@ -38,8 +39,10 @@ def _fake_attempts(monkeypatch, misfits: dict[int, tuple[float, bool]]) -> list[
         assert not attempt_files(out_dir), "an attempt must start in an empty job folder"
         for name in ("run_it000_optimiser.star", "run_it003_class001.mrc", "initial_model.mrc", "history.json"):
             (out_dir / name).write_text(str(config.seed))
-        misfit, flagged = misfits[config.seed]
+        misfit, flagged, *changes = misfits[config.seed]
         result = job.JobResult(out_dir, out_dir / "initial_model.mrc", None, 0.0, 1.0, evidence=_evidence(misfit, flagged))
+        for name, value in (changes[0] if changes else {}).items():  # (misfit, flagged, {evidence field: value})
+            setattr(result.evidence, name, value)
         job.write_evidence(out_dir, result.evidence)
         return result
 
@@ -160,3 +163,57 @@ def test_a_retry_with_more_classes_races_as_many_starts_as_they_do_by_default():
     assert job.retry_attempt_config(VdamConfig(seed=1, n_starts=8), 1).n_starts == 8
     assert job.retry_attempt_config(VdamConfig(seed=1, n_starts=5, retry_classes=1), 1).n_starts == 5
     assert job.retry_attempt_config(VdamConfig(seed=1, n_classes=3, n_starts=1), 1).n_classes == 3
+
+
+def _finalists(a: float, b: float, same: bool = False, mid_run: bool = False) -> dict:
+    return {"iteration": 100, "starts": [0, 1], "pose_agreement": [a, b], "chosen_start": 0, "maps_agree_a": 40.0, "resolution_a": 12.0,
+            "same_solution": same, "seconds": 1.0, "mid_run": mid_run}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "changes, n_classes, undecided",
+    [
+        ({}, 1, False),
+        ({"finalists": _finalists(0.407, 0.405)}, 1, True),  # different maps the particles hardly tell apart
+        ({"finalists": _finalists(0.456, 0.404)}, 1, False),  # the particles tell them apart
+        ({"finalists": _finalists(0.407, 0.405, same=True)}, 1, False),  # one map
+        ({"finalists": _finalists(0.407, 0.405, mid_run=True)}, 1, False),  # compared half way, not at the end
+        ({"finalists": _finalists(0.407, 0.405)}, 2, False),  # several classes: the race is not theirs
+        ({"map_settled": False, "map_agreement": 0.87, "extra_iterations": 100}, 1, True),  # still changing at the cap
+        ({"map_settled": False, "map_agreement": 0.87, "extra_iterations": 40}, 1, False),  # stopped before it: not at the cap
+        ({"map_settled": False, "map_agreement": 0.87, "extra_iterations": 100, "stopped_as_symmetric": True}, 1, False),
+        ({"map_settled": False, "map_agreement": 0.87, "extra_iterations": 100, "c1_map_looks": "D2"}, 1, False),
+        ({"map_agreement": None, "finalists": _finalists(0.407, 0.405)}, 1, False),  # too short a run to judge
+    ],
+)
+def test_a_race_left_undecided_is_told_from_one_that_decided(changes, n_classes, undecided):
+    evidence = _evidence(0.014, False)
+    for name, value in changes.items():
+        setattr(evidence, name, value)
+    result = job.JobResult(Path("."), Path("initial_model.mrc"), None, 0.0, 1.0, evidence=evidence)
+    assert job.race_undecided(result, VdamConfig(n_iter=100, n_classes=n_classes)) is undecided
+
+
+@pytest.mark.parametrize(
+    "second, kept",
+    [
+        ((0.010, False), 2),  # fits better
+        ((0.020, False), 2),  # fits worse, within the noise floor (0.01), and its evidence holds against weak evidence
+        ((0.030, False), 1),  # fits worse by more than the noise floor
+        ((0.020, False, {"warnings": ["weak too"]}), 1),  # weak as well: the better fit stays
+    ],
+)
+def test_an_undecided_race_is_run_again_with_its_classes_and_the_better_fit_kept(tmp_path, monkeypatch, second, kept):
+    """A one-class run whose finalists ended in different maps that the particles hardly tell apart
+    (not flagged by the ring check) runs once more from new random starts, with one class (no junk is
+    suspected); the new attempt is the job's where its map fits the ring spectra better, or where its
+    evidence holds against the first's weak evidence and it fits worse by less than the noise floor."""
+    retry = job.retry_seed(1, 1)
+    undecided = {"finalists": _finalists(0.407, 0.405), "warnings": ["two random starts ended in different maps"]}
+    seeds = _fake_attempts(monkeypatch, {1: (0.014, False, undecided), retry: second})
+    messages = []
+    result = job.run_initial_model("p.star", tmp_path, VdamConfig(seed=1, n_iter=100), on_retry=lambda message, config: messages.append(message))
+    assert seeds == [1, retry] and _fake_attempts.classes == [1, 1]
+    assert result.evidence.kept_attempt == kept and (tmp_path / "initial_model.mrc").read_text() == str([1, retry][kept - 1])
+    assert "left the map undecided (two random starts ended in different maps" in messages[0]
+    assert (tmp_path / "attempt1").is_dir() or (tmp_path / "attempt2").is_dir()

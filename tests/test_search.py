@@ -3,6 +3,9 @@ against a plain sort of the normalised posterior (vdam-spec 3.4)."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
 import torch
 
 from novomap.estep.prepare import PreparedBatch
@@ -155,3 +158,22 @@ def test_significant_keeps_each_particle_within_its_own_cap():
     for b in range(3):
         order = torch.sort(log_w[b], descending=True).indices
         assert set(index[particle == b].tolist()) == set(order[: int(n_sig[b])].tolist())
+
+
+def test_the_compiled_coarse_pass_finds_the_hypotheses_of_the_pytorch_one(monkeypatch):
+    """On the CPU the log weights are finished and selected row by row in compiled code
+    (estep.select_cpu); the torch path forms them in whole-array passes: the same hits."""
+    from novomap.estep import select_cpu
+
+    if not select_cpu.available():
+        pytest.skip("needs numba")
+    for sharpness in (0.3, 1.0, 2.0):
+        window, grid, batch, projections, log_prior, settings = _inputs(sharpness)
+        settings = dataclasses.replace(settings, max_significant=5)  # rows of >= 16 x 5 hypotheses: the compiled selection
+        compiled = coarse_pass(batch, _whole_window(window, projections), grid, log_prior, settings)
+        monkeypatch.setattr(select_cpu, "available", lambda: False)
+        reference = coarse_pass(batch, _whole_window(window, projections), grid, log_prior, settings)
+        monkeypatch.undo()
+        assert torch.equal(compiled.n_significant, reference.n_significant), sharpness
+        for name in ("particle", "translation", "orientation"):
+            assert torch.equal(getattr(compiled, name), getattr(reference, name)), (sharpness, name)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from novomap.analysis.confidence import Evidence, assess_run, warnings_for, write_evidence
+from novomap.analysis.confidence import Evidence, assess_run, close_finalists, warnings_for, write_evidence
 from novomap.analysis.pool_classes import PooledClass, pool_same_structure
 from novomap.analysis.symmetry_by_particles import choose_group_by_particles
 from novomap.auto_symmetry import (
@@ -275,7 +275,8 @@ def run_initial_model(
     notify: Callable[[str], None] | None = None,
 ) -> JobResult:
     """Run the job into out_dir, and again from new random starts while the evidence flags a wrong
-    fold, config.retries times at most (with several classes, as the largest class's map is judged).
+    fold, or a one-class run's race left its map undecided (race_undecided), config.retries times at
+    most (with several classes, as the largest class's map is judged).
 
     progress(figures) is called after each iteration; on_write(optimiser_star) after each set of
     run_itNNN_* files is written (iteration 0, every write_every, the last, the final pass).
@@ -298,7 +299,9 @@ def run_initial_model(
     auto_result, trials, tried = result, polyhedral_trials(result, symmetry, config), []
     for number in range(1, (len(trials) if trials else config.retries) + 1):
         trial_group = trials[number - 1] if trials else None
-        if trial_group is None and not retry_due(result, result_config):
+        flagged = trial_group is None and retry_due(result, result_config)
+        undecided = trial_group is None and not flagged and race_undecided(result, result_config)
+        if trial_group is None and not flagged and not undecided:
             break
         if trial_group is not None and result is not auto_result and not result.evidence.weak:  # a trial fits: no larger search
             break
@@ -306,7 +309,10 @@ def run_initial_model(
         move_attempt(out_dir, archive)
         attempts[best]["folder"] = archive.name
         attempt_options = options
-        if trial_group is None:
+        if undecided:  # not junk: the same classes, new random starts
+            retry_config = dataclasses.replace(config, seed=retry_seed(config.seed, number))
+            why = f"the race of random starts left the map undecided ({undecided_phrase(result)}): running again from new random starts"
+        elif trial_group is None:
             retry_config = retry_attempt_config(config, number)
             classes = f" with {retry_config.n_classes} classes, one for particles the map cannot explain," if retry_config.n_classes != config.n_classes else ""
             why = f"the map's projections lack angular structure the particles have (ring misfit {ring_misfit(result):.3f}): running again from new random starts{classes}"
@@ -324,7 +330,7 @@ def run_initial_model(
         attempts.append(_attempt_record(retry, retry_config.seed, retry_config.n_classes, trial_group))
         if trial_group is not None:
             tried.append((trial_group, ring_misfit(retry)))
-        if fits_better(retry, result, trial=trial_group is not None):
+        if fits_better(retry, result, trial=trial_group is not None or undecided):
             result, best, result_config = retry, len(attempts) - 1, retry_config
         else:  # the earlier attempt stays the job's: back into DIR
             loser = free_attempt_dir(out_dir)
@@ -365,12 +371,16 @@ def ring_misfit(result: JobResult) -> float:
 
 
 def fits_better(attempt: JobResult, kept: JobResult, trial: bool = False) -> bool:
-    """Whether a new attempt's map replaces the kept one: a lower ring misfit, or, for a trial of a
-    polyhedral group (symmetry.group_trial) whose evidence holds against a kept map whose evidence is
-    weak, a misfit above the kept one's by less than the trial's noise floor. A right map in a subgroup
-    of the particle's group fits the rings as well as the right group's map: on adk_i_tight seed 7 a C5
-    map that never settled (9.6 Å from the truth) had 0.00554 against the I map's 0.00557 (6.3 Å),
-    whose noise floor was 0.0046 (benchmarks/results/2026-12-07-s61-sym-auto-polyhedral.md)."""
+    """Whether a new attempt's map replaces the kept one: a lower ring misfit, or, for a trial (an
+    attempt run because the kept map's evidence was weak: a polyhedral group's, symmetry.group_trial,
+    or an undecided race's new starts, race_undecided) whose evidence holds against a kept map whose
+    evidence is weak, a misfit above the kept one's by less than the trial's noise floor. A right map in
+    a subgroup of the particle's group fits the rings as well as the right group's map: on adk_i_tight
+    seed 7 a C5 map that never settled (9.6 Å from the truth) had 0.00554 against the I map's 0.00557
+    (6.3 Å), whose noise floor was 0.0046 (benchmarks/results/2026-12-07-s61-sym-auto-polyhedral.md).
+    Nor do the rings tell an undecided race's map from a right one: hb16_c1 seed 8's first attempt
+    (1.16x its true-pose bound, close finalists) 0.0144, its rerun (1.01x, consistent) 0.0155, at a
+    floor of 0.014 (benchmarks/results/2026-12-08-s65-undecided-race.md)."""
     if ring_misfit(attempt) < ring_misfit(kept):
         return True
     ring = _ring(attempt)
@@ -393,6 +403,35 @@ def retry_due(result: JobResult, config: VdamConfig) -> bool:
     if not ring or not ring["flagged"] or result.evidence.map_agreement is None:
         return False
     return config.n_classes > 1 or result.evidence.settled()
+
+
+def race_undecided(result: JobResult, config: VdamConfig) -> bool:
+    """Whether a one-class run's race of random starts left its map undecided, so that new random starts
+    may find the right one: its two finalists ended in different maps that the particles hardly tell
+    apart (analysis.confidence.CLOSE_FINALISTS), or its map was still changing after the most
+    iterations past --iter allowed, while it did not look symmetric (a symmetric particle's C1 map
+    keeps changing whatever the start: initial_model.stops_as_symmetric).
+
+    Either is what the evidence's warning asks a user to try another --seed for. On hb16_c1 (a ~1 MDa
+    aggregate of 16 haemoglobins, C1) seed 8 ended so (finalists 0.407 and 0.405, 1.16x the true-pose
+    bound) and seed 10 in a wrong fold still changing after 100 extra iterations (1.63x), while
+    seeds 6, 7 and 9 settled right (benchmarks/results/2026-12-08-s65-mass-and-undecided.md)."""
+    evidence = result.evidence
+    if config.n_classes != 1 or evidence is None or evidence.map_agreement is None:
+        return False
+    if close_finalists(evidence):
+        return True
+    at_cap = 0 < config.extra_iterations_cap() <= evidence.extra_iterations
+    return at_cap and not evidence.settled() and not evidence.stopped_as_symmetric and not evidence.c1_map_looks
+
+
+def undecided_phrase(result: JobResult) -> str:
+    """Why race_undecided holds, in a few words."""
+    evidence = result.evidence
+    if close_finalists(evidence):
+        a, b = evidence.finalists["pose_agreement"]
+        return f"two random starts ended in different maps that the particles hardly tell apart, half-set agreement {a:.3f} and {b:.3f}"
+    return f"the map was still changing after {evidence.extra_iterations} iterations past --iter"
 
 
 def _attempt_record(result: JobResult, seed: int, n_classes: int, symmetry: str | None = None) -> dict:

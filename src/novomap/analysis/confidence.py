@@ -327,6 +327,15 @@ def assess(
     return evidence
 
 
+def close_finalists(evidence: Evidence) -> bool:
+    """Whether the race's finalists, carried to the end, ended in different maps whose half-set
+    agreements differ by less than CLOSE_FINALISTS (the particles hardly tell them apart)."""
+    choice = evidence.finalists
+    if choice is None or choice.get("mid_run") or choice["same_solution"]:
+        return False
+    return abs(choice["pose_agreement"][0] - choice["pose_agreement"][1]) < CLOSE_FINALISTS
+
+
 def warnings_for(evidence: Evidence) -> list[str]:
     """The reasons (short phrases) to doubt the map; empty when the evidence is strong."""
     reasons = []
@@ -349,9 +358,8 @@ def warnings_for(evidence: Evidence) -> list[str]:
             f"{evidence.ring['ratio']:.1f}x its noise floor; flagged {flag_rule()}): "
             "possibly a wrong fold"
         )
-    choice = evidence.finalists
-    if choice is not None and not choice.get("mid_run") and not choice["same_solution"] and abs(choice["pose_agreement"][0] - choice["pose_agreement"][1]) < CLOSE_FINALISTS:
-        a, b = choice["pose_agreement"]
+    if close_finalists(evidence):
+        a, b = evidence.finalists["pose_agreement"]
         reasons.append(
             f"two random starts ended in different maps that the particles hardly tell apart (half-set agreement {a:.3f} "
             f"and {b:.3f}): try another --seed and compare the maps"
