@@ -161,8 +161,8 @@ def test_significant_keeps_each_particle_within_its_own_cap():
 
 
 def test_the_compiled_coarse_pass_finds_the_hypotheses_of_the_pytorch_one(monkeypatch):
-    """On the CPU the log weights are finished and selected row by row in compiled code
-    (estep.select_cpu); the torch path forms them in whole-array passes: the same hits."""
+    """On the CPU the significant hypotheses are chosen by the compiled top-k selection
+    (estep.select_cpu); elsewhere by torch.topk: the same hits."""
     from novomap.estep import select_cpu
 
     if not select_cpu.available():

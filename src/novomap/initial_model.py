@@ -415,7 +415,7 @@ def race_undecided(result: JobResult, config: VdamConfig) -> bool:
     Either is what the evidence's warning asks a user to try another --seed for. On hb16_c1 (a ~1 MDa
     aggregate of 16 haemoglobins, C1) seed 8 ended so (finalists 0.407 and 0.405, 1.16x the true-pose
     bound) and seed 10 in a wrong fold still changing after 100 extra iterations (1.63x), while
-    seeds 6, 7 and 9 settled right (benchmarks/results/2026-12-08-s65-mass-and-undecided.md)."""
+    seeds 6, 7 and 9 settled right (benchmarks/results/2026-12-08-s65-undecided-race.md)."""
     evidence = result.evidence
     if config.n_classes != 1 or evidence is None or evidence.map_agreement is None:
         return False
