@@ -201,7 +201,7 @@ def recorded_wall_s(job: Path) -> float | None:
 def evidence_figures(job: Path) -> dict:
     """What the job said about its own map (DIR/evidence.json): ring misfit and its multiple of the noise
     floor, how many attempts ran (a flagged map is run again: a false flag costs a whole run), and
-    whether the evidence was called weak. Empty when the job wrote none."""
+    whether the evidence was called weak and why (weak_reasons). Empty when the job wrote none."""
     try:
         evidence = json.loads((job / "evidence.json").read_text())
     except (OSError, ValueError):
@@ -212,8 +212,26 @@ def evidence_figures(job: Path) -> dict:
         "ring_ratio": ring.get("ratio"),
         "attempts": len(evidence.get("attempts") or []) or 1,
         "weak": bool(evidence.get("weak")),
+        "weak_reasons": weak_reasons(evidence.get("warnings") or []),
         "group": applied_group(job),
     }
+
+
+# a key phrase of each warning of analysis.confidence.warnings_for, and its short name for the tables
+WEAK_REASON_NAMES = (
+    ("the half-sets agree only", "half-sets"),
+    ("differs from the last VDAM map", "vs VDAM"),
+    ("featureless ball", "ball"),
+    ("a roundish map", "roundish"),
+    ("ring misfit", "ring"),
+    ("two random starts ended in different maps", "finalists"),
+    ("still changing at the last iteration", "unsettled"),
+)
+
+
+def weak_reasons(warnings: list[str]) -> list[str]:
+    """Short names of a job's warnings (WEAK_REASON_NAMES; 'other' for a phrase not listed)."""
+    return [next((name for phrase, name in WEAK_REASON_NAMES if phrase in warning), "other") for warning in warnings]
 
 
 def applied_group(job: Path) -> str | None:
@@ -375,6 +393,8 @@ def markdown(report: dict) -> str:
             wall = _f(r["wall_s"], 0) + (" (earlier run)" if r.get("reused") else "")
             ring = "-" if r.get("ring_misfit") is None else f"{r['ring_misfit']:.4f} ({_f(r.get('ring_ratio'), 1)})"
             verdict = "-" if "weak" not in r else ("WEAK" if r["weak"] else "consistent")
+            if r.get("weak_reasons"):
+                verdict += " (" + ", ".join(r["weak_reasons"]) + ")"
             lines.append(
                 f"| {e['name']} | {r['seed']} | {r.get('group') or '-'} | {_f(r.get('fsc05_a'))} | {_f(r.get('ratio'), 2)} | {_f(r.get('cc'), 3)} | {hand} | {wrong} | "
                 f"{ring} | {r.get('attempts', '-')} | {verdict} | {wall} |"

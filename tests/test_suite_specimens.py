@@ -123,3 +123,24 @@ def test_a_cached_data_set_simulated_with_other_settings_is_refused(tmp_path):
     bench_suite.check_simulation(tmp_path, dict(settings))
     with pytest.raises(SystemExit, match=r"other settings \(snr: 0.08 there, 0.05 now\)"):
         bench_suite.check_simulation(tmp_path, {**settings, "snr": 0.05})
+
+
+def test_every_warning_of_the_evidence_has_a_short_name_in_the_suite_tables():
+    """bench_suite.weak_reasons: a run made weak on every count gets one name per warning, none 'other'
+    (a reworded warning in analysis.confidence must be renamed here too)."""
+    import bench_suite
+    from novomap.analysis.confidence import Evidence, warnings_for
+
+    evidence = Evidence(
+        pixel_size_a=3.54, box=64, n_half=(700, 700), half_fsc=[1.0] * 33, half_fsc05_a=None, half_fsc0143_a=None,
+        agreement_fsc=[1.0] * 33, agreement_fsc05_a=15.0, agreement_cc=0.5, agreement_shift_px=0.3,
+        radial_share=0.95, mean_pmax=0.3, seconds=1.0, map_agreement=0.9, map_agreement_min=0.95,
+        ring={"flagged": True, "misfit": 0.05, "ratio": 3.0},
+        finalists={"starts": (1, 2), "pose_agreement": (0.402, 0.404), "same_solution": False, "maps_agree_a": 30.0,
+                   "chosen_start": 1},
+    )  # fmt: skip
+    names = bench_suite.weak_reasons(warnings_for(evidence))
+    assert names == ["half-sets", "vs VDAM", "ball", "ring", "finalists", "unsettled"]
+    roundish = dataclasses.replace(evidence, radial_share=0.75, mean_pmax=0.99, ring=None, finalists=None)
+    assert "roundish" in bench_suite.weak_reasons(warnings_for(roundish))
+    assert bench_suite.weak_reasons(["a warning nobody named"]) == ["other"]
