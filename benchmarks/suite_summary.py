@@ -5,7 +5,7 @@ specimens and seeds with the code of its day. This script reads them all and kee
 (specimen, seed), the most recent run made with the default options (no extra initial-model
 arguments but today's defaults, 100 iterations, the specimen's own particle count and simulation seed), then prints per
 specimen: the seeds covered, the ratio FSC 0.5 / true-pose bound (best, median, worst), wrong folds,
-and which batches (labels, commits) the kept runs come from. Rows therefore mix code versions: a
+how many runs the job itself called WEAK (of those whose evidence was recorded), and which batches (labels, commits) the kept runs come from. Rows therefore mix code versions: a
 batch is newer than another when its file sorts later (dates, then file order within a day).
 
     python benchmarks/suite_summary.py [--since 2026-12-01] [--results benchmarks/results]
@@ -66,8 +66,8 @@ def latest_runs(results: Path, since: str) -> dict[str, dict[int, tuple[dict, st
 
 def summary_rows(latest: dict[str, dict[int, tuple[dict, str]]]) -> list[str]:
     rows = [
-        "| specimen | seeds | ratio best / median / worst | worst FSC 0.5 Å | wrong folds | from batches |",
-        "|---|---|---|---|---|---|",
+        "| specimen | seeds | ratio best / median / worst | worst FSC 0.5 Å | wrong folds | called WEAK | from batches |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name in sorted(latest, key=lambda n: -max(run["ratio"] for run, _ in latest[n].values())):
         runs = latest[name]
@@ -77,9 +77,11 @@ def summary_rows(latest: dict[str, dict[int, tuple[dict, str]]]) -> list[str]:
         span = f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else ",".join(map(str, seeds))
         batches = sorted({label for _, label in runs.values()})
         wrong = sum(bool(run.get("wrong_fold")) for run, _ in runs.values())
+        judged = [run for run, _ in runs.values() if "weak" in run]  # batches before session 30 recorded no evidence
+        weak = f"{sum(bool(run['weak']) for run in judged)}/{len(judged)}" if judged else "-"
         rows.append(
             f"| {name} | {span} ({len(seeds)}) | {min(ratios):.2f} / {statistics.median(ratios):.2f} / {max(ratios):.2f} "
-            f"| {worst['fsc05_a']:.1f} | {wrong}/{len(seeds)} | {'; '.join(batches)} |"
+            f"| {worst['fsc05_a']:.1f} | {wrong}/{len(seeds)} | {weak} | {'; '.join(batches)} |"
         )
     return rows
 
