@@ -197,17 +197,24 @@ def test_a_race_left_undecided_is_told_from_one_that_decided(changes, n_classes,
 @pytest.mark.parametrize(
     "second, kept",
     [
+        # the new attempt's race chose no finalist at --iter: the ring spectra decide (fits_better, as a trial)
         ((0.010, False), 2),  # fits better
         ((0.020, False), 2),  # fits worse, within the noise floor (0.01), and its evidence holds against weak evidence
         ((0.030, False), 1),  # fits worse by more than the noise floor
         ((0.020, False, {"warnings": ["weak too"]}), 1),  # weak as well: the better fit stays
+        # both races chose between finalists: the start whose half-sets agree better wins, whatever the rings say
+        ((0.020, False, {"finalists": _finalists(0.493, 0.410)}), 2),  # hb16_c1 seed 8: its rerun fit worse, and was right
+        ((0.010, False, {"finalists": _finalists(0.380, 0.367)}), 1),  # hb_c1 seed 4: its rerun fit better, and was worse
+        ((0.050, True, {"finalists": _finalists(0.493, 0.410)}), 1),  # a map flagged as a wrong fold: the rings decide
     ],
 )
-def test_an_undecided_race_is_run_again_with_its_classes_and_the_better_fit_kept(tmp_path, monkeypatch, second, kept):
+def test_an_undecided_race_is_run_again_with_its_classes_and_the_better_choice_kept(tmp_path, monkeypatch, second, kept):
     """A one-class run whose finalists ended in different maps that the particles hardly tell apart
     (not flagged by the ring check) runs once more from new random starts, with one class (no junk is
-    suspected); the new attempt is the job's where its map fits the ring spectra better, or where its
-    evidence holds against the first's weak evidence and it fits worse by less than the noise floor."""
+    suspected). The new attempt is the job's where its race's choice agrees better with itself
+    (initial_model.decided_better); where its race chose no finalist, where its map fits the ring spectra
+    better, or where its evidence holds against the first's weak evidence and it fits worse by less
+    than the noise floor."""
     retry = job.retry_seed(1, 1)
     undecided = {"finalists": _finalists(0.407, 0.405), "warnings": ["two random starts ended in different maps"]}
     seeds = _fake_attempts(monkeypatch, {1: (0.014, False, undecided), retry: second})
@@ -216,4 +223,5 @@ def test_an_undecided_race_is_run_again_with_its_classes_and_the_better_fit_kept
     assert seeds == [1, retry] and _fake_attempts.classes == [1, 1]
     assert result.evidence.kept_attempt == kept and (tmp_path / "initial_model.mrc").read_text() == str([1, retry][kept - 1])
     assert "left the map undecided (two random starts ended in different maps" in messages[0]
+    assert result.evidence.attempts[0]["race_agreement"] == pytest.approx(0.407)
     assert (tmp_path / "attempt1").is_dir() or (tmp_path / "attempt2").is_dir()

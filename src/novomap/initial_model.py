@@ -285,7 +285,8 @@ def run_initial_model(
 
     A flagged attempt's files move to the next free DIR/attemptN and the next attempt runs in DIR with
     the seed retry_seed(seed, n); the attempt whose map fits the particles' ring spectra best
-    (analysis.ring_spectra) is the job's: its files end in DIR, every other attempt's in an attemptN
+    (analysis.ring_spectra), or after an undecided race the one whose race's choice agrees best with
+    itself (decided_better), is the job's: its files end in DIR, every other attempt's in an attemptN
     folder (outputs.attempts). on_retry(message, config) is called before each new attempt, with the
     attempt's config (its seed, and for a one-class run retry_classes classes). notify(line) is
     called with warnings about the input (once, in the first attempt).
@@ -330,7 +331,7 @@ def run_initial_model(
         attempts.append(_attempt_record(retry, retry_config.seed, retry_config.n_classes, trial_group))
         if trial_group is not None:
             tried.append((trial_group, ring_misfit(retry)))
-        if fits_better(retry, result, trial=trial_group is not None or undecided):
+        if (decided_better(retry, result) if undecided else fits_better(retry, result, trial=trial_group is not None)):
             result, best, result_config = retry, len(attempts) - 1, retry_config
         else:  # the earlier attempt stays the job's: back into DIR
             loser = free_attempt_dir(out_dir)
@@ -389,6 +390,34 @@ def fits_better(attempt: JobResult, kept: JobResult, trial: bool = False) -> boo
     return ring_misfit(attempt) <= ring_misfit(kept) + float(ring["noise_floor"])
 
 
+def race_agreement(result: JobResult) -> float | None:
+    """The half-set agreement at its poses (vdam.finalists.pose_agreement) of the start a one-class run's race
+    kept when it chose between its finalists at --iter; None when it carried none or chose half way."""
+    choice = result.evidence.finalists if result.evidence is not None else None
+    if not choice or choice.get("mid_run"):
+        return None
+    return float(max(choice["pose_agreement"]))
+
+
+def decided_better(attempt: JobResult, kept: JobResult) -> bool:
+    """Whether the new attempt of an undecided race (race_undecided) replaces the kept one: the race's own
+    choice between finalists carried on across attempts, the start whose pseudo half-sets agree better at
+    its poses, as vdam.finalists.choose measures it (the same particles and half-sets, at the same
+    iteration, in every attempt). Where either attempt chose no finalist at --iter, or the new map is
+    flagged as a wrong fold, the ring spectra decide (fits_better, as a trial).
+
+    The ring misfit cannot rank these maps: on hb_c1, a 60 kDa pseudo-symmetric particle, every map, right or
+    wrong, fits the rings to the noise floor. Of four undecided races run twice (hb16_c1 seed 8, hb_c1
+    seeds 4 and 5, hb_c1_36 seed 3), the attempt with the better map had the higher agreement in every
+    pair (0.493 against 0.407; 0.395 against 0.367; 0.402 against 0.393; 0.582 against 0.579), while the
+    ring misfit ranked two of the four wrong (benchmarks/results/2026-12-08-s66-undecided-choice.md)."""
+    new, old = race_agreement(attempt), race_agreement(kept)
+    ring = _ring(attempt)
+    if new is None or old is None or (ring and ring["flagged"]):
+        return fits_better(attempt, kept, trial=True)
+    return new > old
+
+
 def retry_due(result: JobResult, config: VdamConfig) -> bool:
     """Whether a new attempt could replace the run's map: the evidence flags it as a likely wrong fold,
     vdam.convergence measured the map (a run too short for that is a test, not an initial model), and
@@ -435,10 +464,13 @@ def undecided_phrase(result: JobResult) -> str:
 
 
 def _attempt_record(result: JobResult, seed: int, n_classes: int, symmetry: str | None = None) -> dict:
-    """An attempt's seed, classes, ring misfit, flag and folder; `symmetry`: the group it was run with when
+    """An attempt's seed, classes, ring misfit, flag, race agreement (race_agreement) and folder; `symmetry`: the group it was run with when
     that was not the job's --sym (a symmetry.group_trial attempt)."""
     ring = _ring(result)
-    record = {"seed": int(seed), "classes": int(n_classes), "ring_misfit": ring["misfit"] if ring else None, "flagged": bool(ring and ring["flagged"]), "folder": "."}
+    record = {
+        "seed": int(seed), "classes": int(n_classes), "ring_misfit": ring["misfit"] if ring else None, "flagged": bool(ring and ring["flagged"]),
+        "race_agreement": race_agreement(result), "folder": ".",
+    }  # fmt: skip
     if symmetry is not None:
         record["symmetry"] = symmetry
     return record
