@@ -200,19 +200,24 @@ def recorded_wall_s(job: Path) -> float | None:
 
 def evidence_figures(job: Path) -> dict:
     """What the job said about its own map (DIR/evidence.json): ring misfit and its multiple of the noise
-    floor, how many attempts ran (a flagged map is run again: a false flag costs a whole run), and
-    whether the evidence was called weak and why (weak_reasons). Empty when the job wrote none."""
+    floor, how many attempts ran (a flagged map is run again: a false flag costs a whole run), whether
+    the evidence was called weak and why (weak_reasons), and the race's choice between its finalists.
+    Empty when the job wrote none."""
     try:
         evidence = json.loads((job / "evidence.json").read_text())
     except (OSError, ValueError):
         return {}
     ring = evidence.get("ring") or {}
+    finalists = evidence.get("finalists") or {}
     return {
         "ring_misfit": ring.get("misfit"),
         "ring_ratio": ring.get("ratio"),
         "attempts": len(evidence.get("attempts") or []) or 1,
         "weak": bool(evidence.get("weak")),
         "weak_reasons": weak_reasons(evidence.get("warnings") or []),
+        # the kept start's half-set agreement at its poses when the race chose between finalists at --iter
+        # (initial_model.race_agreement), else None
+        "race_agreement": max(finalists["pose_agreement"]) if finalists and not finalists.get("mid_run") else None,
         "group": applied_group(job),
     }
 
