@@ -224,4 +224,13 @@ def test_an_undecided_race_is_run_again_with_its_classes_and_the_better_choice_k
     assert result.evidence.kept_attempt == kept and (tmp_path / "initial_model.mrc").read_text() == str([1, retry][kept - 1])
     assert "left the map undecided (two random starts ended in different maps" in messages[0]
     assert result.evidence.attempts[0]["race_agreement"] == pytest.approx(0.407)
+    from novomap.outputs.report import _evidence_caption
+
+    caption = html.unescape(_evidence_caption(json.loads((tmp_path / "evidence.json").read_text())))
+    assert "The race of random starts left the map undecided" in caption and "A flagged map" not in caption
+    if "finalists" in (second[2] if len(second) > 2 else {}) and not second[1]:  # both races chose: the line and report name both agreements
+        assert "race agreement" in result.evidence.line() and "0.407" in result.evidence.line()
+        assert "kept for the race's own choice" in caption and "0.407" in caption
+    else:
+        assert "race agreement" not in result.evidence.line() and "kept for its fit to the particles' ring spectra" in caption
     assert (tmp_path / "attempt1").is_dir() or (tmp_path / "attempt2").is_dir()

@@ -162,16 +162,25 @@ class Evidence:
         )
 
     def attempts_phrase(self) -> str:
-        """'; attempt 2 of 2 kept (ring misfit 0.020; attempt 1: 0.061, in attempt1/)' when the run was repeated, else ''."""
+        """'; attempt 2 of 2 kept (ring misfit 0.020; attempt 1: 0.061, in attempt1/)' when the run was repeated,
+        with each attempt's race agreement where every attempt's race chose between finalists and none was
+        flagged, as initial_model.decided_better then chooses ('ring misfit 0.016, race agreement 0.493;
+        attempt 1: 0.014, 0.407 in attempt1/'), else ''."""
         if len(self.attempts) < 2 or self.kept_attempt is None:
             return ""
+        raced = all(a.get("race_agreement") is not None and not a.get("flagged") for a in self.attempts)  # initial_model.decided_better chose
+
+        def figures(a: dict) -> str:
+            return f"{a['ring_misfit']:.3f}" + (f", {a['race_agreement']:.3f}" if raced else "")
+
         others = ", ".join(
-            f"attempt {i + 1}{_with_group(a)}: {a['ring_misfit']:.3f} in {a['folder']}/" for i, a in enumerate(self.attempts) if i + 1 != self.kept_attempt and a["ring_misfit"] is not None
+            f"attempt {i + 1}{_with_group(a)}: {figures(a)} in {a['folder']}/" for i, a in enumerate(self.attempts) if i + 1 != self.kept_attempt and a["ring_misfit"] is not None
         )
         kept = self.attempts[self.kept_attempt - 1]
         classes = f"{kept['classes']} classes, " if kept.get("classes", 1) != self.attempts[0].get("classes", 1) else ""
         group = f"--sym {kept['symmetry']}, " if kept.get("symmetry") else ""
-        return f"; attempt {self.kept_attempt} of {len(self.attempts)} kept ({group}{classes}ring misfit {kept['ring_misfit']:.3f}; {others})"
+        agreement = f", race agreement {kept['race_agreement']:.3f}" if raced else ""
+        return f"; attempt {self.kept_attempt} of {len(self.attempts)} kept ({group}{classes}ring misfit {kept['ring_misfit']:.3f}{agreement}; {others})"
 
     def ring_phrase(self) -> str:
         """'; ring misfit 0.016 (1.4x noise)' when the ring spectra were compared, else ''."""

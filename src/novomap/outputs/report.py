@@ -512,6 +512,15 @@ def _evidence_caption(evidence: dict) -> str:
         with_classes = f", {classes} classes: a one-class run's retries add a class for particles the map cannot explain" if classes != attempts[0].get("classes", 1) else ""
         tried = [a["symmetry"] for a in attempts if a.get("symmetry")]  # symmetry.group_trial's attempts
         why, kept_for = "A flagged map was run again from new random starts (--retries)", "the lowest ring misfit"
+        if not tried and not attempts[0].get("flagged"):  # initial_model.race_undecided
+            why = "The race of random starts left the map undecided, so the job was run again from new random starts (--retries)"
+            kept_for = "its fit to the particles' ring spectra"
+            if all(a.get("race_agreement") is not None and not a.get("flagged") for a in attempts):  # initial_model.decided_better
+                kept_for = (
+                    f"the race's own choice, the start whose pseudo half-sets agree best at its poses "
+                    f"({attempts[kept - 1]['race_agreement']:.3f}; "
+                    + ", ".join(f"attempt {i + 1}: {a['race_agreement']:.3f}" for i, a in enumerate(attempts) if i + 1 != kept) + ")"
+                )
         if tried:
             trial = (evidence.get("symmetry") or {}).get("group_trial") or {}  # symmetry.group_trial.trial_record
             reason = f" {trial['why']}" if trial.get("fold_changed") else "'s evidence was weak"
