@@ -33,7 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import date
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 import torch
@@ -488,6 +488,8 @@ def main() -> None:
         report["specimens"].append(run_specimen(name, args, args.out))
         report["total_s"] = round(time.perf_counter() - started, 1)
         report["complete"] = len(report["specimens"]) == len(args.specimens)
+        # when its runs ended: suite_summary orders a day's batches by it (a file's name does not say)
+        report["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         if path is not None:  # after each specimen, so that a stopped run leaves what it measured
             path.write_text(markdown(report))
             path.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")

@@ -6,7 +6,8 @@ specimens and seeds with the code of its day. This script reads them all and kee
 arguments but today's defaults, 100 iterations, the specimen's own particle count and simulation seed), then prints per
 specimen: the seeds covered, the ratio FSC 0.5 / true-pose bound (best, median, worst), wrong folds,
 how many runs the job itself called WEAK (of those whose evidence was recorded), and which batches (labels, commits) the kept runs come from. Rows therefore mix code versions: a
-batch is newer than another when its file sorts later (dates, then file order within a day).
+batch is newer than another when it is dated later or, within a day, finished later (its "finished"
+time, recorded since session 66; files without one come first, in name order).
 
     python benchmarks/suite_summary.py [--since 2026-12-01] [--results benchmarks/results]
 """
@@ -53,10 +54,19 @@ def default_runs(path: Path) -> list[tuple[str, int, dict, str]]:
     return kept
 
 
+def batch_order(path: Path) -> tuple[str, str, str]:
+    """Sort key of a results file: its date, then when its batch finished ("" when not recorded), then its name."""
+    try:
+        finished = json.loads(path.read_text()).get("finished") or ""
+    except (OSError, ValueError):
+        finished = ""
+    return path.name[:10], finished, path.name
+
+
 def latest_runs(results: Path, since: str) -> dict[str, dict[int, tuple[dict, str]]]:
     """{specimen: {seed: (run, batch label)}}: the latest default run of each seed, from files dated `since` on."""
     latest: dict[str, dict[int, tuple[dict, str]]] = {}
-    for path in sorted(results.glob("*suite*.json")):
+    for path in sorted(results.glob("*suite*.json"), key=batch_order):
         if path.name[:10] < since:
             continue
         for name, seed, run, label in default_runs(path):

@@ -144,3 +144,23 @@ def test_every_warning_of_the_evidence_has_a_short_name_in_the_suite_tables():
     roundish = dataclasses.replace(evidence, radial_share=0.75, mean_pmax=0.99, ring=None, finalists=None)
     assert "roundish" in bench_suite.weak_reasons(warnings_for(roundish))
     assert bench_suite.weak_reasons(["a warning nobody named"]) == ["other"]
+
+
+def test_the_suite_summary_keeps_the_batch_that_finished_last_on_a_day(tmp_path):
+    """suite_summary.latest_runs: of two batches of one day holding the same seed, the one that finished
+    later wins whatever the files' names; files without a finishing time come first."""
+    import suite_summary
+
+    def batch(name: str, ratio: float, finished: str | None) -> None:
+        run = {"seed": 3, "ratio": ratio, "fsc05_a": 10.0 * ratio, "wrong_fold": False}
+        record = {"label": name, "extra_args": "", "iter": 100, "sim_seed": 7, "git": {"commit": "abc"},
+                  "specimens": [{"name": "hb_c1", "n_particles": specimens.SPECIMENS["hb_c1"].n_particles, "runs": [run]}]}  # fmt: skip
+        if finished is not None:
+            record["finished"] = finished
+        (tmp_path / f"2026-12-08-suite-{name}.json").write_text(json.dumps(record))
+
+    batch("a-later", 2.18, "2026-12-08T05:54:30+00:00")
+    batch("b-earlier", 2.79, "2026-12-08T05:10:51+00:00")
+    batch("c-unrecorded", 1.93, None)
+    latest = suite_summary.latest_runs(tmp_path, "2026-12-01")
+    assert latest["hb_c1"][3][0]["ratio"] == 2.18
