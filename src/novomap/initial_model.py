@@ -407,10 +407,11 @@ def decided_better(attempt: JobResult, kept: JobResult) -> bool:
     flagged as a wrong fold, the ring spectra decide (fits_better, as a trial).
 
     The ring misfit cannot rank these maps: on hb_c1, a 60 kDa pseudo-symmetric particle, every map, right or
-    wrong, fits the rings to the noise floor. Of five undecided races run twice (hb16_c1 seeds 8 and 10,
-    hb_c1 seeds 4 and 5, hb_c1_36 seed 3), the attempt with the better map had the higher agreement in every
-    pair (0.493 against 0.407; 0.497 against 0.406; 0.395 against 0.367; 0.402 against 0.393; 0.582 against
-    0.579), while the ring misfit ranked two of the five wrong (benchmarks/results/2026-12-08-s66-undecided-choice.md)."""
+    wrong, fits the rings to the noise floor. Of eight undecided races run twice (hb16_c1 seeds 8 and 10,
+    hb_c1 seeds 4 and 5, hb_c1_36 seeds 3, 5, 9 and 10), the attempt with the better map had the higher
+    agreement in seven (hb16_c1: 0.493 against 0.407, 0.497 against 0.406; on the small particle by
+    0.003-0.028, and hb_c1_36 seed 9 lost by 0.0004), the lower ring misfit in five
+    (benchmarks/results/2026-12-08-s66-undecided-choice.md)."""
     new, old = race_agreement(attempt), race_agreement(kept)
     ring = _ring(attempt)
     if new is None or old is None or (ring and ring["flagged"]):
