@@ -207,17 +207,16 @@ def evidence_figures(job: Path) -> dict:
         evidence = json.loads((job / "evidence.json").read_text())
     except (OSError, ValueError):
         return {}
+    from novomap.analysis.confidence import chosen_agreement
+
     ring = evidence.get("ring") or {}
-    finalists = evidence.get("finalists") or {}
     return {
         "ring_misfit": ring.get("misfit"),
         "ring_ratio": ring.get("ratio"),
         "attempts": len(evidence.get("attempts") or []) or 1,
         "weak": bool(evidence.get("weak")),
         "weak_reasons": weak_reasons(evidence.get("warnings") or []),
-        # the kept start's half-set agreement at its poses when the race chose between finalists at --iter
-        # (initial_model.race_agreement), else None
-        "race_agreement": max(finalists["pose_agreement"]) if finalists and not finalists.get("mid_run") else None,
+        "race_agreement": chosen_agreement(evidence.get("finalists")),  # as initial_model.race_agreement
         "group": applied_group(job),
     }
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from novomap.analysis.confidence import Evidence, assess_run, close_finalists, warnings_for, write_evidence
+from novomap.analysis.confidence import Evidence, assess_run, chosen_agreement, close_finalists, warnings_for, write_evidence
 from novomap.analysis.pool_classes import PooledClass, pool_same_structure
 from novomap.analysis.symmetry_by_particles import choose_group_by_particles
 from novomap.auto_symmetry import (
@@ -393,10 +393,7 @@ def fits_better(attempt: JobResult, kept: JobResult, trial: bool = False) -> boo
 def race_agreement(result: JobResult) -> float | None:
     """The half-set agreement at its poses (vdam.finalists.pose_agreement) of the start a one-class run's race
     kept when it chose between its finalists at --iter; None when it carried none or chose half way."""
-    choice = result.evidence.finalists if result.evidence is not None else None
-    if not choice or choice.get("mid_run"):
-        return None
-    return float(max(choice["pose_agreement"]))
+    return chosen_agreement(result.evidence.finalists if result.evidence is not None else None)
 
 
 def decided_better(attempt: JobResult, kept: JobResult) -> bool:

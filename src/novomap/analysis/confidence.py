@@ -168,7 +168,7 @@ class Evidence:
         attempt 1: 0.014, 0.407 in attempt1/'), else ''."""
         if len(self.attempts) < 2 or self.kept_attempt is None:
             return ""
-        raced = all(a.get("race_agreement") is not None and not a.get("flagged") for a in self.attempts)  # initial_model.decided_better chose
+        raced = decided_by_race(self.attempts)
 
         def figures(a: dict) -> str:
             return f"{a['ring_misfit']:.3f}" + (f", {a['race_agreement']:.3f}" if raced else "")
@@ -343,6 +343,21 @@ def close_finalists(evidence: Evidence) -> bool:
     if choice is None or choice.get("mid_run") or choice["same_solution"]:
         return False
     return abs(choice["pose_agreement"][0] - choice["pose_agreement"][1]) < CLOSE_FINALISTS
+
+
+def chosen_agreement(finalists: dict | None) -> float | None:
+    """The half-set agreement at its poses (vdam.finalists.pose_agreement) of the start a race kept when it
+    chose between its finalists at --iter (an Evidence.finalists record); None when it carried none or
+    chose half way."""
+    if not finalists or finalists.get("mid_run"):
+        return None
+    return float(max(finalists["pose_agreement"]))
+
+
+def decided_by_race(attempts: list[dict]) -> bool:
+    """Whether a job's attempts (Evidence.attempts) were chosen among by their race agreements
+    (initial_model.decided_better): every attempt has one and none was flagged as a wrong fold."""
+    return all(a.get("race_agreement") is not None and not a.get("flagged") for a in attempts)
 
 
 def warnings_for(evidence: Evidence) -> list[str]:

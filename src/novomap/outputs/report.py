@@ -515,7 +515,9 @@ def _evidence_caption(evidence: dict) -> str:
         if not tried and not attempts[0].get("flagged"):  # initial_model.race_undecided
             why = "The race of random starts left the map undecided, so the job was run again from new random starts (--retries)"
             kept_for = "its fit to the particles' ring spectra"
-            if all(a.get("race_agreement") is not None and not a.get("flagged") for a in attempts):  # initial_model.decided_better
+            from novomap.analysis.confidence import decided_by_race
+
+            if decided_by_race(attempts):  # initial_model.decided_better
                 kept_for = (
                     f"the race's own choice, the start whose pseudo half-sets agree best at its poses "
                     f"({attempts[kept - 1]['race_agreement']:.3f}; "
